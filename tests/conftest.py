@@ -1,0 +1,75 @@
+"""Fixtures: emulated providers and trioproxy, all real HTTP servers on 127.0.0.1, port 0."""
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from trioproxy import emulator
+from trioproxy.config import Config
+from trioproxy.supervisor import run_proxy
+
+
+@attrs.define
+class Providers:
+    cerebras: emulator.EmulatedProvider
+    chutes: emulator.EmulatedProvider
+    cerebras_url: str
+    chutes_url: str
+
+
+@attrs.define
+class Proxy:
+    base_url: str
+    config: Config
+    shutdown: trio.Event
+
+
+@pytest.fixture
+async def providers(nursery: trio.Nursery) -> Providers:
+    cerebras = emulator.cerebras()
+    chutes = emulator.chutes()
+    cerebras_url = await nursery.start(emulator.serve, cerebras)
+    chutes_url = await nursery.start(emulator.serve, chutes)
+    return Providers(cerebras, chutes, cerebras_url, chutes_url)
+
+
+def proxy_config(providers: Providers, **overrides: Any) -> Config:
+    """Settings pointing at the emulators, port 0; `cerebras`/`chutes` dicts override provider keys."""
+    base = Config(port=0)
+    cerebras = attrs.evolve(
+        base.cerebras,
+        base_url=providers.cerebras_url,
+        api_key=providers.cerebras.api_key,
+        **overrides.pop("cerebras", {}),
+    )
+    chutes = attrs.evolve(
+        base.chutes,
+        base_url=providers.chutes_url,
+        api_key=providers.chutes.api_key,
+        **overrides.pop("chutes", {}),
+    )
+    return attrs.evolve(base, cerebras=cerebras, chutes=chutes, **overrides)
+
+
+StartProxy = Callable[..., Any]
+
+
+@pytest.fixture
+def start_proxy(nursery: trio.Nursery, providers: Providers) -> StartProxy:
+    """Start a trioproxy with settings overridden as in `proxy_config`; returns a Proxy."""
+
+    async def start(**overrides: Any) -> Proxy:
+        config = proxy_config(providers, **overrides)
+        shutdown = trio.Event()
+        base_url = await nursery.start(run_proxy, config, shutdown)
+        return Proxy(base_url, config, shutdown)
+
+    return start
+
+
+@pytest.fixture
+async def proxy(start_proxy: StartProxy) -> Proxy:
+    return await start_proxy()

@@ -1,0 +1,305 @@
+"""Settings: attrs classes built with cattrs from a TOML file, then environment overrides.
+
+Precedence, lowest first: built-in defaults, the TOML file, a `.env` file in the working
+directory, the process environment. Every refusal names the key and where its value came from.
+"""
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from attrs import field, frozen
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+LOG_LEVELS = ("ERROR", "WARN", "INFO", "DEBUG")
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message is one line naming the key and its source."""
+
+
+class _InvalidValue(ValueError):
+    """Raised by field validators; carries the field name so the error can name the key."""
+
+    def __init__(self, attribute: attrs.Attribute, reason: str) -> None:
+        super().__init__(reason)
+        self.key = attribute.name
+
+
+def _positive(instance: object, attribute: attrs.Attribute, value: float | int | None) -> None:
+    if value is not None and value <= 0:
+        raise _InvalidValue(attribute, f"must be greater than 0, got {value}")
+
+
+def _port(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise _InvalidValue(attribute, f"must be a port number 0-65535, got {value}")
+
+
+def _log_level(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value not in LOG_LEVELS:
+        raise _InvalidValue(attribute, f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+
+
+def _url(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if not value.startswith(("http://", "https://")):
+        raise _InvalidValue(attribute, f"must start with http:// or https://, got {value!r}")
+
+
+@frozen
+class Adaptation:
+    """Rewrites a request needs before this provider accepts it (Cerebras is strict)."""
+
+    drop_fields: tuple[str, ...] = ()
+    # `parallel_tool_calls: false` is refused by Cerebras; `true` is its behaviour anyway.
+    drop_false_parallel_tool_calls: bool = False
+    strip_tool_strict: bool = False
+    # tool_choice values the provider accepts; others make the router skip this provider
+    # for the request rather than silently change what the client asked for.
+    allowed_tool_choice: tuple[str, ...] | None = None
+
+
+@frozen
+class ProviderConfig:
+    name: str
+    base_url: str = field(validator=_url)
+    model: str
+    api_key: str = field(default="", repr=False)
+    requests_per_minute: int | None = field(default=None, validator=_positive)
+    tokens_per_minute: int | None = field(default=None, validator=_positive)
+    tokens_per_day: int | None = field(default=None, validator=_positive)
+    # Ask the provider for a usage chunk on streams, so the ledger learns the real figures.
+    request_stream_usage: bool = False
+    adaptation: Adaptation = Adaptation()
+
+
+def _default_cerebras() -> ProviderConfig:
+    return ProviderConfig(
+        name="cerebras",
+        base_url="https://api.cerebras.ai/v1",
+        model="qwen-3-coder-480b",
+        requests_per_minute=12,
+        tokens_per_minute=132_000,
+        tokens_per_day=19_200_000,
+        adaptation=Adaptation(
+            drop_fields=("store", "top_k", "min_p"),
+            drop_false_parallel_tool_calls=True,
+            strip_tool_strict=True,
+            allowed_tool_choice=("auto", "none"),
+        ),
+    )
+
+
+def _default_chutes() -> ProviderConfig:
+    return ProviderConfig(
+        name="chutes",
+        base_url="https://llm.chutes.ai/v1",
+        model="Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8",
+        request_stream_usage=True,
+    )
+
+
+@frozen
+class Config:
+    host: str = "127.0.0.1"
+    port: int = field(default=3000, validator=_port)
+    log_level: str = field(default="INFO", validator=_log_level)
+    proxy_model_name: str = "qwen-3-coder"
+    request_timeout_ms: int = field(default=30_000, validator=_positive)
+    cooldown_period_ms: int = field(default=300_000, validator=_positive)
+    max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
+    cerebras: ProviderConfig = field(factory=_default_cerebras)
+    chutes: ProviderConfig = field(factory=_default_chutes)
+
+    @property
+    def providers(self) -> tuple[ProviderConfig, ...]:
+        """Providers in order of preference."""
+        return (self.cerebras, self.chutes)
+
+
+# Environment variable -> (path in the settings tree, type). Names of the original design.
+ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
+    "HOST": (("host",), str),
+    "PORT": (("port",), int),
+    "LOG_LEVEL": (("log_level",), str),
+    "PROXY_MODEL_NAME": (("proxy_model_name",), str),
+    "REQUEST_TIMEOUT": (("request_timeout_ms",), int),
+    "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
+    "MAX_BODY_BYTES": (("max_body_bytes",), int),
+    "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
+    "CEREBRAS_BASE_URL": (("cerebras", "base_url"), str),
+    "CEREBRAS_MODEL_NAME": (("cerebras", "model"), str),
+    "CEREBRAS_REQUESTS_PER_MINUTE": (("cerebras", "requests_per_minute"), int),
+    "CEREBRAS_TOKENS_PER_MINUTE": (("cerebras", "tokens_per_minute"), int),
+    "CEREBRAS_TOKENS_PER_DAY": (("cerebras", "tokens_per_day"), int),
+    "CHUTES_API_KEY": (("chutes", "api_key"), str),
+    "CHUTES_BASE_URL": (("chutes", "base_url"), str),
+    "CHUTES_MODEL_NAME": (("chutes", "model"), str),
+}
+
+SECRET_KEYS = frozenset({"api_key"})
+
+
+def _strict_converter() -> cattrs.Converter:
+    """A converter that refuses wrong types instead of coercing them ("12" is not an int)."""
+    converter = cattrs.Converter(forbid_extra_keys=True)
+
+    def exact(kind: type) -> Any:
+        def structure(value: Any, _: type) -> Any:
+            # bool is an int subclass; `port = true` is a mistake, not port 1.
+            if type(value) is not kind and not (kind is float and type(value) is int):
+                raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+            return kind(value)
+
+        return structure
+
+    for kind in (int, float, str, bool):
+        converter.register_structure_hook(kind, exact(kind))
+    converter.register_structure_hook_func(
+        lambda kind: kind == tuple[str, ...], lambda value, _: _string_tuple(value)
+    )
+    return converter
+
+
+def _string_tuple(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError("expected a list of strings")
+    return tuple(value)
+
+
+_CONVERTER = _strict_converter()
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path[:-1])}: expected a table")
+        tree = node
+    tree[path[-1]] = value
+
+
+def _parse_env_value(name: str, raw: str, kind: type) -> Any:
+    if kind is int:
+        try:
+            return int(raw.strip().replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{name}: expected a whole number, got {raw!r} (from the environment)") from None
+    return raw.strip()
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings tree the environment sets, and the source of each dotted key."""
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, (path, kind) in ENV_VARS.items():
+        raw = environ.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        value = _parse_env_value(name, raw, kind)
+        if name == "LOG_LEVEL":
+            value = value.upper()
+            value = "WARN" if value == "WARNING" else value
+        _set_path(tree, path, value)
+        sources[".".join(path)] = f"environment variable {name}"
+    return tree, sources
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _default_tree() -> dict[str, Any]:
+    return _CONVERTER.unstructure(Config())
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _first_error(exc: BaseException, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...], str]:
+    """Dig the first leaf error out of cattrs' exception groups, with the key path to it."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return path + (sorted(exc.extra_fields)[0],), "unknown key"
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        for sub in exc.exceptions:
+            note = next((n for n in getattr(sub, "__notes__", []) if "attribute" in n or "index" in n), "")
+            attr = getattr(note, "name", None) or _attribute_from_note(note)
+            return _first_error(sub, path + ((attr,) if attr else ()))
+    if isinstance(exc, _InvalidValue):
+        return path + (exc.key,), str(exc)
+    if isinstance(exc, KeyError):
+        return path + (str(exc.args[0]),), "missing required value"
+    return path, str(exc)
+
+
+def _attribute_from_note(note: str) -> str | None:
+    # cattrs notes read "Structuring class Config @ attribute port".
+    marker = "@ attribute "
+    if marker in note:
+        return note.split(marker, 1)[1].strip()
+    return None
+
+
+def load_config(
+    path: Path | None,
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: Path | None = None,
+) -> Config:
+    """Build the effective settings, or raise ConfigError with one line naming the key."""
+    from dotenv import dotenv_values  # handles quoting, `export`, comments the way users expect
+
+    env: dict[str, str] = {}
+    dotenv_file = dotenv_path if dotenv_path is not None else Path.cwd() / ".env"
+    if dotenv_file.is_file():
+        env.update({k: v for k, v in dotenv_values(dotenv_file).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+
+    file_tree = _read_toml(path) if path is not None else {}
+    env_tree, sources = _env_overrides(env)
+    tree = _merge(_merge(_default_tree(), file_tree), env_tree)
+    file_label = str(path) if path is not None else "defaults"
+    try:
+        return _CONVERTER.structure(tree, Config)
+    except Exception as exc:  # cattrs raises groups of many kinds; reduce them to one line
+        key_path, reason = _first_error(exc)
+        dotted = ".".join(key_path) or "(top level)"
+        source = sources.get(dotted, file_label)
+        raise ConfigError(f"{dotted}: {reason} (from {source})") from None
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective settings as a tree, secrets replaced, for --check-config."""
+
+    def scrub(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: ("<set>" if value else "<not set>") if key in SECRET_KEYS else scrub(value)
+                for key, value in node.items()
+            }
+        return node
+
+    return scrub(_CONVERTER.unstructure(config))
+
+
+def secrets(config: Config) -> tuple[str, ...]:
+    """Every secret value in the settings, for the log redaction filter."""
+    return tuple(p.api_key for p in config.providers if p.api_key)

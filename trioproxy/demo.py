@@ -1,0 +1,35 @@
+"""Demo mode: emulated Cerebras and Chutes inside the proxy's own process, so it runs with no keys."""
+
+import attrs
+import trio
+
+from . import emulator
+from .config import Config
+
+# The emulated Cerebras enforces the real paid-plan limits, so the proxy's 80 % defaults
+# (or whatever is configured) are exercised against a provider that really says 429.
+REAL_CEREBRAS_LIMITS = {"requests_per_minute": 15, "tokens_per_minute": 165_000, "tokens_per_day": 24_000_000}
+
+
+async def start_demo_providers(nursery: trio.Nursery, config: Config) -> Config:
+    """Start both emulators in `nursery`; return `config` pointed at them with their keys."""
+    cerebras = emulator.cerebras(model=config.cerebras.model, **REAL_CEREBRAS_LIMITS)
+    chutes = emulator.chutes(model=config.chutes.model)
+    cerebras_url = await nursery.start(emulator.serve, cerebras)
+    chutes_url = await nursery.start(emulator.serve, chutes)
+    return attrs.evolve(
+        config,
+        cerebras=attrs.evolve(config.cerebras, base_url=cerebras_url, api_key=cerebras.api_key),
+        chutes=attrs.evolve(config.chutes, base_url=chutes_url, api_key=chutes.api_key),
+    )
+
+
+def print_demo_banner(base_url: str, model: str) -> None:
+    body = f'{{"model":"{model}","messages":[{{"role":"user","content":"Hello"}}]}}'
+    print(
+        "\ntrioproxy demo: emulated Cerebras and Chutes run inside this process; no keys needed.\n"
+        f"  base URL: {base_url}   model: {model}   API key: any non-empty string\n"
+        f"  try:  curl -s {base_url}/chat/completions -H 'content-type: application/json' -d '{body}'\n"
+        "  stop: Ctrl-C\n",
+        flush=True,
+    )

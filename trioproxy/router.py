@@ -1,0 +1,272 @@
+"""The routing policy: which provider serves a request, and when to fail over to the next."""
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+import trio
+from attrs import define, field
+
+from .adapt import Unsupported, adapt_request
+from .api import ApiError, ChatRequest, rewrite_model
+from .cooldown import CooldownTimers
+from .quota import QuotaLedger, Refusal, Reservation
+from .tokens import estimate_prompt_tokens, requested_completion_tokens
+from .upstream import DONE, Upstream, UpstreamFailure, protocol_failure
+
+log = logging.getLogger("trioproxy.router")
+
+T = TypeVar("T")
+
+# Client errors that are the provider's peculiarity rather than the client's fault: the next
+# provider may well accept the same request.
+_FAILOVER_CODES = frozenset({"wrong_api_format", "context_length_exceeded"})
+_FAILOVER_STATUSES = frozenset({401, 402, 403, 404, 408, 409, 429})
+
+
+@define
+class RequestRecord:
+    """What one request did, filled in along the way and logged once by the app."""
+
+    request_id: str
+    stream: bool = False
+    provider: str = "-"
+    reason: str = "-"
+    status: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    started: float = field(factory=trio.current_time)
+
+
+def is_retryable(failure: UpstreamFailure) -> bool:
+    """Whether another provider should get the request after this failure."""
+    if failure.kind != "status" or failure.status is None:
+        return True  # timeouts, resets, garbage: the next provider may well be fine
+    return (
+        failure.status >= 500
+        or failure.status in _FAILOVER_STATUSES
+        or (failure.status == 400 and failure.error.code in _FAILOVER_CODES)
+    )
+
+
+def _usage_tokens(document: dict[str, Any]) -> tuple[int, int] | None:
+    usage = document.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return prompt, completion
+    return None
+
+
+class StreamRelay:
+    """An upstream stream that passed the first-chunk gate, relayed as SSE bytes."""
+
+    def __init__(
+        self,
+        router: "Router",
+        upstream: Upstream,
+        response: httpx.Response,
+        events: AsyncIterator[str],
+        first: dict[str, Any],
+        request: ChatRequest,
+        reservation: Reservation,
+        record: RequestRecord,
+    ) -> None:
+        self._router = router
+        self._upstream = upstream
+        self._response = response
+        self._events = events
+        self._first = first
+        self._request = request
+        self._reservation = reservation
+        self._record = record
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """SSE frames for the client, ending with `data: [DONE]` whatever happens upstream."""
+        frame = await self._frame(self._first)
+        if frame:
+            yield frame
+        try:
+            async for data in self._events:
+                if data.strip() == DONE:
+                    break
+                try:
+                    document = json.loads(data)
+                except json.JSONDecodeError:
+                    raise protocol_failure(self._upstream.name, "stream event is not JSON") from None
+                if not isinstance(document, dict):
+                    raise protocol_failure(self._upstream.name, "stream event is not an object")
+                frame = await self._frame(document)
+                if frame:
+                    yield frame
+        except UpstreamFailure as failure:
+            log.warning("request %s: %s failed mid-stream: %s", self._record.request_id, failure.provider, failure.label)
+            yield b"data: " + failure.error.encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def _frame(self, document: dict[str, Any]) -> bytes:
+        """Rewrite one event for the client; settle quota when it carries usage."""
+        usage = _usage_tokens(document)
+        if usage is not None:
+            self._record.prompt_tokens, self._record.completion_tokens = usage
+            await self._router.ledger.settle(self._reservation, sum(usage))
+            if not self._request.wants_usage:
+                # The client did not ask for usage: drop it, and drop a chunk that held only usage.
+                del document["usage"]
+                if not document.get("choices"):
+                    return b""
+        rewrite_model(document, self._router.proxy_model)
+        return b"data: " + json.dumps(document, ensure_ascii=False).encode() + b"\n\n"
+
+    async def aclose(self) -> None:
+        await self._events.aclose()  # type: ignore[attr-defined]
+        await self._response.aclose()
+
+
+class Router:
+    """Tries providers in order of preference, within quota, failing over on what is retryable."""
+
+    def __init__(
+        self,
+        proxy_model: str,
+        upstreams: Sequence[Upstream],
+        ledger: QuotaLedger,
+        cooldowns: CooldownTimers,
+        cooldown_seconds: float,
+    ) -> None:
+        self.proxy_model = proxy_model
+        self.upstreams = upstreams
+        self.ledger = ledger
+        self._cooldowns = cooldowns
+        self._cooldown_seconds = cooldown_seconds
+
+    async def complete(self, request: ChatRequest, record: RequestRecord) -> dict[str, Any]:
+        """A non-streamed answer, model name rewritten, from the first provider that delivers."""
+
+        async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> dict[str, Any]:
+            response = await upstream.open_chat(body)
+            try:
+                document = await upstream.read_json(response)
+            finally:
+                await response.aclose()
+            usage = _usage_tokens(document)
+            if usage is not None:
+                record.prompt_tokens, record.completion_tokens = usage
+                await self.ledger.settle(reservation, sum(usage))
+            return rewrite_model(document, self.proxy_model)
+
+        return await self._route(request, record, attempt)
+
+    @asynccontextmanager
+    async def stream(self, request: ChatRequest, record: RequestRecord) -> AsyncIterator[StreamRelay]:
+        """A stream whose status is 2xx and whose first event has arrived (the first-chunk gate)."""
+
+        async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> StreamRelay:
+            response = await upstream.open_chat(body)
+            events = upstream.events(response)
+            try:
+                first = await self._first_event(upstream, events)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await events.aclose()  # type: ignore[attr-defined]
+                    await response.aclose()
+                raise
+            return StreamRelay(self, upstream, response, events, first, request, reservation, record)
+
+        relay = await self._route(request, record, attempt)
+        try:
+            yield relay
+        finally:
+            with trio.CancelScope(shield=True):
+                await relay.aclose()
+
+    @staticmethod
+    async def _first_event(upstream: Upstream, events: AsyncIterator[str]) -> dict[str, Any]:
+        async for data in events:
+            if data.strip() == DONE:
+                break
+            try:
+                document = json.loads(data)
+            except json.JSONDecodeError:
+                raise protocol_failure(upstream.name, "stream event is not JSON") from None
+            if not isinstance(document, dict):
+                raise protocol_failure(upstream.name, "stream event is not an object")
+            if isinstance(document.get("error"), dict) or "detail" in document:
+                failure = protocol_failure(upstream.name, "stream began with an error")
+                failure.error.message = str(document.get("error", {}).get("message") or document.get("detail"))
+                raise failure
+            return document
+        raise protocol_failure(upstream.name, "stream ended before its first event")
+
+    async def _route(
+        self,
+        request: ChatRequest,
+        record: RequestRecord,
+        attempt: Callable[[Upstream, dict[str, Any], Reservation], Awaitable[T]],
+    ) -> T:
+        """Run `attempt` on each provider in turn until one delivers; raise ApiError if none does."""
+        record.stream = request.stream
+        prompt_estimate = estimate_prompt_tokens(request.body)
+        cost = prompt_estimate + (requested_completion_tokens(request.body) or 0)
+        why_not_previous: str | None = None
+        last_failure: UpstreamFailure | None = None
+        refusals: list[Refusal] = []
+        for upstream in self.upstreams:
+            try:
+                body = adapt_request(request.body, upstream.config, request.stream)
+            except Unsupported as unsupported:
+                why_not_previous = f"fallback: {unsupported.field}"
+                continue
+            reservation = await self.ledger.reserve(upstream.name, cost)
+            if isinstance(reservation, Refusal):
+                refusals.append(reservation)
+                why_not_previous = f"fallback: {reservation.reason}"
+                log.debug("request %s: %s skipped (%s)", record.request_id, upstream.name, reservation.reason)
+                continue
+            record.provider = upstream.name
+            record.reason = why_not_previous or "preferred"
+            try:
+                return await attempt(upstream, body, reservation)
+            except UpstreamFailure as failure:
+                last_failure = failure
+                await self._after_failure(upstream, failure, reservation, record)
+                if not is_retryable(failure):
+                    raise failure.error from None
+                why_not_previous = f"failover: {failure.label}"
+        raise self._final_error(last_failure, refusals)
+
+    async def _after_failure(
+        self, upstream: Upstream, failure: UpstreamFailure, reservation: Reservation, record: RequestRecord
+    ) -> None:
+        log.warning(
+            "request %s: %s failed (%s): %s", record.request_id, upstream.name, failure.label, failure.error.message
+        )
+        if failure.status is not None and failure.status < 500:
+            # A refused request ran nothing; only the request itself counts, not its tokens.
+            await self.ledger.settle(reservation, 0)
+        if failure.status == 429:
+            await self._cooldowns.start(upstream.name, self._cooldown_seconds, f"429 {failure.error.code or ''}".strip())
+
+    def _final_error(self, last_failure: UpstreamFailure | None, refusals: list[Refusal]) -> ApiError:
+        if last_failure is not None:
+            error = last_failure.error
+            retry_after = last_failure.headers.get("retry-after")
+            if error.status == 429 and retry_after:
+                error.headers["retry-after"] = retry_after
+            if error.status >= 500 and error.status not in (502, 503, 504):
+                error.status = 502
+            return error
+        if refusals:
+            wait = max(1, round(min(r.retry_at for r in refusals) - self.ledger.now()))
+            return ApiError(
+                429,
+                "Every provider is out of quota; try again later.",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(wait)},
+            )
+        return ApiError(503, "No provider can serve this request.", type="api_error", code="no_provider")

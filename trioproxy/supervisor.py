@@ -1,0 +1,96 @@
+"""The root of the task tree: HTTP clients, quota ledger, cooldown timers and the server."""
+
+import logging
+import signal
+from contextlib import AsyncExitStack
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from .app import ProxyApp
+from .config import Config
+from .cooldown import CooldownTimers
+from .demo import print_demo_banner, start_demo_providers
+from .quota import QuotaLedger
+from .router import Router
+from .upstream import Upstream
+
+log = logging.getLogger("trioproxy")
+
+
+def _hypercorn_config(config: Config) -> HypercornConfig:
+    hyper = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hyper.bind = [f"{host}:{config.port}"]
+    hyper.accesslog = None  # one line per request comes from the app, with routing facts
+    hyper.errorlog = logging.getLogger("hypercorn.error")
+    return hyper
+
+
+async def run_proxy(
+    config: Config,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `shutdown` is set; report the base URL (e.g. http://127.0.0.1:3000/v1) once bound.
+
+    Only providers with an API key take part. Everything started here ends before this returns.
+    """
+    providers = [p for p in config.providers if p.api_key]
+    if not providers:
+        raise ValueError("no provider has an API key")
+    ledger = QuotaLedger(providers)
+    timeout = config.request_timeout_ms / 1000
+    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        upstreams = [
+            Upstream(p, await stack.enter_async_context(Upstream.client_for(p, timeout))) for p in providers
+        ]
+        router = Router(
+            config.proxy_model_name,
+            upstreams,
+            ledger,
+            CooldownTimers(nursery, ledger),
+            config.cooldown_period_ms / 1000,
+        )
+        app = ProxyApp(config.proxy_model_name, router, ledger, config.max_body_bytes)
+
+        async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve(app, _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
+            nursery.cancel_scope.cancel()  # the server is done: end cooldown timers too
+
+        bound = await nursery.start(serve_then_stop)
+        base_url = bound[0].rstrip("/") + "/v1"
+        log.info(
+            "trioproxy serving %s at %s; providers: %s",
+            config.proxy_model_name,
+            base_url,
+            ", ".join(f"{p.name} ({p.model} at {p.base_url})" for p in providers),
+        )
+        task_status.started(base_url)
+
+
+async def stop_on_signals(shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Set `shutdown` on SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            shutdown.set()
+            return
+
+
+async def supervise(config: Config, demo: bool) -> None:
+    """The whole process: signals, the demo's emulated providers if asked, and the proxy."""
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stop_on_signals, shutdown)
+        if demo:
+            config = await start_demo_providers(nursery, config)
+        async with trio.open_nursery() as proxy_nursery:
+            base_url = await proxy_nursery.start(run_proxy, config, shutdown)
+            if demo:
+                print_demo_banner(base_url, config.proxy_model_name)
+        # The proxy has drained and stopped; the emulators and the signal watcher may go.
+        nursery.cancel_scope.cancel()

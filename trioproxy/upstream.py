@@ -1,0 +1,130 @@
+"""Talking to one provider over httpx: sending, SSE reading, and mapping failures to one type.
+
+Every httpx exception is translated here, at one boundary, into `UpstreamFailure`.
+"""
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import httpx
+
+from .api import ApiError, error_from_upstream
+from .config import ProviderConfig
+
+DONE = "[DONE]"
+
+
+class UpstreamFailure(Exception):
+    """A provider did not deliver. `kind` is "status", "timeout", "connection" or "protocol"."""
+
+    def __init__(
+        self,
+        provider: str,
+        kind: str,
+        error: ApiError,
+        status: int | None = None,
+        headers: httpx.Headers | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {kind} {status or ''} {error.message}")
+        self.provider = provider
+        self.kind = kind
+        self.error = error
+        self.status = status
+        self.headers = headers or httpx.Headers()
+
+    @property
+    def label(self) -> str:
+        """Short reason for logs: the status, the error code, or the kind."""
+        if self.status is not None:
+            return f"{self.status} {self.error.code}" if self.error.code else str(self.status)
+        return self.kind
+
+
+def _failure_from_exception(provider: str, exc: httpx.HTTPError) -> UpstreamFailure:
+    if isinstance(exc, httpx.TimeoutException):
+        error = ApiError(504, f"{provider} did not answer in time.", type="api_error", code="upstream_timeout")
+        return UpstreamFailure(provider, "timeout", error)
+    error = ApiError(502, f"{provider} could not be reached or dropped the connection.", type="api_error", code="upstream_unavailable")
+    return UpstreamFailure(provider, "connection", error)
+
+
+def protocol_failure(provider: str, what: str) -> UpstreamFailure:
+    error = ApiError(502, f"{provider} sent an invalid response: {what}.", type="api_error", code="upstream_bad_response")
+    return UpstreamFailure(provider, "protocol", error)
+
+
+class Upstream:
+    """One provider: its settings and its pooled HTTP client (owned by the supervisor)."""
+
+    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
+        self.config = config
+        self.name = config.name
+        self._client = client
+
+    @staticmethod
+    def client_for(config: ProviderConfig, timeout_seconds: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=config.base_url.rstrip("/") + "/",
+            headers={"authorization": f"Bearer {config.api_key}"},
+            timeout=httpx.Timeout(timeout_seconds),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+
+    async def open_chat(self, body: dict[str, Any]) -> httpx.Response:
+        """Send a chat request; return the open response once its status is 2xx.
+
+        The caller must `aclose()` the response. A non-2xx status raises UpstreamFailure
+        carrying the provider's error mapped to OpenAI's shape.
+        """
+        content = json.dumps(body, ensure_ascii=False).encode()
+        request = self._client.build_request(
+            "POST", "chat/completions", content=content, headers={"content-type": "application/json"}
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _failure_from_exception(self.name, exc) from exc
+        if response.is_success:
+            return response
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError:
+            raw = b""
+        finally:
+            await response.aclose()
+        error = error_from_upstream(response.status_code, raw, self.name)
+        raise UpstreamFailure(self.name, "status", error, response.status_code, response.headers)
+
+    async def read_json(self, response: httpx.Response) -> dict[str, Any]:
+        """The whole body of a non-streamed answer as a JSON object."""
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError as exc:
+            raise _failure_from_exception(self.name, exc) from exc
+        try:
+            document = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise protocol_failure(self.name, "body is not JSON") from None
+        if not isinstance(document, dict):
+            raise protocol_failure(self.name, "body is not a JSON object")
+        return document
+
+    async def events(self, response: httpx.Response) -> AsyncIterator[str]:
+        """The `data` payloads of an SSE stream, one per event, as they arrive."""
+        data: list[str] = []
+        try:
+            async with aclosing(response.aiter_lines()) as lines:
+                async for line in lines:
+                    if line == "":
+                        if data:
+                            yield "\n".join(data)
+                            data = []
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    # comments (":"), `event:`, `id:` and `retry:` lines carry nothing we relay
+            if data:
+                yield "\n".join(data)
+        except httpx.HTTPError as exc:
+            raise _failure_from_exception(self.name, exc) from exc
