@@ -106,6 +106,8 @@ class ProxyApp:
         try:
             request = parse_chat_request(await self._read_body(scope, receive), self._proxy_model)
             record.stream = request.stream
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request %s tool parameters: %s", request_id, _tool_parameters(request.body))
             await _cancel_on_disconnect(receive, send, lambda send: self._serve_chat(request, record, send, extra))
         except ApiError as error:
             record.status = error.status
@@ -151,6 +153,11 @@ class ProxyApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _tool_parameters(body: dict[str, Any]) -> str:
+    keys = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
+    return json.dumps({key: body[key] for key in keys if key in body}, ensure_ascii=False)
 
 
 def _too_large(limit: int) -> ApiError:
