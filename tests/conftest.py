@@ -41,15 +41,11 @@ def proxy_config(providers: Providers, **overrides: Any) -> Config:
     base = Config(port=0)
     cerebras = attrs.evolve(
         base.cerebras,
-        base_url=providers.cerebras_url,
-        api_key=providers.cerebras.api_key,
-        **overrides.pop("cerebras", {}),
+        **{"base_url": providers.cerebras_url, "api_key": providers.cerebras.api_key, **overrides.pop("cerebras", {})},
     )
     chutes = attrs.evolve(
         base.chutes,
-        base_url=providers.chutes_url,
-        api_key=providers.chutes.api_key,
-        **overrides.pop("chutes", {}),
+        **{"base_url": providers.chutes_url, "api_key": providers.chutes.api_key, **overrides.pop("chutes", {})},
     )
     return attrs.evolve(base, cerebras=cerebras, chutes=chutes, **overrides)
 

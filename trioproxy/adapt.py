@@ -26,6 +26,8 @@ def adapt_request(body: dict[str, Any], provider: ProviderConfig, stream: bool) 
         del adapted["parallel_tool_calls"]
     if rules.strip_tool_strict and isinstance(adapted.get("tools"), list):
         adapted["tools"] = [_without_strict(tool) for tool in adapted["tools"]]
+    if provider.max_completion_tokens_cap is not None:
+        _cap_completion_tokens(adapted, provider.max_completion_tokens_cap)
     if stream and provider.request_stream_usage:
         options = adapted.get("stream_options")
         adapted["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -37,3 +39,12 @@ def _without_strict(tool: Any) -> Any:
     if not isinstance(function, dict) or "strict" not in function:
         return tool
     return {**tool, "function": {key: value for key, value in function.items() if key != "strict"}}
+
+
+def _cap_completion_tokens(body: dict[str, Any], cap: int) -> None:
+    """Lower the completion budget to `cap`, and send the cap when the client named none."""
+    named = [key for key in ("max_completion_tokens", "max_tokens") if type(body.get(key)) is int]
+    for key in named:
+        body[key] = min(body[key], cap)
+    if not named:
+        body["max_completion_tokens"] = cap

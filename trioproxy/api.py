@@ -30,7 +30,16 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def encode(self) -> bytes:
-        return json.dumps(self.body()).encode()
+        return dump_json(self.body())
+
+
+def dump_json(document: Any) -> bytes:
+    """UTF-8 JSON; JSON may carry lone surrogates (`"\\ud800"`), which stay escaped then."""
+    text = json.dumps(document, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(document).encode()
 
 
 @define

@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from .api import ApiError, ChatRequest, model_card, models_list, parse_chat_request
+from .api import ApiError, ChatRequest, dump_json, model_card, models_list, parse_chat_request
 from .quota import QuotaLedger
 from .router import RequestRecord, Router
 
@@ -157,7 +157,7 @@ class ProxyApp:
 
 def _tool_parameters(body: dict[str, Any]) -> str:
     keys = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
-    return json.dumps({key: body[key] for key in keys if key in body}, ensure_ascii=False)
+    return json.dumps({key: body[key] for key in keys if key in body})
 
 
 def _too_large(limit: int) -> ApiError:
@@ -186,12 +186,18 @@ async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Se
             disconnected = True
             cancel_scope.cancel()
 
+    refused: ApiError | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch, nursery.cancel_scope)
-        await work(tracking_send)
+        try:
+            await work(tracking_send)
+        except ApiError as error:
+            refused = error  # raised below, unwrapped: a nursery would put it in an ExceptionGroup
         nursery.cancel_scope.cancel()
     if disconnected:
         raise ClientDisconnected()
+    if refused is not None:
+        raise refused
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -202,7 +208,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def _send_json(send: Send, status: int, document: Any, extra: dict[str, str] | None = None) -> None:
-    body = json.dumps(document, ensure_ascii=False).encode()
+    body = dump_json(document)
     await send({"type": "http.response.start", "status": status, "headers": _json_headers(extra)})
     await send({"type": "http.response.body", "body": body})
 

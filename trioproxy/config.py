@@ -45,6 +45,12 @@ def _log_level(instance: object, attribute: attrs.Attribute, value: str) -> None
         raise _InvalidValue(attribute, f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
 
 
+def _normalize_level(value: str) -> str:
+    """`info`, `Warning` and `WARN` are all accepted, from the file as from the environment."""
+    level = value.upper() if isinstance(value, str) else value
+    return "WARN" if level == "WARNING" else level
+
+
 def _url(instance: object, attribute: attrs.Attribute, value: str) -> None:
     if not value.startswith(("http://", "https://")):
         raise _InvalidValue(attribute, f"must start with http:// or https://, got {value!r}")
@@ -72,6 +78,11 @@ class ProviderConfig:
     requests_per_minute: int | None = field(default=None, validator=_positive)
     tokens_per_minute: int | None = field(default=None, validator=_positive)
     tokens_per_day: int | None = field(default=None, validator=_positive)
+    # Cerebras books max_completion_tokens against tokens/minute before running a request, so
+    # a cap on what is sent saves most of the quota (absent in the request = the cap is sent).
+    max_completion_tokens_cap: int | None = field(default=None, validator=_positive)
+    # Requests whose estimated prompt plus completion budget exceed this skip the provider.
+    context_window: int | None = field(default=None, validator=_positive)
     # Ask the provider for a usage chunk on streams, so the ledger learns the real figures.
     request_stream_usage: bool = False
     adaptation: Adaptation = Adaptation()
@@ -85,6 +96,8 @@ def _default_cerebras() -> ProviderConfig:
         requests_per_minute=12,
         tokens_per_minute=132_000,
         tokens_per_day=19_200_000,
+        max_completion_tokens_cap=16_384,
+        context_window=131_072,
         adaptation=Adaptation(
             drop_fields=("store", "top_k", "min_p"),
             drop_false_parallel_tool_calls=True,
@@ -107,10 +120,13 @@ def _default_chutes() -> ProviderConfig:
 class Config:
     host: str = "127.0.0.1"
     port: int = field(default=3000, validator=_port)
-    log_level: str = field(default="INFO", validator=_log_level)
+    log_level: str = field(default="INFO", converter=_normalize_level, validator=_log_level)
     proxy_model_name: str = "qwen-3-coder"
     request_timeout_ms: int = field(default=30_000, validator=_positive)
     cooldown_period_ms: int = field(default=300_000, validator=_positive)
+    # Backoff after a "busy right now" refusal (Cerebras queue_exceeded, Chutes at capacity or
+    # without instances) that names no time of its own: not a quota matter, so short.
+    capacity_backoff_ms: int = field(default=5_000, validator=_positive)
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)
@@ -183,16 +199,16 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def _parse_env_value(name: str, raw: str, kind: type) -> Any:
+def _parse_env_value(name: str, raw: str, kind: type, origin: str) -> Any:
     if kind is int:
         try:
             return int(raw.strip().replace("_", ""))
         except ValueError:
-            raise ConfigError(f"{name}: expected a whole number, got {raw!r} (from the environment)") from None
+            raise ConfigError(f"{name}: expected a whole number, got {raw!r} (from {origin})") from None
     return raw.strip()
 
 
-def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+def _env_overrides(environ: Mapping[str, str], dotenv_names: frozenset[str] = frozenset()) -> tuple[dict[str, Any], dict[str, str]]:
     """The settings tree the environment sets, and the source of each dotted key."""
     tree: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -200,12 +216,10 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
         raw = environ.get(name)
         if raw is None or raw.strip() == "":
             continue
-        value = _parse_env_value(name, raw, kind)
-        if name == "LOG_LEVEL":
-            value = value.upper()
-            value = "WARN" if value == "WARNING" else value
+        origin = ".env" if name in dotenv_names else "the environment"
+        value = _parse_env_value(name, raw, kind, origin)
         _set_path(tree, path, value)
-        sources[".".join(path)] = f"environment variable {name}"
+        sources[".".join(path)] = f"{name} in .env" if name in dotenv_names else f"environment variable {name}"
     return tree, sources
 
 
@@ -267,14 +281,16 @@ def load_config(
     """Build the effective settings, or raise ConfigError with one line naming the key."""
     from dotenv import dotenv_values  # handles quoting, `export`, comments the way users expect
 
-    env: dict[str, str] = {}
+    process_env = os.environ if environ is None else environ
     dotenv_file = dotenv_path if dotenv_path is not None else Path.cwd() / ".env"
+    from_dotenv: dict[str, str] = {}
     if dotenv_file.is_file():
-        env.update({k: v for k, v in dotenv_values(dotenv_file).items() if v is not None})
-    env.update(os.environ if environ is None else environ)
+        from_dotenv = {k: v for k, v in dotenv_values(dotenv_file).items() if v is not None}
+    env = {**from_dotenv, **process_env}
+    dotenv_names = frozenset(name for name in from_dotenv if name not in process_env)
 
     file_tree = _read_toml(path) if path is not None else {}
-    env_tree, sources = _env_overrides(env)
+    env_tree, sources = _env_overrides(env, dotenv_names)
     tree = _merge(_merge(_default_tree(), file_tree), env_tree)
     file_label = str(path) if path is not None else "defaults"
     try:

@@ -86,11 +86,16 @@ class Reservation:
     provider: str
     tokens: int
     _token_entries: tuple[tuple[SlidingWindow, _Entry], ...]
+    probe: bool = False  # the single request let through after a cooldown (half-open)
 
 
 @define
 class ProviderQuota:
-    """Live quota state of one provider."""
+    """Live quota state of one provider.
+
+    After a cooldown the provider is half-open: one request probes it while the others keep
+    going elsewhere; the probe's success reopens it, a new refusal cools it down again.
+    """
 
     name: str
     requests_per_minute: SlidingWindow
@@ -98,6 +103,8 @@ class ProviderQuota:
     tokens_per_day: SlidingWindow
     cooldown_until: float = -math.inf
     cooldown_reason: str = ""
+    half_open: bool = False
+    probe_in_flight: bool = False
 
     @classmethod
     def from_config(cls, provider: ProviderConfig) -> "ProviderQuota":
@@ -108,9 +115,17 @@ class ProviderQuota:
             tokens_per_day=SlidingWindow(DAY, provider.tokens_per_day),
         )
 
+    def end_cooldown_if_due(self, now: float) -> None:
+        if self.cooldown_until != -math.inf and now >= self.cooldown_until:
+            self.cooldown_until, self.cooldown_reason = -math.inf, ""
+            self.half_open, self.probe_in_flight = True, False
+
     def refusal(self, now: float, tokens: int) -> Refusal | None:
+        self.end_cooldown_if_due(now)
         if now < self.cooldown_until:
             return Refusal("cooldown", self.cooldown_until)
+        if self.half_open and self.probe_in_flight:
+            return Refusal("probe", now + 1)
         checks = (
             ("rpm", self.requests_per_minute, 1),
             ("tpm", self.tokens_per_minute, tokens),
@@ -120,6 +135,11 @@ class ProviderQuota:
             if not window.fits(now, amount):
                 return Refusal(reason, now + window.seconds_until_fits(now, amount))
         return None
+
+    def available_at(self, now: float) -> float:
+        """The earliest moment this provider might take a one-token request again."""
+        refusal = self.refusal(now, 1)
+        return now if refusal is None else refusal.retry_at
 
 
 class QuotaLedger:
@@ -148,7 +168,9 @@ class QuotaLedger:
             entries = tuple(
                 (window, window.add(now, tokens)) for window in (quota.tokens_per_minute, quota.tokens_per_day)
             )
-            return Reservation(provider, tokens, entries)
+            probe = quota.half_open
+            quota.probe_in_flight = probe
+            return Reservation(provider, tokens, entries, probe)
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """Replace a reservation's estimate by what the provider really counted."""
@@ -161,6 +183,7 @@ class QuotaLedger:
         """Skip `provider` until `until`. Returns False when an existing cooldown lasts longer."""
         async with self._lock:
             quota = self._providers[provider]
+            quota.probe_in_flight = False
             if quota.cooldown_until >= until:
                 return False
             quota.cooldown_until, quota.cooldown_reason = until, reason
@@ -172,8 +195,23 @@ class QuotaLedger:
             quota = self._providers[provider]
             if quota.cooldown_until != until:
                 return False
-            quota.cooldown_until, quota.cooldown_reason = -math.inf, ""
+            quota.end_cooldown_if_due(max(self._clock(), until))
             return True
+
+    def finish_probe(self, reservation: Reservation, succeeded: bool) -> None:
+        """Close a half-open probe: success reopens the provider; otherwise the next request probes.
+
+        Synchronous on purpose: it runs in `finally` blocks, also while being cancelled.
+        """
+        if not reservation.probe:
+            return
+        quota = self._providers[reservation.provider]
+        quota.probe_in_flight = False
+        if succeeded:
+            quota.half_open = False
+
+    def available_at(self, provider: str) -> float:
+        return self._providers[provider].available_at(self._clock())
 
     def in_cooldown(self, provider: str) -> bool:
         return self._clock() < self._providers[provider].cooldown_until
@@ -190,9 +228,11 @@ class QuotaLedger:
         state: dict[str, Any] = {
             name: {"used": window.used(now), "limit": window.limit} for name, window in windows.items()
         }
+        quota.end_cooldown_if_due(now)
         cooling = now < quota.cooldown_until
         state["cooldown_seconds"] = round(quota.cooldown_until - now, 1) if cooling else 0
         state["cooldown_reason"] = quota.cooldown_reason if cooling else ""
+        state["half_open"] = quota.half_open
         return state
 
     def summary(self, provider: str) -> str:

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -11,9 +12,10 @@ import trio
 from attrs import define, field
 
 from .adapt import Unsupported, adapt_request
-from .api import ApiError, ChatRequest, rewrite_model
+from .api import ApiError, ChatRequest, dump_json, rewrite_model
 from .cooldown import CooldownTimers
 from .quota import QuotaLedger, Refusal, Reservation
+from .ratelimit import backoff_for
 from .tokens import estimate_prompt_tokens, requested_completion_tokens
 from .upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 
@@ -120,7 +122,7 @@ class StreamRelay:
                 if not document.get("choices"):
                     return b""
         rewrite_model(document, self._router.proxy_model)
-        return b"data: " + json.dumps(document, ensure_ascii=False).encode() + b"\n\n"
+        return b"data: " + dump_json(document) + b"\n\n"
 
     async def aclose(self) -> None:
         await self._events.aclose()  # type: ignore[attr-defined]
@@ -137,12 +139,14 @@ class Router:
         ledger: QuotaLedger,
         cooldowns: CooldownTimers,
         cooldown_seconds: float,
+        capacity_backoff_seconds: float,
     ) -> None:
         self.proxy_model = proxy_model
         self.upstreams = upstreams
         self.ledger = ledger
         self._cooldowns = cooldowns
         self._cooldown_seconds = cooldown_seconds
+        self._capacity_backoff_seconds = capacity_backoff_seconds
 
     async def complete(self, request: ChatRequest, record: RequestRecord) -> dict[str, Any]:
         """A non-streamed answer, model name rewritten, from the first provider that delivers."""
@@ -211,33 +215,40 @@ class Router:
         """Run `attempt` on each provider in turn until one delivers; raise ApiError if none does."""
         record.stream = request.stream
         prompt_estimate = estimate_prompt_tokens(request.body)
-        cost = prompt_estimate + (requested_completion_tokens(request.body) or 0)
         why_not_previous: str | None = None
         last_failure: UpstreamFailure | None = None
-        refusals: list[Refusal] = []
         for upstream in self.upstreams:
             try:
                 body = adapt_request(request.body, upstream.config, request.stream)
             except Unsupported as unsupported:
                 why_not_previous = f"fallback: {unsupported.field}"
                 continue
+            cost = prompt_estimate + (requested_completion_tokens(body) or 0)
+            window = upstream.config.context_window
+            if window is not None and cost > window:
+                why_not_previous = "fallback: context"
+                continue
             reservation = await self.ledger.reserve(upstream.name, cost)
             if isinstance(reservation, Refusal):
-                refusals.append(reservation)
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", record.request_id, upstream.name, reservation.reason)
                 continue
             record.provider = upstream.name
             record.reason = why_not_previous or "preferred"
+            succeeded = False
             try:
-                return await attempt(upstream, body, reservation)
+                result = await attempt(upstream, body, reservation)
+                succeeded = True
+                return result
             except UpstreamFailure as failure:
                 last_failure = failure
                 await self._after_failure(upstream, failure, reservation, record)
                 if not is_retryable(failure):
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
-        raise self._final_error(last_failure, refusals)
+            finally:
+                self.ledger.finish_probe(reservation, succeeded)
+        raise self._final_error(last_failure)
 
     async def _after_failure(
         self, upstream: Upstream, failure: UpstreamFailure, reservation: Reservation, record: RequestRecord
@@ -248,25 +259,30 @@ class Router:
         if failure.status is not None and failure.status < 500:
             # A refused request ran nothing; only the request itself counts, not its tokens.
             await self.ledger.settle(reservation, 0)
-        if failure.status == 429:
-            await self._cooldowns.start(upstream.name, self._cooldown_seconds, f"429 {failure.error.code or ''}".strip())
+        backoff = backoff_for(failure, self._cooldown_seconds, self._capacity_backoff_seconds)
+        if backoff is not None:
+            source = "provider's hint" if backoff.from_provider else "default"
+            await self._cooldowns.start(upstream.name, backoff.seconds, f"{failure.status} {backoff.kind}, {source}")
 
-    def _final_error(self, last_failure: UpstreamFailure | None, refusals: list[Refusal]) -> ApiError:
-        if last_failure is not None:
-            error = last_failure.error
-            retry_after = last_failure.headers.get("retry-after")
-            if error.status == 429 and retry_after:
-                error.headers["retry-after"] = retry_after
-            if error.status >= 500 and error.status not in (502, 503, 504):
-                error.status = 502
-            return error
-        if refusals:
-            wait = max(1, round(min(r.retry_at for r in refusals) - self.ledger.now()))
-            return ApiError(
+    def _final_error(self, last_failure: UpstreamFailure | None) -> ApiError:
+        """The client's error when no provider delivered: the last provider's, or a quota refusal."""
+        if last_failure is None:
+            error = ApiError(
                 429,
-                "Every provider is out of quota; try again later.",
+                "Every provider is out of quota or cooling down; try again later.",
                 type="rate_limit_error",
                 code="rate_limit_exceeded",
-                headers={"retry-after": str(wait)},
             )
-        return ApiError(503, "No provider can serve this request.", type="api_error", code="no_provider")
+        else:
+            error = last_failure.error
+            if error.status >= 500 and error.status not in (502, 503, 504):
+                error.status = 502
+        if error.status in (429, 503):
+            error.headers["retry-after"] = str(self._seconds_until_capacity())
+        return error
+
+    def _seconds_until_capacity(self) -> int:
+        """Whole seconds until the first provider might take a request again (at least 1)."""
+        now = self.ledger.now()
+        soonest = min(self.ledger.available_at(upstream.name) for upstream in self.upstreams)
+        return max(1, math.ceil(soonest - now))

@@ -53,6 +53,7 @@ async def run_proxy(
             ledger,
             CooldownTimers(nursery, ledger),
             config.cooldown_period_ms / 1000,
+            config.capacity_backoff_ms / 1000,
         )
         app = ProxyApp(config.proxy_model_name, router, ledger, config.max_body_bytes)
 

@@ -3,18 +3,18 @@
 import json
 from typing import Any
 
-# Code and English run at roughly four bytes a token for Qwen's tokenizer; the ledger
+# Code and English run at roughly four characters a token for Qwen's tokenizer; the ledger
 # settles to the provider's real count, so this only has to be close and cheap.
-BYTES_PER_TOKEN = 4
+CHARS_PER_TOKEN = 4
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """Estimated prompt tokens of a chat body: its messages and tool definitions."""
-    size = len(json.dumps(body.get("messages", []), separators=(",", ":"), ensure_ascii=False).encode())
+    size = len(json.dumps(body.get("messages", []), separators=(",", ":"), ensure_ascii=False))
     for key in ("tools", "functions"):
         if body.get(key):
-            size += len(json.dumps(body[key], separators=(",", ":"), ensure_ascii=False).encode())
-    return max(1, size // BYTES_PER_TOKEN)
+            size += len(json.dumps(body[key], separators=(",", ":"), ensure_ascii=False))
+    return max(1, size // CHARS_PER_TOKEN)
 
 
 def requested_completion_tokens(body: dict[str, Any]) -> int | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from .api import ApiError, error_from_upstream
+from .api import ApiError, dump_json, error_from_upstream
 from .config import ProviderConfig
 
 DONE = "[DONE]"
@@ -78,7 +78,7 @@ class Upstream:
         The caller must `aclose()` the response. A non-2xx status raises UpstreamFailure
         carrying the provider's error mapped to OpenAI's shape.
         """
-        content = json.dumps(body, ensure_ascii=False).encode()
+        content = dump_json(body)
         request = self._client.build_request(
             "POST", "chat/completions", content=content, headers={"content-type": "application/json"}
         )

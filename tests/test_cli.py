@@ -1,0 +1,307 @@
+"""The real `trioproxy` command in a subprocess: flags, exit codes, --check-config and --demo."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import httpx
+import trio
+
+from trioproxy import __version__
+from trioproxy.config import ENV_VARS
+
+COMMAND = [sys.executable, "-m", "trioproxy"]
+RUN_TIMEOUT = 20  # seconds for a command that should exit by itself
+STARTUP_TIMEOUT = 15  # seconds for --demo to print its base URL
+EXIT_TIMEOUT = 10  # seconds for --demo to exit after SIGTERM
+
+
+def scrubbed_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any trioproxy setting (keys included), plus `extra`."""
+    env = {name: value for name, value in os.environ.items() if name not in ENV_VARS}
+    env.pop("PYTHONUNBUFFERED", None)  # the command must flush what the user needs to see itself
+    env.update(extra)
+    return env
+
+
+@attrs.frozen
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> Result:
+    """Run the command to completion (killed if it outlives RUN_TIMEOUT) and capture its output."""
+    with trio.fail_after(RUN_TIMEOUT):
+        done = await trio.run_process(
+            COMMAND + args,
+            cwd=cwd,
+            env=dict(env if env is not None else scrubbed_env()),
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# --- commands that exit by themselves -------------------------------------------------------
+
+
+async def test_version_exits_0(tmp_path: Path) -> None:
+    """`trioproxy --version` prints the package version and exits 0."""
+    result = await run(["--version"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert __version__ in result.stdout
+    assert result.stdout.startswith("trioproxy")
+
+
+async def test_help_exits_0_and_lists_options(tmp_path: Path) -> None:
+    """`trioproxy --help` exits 0 and documents every option."""
+    result = await run(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for option in ("--config", "--demo", "--check-config", "--version"):
+        assert option in result.stdout
+
+
+async def test_unknown_flag_exits_2_with_one_line(tmp_path: Path) -> None:
+    """An unknown flag exits 2 with exactly one line on stderr naming the flag, and nothing on stdout."""
+    result = await run(["--frobnicate"], tmp_path)
+    assert result.returncode == 2
+    assert len(lines(result.stderr)) == 1, result.stderr
+    assert "--frobnicate" in result.stderr
+    assert result.stdout == ""
+
+
+async def test_no_keys_and_no_demo_exits_2_with_advice(tmp_path: Path) -> None:
+    """With no API key anywhere and no --demo, it exits 2 telling the user to set a key or use --demo."""
+    result = await run([], tmp_path)
+    assert result.returncode == 2
+    assert "CEREBRAS_API_KEY" in result.stderr
+    assert "--demo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    """A config file with a wrong value exits 2 with one stderr line naming the key and the file."""
+    config = tmp_path / "bad.toml"
+    config.write_text('[cerebras]\nrequests_per_minute = "many"\n')
+    result = await run(["--config", str(config)], tmp_path, scrubbed_env(CEREBRAS_API_KEY="csk-x"))
+    assert result.returncode == 2
+    stderr = lines(result.stderr)
+    assert len(stderr) == 1, result.stderr
+    assert "cerebras.requests_per_minute" in stderr[0]
+    assert str(config) in stderr[0]
+
+
+async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    """A --config path that does not exist exits 2 with one line naming the path."""
+    missing = tmp_path / "absent.toml"
+    result = await run(["--config", str(missing), "--check-config"], tmp_path)
+    assert result.returncode == 2
+    assert len(lines(result.stderr)) == 1, result.stderr
+    assert str(missing) in result.stderr
+
+
+async def test_check_config_prints_redacted_json(tmp_path: Path) -> None:
+    """--check-config prints the effective settings as JSON, showing a key as set but never its value."""
+    config = tmp_path / "config.toml"
+    config.write_text("port = 4567\n[chutes]\nrequests_per_minute = 40\n")
+    env = scrubbed_env(CEREBRAS_API_KEY="csk-secret-test", HOST="0.0.0.0")
+    result = await run(["--config", str(config), "--check-config"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert "csk-secret-test" not in result.stdout + result.stderr
+    settings = json.loads(result.stdout)
+    assert settings["port"] == 4567
+    assert settings["host"] == "0.0.0.0"
+    assert settings["chutes"]["requests_per_minute"] == 40
+    assert settings["cerebras"]["model"] == "qwen-3-coder-480b"
+    assert settings["cerebras"]["api_key"] == "<set>"
+    assert settings["chutes"]["api_key"] != "<set>"
+
+
+async def test_check_config_reads_dotenv_in_working_directory(tmp_path: Path) -> None:
+    """A .env file in the working directory is read, and its key is redacted too."""
+    (tmp_path / ".env").write_text('export CHUTES_API_KEY="cpk_dotenv-secret"\nPORT=4321\n')
+    result = await run(["--check-config"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "dotenv-secret" not in result.stdout
+    settings = json.loads(result.stdout)
+    assert settings["chutes"]["api_key"] == "<set>"
+    assert settings["port"] == 4321
+
+
+async def test_port_in_use_exits_1_with_one_line(tmp_path: Path) -> None:
+    """When the port is taken, it exits 1 with one line naming the address instead of a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = scrubbed_env(PORT=str(port), HOST="127.0.0.1", CEREBRAS_API_KEY="csk-unused")
+        result = await run([], tmp_path, env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    problem = [line for line in lines(result.stderr) if line.startswith("trioproxy:")]
+    assert len(problem) == 1, result.stderr
+    assert f"127.0.0.1:{port}" in problem[0]
+
+
+# --- --demo: a long-running server ----------------------------------------------------------
+
+
+@attrs.define
+class Running:
+    """A started command whose stdout and stderr are read continuously into text buffers."""
+
+    process: trio.Process
+    stdout: str = ""
+    stderr: str = ""
+    closed: int = 0  # output streams that reached end of file
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def _pump(self, stream: trio.abc.ReceiveStream, which: str) -> None:
+        async for chunk in stream:
+            setattr(self, which, getattr(self, which) + chunk.decode(errors="replace"))
+            self._notify()
+        self.closed += 1
+        self._notify()
+
+    async def exited(self, timeout: float) -> int:
+        """Wait for the process to exit and for all of its output to be read; its exit code."""
+        with trio.fail_after(timeout):
+            returncode = await self.process.wait()
+        await self.wait_until(lambda: self.closed == 2, "end of output", timeout)
+        return returncode
+
+    async def wait_until(self, done: Callable[[], bool], what: str, timeout: float) -> None:
+        """Wait until `done()` holds, re-checking whenever output arrives; fail after `timeout`."""
+        with trio.move_on_after(timeout):
+            while not done():
+                await self.changed.wait()
+            return
+        raise AssertionError(
+            f"{what} not seen within {timeout} s (exit code {self.process.poll()})\n"
+            f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+        )
+
+    async def wait_for(self, pattern: str, which: str, timeout: float) -> re.Match[str]:
+        """Wait until `pattern` matches the stdout or stderr text so far; fail after `timeout`."""
+        await self.wait_until(lambda: re.search(pattern, getattr(self, which)) is not None, f"{pattern!r} on {which}", timeout)
+        match = re.search(pattern, getattr(self, which))
+        assert match is not None
+        return match
+
+
+@asynccontextmanager
+async def started(args: list[str], cwd: Path, env: Mapping[str, str]) -> AsyncIterator[Running]:
+    """Start the command with piped output; it is always killed on the way out."""
+    process = await trio.lowlevel.open_process(
+        COMMAND + args, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    running = Running(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            assert process.stdout is not None and process.stderr is not None
+            nursery.start_soon(running._pump, process.stdout, "stdout")
+            nursery.start_soon(running._pump, process.stderr, "stderr")
+            try:
+                yield running
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                with trio.CancelScope(shield=True), trio.move_on_after(EXIT_TIMEOUT):
+                    await process.wait()
+            # the pumps end at EOF once the process is gone
+    finally:
+        if process.returncode is None:
+            process.kill()
+
+
+def request_log_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "trioproxy.request" in line]
+
+
+def chat(content: str, **extra: object) -> dict[str, object]:
+    return {"model": "qwen-3-coder", "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def test_demo_serves_falls_back_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """--demo needs no keys: it prints its URL, answers chat and streams, spills a burst over
+    Cerebras's 12 requests/min to Chutes (logged as `fallback: rpm`), and exits 0 on SIGTERM."""
+    env = scrubbed_env(PORT="0", LOG_LEVEL="INFO")
+    async with started(["--demo"], tmp_path, env) as proxy:
+        base_url = (await proxy.wait_for(r"base URL: (http://\S+)", "stdout", STARTUP_TIMEOUT)).group(1)
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", base_url), base_url
+        assert not base_url.endswith(":0/v1")
+
+        sent = 0
+        headers = {"authorization": "Bearer any-key"}
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
+            response = await client.post("/chat/completions", json=chat("Hello"))
+            sent += 1
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["model"] == "qwen-3-coder"
+            assert body["choices"][0]["message"]["content"]
+
+            async with client.stream("POST", "/chat/completions", json=chat("Stream please", stream=True)) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                data = [line[len("data: "):] async for line in stream.aiter_lines() if line.startswith("data: ")]
+            sent += 1
+            assert data[-1] == "[DONE]"
+            chunks = [json.loads(item) for item in data[:-1]]
+            assert chunks and all(chunk["model"] == "qwen-3-coder" for chunk in chunks)
+
+            # DONE-WHEN: 15 requests in well under a minute, all answered.
+            with trio.fail_after(60):
+                for index in range(15):
+                    response = await client.post("/chat/completions", json=chat(f"burst {index}"))
+                    sent += 1
+                    assert response.status_code == 200, f"request {index}: {response.status_code} {response.text}"
+                    assert response.json()["model"] == "qwen-3-coder"
+
+        # one INFO line per request; a stream's line may land just after its last byte
+        await proxy.wait_until(lambda: len(request_log_lines(proxy.stderr)) >= sent, f"{sent} request log lines", STARTUP_TIMEOUT)
+        logged = request_log_lines(proxy.stderr)
+        assert len(logged) == sent, "\n".join(logged)
+        on_cerebras = [line for line in logged if "provider=cerebras" in line]
+        on_chutes = [line for line in logged if "provider=chutes" in line]
+        assert on_cerebras and on_chutes, "\n".join(logged)
+        assert all("fallback: rpm" in line for line in on_chutes), "\n".join(on_chutes)
+        # Cerebras serves exactly its 12 requests/min budget (80 % of 15) before the spill-over
+        assert len(on_cerebras) == 12, "\n".join(logged)
+        assert logged.index(on_chutes[0]) == 12
+        assert all(" INFO " in line for line in logged)
+
+        proxy.process.send_signal(signal.SIGTERM)
+        returncode = await proxy.exited(EXIT_TIMEOUT)
+        assert returncode == 0, proxy.stderr
+        assert "Traceback" not in proxy.stderr
+
+
+async def test_demo_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT), the stop the demo banner advertises, exits 0 without a traceback."""
+    async with started(["--demo"], tmp_path, scrubbed_env(PORT="0")) as proxy:
+        await proxy.wait_for(r"base URL: (http://\S+)", "stdout", STARTUP_TIMEOUT)
+        proxy.process.send_signal(signal.SIGINT)
+        returncode = await proxy.exited(EXIT_TIMEOUT)
+        assert returncode == 0, proxy.stderr
+        assert "Traceback" not in proxy.stderr

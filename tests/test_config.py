@@ -1,0 +1,445 @@
+"""Settings: defaults, the TOML file, .env and environment overrides, and one-line refusals."""
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from trioproxy.config import ENV_VARS, Adaptation, Config, ConfigError, ProviderConfig, load_config, redacted
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.toml.example"
+
+
+def _toml_value(value: Any) -> str:
+    """A Python value as a TOML literal (enough for these tests: str, bool, int, list)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return repr(value)
+
+
+def _toml(tree: Mapping[str, Any], prefix: str = "") -> str:
+    """Render a nested dict as TOML: plain keys first, then one table per sub-dict."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in tree.items() if not isinstance(value, Mapping)]
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            name = f"{prefix}{key}"
+            lines.append(f"\n[{name}]")
+            lines.append(_toml(value, name + "."))
+    return "\n".join(lines) + "\n"
+
+
+def _nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    tree: dict[str, Any] = {path[-1]: value}
+    for key in reversed(path[:-1]):
+        tree = {key: tree}
+    return tree
+
+
+def _get(config: Config, path: tuple[str, ...]) -> Any:
+    node: Any = config
+    for key in path:
+        node = getattr(node, key)
+    return node
+
+
+def load(
+    tmp_path: Path,
+    toml: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv: str | None = None,
+) -> Config:
+    """load_config on a TOML text (or no file), explicit environ and .env; never the real environment."""
+    config_path = None
+    if toml is not None:
+        config_path = tmp_path / "config.toml"
+        config_path.write_text(toml)
+    dotenv_path = tmp_path / "test.env"
+    if dotenv is not None:
+        dotenv_path.write_text(dotenv)
+    return load_config(config_path, environ=dict(environ or {}), dotenv_path=dotenv_path)
+
+
+def refusal(tmp_path: Path, toml: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The message of the ConfigError that loading must raise; checks that it is one line."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, toml, environ)
+    message = str(caught.value)
+    assert "\n" not in message, f"message is not one line: {message!r}"
+    return message
+
+
+# --- defaults -------------------------------------------------------------------------------
+
+
+def test_defaults_equal_the_original_design(tmp_path: Path) -> None:
+    """With no file and no environment, the settings are the original proxy's defaults."""
+    config = load(tmp_path)
+    assert config == Config()
+    assert (config.host, config.port, config.log_level) == ("127.0.0.1", 3000, "INFO")
+    assert config.proxy_model_name == "qwen-3-coder"
+    assert config.request_timeout_ms == 30_000
+    assert config.cooldown_period_ms == 300_000
+    cerebras, chutes = config.cerebras, config.chutes
+    assert cerebras.model == "qwen-3-coder-480b"
+    assert cerebras.base_url == "https://api.cerebras.ai/v1"
+    assert (cerebras.requests_per_minute, cerebras.tokens_per_minute, cerebras.tokens_per_day) == (
+        12,
+        132_000,
+        19_200_000,
+    )
+    assert cerebras.api_key == ""
+    assert chutes.model == "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
+    assert chutes.base_url == "https://llm.chutes.ai/v1"
+    assert chutes.api_key == ""
+    assert [p.name for p in config.providers] == ["cerebras", "chutes"]
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    """An empty TOML file is valid and changes nothing."""
+    assert load(tmp_path, "") == Config()
+
+
+# --- the TOML file --------------------------------------------------------------------------
+
+
+def test_toml_values_apply(tmp_path: Path) -> None:
+    """Values in the TOML file, top level and in provider tables, replace the defaults."""
+    config = load(
+        tmp_path,
+        """
+        host = "0.0.0.0"
+        port = 8080
+        log_level = "DEBUG"
+        proxy_model_name = "coder"
+        request_timeout_ms = 5000
+        cooldown_period_ms = 60000
+        max_body_bytes = 1024
+
+        [cerebras]
+        base_url = "http://cerebras.internal/v1"
+        model = "qwen-3-coder-other"
+        requests_per_minute = 3
+        tokens_per_minute = 1000
+        tokens_per_day = 50000
+
+        [cerebras.adaptation]
+        drop_fields = ["store"]
+
+        [chutes]
+        base_url = "https://chutes.example/v1"
+        model = "Qwen/Other"
+        requests_per_minute = 30
+        """,
+    )
+    assert (config.host, config.port, config.log_level) == ("0.0.0.0", 8080, "DEBUG")
+    assert config.proxy_model_name == "coder"
+    assert (config.request_timeout_ms, config.cooldown_period_ms, config.max_body_bytes) == (5000, 60000, 1024)
+    assert config.cerebras.base_url == "http://cerebras.internal/v1"
+    assert config.cerebras.model == "qwen-3-coder-other"
+    assert (config.cerebras.requests_per_minute, config.cerebras.tokens_per_minute) == (3, 1000)
+    assert config.cerebras.tokens_per_day == 50000
+    assert config.cerebras.adaptation.drop_fields == ("store",)
+    # keys of a table the file does not mention keep their defaults
+    assert config.cerebras.adaptation.strip_tool_strict is True
+    assert config.cerebras.adaptation.allowed_tool_choice == ("auto", "none")
+    assert config.chutes.base_url == "https://chutes.example/v1"
+    assert config.chutes.model == "Qwen/Other"
+    assert config.chutes.requests_per_minute == 30
+    assert config.chutes.request_stream_usage is True
+
+
+# --- environment overrides ------------------------------------------------------------------
+
+
+def _value_for(name: str, kind: type, variant: int) -> str:
+    """A valid raw value for env var `name`; `variant` picks one of two distinct values."""
+    if name == "LOG_LEVEL":
+        return ("ERROR", "DEBUG")[variant]
+    if name.endswith("_BASE_URL"):
+        return f"http://10.0.0.{variant + 1}:8{variant}/v1"
+    if kind is int:
+        return str(4000 + variant)
+    return f"{name.lower()}-value-{variant}"
+
+
+def _parsed(raw: str, kind: type) -> Any:
+    return int(raw) if kind is int else raw
+
+
+@pytest.mark.parametrize("name", sorted(ENV_VARS))
+def test_every_env_var_overrides_the_file(tmp_path: Path, name: str) -> None:
+    """Each documented environment variable wins over the same key set in the TOML file."""
+    path, kind = ENV_VARS[name]
+    file_raw, env_raw = _value_for(name, kind, 0), _value_for(name, kind, 1)
+    toml = _toml(_nested(path, _parsed(file_raw, kind)))
+    assert _get(load(tmp_path, toml), path) == _parsed(file_raw, kind), "the file value should apply alone"
+    config = load(tmp_path, toml, environ={name: env_raw})
+    assert _get(config, path) == _parsed(env_raw, kind)
+
+
+def test_env_var_names_of_the_original_design() -> None:
+    """The environment variable names users of the original proxy already set are all honoured."""
+    expected = {
+        "PORT": ("port",),
+        "HOST": ("host",),
+        "LOG_LEVEL": ("log_level",),
+        "PROXY_MODEL_NAME": ("proxy_model_name",),
+        "REQUEST_TIMEOUT": ("request_timeout_ms",),
+        "COOLDOWN_PERIOD": ("cooldown_period_ms",),
+        "CEREBRAS_API_KEY": ("cerebras", "api_key"),
+        "CEREBRAS_MODEL_NAME": ("cerebras", "model"),
+        "CEREBRAS_REQUESTS_PER_MINUTE": ("cerebras", "requests_per_minute"),
+        "CEREBRAS_TOKENS_PER_MINUTE": ("cerebras", "tokens_per_minute"),
+        "CEREBRAS_TOKENS_PER_DAY": ("cerebras", "tokens_per_day"),
+        "CHUTES_API_KEY": ("chutes", "api_key"),
+        "CHUTES_MODEL_NAME": ("chutes", "model"),
+    }
+    for name, path in expected.items():
+        assert name in ENV_VARS, name
+        assert ENV_VARS[name][0] == path, name
+
+
+def test_precedence_file_then_dotenv_then_environment(tmp_path: Path) -> None:
+    """A key set in all three places takes the environment's value; .env beats the file."""
+    toml = 'port = 1111\nhost = "10.1.1.1"\nproxy_model_name = "from-file"\n'
+    dotenv = "PORT=2222\nHOST=10.2.2.2\n"
+    config = load(tmp_path, toml, environ={"PORT": "3333"}, dotenv=dotenv)
+    assert config.port == 3333  # environment > .env > file
+    assert config.host == "10.2.2.2"  # .env > file
+    assert config.proxy_model_name == "from-file"  # file > defaults
+
+
+def test_dotenv_is_read_with_quotes_export_and_comments(tmp_path: Path) -> None:
+    """A .env file with comments, quoted values and `export` lines sets the settings."""
+    dotenv = (
+        "# keys for trioproxy\n"
+        'export CEREBRAS_API_KEY="csk-dotenv-key"\n'
+        "CHUTES_API_KEY='cpk_dotenv key with spaces'\n"
+        "export PORT=4545\n"
+        'CHUTES_MODEL_NAME="Qwen/From-Dotenv"  # trailing comment\n'
+        "\n"
+        "LOG_LEVEL=debug\n"
+    )
+    config = load(tmp_path, dotenv=dotenv)
+    assert config.cerebras.api_key == "csk-dotenv-key"
+    assert config.chutes.api_key == "cpk_dotenv key with spaces"
+    assert config.port == 4545
+    assert config.chutes.model == "Qwen/From-Dotenv"
+    assert config.log_level == "DEBUG"
+
+
+def test_missing_dotenv_is_fine(tmp_path: Path) -> None:
+    """No .env file at the given path is not an error."""
+    config = load_config(None, environ={"PORT": "4000"}, dotenv_path=tmp_path / "absent" / ".env")
+    assert config.port == 4000
+
+
+@pytest.mark.parametrize(("raw", "level"), [("info", "INFO"), ("debug", "DEBUG"), ("WARNING", "WARN"), ("warning", "WARN"), ("Warn", "WARN"), ("error", "ERROR")])
+def test_log_level_env_accepts_lower_case_and_warning(tmp_path: Path, raw: str, level: str) -> None:
+    """LOG_LEVEL is case-insensitive and accepts WARNING for WARN."""
+    assert load(tmp_path, environ={"LOG_LEVEL": raw}).log_level == level
+
+
+def test_empty_env_value_means_unset(tmp_path: Path) -> None:
+    """An environment variable set to an empty string leaves the file's value in place."""
+    assert load(tmp_path, "port = 5555\n", environ={"PORT": ""}).port == 5555
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+def _assert_names(message: str, *parts: str) -> None:
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("colour = 'blue'\n", "colour"),
+        ("[cerebras]\nrpm = 5\n", "cerebras.rpm"),
+        ("[chutes.adaptation]\ndrop = []\n", "chutes.adaptation.drop"),
+        ("[openrouter]\nmodel = 'x'\n", "openrouter"),
+    ],
+)
+def test_unknown_key_is_refused(tmp_path: Path, toml: str, key: str) -> None:
+    """A key the settings do not have (a typo) is refused, naming the key and the file."""
+    message = refusal(tmp_path, toml)
+    _assert_names(message, key, str(tmp_path / "config.toml"))
+    assert "unknown" in message
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('port = "3000"\n', "port"),
+        ("port = true\n", "port"),
+        ("port = 3000.5\n", "port"),
+        ("request_timeout_ms = false\n", "request_timeout_ms"),
+        ('[cerebras]\nrequests_per_minute = "12"\n', "cerebras.requests_per_minute"),
+        ("[cerebras]\ntokens_per_day = true\n", "cerebras.tokens_per_day"),
+        ("host = 127\n", "host"),
+        ("[chutes]\nmodel = 5\n", "chutes.model"),
+        ("[chutes]\nrequest_stream_usage = 1\n", "chutes.request_stream_usage"),
+        ('[cerebras.adaptation]\ndrop_fields = "store"\n', "cerebras.adaptation.drop_fields"),
+        ("cerebras = 5\n", "cerebras"),
+        ('chutes = "off"\n', "chutes"),
+    ],
+)
+def test_wrong_type_is_refused(tmp_path: Path, toml: str, key: str) -> None:
+    """A value of the wrong type (string or bool for a number, etc.) is refused, not coerced."""
+    _assert_names(refusal(tmp_path, toml), key, str(tmp_path / "config.toml"))
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[cerebras]\nrequests_per_minute = -1\n", "cerebras.requests_per_minute"),
+        ("[cerebras]\ntokens_per_minute = 0\n", "cerebras.tokens_per_minute"),
+        ("[chutes]\ntokens_per_day = -100\n", "chutes.tokens_per_day"),
+        ("request_timeout_ms = -5\n", "request_timeout_ms"),
+        ("cooldown_period_ms = 0\n", "cooldown_period_ms"),
+        ("max_body_bytes = -1\n", "max_body_bytes"),
+        ("port = -1\n", "port"),
+        ("port = 65536\n", "port"),
+        ('log_level = "LOUD"\n', "log_level"),
+        ('[cerebras]\nbase_url = "ftp://api.cerebras.ai/v1"\n', "cerebras.base_url"),
+        ('[chutes]\nbase_url = "llm.chutes.ai/v1"\n', "chutes.base_url"),
+    ],
+)
+def test_invalid_value_in_file_is_refused(tmp_path: Path, toml: str, key: str) -> None:
+    """Negative limits, bad ports, unknown log levels and non-HTTP URLs are refused, naming key and file."""
+    _assert_names(refusal(tmp_path, toml), key, str(tmp_path / "config.toml"))
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "key"),
+    [
+        ("PORT", "70000", "port"),
+        ("PORT", "-1", "port"),
+        ("LOG_LEVEL", "verbose", "log_level"),
+        ("CEREBRAS_BASE_URL", "ftp://x/v1", "cerebras.base_url"),
+        ("CHUTES_BASE_URL", "llm.chutes.ai", "chutes.base_url"),
+        ("CEREBRAS_REQUESTS_PER_MINUTE", "-3", "cerebras.requests_per_minute"),
+        ("CEREBRAS_TOKENS_PER_DAY", "0", "cerebras.tokens_per_day"),
+        ("REQUEST_TIMEOUT", "0", "request_timeout_ms"),
+    ],
+)
+def test_invalid_env_value_names_the_variable(tmp_path: Path, name: str, raw: str, key: str) -> None:
+    """A bad value from the environment is refused, naming the key and the variable, not the file."""
+    message = refusal(tmp_path, "port = 3000\n", environ={name: raw})
+    _assert_names(message, key, name)
+    assert str(tmp_path / "config.toml") not in message
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (_, kind) in ENV_VARS.items() if kind is int))
+@pytest.mark.parametrize("raw", ["abc", "12.5", "1e3", "true"])
+def test_non_numeric_env_value_is_refused(tmp_path: Path, name: str, raw: str) -> None:
+    """A numeric environment variable that is not a whole number is refused, naming the variable."""
+    message = refusal(tmp_path, environ={name: raw})
+    _assert_names(message, name, raw)
+
+
+def test_invalid_dotenv_value_names_the_variable(tmp_path: Path) -> None:
+    """A bad value from .env is refused, naming the variable."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, dotenv="PORT=lots\n")
+    message = str(caught.value)
+    assert "\n" not in message
+    _assert_names(message, "PORT", "lots")
+
+
+def test_env_overrides_bad_file_value(tmp_path: Path) -> None:
+    """A file error the environment fixes does not stop the proxy: the environment value wins."""
+    assert load(tmp_path, "port = 99999\n", environ={"PORT": "8000"}).port == 8000
+
+
+def test_file_error_names_the_file_when_env_sets_other_keys(tmp_path: Path) -> None:
+    """A bad key in the file is blamed on the file even when the environment sets other keys."""
+    message = refusal(tmp_path, "[cerebras]\ntokens_per_minute = -1\n", environ={"PORT": "8000", "CEREBRAS_REQUESTS_PER_MINUTE": "5"})
+    _assert_names(message, "cerebras.tokens_per_minute", str(tmp_path / "config.toml"))
+    assert "CEREBRAS_REQUESTS_PER_MINUTE" not in message
+
+
+@pytest.mark.parametrize("toml", ["port = \n", "[cerebras\nmodel = 'x'\n", "host = 'a' 'b'\n", "port = 1\nport = 2\n"])
+def test_invalid_toml_is_refused(tmp_path: Path, toml: str) -> None:
+    """A file that is not valid TOML is refused in one line naming the file."""
+    message = refusal(tmp_path, toml)
+    _assert_names(message, str(tmp_path / "config.toml"))
+    assert "TOML" in message
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    """A --config path that does not exist is refused in one line naming the path."""
+    missing = tmp_path / "nope" / "config.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(missing, environ={}, dotenv_path=tmp_path / "test.env")
+    message = str(caught.value)
+    assert "\n" not in message
+    _assert_names(message, str(missing), "not found")
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+def test_redacted_never_contains_key_values(tmp_path: Path) -> None:
+    """The printable settings show whether each key is set, never the key itself."""
+    cerebras_key, chutes_key = "csk-very-secret-1234", "cpk_other-secret-5678"
+    config = load(
+        tmp_path,
+        f'[chutes]\napi_key = "{chutes_key}"\n',
+        environ={"CEREBRAS_API_KEY": cerebras_key},
+    )
+    assert (config.cerebras.api_key, config.chutes.api_key) == (cerebras_key, chutes_key)
+    tree = redacted(config)
+    text = json.dumps(tree)
+    for secret in (cerebras_key, chutes_key, "very-secret", "other-secret"):
+        assert secret not in text
+    assert tree["cerebras"]["api_key"] == "<set>"
+    assert tree["chutes"]["api_key"] == "<set>"
+    assert tree["port"] == config.port
+    assert tree["cerebras"]["model"] == config.cerebras.model
+    unset = redacted(load(tmp_path))
+    assert unset["cerebras"]["api_key"] != "<set>"
+    assert unset["chutes"]["api_key"] != "<set>"
+
+
+def test_repr_does_not_show_keys(tmp_path: Path) -> None:
+    """Printing the settings object (e.g. in a traceback or debug log) does not reveal a key."""
+    config = load(tmp_path, environ={"CEREBRAS_API_KEY": "csk-repr-secret", "CHUTES_API_KEY": "cpk_repr-secret"})
+    assert "repr-secret" not in repr(config)
+
+
+# --- config.toml.example --------------------------------------------------------------------
+
+
+def test_example_file_loads_to_exactly_the_defaults(tmp_path: Path) -> None:
+    """The shipped config.toml.example is valid and changes nothing when loaded unchanged."""
+    assert EXAMPLE.is_file()
+    assert load_config(EXAMPLE, environ={}, dotenv_path=tmp_path / "test.env") == Config()
+
+
+def _mentions_key(text: str, key: str) -> bool:
+    return re.search(rf"^\s*#?\s*{re.escape(key)}\s*=", text, re.MULTILINE) is not None
+
+
+def test_example_file_documents_every_setting() -> None:
+    """Every settings key and every environment variable name appears in config.toml.example."""
+    text = EXAMPLE.read_text()
+    for cls in (Config, ProviderConfig, Adaptation):
+        for attribute in attrs.fields(cls):
+            if isinstance(attribute.type, type) and attrs.has(attribute.type):
+                continue  # tables, checked below
+            assert _mentions_key(text, attribute.name), f"{cls.__name__}.{attribute.name} not documented"
+    for table in ("cerebras", "chutes", "cerebras.adaptation", "chutes.adaptation"):
+        assert re.search(rf"^\[{re.escape(table)}\]", text, re.MULTILINE), f"[{table}] missing"
+    for name in ENV_VARS:
+        assert re.search(rf"\b{name}\b", text), f"env var {name} not mentioned"

@@ -1,0 +1,85 @@
+"""Reading a provider's rate-limit answers: what kind of refusal, and when capacity returns."""
+
+from email.utils import parsedate_to_datetime
+import time
+
+import httpx
+from attrs import frozen
+
+from .upstream import UpstreamFailure
+
+# Codes and messages that say "busy right now" rather than "your quota is spent".
+_CAPACITY_CODES = frozenset({"queue_exceeded"})
+_CAPACITY_WORDS = ("capacity", "high traffic", "no instances", "try again soon")
+
+
+@frozen
+class Backoff:
+    """How long to leave a provider alone, and a short label for logs and state."""
+
+    seconds: float
+    kind: str  # "rpm", "tpm", "rpd", "tpd", "capacity" or "unknown"
+    from_provider: bool  # the provider named the time (Retry-After or a reset header)
+
+
+def refusal_kind(failure: UpstreamFailure) -> str:
+    """Tell apart per-minute, per-day and capacity refusals (Cerebras's `param` is "quota" for all)."""
+    message = failure.error.message.lower()
+    if failure.error.code in _CAPACITY_CODES or failure.status == 503 or any(w in message for w in _CAPACITY_WORDS):
+        return "capacity"
+    per_day = "per day" in message
+    if "token" in message:
+        return "tpd" if per_day else "tpm"
+    if "request" in message:
+        return "rpd" if per_day else "rpm"
+    return "unknown"
+
+
+def seconds_header(headers: httpx.Headers, name: str) -> float | None:
+    """A header holding seconds as a number (`11.38`), or None when absent or malformed."""
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Retry-After as seconds, in either of its forms (seconds or an HTTP date)."""
+    seconds = seconds_header(headers, "retry-after")
+    if seconds is not None:
+        return seconds
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+_RESET_HEADER = {
+    "tpm": "x-ratelimit-reset-tokens-minute",
+    "rpd": "x-ratelimit-reset-requests-day",
+    "tpd": "x-ratelimit-reset-requests-day",  # Cerebras's only daily reset header
+}
+
+
+def backoff_for(failure: UpstreamFailure, quota_cooldown: float, capacity_backoff: float) -> Backoff | None:
+    """The cooldown a 429 or 503 calls for; None for failures that need none.
+
+    The provider's own figure wins (Retry-After, then the matching reset header); without
+    one, a quota refusal waits `quota_cooldown` and a capacity refusal `capacity_backoff`.
+    """
+    if failure.status not in (429, 503):
+        return None
+    kind = refusal_kind(failure)
+    named = retry_after(failure.headers)
+    if named is None and kind in _RESET_HEADER:
+        named = seconds_header(failure.headers, _RESET_HEADER[kind])
+    if named is not None:
+        return Backoff(max(named, 1.0), kind, True)
+    return Backoff(capacity_backoff if kind == "capacity" else quota_cooldown, kind, False)
