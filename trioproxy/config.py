@@ -83,6 +83,8 @@ class ProviderConfig:
     max_completion_tokens_cap: int | None = field(default=None, validator=_positive)
     # Requests whose estimated prompt plus completion budget exceed this skip the provider.
     context_window: int | None = field(default=None, validator=_positive)
+    # Correct the ledger from the provider's x-ratelimit-* headers on every response.
+    sync_rate_limit_headers: bool = True
     # Ask the provider for a usage chunk on streams, so the ledger learns the real figures.
     request_stream_usage: bool = False
     adaptation: Adaptation = Adaptation()
@@ -127,6 +129,9 @@ class Config:
     # Backoff after a "busy right now" refusal (Cerebras queue_exceeded, Chutes at capacity or
     # without instances) that names no time of its own: not a quota matter, so short.
     capacity_backoff_ms: int = field(default=5_000, validator=_positive)
+    # Cool down for the time a 429 names (Retry-After, reset headers); false restores the
+    # original fixed cooldown_period_ms after every 429.
+    honour_retry_after: bool = True
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)

@@ -68,15 +68,20 @@ _RESET_HEADER = {
 }
 
 
-def backoff_for(failure: UpstreamFailure, quota_cooldown: float, capacity_backoff: float) -> Backoff | None:
+def backoff_for(
+    failure: UpstreamFailure, quota_cooldown: float, capacity_backoff: float, honour_hints: bool = True
+) -> Backoff | None:
     """The cooldown a 429 or 503 calls for; None for failures that need none.
 
     The provider's own figure wins (Retry-After, then the matching reset header); without
     one, a quota refusal waits `quota_cooldown` and a capacity refusal `capacity_backoff`.
+    With `honour_hints` off (the original design), every 429 waits `quota_cooldown`.
     """
     if failure.status not in (429, 503):
         return None
     kind = refusal_kind(failure)
+    if not honour_hints:
+        return Backoff(quota_cooldown, kind, False) if failure.status == 429 else None
     named = retry_after(failure.headers)
     if named is None and kind in _RESET_HEADER:
         named = seconds_header(failure.headers, _RESET_HEADER[kind])

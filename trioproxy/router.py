@@ -140,6 +140,7 @@ class Router:
         cooldowns: CooldownTimers,
         cooldown_seconds: float,
         capacity_backoff_seconds: float,
+        honour_retry_after: bool = True,
     ) -> None:
         self.proxy_model = proxy_model
         self.upstreams = upstreams
@@ -147,6 +148,7 @@ class Router:
         self._cooldowns = cooldowns
         self._cooldown_seconds = cooldown_seconds
         self._capacity_backoff_seconds = capacity_backoff_seconds
+        self._honour_retry_after = honour_retry_after
 
     async def complete(self, request: ChatRequest, record: RequestRecord) -> dict[str, Any]:
         """A non-streamed answer, model name rewritten, from the first provider that delivers."""
@@ -259,7 +261,9 @@ class Router:
         if failure.status is not None and failure.status < 500:
             # A refused request ran nothing; only the request itself counts, not its tokens.
             await self.ledger.settle(reservation, 0)
-        backoff = backoff_for(failure, self._cooldown_seconds, self._capacity_backoff_seconds)
+        backoff = backoff_for(
+            failure, self._cooldown_seconds, self._capacity_backoff_seconds, self._honour_retry_after
+        )
         if backoff is not None:
             source = "provider's hint" if backoff.from_provider else "default"
             await self._cooldowns.start(upstream.name, backoff.seconds, f"{failure.status} {backoff.kind}, {source}")

@@ -54,6 +54,7 @@ async def run_proxy(
             CooldownTimers(nursery, ledger),
             config.cooldown_period_ms / 1000,
             config.capacity_backoff_ms / 1000,
+            config.honour_retry_after,
         )
         app = ProxyApp(config.proxy_model_name, router, ledger, config.max_body_bytes)
 
