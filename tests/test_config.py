@@ -167,11 +167,20 @@ def _value_for(name: str, kind: type, variant: int) -> str:
         return f"http://10.0.0.{variant + 1}:8{variant}/v1"
     if kind is int:
         return str(4000 + variant)
+    if kind is tuple:
+        return f"{name.lower()}-a{variant}, {name.lower()}-b{variant}"
     return f"{name.lower()}-value-{variant}"
 
 
 def _parsed(raw: str, kind: type) -> Any:
+    if kind is tuple:
+        return [item.strip() for item in raw.split(",")]
     return int(raw) if kind is int else raw
+
+
+def _as_read(value: Any) -> Any:
+    """Lists come back from the settings as tuples."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 @pytest.mark.parametrize("name", sorted(ENV_VARS))
@@ -180,9 +189,9 @@ def test_every_env_var_overrides_the_file(tmp_path: Path, name: str) -> None:
     path, kind = ENV_VARS[name]
     file_raw, env_raw = _value_for(name, kind, 0), _value_for(name, kind, 1)
     toml = _toml(_nested(path, _parsed(file_raw, kind)))
-    assert _get(load(tmp_path, toml), path) == _parsed(file_raw, kind), "the file value should apply alone"
+    assert _get(load(tmp_path, toml), path) == _as_read(_parsed(file_raw, kind)), "the file value should apply alone"
     config = load(tmp_path, toml, environ={name: env_raw})
-    assert _get(config, path) == _parsed(env_raw, kind)
+    assert _get(config, path) == _as_read(_parsed(env_raw, kind))
 
 
 def test_env_var_names_of_the_original_design() -> None:

@@ -125,8 +125,9 @@ async def test_healthz_503_when_only_provider_cools_down(nursery: trio.Nursery, 
     assert body["status"] == "unavailable"
     assert list(body["providers"]) == ["cerebras"]
     assert body["providers"]["cerebras"]["usable"] is False
-    assert body["providers"]["cerebras"]["cooldown_seconds"] > 0
-    assert "429" in body["providers"]["cerebras"]["cooldown_reason"]
+    account = body["providers"]["cerebras"]["accounts"]["cerebras"]
+    assert account["cooldown_seconds"] > 0
+    assert "429" in account["cooldown_reason"]
     assert providers.chutes.received == []
 
 

@@ -1,18 +1,18 @@
 """The quota ledger on Trio's mock clock: windows, reservations under concurrency, cooldowns."""
 
-import math
-
 import attrs
+import pytest
 import trio
 import trio.testing
 
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.cooldown import CooldownTimers
 from trioproxy.quota import QuotaLedger, Refusal, Reservation, SlidingWindow
+from trioproxy.tokens import PromptEstimator
 
 
-def cerebras(**limits: int) -> ProviderConfig:
-    return attrs.evolve(Config().cerebras, **limits)
+def cerebras(**settings: object) -> ProviderConfig:
+    return attrs.evolve(Config().cerebras, **settings)
 
 
 def test_window_forgets_entries_older_than_its_span() -> None:
@@ -106,7 +106,7 @@ async def test_cooldown_timer_ends_the_cooldown_on_time(mock_clock: trio.testing
         mock_clock.jump(1)
         await trio.testing.wait_all_tasks_blocked()
         assert not ledger.in_cooldown("cerebras")
-        assert ledger._providers["cerebras"].cooldown_until == -math.inf
+        assert ledger.snapshot("cerebras")["half_open"] is True  # the next request is a probe
         assert isinstance(await ledger.reserve("cerebras", 1), Reservation)
 
 
@@ -124,3 +124,91 @@ async def test_a_longer_cooldown_is_not_cut_short_by_an_earlier_timer(mock_clock
         mock_clock.jump(40)
         await trio.testing.wait_all_tasks_blocked()
         assert not ledger.in_cooldown("cerebras")
+
+
+async def test_provider_figures_refuse_what_the_provider_would(mock_clock: trio.testing.MockClock) -> None:
+    """A synced `remaining` counts against later requests, less what was booked after it."""
+    ledger = QuotaLedger([cerebras(tokens_per_minute=100_000)])
+    first = await ledger.reserve("cerebras", 100)
+    second = await ledger.reserve("cerebras", 300)
+    assert isinstance(first, Reservation) and isinstance(second, Reservation)
+    # The provider says 1,000 remain as of the first request: the second (300) is not in it.
+    await ledger.sync(first, {"tpm": (1000, 30.0)})
+    assert isinstance(await ledger.reserve("cerebras", 600), Reservation)  # 1000 - 300 >= 600
+    refusal = await ledger.reserve("cerebras", 200)  # 1000 - 300 - 600 < 200
+    assert isinstance(refusal, Refusal) and refusal.reason == "tpm" and refusal.retry_at == 30.0
+    mock_clock.jump(30)  # past its reset, the figure says nothing any more
+    assert isinstance(await ledger.reserve("cerebras", 200), Reservation)
+
+
+async def test_an_older_figure_does_not_replace_a_newer_one(mock_clock: trio.testing.MockClock) -> None:
+    """Responses may arrive out of order; the figure of the later request wins."""
+    ledger = QuotaLedger([cerebras()])
+    early = await ledger.reserve("cerebras", 10)
+    late = await ledger.reserve("cerebras", 10)
+    assert isinstance(early, Reservation) and isinstance(late, Reservation)
+    await ledger.sync(late, {"tpm": (50, 60.0)})
+    await ledger.sync(early, {"tpm": (100_000, 60.0)})
+    assert ledger.snapshot("cerebras")["tpm"]["provider_remaining"] == 50
+
+
+async def test_daily_quota_empties_at_the_providers_day_boundary(mock_clock: trio.testing.MockClock) -> None:
+    """tokens/day follows the provider's reset time, not a sliding 24 hours."""
+    ledger = QuotaLedger([cerebras(tokens_per_day=1000)], wall_clock=lambda: 0.0)  # UTC midnight
+    spent = await ledger.reserve("cerebras", 900)
+    assert isinstance(spent, Reservation)
+    await ledger.sync(spent, {"rpd": (100, 600.0)})  # the provider's day ends in 10 minutes
+    refusal = await ledger.reserve("cerebras", 200)
+    assert isinstance(refusal, Refusal) and refusal.reason == "tpd" and refusal.retry_at == 600.0
+    mock_clock.jump(600)
+    assert isinstance(await ledger.reserve("cerebras", 200), Reservation)
+    assert ledger.snapshot("cerebras")["tpd"]["used"] == 200
+
+
+async def test_half_open_lets_one_probe_through(mock_clock: trio.testing.MockClock) -> None:
+    """After a cooldown a single request probes; others wait until it succeeds."""
+    ledger = QuotaLedger([cerebras()])
+    await ledger.start_cooldown("cerebras", 10.0, "429")
+    mock_clock.jump(10)
+    probe = await ledger.reserve("cerebras", 1)
+    assert isinstance(probe, Reservation) and probe.probe
+    waiting = await ledger.reserve("cerebras", 1)
+    assert isinstance(waiting, Refusal) and waiting.reason == "probe"
+    ledger.finish_probe(probe, succeeded=False)
+    again = await ledger.reserve("cerebras", 1)
+    assert isinstance(again, Reservation) and again.probe  # a failed probe: the next one probes
+    ledger.finish_probe(again, succeeded=True)
+    normal = await ledger.reserve("cerebras", 1)
+    assert isinstance(normal, Reservation) and not normal.probe
+    assert isinstance(await ledger.reserve("cerebras", 1), Reservation)
+
+
+async def test_the_key_with_most_headroom_is_chosen(mock_clock: trio.testing.MockClock) -> None:
+    """Each key has its own quota; requests go to the least used one, and a cooled key is skipped."""
+    provider = cerebras(api_key="csk-one", api_keys=("csk-two",), requests_per_minute=2)
+    ledger = QuotaLedger([provider])
+    assert ledger.accounts() == ["cerebras#1", "cerebras#2"]
+    chosen = [await ledger.reserve("cerebras", 10) for _ in range(4)]
+    assert [r.account for r in chosen if isinstance(r, Reservation)] == [
+        "cerebras#1", "cerebras#2", "cerebras#1", "cerebras#2"
+    ]
+    refusal = await ledger.reserve("cerebras", 10)
+    assert isinstance(refusal, Refusal) and refusal.reason == "rpm"
+    mock_clock.jump(61)
+    await ledger.start_cooldown("cerebras#1", 100.0, "429")
+    picks = {r.account for r in [await ledger.reserve("cerebras", 10) for _ in range(2)] if isinstance(r, Reservation)}
+    assert picks == {"cerebras#2"}
+    assert not ledger.in_cooldown("cerebras")  # one key still serves
+
+
+def test_estimator_learns_the_real_ratio() -> None:
+    """After usage shows prompts are twice the estimate, estimates double (within bounds)."""
+    estimator = PromptEstimator()
+    body = {"messages": [{"role": "user", "content": "x" * 400}]}
+    raw, corrected = estimator.estimate(body)
+    assert raw == corrected
+    for _ in range(40):
+        estimator.learn(raw, raw * 2)
+    assert estimator.estimate(body)[1] == pytest.approx(raw * 2, rel=0.01)
+    estimator.learn(raw, raw * 1000)  # a broken figure moves it only to the bound
+    assert estimator.ratio <= PromptEstimator.BOUNDS[1]

@@ -238,12 +238,12 @@ async def test_cerebras_429_fails_over_and_cools_down_until_the_period_ends(
 
         state = (await health(client, proxy))["providers"]["cerebras"]
         assert state["usable"] is False
-        assert 0 < state["cooldown_seconds"] <= 120
-        assert "429" in state["cooldown_reason"]
+        assert 0 < state["accounts"]["cerebras"]["cooldown_seconds"] <= 120
+        assert "429" in state["accounts"]["cerebras"]["cooldown_reason"]
 
         await advance(mock_clock, 120)
         state = (await health(client, proxy))["providers"]["cerebras"]
-        assert state["usable"] is True and state["cooldown_seconds"] == 0
+        assert state["usable"] is True and state["accounts"]["cerebras"]["cooldown_seconds"] == 0
         fourth = await post(client, chat())
     assert fourth.status_code == 200
     assert len(providers.cerebras.received) == 3

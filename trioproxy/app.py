@@ -93,7 +93,10 @@ class ProxyApp:
 
     async def _health(self, send: Send, extra: dict[str, str]) -> None:
         providers = {
-            upstream.name: {"usable": not self._ledger.in_cooldown(upstream.name), **self._ledger.snapshot(upstream.name)}
+            upstream.name: {
+                "usable": not self._ledger.in_cooldown(upstream.name),
+                "accounts": self._ledger.provider_snapshot(upstream.name),
+            }
             for upstream in self._router.upstreams
         }
         usable = any(state["usable"] for state in providers.values())
@@ -115,7 +118,7 @@ class ProxyApp:
         except ClientDisconnected:
             record.status = _STATUS_CLIENT_CLOSED
         finally:
-            _log_request(record, self._ledger)
+            _log_request(record, self._ledger, [upstream.name for upstream in self._router.upstreams])
 
     async def _serve_chat(self, request: ChatRequest, record: RequestRecord, send: Send, extra: dict[str, str]) -> None:
         if not request.stream:
@@ -217,18 +220,18 @@ async def _send_error(send: Send, error: ApiError, extra: dict[str, str] | None 
     await _send_json(send, error.status, error.body(), {**error.headers, **(extra or {})})
 
 
-def _log_request(record: RequestRecord, ledger: QuotaLedger) -> None:
+def _log_request(record: RequestRecord, ledger: QuotaLedger, providers: list[str]) -> None:
     latency_ms = (trio.current_time() - record.started) * 1000
-    quota = ledger.summary(record.provider) if record.provider != "-" else ""
+    quota = " ".join(filter(None, (ledger.summary(provider) for provider in providers)))
     log.info(
-        "request %s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f %s",
+        "request %s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
         record.request_id,
-        record.provider,
+        record.account if record.account != "-" else record.provider,
         record.reason,
         "yes" if record.stream else "no",
         record.status,
         record.prompt_tokens if record.prompt_tokens is not None else "-",
         record.completion_tokens if record.completion_tokens is not None else "-",
         latency_ms,
-        quota,
+        quota or "-",
     )

@@ -70,13 +70,44 @@ class Adaptation:
 
 
 @frozen
+class RateLimitHeaders:
+    """Names of the response headers that carry a provider's own quota figures.
+
+    Each pair is (remaining, seconds until reset); a reset may be seconds (`11.38`) or a
+    duration (`1m30s`). Defaults are Cerebras's; a pair left empty is not read.
+    """
+
+    remaining_requests_minute: str = ""
+    reset_requests_minute: str = ""
+    remaining_tokens_minute: str = "x-ratelimit-remaining-tokens-minute"
+    reset_tokens_minute: str = "x-ratelimit-reset-tokens-minute"
+    remaining_requests_day: str = "x-ratelimit-remaining-requests-day"
+    reset_requests_day: str = "x-ratelimit-reset-requests-day"
+    remaining_tokens_day: str = ""
+    reset_tokens_day: str = ""
+
+    def pairs(self) -> dict[str, tuple[str, str]]:
+        """`{window: (remaining header, reset header)}` for the pairs that are set."""
+        pairs = {
+            "rpm": (self.remaining_requests_minute, self.reset_requests_minute),
+            "tpm": (self.remaining_tokens_minute, self.reset_tokens_minute),
+            "rpd": (self.remaining_requests_day, self.reset_requests_day),
+            "tpd": (self.remaining_tokens_day, self.reset_tokens_day),
+        }
+        return {name: pair for name, pair in pairs.items() if all(pair)}
+
+
+@frozen
 class ProviderConfig:
     name: str
     base_url: str = field(validator=_url)
     model: str
     api_key: str = field(default="", repr=False)
+    # Several keys of one provider: each has its own quota; the one with most headroom is used.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
     requests_per_minute: int | None = field(default=None, validator=_positive)
     tokens_per_minute: int | None = field(default=None, validator=_positive)
+    requests_per_day: int | None = field(default=None, validator=_positive)
     tokens_per_day: int | None = field(default=None, validator=_positive)
     # Cerebras books max_completion_tokens against tokens/minute before running a request, so
     # a cap on what is sent saves most of the quota (absent in the request = the cap is sent).
@@ -85,9 +116,15 @@ class ProviderConfig:
     context_window: int | None = field(default=None, validator=_positive)
     # Correct the ledger from the provider's x-ratelimit-* headers on every response.
     sync_rate_limit_headers: bool = True
+    rate_limit_headers: RateLimitHeaders = RateLimitHeaders()
     # Ask the provider for a usage chunk on streams, so the ledger learns the real figures.
     request_stream_usage: bool = False
     adaptation: Adaptation = Adaptation()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every API key of this provider, `api_key` first, without repeats."""
+        return tuple(dict.fromkeys(key for key in (self.api_key, *self.api_keys) if key))
 
 
 def _default_cerebras() -> ProviderConfig:
@@ -152,17 +189,19 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
+    "CEREBRAS_API_KEYS": (("cerebras", "api_keys"), tuple),
     "CEREBRAS_BASE_URL": (("cerebras", "base_url"), str),
     "CEREBRAS_MODEL_NAME": (("cerebras", "model"), str),
     "CEREBRAS_REQUESTS_PER_MINUTE": (("cerebras", "requests_per_minute"), int),
     "CEREBRAS_TOKENS_PER_MINUTE": (("cerebras", "tokens_per_minute"), int),
     "CEREBRAS_TOKENS_PER_DAY": (("cerebras", "tokens_per_day"), int),
     "CHUTES_API_KEY": (("chutes", "api_key"), str),
+    "CHUTES_API_KEYS": (("chutes", "api_keys"), tuple),
     "CHUTES_BASE_URL": (("chutes", "base_url"), str),
     "CHUTES_MODEL_NAME": (("chutes", "model"), str),
 }
 
-SECRET_KEYS = frozenset({"api_key"})
+SECRET_KEYS = frozenset({"api_key", "api_keys"})
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -210,6 +249,8 @@ def _parse_env_value(name: str, raw: str, kind: type, origin: str) -> Any:
             return int(raw.strip().replace("_", ""))
         except ValueError:
             raise ConfigError(f"{name}: expected a whole number, got {raw!r} (from {origin})") from None
+    if kind is tuple:
+        return [item.strip() for item in raw.split(",") if item.strip()]
     return raw.strip()
 
 
@@ -323,4 +364,4 @@ def redacted(config: Config) -> dict[str, Any]:
 
 def secrets(config: Config) -> tuple[str, ...]:
     """Every secret value in the settings, for the log redaction filter."""
-    return tuple(p.api_key for p in config.providers if p.api_key)
+    return tuple(key for provider in config.providers for key in provider.keys)

@@ -1,13 +1,15 @@
-"""The quota ledger: sliding windows per provider, reservations, and cooldown state.
+"""The quota ledger: windows per provider account (one per API key), reservations, cooldowns.
 
-The ledger is the one contract the router talks to (reserve, settle, cooldown, snapshot), so a
-shared implementation (e.g. on Redis, for several replicas) can replace this in-process one.
+The ledger is the one contract the router talks to (reserve, settle, sync, cooldown,
+snapshot), so a shared implementation (e.g. on Redis, for several replicas) can replace this
+in-process one.
 """
 
 import math
+import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import trio
 from attrs import define, field, frozen
@@ -16,13 +18,25 @@ from .config import ProviderConfig
 
 MINUTE = 60.0
 DAY = 86_400.0
+WINDOW_NAMES = ("rpm", "tpm", "rpd", "tpd")
 
 
 @define
 class _Entry:
     at: float
     amount: int
+    seq: int  # order of booking, to tell what a provider's figure already includes
     live: bool = True  # False once the window has dropped it, so a late settle is ignored
+
+
+class Window(Protocol):
+    limit: int | None
+
+    def used(self, now: float) -> int: ...
+    def add(self, now: float, amount: int, seq: int) -> _Entry: ...
+    def adjust(self, entry: _Entry, amount: int) -> None: ...
+    def seconds_until_fits(self, now: float, amount: int) -> float: ...
+    def booked_after(self, seq: int) -> int: ...
 
 
 @define
@@ -48,9 +62,9 @@ class SlidingWindow:
     def fits(self, now: float, amount: int) -> bool:
         return self.limit is None or self.used(now) + amount <= self.limit
 
-    def add(self, now: float, amount: int) -> _Entry:
+    def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
         self._prune(now)
-        entry = _Entry(now, amount)
+        entry = _Entry(now, amount, seq)
         self._entries.append(entry)
         self._total += amount
         return entry
@@ -72,53 +86,144 @@ class SlidingWindow:
                 return max(0.0, entry.at + self.span - now)
         return self.span  # larger than the limit itself: never fits; a whole window is honest
 
+    def booked_after(self, seq: int) -> int:
+        """Sum of the entries booked after `seq` that are still in the window."""
+        total = 0
+        for entry in reversed(self._entries):
+            if entry.seq <= seq:
+                break
+            total += entry.amount
+        return total
+
+
+@define
+class DailyWindow:
+    """A counter that empties at the provider's day boundary, as Cerebras's daily quotas do.
+
+    The boundary starts as the next UTC midnight and is corrected by the provider's
+    `reset-*-day` headers when they arrive.
+    """
+
+    limit: int | None
+    day_ends_at: float
+    _total: int = 0
+    _entries: deque[_Entry] = field(factory=deque)  # today's, for settling and booked_after
+
+    def _roll(self, now: float) -> None:
+        if now >= self.day_ends_at:
+            skipped = math.floor((now - self.day_ends_at) / DAY) + 1
+            self.day_ends_at += skipped * DAY
+            for entry in self._entries:
+                entry.live = False
+            self._entries.clear()
+            self._total = 0
+
+    def used(self, now: float) -> int:
+        self._roll(now)
+        return self._total
+
+    def fits(self, now: float, amount: int) -> bool:
+        return self.limit is None or self.used(now) + amount <= self.limit
+
+    def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
+        self._roll(now)
+        entry = _Entry(now, amount, seq)
+        self._entries.append(entry)
+        self._total += amount
+        return entry
+
+    def adjust(self, entry: _Entry, amount: int) -> None:
+        if entry.live:
+            self._total += amount - entry.amount
+            entry.amount = amount
+
+    def seconds_until_fits(self, now: float, amount: int) -> float:
+        if self.fits(now, amount) or self.limit is None:
+            return 0.0
+        return self.day_ends_at - now
+
+    def booked_after(self, seq: int) -> int:
+        total = 0
+        for entry in reversed(self._entries):
+            if entry.seq <= seq:
+                break
+            total += entry.amount
+        return total
+
+    def move_boundary(self, now: float, seconds_to_reset: float) -> None:
+        """Align the day to the provider's reset time (its figure wins over our guess)."""
+        self._roll(now)
+        self.day_ends_at = now + seconds_to_reset
+
+
+@frozen
+class Synced:
+    """A provider's own figure for one window: `remaining` as of the request numbered `seq`."""
+
+    remaining: int
+    seq: int
+    valid_until: float  # its reset time: afterwards the figure says nothing
+
 
 @frozen
 class Refusal:
     """Why a provider cannot take a request now, and when it might again (clock time)."""
 
-    reason: str  # "rpm", "tpm", "tpd" or "cooldown"
+    reason: str  # a window name, "cooldown" or "probe"
     retry_at: float
 
 
 @define
 class Reservation:
+    account: str  # "cerebras", or "cerebras#2" for its second key; never the key itself
     provider: str
+    key_index: int
     tokens: int
-    _token_entries: tuple[tuple[SlidingWindow, _Entry], ...]
+    seq: int
+    _entries: tuple[tuple[Window, _Entry], ...]  # the token windows, for settling
     probe: bool = False  # the single request let through after a cooldown (half-open)
 
 
-@define
-class ProviderQuota:
-    """Live quota state of one provider.
+def seconds_until_utc_midnight(wall_time: float) -> float:
+    return DAY - (wall_time % DAY)
 
-    After a cooldown the provider is half-open: one request probes it while the others keep
+
+@define
+class AccountQuota:
+    """Live quota state of one provider account (one API key).
+
+    After a cooldown the account is half-open: one request probes it while the others keep
     going elsewhere; the probe's success reopens it, a new refusal cools it down again.
     """
 
     name: str
-    requests_per_minute: SlidingWindow
-    tokens_per_minute: SlidingWindow
-    tokens_per_day: SlidingWindow
+    provider: str
+    key_index: int
+    windows: dict[str, Window]
+    synced: dict[str, Synced] = field(factory=dict)
     cooldown_until: float = -math.inf
     cooldown_reason: str = ""
     half_open: bool = False
     probe_in_flight: bool = False
 
     @classmethod
-    def from_config(cls, provider: ProviderConfig) -> "ProviderQuota":
-        return cls(
-            name=provider.name,
-            requests_per_minute=SlidingWindow(MINUTE, provider.requests_per_minute),
-            tokens_per_minute=SlidingWindow(MINUTE, provider.tokens_per_minute),
-            tokens_per_day=SlidingWindow(DAY, provider.tokens_per_day),
-        )
+    def from_config(cls, name: str, provider: ProviderConfig, key_index: int, now: float, wall: float) -> "AccountQuota":
+        day_ends_at = now + seconds_until_utc_midnight(wall)
+        windows: dict[str, Window] = {
+            "rpm": SlidingWindow(MINUTE, provider.requests_per_minute),
+            "tpm": SlidingWindow(MINUTE, provider.tokens_per_minute),
+            "rpd": DailyWindow(provider.requests_per_day, day_ends_at),
+            "tpd": DailyWindow(provider.tokens_per_day, day_ends_at),
+        }
+        return cls(name=name, provider=provider.name, key_index=key_index, windows=windows)
 
     def end_cooldown_if_due(self, now: float) -> None:
         if self.cooldown_until != -math.inf and now >= self.cooldown_until:
             self.cooldown_until, self.cooldown_reason = -math.inf, ""
             self.half_open, self.probe_in_flight = True, False
+
+    def _amounts(self, tokens: int) -> dict[str, int]:
+        return {"rpm": 1, "rpd": 1, "tpm": tokens, "tpd": tokens}
 
     def refusal(self, now: float, tokens: int) -> Refusal | None:
         self.end_cooldown_if_due(now)
@@ -126,108 +231,173 @@ class ProviderQuota:
             return Refusal("cooldown", self.cooldown_until)
         if self.half_open and self.probe_in_flight:
             return Refusal("probe", now + 1)
-        checks = (
-            ("rpm", self.requests_per_minute, 1),
-            ("tpm", self.tokens_per_minute, tokens),
-            ("tpd", self.tokens_per_day, tokens),
-        )
-        for reason, window, amount in checks:
-            if not window.fits(now, amount):
-                return Refusal(reason, now + window.seconds_until_fits(now, amount))
+        for name, amount in self._amounts(tokens).items():
+            window = self.windows[name]
+            if window.limit is not None and window.used(now) + amount > window.limit:
+                return Refusal(name, now + window.seconds_until_fits(now, amount))
+            if self.provider_remaining(name, now) < amount:
+                return Refusal(name, self.synced[name].valid_until)
         return None
 
-    def available_at(self, now: float) -> float:
-        """The earliest moment this provider might take a one-token request again."""
-        refusal = self.refusal(now, 1)
-        return now if refusal is None else refusal.retry_at
+    def provider_remaining(self, name: str, now: float) -> float:
+        """What the provider last said remains, less what we booked since; inf if unknown."""
+        synced = self.synced.get(name)
+        if synced is None or now >= synced.valid_until:
+            return math.inf
+        return synced.remaining - self.windows[name].booked_after(synced.seq)
+
+    def headroom(self, now: float) -> float:
+        """The smallest share left of any limited window (1.0 = untouched), for choosing keys."""
+        shares = [1.0]
+        for name, window in self.windows.items():
+            if window.limit:
+                left = min(window.limit - window.used(now), self.provider_remaining(name, now))
+                shares.append(max(0.0, left) / window.limit)
+        return min(shares)
 
 
 class QuotaLedger:
-    """Quota state of every provider, guarded by one Trio lock.
+    """Quota state of every provider account, guarded by one Trio lock.
 
     Reserving checks and books in one step under the lock, so concurrent requests cannot
     both see the last free slot.
     """
 
-    def __init__(self, providers: Iterable[ProviderConfig], clock: Callable[[], float] = trio.current_time) -> None:
-        self._providers = {p.name: ProviderQuota.from_config(p) for p in providers}
+    def __init__(
+        self,
+        providers: Iterable[ProviderConfig],
+        clock: Callable[[], float] = trio.current_time,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        now, wall = clock(), wall_clock()
+        self._accounts: dict[str, AccountQuota] = {}
+        self._by_provider: dict[str, list[AccountQuota]] = {}
+        for provider in providers:
+            keys = provider.keys or ("",)
+            accounts = [
+                AccountQuota.from_config(account_name(provider.name, i, len(keys)), provider, i, now, wall)
+                for i in range(len(keys))
+            ]
+            self._by_provider[provider.name] = accounts
+            self._accounts.update((a.name, a) for a in accounts)
         self._lock = trio.Lock()
+        self._seq = 0
 
     def now(self) -> float:
         return self._clock()
 
+    def accounts(self) -> list[str]:
+        return list(self._accounts)
+
     async def reserve(self, provider: str, tokens: int) -> Reservation | Refusal:
+        """Book one request of `tokens` on the provider's account with the most headroom."""
         async with self._lock:
-            quota = self._providers[provider]
             now = self._clock()
-            refusal = quota.refusal(now, tokens)
-            if refusal is not None:
-                return refusal
-            quota.requests_per_minute.add(now, 1)
-            entries = tuple(
-                (window, window.add(now, tokens)) for window in (quota.tokens_per_minute, quota.tokens_per_day)
-            )
-            probe = quota.half_open
-            quota.probe_in_flight = probe
-            return Reservation(provider, tokens, entries, probe)
+            refusals: list[Refusal] = []
+            best: AccountQuota | None = None
+            for account in self._by_provider[provider]:
+                refusal = account.refusal(now, tokens)
+                if refusal is not None:
+                    refusals.append(refusal)
+                elif best is None or account.headroom(now) > best.headroom(now):
+                    best = account
+            if best is None:
+                return min(refusals, key=lambda r: r.retry_at)
+            self._seq += 1
+            entries = []
+            for name, amount in best._amounts(tokens).items():
+                entry = best.windows[name].add(now, amount, self._seq)
+                if name in ("tpm", "tpd"):
+                    entries.append((best.windows[name], entry))
+            probe = best.half_open
+            best.probe_in_flight = probe
+            return Reservation(best.name, provider, best.key_index, tokens, self._seq, tuple(entries), probe)
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """Replace a reservation's estimate by what the provider really counted."""
         async with self._lock:
-            for window, entry in reservation._token_entries:
+            for window, entry in reservation._entries:
                 window.adjust(entry, actual_tokens)
             reservation.tokens = actual_tokens
 
-    async def start_cooldown(self, provider: str, until: float, reason: str) -> bool:
-        """Skip `provider` until `until`. Returns False when an existing cooldown lasts longer."""
+    async def sync(self, reservation: Reservation, figures: Mapping[str, tuple[float, float]]) -> None:
+        """Take the provider's own figures, `{window: (remaining, seconds_to_reset)}`, as truth.
+
+        They count everything booked up to this reservation; what we booked after it is
+        subtracted when checking, so concurrent requests are not counted twice or missed.
+        """
         async with self._lock:
-            quota = self._providers[provider]
+            account = self._accounts[reservation.account]
+            now = self._clock()
+            for name, (remaining, reset) in figures.items():
+                if name in ("rpd", "tpd"):
+                    # One provider day: a daily reset time moves both daily counters.
+                    for daily in (account.windows["rpd"], account.windows["tpd"]):
+                        assert isinstance(daily, DailyWindow)
+                        daily.move_boundary(now, reset)
+                current = account.synced.get(name)
+                if current is not None and current.seq > reservation.seq and now < current.valid_until:
+                    continue  # a newer request's figure already arrived
+                account.synced[name] = Synced(int(remaining), reservation.seq, now + reset)
+
+    async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
+        """Skip `account` until `until`. Returns False when an existing cooldown lasts longer."""
+        async with self._lock:
+            quota = self._accounts[account]
             quota.probe_in_flight = False
             if quota.cooldown_until >= until:
                 return False
             quota.cooldown_until, quota.cooldown_reason = until, reason
             return True
 
-    async def end_cooldown(self, provider: str, until: float) -> bool:
+    async def end_cooldown(self, account: str, until: float) -> bool:
         """End the cooldown that was set to `until`; False if it was replaced meanwhile."""
         async with self._lock:
-            quota = self._providers[provider]
+            quota = self._accounts[account]
             if quota.cooldown_until != until:
                 return False
             quota.end_cooldown_if_due(max(self._clock(), until))
             return True
 
     def finish_probe(self, reservation: Reservation, succeeded: bool) -> None:
-        """Close a half-open probe: success reopens the provider; otherwise the next request probes.
+        """Close a half-open probe: success reopens the account; otherwise the next request probes.
 
         Synchronous on purpose: it runs in `finally` blocks, also while being cancelled.
         """
         if not reservation.probe:
             return
-        quota = self._providers[reservation.provider]
+        quota = self._accounts[reservation.account]
         quota.probe_in_flight = False
         if succeeded:
             quota.half_open = False
 
     def available_at(self, provider: str) -> float:
-        return self._providers[provider].available_at(self._clock())
+        """The earliest moment any account of `provider` might take a small request again."""
+        now = self._clock()
+        times = []
+        for account in self._by_provider[provider]:
+            refusal = account.refusal(now, 1)
+            times.append(now if refusal is None else refusal.retry_at)
+        return min(times)
 
     def in_cooldown(self, provider: str) -> bool:
-        return self._clock() < self._providers[provider].cooldown_until
-
-    def snapshot(self, provider: str) -> dict[str, Any]:
-        """Used and limit of each window, and the cooldown, as plain data."""
-        quota = self._providers[provider]
+        """True when every account of `provider` is cooling down."""
         now = self._clock()
-        windows = {
-            "rpm": quota.requests_per_minute,
-            "tpm": quota.tokens_per_minute,
-            "tpd": quota.tokens_per_day,
-        }
-        state: dict[str, Any] = {
-            name: {"used": window.used(now), "limit": window.limit} for name, window in windows.items()
-        }
+        return all(now < account.cooldown_until for account in self._by_provider[provider])
+
+    def snapshot(self, account: str) -> dict[str, Any]:
+        """Used and limit of each window, the provider's own figures, and the cooldown."""
+        quota = self._accounts[account]
+        now = self._clock()
+        state: dict[str, Any] = {}
+        for name in WINDOW_NAMES:
+            window = quota.windows[name]
+            entry: dict[str, Any] = {"used": window.used(now), "limit": window.limit}
+            remaining = quota.provider_remaining(name, now)
+            if remaining != math.inf:
+                entry["provider_remaining"] = int(remaining)
+            state[name] = entry
         quota.end_cooldown_if_due(now)
         cooling = now < quota.cooldown_until
         state["cooldown_seconds"] = round(quota.cooldown_until - now, 1) if cooling else 0
@@ -235,13 +405,25 @@ class QuotaLedger:
         state["half_open"] = quota.half_open
         return state
 
+    def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:
+        return {account.name: self.snapshot(account.name) for account in self._by_provider[provider]}
+
     def summary(self, provider: str) -> str:
-        """One short line of quota state for logs: `rpm 3/12 tpm 4100/132000 tpd 9000/19200000`."""
-        state = self.snapshot(provider)
+        """Short quota state of a provider's accounts for logs, e.g. `cerebras[rpm 3/12 tpm 4100/132000]`."""
+        return " ".join(filter(None, (self.account_summary(a.name) for a in self._by_provider[provider])))
+
+    def account_summary(self, account: str) -> str:
+        state = self.snapshot(account)
         parts = [
-            f"{name} {state[name]['used']}/{state[name]['limit'] if state[name]['limit'] else '-'}"
-            for name in ("rpm", "tpm", "tpd")
+            f"{name} {state[name]['used']}/{state[name]['limit']}"
+            for name in WINDOW_NAMES
+            if state[name]["limit"] is not None
         ]
         if state["cooldown_seconds"]:
             parts.append(f"cooldown {state['cooldown_seconds']}s")
-        return " ".join(parts)
+        return f"{account}[{' '.join(parts)}]" if parts else ""
+
+
+def account_name(provider: str, index: int, count: int) -> str:
+    """`cerebras` for a single key, `cerebras#1`, `cerebras#2`, ... for several."""
+    return provider if count == 1 else f"{provider}#{index + 1}"

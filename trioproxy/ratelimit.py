@@ -1,7 +1,8 @@
 """Reading a provider's rate-limit answers: what kind of refusal, and when capacity returns."""
 
-from email.utils import parsedate_to_datetime
+import re
 import time
+from email.utils import parsedate_to_datetime
 
 import httpx
 from attrs import frozen
@@ -35,16 +36,41 @@ def refusal_kind(failure: UpstreamFailure) -> str:
     return "unknown"
 
 
-def seconds_header(headers: httpx.Headers, name: str) -> float | None:
-    """A header holding seconds as a number (`11.38`), or None when absent or malformed."""
-    raw = headers.get(name)
-    if raw is None:
-        return None
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?")
+
+
+def parse_seconds(raw: str) -> float | None:
+    """Seconds from `11.38` (Cerebras) or a duration such as `1m30s` or `250ms`; None if neither."""
+    raw = raw.strip()
     try:
         value = float(raw)
     except ValueError:
-        return None
-    return value if value >= 0 else None
+        match = _DURATION.fullmatch(raw)
+        if not raw or match is None:
+            return None
+        hours, minutes, seconds, millis = (float(part) if part else 0.0 for part in match.groups())
+        value = hours * 3600 + minutes * 60 + seconds + millis / 1000
+    return value if value >= 0 and value != float("inf") else None
+
+
+def seconds_header(headers: httpx.Headers, name: str) -> float | None:
+    """A header holding a time to wait, or None when absent or malformed."""
+    raw = headers.get(name)
+    return None if raw is None else parse_seconds(raw)
+
+
+def quota_figures(headers: httpx.Headers, pairs: dict[str, tuple[str, str]]) -> dict[str, tuple[float, float]]:
+    """`{window: (remaining, seconds to reset)}` from the provider's rate-limit headers."""
+    figures = {}
+    for window, (remaining_name, reset_name) in pairs.items():
+        remaining, reset = headers.get(remaining_name), seconds_header(headers, reset_name)
+        if remaining is None or reset is None:
+            continue
+        try:
+            figures[window] = (max(0.0, float(remaining)), reset)
+        except ValueError:
+            continue
+    return figures
 
 
 def retry_after(headers: httpx.Headers) -> float | None:

@@ -15,8 +15,8 @@ from .adapt import Unsupported, adapt_request
 from .api import ApiError, ChatRequest, dump_json, rewrite_model
 from .cooldown import CooldownTimers
 from .quota import QuotaLedger, Refusal, Reservation
-from .ratelimit import backoff_for
-from .tokens import estimate_prompt_tokens, requested_completion_tokens
+from .ratelimit import backoff_for, quota_figures
+from .tokens import PromptEstimator, requested_completion_tokens
 from .upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 
 log = logging.getLogger("trioproxy.router")
@@ -36,10 +36,12 @@ class RequestRecord:
     request_id: str
     stream: bool = False
     provider: str = "-"
+    account: str = "-"  # which key's quota paid, e.g. cerebras#2; never the key itself
     reason: str = "-"
     status: int = 0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    prompt_estimate: int = 0  # the raw estimate, so usage can teach the estimator
     started: float = field(factory=trio.current_time)
 
 
@@ -62,6 +64,16 @@ def _usage_tokens(document: dict[str, Any]) -> tuple[int, int] | None:
     if isinstance(prompt, int) and isinstance(completion, int):
         return prompt, completion
     return None
+
+
+def _parse_event(upstream: Upstream, data: str) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+    except json.JSONDecodeError:
+        raise protocol_failure(upstream.name, "stream event is not JSON") from None
+    if not isinstance(document, dict):
+        raise protocol_failure(upstream.name, "stream event is not an object")
+    return document
 
 
 class StreamRelay:
@@ -96,13 +108,7 @@ class StreamRelay:
             async for data in self._events:
                 if data.strip() == DONE:
                     break
-                try:
-                    document = json.loads(data)
-                except json.JSONDecodeError:
-                    raise protocol_failure(self._upstream.name, "stream event is not JSON") from None
-                if not isinstance(document, dict):
-                    raise protocol_failure(self._upstream.name, "stream event is not an object")
-                frame = await self._frame(document)
+                frame = await self._frame(_parse_event(self._upstream, data))
                 if frame:
                     yield frame
         except UpstreamFailure as failure:
@@ -112,10 +118,7 @@ class StreamRelay:
 
     async def _frame(self, document: dict[str, Any]) -> bytes:
         """Rewrite one event for the client; settle quota when it carries usage."""
-        usage = _usage_tokens(document)
-        if usage is not None:
-            self._record.prompt_tokens, self._record.completion_tokens = usage
-            await self._router.ledger.settle(self._reservation, sum(usage))
+        if await self._router.account_usage(document, self._reservation, self._record):
             if not self._request.wants_usage:
                 # The client did not ask for usage: drop it, and drop a chunk that held only usage.
                 del document["usage"]
@@ -145,6 +148,7 @@ class Router:
         self.proxy_model = proxy_model
         self.upstreams = upstreams
         self.ledger = ledger
+        self.estimator = PromptEstimator()
         self._cooldowns = cooldowns
         self._cooldown_seconds = cooldown_seconds
         self._capacity_backoff_seconds = capacity_backoff_seconds
@@ -154,15 +158,12 @@ class Router:
         """A non-streamed answer, model name rewritten, from the first provider that delivers."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> dict[str, Any]:
-            response = await upstream.open_chat(body)
+            response = await self._open(upstream, body, reservation)
             try:
                 document = await upstream.read_json(response)
             finally:
                 await response.aclose()
-            usage = _usage_tokens(document)
-            if usage is not None:
-                record.prompt_tokens, record.completion_tokens = usage
-                await self.ledger.settle(reservation, sum(usage))
+            await self.account_usage(document, reservation, record)
             return rewrite_model(document, self.proxy_model)
 
         return await self._route(request, record, attempt)
@@ -172,7 +173,7 @@ class Router:
         """A stream whose status is 2xx and whose first event has arrived (the first-chunk gate)."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> StreamRelay:
-            response = await upstream.open_chat(body)
+            response = await self._open(upstream, body, reservation)
             events = upstream.events(response)
             try:
                 first = await self._first_event(upstream, events)
@@ -190,17 +191,39 @@ class Router:
             with trio.CancelScope(shield=True):
                 await relay.aclose()
 
+    async def account_usage(self, document: dict[str, Any], reservation: Reservation, record: RequestRecord) -> bool:
+        """Settle the reservation and teach the estimator if `document` carries usage."""
+        usage = _usage_tokens(document)
+        if usage is None:
+            return False
+        record.prompt_tokens, record.completion_tokens = usage
+        await self.ledger.settle(reservation, sum(usage))
+        self.estimator.learn(record.prompt_estimate, usage[0])
+        return True
+
+    async def _open(self, upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> httpx.Response:
+        """Send with the reserved account's key; the provider's quota headers correct the ledger."""
+        try:
+            response = await upstream.open_chat(body, upstream.config.keys[reservation.key_index])
+        except UpstreamFailure as failure:
+            await self._sync(upstream, reservation, failure.headers)
+            raise
+        await self._sync(upstream, reservation, response.headers)
+        return response
+
+    async def _sync(self, upstream: Upstream, reservation: Reservation, headers: httpx.Headers) -> None:
+        if not upstream.config.sync_rate_limit_headers:
+            return
+        figures = quota_figures(headers, upstream.config.rate_limit_headers.pairs())
+        if figures:
+            await self.ledger.sync(reservation, figures)
+
     @staticmethod
     async def _first_event(upstream: Upstream, events: AsyncIterator[str]) -> dict[str, Any]:
         async for data in events:
             if data.strip() == DONE:
                 break
-            try:
-                document = json.loads(data)
-            except json.JSONDecodeError:
-                raise protocol_failure(upstream.name, "stream event is not JSON") from None
-            if not isinstance(document, dict):
-                raise protocol_failure(upstream.name, "stream event is not an object")
+            document = _parse_event(upstream, data)
             if isinstance(document.get("error"), dict) or "detail" in document:
                 failure = protocol_failure(upstream.name, "stream began with an error")
                 failure.error.message = str(document.get("error", {}).get("message") or document.get("detail"))
@@ -216,7 +239,7 @@ class Router:
     ) -> T:
         """Run `attempt` on each provider in turn until one delivers; raise ApiError if none does."""
         record.stream = request.stream
-        prompt_estimate = estimate_prompt_tokens(request.body)
+        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
         why_not_previous: str | None = None
         last_failure: UpstreamFailure | None = None
         for upstream in self.upstreams:
@@ -235,7 +258,7 @@ class Router:
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", record.request_id, upstream.name, reservation.reason)
                 continue
-            record.provider = upstream.name
+            record.provider, record.account = upstream.name, reservation.account
             record.reason = why_not_previous or "preferred"
             succeeded = False
             try:
@@ -266,7 +289,7 @@ class Router:
         )
         if backoff is not None:
             source = "provider's hint" if backoff.from_provider else "default"
-            await self._cooldowns.start(upstream.name, backoff.seconds, f"{failure.status} {backoff.kind}, {source}")
+            await self._cooldowns.start(reservation.account, backoff.seconds, f"{failure.status} {backoff.kind}, {source}")
 
     def _final_error(self, last_failure: UpstreamFailure | None) -> ApiError:
         """The client's error when no provider delivered: the last provider's, or a quota refusal."""

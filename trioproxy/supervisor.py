@@ -38,7 +38,7 @@ async def run_proxy(
 
     Only providers with an API key take part. Everything started here ends before this returns.
     """
-    providers = [p for p in config.providers if p.api_key]
+    providers = [p for p in config.providers if p.keys]
     if not providers:
         raise ValueError("no provider has an API key")
     ledger = QuotaLedger(providers)

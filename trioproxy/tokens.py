@@ -24,3 +24,25 @@ def requested_completion_tokens(body: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+class PromptEstimator:
+    """Estimates prompt tokens, learning the ratio of real to estimated counts as usage arrives."""
+
+    SMOOTHING = 0.2  # weight of the newest observation
+    BOUNDS = (0.25, 4.0)  # a ratio outside these is a broken figure, not a tokenizer
+
+    def __init__(self) -> None:
+        self.ratio = 1.0
+
+    def estimate(self, body: dict[str, Any]) -> tuple[int, int]:
+        """(raw estimate, corrected estimate) of a body's prompt tokens."""
+        raw = estimate_prompt_tokens(body)
+        return raw, max(1, round(raw * self.ratio))
+
+    def learn(self, raw_estimate: int, actual: int) -> None:
+        if raw_estimate <= 0 or actual <= 0:
+            return
+        low, high = self.BOUNDS
+        observed = min(high, max(low, actual / raw_estimate))
+        self.ratio += self.SMOOTHING * (observed - self.ratio)

@@ -67,20 +67,22 @@ class Upstream:
     def client_for(config: ProviderConfig, timeout_seconds: float) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=config.base_url.rstrip("/") + "/",
-            headers={"authorization": f"Bearer {config.api_key}"},
             timeout=httpx.Timeout(timeout_seconds),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
 
-    async def open_chat(self, body: dict[str, Any]) -> httpx.Response:
-        """Send a chat request; return the open response once its status is 2xx.
+    async def open_chat(self, body: dict[str, Any], api_key: str) -> httpx.Response:
+        """Send a chat request with `api_key`; return the open response once its status is 2xx.
 
         The caller must `aclose()` the response. A non-2xx status raises UpstreamFailure
         carrying the provider's error mapped to OpenAI's shape.
         """
         content = dump_json(body)
         request = self._client.build_request(
-            "POST", "chat/completions", content=content, headers={"content-type": "application/json"}
+            "POST",
+            "chat/completions",
+            content=content,
+            headers={"content-type": "application/json", "authorization": f"Bearer {api_key}"},
         )
         try:
             response = await self._client.send(request, stream=True)
