@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 from .api import ApiError, ChatRequest, dump_json, model_card, models_list, parse_chat_request
@@ -94,7 +95,8 @@ class ProxyApp:
     async def _health(self, send: Send, extra: dict[str, str]) -> None:
         providers = {
             upstream.name: {
-                "usable": not self._ledger.in_cooldown(upstream.name),
+                "usable": self._router.health[upstream.name].usable and not self._ledger.in_cooldown(upstream.name),
+                **attrs.asdict(self._router.health[upstream.name]),
                 "accounts": self._ledger.provider_snapshot(upstream.name),
             }
             for upstream in self._router.upstreams

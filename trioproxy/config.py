@@ -169,6 +169,10 @@ class Config:
     # Cool down for the time a 429 names (Retry-After, reset headers); false restores the
     # original fixed cooldown_period_ms after every 429.
     honour_retry_after: bool = True
+    # The prober's `GET /models` per provider: every this many milliseconds, and this many
+    # failures in a row mark a provider down (skipped while another can serve).
+    health_check_interval_ms: int = field(default=60_000, validator=_positive)
+    health_check_failures: int = field(default=3, validator=_positive)
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)

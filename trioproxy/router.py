@@ -14,6 +14,7 @@ from attrs import define, field
 from .adapt import Unsupported, adapt_request
 from .api import ApiError, ChatRequest, dump_json, rewrite_model
 from .cooldown import CooldownTimers
+from .health import ProviderHealth
 from .quota import QuotaLedger, Refusal, Reservation
 from .ratelimit import backoff_for, quota_figures
 from .tokens import PromptEstimator, requested_completion_tokens
@@ -144,10 +145,12 @@ class Router:
         cooldown_seconds: float,
         capacity_backoff_seconds: float,
         honour_retry_after: bool = True,
+        health: dict[str, ProviderHealth] | None = None,
     ) -> None:
         self.proxy_model = proxy_model
         self.upstreams = upstreams
         self.ledger = ledger
+        self.health = health if health is not None else {u.name: ProviderHealth() for u in upstreams}
         self.estimator = PromptEstimator()
         self._cooldowns = cooldowns
         self._cooldown_seconds = cooldown_seconds
@@ -242,7 +245,8 @@ class Router:
         record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
         why_not_previous: str | None = None
         last_failure: UpstreamFailure | None = None
-        for upstream in self.upstreams:
+        for upstream, skipped_because in self._in_order():
+            why_not_previous = skipped_because or why_not_previous
             try:
                 body = adapt_request(request.body, upstream.config, request.stream)
             except Unsupported as unsupported:
@@ -274,6 +278,20 @@ class Router:
             finally:
                 self.ledger.finish_probe(reservation, succeeded)
         raise self._final_error(last_failure)
+
+    def _in_order(self) -> list[tuple[Upstream, str | None]]:
+        """Providers by preference, those the prober found down or without the model last.
+
+        They stay as a last resort: a prober can be wrong, and an attempt beats a sure error.
+        Each comes with the reason the ones before it were passed over, if any.
+        """
+        usable = [u for u in self.upstreams if self.health[u.name].usable]
+        deferred = [u for u in self.upstreams if not self.health[u.name].usable]
+        order: list[tuple[Upstream, str | None]] = []
+        for upstream in usable:
+            passed_over = [u for u in deferred if self.upstreams.index(u) < self.upstreams.index(upstream)]
+            order.append((upstream, f"fallback: {self.health[passed_over[0].name].why_not}" if passed_over else None))
+        return order + [(upstream, None) for upstream in deferred]
 
     async def _after_failure(
         self, upstream: Upstream, failure: UpstreamFailure, reservation: Reservation, record: RequestRecord

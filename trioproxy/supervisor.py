@@ -12,6 +12,7 @@ from .app import ProxyApp
 from .config import Config
 from .cooldown import CooldownTimers
 from .demo import print_demo_banner, start_demo_providers
+from .health import HealthProber, ProviderHealth
 from .quota import QuotaLedger
 from .router import Router
 from .upstream import Upstream
@@ -47,6 +48,7 @@ async def run_proxy(
         upstreams = [
             Upstream(p, await stack.enter_async_context(Upstream.client_for(p, timeout))) for p in providers
         ]
+        health = {p.name: ProviderHealth() for p in providers}
         router = Router(
             config.proxy_model_name,
             upstreams,
@@ -55,6 +57,7 @@ async def run_proxy(
             config.cooldown_period_ms / 1000,
             config.capacity_backoff_ms / 1000,
             config.honour_retry_after,
+            health,
         )
         app = ProxyApp(config.proxy_model_name, router, ledger, config.max_body_bytes)
 
@@ -62,6 +65,8 @@ async def run_proxy(
             await serve(app, _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
             nursery.cancel_scope.cancel()  # the server is done: end cooldown timers too
 
+        prober = HealthProber(upstreams, health, config.health_check_interval_ms / 1000, config.health_check_failures)
+        nursery.start_soon(prober.run)
         bound = await nursery.start(serve_then_stop)
         base_url = bound[0].rstrip("/") + "/v1"
         log.info(

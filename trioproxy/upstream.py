@@ -99,6 +99,22 @@ class Upstream:
         error = error_from_upstream(response.status_code, raw, self.name)
         raise UpstreamFailure(self.name, "status", error, response.status_code, response.headers)
 
+    async def list_models(self) -> list[str]:
+        """The model ids the provider lists at `GET /models` (costs no chat quota)."""
+        try:
+            response = await self._client.get("models", headers={"authorization": f"Bearer {self.config.keys[0]}"})
+            raw = await response.aread()
+        except httpx.HTTPError as exc:
+            raise _failure_from_exception(self.name, exc) from exc
+        if not response.is_success:
+            error = error_from_upstream(response.status_code, raw, self.name)
+            raise UpstreamFailure(self.name, "status", error, response.status_code, response.headers)
+        try:
+            data = json.loads(raw)["data"]
+            return [entry["id"] for entry in data if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
+        except (ValueError, KeyError, TypeError):
+            raise protocol_failure(self.name, "model list is not {\"data\": [...]}") from None
+
     async def read_json(self, response: httpx.Response) -> dict[str, Any]:
         """The whole body of a non-streamed answer as a JSON object."""
         try:

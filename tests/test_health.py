@@ -1,0 +1,95 @@
+"""The health prober: providers that are down or no longer offer the model are passed over."""
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from conftest import Providers, Proxy, StartProxy
+from test_routing import chat, client_for, health, post
+from trioproxy import emulator
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def wait_for_health(proxy: Proxy, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll /healthz until `condition` holds for its cerebras entry (bounded: 5 s)."""
+    with trio.fail_after(5):
+        async with client_for(proxy) as client:
+            while True:
+                state = (await health(client, proxy))["providers"]["cerebras"]
+                if condition(state):
+                    return state
+                await trio.sleep(0.01)
+
+
+async def test_a_model_the_provider_stopped_listing_is_skipped(
+    providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When Cerebras no longer lists its model, requests go to Chutes and no chat is wasted on it."""
+    caplog.set_level(logging.INFO)
+    providers.cerebras.model = "some-other-model"
+    proxy = await start_proxy(health_check_interval_ms=20)
+    state = await wait_for_health(proxy, lambda s: s["model_offered"] is False)
+    assert state["usable"] is False and "not listed" in state["last_error"]
+    async with client_for(proxy) as client:
+        assert (await post(client, chat())).status_code == 200
+    assert providers.cerebras.received == [] and providers.chutes.served == 1
+    await trio.testing.wait_all_tasks_blocked()  # the request line is written after the response
+    assert "reason='fallback: model_missing'" in caplog.text
+    providers.cerebras.model = proxy.config.cerebras.model
+    await wait_for_health(proxy, lambda s: s["model_offered"] is True and s["usable"])
+    async with client_for(proxy) as client:
+        assert (await post(client, chat())).status_code == 200
+    assert providers.cerebras.served == 1
+
+
+async def test_a_provider_down_is_marked_so_and_back_up_when_it_answers(
+    providers: Providers, start_proxy: StartProxy, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """N failed probes mark Cerebras down (Chutes serves first); a good probe brings it back."""
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    proxy = await start_proxy(
+        health_check_interval_ms=20,
+        health_check_failures=2,
+        cerebras={"base_url": f"http://127.0.0.1:{port}/v1"},
+    )
+    state = await wait_for_health(proxy, lambda s: s["up"] is False)
+    assert state["consecutive_failures"] >= 2 and state["last_error"]
+    async with client_for(proxy) as client:
+        assert (await post(client, chat())).status_code == 200
+    await trio.testing.wait_all_tasks_blocked()  # the request line is written after the response
+    assert "reason='fallback: down'" in caplog.text
+    assert providers.chutes.served == 1
+
+    revived = emulator.cerebras(api_key=providers.cerebras.api_key)
+    await nursery.start(emulator.serve, revived, "127.0.0.1", port)
+    await wait_for_health(proxy, lambda s: s["up"] is True and s["usable"])
+    async with client_for(proxy) as client:
+        assert (await post(client, chat())).status_code == 200
+    assert revived.served == 1
+    assert "cerebras is up again" in caplog.text
+
+
+async def test_a_down_provider_is_still_tried_when_nothing_else_can_serve(
+    providers: Providers, start_proxy: StartProxy
+) -> None:
+    """The prober can be wrong: with Chutes failing, a Cerebras marked down still gets the request."""
+    providers.cerebras.model = "some-other-model"
+    proxy = await start_proxy(health_check_interval_ms=20)
+    await wait_for_health(proxy, lambda s: s["model_offered"] is False)
+    providers.cerebras.model = proxy.config.cerebras.model  # it serves again, the prober not yet told
+    providers.chutes.faults.status = 503
+    async with client_for(proxy) as client:
+        response = await post(client, chat())
+    assert response.status_code == 200
+    assert providers.cerebras.served == 1
