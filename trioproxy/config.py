@@ -173,6 +173,10 @@ class Config:
     # failures in a row mark a provider down (skipped while another can serve).
     health_check_interval_ms: int = field(default=60_000, validator=_positive)
     health_check_failures: int = field(default=3, validator=_positive)
+    # Where the quota ledger is saved so a restart remembers today's spending: "auto" is
+    # $XDG_STATE_HOME/trioproxy/state.json (~/.local/state/...), "" turns saving off.
+    state_file: str = "auto"
+    state_save_interval_ms: int = field(default=5_000, validator=_positive)
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)
@@ -192,6 +196,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "REQUEST_TIMEOUT": (("request_timeout_ms",), int),
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
+    "STATE_FILE": (("state_file",), str),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
     "CEREBRAS_API_KEYS": (("cerebras", "api_keys"), tuple),
     "CEREBRAS_BASE_URL": (("cerebras", "base_url"), str),

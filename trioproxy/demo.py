@@ -19,6 +19,7 @@ async def start_demo_providers(nursery: trio.Nursery, config: Config) -> Config:
     chutes_url = await nursery.start(emulator.serve, chutes)
     return attrs.evolve(
         config,
+        state_file="",  # the emulators' quota is not the real one: never save it
         cerebras=attrs.evolve(config.cerebras, base_url=cerebras_url, api_key=cerebras.api_key),
         chutes=attrs.evolve(config.chutes, base_url=chutes_url, api_key=chutes.api_key),
     )

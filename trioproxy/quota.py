@@ -37,6 +37,8 @@ class Window(Protocol):
     def adjust(self, entry: _Entry, amount: int) -> None: ...
     def seconds_until_fits(self, now: float, amount: int) -> float: ...
     def booked_after(self, seq: int) -> int: ...
+    def export(self, now: float, offset: float) -> Any: ...
+    def restore(self, now: float, saved: Any, offset: float) -> None: ...
 
 
 @define
@@ -85,6 +87,15 @@ class SlidingWindow:
             if excess <= 0:
                 return max(0.0, entry.at + self.span - now)
         return self.span  # larger than the limit itself: never fits; a whole window is honest
+
+    def export(self, now: float, offset: float) -> list[list[float]]:
+        self._prune(now)
+        return [[entry.at + offset, entry.amount] for entry in self._entries]
+
+    def restore(self, now: float, saved: list[list[float]], offset: float) -> None:
+        for at, amount in saved:
+            if now - self.span < at + offset <= now:
+                self.add(at + offset, int(amount))
 
     def booked_after(self, seq: int) -> int:
         """Sum of the entries booked after `seq` that are still in the window."""
@@ -149,6 +160,15 @@ class DailyWindow:
                 break
             total += entry.amount
         return total
+
+    def export(self, now: float, offset: float) -> dict[str, float]:
+        return {"day_ends_at": self.day_ends_at + offset, "used": self.used(now)}
+
+    def restore(self, now: float, saved: dict[str, float], offset: float) -> None:
+        ends_at = float(saved["day_ends_at"]) + offset
+        if now < ends_at:  # the saved day is still today
+            self.day_ends_at = ends_at
+            self.add(now, int(saved["used"]))
 
     def move_boundary(self, now: float, seconds_to_reset: float) -> None:
         """Align the day to the provider's reset time (its figure wins over our guess)."""
@@ -371,6 +391,44 @@ class QuotaLedger:
         quota.probe_in_flight = False
         if succeeded:
             quota.half_open = False
+
+    def export_state(self, wall_offset: float) -> dict[str, Any]:
+        """Every account's windows, provider figures and cooldown, times as wall-clock seconds."""
+        now = self._clock()
+        state: dict[str, Any] = {}
+        for name, account in self._accounts.items():
+            state[name] = {
+                "windows": {window: account.windows[window].export(now, wall_offset) for window in WINDOW_NAMES},
+                "synced": {
+                    window: [figure.remaining, figure.valid_until + wall_offset]
+                    for window, figure in account.synced.items()
+                    if now < figure.valid_until
+                },
+                "cooldown": [account.cooldown_until + wall_offset, account.cooldown_reason]
+                if now < account.cooldown_until
+                else None,
+            }
+        return state
+
+    def import_state(self, state: dict[str, Any], trio_offset: float) -> int:
+        """Restore what `export_state` saved (for accounts that still exist); returns how many."""
+        now = self._clock()
+        restored = 0
+        for name, saved in state.items():
+            account = self._accounts.get(name)
+            if account is None:
+                continue
+            for window in WINDOW_NAMES:
+                account.windows[window].restore(now, saved["windows"][window], trio_offset)  # type: ignore[arg-type]
+            for window, (remaining, valid_until) in saved["synced"].items():
+                if window in WINDOW_NAMES and now < valid_until + trio_offset:
+                    account.synced[window] = Synced(int(remaining), self._seq, valid_until + trio_offset)
+            if saved["cooldown"] is not None:
+                until, reason = saved["cooldown"]
+                if now < until + trio_offset:
+                    account.cooldown_until, account.cooldown_reason = until + trio_offset, str(reason)
+            restored += 1
+        return restored
 
     def available_at(self, provider: str) -> float:
         """The earliest moment any account of `provider` might take a small request again."""

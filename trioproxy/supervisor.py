@@ -13,6 +13,7 @@ from .config import Config
 from .cooldown import CooldownTimers
 from .demo import print_demo_banner, start_demo_providers
 from .health import HealthProber, ProviderHealth
+from .persist import StatePersister, resolve_state_path
 from .quota import QuotaLedger
 from .router import Router
 from .upstream import Upstream
@@ -65,6 +66,11 @@ async def run_proxy(
             await serve(app, _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
             nursery.cancel_scope.cancel()  # the server is done: end cooldown timers too
 
+        state_path = resolve_state_path(config.state_file)
+        if state_path is not None:
+            persister = StatePersister(ledger, state_path, config.state_save_interval_ms / 1000)
+            await persister.load()
+            nursery.start_soon(persister.run)  # saves once more when the nursery is cancelled
         prober = HealthProber(upstreams, health, config.health_check_interval_ms / 1000, config.health_check_failures)
         nursery.start_soon(prober.run)
         bound = await nursery.start(serve_then_stop)

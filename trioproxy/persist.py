@@ -1,0 +1,100 @@
+"""Saving the quota ledger to a state file, so a restart does not forget today's spending.
+
+Times are stored as wall-clock timestamps (Trio's clock restarts with the process) and the
+file is replaced atomically, so a crash mid-write leaves the previous state intact.
+"""
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .quota import QuotaLedger
+
+log = logging.getLogger("trioproxy.state")
+
+STATE_VERSION = 1
+
+
+def default_state_path(environ: dict[str, str] | None = None) -> Path:
+    """`$XDG_STATE_HOME/trioproxy/state.json`, else `~/.local/state/trioproxy/state.json`."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "trioproxy" / "state.json"
+
+
+def resolve_state_path(setting: str) -> Path | None:
+    """The file a `state_file` setting names: "auto" for the default, "" for none."""
+    if setting == "":
+        return None
+    return default_state_path() if setting == "auto" else Path(setting).expanduser()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+class StatePersister:
+    """Loads the ledger at start, saves it every `interval` seconds and once more at the end."""
+
+    def __init__(
+        self, ledger: QuotaLedger, path: Path, interval: float, wall_clock: Callable[[], float] = time.time
+    ) -> None:
+        self._ledger = ledger
+        self._path = path
+        self._interval = interval
+        self._wall_clock = wall_clock
+
+    def _wall_offset(self) -> float:
+        """Add to a Trio time to get a wall-clock time."""
+        return self._wall_clock() - self._ledger.now()
+
+    async def load(self) -> None:
+        """Restore saved state; a missing file is a fresh start, a broken one is kept aside."""
+        try:
+            raw = await trio.Path(self._path).read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            log.warning("cannot read state file %s (%s); starting with a fresh quota ledger", self._path, error.strerror)
+            return
+        try:
+            state = json.loads(raw)
+            if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+                raise ValueError("not a trioproxy state file of this version")
+            restored = self._ledger.import_state(state["ledger"], -self._wall_offset())
+        except (ValueError, KeyError, TypeError) as error:
+            aside = self._path.with_name(f"{self._path.name}.corrupt-{int(self._wall_clock())}")
+            await trio.Path(self._path).rename(aside)
+            log.warning("state file %s is unreadable (%s); kept as %s, starting fresh", self._path, error, aside)
+            return
+        log.info("quota state restored from %s (%d accounts)", self._path, restored)
+
+    async def save(self) -> None:
+        state = {"version": STATE_VERSION, "ledger": self._ledger.export_state(self._wall_offset())}
+        data = json.dumps(state).encode()
+        try:
+            await trio.to_thread.run_sync(_write_atomically, self._path, data)
+        except OSError as error:
+            log.warning("cannot save quota state to %s: %s", self._path, error.strerror)
+
+    async def run(self) -> None:
+        """Save periodically until cancelled, then save a last time."""
+        try:
+            while True:
+                await trio.sleep(self._interval)
+                await self.save()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.save()
