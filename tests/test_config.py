@@ -9,7 +9,16 @@ from typing import Any
 import attrs
 import pytest
 
-from trioproxy.config import ENV_VARS, Adaptation, Config, ConfigError, ProviderConfig, load_config, redacted
+from trioproxy.config import (
+    ENV_VARS,
+    Adaptation,
+    Config,
+    ConfigError,
+    ProviderConfig,
+    RateLimitHeaders,
+    load_config,
+    redacted,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.toml.example"
 
@@ -437,18 +446,60 @@ def test_example_file_loads_to_exactly_the_defaults(tmp_path: Path) -> None:
 
 
 def _mentions_key(text: str, key: str) -> bool:
-    return re.search(rf"^\s*#?\s*{re.escape(key)}\s*=", text, re.MULTILINE) is not None
+    """`key = ...`, or `[[key]]` for an array of tables, possibly commented out."""
+    pattern = rf"^\s*#?\s*({re.escape(key)}\s*=|\[\[{re.escape(key)}\]\])"
+    return re.search(pattern, text, re.MULTILINE) is not None
 
 
 def test_example_file_documents_every_setting() -> None:
     """Every settings key and every environment variable name appears in config.toml.example."""
     text = EXAMPLE.read_text()
-    for cls in (Config, ProviderConfig, Adaptation):
+    for cls in (Config, ProviderConfig, Adaptation, RateLimitHeaders):
         for attribute in attrs.fields(cls):
             if isinstance(attribute.type, type) and attrs.has(attribute.type):
                 continue  # tables, checked below
             assert _mentions_key(text, attribute.name), f"{cls.__name__}.{attribute.name} not documented"
-    for table in ("cerebras", "chutes", "cerebras.adaptation", "chutes.adaptation"):
+    for table in ("cerebras", "chutes", "cerebras.adaptation", "chutes.adaptation", "cerebras.rate_limit_headers"):
         assert re.search(rf"^\[{re.escape(table)}\]", text, re.MULTILINE), f"[{table}] missing"
     for name in ENV_VARS:
         assert re.search(rf"\b{name}\b", text), f"env var {name} not mentioned"
+
+
+# --- providers as data ------------------------------------------------------------------------
+
+
+def test_a_third_provider_is_added_by_configuration_alone(tmp_path: Path) -> None:
+    """[[extra_providers]] with its own limits and headers; its key from <NAME>_API_KEY; order by name."""
+    toml = """
+provider_order = ["cerebras", "my-groq", "chutes"]
+[[extra_providers]]
+name = "my-groq"
+base_url = "http://127.0.0.1:9/v1"
+model = "qwen/qwen3-coder"
+requests_per_minute = 30
+[extra_providers.rate_limit_headers]
+remaining_requests_minute = "x-ratelimit-remaining-requests"
+reset_requests_minute = "x-ratelimit-reset-requests"
+"""
+    config = load(tmp_path, toml, environ={"MY_GROQ_API_KEYS": "gsk-1, gsk-2"})
+    assert [p.name for p in config.providers] == ["cerebras", "my-groq", "chutes"]
+    groq = config.providers[1]
+    assert groq.keys == ("gsk-1", "gsk-2") and groq.requests_per_minute == 30
+    assert groq.rate_limit_headers.pairs()["rpm"] == ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+    assert "gsk-1" not in json.dumps(redacted(config))
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('provider_order = ["chutes", "nobody"]', "provider_order"),
+        ('[[extra_providers]]\nname = "chutes"\nbase_url = "http://x/v1"\nmodel = "m"', "extra_providers"),
+        ('[[extra_providers]]\nname = "x"\nbase_url = "http://x/v1"', "extra_providers.0.model"),
+        ('[cerebras]\nname = "renamed"', "cerebras.name"),
+    ],
+)
+def test_provider_list_mistakes_are_refused_by_key(tmp_path: Path, toml: str, key: str) -> None:
+    """An unknown name in the order, a duplicate or incomplete provider: one line naming the key."""
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, toml)
+    assert str(refused.value).startswith(f"{key}:")

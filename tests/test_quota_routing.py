@@ -1,13 +1,14 @@
 """The quota brain end to end: emulated Cerebras's headers, caps and windows steer the proxy."""
 
-from typing import Any
-
+import attrs
 import httpx
 import trio
 import trio.testing
 
 from conftest import Providers, StartProxy
 from test_routing import chat, client_for, post, sized_messages
+from trioproxy import emulator
+from trioproxy.config import Config
 
 
 def cerebras_429s(providers: Providers) -> int:
@@ -130,3 +131,24 @@ async def test_a_key_listed_twice_is_one_account(
             assert (await post(client, chat())).status_code == 200
     # The emulator knows one key; a config listing it twice still yields one account.
     assert providers.cerebras.served == 2 and providers.chutes.served == 1
+
+
+async def test_a_third_provider_from_configuration_takes_its_place_in_order(
+    providers: Providers, start_proxy: StartProxy, nursery: trio.Nursery
+) -> None:
+    """An extra OpenAI-compatible provider, tried between Cerebras and Chutes as configured."""
+    third = emulator.chutes(api_key="gsk-third", model="qwen/qwen3-coder")
+    third_url = await nursery.start(emulator.serve, third)
+    extra = attrs.evolve(
+        Config().chutes, name="third", base_url=third_url, model=third.model, api_key=third.api_key, requests_per_minute=1
+    )
+    proxy = await start_proxy(extra_providers=(extra,), provider_order=("cerebras", "third", "chutes"))
+    providers.cerebras.faults.status = 503
+    async with client_for(proxy) as client:
+        first = await post(client, chat())
+        second = await post(client, chat())
+    assert first.status_code == 200 and first.json()["model"] == "qwen-3-coder"
+    assert second.status_code == 200
+    assert third.served == 1 and providers.chutes.served == 1  # its own rpm of 1 sends the next on
+    assert third.received[0]["model"] == "qwen/qwen3-coder"
+    assert third.received_headers[0]["authorization"] == "Bearer gsk-third"

@@ -30,6 +30,14 @@ class _InvalidValue(ValueError):
         self.key = attribute.name
 
 
+class _InvalidKey(_InvalidValue):
+    """A check across fields, reported against one key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        ValueError.__init__(self, reason)
+        self.key = key
+
+
 def _positive(instance: object, attribute: attrs.Attribute, value: float | int | None) -> None:
     if value is not None and value <= 0:
         raise _InvalidValue(attribute, f"must be greater than 0, got {value}")
@@ -180,11 +188,28 @@ class Config:
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)
+    # Further OpenAI-compatible providers, added by configuration alone ([[extra_providers]]).
+    extra_providers: tuple[ProviderConfig, ...] = ()
+    # Order of preference by name; providers it does not name follow, in file order.
+    provider_order: tuple[str, ...] = ("cerebras", "chutes")
+
+    def __attrs_post_init__(self) -> None:
+        names = [p.name for p in (self.cerebras, self.chutes, *self.extra_providers)]
+        if self.cerebras.name != "cerebras" or self.chutes.name != "chutes":
+            raise _InvalidKey("cerebras.name", "the [cerebras] and [chutes] tables keep their own names")
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise _InvalidKey("extra_providers", f"provider name {duplicates[0]!r} is used twice")
+        unknown = [name for name in self.provider_order if name not in names]
+        if unknown:
+            raise _InvalidKey("provider_order", f"names no provider called {unknown[0]!r}")
 
     @property
     def providers(self) -> tuple[ProviderConfig, ...]:
         """Providers in order of preference."""
-        return (self.cerebras, self.chutes)
+        everyone = {p.name: p for p in (self.cerebras, self.chutes, *self.extra_providers)}
+        named = [everyone[name] for name in dict.fromkeys(self.provider_order)]
+        return tuple(named + [p for name, p in everyone.items() if name not in self.provider_order])
 
 
 # Environment variable -> (path in the settings tree, type). Names of the original design.
@@ -278,6 +303,26 @@ def _env_overrides(environ: Mapping[str, str], dotenv_names: frozenset[str] = fr
     return tree, sources
 
 
+def env_prefix(provider_name: str) -> str:
+    """`my-groq` -> `MY_GROQ`: the prefix of a provider's `<PREFIX>_API_KEY(S)` variables."""
+    return "".join(ch if ch.isalnum() else "_" for ch in provider_name).upper()
+
+
+def _extra_provider_keys_from_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Keys of [[extra_providers]] come from `<NAME>_API_KEY` / `<NAME>_API_KEYS`, like the others'."""
+    extras = tree.get("extra_providers")
+    if not isinstance(extras, list):
+        return
+    for entry in extras:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        prefix = env_prefix(entry["name"])
+        if env.get(f"{prefix}_API_KEY", "").strip():
+            entry["api_key"] = env[f"{prefix}_API_KEY"].strip()
+        if env.get(f"{prefix}_API_KEYS", "").strip():
+            entry["api_keys"] = _parse_env_value(f"{prefix}_API_KEYS", env[f"{prefix}_API_KEYS"], tuple, "the environment")
+
+
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in top.items():
@@ -316,15 +361,16 @@ def _first_error(exc: BaseException, path: tuple[str, ...] = ()) -> tuple[tuple[
     if isinstance(exc, _InvalidValue):
         return path + (exc.key,), str(exc)
     if isinstance(exc, KeyError):
-        return path + (str(exc.args[0]),), "missing required value"
+        key = str(exc.args[0])
+        return (path if path[-1:] == (key,) else path + (key,)), "missing required value"
     return path, str(exc)
 
 
 def _attribute_from_note(note: str) -> str | None:
-    # cattrs notes read "Structuring class Config @ attribute port".
-    marker = "@ attribute "
-    if marker in note:
-        return note.split(marker, 1)[1].strip()
+    # cattrs notes read "Structuring class Config @ attribute port" or "... @ index 0".
+    for marker in ("@ attribute ", "@ index "):
+        if marker in note:
+            return note.split(marker, 1)[1].strip()
     return None
 
 
@@ -345,6 +391,7 @@ def load_config(
     dotenv_names = frozenset(name for name in from_dotenv if name not in process_env)
 
     file_tree = _read_toml(path) if path is not None else {}
+    _extra_provider_keys_from_env(file_tree, env)
     env_tree, sources = _env_overrides(env, dotenv_names)
     tree = _merge(_merge(_default_tree(), file_tree), env_tree)
     file_label = str(path) if path is not None else "defaults"
@@ -366,6 +413,8 @@ def redacted(config: Config) -> dict[str, Any]:
                 key: ("<set>" if value else "<not set>") if key in SECRET_KEYS else scrub(value)
                 for key, value in node.items()
             }
+        if isinstance(node, list):
+            return [scrub(item) for item in node]
         return node
 
     return scrub(_CONVERTER.unstructure(config))
