@@ -11,6 +11,7 @@ import attrs
 import trio
 
 from .api import ApiError, ChatRequest, dump_json, model_card, models_list, parse_chat_request
+from .auth import ClientKeys
 from .quota import QuotaLedger
 from .router import RequestRecord, Router
 
@@ -41,8 +42,16 @@ def _json_headers(extra: dict[str, str] | None = None) -> list[tuple[bytes, byte
 class ProxyApp:
     """The ASGI callable. State is passed in, so one process can host several proxies."""
 
-    def __init__(self, proxy_model: str, router: Router, ledger: QuotaLedger, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        proxy_model: str,
+        router: Router,
+        ledger: QuotaLedger,
+        max_body_bytes: int,
+        client_keys: ClientKeys | None = None,
+    ) -> None:
         self._proxy_model = proxy_model
+        self._client_keys = client_keys or ClientKeys(())
         self._router = router
         self._ledger = ledger
         self._max_body_bytes = max_body_bytes
@@ -70,6 +79,8 @@ class ProxyApp:
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex[:16]
         extra = {"x-request-id": request_id}
         try:
+            if path.startswith("/v1/"):
+                self._client_keys.check(_header(scope, b"authorization"))
             if path == CHAT_PATH and method == "POST":
                 await self._chat(scope, receive, send, request_id)
             elif path == MODELS_PATH and method == "GET":

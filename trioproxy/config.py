@@ -186,6 +186,8 @@ class Config:
     state_file: str = "auto"
     state_save_interval_ms: int = field(default=5_000, validator=_positive)
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
+    # Keys clients must present (Authorization: Bearer); empty accepts any, as the original did.
+    client_api_keys: tuple[str, ...] = field(default=(), repr=False)
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)
     # Further OpenAI-compatible providers, added by configuration alone ([[extra_providers]]).
@@ -222,6 +224,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "STATE_FILE": (("state_file",), str),
+    "PROXY_API_KEYS": (("client_api_keys",), tuple),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
     "CEREBRAS_API_KEYS": (("cerebras", "api_keys"), tuple),
     "CEREBRAS_BASE_URL": (("cerebras", "base_url"), str),
@@ -235,7 +238,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "CHUTES_MODEL_NAME": (("chutes", "model"), str),
 }
 
-SECRET_KEYS = frozenset({"api_key", "api_keys"})
+SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys"})
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -422,4 +425,4 @@ def redacted(config: Config) -> dict[str, Any]:
 
 def secrets(config: Config) -> tuple[str, ...]:
     """Every secret value in the settings, for the log redaction filter."""
-    return tuple(key for provider in config.providers for key in provider.keys)
+    return tuple(key for provider in config.providers for key in provider.keys) + config.client_api_keys

@@ -9,6 +9,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from .app import ProxyApp
+from .auth import ClientKeys, is_loopback
 from .config import Config
 from .cooldown import CooldownTimers
 from .demo import print_demo_banner, start_demo_providers
@@ -43,6 +44,12 @@ async def run_proxy(
     providers = [p for p in config.providers if p.keys]
     if not providers:
         raise ValueError("no provider has an API key")
+    if not config.client_api_keys and not is_loopback(config.host):
+        log.warning(
+            "LISTENING ON %s WITHOUT CLIENT KEYS: anyone who can reach this address can spend your "
+            "provider quota. Set PROXY_API_KEYS (comma-separated) to require a key.",
+            config.host,
+        )
     ledger = QuotaLedger(providers)
     timeout = config.request_timeout_ms / 1000
     async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
@@ -60,7 +67,9 @@ async def run_proxy(
             config.honour_retry_after,
             health,
         )
-        app = ProxyApp(config.proxy_model_name, router, ledger, config.max_body_bytes)
+        app = ProxyApp(
+            config.proxy_model_name, router, ledger, config.max_body_bytes, ClientKeys(config.client_api_keys)
+        )
 
         async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
             await serve(app, _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)

@@ -1,0 +1,67 @@
+"""Client keys: any key by default (the original behaviour); only listed keys once some are set."""
+
+import logging
+
+import httpx
+import openai
+import pytest
+
+from conftest import Providers, StartProxy
+from test_routing import chat
+from trioproxy.auth import ClientKeys, is_loopback
+from trioproxy.api import ApiError
+
+
+async def test_any_key_or_none_is_accepted_by_default(start_proxy: StartProxy) -> None:
+    """Without PROXY_API_KEYS, the proxy on 127.0.0.1 serves whatever key the client sends."""
+    proxy = await start_proxy()
+    async with httpx.AsyncClient(base_url=proxy.base_url) as client:
+        for headers in ({}, {"authorization": "Bearer whatever"}, {"authorization": "garbage"}):
+            assert (await client.post("/chat/completions", json=chat(), headers=headers)).status_code == 200
+
+
+async def test_only_listed_keys_are_accepted_once_set(
+    providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Wrong or missing keys get OpenAI's 401 (the SDK's AuthenticationError); listed keys work; none is logged."""
+    caplog.set_level(logging.DEBUG)
+    proxy = await start_proxy(client_api_keys=("key-one-secret", "key-two-secret"))
+    async with httpx.AsyncClient(base_url=proxy.base_url) as client:
+        for headers in ({}, {"authorization": "Bearer key-one"}, {"authorization": "Basic key-one-secret"}):
+            response = await client.post("/chat/completions", json=chat(), headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+            assert (await client.get("/models", headers=headers)).status_code == 401
+        ok = await client.post("/chat/completions", json=chat(), headers={"authorization": "Bearer key-two-secret"})
+        assert ok.status_code == 200
+        health = await client.get(proxy.base_url.removesuffix("/v1") + "/healthz")
+        assert health.status_code == 200  # probes need no key
+    sdk = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        await sdk.chat.completions.create(**chat())
+    await sdk.close()
+    assert providers.cerebras.served == 1
+    assert "secret" not in caplog.text
+
+
+def test_key_check_parses_the_bearer_scheme() -> None:
+    """Case-insensitive scheme, surrounding spaces ignored, nothing else accepted."""
+    keys = ClientKeys(("k1",))
+    keys.check("Bearer k1")
+    keys.check("bearer  k1 ")
+    for bad in (None, "", "k1", "Bearer", "Bearer k2", "Token k1"):
+        with pytest.raises(ApiError):
+            keys.check(bad)
+
+
+def test_loopback_addresses_are_recognised() -> None:
+    assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.5.5.5"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.2", "::", "example.com"))
+
+
+async def test_binding_a_public_address_without_keys_warns(
+    start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0.0.0.0 without client keys: a loud warning at start."""
+    await start_proxy(host="0.0.0.0")
+    assert "WITHOUT CLIENT KEYS" in caplog.text
