@@ -12,7 +12,8 @@ import trio
 
 from .api import ApiError, ChatRequest, dump_json, model_card, models_list, parse_chat_request
 from .auth import ClientKeys
-from .quota import QuotaLedger
+from .metrics import Metrics
+from .quota import WINDOW_NAMES, QuotaLedger
 from .router import RequestRecord, Router
 
 log = logging.getLogger("trioproxy.request")
@@ -24,8 +25,11 @@ Send = Callable[[Message], Awaitable[None]]
 
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
+STATUS_PATH = "/v1/status"
 HEALTH_PATH = "/healthz"
-_ALLOWED = {CHAT_PATH: "POST", MODELS_PATH: "GET", HEALTH_PATH: "GET"}
+METRICS_PATH = "/metrics"
+_ALLOWED = {CHAT_PATH: "POST", MODELS_PATH: "GET", STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
+OVERHEAD_HEADER = "x-trioproxy-overhead-ms"
 _STATUS_CLIENT_CLOSED = 499  # nginx's convention for "client went away", for the log only
 
 
@@ -56,6 +60,7 @@ class ProxyApp:
         self._ledger = ledger
         self._max_body_bytes = max_body_bytes
         self._created = int(time.time())
+        self.metrics = Metrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -89,6 +94,10 @@ class ProxyApp:
                 await self._model(path[len(MODELS_PATH) + 1 :], send, extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
                 await self._health(send, extra)
+            elif path == STATUS_PATH and method == "GET":
+                await _send_json(send, 200, self._status(), extra)
+            elif path == METRICS_PATH and method == "GET":
+                await self._metrics(send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
                 error = ApiError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed")
@@ -103,18 +112,53 @@ class ProxyApp:
             raise ApiError(404, f"The model `{model_id}` does not exist.", code="model_not_found", param="model")
         await _send_json(send, 200, model_card(self._proxy_model, self._created), extra)
 
-    async def _health(self, send: Send, extra: dict[str, str]) -> None:
-        providers = {
-            upstream.name: {
-                "usable": self._router.health[upstream.name].usable and not self._ledger.in_cooldown(upstream.name),
-                **attrs.asdict(self._router.health[upstream.name]),
-                "accounts": self._ledger.provider_snapshot(upstream.name),
-            }
-            for upstream in self._router.upstreams
+    def _provider_state(self, name: str) -> dict[str, Any]:
+        health = self._router.health[name]
+        return {
+            "usable": health.usable and not self._ledger.in_cooldown(name),
+            **attrs.asdict(health),
+            "accounts": self._ledger.provider_snapshot(name),
         }
+
+    async def _health(self, send: Send, extra: dict[str, str]) -> None:
+        providers = {upstream.name: self._provider_state(upstream.name) for upstream in self._router.upstreams}
         usable = any(state["usable"] for state in providers.values())
         body = {"status": "ok" if usable else "unavailable", "providers": providers}
         await _send_json(send, 200 if usable else 503, body, extra)
+
+    def _status(self) -> dict[str, Any]:
+        """Everything an operator asks: per provider and key, state, quota, traffic, reroutes."""
+        providers = []
+        for upstream in self._router.upstreams:
+            served = {
+                "requests": sum(n for (p, _, status), n in self.metrics.requests.items() if p == upstream.name and status == 200),
+                "prompt_tokens": self.metrics.tokens[(upstream.name, "prompt")],
+                "completion_tokens": self.metrics.tokens[(upstream.name, "completion")],
+            }
+            providers.append({"name": upstream.name, "model": upstream.config.model, **self._provider_state(upstream.name), "served_since_start": served})
+        return {"model": self._proxy_model, "providers": providers, "reroutes": dict(self.metrics.reroutes)}
+
+    async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
+        body = self.metrics.render(self._gauges()).encode()
+        headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+        headers.extend((k.encode(), v.encode()) for k, v in extra.items())
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _gauges(self) -> list[tuple[str, str, str, float]]:
+        gauges = []
+        for upstream in self._router.upstreams:
+            health = self._router.health[upstream.name]
+            gauges.append(("trioproxy_provider_up", "1 while the prober finds the provider usable.", f'provider="{upstream.name}"', float(health.usable)))
+            for account, state in self._ledger.provider_snapshot(upstream.name).items():
+                labels = f'provider="{upstream.name}",account="{account}"'
+                gauges.append(("trioproxy_cooldown_active", "1 while an account cools down.", labels, float(state["cooldown_seconds"] > 0)))
+                for window in WINDOW_NAMES:
+                    limit, remaining = state[window]["limit"], state[window].get("provider_remaining")
+                    left = [value for value in (limit - state[window]["used"] if limit else None, remaining) if value is not None]
+                    if left:
+                        gauges.append(("trioproxy_quota_remaining", "What is left of each limited window (the smaller of ours and the provider's figure).", f'{labels},window="{window}"', float(max(0, min(left)))))
+        return gauges
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         record = RequestRecord(request_id)
@@ -131,17 +175,19 @@ class ProxyApp:
         except ClientDisconnected:
             record.status = _STATUS_CLIENT_CLOSED
         finally:
-            _log_request(record, self._ledger, [upstream.name for upstream in self._router.upstreams])
+            _finish_request(record, self._ledger, self.metrics, [upstream.name for upstream in self._router.upstreams])
 
     async def _serve_chat(self, request: ChatRequest, record: RequestRecord, send: Send, extra: dict[str, str]) -> None:
         if not request.stream:
             document = await self._router.complete(request, record)
             record.status = 200
-            await _send_json(send, 200, document, extra)
+            await _send_json(send, 200, document, {**extra, OVERHEAD_HEADER: _overhead_ms(record)})
             return
         async with self._router.stream(request, record) as relay:
             record.status = 200
+            record.first_byte_at = trio.current_time()
             headers = [
+                (OVERHEAD_HEADER.encode(), _overhead_ms(record).encode()),
                 (b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no"),
@@ -169,6 +215,11 @@ class ProxyApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _overhead_ms(record: RequestRecord) -> str:
+    """The proxy's own share of the time so far, in milliseconds."""
+    return f"{max(0.0, record.overhead_seconds(trio.current_time())) * 1000:.3f}"
 
 
 def _tool_parameters(body: dict[str, Any]) -> str:
@@ -233,8 +284,18 @@ async def _send_error(send: Send, error: ApiError, extra: dict[str, str] | None 
     await _send_json(send, error.status, error.body(), {**error.headers, **(extra or {})})
 
 
-def _log_request(record: RequestRecord, ledger: QuotaLedger, providers: list[str]) -> None:
-    latency_ms = (trio.current_time() - record.started) * 1000
+def _finish_request(record: RequestRecord, ledger: QuotaLedger, metrics: Metrics, providers: list[str]) -> None:
+    """The one place a request is accounted for: its log line and its metrics."""
+    now = trio.current_time()
+    latency = now - record.started
+    first_byte = record.first_byte_at - record.started if record.first_byte_at is not None else None
+    overhead = record.overhead_seconds(record.first_byte_at or now) if record.status == 200 else None
+    metrics.observe(
+        record.provider, record.stream, record.status, record.reason,
+        record.prompt_tokens, record.completion_tokens, latency, first_byte, overhead,
+    )
+    if not log.isEnabledFor(logging.INFO):
+        return
     quota = " ".join(filter(None, (ledger.summary(provider) for provider in providers)))
     log.info(
         "request %s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
@@ -245,6 +306,6 @@ def _log_request(record: RequestRecord, ledger: QuotaLedger, providers: list[str
         record.status,
         record.prompt_tokens if record.prompt_tokens is not None else "-",
         record.completion_tokens if record.completion_tokens is not None else "-",
-        latency_ms,
+        latency * 1000,
         quota or "-",
     )

@@ -2,15 +2,18 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
+import httpx
 import trio
 
 from . import __version__
 from .config import Config, ConfigError, load_config, redacted, secrets
 from .logs import configure_logging
+from .status import fetch_status, render_table
 from .supervisor import supervise
 
 EXIT_USAGE = 2
@@ -37,7 +40,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="run against built-in emulated providers; no keys needed")
     parser.add_argument("--check-config", action="store_true", help="validate the settings, print them with secrets redacted, and exit")
     parser.add_argument("--version", action="version", version=f"trioproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    status = commands.add_parser("status", help="print a running proxy's providers, keys and quota as a table")
+    status.add_argument("--url", default="http://127.0.0.1:3000", help="the proxy's address (default %(default)s)")
+    status.add_argument("--key", default=None, help="a client key, when the proxy requires one (default: $PROXY_API_KEY)")
+    status.add_argument("--json", action="store_true", help="print the raw JSON instead of a table")
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    key = args.key or os.environ.get("PROXY_API_KEY")
+    try:
+        status = fetch_status(args.url, key)
+    except httpx.HTTPStatusError as error:
+        print(f"trioproxy: {args.url} answered {error.response.status_code}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as error:
+        print(f"trioproxy: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.json else render_table(status))
+    return 0
 
 
 def _print_effective(config: Config) -> None:
@@ -46,6 +68,8 @@ def _print_effective(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args)
     try:
         config = load_config(args.config)
     except ConfigError as error:

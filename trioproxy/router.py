@@ -3,8 +3,8 @@
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import httpx
@@ -43,7 +43,13 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     prompt_estimate: int = 0  # the raw estimate, so usage can teach the estimator
+    upstream_seconds: float = 0.0  # time spent waiting on providers, to tell the proxy's own overhead
     started: float = field(factory=trio.current_time)
+    first_byte_at: float | None = None  # streams: when the client's 200 went out
+
+    def overhead_seconds(self, until: float) -> float:
+        """Time up to `until` that the proxy, not a provider, spent on this request."""
+        return until - self.started - self.upstream_seconds
 
 
 def is_retryable(failure: UpstreamFailure) -> bool:
@@ -65,6 +71,16 @@ def _usage_tokens(document: dict[str, Any]) -> tuple[int, int] | None:
     if isinstance(prompt, int) and isinstance(completion, int):
         return prompt, completion
     return None
+
+
+@contextmanager
+def waiting_on_upstream(record: RequestRecord) -> Iterator[None]:
+    """Count the time inside as the provider's, not the proxy's."""
+    started = trio.current_time()
+    try:
+        yield
+    finally:
+        record.upstream_seconds += trio.current_time() - started
 
 
 def _parse_event(upstream: Upstream, data: str) -> dict[str, Any]:
@@ -161,9 +177,10 @@ class Router:
         """A non-streamed answer, model name rewritten, from the first provider that delivers."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> dict[str, Any]:
-            response = await self._open(upstream, body, reservation)
+            response = await self._open(upstream, body, reservation, record)
             try:
-                document = await upstream.read_json(response)
+                with waiting_on_upstream(record):
+                    document = await upstream.read_json(response)
             finally:
                 await response.aclose()
             await self.account_usage(document, reservation, record)
@@ -176,10 +193,11 @@ class Router:
         """A stream whose status is 2xx and whose first event has arrived (the first-chunk gate)."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> StreamRelay:
-            response = await self._open(upstream, body, reservation)
+            response = await self._open(upstream, body, reservation, record)
             events = upstream.events(response)
             try:
-                first = await self._first_event(upstream, events)
+                with waiting_on_upstream(record):
+                    first = await self._first_event(upstream, events)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await events.aclose()  # type: ignore[attr-defined]
@@ -204,10 +222,13 @@ class Router:
         self.estimator.learn(record.prompt_estimate, usage[0])
         return True
 
-    async def _open(self, upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> httpx.Response:
+    async def _open(
+        self, upstream: Upstream, body: dict[str, Any], reservation: Reservation, record: RequestRecord
+    ) -> httpx.Response:
         """Send with the reserved account's key; the provider's quota headers correct the ledger."""
         try:
-            response = await upstream.open_chat(body, upstream.config.keys[reservation.key_index])
+            with waiting_on_upstream(record):
+                response = await upstream.open_chat(body, upstream.config.keys[reservation.key_index])
         except UpstreamFailure as failure:
             await self._sync(upstream, reservation, failure.headers)
             raise

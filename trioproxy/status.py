@@ -1,0 +1,45 @@
+"""`trioproxy status`: the running proxy's /v1/status as a table for a terminal."""
+
+from typing import Any
+
+import httpx
+
+
+def fetch_status(url: str, key: str | None, timeout: float = 5.0) -> dict[str, Any]:
+    """GET <url>/v1/status; `url` may be the server root or its /v1 base URL."""
+    base = url.rstrip("/").removesuffix("/v1")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    response = httpx.get(f"{base}/v1/status", headers=headers, timeout=timeout)
+    response.raise_for_status()
+    return response.json()
+
+
+def _window(state: dict[str, Any]) -> str:
+    used, limit, remaining = state["used"], state["limit"], state.get("provider_remaining")
+    text = f"{used}/{limit}" if limit is not None else f"{used}/-"
+    return f"{text} ({remaining} left)" if remaining is not None else text
+
+
+def render_table(status: dict[str, Any]) -> str:
+    """One row per provider account, columns aligned."""
+    header = ("provider", "account", "usable", "cooldown", "rpm", "tpm", "rpd", "tpd", "served", "last error")
+    rows = [header]
+    for provider in status["providers"]:
+        for account, state in provider["accounts"].items():
+            cooldown = f"{state['cooldown_seconds']}s {state['cooldown_reason']}" if state["cooldown_seconds"] else "-"
+            rows.append((
+                provider["name"],
+                account,
+                "yes" if provider["usable"] else "no",
+                cooldown,
+                *(_window(state[name]) for name in ("rpm", "tpm", "rpd", "tpd")),
+                str(provider["served_since_start"]["requests"]),
+                provider["last_error"] or "-",
+            ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    reroutes = status.get("reroutes") or {}
+    if reroutes:
+        lines.append("")
+        lines.append("reroutes: " + ", ".join(f"{reason} x{count}" for reason, count in sorted(reroutes.items())))
+    return "\n".join(lines)
