@@ -4,6 +4,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import aclosing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import trio
 
 from .api import ApiError, ChatRequest, dump_json, model_card, models_list, parse_chat_request
 from .auth import ClientKeys
+from .drain import SHUTDOWN_EVENT, Drain
 from .metrics import Metrics
 from .quota import WINDOW_NAMES, QuotaLedger
 from .router import RequestRecord, Router
@@ -61,6 +63,7 @@ class ProxyApp:
         self._max_body_bytes = max_body_bytes
         self._created = int(time.time())
         self.metrics = Metrics()
+        self.drain = Drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -194,8 +197,12 @@ class ProxyApp:
                 *((k.encode(), v.encode()) for k, v in extra.items()),
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            async for chunk in relay.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            with self.drain.stream() as relaying:
+                async with aclosing(relay.chunks()) as chunks:
+                    async for chunk in chunks:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if relaying.cancelled_caught:  # shutdown's grace period is over: end it cleanly
+                await send({"type": "http.response.body", "body": SHUTDOWN_EVENT + b"data: [DONE]\n\n", "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:

@@ -186,6 +186,9 @@ class Config:
     state_file: str = "auto"
     state_save_interval_ms: int = field(default=5_000, validator=_positive)
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
+    # On SIGTERM/SIGINT, requests and streams in flight get this long to finish; streams still
+    # running then end with an SSE error event and [DONE].
+    shutdown_grace_ms: int = field(default=30_000, validator=_positive)
     # Keys clients must present (Authorization: Bearer); empty accepts any, as the original did.
     client_api_keys: tuple[str, ...] = field(default=(), repr=False)
     cerebras: ProviderConfig = field(factory=_default_cerebras)

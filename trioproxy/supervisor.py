@@ -13,6 +13,7 @@ from .auth import ClientKeys, is_loopback
 from .config import Config
 from .cooldown import CooldownTimers
 from .demo import print_demo_banner, start_demo_providers
+from .drain import Drain
 from .health import HealthProber, ProviderHealth
 from .persist import StatePersister, resolve_state_path
 from .quota import QuotaLedger
@@ -24,6 +25,7 @@ log = logging.getLogger("trioproxy")
 
 def _hypercorn_config(config: Config) -> HypercornConfig:
     hyper = HypercornConfig()
+    hyper.graceful_timeout = config.shutdown_grace_ms / 1000
     host = f"[{config.host}]" if ":" in config.host else config.host
     hyper.bind = [f"{host}:{config.port}"]
     hyper.accesslog = None  # one line per request comes from the app, with routing facts
@@ -82,6 +84,7 @@ async def run_proxy(
             nursery.start_soon(persister.run)  # saves once more when the nursery is cancelled
         prober = HealthProber(upstreams, health, config.health_check_interval_ms / 1000, config.health_check_failures)
         nursery.start_soon(prober.run)
+        nursery.start_soon(_end_streams_at_grace_end, shutdown, app.drain, config.shutdown_grace_ms / 1000)
         bound = await nursery.start(serve_then_stop)
         base_url = bound[0].rstrip("/") + "/v1"
         log.info(
@@ -91,6 +94,16 @@ async def run_proxy(
             ", ".join(f"{p.name} ({p.model} at {p.base_url})" for p in providers),
         )
         task_status.started(base_url)
+
+
+async def _end_streams_at_grace_end(shutdown: trio.Event, drain: Drain, grace: float) -> None:
+    """Just before Hypercorn cuts what is left, end the remaining streams with a proper event."""
+    await shutdown.wait()
+    log.info("draining: %d streams in flight, %.0f s to finish", drain.in_flight, grace)
+    await trio.sleep(grace - min(1.0, grace / 10))
+    ended = drain.cut()
+    if ended:
+        log.warning("grace period over: ended %d streams early", ended)
 
 
 async def stop_on_signals(shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -1,0 +1,46 @@
+"""Graceful shutdown of streams: let them finish within a grace period, then end them cleanly."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+
+from .api import ApiError
+
+SHUTDOWN_EVENT = (
+    b"data: "
+    + ApiError(503, "The proxy is shutting down; the stream was ended early.", type="api_error", code="server_shutdown").encode()
+    + b"\n\n"
+)
+
+
+class Drain:
+    """Tracks the streams in flight so shutdown can end them with an SSE error event, not a cut."""
+
+    def __init__(self) -> None:
+        self._scopes: set[trio.CancelScope] = set()
+        self._cutting = False
+
+    @contextmanager
+    def stream(self) -> Iterator[trio.CancelScope]:
+        """A scope around relaying one stream; `cut()` cancels it."""
+        scope = trio.CancelScope()
+        if self._cutting:
+            scope.cancel()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._scopes.discard(scope)
+
+    def cut(self) -> int:
+        """End every stream still relaying; returns how many."""
+        self._cutting = True
+        for scope in self._scopes:
+            scope.cancel()
+        return len(self._scopes)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._scopes)
