@@ -4,15 +4,17 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 import httpx
 import trio
 
-from . import __version__
+from . import __version__, daemon
 from .config import Config, ConfigError, load_config, redacted, secrets
 from .logs import configure_logging
+from .persist import default_state_path
 from .status import fetch_status, render_table
 from .supervisor import supervise
 
@@ -39,13 +41,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, metavar="PATH", help="TOML settings file (see config.toml.example)")
     parser.add_argument("--demo", action="store_true", help="run against built-in emulated providers; no keys needed")
     parser.add_argument("--check-config", action="store_true", help="validate the settings, print them with secrets redacted, and exit")
+    parser.add_argument("--daemon", action="store_true", help="detach and run in the background (foreground is the default)")
+    parser.add_argument("--pidfile", type=Path, metavar="PATH", help=f"write the pid here (default with --daemon: {default_pidfile()})")
+    parser.add_argument("--log-file", type=Path, metavar="PATH", help=f"append logs here (default with --daemon: {default_log_file()})")
     parser.add_argument("--version", action="version", version=f"trioproxy {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="print a running proxy's providers, keys and quota as a table")
     status.add_argument("--url", default="http://127.0.0.1:3000", help="the proxy's address (default %(default)s)")
     status.add_argument("--key", default=None, help="a client key, when the proxy requires one (default: $PROXY_API_KEY)")
     status.add_argument("--json", action="store_true", help="print the raw JSON instead of a table")
+    stop_command = commands.add_parser("stop", help="stop a trioproxy started with --daemon (SIGTERM, then wait)")
+    stop_command.add_argument("--pidfile", type=Path, default=default_pidfile(), help="default %(default)s")
+    stop_command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default %(default)s)")
     return parser
+
+
+def default_pidfile() -> Path:
+    return default_state_path().with_name("trioproxy.pid")
+
+
+def default_log_file() -> Path:
+    return default_state_path().with_name("trioproxy.log")
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -70,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "status":
         return _status(args)
+    if args.command == "stop":
+        try:
+            print(daemon.stop(args.pidfile, args.timeout))
+        except daemon.DaemonError as error:
+            print(f"trioproxy: {error}", file=sys.stderr)
+            return 1
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -78,18 +101,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         _print_effective(config)
         return 0
-    if not args.demo and not secrets(config):
+    if not args.demo and not any(provider.keys for provider in config.providers):
         print(NO_KEYS, file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(config.log_level, secrets(config))
+    pidfile = args.pidfile or (default_pidfile() if args.daemon else None)
+    if pidfile is not None and (other := daemon.running_pid(pidfile)) is not None:
+        print(f"trioproxy: already running (pid {other}, pidfile {pidfile})", file=sys.stderr)
+        return 1
+    log_file = args.log_file or (default_log_file() if args.daemon else None)
+    report = daemon.detach(log_file) if args.daemon and log_file is not None else None
+    if pidfile is not None:
+        daemon.claim_pidfile(pidfile)
+    log_stream = open(log_file, "a", buffering=1) if log_file is not None and report is None else sys.stderr
+    configure_logging(config.log_level, secrets(config), log_stream)
     try:
-        trio.run(supervise, config, args.demo)
+        return _serve(config, args.demo, report)
+    finally:
+        if pidfile is not None:
+            daemon.release_pidfile(pidfile)
+
+
+def _serve(config: Config, demo: bool, report: Callable[[bytes], None] | None) -> int:
+    """Run until shut down; with `report` (daemon mode), tell the waiting parent how start-up went."""
+
+    def ready(base_url: str) -> None:
+        if report is not None:
+            report(daemon.READY + base_url.encode())
+
+    try:
+        trio.run(supervise, config, demo, ready)
     except (OSError, BaseExceptionGroup) as error:
         bind_error = _os_error_in(error)
         if bind_error is None:
+            if report is not None:
+                report(daemon.FAILED + b"an internal error; see the log file")
             raise
         # e.g. the port is taken: one line, not a traceback
-        print(f"trioproxy: cannot serve on {config.host}:{config.port}: {bind_error.strerror or bind_error}", file=sys.stderr)
+        message = f"cannot serve on {config.host}:{config.port}: {bind_error.strerror or bind_error}"
+        if report is not None:
+            report(daemon.FAILED + message.encode())
+        print(f"trioproxy: {message}", file=sys.stderr)
         return 1
     return 0
 

@@ -2,6 +2,7 @@
 
 import logging
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import trio
@@ -116,8 +117,11 @@ async def stop_on_signals(shutdown: trio.Event, *, task_status: trio.TaskStatus[
             return
 
 
-async def supervise(config: Config, demo: bool) -> None:
-    """The whole process: signals, the demo's emulated providers if asked, and the proxy."""
+async def supervise(config: Config, demo: bool, on_ready: Callable[[str], None] | None = None) -> None:
+    """The whole process: signals, the demo's emulated providers if asked, and the proxy.
+
+    `on_ready(base_url)` is called once the proxy serves.
+    """
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         await nursery.start(stop_on_signals, shutdown)
@@ -127,5 +131,7 @@ async def supervise(config: Config, demo: bool) -> None:
             base_url = await proxy_nursery.start(run_proxy, config, shutdown)
             if demo:
                 print_demo_banner(base_url, config.proxy_model_name)
+            if on_ready is not None:
+                on_ready(base_url)
         # The proxy has drained and stopped; the emulators and the signal watcher may go.
         nursery.cancel_scope.cancel()
