@@ -172,6 +172,8 @@ def _value_for(name: str, kind: type, variant: int) -> str:
     """A valid raw value for env var `name`; `variant` picks one of two distinct values."""
     if name == "LOG_LEVEL":
         return ("ERROR", "DEBUG")[variant]
+    if name == "LOG_FORMAT":
+        return ("json", "text")[variant]
     if name.endswith("_BASE_URL"):
         return f"http://10.0.0.{variant + 1}:8{variant}/v1"
     if kind is int:

@@ -14,6 +14,7 @@ import trio
 from .api import ApiError, ChatRequest, dump_json, model_card, models_list, parse_chat_request
 from .auth import ClientKeys
 from .drain import SHUTDOWN_EVENT, Drain
+from .logs import REQUEST_ID
 from .metrics import Metrics
 from .quota import WINDOW_NAMES, QuotaLedger
 from .router import RequestRecord, Router
@@ -85,6 +86,7 @@ class ProxyApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex[:16]
+        REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         try:
             if path.startswith("/v1/"):

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if pidfile is not None:
         daemon.claim_pidfile(pidfile)
     log_stream = open(log_file, "a", buffering=1) if log_file is not None and report is None else sys.stderr
-    configure_logging(config.log_level, secrets(config), log_stream)
+    configure_logging(config.log_level, secrets(config), log_stream, config.log_format)
     try:
         return _serve(config, args.demo, report)
     finally:

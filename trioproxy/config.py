@@ -6,7 +6,7 @@ directory, the process environment. Every refusal names the key and where its va
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,14 @@ def _port(instance: object, attribute: attrs.Attribute, value: int) -> None:
 def _log_level(instance: object, attribute: attrs.Attribute, value: str) -> None:
     if value not in LOG_LEVELS:
         raise _InvalidValue(attribute, f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+
+
+def _one_of(*choices: str) -> Callable[[object, attrs.Attribute, str], None]:
+    def check(instance: object, attribute: attrs.Attribute, value: str) -> None:
+        if value not in choices:
+            raise _InvalidValue(attribute, f"must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
 
 
 def _normalize_level(value: str) -> str:
@@ -168,6 +176,8 @@ class Config:
     host: str = "127.0.0.1"
     port: int = field(default=3000, validator=_port)
     log_level: str = field(default="INFO", converter=_normalize_level, validator=_log_level)
+    # "text" lines for people, "json" lines for log collectors.
+    log_format: str = field(default="text", validator=_one_of("text", "json"))
     proxy_model_name: str = "qwen-3-coder"
     request_timeout_ms: int = field(default=30_000, validator=_positive)
     cooldown_period_ms: int = field(default=300_000, validator=_positive)
@@ -222,6 +232,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "HOST": (("host",), str),
     "PORT": (("port",), int),
     "LOG_LEVEL": (("log_level",), str),
+    "LOG_FORMAT": (("log_format",), str),
     "PROXY_MODEL_NAME": (("proxy_model_name",), str),
     "REQUEST_TIMEOUT": (("request_timeout_ms",), int),
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),

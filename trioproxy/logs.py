@@ -1,32 +1,73 @@
-"""Logging set-up: levels by the original names, and a last line of defence for secrets."""
+"""Logging set-up: levels by the original names, text or JSON lines, request ids on every line
+of a request, and a last line of defence against secrets."""
 
+import json
 import logging
 import sys
 from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import TextIO
 
 LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "INFO": logging.INFO, "DEBUG": logging.DEBUG}
+FORMATS = ("text", "json")
 REDACTED = "[redacted]"
 
+# Set by the app for the task serving a request; Trio gives child tasks a copy of it.
+REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 
-class RedactingFormatter(logging.Formatter):
-    """Replaces any configured secret that reaches a log line, e.g. inside an exception text."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+class _Redacting(logging.Formatter):
+    """Replaces any configured secret that reaches a line, e.g. inside an exception text."""
+
+    def __init__(self, secrets: Iterable[str], fmt: str | None = None) -> None:
+        super().__init__(fmt, "%Y-%m-%d %H:%M:%S")
         self._secrets = tuple(s for s in secrets if s)
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+    def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
         return text
 
 
-def configure_logging(level: str, secrets: Iterable[str], stream: TextIO = sys.stderr) -> None:
+class RedactingFormatter(_Redacting):
+    """Text lines: `time LEVEL logger [request id]: message`."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__(secrets, "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "request_id"):
+            record.request_id = "-"
+        return self.redact(super().format(record))
+
+
+class JsonFormatter(_Redacting):
+    """One JSON object a line: time, level, logger, request_id, message (and exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return self.redact(json.dumps(line, ensure_ascii=False))
+
+
+def configure_logging(level: str, secrets: Iterable[str], stream: TextIO = sys.stderr, fmt: str = "text") -> None:
     """Send every logger's records to `stream` at `level`, secrets redacted."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(RedactingFormatter(secrets))
+    handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else RedactingFormatter(secrets))
+    handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(LEVELS[level])
