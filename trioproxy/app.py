@@ -12,12 +12,12 @@ import attrs
 import trio
 
 from .api import ApiError, ChatRequest, dump_json, model_card, models_list, parse_chat_request
-from .auth import ClientKeys
 from .drain import SHUTDOWN_EVENT, Drain
 from .logs import REQUEST_ID
 from .metrics import Metrics
 from .quota import WINDOW_NAMES, QuotaLedger
 from .router import RequestRecord, Router
+from .runtime import Runtime
 
 log = logging.getLogger("trioproxy.request")
 
@@ -49,22 +49,27 @@ def _json_headers(extra: dict[str, str] | None = None) -> list[tuple[bytes, byte
 class ProxyApp:
     """The ASGI callable. State is passed in, so one process can host several proxies."""
 
-    def __init__(
-        self,
-        proxy_model: str,
-        router: Router,
-        ledger: QuotaLedger,
-        max_body_bytes: int,
-        client_keys: ClientKeys | None = None,
-    ) -> None:
-        self._proxy_model = proxy_model
-        self._client_keys = client_keys or ClientKeys(())
-        self._router = router
-        self._ledger = ledger
-        self._max_body_bytes = max_body_bytes
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime  # replaced whole on reload; see runtime.py
         self._created = int(time.time())
         self.metrics = Metrics()
         self.drain = Drain()
+
+    @property
+    def _router(self) -> Router:
+        return self.runtime.router
+
+    @property
+    def _ledger(self) -> QuotaLedger:
+        return self.runtime.ledger
+
+    @property
+    def _proxy_model(self) -> str:
+        return self.runtime.config.proxy_model_name
+
+    @property
+    def _max_body_bytes(self) -> int:
+        return self.runtime.config.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -90,7 +95,7 @@ class ProxyApp:
         extra = {"x-request-id": request_id}
         try:
             if path.startswith("/v1/"):
-                self._client_keys.check(_header(scope, b"authorization"))
+                self.runtime.client_keys.check(_header(scope, b"authorization"))
             if path == CHAT_PATH and method == "POST":
                 await self._chat(scope, receive, send, request_id)
             elif path == MODELS_PATH and method == "GET":

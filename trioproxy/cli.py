@@ -115,13 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     log_stream = open(log_file, "a", buffering=1) if log_file is not None and report is None else sys.stderr
     configure_logging(config.log_level, secrets(config), log_stream, config.log_format)
     try:
-        return _serve(config, args.demo, report)
+        return _serve(config, args.demo, report, lambda: load_config(args.config))
     finally:
         if pidfile is not None:
             daemon.release_pidfile(pidfile)
 
 
-def _serve(config: Config, demo: bool, report: Callable[[bytes], None] | None) -> int:
+def _serve(
+    config: Config, demo: bool, report: Callable[[bytes], None] | None, reload: Callable[[], Config]
+) -> int:
     """Run until shut down; with `report` (daemon mode), tell the waiting parent how start-up went."""
 
     def ready(base_url: str) -> None:
@@ -129,7 +131,7 @@ def _serve(config: Config, demo: bool, report: Callable[[bytes], None] | None) -
             report(daemon.READY + base_url.encode())
 
     try:
-        trio.run(supervise, config, demo, ready)
+        trio.run(supervise, config, demo, ready, reload)
     except (OSError, BaseExceptionGroup) as error:
         bind_error = _os_error_in(error)
         if bind_error is None:

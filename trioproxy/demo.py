@@ -11,18 +11,31 @@ from .config import Config
 REAL_CEREBRAS_LIMITS = {"requests_per_minute": 15, "tokens_per_minute": 165_000, "tokens_per_day": 24_000_000}
 
 
-async def start_demo_providers(nursery: trio.Nursery, config: Config) -> Config:
-    """Start both emulators in `nursery`; return `config` pointed at them with their keys."""
+@attrs.frozen
+class DemoProviders:
+    """Where the demo's emulators listen; `apply` points any settings at them (also on reload)."""
+
+    cerebras_url: str
+    cerebras_key: str
+    chutes_url: str
+    chutes_key: str
+
+    def apply(self, config: Config) -> Config:
+        return attrs.evolve(
+            config,
+            state_file="",  # the emulators' quota is not the real one: never save it
+            cerebras=attrs.evolve(config.cerebras, base_url=self.cerebras_url, api_key=self.cerebras_key),
+            chutes=attrs.evolve(config.chutes, base_url=self.chutes_url, api_key=self.chutes_key),
+        )
+
+
+async def start_demo_providers(nursery: trio.Nursery, config: Config) -> DemoProviders:
+    """Start both emulators in `nursery`, serving the models `config` names."""
     cerebras = emulator.cerebras(model=config.cerebras.model, **REAL_CEREBRAS_LIMITS)
     chutes = emulator.chutes(model=config.chutes.model)
     cerebras_url = await nursery.start(emulator.serve, cerebras)
     chutes_url = await nursery.start(emulator.serve, chutes)
-    return attrs.evolve(
-        config,
-        state_file="",  # the emulators' quota is not the real one: never save it
-        cerebras=attrs.evolve(config.cerebras, base_url=cerebras_url, api_key=cerebras.api_key),
-        chutes=attrs.evolve(config.chutes, base_url=chutes_url, api_key=chutes.api_key),
-    )
+    return DemoProviders(cerebras_url, cerebras.api_key, chutes_url, chutes.api_key)
 
 
 def print_demo_banner(base_url: str, model: str) -> None:

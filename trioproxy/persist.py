@@ -49,16 +49,21 @@ class StatePersister:
     """Loads the ledger at start, saves it every `interval` seconds and once more at the end."""
 
     def __init__(
-        self, ledger: QuotaLedger, path: Path, interval: float, wall_clock: Callable[[], float] = time.time
+        self,
+        ledger: QuotaLedger | Callable[[], QuotaLedger],
+        path: Path,
+        interval: float,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._ledger = ledger
+        # A callable follows the ledger a reload swaps in.
+        self._current = ledger if callable(ledger) else (lambda: ledger)
         self._path = path
         self._interval = interval
         self._wall_clock = wall_clock
 
     def _wall_offset(self) -> float:
         """Add to a Trio time to get a wall-clock time."""
-        return self._wall_clock() - self._ledger.now()
+        return self._wall_clock() - self._current().now()
 
     async def load(self) -> None:
         """Restore saved state; a missing file is a fresh start, a broken one is kept aside."""
@@ -73,7 +78,7 @@ class StatePersister:
             state = json.loads(raw)
             if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
                 raise ValueError("not a trioproxy state file of this version")
-            restored = self._ledger.import_state(state["ledger"], -self._wall_offset())
+            restored = self._current().import_state(state["ledger"], -self._wall_offset())
         except (ValueError, KeyError, TypeError) as error:
             aside = self._path.with_name(f"{self._path.name}.corrupt-{int(self._wall_clock())}")
             await trio.Path(self._path).rename(aside)
@@ -82,7 +87,7 @@ class StatePersister:
         log.info("quota state restored from %s (%d accounts)", self._path, restored)
 
     async def save(self) -> None:
-        state = {"version": STATE_VERSION, "ledger": self._ledger.export_state(self._wall_offset())}
+        state = {"version": STATE_VERSION, "ledger": self._current().export_state(self._wall_offset())}
         data = json.dumps(state).encode()
         try:
             await trio.to_thread.run_sync(_write_atomically, self._path, data)

@@ -3,23 +3,19 @@
 import logging
 import signal
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from .app import ProxyApp
-from .auth import ClientKeys, is_loopback
-from .config import Config
-from .cooldown import CooldownTimers
-from .demo import print_demo_banner, start_demo_providers
+from .auth import is_loopback
+from .config import Config, ConfigError
+from .demo import DemoProviders, print_demo_banner, start_demo_providers
 from .drain import Drain
-from .health import HealthProber, ProviderHealth
+from .logs import LEVELS
 from .persist import StatePersister, resolve_state_path
-from .quota import QuotaLedger
-from .router import Router
-from .upstream import Upstream
+from .runtime import ClientPool, build_runtime, serving_providers
 
 log = logging.getLogger("trioproxy")
 
@@ -37,64 +33,73 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
 async def run_proxy(
     config: Config,
     shutdown: trio.Event,
+    reloads: trio.MemoryReceiveChannel[Config] | None = None,
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set; report the base URL (e.g. http://127.0.0.1:3000/v1) once bound.
 
+    Each Config received on `reloads` replaces the running one without dropping connections.
     Only providers with an API key take part. Everything started here ends before this returns.
     """
-    providers = [p for p in config.providers if p.keys]
-    if not providers:
+    if not serving_providers(config):
         raise ValueError("no provider has an API key")
+    _warn_if_open(config)
+    pool = ClientPool()
+    try:
+        async with trio.open_nursery() as nursery:
+            runtime = await build_runtime(config, pool, nursery)
+            app = ProxyApp(runtime)
+
+            async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
+                await serve(app, _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the server is done: end timers, prober, persister
+
+            state_path = resolve_state_path(config.state_file)
+            if state_path is not None:
+                persister = StatePersister(lambda: app.runtime.ledger, state_path, config.state_save_interval_ms / 1000)
+                await persister.load()
+                nursery.start_soon(persister.run)  # saves once more when the nursery is cancelled
+            nursery.start_soon(_end_streams_at_grace_end, shutdown, app.drain, config.shutdown_grace_ms / 1000)
+            if reloads is not None:
+                nursery.start_soon(_apply_reloads, reloads, app, pool, nursery)
+            bound = await nursery.start(serve_then_stop)
+            base_url = bound[0].rstrip("/") + "/v1"
+            log.info("trioproxy serving %s at %s; providers: %s", config.proxy_model_name, base_url, _describe(config))
+            task_status.started(base_url)
+    finally:
+        await pool.aclose()
+
+
+def _describe(config: Config) -> str:
+    return ", ".join(f"{p.name} ({p.model} at {p.base_url})" for p in serving_providers(config))
+
+
+def _warn_if_open(config: Config) -> None:
     if not config.client_api_keys and not is_loopback(config.host):
         log.warning(
             "LISTENING ON %s WITHOUT CLIENT KEYS: anyone who can reach this address can spend your "
             "provider quota. Set PROXY_API_KEYS (comma-separated) to require a key.",
             config.host,
         )
-    ledger = QuotaLedger(providers)
-    timeout = config.request_timeout_ms / 1000
-    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
-        upstreams = [
-            Upstream(p, await stack.enter_async_context(Upstream.client_for(p, timeout))) for p in providers
-        ]
-        health = {p.name: ProviderHealth() for p in providers}
-        router = Router(
-            config.proxy_model_name,
-            upstreams,
-            ledger,
-            CooldownTimers(nursery, ledger),
-            config.cooldown_period_ms / 1000,
-            config.capacity_backoff_ms / 1000,
-            config.honour_retry_after,
-            health,
-        )
-        app = ProxyApp(
-            config.proxy_model_name, router, ledger, config.max_body_bytes, ClientKeys(config.client_api_keys)
-        )
 
-        async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
-            await serve(app, _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
-            nursery.cancel_scope.cancel()  # the server is done: end cooldown timers too
 
-        state_path = resolve_state_path(config.state_file)
-        if state_path is not None:
-            persister = StatePersister(ledger, state_path, config.state_save_interval_ms / 1000)
-            await persister.load()
-            nursery.start_soon(persister.run)  # saves once more when the nursery is cancelled
-        prober = HealthProber(upstreams, health, config.health_check_interval_ms / 1000, config.health_check_failures)
-        nursery.start_soon(prober.run)
-        nursery.start_soon(_end_streams_at_grace_end, shutdown, app.drain, config.shutdown_grace_ms / 1000)
-        bound = await nursery.start(serve_then_stop)
-        base_url = bound[0].rstrip("/") + "/v1"
-        log.info(
-            "trioproxy serving %s at %s; providers: %s",
-            config.proxy_model_name,
-            base_url,
-            ", ".join(f"{p.name} ({p.model} at {p.base_url})" for p in providers),
-        )
-        task_status.started(base_url)
+async def _apply_reloads(
+    reloads: trio.MemoryReceiveChannel[Config], app: ProxyApp, pool: ClientPool, nursery: trio.Nursery
+) -> None:
+    """Swap in each new configuration; what cannot change without a restart is said so."""
+    async for config in reloads:
+        current = app.runtime
+        if not serving_providers(config):
+            log.error("reload refused: no provider has an API key; keeping the running configuration")
+            continue
+        if (config.host, config.port) != (current.config.host, current.config.port):
+            log.warning("reload: host and port changes take effect only after a restart")
+        _warn_if_open(config)
+        app.runtime = await build_runtime(config, pool, nursery, previous=current)
+        current.prober_scope.cancel()
+        logging.getLogger().setLevel(LEVELS[config.log_level])
+        log.info("configuration reloaded; providers: %s", _describe(config))
 
 
 async def _end_streams_at_grace_end(shutdown: trio.Event, drain: Drain, grace: float) -> None:
@@ -107,28 +112,71 @@ async def _end_streams_at_grace_end(shutdown: trio.Event, drain: Drain, grace: f
         log.warning("grace period over: ended %d streams early", ended)
 
 
-async def stop_on_signals(shutdown: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Set `shutdown` on SIGINT or SIGTERM."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def handle_signals(
+    shutdown: trio.Event,
+    reload: Callable[[], Config] | None,
+    reloads: trio.MemorySendChannel[Config],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """SIGINT/SIGTERM set `shutdown`; SIGHUP re-reads the settings and sends them on `reloads`.
+
+    After the first stop signal the default handlers return, so a second Ctrl-C ends at once.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                await _reload(reload, reloads)
+                continue
             log.info("received %s, shutting down", signal.Signals(signum).name)
             shutdown.set()
             return
 
 
-async def supervise(config: Config, demo: bool, on_ready: Callable[[str], None] | None = None) -> None:
+async def _reload(reload: Callable[[], Config] | None, reloads: trio.MemorySendChannel[Config]) -> None:
+    if reload is None:
+        log.warning("received SIGHUP, but there are no settings to re-read")
+        return
+    log.info("received SIGHUP, re-reading the settings")
+    try:
+        config = reload()
+    except ConfigError as error:
+        log.error("reload refused: %s; keeping the running configuration", error)
+        return
+    await reloads.send(config)
+
+
+def _still_on(demo_providers: DemoProviders, reload: Callable[[], Config]) -> Callable[[], Config]:
+    """Re-read settings that keep pointing at the demo's emulators."""
+
+    def reload_demo() -> Config:
+        return demo_providers.apply(reload())
+
+    return reload_demo
+
+
+async def supervise(
+    config: Config,
+    demo: bool,
+    on_ready: Callable[[str], None] | None = None,
+    reload: Callable[[], Config] | None = None,
+) -> None:
     """The whole process: signals, the demo's emulated providers if asked, and the proxy.
 
-    `on_ready(base_url)` is called once the proxy serves.
+    `on_ready(base_url)` is called once the proxy serves; `reload()` re-reads the settings on SIGHUP.
     """
     shutdown = trio.Event()
+    send_reloads, receive_reloads = trio.open_memory_channel[Config](1)
     async with trio.open_nursery() as nursery:
-        await nursery.start(stop_on_signals, shutdown)
         if demo:
-            config = await start_demo_providers(nursery, config)
+            demo_providers = await start_demo_providers(nursery, config)
+            config = demo_providers.apply(config)
+            if reload is not None:
+                reload = _still_on(demo_providers, reload)
+        await nursery.start(handle_signals, shutdown, reload, send_reloads)
         async with trio.open_nursery() as proxy_nursery:
-            base_url = await proxy_nursery.start(run_proxy, config, shutdown)
+            base_url = await proxy_nursery.start(run_proxy, config, shutdown, receive_reloads)
             if demo:
                 print_demo_banner(base_url, config.proxy_model_name)
             if on_ready is not None:
