@@ -51,12 +51,19 @@ class ChatRequest:
     wants_usage: bool = field(default=False)
 
 
+def _refuse_constant(name: str) -> Any:
+    # Python accepts NaN and Infinity; JSON does not, and neither would the provider.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_chat_request(raw: bytes, proxy_model: str) -> ChatRequest:
     """Validate the parts of a chat body the proxy relies on; everything else passes through."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "Request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object.", code="invalid_request_body")
     model = body.get("model")
