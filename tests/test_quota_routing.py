@@ -152,3 +152,19 @@ async def test_a_third_provider_from_configuration_takes_its_place_in_order(
     assert third.served == 1 and providers.chutes.served == 1  # its own rpm of 1 sends the next on
     assert third.received[0]["model"] == "qwen/qwen3-coder"
     assert third.received_headers[0]["authorization"] == "Bearer gsk-third"
+
+
+async def test_a_stream_the_client_abandons_settles_what_was_spent(
+    providers: Providers, start_proxy: StartProxy, mock_clock: trio.testing.MockClock
+) -> None:
+    """Leaving mid-stream books the prompt and the events relayed, not the whole 16k budget."""
+    providers.cerebras.faults.chunk_delay = 1.0  # the frozen clock holds the stream open
+    proxy = await start_proxy()
+    async with client_for(proxy) as client:
+        async with client.stream("POST", "/chat/completions", json=chat(stream=True)) as streaming:
+            lines = streaming.aiter_lines()
+            assert (await lines.__anext__()).startswith("data: ")
+        await trio.testing.wait_all_tasks_blocked()
+        state = (await client.get(proxy.base_url.removesuffix("/v1") + "/healthz")).json()
+    used = state["providers"]["cerebras"]["accounts"]["cerebras"]["tpm"]["used"]
+    assert 0 < used < 100  # a few prompt tokens and one event, far below the 16,384 reserved

@@ -115,6 +115,8 @@ class StreamRelay:
         self._request = request
         self._reservation = reservation
         self._record = record
+        self._events_seen = 0  # a streamed event carries about one completion token
+        self._settled = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """SSE frames for the client, ending with `data: [DONE]` whatever happens upstream."""
@@ -135,7 +137,9 @@ class StreamRelay:
 
     async def _frame(self, document: dict[str, Any]) -> bytes:
         """Rewrite one event for the client; settle quota when it carries usage."""
+        self._events_seen += 1
         if await self._router.account_usage(document, self._reservation, self._record):
+            self._settled = True
             if not self._request.wants_usage:
                 # The client did not ask for usage: drop it, and drop a chunk that held only usage.
                 del document["usage"]
@@ -145,8 +149,13 @@ class StreamRelay:
         return b"data: " + dump_json(document) + b"\n\n"
 
     async def aclose(self) -> None:
+        """Close the upstream stream; if it ended without usage (client gone, provider failed),
+        settle what was spent so far instead of the whole completion budget."""
         await self._events.aclose()  # type: ignore[attr-defined]
         await self._response.aclose()
+        if not self._settled:
+            prompt = round(self._record.prompt_estimate * self._router.estimator.ratio)
+            await self._router.ledger.settle(self._reservation, prompt + self._events_seen)
 
 
 class Router:
