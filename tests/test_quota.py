@@ -17,7 +17,7 @@ def cerebras(**settings: object) -> ProviderConfig:
 
 def test_window_forgets_entries_older_than_its_span() -> None:
     """An amount counts for exactly `span` seconds after it was added."""
-    window = SlidingWindow(60.0, 100)
+    window = SlidingWindow(100, span=60.0)
     window.add(0.0, 70)
     window.add(30.0, 20)
     assert window.used(59.9) == 90
@@ -27,7 +27,7 @@ def test_window_forgets_entries_older_than_its_span() -> None:
 
 def test_window_tells_when_an_amount_fits_again() -> None:
     """seconds_until_fits names the moment enough old entries have left."""
-    window = SlidingWindow(60.0, 100)
+    window = SlidingWindow(100, span=60.0)
     window.add(0.0, 60)
     window.add(10.0, 30)
     assert window.fits(20.0, 10)
@@ -38,7 +38,7 @@ def test_window_tells_when_an_amount_fits_again() -> None:
 
 def test_window_adjust_ignores_entries_already_gone() -> None:
     """Settling a reservation that left the window does not corrupt the total."""
-    window = SlidingWindow(60.0, 100)
+    window = SlidingWindow(100, span=60.0)
     entry = window.add(0.0, 50)
     window.used(61.0)
     window.adjust(entry, 10)

@@ -9,7 +9,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 from attrs import define, field, frozen
@@ -29,43 +29,30 @@ class _Entry:
     live: bool = True  # False once the window has dropped it, so a late settle is ignored
 
 
-class Window(Protocol):
-    limit: int | None
-
-    def used(self, now: float) -> int: ...
-    def add(self, now: float, amount: int, seq: int) -> _Entry: ...
-    def adjust(self, entry: _Entry, amount: int) -> None: ...
-    def seconds_until_fits(self, now: float, amount: int) -> float: ...
-    def booked_after(self, seq: int) -> int: ...
-    def export(self, now: float, offset: float) -> Any: ...
-    def restore(self, now: float, saved: Any, offset: float) -> None: ...
-
-
 @define
-class SlidingWindow:
-    """Sum of amounts added within the last `span` seconds, against an optional limit."""
+class Window:
+    """Amounts booked against an optional limit; subclasses decide when entries expire."""
 
-    span: float
     limit: int | None
-    _entries: deque[_Entry] = field(factory=deque)
-    _total: int = 0
+    _entries: deque[_Entry] = field(factory=deque, kw_only=True)
+    _total: int = field(default=0, kw_only=True)
 
-    def _prune(self, now: float) -> None:
-        horizon = now - self.span
-        while self._entries and self._entries[0].at <= horizon:
-            entry = self._entries.popleft()
-            entry.live = False
-            self._total -= entry.amount
+    def _expire(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _drop(self, entry: _Entry) -> None:
+        entry.live = False
+        self._total -= entry.amount
 
     def used(self, now: float) -> int:
-        self._prune(now)
+        self._expire(now)
         return self._total
 
     def fits(self, now: float, amount: int) -> bool:
         return self.limit is None or self.used(now) + amount <= self.limit
 
     def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
-        self._prune(now)
+        self._expire(now)
         entry = _Entry(now, amount, seq)
         self._entries.append(entry)
         self._total += amount
@@ -76,6 +63,36 @@ class SlidingWindow:
         if entry.live:
             self._total += amount - entry.amount
             entry.amount = amount
+
+    def booked_after(self, seq: int) -> int:
+        """Sum of the entries booked after `seq` that still count."""
+        total = 0
+        for entry in reversed(self._entries):
+            if entry.seq <= seq:
+                break
+            total += entry.amount
+        return total
+
+    def seconds_until_fits(self, now: float, amount: int) -> float:
+        raise NotImplementedError
+
+    def export(self, now: float, offset: float) -> Any:
+        raise NotImplementedError
+
+    def restore(self, now: float, saved: Any, offset: float) -> None:
+        raise NotImplementedError
+
+
+@define
+class SlidingWindow(Window):
+    """Sum of amounts added within the last `span` seconds."""
+
+    span: float = MINUTE
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.span
+        while self._entries and self._entries[0].at <= horizon:
+            self._drop(self._entries.popleft())
 
     def seconds_until_fits(self, now: float, amount: int) -> float:
         """How long until `amount` more would fit, as old entries leave the window."""
@@ -89,7 +106,7 @@ class SlidingWindow:
         return self.span  # larger than the limit itself: never fits; a whole window is honest
 
     def export(self, now: float, offset: float) -> list[list[float]]:
-        self._prune(now)
+        self._expire(now)
         return [[entry.at + offset, entry.amount] for entry in self._entries]
 
     def restore(self, now: float, saved: list[list[float]], offset: float) -> None:
@@ -97,69 +114,28 @@ class SlidingWindow:
             if now - self.span < at + offset <= now:
                 self.add(at + offset, int(amount))
 
-    def booked_after(self, seq: int) -> int:
-        """Sum of the entries booked after `seq` that are still in the window."""
-        total = 0
-        for entry in reversed(self._entries):
-            if entry.seq <= seq:
-                break
-            total += entry.amount
-        return total
-
 
 @define
-class DailyWindow:
+class DailyWindow(Window):
     """A counter that empties at the provider's day boundary, as Cerebras's daily quotas do.
 
     The boundary starts as the next UTC midnight and is corrected by the provider's
     `reset-*-day` headers when they arrive.
     """
 
-    limit: int | None
-    day_ends_at: float
-    _total: int = 0
-    _entries: deque[_Entry] = field(factory=deque)  # today's, for settling and booked_after
+    day_ends_at: float = 0.0
 
-    def _roll(self, now: float) -> None:
+    def _expire(self, now: float) -> None:
         if now >= self.day_ends_at:
             skipped = math.floor((now - self.day_ends_at) / DAY) + 1
             self.day_ends_at += skipped * DAY
-            for entry in self._entries:
-                entry.live = False
-            self._entries.clear()
-            self._total = 0
-
-    def used(self, now: float) -> int:
-        self._roll(now)
-        return self._total
-
-    def fits(self, now: float, amount: int) -> bool:
-        return self.limit is None or self.used(now) + amount <= self.limit
-
-    def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
-        self._roll(now)
-        entry = _Entry(now, amount, seq)
-        self._entries.append(entry)
-        self._total += amount
-        return entry
-
-    def adjust(self, entry: _Entry, amount: int) -> None:
-        if entry.live:
-            self._total += amount - entry.amount
-            entry.amount = amount
+            while self._entries:
+                self._drop(self._entries.popleft())
 
     def seconds_until_fits(self, now: float, amount: int) -> float:
         if self.fits(now, amount) or self.limit is None:
             return 0.0
         return self.day_ends_at - now
-
-    def booked_after(self, seq: int) -> int:
-        total = 0
-        for entry in reversed(self._entries):
-            if entry.seq <= seq:
-                break
-            total += entry.amount
-        return total
 
     def export(self, now: float, offset: float) -> dict[str, float]:
         return {"day_ends_at": self.day_ends_at + offset, "used": self.used(now)}
@@ -172,7 +148,7 @@ class DailyWindow:
 
     def move_boundary(self, now: float, seconds_to_reset: float) -> None:
         """Align the day to the provider's reset time (its figure wins over our guess)."""
-        self._roll(now)
+        self._expire(now)
         self.day_ends_at = now + seconds_to_reset
 
 
@@ -230,10 +206,10 @@ class AccountQuota:
     def from_config(cls, name: str, provider: ProviderConfig, key_index: int, now: float, wall: float) -> "AccountQuota":
         day_ends_at = now + seconds_until_utc_midnight(wall)
         windows: dict[str, Window] = {
-            "rpm": SlidingWindow(MINUTE, provider.requests_per_minute),
-            "tpm": SlidingWindow(MINUTE, provider.tokens_per_minute),
-            "rpd": DailyWindow(provider.requests_per_day, day_ends_at),
-            "tpd": DailyWindow(provider.tokens_per_day, day_ends_at),
+            "rpm": SlidingWindow(provider.requests_per_minute, span=MINUTE),
+            "tpm": SlidingWindow(provider.tokens_per_minute, span=MINUTE),
+            "rpd": DailyWindow(provider.requests_per_day, day_ends_at=day_ends_at),
+            "tpd": DailyWindow(provider.tokens_per_day, day_ends_at=day_ends_at),
         }
         return cls(name=name, provider=provider.name, key_index=key_index, windows=windows)
 
