@@ -7,7 +7,7 @@ import trio.testing
 
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.cooldown import CooldownTimers
-from trioproxy.quota import QuotaLedger, Refusal, Reservation, SlidingWindow
+from trioproxy.quota import QuotaLedger, Refusal, RefillingBucket, Reservation, SlidingWindow
 from trioproxy.tokens import PromptEstimator
 
 
@@ -54,7 +54,7 @@ async def test_each_limit_refuses_with_its_own_reason(mock_clock: trio.testing.M
     assert isinstance(await ledger.reserve("cerebras", 500), Reservation)
     refusal = await ledger.reserve("cerebras", 1)
     assert isinstance(refusal, Refusal) and refusal.reason == "rpm"
-    assert refusal.retry_at == 60.0
+    assert refusal.retry_at == 30.0  # the bucket of 2 a minute refills one request every 30 s
     mock_clock.jump(61)
     refusal = await ledger.reserve("cerebras", 700)
     assert isinstance(refusal, Refusal) and refusal.reason == "tpd"
@@ -212,3 +212,15 @@ def test_estimator_learns_the_real_ratio() -> None:
     assert estimator.estimate(body)[1] == pytest.approx(raw * 2, rel=0.01)
     estimator.learn(raw, raw * 1000)  # a broken figure moves it only to the bound
     assert estimator.ratio <= PromptEstimator.BOUNDS[1]
+
+
+def test_minute_bucket_refills_continuously_and_takes_back_refunds() -> None:
+    """Like Cerebras: a full bucket, a steady refill of limit/60 per second, unused bookings returned."""
+    bucket = RefillingBucket(600, span=60.0)
+    entry = bucket.add(0.0, 600)
+    assert not bucket.fits(0.0, 1)
+    assert bucket.seconds_until_fits(0.0, 100) == 10.0  # 10 tokens a second
+    assert bucket.fits(10.0, 100) and not bucket.fits(10.0, 101)
+    bucket.adjust(entry, 200)  # the request used 200 of the 600 it booked
+    assert bucket.fits(10.0, 500) and not bucket.fits(10.0, 501)
+    assert bucket.seconds_until_fits(10.0, 601) == 60.0  # more than the bucket holds: a whole span

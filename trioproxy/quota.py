@@ -116,6 +116,59 @@ class SlidingWindow(Window):
 
 
 @define
+class RefillingBucket(SlidingWindow):
+    """A bucket of `limit` that refills continuously over `span`, as Cerebras counts per minute.
+
+    It starts full, a booking takes from it and a settled booking gives back what it did not
+    use. Compared with a sliding window this grants the same rate, plus the bucket's starting
+    level, and frees capacity smoothly instead of when an old entry leaves. The entries of the
+    last `span` are still kept: to report use and to tell what a provider's figure includes.
+    """
+
+    _level: float | None = field(default=None, kw_only=True)
+    _updated: float = field(default=0.0, kw_only=True)
+
+    def _refill(self, now: float) -> float:
+        assert self.limit is not None
+        if self._level is None:
+            self._level = float(self.limit)
+        else:
+            gained = max(0.0, now - self._updated) * self.limit / self.span
+            self._level = min(float(self.limit), self._level + gained)
+        self._updated = max(self._updated, now)
+        return self._level
+
+    def fits(self, now: float, amount: int) -> bool:
+        return self.limit is None or self._refill(now) >= amount
+
+    def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
+        if self.limit is not None:
+            self._level = self._refill(now) - amount
+        return super().add(now, amount, seq)
+
+    def adjust(self, entry: _Entry, amount: int) -> None:
+        if self.limit is not None and self._level is not None:
+            # The provider gives back an unused reservation whenever it settles, however old.
+            self._level = min(float(self.limit), self._level + entry.amount - amount)
+        super().adjust(entry, amount)
+
+    def seconds_until_fits(self, now: float, amount: int) -> float:
+        if self.limit is None or self.fits(now, amount):
+            return 0.0
+        if amount > self.limit:
+            return self.span
+        return (amount - self._refill(now)) * self.span / self.limit
+
+    def restore(self, now: float, saved: list[list[float]], offset: float) -> None:
+        super().restore(now, saved, offset)
+        if self.limit is not None:
+            # What was booked in the last span is taken; the refill since then is credited.
+            self._level, self._updated = float(self.limit), now
+            for entry in self._entries:
+                self._level -= entry.amount * (1 - (now - entry.at) / self.span)
+
+
+@define
 class DailyWindow(Window):
     """A counter that empties at the provider's day boundary, as Cerebras's daily quotas do.
 
@@ -206,8 +259,8 @@ class AccountQuota:
     def from_config(cls, name: str, provider: ProviderConfig, key_index: int, now: float, wall: float) -> "AccountQuota":
         day_ends_at = now + seconds_until_utc_midnight(wall)
         windows: dict[str, Window] = {
-            "rpm": SlidingWindow(provider.requests_per_minute, span=MINUTE),
-            "tpm": SlidingWindow(provider.tokens_per_minute, span=MINUTE),
+            "rpm": RefillingBucket(provider.requests_per_minute, span=MINUTE),
+            "tpm": RefillingBucket(provider.tokens_per_minute, span=MINUTE),
             "rpd": DailyWindow(provider.requests_per_day, day_ends_at=day_ends_at),
             "tpd": DailyWindow(provider.tokens_per_day, day_ends_at=day_ends_at),
         }
@@ -229,7 +282,7 @@ class AccountQuota:
             return Refusal("probe", now + 1)
         for name, amount in self._amounts(tokens).items():
             window = self.windows[name]
-            if window.limit is not None and window.used(now) + amount > window.limit:
+            if not window.fits(now, amount):
                 return Refusal(name, now + window.seconds_until_fits(now, amount))
             if self.provider_remaining(name, now) < amount:
                 return Refusal(name, self.synced[name].valid_until)
