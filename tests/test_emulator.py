@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from attrs import define
 
 from trioproxy.emulator import (
@@ -375,6 +376,71 @@ async def test_cerebras_daily_tokens_reset_after_a_day(nursery: trio.Nursery) ->
                                            "too many tokens processed.")
     assert exhausted.headers["retry-after"] == "86400"
     assert next_day.status_code == 200
+
+
+async def test_day_can_be_placed_and_preloaded(nursery: trio.Nursery) -> None:
+    """day_started_at puts the boundary where a simulation wants it; day_tokens_used makes
+    tokens/day bind before it; the 429 is recorded and names the time to the boundary."""
+    clock = FakeClock(now=1000.0)
+    provider = cerebras(tokens_per_day=1000, requests_per_day=50, clock=clock,
+                        day_started_at=1000.0 + 600 - 86400, day_tokens_used=995)
+    async with await start(nursery, provider) as client:
+        refused = await post(client, chat_body(provider, max_tokens=5))  # prompt 10 > 5 left
+        clock.now += 599
+        still = await post(client, chat_body(provider, max_tokens=5))
+        clock.now += 1
+        next_day = await post(client, chat_body(provider, max_tokens=5))
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "600"
+    assert float(refused.headers["x-ratelimit-reset-requests-day"]) == 600.0
+    assert still.status_code == 429 and still.headers["retry-after"] == "1"
+    assert next_day.status_code == 200
+    assert next_day.headers["x-ratelimit-remaining-requests-day"] == "49"
+    assert [(r.at, r.limit, r.available, r.request) for r in provider.quota_refusals] == [
+        (1000.0, "tpd", 5, 0), (1599.0, "tpd", 5, 1)]
+    assert provider.quota_refusals[0].prompt_tokens == prompt_tokens(chat_body(provider))
+    assert [u.at for u in provider.usage_log] == [1600.0]
+    used = next_day.json()["usage"]["total_tokens"]
+    assert provider.levels() == {"rpm": None, "tpm": None, "rpd": 49, "tpd": 1000 - used}
+
+
+async def test_completion_length_chunking_and_generation_time(
+        nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    """completion_words sets the length (a cap still truncates), words_per_chunk groups a
+    stream's words, and with tokens_per_second the reservation stays taken while the model
+    generates: a request arriving meanwhile sees less tokens/minute left."""
+    provider = cerebras(tokens_per_minute=6000, tokens_per_second=100.0,
+                        completion_words=lambda body: 400 if body.get("stream") else 30,
+                        words_per_chunk=50)
+    prompt = prompt_tokens(chat_body(provider))
+    async with await start(nursery, provider) as client:
+        started = trio.current_time()
+        events: list[Any] = []
+        remaining: list[int] = []
+
+        async def streamed() -> None:
+            events.extend(await stream_events(client, chat_body(provider, stream=True,
+                                                                max_tokens=1000)))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(streamed)
+            await trio.sleep(1.0)  # the stream is generating 400 tokens for 4 s
+            during = await post(client, chat_body(provider, max_tokens=2000))
+            remaining.append(int(during.headers["x-ratelimit-remaining-tokens-minute"]))
+        elapsed = trio.current_time() - started
+        capped = (await post(client, chat_body(provider, max_tokens=7))).json()
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert len(text.split()) == 400 and events[-2]["usage"]["completion_tokens"] == 400
+    assert len(events) == 1 + 8 + 1 + 1  # role, 8 chunks of 50 words, final, [DONE]
+    assert elapsed == pytest.approx(4.0)  # 400 tokens at 100 per second; nothing else waits
+    # The stream's reservation (prompt + 1000) was still taken when `during` settled, 1.3 s
+    # (130 tokens of refill) later; settled at once it would have left 6000 - 40 - 40.
+    assert remaining[0] == 6000 - (prompt + 1000) + 130 - (prompt + 30)
+    assert during.json()["usage"]["completion_tokens"] == 30
+    assert capped["usage"]["completion_tokens"] == 7
+    assert capped["choices"][0]["finish_reason"] == "length"
+    assert [u.completion_tokens for u in provider.usage_log] == [30, 400, 7]
+    assert [round(u.at - u.admitted_at, 6) for u in provider.usage_log] == [0.3, 4.0, 0.07]
+    assert provider.served == 3
 
 
 async def test_chutes_rpm_limit(nursery: trio.Nursery) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import attrs
 import h11
 import trio
-from attrs import Factory, define, field
+from attrs import Factory, define, field, frozen
 
 __all__ = [
     "CEREBRAS_MODEL",
@@ -34,6 +34,8 @@ __all__ = [
     "DEFAULT_RESERVED_COMPLETION",
     "EmulatedProvider",
     "Faults",
+    "QuotaRefusal",
+    "Usage",
     "cerebras",
     "chutes",
     "completion_text",
@@ -141,11 +143,40 @@ class _Day:
         if index != self.index:
             self.index, self.requests, self.tokens = index, 0, 0
 
+    def place(self, now: float, start: float, tokens: int) -> None:
+        """Make `start` the beginning of a day and count `tokens` as already used today."""
+        self.start = start
+        self.index = math.floor((now - start) / DAY_SECONDS)
+        self.requests, self.tokens = 0, tokens
+
     def reset_in(self, now: float) -> float:
         """Seconds until the next day boundary."""
         self.roll(now)
         assert self.start is not None
         return DAY_SECONDS - ((now - self.start) % DAY_SECONDS)
+
+
+@frozen
+class Usage:
+    """One completion as the provider counted it: settled `at` (when the day counts it),
+    admitted at `admitted_at` (when the per-minute buckets took its reservation)."""
+
+    at: float
+    prompt_tokens: int
+    completion_tokens: int
+    admitted_at: float
+
+
+@frozen
+class QuotaRefusal:
+    """One quota 429 (Cerebras): which limit refused and what the request needed."""
+
+    at: float
+    limit: Literal["rpm", "tpm", "rpd", "tpd"]
+    prompt_tokens: int
+    reserved: int  # prompt + completion cap (DEFAULT_RESERVED_COMPLETION without one)
+    available: float | None  # tokens/minute bucket level (tpm) or tokens left today (tpd)
+    request: int  # index of the request in `received`
 
 
 @define
@@ -165,6 +196,17 @@ class EmulatedProvider:
       completion is composed. Daily counters restart every 86400 s of `clock` time from when
       `serve` starts; tokens/day refuses a request whose prompt no longer fits. Requests
       rejected by validation or answered by a fault consume nothing.
+    - Simulation knobs, for benchmarks: `day_started_at` places the day on `clock` (the next
+      boundary is 86400 s after it; None = the day starts when `serve` starts) and
+      `day_tokens_used` counts tokens as already used that day when `serve` starts.
+      `completion_words` sets the length of plain-text completions in words (= tokens), as a
+      number or a function of the request body (None = `completion_text`); a cap still
+      truncates. `words_per_chunk` groups the words of a streamed text answer into chunks.
+      `tokens_per_second` makes the model take time: the reservation stays taken while the
+      completion is generated (a plain answer comes after that time, a stream's chunks are
+      spread over it) and is settled just before the answer's usage is sent; None = instant.
+    - `usage_log`: every completion's usage when it was settled (streams with injected faults
+      included: the quota counted them). `quota_refusals`: every quota 429 (Cerebras).
     - A chat request naming another model than `model` gets the provider's 404.
     """
 
@@ -182,6 +224,13 @@ class EmulatedProvider:
     received_headers: list[dict[str, str]] = Factory(list)
     served: int = 0
     connections: int = 0  # TCP connections accepted (lets tests check keep-alive)
+    day_started_at: float | None = None
+    day_tokens_used: int = 0
+    completion_words: int | Callable[[Json], int] | None = None
+    words_per_chunk: int = 1
+    tokens_per_second: float | None = None
+    usage_log: list[Usage] = Factory(list)
+    quota_refusals: list[QuotaRefusal] = Factory(list)
     _rpm: _Bucket = field(init=False, factory=_Bucket, repr=False)
     _tpm: _Bucket = field(init=False, factory=_Bucket, repr=False)
     _day: _Day = field(init=False, factory=_Day, repr=False)
@@ -191,6 +240,20 @@ class EmulatedProvider:
         """A fresh number for completion and tool-call ids."""
         self._counter += 1
         return self._counter
+
+    def levels(self) -> dict[str, float | None]:
+        """What each limit has left as of `clock()`: the per-minute buckets' levels and what
+        is left today (None for a limit that is not set). Reading changes no outcome."""
+        now = self.clock()
+        self._day.roll(now)
+        rpm, tpm, rpd, tpd = (self.requests_per_minute, self.tokens_per_minute,
+                              self.requests_per_day, self.tokens_per_day)
+        return {
+            "rpm": None if rpm is None else self._rpm.refill(rpm, now),
+            "tpm": None if tpm is None else self._tpm.refill(tpm, now),
+            "rpd": None if rpd is None else rpd - self._day.requests,
+            "tpd": None if tpd is None else tpd - self._day.tokens,
+        }
 
 
 def cerebras(api_key: str = "csk-emulated", **kw: Any) -> EmulatedProvider:
@@ -235,6 +298,8 @@ class _Reply:
     status: int
     body: Json
     headers: list[tuple[str, str]] = Factory(list)
+    wait: float = 0.0  # generation time before the answer leaves
+    finish: Callable[[], None] | None = None  # runs after `wait`, before the answer is written
 
 
 @define
@@ -245,6 +310,7 @@ class _Stream:
     headers: list[tuple[str, str]] = Factory(list)
     delay: float = 0.0
     reset_after_first: bool = False
+    finish: Callable[[], None] | None = None  # runs before the last event (which holds usage)
 
 
 @define
@@ -519,7 +585,13 @@ def _admit(provider: EmulatedProvider, prompt: int, cap: int | None) -> _Reply |
     now = provider.clock()
     refused = _day_refusal(provider, prompt, now) or _minute_refusal(provider, reservation, now)
     if refused:
-        return refused
+        limit, reply = refused
+        available = {"tpm": provider._tpm.level,
+                     "tpd": None if provider.tokens_per_day is None
+                     else provider.tokens_per_day - provider._day.tokens}.get(limit)
+        provider.quota_refusals.append(QuotaRefusal(now, limit, prompt, reservation, available,
+                                                    len(provider.received) - 1))
+        return reply
     _charge(provider, reservation)
     return None
 
@@ -535,34 +607,37 @@ def _admit_chutes(provider: EmulatedProvider) -> _Reply | None:
     return None
 
 
-def _day_refusal(provider: EmulatedProvider, prompt: int, now: float) -> _Reply | None:
+_Refused = tuple[Literal["rpm", "tpm", "rpd", "tpd"], _Reply]
+
+
+def _day_refusal(provider: EmulatedProvider, prompt: int, now: float) -> _Refused | None:
     """429 when today's requests are used up or the prompt no longer fits today's tokens."""
     day = provider._day
     day.roll(now)
     retry = _retry_after(day.reset_in(now))
     if provider.requests_per_day is not None and day.requests >= provider.requests_per_day:
-        return _quota_429("Requests per day limit exceeded - too many requests sent.",
-                          "too_many_requests_error", "request_quota_exceeded", retry)
+        return "rpd", _quota_429("Requests per day limit exceeded - too many requests sent.",
+                                 "too_many_requests_error", "request_quota_exceeded", retry)
     if provider.tokens_per_day is not None and day.tokens + prompt > provider.tokens_per_day:
-        return _quota_429("Tokens per day limit exceeded - too many tokens processed.",
-                          "too_many_tokens_error", "token_quota_exceeded", retry)
+        return "tpd", _quota_429("Tokens per day limit exceeded - too many tokens processed.",
+                                 "too_many_tokens_error", "token_quota_exceeded", retry)
     return None
 
 
-def _minute_refusal(provider: EmulatedProvider, reservation: int, now: float) -> _Reply | None:
+def _minute_refusal(provider: EmulatedProvider, reservation: int, now: float) -> _Refused | None:
     """429 when the requests/minute or tokens/minute bucket cannot cover this request."""
     if provider.requests_per_minute is not None:
         wait = provider._rpm.wait_for(1, provider.requests_per_minute, now)
         if wait > 0:
-            return _quota_429("Requests per minute limit exceeded - too many requests sent.",
-                              "too_many_requests_error", "request_quota_exceeded",
-                              _retry_after(wait))
+            return "rpm", _quota_429("Requests per minute limit exceeded - too many requests sent.",
+                                     "too_many_requests_error", "request_quota_exceeded",
+                                     _retry_after(wait))
     if provider.tokens_per_minute is not None:
         wait = provider._tpm.wait_for(reservation, provider.tokens_per_minute, now)
         if wait > 0:
-            return _quota_429("Tokens per minute limit exceeded - too many tokens processed.",
-                              "too_many_tokens_error", "token_quota_exceeded",
-                              _retry_after(wait))
+            return "tpm", _quota_429("Tokens per minute limit exceeded - too many tokens processed.",
+                                     "too_many_tokens_error", "token_quota_exceeded",
+                                     _retry_after(wait))
     return None
 
 
@@ -644,26 +719,59 @@ class _Answer:
 
 def _completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: int,
                 cap: int | None) -> _Action:
-    """Compose the completion, settle the quota and answer plain or streamed."""
-    number = provider.next_id()
+    """Compose the completion, settle the quota and answer plain or streamed.
+
+    With `tokens_per_second` the settling waits until the completion is generated: the
+    reservation stays taken meanwhile, as at a real provider.
+    """
+    number, admitted_at = provider.next_id(), provider.clock()
     answer = _answer(provider, body, cap, number)
     used = prompt + answer.completion_tokens
     usage = {"prompt_tokens": prompt, "completion_tokens": answer.completion_tokens,
              "total_tokens": used}
     meta = _Meta(provider.flavor, f"chatcmpl-{number}", int(time.time()), provider.model)
-    if body.get("stream"):
-        action: _Action = _stream_action(meta, answer, usage, body, faults)
+    reservation = prompt + (cap or DEFAULT_RESERVED_COMPLETION)
+    speed = provider.tokens_per_second
+    generation = answer.completion_tokens / speed if speed else 0.0
+    stream = bool(body.get("stream"))
+    counted = not (stream and (faults.reset_mid_stream or faults.error_first_event))
+    settled = False
+
+    def finish() -> None:
+        nonlocal settled
+        if settled:
+            return
+        settled = True
+        _settle(provider, reservation, used)
+        provider.usage_log.append(Usage(provider.clock(), prompt, answer.completion_tokens,
+                                        admitted_at))
+        if counted:
+            provider.served += 1
+
+    if stream:
+        action: _Action = _stream_action(meta, answer, usage, body, faults,
+                                         provider.words_per_chunk)
         # A stream's headers leave before the model runs: they still show the reservation.
         _with_limit_headers(provider, action)
-        _settle(provider, prompt + (cap or DEFAULT_RESERVED_COMPLETION), used)
-    else:
-        action = _Reply(200, _full_body(meta, answer, usage))
+        if generation > 0:
+            if action.delay <= 0:  # the events after the first one spread over the generation
+                action.delay = generation / max(1, len(action.events) - 1)
+            action.finish = finish
+        else:
+            finish()
+        return action
+    reply = _Reply(200, _full_body(meta, answer, usage))
+
+    def finish_reply() -> None:
         # A plain answer's headers leave after the model ran: they show the settled quota.
-        _settle(provider, prompt + (cap or DEFAULT_RESERVED_COMPLETION), used)
-        _with_limit_headers(provider, action)
-    if not (isinstance(action, _Stream) and (faults.reset_mid_stream or faults.error_first_event)):
-        provider.served += 1
-    return action
+        finish()
+        _with_limit_headers(provider, reply)
+
+    if generation > 0:
+        reply.wait, reply.finish = generation, finish_reply
+    else:
+        finish_reply()
+    return reply
 
 
 def _answer(provider: EmulatedProvider, body: Json, cap: int | None, number: int) -> _Answer:
@@ -682,8 +790,18 @@ def _answer(provider: EmulatedProvider, body: Json, cap: int | None, number: int
         text, finish, tokens = _truncate(arguments, cap, "function_call")
         return _Answer(finish, tokens, call_name=name, call_arguments=text,
                        legacy_function=True)
-    text, finish, tokens = _truncate(completion_text(provider.flavor), cap, "stop")
+    text, finish, tokens = _truncate(_plain_text(provider, body), cap, "stop")
     return _Answer(finish, tokens, content=text)
+
+
+def _plain_text(provider: EmulatedProvider, body: Json) -> str:
+    """`completion_text`, or as many of its words in a cycle as `completion_words` says."""
+    wanted = provider.completion_words
+    if wanted is None:
+        return completion_text(provider.flavor)
+    count = max(1, int(wanted(body) if callable(wanted) else wanted))
+    words = completion_text(provider.flavor).split()
+    return " ".join((words * (count // len(words) + 1))[:count])
 
 
 def _truncate(text: str, cap: int | None, finish: str) -> tuple[str, str, int]:
@@ -761,11 +879,11 @@ def _full_body(meta: _Meta, answer: _Answer, usage: Json) -> Json:
 
 
 def _stream_action(meta: _Meta, answer: _Answer, usage: Json, body: Json,
-                   faults: Faults) -> _Stream:
+                   faults: Faults, words_per_chunk: int = 1) -> _Stream:
     """The SSE events of a streamed completion (or of an injected stream error)."""
     if faults.error_first_event:
         return _Stream([_stream_error(meta.flavor)], delay=faults.chunk_delay)
-    deltas = [{"role": "assistant", "content": ""}, *_deltas(answer)]
+    deltas = [{"role": "assistant", "content": ""}, *_deltas(answer, words_per_chunk)]
     events = [_chunk(meta, delta, None) for delta in deltas]
     final = _chunk(meta, {}, answer.finish_reason)
     events.append(final)
@@ -788,11 +906,13 @@ def _chunk(meta: _Meta, delta: Json, finish_reason: str | None) -> Json:
     return chunk
 
 
-def _deltas(answer: _Answer) -> list[Json]:
-    """The content or call deltas after the role delta."""
+def _deltas(answer: _Answer, words_per_chunk: int = 1) -> list[Json]:
+    """The content or call deltas after the role delta (text: `words_per_chunk` words each)."""
     if answer.call_name is None:
         words = (answer.content or "").split(" ")
-        return [{"content": word if i == 0 else " " + word} for i, word in enumerate(words)]
+        step = max(1, words_per_chunk)
+        pieces = [" ".join(words[i:i + step]) for i in range(0, len(words), step)]
+        return [{"content": piece if i == 0 else " " + piece} for i, piece in enumerate(pieces)]
     pieces = _split(answer.call_arguments or "")
     if answer.legacy_function:
         return [{"function_call": {"name": answer.call_name, "arguments": ""}},
@@ -866,15 +986,24 @@ class _Http:
                    ("transfer-encoding", "chunked"), *stream.headers]
         await self._send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
         payloads = [json.dumps(event) for event in stream.events] + ["[DONE]"]
-        for i, payload in enumerate(payloads):
-            if i and stream.delay > 0:
-                await trio.sleep(stream.delay)
-            await self._send(h11.Data(data=f"data: {payload}\n\n".encode()))
-            if stream.reset_after_first:
-                await self.reset()
-                return False
-        await self._send(h11.EndOfMessage())
-        return True
+        last_event = len(stream.events) - 1
+        try:
+            for i, payload in enumerate(payloads):
+                # A generated stream's [DONE] follows its last event at once.
+                paced = stream.finish is None or i <= last_event
+                if i and stream.delay > 0 and paced:
+                    await trio.sleep(stream.delay)
+                if i == last_event and stream.finish is not None:
+                    stream.finish()
+                await self._send(h11.Data(data=f"data: {payload}\n\n".encode()))
+                if stream.reset_after_first:
+                    await self.reset()
+                    return False
+            await self._send(h11.EndOfMessage())
+            return True
+        finally:
+            if stream.finish is not None:
+                stream.finish()  # the model ran even if the client left; idempotent
 
     async def reset(self) -> None:
         """Abort the connection with a TCP RST instead of an orderly FIN."""
@@ -914,6 +1043,10 @@ async def _perform(http_: _Http, action: _Action) -> bool:
         return False
     if isinstance(action, _Stream):
         return await http_.stream_events(action)
+    if action.wait > 0:
+        await trio.sleep(action.wait)
+    if action.finish is not None:
+        action.finish()
     await http_.respond(action)
     return True
 
@@ -939,7 +1072,13 @@ async def serve(provider: EmulatedProvider, host: str = "127.0.0.1", port: int =
                 task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until cancelled. task_status.started(base_url) with base_url like
     'http://127.0.0.1:43817/v1'. Connection tasks live in a nursery owned by this call."""
-    provider._day.roll(provider.clock())  # the daily windows start with serving
+    now, day = provider.clock(), provider._day
+    if provider.day_started_at is not None or day.start is None:
+        # The daily windows start with serving unless the day was placed.
+        start = now if provider.day_started_at is None else provider.day_started_at
+        day.place(now, start, provider.day_tokens_used)
+    else:
+        day.roll(now)  # served again: the same day goes on
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

@@ -1,0 +1,863 @@
+#!/usr/bin/env python
+"""Quota simulation: how much of Cerebras's quota trioproxy uses, and at what cost in 429s.
+
+One `trio.run` on `trio.testing.MockClock(autojump_threshold=0)`: an emulated Cerebras with
+its real paid-plan limits (15 requests/min, 165,000 tokens/min, 24,000,000 tokens/day, a
+131,072-token context; buckets refilling continuously, reservations of prompt + completion
+budget, 429s with Retry-After and x-ratelimit-* headers), an emulated Chutes without limits,
+trioproxy between them and a seeded over-quota workload of coding-agent requests, all over
+real loopback sockets. Simulated time only moves when every task waits on a timer: a write
+on loopback normally lands in the peer's buffer before the run loop idles, so no I/O wait
+lets the clock jump. Every run checks it (Chutes answers at once, so any simulated latency
+there means I/O moved the clock; no request may time out) and says so; on a heavily loaded
+machine the kernel can deliver a loopback write late, and a rare short jump shows up there.
+
+The run starts some minutes before Cerebras's day boundary with most of that day's tokens
+already spent, so tokens/day binds first and has to be recovered after the boundary; after
+it tokens/minute or requests/minute bind, depending on what the proxy lets through.
+
+Two configurations meet the same workload (same seed), one after the other, each with fresh
+emulators and a fresh proxy:
+  A  trioproxy for best use: limits at 100 % of the real ones, rate-limit header sync,
+     cooldowns as long as Retry-After says, completion budget capped at 16,384 for Cerebras;
+  B  the original behaviour: limits at 80 %, no header sync, a fixed 300 s cooldown after any
+     429, no completion cap (on today's ledger: the settings, not the old code).
+
+Utilisation of a limit is what the emulated Cerebras counted divided by what the limit
+allowed. A bucket starts full, so over the whole run a per-minute limit allows
+(minutes + 1) x its rate. The run is cut at the day boundary into two parts, and in each
+part the limit closest to exhausted binds: to the boundary, tokens/day (what was left of
+the day); after it, a per-minute limit (its bucket's level at the boundary plus the refill).
+The binding-limit utilisation is the two parts' binding shares weighted by their length.
+
+Run:  python bench/quota_sim.py [--minutes 30] [--seed 1] [--quick] [--rate 2.0]
+Exit status 0 when configuration A meets every target, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any
+
+import attrs
+import httpx
+import trio
+import trio.testing
+from attrs import define, field, frozen
+
+from trioproxy import emulator
+from trioproxy.config import Config
+from trioproxy.supervisor import run_proxy
+from trioproxy.tokens import estimate_prompt_tokens
+
+# --------------------------------------------------------------------------- constants
+
+REAL_RPM, REAL_TPM, REAL_TPD = 15, 165_000, 24_000_000
+CONTEXT_WINDOW = 131_072
+# Cerebras sends its requests/day headers on every response (they carry the day's reset
+# time). A figure requests/minute can never reach keeps them coming without adding a limit.
+REQUESTS_PER_DAY = REAL_RPM * 1440
+CEREBRAS_TOKENS_PER_SECOND = 2000.0  # Qwen3-Coder 480B on Cerebras: about 2,000 tokens/s
+WORDS_PER_CHUNK = 100  # streamed text arrives in chunks of this many tokens (keeps wall time low)
+DEFAULT_CAP = 16_384
+PROXY_MODEL = "qwen-3-coder"
+CLIENT_TIMEOUT = 900.0  # simulated seconds; a stall would show as an error, not a hang
+
+TARGET_UTILISATION = 0.95
+TARGET_429_SHARE = 0.01
+
+
+# --------------------------------------------------------------------------- workload
+
+
+@frozen
+class Workload:
+    """The seeded over-quota workload. Sizes are prompt tokens as the emulator counts them."""
+
+    minutes: float = 30.0
+    seed: int = 1
+    arrivals_per_second: float = 2.0  # Poisson
+    # Minute of the run at which Cerebras's day ends (default: a third into the run).
+    day_boundary_minute: float | None = None
+    # Tokens Cerebras still allows the day before the boundary (default: 60 % of what
+    # tokens/minute alone would allow until then, so the day runs out first).
+    day_tokens_left: int | None = None
+    stream_share: float = 0.5
+    tools_share: float = 0.3
+    # Requests with some CJK text: Cerebras counts those characters as several tokens each
+    # (the emulator: 6 JSON characters / 4), the proxy's 4-characters-a-token guess as 1/4.
+    non_ascii_share: float = 0.1
+    # (share, smallest, largest) prompt tokens per size class
+    # Coding agents: a system prompt of several thousand tokens, then the conversation.
+    sizes: tuple[tuple[str, float, int, int], ...] = (
+        ("small", 0.25, 300, 4_000),
+        ("medium", 0.40, 4_000, 20_000),
+        ("large", 0.35, 20_000, 100_000),
+    )
+    # (share, field, value): the completion budget a request names, None = no budget
+    budgets: tuple[tuple[float, str | None, int], ...] = (
+        (0.4, None, 0),
+        (0.3, "max_completion_tokens", 32_768),
+        (0.3, "max_tokens", 8_192),
+    )
+    # Completion lengths (tokens): log-normal around the median, clipped.
+    completion_median: int = 400
+    completion_sigma: float = 1.0
+    completion_max: int = 8_000
+
+    @property
+    def seconds(self) -> float:
+        return self.minutes * 60.0
+
+    @property
+    def boundary(self) -> float:
+        """Seconds after the start at which Cerebras's day ends."""
+        minute = self.minutes / 3 if self.day_boundary_minute is None else self.day_boundary_minute
+        return minute * 60.0
+
+    @property
+    def tokens_left(self) -> int:
+        if self.day_tokens_left is not None:
+            return self.day_tokens_left
+        return int(0.6 * REAL_TPM * (self.boundary / 60.0 + 1))
+
+
+@frozen
+class Planned:
+    """One client request of the workload (its body is built when it is sent)."""
+
+    index: int
+    at: float  # seconds after the start
+    size: str
+    prompt_chars: int
+    offset: int
+    stream: bool
+    budget: tuple[str, int] | None
+    tools: bool
+    non_ascii: bool
+
+
+def plan(workload: Workload) -> list[Planned]:
+    """The arrivals of the whole run, from the workload's seed."""
+    rng = random.Random(workload.seed)
+    requests: list[Planned] = []
+    at = rng.expovariate(workload.arrivals_per_second)
+    corpus_size = len(_corpus().ascii)
+    while at < workload.seconds:
+        size, _, low, high = _pick(rng, [(s[1], s) for s in workload.sizes])
+        tokens = rng.randint(low, high)
+        chars = int(tokens * 4 / 1.025)  # JSON escapes of newlines add ~2.5 %
+        _, name, value = _pick(rng, [(b[0], b) for b in workload.budgets])
+        requests.append(Planned(
+            index=len(requests),
+            at=at,
+            size=size,
+            prompt_chars=chars,
+            offset=rng.randrange(0, corpus_size - chars),
+            stream=rng.random() < workload.stream_share,
+            budget=None if name is None else (name, value),
+            tools=rng.random() < workload.tools_share,
+            non_ascii=rng.random() < workload.non_ascii_share,
+        ))
+        at += rng.expovariate(workload.arrivals_per_second)
+    return requests
+
+
+def _pick(rng: random.Random, weighted: Sequence[tuple[float, Any]]) -> Any:
+    return rng.choices([item for _, item in weighted], weights=[w for w, _ in weighted])[0]
+
+
+@frozen
+class _Corpus:
+    ascii: str
+    cjk: str
+
+
+@cache
+def _corpus() -> _Corpus:
+    """Code-like ASCII text for prompts (enough for the largest) and some CJK text."""
+    rng = random.Random(20261125)
+    words = ("def return self import async await for in if else elif class None True value "
+             "config request response token quota window provider = == ( ) : + - # x i n "
+             "result items len print with as try except raise yield lambda 0 1 42 '' \"s\" "
+             "{} [] . , -> await trio.sleep(0) nursery.start_soon(task)").split()
+    lines, total = [], 0
+    while total < 560_000:
+        line = " " * (4 * rng.randint(0, 3)) + " ".join(rng.choices(words, k=rng.randint(3, 12)))
+        lines.append(line)
+        total += len(line) + 1
+    cjk = "".join(chr(rng.randint(0x4E00, 0x9FA5)) if i % 8 else " " for i in range(60_000))
+    return _Corpus("\n".join(lines), cjk)
+
+
+SYSTEM_PROMPT = (
+    "You are a coding agent working in the user's repository. Read files before changing "
+    "them, keep changes small, run the tests, and explain what you did in a few lines. "
+) * 6
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": {p: {"type": "string"} for p in params},
+                       "required": list(params)}}}
+    for name, description, params in (
+        ("read_file", "Read a file of the repository", ("path",)),
+        ("write_file", "Write a file of the repository", ("path", "content")),
+        ("run_command", "Run a shell command in the repository", ("command", "cwd")),
+    )
+]
+
+
+def request_body(p: Planned) -> tuple[bytes, int]:
+    """(JSON body as sent, prompt tokens as the emulator counts them)."""
+    corpus = _corpus()
+    text = corpus.ascii[p.offset:p.offset + p.prompt_chars]
+    if p.non_ascii:
+        # A tenth of the characters become CJK comments (not surrogate pairs: BMP only).
+        k = p.prompt_chars // 10
+        start = p.offset % (len(corpus.cjk) - k)
+        text = text[:-k] + "\n# " + corpus.cjk[start:start + k]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"Task {p.index}:\n{text}"},
+    ]
+    head: dict[str, Any] = {"model": PROXY_MODEL, "temperature": 0.2}
+    if p.tools:
+        messages += [
+            {"role": "assistant", "content": None, "tool_calls": [{
+                "id": f"call_{p.index}", "type": "function",
+                "function": {"name": "read_file", "arguments": '{"path": "src/app.py"}'}}]},
+            {"role": "tool", "tool_call_id": f"call_{p.index}", "content": "def main():\n    pass\n"},
+        ]
+        head["tools"], head["tool_choice"] = TOOLS, "auto"
+    if p.stream:
+        head["stream"], head["stream_options"] = True, {"include_usage": True}
+    if p.budget is not None:
+        head[p.budget[0]] = p.budget[1]
+    messages_json = json.dumps(messages, separators=(",", ":"))
+    head_json = json.dumps(head, separators=(",", ":"))
+    size = len(messages_json) + (len(json.dumps(TOOLS, separators=(",", ":"))) if p.tools else 0)
+    body = head_json[:-1] + ',"messages":' + messages_json + "}"
+    return body.encode(), max(1, size // 4)
+
+
+def completion_words(workload: Workload) -> Callable[[dict[str, Any]], int]:
+    """The emulators' completion length for a body: seeded by the request's task number, so
+    either provider, in either configuration, answers a request at the same length."""
+
+    def words(body: dict[str, Any]) -> int:
+        match = re.match(r"Task (\d+):", _user_text(body))
+        if match is None:
+            return 12
+        rng = random.Random(workload.seed * 1_000_003 + int(match.group(1)))
+        value = rng.lognormvariate(math.log(workload.completion_median), workload.completion_sigma)
+        return max(16, min(workload.completion_max, int(value)))
+
+    return words
+
+
+def _user_text(body: dict[str, Any]) -> str:
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+# --------------------------------------------------------------------------- setups
+
+
+@frozen
+class Setup:
+    """A trioproxy configuration under test."""
+
+    key: str
+    title: str
+    rpm: int
+    tpm: int
+    tpd: int
+    sync_headers: bool
+    honour_retry_after: bool
+    cap: int | None
+
+    def describe(self) -> str:
+        share = round(100 * self.tpm / REAL_TPM)
+        return (f"{share} % limits ({self.rpm}/{self.tpm}/{self.tpd}), header sync "
+                f"{'on' if self.sync_headers else 'off'}, "
+                f"{'Retry-After cooldowns' if self.honour_retry_after else 'fixed 300 s cooldown'}, "
+                f"cap {self.cap if self.cap else 'none'}")
+
+
+SETUPS = (
+    Setup("A", "trioproxy", REAL_RPM, REAL_TPM, REAL_TPD, True, True, DEFAULT_CAP),
+    Setup("B", "original", 12, 132_000, 19_200_000, False, False, None),
+)
+
+
+def proxy_config(setup: Setup, cerebras_url: str, cerebras_key: str, chutes_url: str,
+                 chutes_key: str) -> Config:
+    base = Config(port=0, cooldown_period_ms=300_000, honour_retry_after=setup.honour_retry_after)
+    if "state_file" in attrs.fields_dict(Config):
+        base = attrs.evolve(base, state_file="")  # never read or write the user's state
+    cerebras = attrs.evolve(
+        base.cerebras, base_url=cerebras_url, api_key=cerebras_key,
+        requests_per_minute=setup.rpm, tokens_per_minute=setup.tpm, tokens_per_day=setup.tpd,
+        max_completion_tokens_cap=setup.cap, context_window=CONTEXT_WINDOW,
+        sync_rate_limit_headers=setup.sync_headers,
+    )
+    chutes = attrs.evolve(base.chutes, base_url=chutes_url, api_key=chutes_key)
+    return attrs.evolve(base, cerebras=cerebras, chutes=chutes)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@frozen
+class Part:
+    """A stretch of the run (to the day boundary, after it) and what each limit allowed in it.
+
+    A per-minute limit allows its bucket's level at the start of the part plus its refill;
+    tokens/day allows what was left of the day. Counted: for the per-minute limits, the
+    requests the emulated Cerebras admitted in the part (with their tokens), for tokens/day
+    the tokens it settled in the part (that is when its day counts them)."""
+
+    name: str
+    first_minute: float
+    last_minute: float
+    counted: dict[str, float]
+    allowed: dict[str, float]
+
+    @property
+    def minutes(self) -> float:
+        return self.last_minute - self.first_minute
+
+    def share(self, limit: str) -> float:
+        return self.counted[limit] / self.allowed[limit] if self.allowed[limit] else 0.0
+
+    def binding(self) -> tuple[str, float]:
+        """The limit closest to exhausted in this part, and its share."""
+        return max(((limit, self.share(limit)) for limit in ("rpm", "tpm", "tpd")),
+                   key=lambda pair: pair[1])
+
+
+@frozen
+class Diversion:
+    """A request the proxy sent to Chutes for a quota reason, and whether Cerebras had room."""
+
+    at: float
+    reason: str
+    cerebras_would_accept: bool
+
+
+@define
+class RunResult:
+    setup: Setup
+    workload: Workload
+    start: float
+    wall_seconds: float = 0.0
+    # client side
+    requests: int = 0
+    ok: int = 0
+    errors: Counter[str] = field(factory=Counter)
+    client_tokens: int = 0
+    # emulated providers
+    cerebras_received: int = 0
+    cerebras_served: int = 0
+    cerebras_usage: list[emulator.Usage] = field(factory=list)
+    refusals: list[emulator.QuotaRefusal] = field(factory=list)
+    refusal_causes: Counter[str] = field(factory=Counter)
+    refusal_notes: list[str] = field(factory=list)
+    chutes_received: int = 0
+    chutes_served: int = 0
+    chutes_tokens: int = 0
+    # the proxy, from its logs
+    routes: Counter[tuple[str, str]] = field(factory=Counter)  # (provider, reason)
+    cooldowns: list[tuple[float, float, str]] = field(factory=list)  # (at, seconds, reason)
+    failures: Counter[str] = field(factory=Counter)  # router's "failed (label)" warnings
+    diversions: list[Diversion] = field(factory=list)
+    levels_at_boundary: dict[str, float | None] | None = None  # emulated Cerebras's
+    chutes_latencies: list[float] = field(factory=list)  # simulated seconds, from the log
+
+    # ----- figures
+
+    @property
+    def boundary(self) -> float:
+        return self.start + self.workload.boundary
+
+    @property
+    def minutes(self) -> float:
+        return self.workload.minutes
+
+    @property
+    def cerebras_tokens(self) -> int:
+        return _tokens(self.cerebras_usage)
+
+    @property
+    def day1_tokens(self) -> int:
+        """Tokens Cerebras's day 1 counted (a completion counts when it is settled)."""
+        return _tokens([u for u in self.cerebras_usage if u.at < self.boundary])
+
+    @property
+    def day2_tokens(self) -> int:
+        return self.cerebras_tokens - self.day1_tokens
+
+    @property
+    def rpm_allowed(self) -> float:
+        return REAL_RPM * (self.minutes + 1)
+
+    @property
+    def tpm_allowed(self) -> float:
+        return REAL_TPM * (self.minutes + 1)
+
+    def shares(self) -> dict[str, float]:
+        """Whole run: each limit's counted / allowed (tpd per day)."""
+        return {
+            "rpm": self.cerebras_served / self.rpm_allowed,
+            "tpm": self.cerebras_tokens / self.tpm_allowed,
+            "tpd day 1": self.day1_tokens / self.workload.tokens_left,
+            "tpd day 2": self.day2_tokens / REAL_TPD,
+        }
+
+    def parts(self) -> list[Part]:
+        """The run cut at the day boundary; in each part one limit binds."""
+        end = self.start + self.workload.seconds
+        cuts = [self.start, min(self.boundary, end), end]
+        parts = []
+        for i, (first, last) in enumerate(zip(cuts, cuts[1:])):
+            if last <= first:
+                continue
+            def within(at: float) -> bool:
+                return first <= at and (at < last or last == end)
+
+            admitted = [u for u in self.cerebras_usage if within(u.admitted_at)]
+            settled = [u for u in self.cerebras_usage if within(u.at)]
+            minutes = (last - first) / 60.0
+            if i == 0:  # the buckets start full; the day has what was left of it
+                rpm_start, tpm_start, tpd = REAL_RPM, REAL_TPM, self.workload.tokens_left
+            else:  # the buckets hold what was unused at the boundary; a new day
+                levels = self.levels_at_boundary or {}
+                rpm_start, tpm_start, tpd = levels.get("rpm") or 0, levels.get("tpm") or 0, REAL_TPD
+            parts.append(Part(
+                "to the day boundary" if i == 0 else "after the boundary",
+                (first - self.start) / 60.0, (last - self.start) / 60.0,
+                counted={"rpm": len(admitted), "tpm": _tokens(admitted), "tpd": _tokens(settled)},
+                allowed={"rpm": rpm_start + REAL_RPM * minutes,
+                         "tpm": tpm_start + REAL_TPM * minutes, "tpd": tpd},
+            ))
+        return parts
+
+    def binding(self) -> float:
+        """Utilisation of the binding limit over the run: each part's, weighted by its length."""
+        parts = self.parts()
+        return sum(p.binding()[1] * p.minutes for p in parts) / sum(p.minutes for p in parts)
+
+    @property
+    def share_429(self) -> float:
+        return len(self.refusals) / self.cerebras_received if self.cerebras_received else 0.0
+
+    @property
+    def client_errors(self) -> int:
+        return sum(self.errors.values())
+
+    def consistency(self) -> list[str]:
+        """Accounting identities that must hold; each broken one is described."""
+        problems = []
+        if self.ok + self.client_errors != self.requests:
+            problems.append(f"client: {self.ok} ok + {self.client_errors} errors != {self.requests}")
+        if self.ok != self.cerebras_served + self.chutes_served:
+            problems.append(f"{self.ok} answers != {self.cerebras_served} Cerebras + "
+                            f"{self.chutes_served} Chutes")
+        if self.client_tokens != self.cerebras_tokens + self.chutes_tokens:
+            problems.append(f"client saw {self.client_tokens} tokens != {self.cerebras_tokens} "
+                            f"Cerebras + {self.chutes_tokens} Chutes")
+        if self.cerebras_served + len(self.refusals) > self.cerebras_received:
+            problems.append("Cerebras answered more requests than it received")
+        return problems
+
+
+def _tokens(usage: Sequence[emulator.Usage]) -> int:
+    return sum(u.prompt_tokens + u.completion_tokens for u in usage)
+
+
+class _ProxyLog(logging.Handler):
+    """Collects what the proxy logs during one run (routes, cooldowns, failures)."""
+
+    def __init__(self, result: RunResult, cerebras: emulator.EmulatedProvider,
+                 needs: dict[str, tuple[int, int | None]], cap: int | None) -> None:
+        super().__init__(logging.INFO)
+        self.result = result
+        self.cerebras = cerebras
+        self.needs = needs  # request id -> (prompt tokens, completion budget named)
+        self.cap = cap
+
+    _REQUEST = re.compile(r"request (\S+) provider=(\S+) reason='([^']*)'.*?latency_ms=(\d+)")
+    _FAILED = re.compile(r"request \S+: (\S+) failed \(([^)]*)\)")
+    _COOLDOWN = re.compile(r"(\S+) cooldown started for (\d+) s \((.*)\)")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            now = trio.current_time()
+        except Exception:  # a record from outside the run, or a format we do not know
+            return
+        if match := self._REQUEST.match(message):
+            request_id, provider, reason, latency = match.groups()
+            provider = provider.split("#")[0]
+            self.result.routes[(provider, reason)] += 1
+            if provider == "chutes":
+                self.result.chutes_latencies.append(int(latency) / 1000)
+                if reason.startswith("fallback:") and reason not in ("fallback: context",):
+                    self._diversion(now, request_id, reason)
+        elif match := self._FAILED.match(message):
+            self.result.failures[f"{match.group(1).split('#')[0]} {match.group(2)}"] += 1
+        elif match := self._COOLDOWN.match(message):
+            if match.group(1).startswith("cerebras"):
+                self.result.cooldowns.append((now, float(match.group(2)), match.group(3)))
+
+    def _diversion(self, now: float, request_id: str, reason: str) -> None:
+        """Would the emulated Cerebras have taken this request at the moment it was routed?
+        (Chutes answers at once, so the log line is written at that same moment.)"""
+        need = self.needs.get(request_id)
+        if need is None:
+            return
+        prompt, budget = need
+        if self.cap is not None:
+            budget = self.cap if budget is None else min(budget, self.cap)
+        reserved = prompt + (budget or emulator.DEFAULT_RESERVED_COMPLETION)
+        levels = self.cerebras.levels()
+        fits = (prompt + (budget or 0) <= CONTEXT_WINDOW
+                and (levels["rpm"] or 0) >= 1
+                and (levels["tpm"] or 0) >= reserved
+                and (levels["tpd"] or 0) >= prompt)
+        self.result.diversions.append(Diversion(now, reason, fits))
+
+
+async def run_setup(setup: Setup, workload: Workload, requests: list[Planned]) -> RunResult:
+    """One configuration against the workload, with fresh emulators and proxy."""
+    start = trio.current_time()
+    result = RunResult(setup, workload, start)
+    wall = time.perf_counter()
+    words = completion_words(workload)
+    cerebras = emulator.cerebras(
+        requests_per_minute=REAL_RPM, tokens_per_minute=REAL_TPM, tokens_per_day=REAL_TPD,
+        requests_per_day=REQUESTS_PER_DAY, context_window=CONTEXT_WINDOW,
+        day_started_at=start + workload.boundary - emulator.DAY_SECONDS,
+        day_tokens_used=REAL_TPD - workload.tokens_left,
+        completion_words=words, words_per_chunk=WORDS_PER_CHUNK,
+        tokens_per_second=CEREBRAS_TOKENS_PER_SECOND,
+    )
+    chutes = emulator.chutes(completion_words=words, words_per_chunk=WORDS_PER_CHUNK)
+    needs: dict[str, tuple[int, int | None]] = {}
+    handler = _ProxyLog(result, cerebras, needs, setup.cap)
+    proxy_logger = logging.getLogger("trioproxy")
+    saved = proxy_logger.level, proxy_logger.propagate
+    proxy_logger.addHandler(handler)
+    proxy_logger.setLevel(logging.INFO)
+    proxy_logger.propagate = False
+    try:
+        async with trio.open_nursery() as nursery:
+            cerebras_url = await nursery.start(emulator.serve, cerebras)
+            chutes_url = await nursery.start(emulator.serve, chutes)
+            config = proxy_config(setup, cerebras_url, cerebras.api_key, chutes_url, chutes.api_key)
+            shutdown = trio.Event()
+
+            async def note_boundary() -> None:
+                await trio.sleep_until(result.boundary)
+                result.levels_at_boundary = cerebras.levels()
+
+            nursery.start_soon(note_boundary)
+            async with trio.open_nursery() as proxy_nursery:
+                base_url = await proxy_nursery.start(run_proxy, config, shutdown)
+                await _drive(base_url, requests, start, result, needs, chutes)
+                shutdown.set()
+            nursery.cancel_scope.cancel()
+    finally:
+        proxy_logger.removeHandler(handler)
+        proxy_logger.setLevel(saved[0])
+        proxy_logger.propagate = saved[1]
+    result.cerebras_received = len(cerebras.received)
+    result.cerebras_served = cerebras.served
+    result.cerebras_usage = list(cerebras.usage_log)
+    result.refusals = list(cerebras.quota_refusals)
+    result.refusal_causes, result.refusal_notes = _refusal_causes(cerebras)
+    result.chutes_received += len(chutes.received)
+    result.chutes_served = chutes.served
+    result.chutes_tokens = _tokens(chutes.usage_log)
+    result.wall_seconds = time.perf_counter() - wall
+    return result
+
+
+async def _drive(base_url: str, requests: list[Planned], start: float, result: RunResult,
+                 needs: dict[str, tuple[int, int | None]],
+                 chutes: emulator.EmulatedProvider) -> None:
+    """Send every planned request at its time and wait for all answers."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT, limits=limits) as client:
+        async with trio.open_nursery() as clients:
+            for planned in requests:
+                await trio.sleep_until(start + planned.at)
+                # Chutes keeps every body it received; only the count matters here.
+                result.chutes_received += len(chutes.received)
+                chutes.received.clear()
+                chutes.received_headers.clear()
+                clients.start_soon(_send, client, planned, result, needs)
+    result.requests = len(requests)
+
+
+async def _send(client: httpx.AsyncClient, planned: Planned, result: RunResult,
+                needs: dict[str, tuple[int, int | None]]) -> None:
+    body, prompt = request_body(planned)
+    request_id = f"sim-{planned.index}"
+    needs[request_id] = (prompt, planned.budget[1] if planned.budget else None)
+    headers = {"content-type": "application/json", "x-request-id": request_id}
+    error: str | None = None
+    usage: dict[str, Any] | None = None
+    try:
+        if planned.stream:
+            async with client.stream("POST", "chat/completions", content=body, headers=headers) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    error = f"status {response.status_code}"
+                else:
+                    usage, error = await _read_stream(response)
+        else:
+            response = await client.post("chat/completions", content=body, headers=headers)
+            if response.status_code != 200:
+                error = f"status {response.status_code}"
+            else:
+                usage = response.json().get("usage")
+    except (httpx.HTTPError, ValueError) as exc:
+        error = type(exc).__name__
+    if error is None and not isinstance(usage, dict):
+        error = "no usage"
+    if error is not None:
+        result.errors[error] += 1
+        return
+    assert usage is not None
+    result.ok += 1
+    result.client_tokens += int(usage["prompt_tokens"]) + int(usage["completion_tokens"])
+
+
+async def _read_stream(response: httpx.Response) -> tuple[dict[str, Any] | None, str | None]:
+    usage, done = None, False
+    async for line in response.aiter_lines():
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: "):]
+        if data == "[DONE]":
+            done = True
+            continue
+        if '"usage"' not in data and '"error"' not in data:
+            continue  # a content chunk: nothing to count (saves the parsing)
+        event = json.loads(data)
+        if "error" in event:
+            return None, "stream error event"
+        if event.get("usage"):
+            usage = event["usage"]
+    return usage, None if done else "stream without [DONE]"
+
+
+def _refusal_causes(cerebras: emulator.EmulatedProvider) -> tuple[Counter[str], list[str]]:
+    """Why each quota 429 happened, as far as the request itself tells, with details."""
+    causes: Counter[str] = Counter()
+    notes: list[str] = []
+    for refusal in cerebras.quota_refusals:
+        body = cerebras.received[refusal.request]
+        named = any(isinstance(body.get(k), int) for k in ("max_completion_tokens", "max_tokens"))
+        guess = estimate_prompt_tokens(body)
+        available = "-" if refusal.available is None else _n(refusal.available)
+        notes.append(f"{refusal.limit} 429: prompt {_n(refusal.prompt_tokens)} (raw estimate "
+                     f"{_n(guess)}), reserved {_n(refusal.reserved)}, Cerebras had {available}")
+        if refusal.limit == "tpd":
+            causes["tpd: the day's tokens ran out (spent before the proxy started)"] += 1
+        elif refusal.limit == "tpm" and guess < refusal.prompt_tokens:
+            causes["tpm: prompt underestimated (non-ASCII text)"] += 1
+        elif refusal.limit == "tpm" and not named:
+            causes["tpm: no budget sent, Cerebras reserved its default 8,192"] += 1
+        else:
+            causes[f"{refusal.limit}: the proxy's count allowed it, Cerebras's did not"] += 1
+    return causes, notes[:8]
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def simulate(workload: Workload, setups: Sequence[Setup] = SETUPS) -> list[RunResult]:
+    """Run every setup on the same workload in one trio.run on an autojumping MockClock."""
+    requests = plan(workload)
+
+    async def main() -> list[RunResult]:
+        return [await run_setup(setup, workload, requests) for setup in setups]
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def _n(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def report(results: Sequence[RunResult]) -> tuple[str, bool]:
+    """The printed report, and whether the first result (A) met every target."""
+    w = results[0].workload
+    lines = [
+        f"quota_sim: {w.minutes:g} simulated minutes, seed {w.seed}, {results[0].requests} requests "
+        f"(Poisson, {w.arrivals_per_second:g}/s), Cerebras's day ends at minute "
+        f"{w.boundary / 60:g} with {_n(w.tokens_left)} tokens left before it",
+        "",
+    ]
+    for r in results:
+        lines.append(f"  {r.setup.key}: {r.setup.title}: {r.setup.describe()}")
+    lines.append("")
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, fn: Callable[[RunResult], str]) -> None:
+        rows.append((label, [fn(r) for r in results]))
+
+    row("Cerebras utilisation, whole run", lambda r: "counted / allowed")
+    row(f"  rpm  requests / {REAL_RPM} x (min + 1)",
+        lambda r: f"{_pct(r.shares()['rpm'])}  {r.cerebras_served}/{_n(r.rpm_allowed)}")
+    row(f"  tpm  tokens / {REAL_TPM:,} x (min + 1)",
+        lambda r: f"{_pct(r.shares()['tpm'])}  {_n(r.cerebras_tokens)}/{_n(r.tpm_allowed)}")
+    row("  tpd  day 1 tokens / left that day",
+        lambda r: f"{_pct(r.shares()['tpd day 1'])}  {_n(r.day1_tokens)}/{_n(w.tokens_left)}")
+    row(f"  tpd  day 2 tokens / {REAL_TPD:,}",
+        lambda r: f"{_pct(r.shares()['tpd day 2'])}  {_n(r.day2_tokens)}")
+    for index, part in enumerate(results[0].parts()):
+        row(f"Minutes {part.first_minute:g}-{part.last_minute:g} ({part.name})",
+            lambda r: "rpm / tpm / tpd")
+        row("  each limit", lambda r, i=index: " / ".join(
+            _pct(r.parts()[i].share(limit)) for limit in ("rpm", "tpm", "tpd")))
+        row("  binding limit", lambda r, i=index: "{1}  {0}  ({2}/{3})".format(
+            r.parts()[i].binding()[0], _pct(r.parts()[i].binding()[1]),
+            _n(r.parts()[i].counted[r.parts()[i].binding()[0]]),
+            _n(r.parts()[i].allowed[r.parts()[i].binding()[0]])))
+    row("Binding-limit utilisation (parts by length)", lambda r: _pct(r.binding()))
+    row("Tokens served: Cerebras", lambda r: _n(r.cerebras_tokens))
+    row("Tokens served: Chutes", lambda r: _n(r.chutes_tokens))
+    row("Cerebras requests: sent / 200", lambda r: f"{r.cerebras_received} / {r.cerebras_served}")
+    row("Cerebras 429s (share of its requests)",
+        lambda r: f"{len(r.refusals)}  ({_pct(r.share_429)})")
+    row("  by limit", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(
+        Counter(x.limit for x in r.refusals).items())) or "-")
+    row("Chutes requests: sent / 200", lambda r: f"{r.chutes_received} / {r.chutes_served}")
+    row("Client requests / errors (non-200)", lambda r: f"{r.requests} / {r.client_errors}")
+    row("Wall time", lambda r: f"{r.wall_seconds:.1f} s")
+    width = max(len(label) for label, _ in rows) + 2
+    col = max(28, *(len(v) + 2 for _, values in rows for v in values))
+    lines.append(" " * width + "".join(f"{r.setup.key + ': ' + r.setup.title:<{col}}" for r in results))
+    for label, values in rows:
+        lines.append(f"{label:<{width}}" + "".join(f"{v:<{col}}" for v in values))
+    lines.append("")
+
+    passed = True
+    for i, r in enumerate(results):
+        checks = [
+            (r.binding() >= TARGET_UTILISATION,
+             f"binding-limit utilisation {_pct(r.binding())} >= {_pct(TARGET_UTILISATION)}"
+             " (" + ", ".join(f"{p.binding()[0]} {_pct(p.binding()[1])}" for p in r.parts()) + ")"),
+            (r.share_429 <= TARGET_429_SHARE,
+             f"Cerebras 429s {_pct(r.share_429)} of its requests <= {_pct(TARGET_429_SHARE)}"),
+            (r.client_errors == 0, f"client-visible errors {r.client_errors} == 0"),
+        ]
+        problems = r.consistency()
+        checks.append((not problems, "counts add up" + (": " + "; ".join(problems) if problems else "")))
+        title = "Targets" if i == 0 else "Same targets, for comparison only"
+        lines.append(f"{title} ({r.setup.key}: {r.setup.title}):")
+        for ok, text in checks:
+            lines.append(f"  {'PASS' if ok else 'FAIL'}  {text}")
+            if i == 0:
+                passed = passed and ok
+        lines.append("")
+
+    lines.append("Diagnosis")
+    for r in results:
+        lines.extend(_diagnosis(r))
+    return "\n".join(lines), passed
+
+
+def _diagnosis(r: RunResult) -> list[str]:
+    out = [f"  {r.setup.key}: {r.setup.title}"]
+    rates = {"rpm": REAL_RPM, "tpm": REAL_TPM}
+    for part in r.parts():
+        limit, share = part.binding()
+        allowed, counted = part.allowed[limit], part.counted[limit]
+        line = (f"    minutes {part.first_minute:g}-{part.last_minute:g}: {limit} binds, "
+                f"{_n(allowed - counted)} of {_n(allowed)} unused")
+        if limit in rates:  # for reference: what counting in sliding windows could reach
+            ceiling = min(rates[limit] * part.minutes, allowed)
+            line += f" (a 60 s sliding window could use at most {_pct(ceiling / allowed)})"
+        out.append(line)
+    for cause, count in r.refusal_causes.most_common():
+        out.append(f"    429 x{count}: {cause}")
+    out.extend(f"      {note}" for note in r.refusal_notes)
+    if r.cooldowns:
+        total = sum(seconds for _, seconds, _ in r.cooldowns)
+        out.append(f"    cooldowns: {len(r.cooldowns)}, {total:,.0f} s in all")
+        for at, seconds, reason in r.cooldowns[:6]:
+            out.append(f"      at minute {(at - r.start) / 60:5.1f}: {seconds:,.0f} s ({reason})")
+        if len(r.cooldowns) > 6:
+            out.append(f"      ... {len(r.cooldowns) - 6} more")
+    reasons = Counter(reason for (provider, reason), n in r.routes.items() for _ in range(n)
+                      if provider == "chutes")
+    out.append("    Chutes got: " + ", ".join(f"{reason} {n}" for reason, n in reasons.most_common()))
+    by_reason: dict[str, list[Diversion]] = {}
+    for d in r.diversions:
+        by_reason.setdefault(d.reason, []).append(d)
+    room = [f"{reason.split(': ')[-1]} {sum(d.cerebras_would_accept for d in items)}/{len(items)}"
+            for reason, items in sorted(by_reason.items())]
+    if room:
+        out.append("    of those, the emulated Cerebras had room at that very moment for: "
+                   + ", ".join(room))
+    if r.failures:
+        out.append("    upstream failures seen by the proxy: "
+                   + ", ".join(f"{k} x{v}" for k, v in r.failures.most_common()))
+    timeouts = sum(v for k, v in r.failures.items() if "timeout" in k)
+    moved = [latency for latency in r.chutes_latencies if latency > 0]
+    if moved:
+        verdict = (f"{len(moved)} of {len(r.chutes_latencies)} Chutes answers took simulated time "
+                   f"(up to {max(moved):.3f} s): loopback I/O was late and the clock jumped "
+                   "meanwhile (seen on a busy machine); figures may shift slightly")
+    else:
+        verdict = "no Chutes answer took simulated time: I/O never moved the clock"
+    out.append(f"    clock check: {timeouts} timeouts; {verdict}")
+    if r.errors:
+        out.append("    client errors: " + ", ".join(f"{k} x{v}" for k, v in r.errors.most_common()))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="simulated minutes of arrivals (default 30; --quick: 6)")
+    parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
+    parser.add_argument("--rate", type=float, default=2.0, help="arrivals per simulated second")
+    parser.add_argument("--quick", action="store_true", help="a short run (6 simulated minutes)")
+    args = parser.parse_args(argv)
+    minutes = args.minutes if args.minutes is not None else (6.0 if args.quick else 30.0)
+    if minutes <= 0 or args.rate <= 0:
+        parser.error("--minutes and --rate must be positive")
+    workload = Workload(minutes=minutes, seed=args.seed, arrivals_per_second=args.rate)
+    wall = time.perf_counter()
+    results = simulate(workload)
+    text, passed = report(results)
+    print(text)
+    print(f"\ntotal wall time {time.perf_counter() - wall:.1f} s")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Smoke test of bench/quota_sim.py: a 3-simulated-minute run of both configurations.
+
+It checks that the figures are computed and sane, not the targets (3 minutes are too short
+for a sliding minute to reach them): no client-visible errors, every utilisation in (0, 1],
+and the accounting identities between client, proxy and emulated providers.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import quota_sim  # noqa: E402
+
+# Still far over Cerebras's quota (about 25,000 tokens a second asked of 2,750).
+WORKLOAD = quota_sim.Workload(minutes=3, seed=7, arrivals_per_second=1.0)
+
+
+@pytest.fixture(scope="module")
+def results() -> list[quota_sim.RunResult]:
+    return quota_sim.simulate(WORKLOAD)
+
+
+def test_workload_is_seeded_and_over_quota() -> None:
+    workload = WORKLOAD
+    first, again = quota_sim.plan(workload), quota_sim.plan(workload)
+    assert first == again and 120 < len(first) < 250  # Poisson, 1/s for 180 s
+    assert {p.size for p in first} == {"small", "medium", "large"}
+    assert any(p.stream for p in first) and any(not p.stream for p in first)
+    assert any(p.budget == ("max_completion_tokens", 32_768) for p in first)
+    assert any(p.budget is None for p in first)
+    assert 0 < workload.tokens_left < quota_sim.REAL_TPM * (workload.boundary / 60 + 1)
+    body, prompt = quota_sim.request_body(next(p for p in first if p.size == "large"))
+    assert prompt >= 20_000 and len(body) >= 4 * 20_000
+
+
+def test_no_client_errors_and_counts_add_up(results: list[quota_sim.RunResult]) -> None:
+    assert [r.setup.key for r in results] == ["A", "B"]
+    for r in results:
+        assert r.client_errors == 0, r.errors
+        assert r.consistency() == []
+        assert r.ok == r.requests > 0
+        assert r.cerebras_served > 0 and r.chutes_served > 0
+        assert r.cerebras_received >= r.cerebras_served + len(r.refusals)
+        assert r.cerebras_tokens + r.chutes_tokens == r.client_tokens
+        assert r.day1_tokens + r.day2_tokens == r.cerebras_tokens
+
+
+def test_utilisation_is_a_share(results: list[quota_sim.RunResult]) -> None:
+    for r in results:
+        shares = r.shares()
+        # Per-minute limits: by construction no more than the buckets allowed.
+        assert 0 < shares["rpm"] <= 1.0 and 0 < shares["tpm"] <= 1.0
+        assert 0 < shares["tpd day 1"] <= 1.05  # Cerebras checks only prompts against the day
+        parts = r.parts()
+        assert [p.name for p in parts] == ["to the day boundary", "after the boundary"]
+        assert sum(p.minutes for p in parts) == pytest.approx(3.0)
+        for part in parts:
+            for limit in ("rpm", "tpm"):
+                # 0 is possible: B's fixed 300 s cooldown can outlast the whole short run.
+                assert 0 <= part.share(limit) <= 1.0, (r.setup.key, part.name, limit)
+        assert 0 < r.binding() <= 1.05
+        assert 0 <= r.share_429 <= 1.0
+
+
+def test_best_use_recovers_after_the_day_boundary(results: list[quota_sim.RunResult]) -> None:
+    """A cools down only as long as Retry-After says, so Cerebras serves again after the
+    boundary, and serves while it has quota before it."""
+    best = results[0]
+    before, after = best.parts()
+    assert before.share("rpm") > 0 and after.share("rpm") > 0
+    assert best.day2_tokens > 0
+
+
+def test_best_use_beats_the_original(results: list[quota_sim.RunResult]) -> None:
+    best, original = results
+    assert best.binding() > original.binding()
+    assert best.cerebras_served > original.cerebras_served
+
+
+def test_the_clock_moved_only_on_timers(results: list[quota_sim.RunResult]) -> None:
+    """Chutes answers at once: simulated latency there means I/O moved the clock. On a
+    heavily loaded machine the kernel may deliver a loopback write late (seen: 2 answers in
+    3,000 with 2 CPUs and 3 simulations at once), so a rare short jump is tolerated."""
+    for r in results:
+        moved = [latency for latency in r.chutes_latencies if latency > 0]
+        assert r.chutes_latencies and len(moved) <= max(2, len(r.chutes_latencies) // 100)
+        assert max(r.chutes_latencies) < 5.0
+        assert not any("timeout" in failure for failure in r.failures)
+
+
+def test_report_prints_the_table_and_verdicts(results: list[quota_sim.RunResult]) -> None:
+    text, passed = quota_sim.report(results)
+    assert "A: trioproxy" in text and "B: original" in text
+    for needle in ("rpm  requests", "tpm  tokens", "tpd  day 1", "Tokens served: Chutes",
+                   "Cerebras 429s", "Client requests / errors", "binding limit"):
+        assert needle in text
+    verdicts = [line.split()[0] for line in text.splitlines() if line.startswith("  PASS")
+                or line.startswith("  FAIL")]
+    assert len(verdicts) == 8
+    assert passed == all(v == "PASS" for v in verdicts[:4])
