@@ -48,7 +48,8 @@ async def test_state_survives_a_restart_of_the_ledger(tmp_path: Path, mock_clock
     restarted = QuotaLedger([limits], wall_clock=wall)
     await StatePersister(restarted, path, 5.0, wall).load()
     state = restarted.snapshot("cerebras")
-    assert state["rpm"]["used"] == 3 and state["tpd"]["used"] == 3_000
+    # The bucket of 3 a minute got 1.5 requests back in those 30 s: 1.5 out, shown rounded up.
+    assert state["rpm"]["used"] == 2 and state["tpd"]["used"] == 3_000
     assert state["rpd"]["provider_remaining"] == 7
     assert 560 < state["cooldown_seconds"] <= 570 and state["cooldown_reason"] == "429 tpm"
     mock_clock.jump(31)  # the minute of the saved requests is over

@@ -141,6 +141,12 @@ class RefillingBucket(SlidingWindow):
     def fits(self, now: float, amount: int) -> bool:
         return self.limit is None or self._refill(now) >= amount
 
+    def used(self, now: float) -> int:
+        """What is out of the bucket now (rounded up); without a limit, the last span's sum."""
+        if self.limit is None:
+            return super().used(now)
+        return max(0, math.ceil(self.limit - self._refill(now) - 1e-9))
+
     def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
         if self.limit is not None:
             self._level = self._refill(now) - amount
@@ -158,6 +164,13 @@ class RefillingBucket(SlidingWindow):
         if amount > self.limit:
             return self.span
         return (amount - self._refill(now)) * self.span / self.limit
+
+    def lower_to(self, now: float, remaining: float) -> None:
+        """Take the provider's figure of what is left, when it is lower than ours; the bucket
+        refills on from there. A higher figure is not taken: requests booked before the one
+        that carried it may not have reached the provider yet."""
+        level = self._refill(now)
+        self._level = min(level, remaining)
 
     def restore(self, now: float, saved: list[list[float]], offset: float) -> None:
         super().restore(now, saved, offset)
@@ -250,6 +263,7 @@ class AccountQuota:
     key_index: int
     windows: dict[str, Window]
     synced: dict[str, Synced] = field(factory=dict)
+    figure_seq: dict[str, int] = field(factory=dict)  # the request whose figure was taken last
     cooldown_until: float = -math.inf
     cooldown_reason: str = ""
     half_open: bool = False
@@ -385,10 +399,16 @@ class QuotaLedger:
                     for daily in (account.windows["rpd"], account.windows["tpd"]):
                         assert isinstance(daily, DailyWindow)
                         daily.move_boundary(now, reset)
-                current = account.synced.get(name)
-                if current is not None and current.seq > reservation.seq and now < current.valid_until:
-                    continue  # a newer request's figure already arrived
-                account.synced[name] = Synced(int(remaining), reservation.seq, now + reset)
+                if account.figure_seq.get(name, -1) > reservation.seq:
+                    continue  # a later request's figure already arrived
+                account.figure_seq[name] = reservation.seq
+                window = account.windows[name]
+                if isinstance(window, RefillingBucket) and window.limit is not None:
+                    # A bucket keeps refilling after the figure was taken: lower its level and
+                    # let it refill, rather than hold the figure fixed until the reset.
+                    window.lower_to(now, remaining - window.booked_after(reservation.seq))
+                else:
+                    account.synced[name] = Synced(int(remaining), reservation.seq, now + reset)
 
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         """Skip `account` until `until`. Returns False when an existing cooldown lasts longer."""

@@ -3,18 +3,24 @@
 import json
 from typing import Any
 
-# Code and English run at roughly four characters a token for Qwen's tokenizer; the ledger
-# settles to the provider's real count, so this only has to be close and cheap.
-CHARS_PER_TOKEN = 4
+# Code and English run at roughly four characters a token for Qwen's tokenizer, while CJK
+# and other non-ASCII text is closer to a token a character; the ledger settles to the
+# provider's real count, so this only has to be close and cheap.
+ASCII_CHARS_PER_TOKEN = 4
+
+
+def _text_tokens(text: str) -> int:
+    ascii_chars = len(text.encode("ascii", "ignore"))  # counted in C, not a Python loop
+    return ascii_chars // ASCII_CHARS_PER_TOKEN + (len(text) - ascii_chars)
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """Estimated prompt tokens of a chat body: its messages and tool definitions."""
-    size = len(json.dumps(body.get("messages", []), separators=(",", ":"), ensure_ascii=False))
+    tokens = _text_tokens(json.dumps(body.get("messages", []), separators=(",", ":"), ensure_ascii=False))
     for key in ("tools", "functions"):
         if body.get(key):
-            size += len(json.dumps(body[key], separators=(",", ":"), ensure_ascii=False))
-    return max(1, size // CHARS_PER_TOKEN)
+            tokens += _text_tokens(json.dumps(body[key], separators=(",", ":"), ensure_ascii=False))
+    return max(1, tokens)
 
 
 def requested_completion_tokens(body: dict[str, Any]) -> int | None:
