@@ -76,7 +76,10 @@ class ProxyApp:
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
             await self._http(scope, receive, send)
-        # websocket scopes are refused by closing without accepting
+        elif scope["type"] == "websocket":
+            # Closing before accepting makes Hypercorn answer the upgrade with 403.
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Hypercorn's Trio worker expects a lifespan answer; the supervisor owns real start-up.
@@ -218,8 +221,13 @@ class ProxyApp:
             raise _too_large(self._max_body_bytes)
         chunks: list[bytes] = []
         size = 0
+        # A client that stops sending its body would hold a connection and a task forever.
+        deadline = trio.current_time() + self.runtime.config.request_timeout_ms / 1000
         while True:
-            message = await receive()
+            with trio.move_on_at(deadline):
+                message = await receive()
+            if trio.current_time() >= deadline:
+                raise ApiError(408, "The request body did not arrive in time.", code="request_timeout")
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected()
             chunk = message.get("body", b"")

@@ -28,6 +28,7 @@ T = TypeVar("T")
 # provider may well accept the same request.
 _FAILOVER_CODES = frozenset({"wrong_api_format", "context_length_exceeded"})
 _FAILOVER_STATUSES = frozenset({401, 402, 403, 404, 408, 409, 429})
+DRAIN_SECONDS = 1.0  # how long to read on after a stream's [DONE] for its end
 
 
 @define
@@ -117,27 +118,46 @@ class StreamRelay:
         self._record = record
         self._events_seen = 0  # a streamed event carries about one completion token
         self._settled = False
+        self._finished = False  # a choice has a finish_reason: the answer is whole
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """SSE frames for the client, ending with `data: [DONE]` whatever happens upstream."""
         frame = await self._frame(self._first)
         if frame:
             yield frame
+        done = False
         try:
             async for data in self._events:
                 if data.strip() == DONE:
+                    done = True
+                    await self._drain()
                     break
                 frame = await self._frame(_parse_event(self._upstream, data))
                 if frame:
                     yield frame
+            if not done and not self._finished:
+                raise protocol_failure(self._upstream.name, "stream ended before the answer was complete")
         except UpstreamFailure as failure:
             log.warning("request %s: %s failed mid-stream: %s", self._record.request_id, failure.provider, failure.label)
             yield b"data: " + failure.error.encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
+    async def _drain(self) -> None:
+        """Read the little that follows [DONE], so the connection goes back to the pool; a
+        provider that holds the body open after it only costs that connection."""
+        with trio.move_on_after(DRAIN_SECONDS):
+            try:
+                async for _ in self._events:
+                    pass
+            except UpstreamFailure:
+                pass
+
     async def _frame(self, document: dict[str, Any]) -> bytes:
         """Rewrite one event for the client; settle quota when it carries usage."""
         self._events_seen += 1
+        choices = document.get("choices")
+        if isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+            self._finished = True
         if await self._router.account_usage(document, self._reservation, self._record):
             self._settled = True
             if not self._request.wants_usage:
