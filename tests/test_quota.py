@@ -7,7 +7,7 @@ import trio.testing
 
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.cooldown import CooldownTimers
-from trioproxy.quota import QuotaLedger, Refusal, RefillingBucket, Reservation, SlidingWindow
+from trioproxy.quota import DAY, DailyWindow, QuotaLedger, Refusal, RefillingBucket, Reservation, SlidingWindow
 from trioproxy.tokens import PromptEstimator
 
 
@@ -225,3 +225,19 @@ def test_minute_bucket_refills_continuously_and_takes_back_refunds() -> None:
     bucket.adjust(entry, 200)  # the request used 200 of the 600 it booked
     assert bucket.fits(10.0, 500) and not bucket.fits(10.0, 501)
     assert bucket.seconds_until_fits(10.0, 601) == 60.0  # more than the bucket holds: a whole span
+
+
+def test_daily_window_keeps_its_total_without_keeping_every_entry() -> None:
+    """Memory does not grow with a day's traffic; a late settle still counts, yesterday's does not."""
+    window = DailyWindow(None, day_ends_at=DAY)
+    early = window.add(0.0, 100)
+    for second in range(1, 2_000):
+        window.add(float(second), 1)
+    assert window.used(2_000.0) == 100 + 1_999
+    assert len(window._entries) <= DailyWindow.RECENT + 1
+    window.adjust(early, 40)  # settled long after it left the recent entries
+    assert window.used(2_000.0) == 40 + 1_999
+    late = window.add(DAY - 1, 500)
+    assert window.used(DAY + 1) == 0
+    window.adjust(late, 10)  # a settle from the day before
+    assert window.used(DAY + 1) == 0

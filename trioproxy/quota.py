@@ -27,6 +27,7 @@ class _Entry:
     amount: int
     seq: int  # order of booking, to tell what a provider's figure already includes
     live: bool = True  # False once the window has dropped it, so a late settle is ignored
+    day: int = 0  # daily windows: which day it counts in
 
 
 @define
@@ -190,13 +191,31 @@ class DailyWindow(Window):
     """
 
     day_ends_at: float = 0.0
+    _day: int = field(default=0, kw_only=True)
+
+    # Entries are kept only this long: enough to tell what a provider's fresh figure includes.
+    # The day's total stays; an entry settled later still finds its day by number, so memory
+    # does not grow with the day's traffic.
+    RECENT = 600.0
 
     def _expire(self, now: float) -> None:
         if now >= self.day_ends_at:
             skipped = math.floor((now - self.day_ends_at) / DAY) + 1
             self.day_ends_at += skipped * DAY
-            while self._entries:
-                self._drop(self._entries.popleft())
+            self._day += skipped
+            self._entries.clear()
+            self._total = 0
+        while self._entries and self._entries[0].at <= now - self.RECENT:
+            self._entries.popleft()
+
+    def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
+        entry = super().add(now, amount, seq)
+        entry.day = self._day
+        return entry
+
+    def adjust(self, entry: _Entry, amount: int) -> None:
+        if entry.day == self._day:  # yesterday's bookings no longer count
+            super().adjust(entry, amount)
 
     def seconds_until_fits(self, now: float, amount: int) -> float:
         if self.fits(now, amount) or self.limit is None:
