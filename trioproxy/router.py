@@ -4,7 +4,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import httpx
@@ -102,8 +102,9 @@ class StreamRelay:
         router: "Router",
         upstream: Upstream,
         response: httpx.Response,
-        events: AsyncIterator[str],
+        batches: AsyncIterator[list[str]],
         first: dict[str, Any],
+        pending: list[str],
         request: ChatRequest,
         reservation: Reservation,
         record: RequestRecord,
@@ -111,8 +112,9 @@ class StreamRelay:
         self._router = router
         self._upstream = upstream
         self._response = response
-        self._events = events
+        self._batches = batches
         self._first = first
+        self._pending = pending  # events that arrived in the same read as the first
         self._request = request
         self._reservation = reservation
         self._record = record
@@ -121,33 +123,55 @@ class StreamRelay:
         self._finished = False  # a choice has a finish_reason: the answer is whole
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """SSE frames for the client, ending with `data: [DONE]` whatever happens upstream."""
-        frame = await self._frame(self._first)
-        if frame:
-            yield frame
+        """SSE frames for the client, ending with `data: [DONE]` whatever happens upstream.
+
+        Each yield holds every event of one upstream read, so the client gets one write per read.
+        """
         done = False
+        first_frames = [await self._frame(self._first)]
         try:
-            async for data in self._events:
-                if data.strip() == DONE:
-                    done = True
-                    await self._drain()
-                    break
-                frame = await self._frame(_parse_event(self._upstream, data))
-                if frame:
-                    yield frame
-            if not done and not self._finished:
+            async with aclosing(self._reads()) as reads:
+                async for batch in reads:
+                    frames, first_frames = first_frames, []
+                    done, failure = await self._frames(batch, frames)
+                    if joined := b"".join(frames):
+                        yield joined  # what came before a broken event still reaches the client
+                    if failure is not None:
+                        raise failure
+                    if done:
+                        break
+            if done:
+                await self._drain()
+            elif not self._finished:
                 raise protocol_failure(self._upstream.name, "stream ended before the answer was complete")
         except UpstreamFailure as failure:
             log.warning("request %s: %s failed mid-stream: %s", self._record.request_id, failure.provider, failure.label)
             yield b"data: " + failure.error.encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
 
+    async def _reads(self) -> AsyncIterator[list[str]]:
+        """The first read's events after the gate, then each further read's."""
+        yield self._pending
+        async for batch in self._batches:
+            yield batch
+
+    async def _frames(self, batch: list[str], frames: list[bytes]) -> tuple[bool, UpstreamFailure | None]:
+        """Append the client frames of `batch`; whether [DONE] came, and the failure that stopped it."""
+        for data in batch:
+            if data.strip() == DONE:
+                return True, None
+            try:
+                frames.append(await self._frame(_parse_event(self._upstream, data)))
+            except UpstreamFailure as failure:
+                return False, failure
+        return False, None
+
     async def _drain(self) -> None:
         """Read the little that follows [DONE], so the connection goes back to the pool; a
         provider that holds the body open after it only costs that connection."""
         with trio.move_on_after(DRAIN_SECONDS):
             try:
-                async for _ in self._events:
+                async for _ in self._batches:
                     pass
             except UpstreamFailure:
                 pass
@@ -171,7 +195,7 @@ class StreamRelay:
     async def aclose(self) -> None:
         """Close the upstream stream; if it ended without usage (client gone, provider failed),
         settle what was spent so far instead of the whole completion budget."""
-        await self._events.aclose()  # type: ignore[attr-defined]
+        await self._batches.aclose()  # type: ignore[attr-defined]
         await self._response.aclose()
         if not self._settled:
             prompt = round(self._record.prompt_estimate * self._router.estimator.ratio)
@@ -223,16 +247,16 @@ class Router:
 
         async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> StreamRelay:
             response = await self._open(upstream, body, reservation, record)
-            events = upstream.events(response)
+            batches = upstream.event_batches(response)
             try:
                 with waiting_on_upstream(record):
-                    first = await self._first_event(upstream, events)
+                    first, pending = await self._first_event(upstream, batches)
             except BaseException:
                 with trio.CancelScope(shield=True):
-                    await events.aclose()  # type: ignore[attr-defined]
+                    await batches.aclose()  # type: ignore[attr-defined]
                     await response.aclose()
                 raise
-            return StreamRelay(self, upstream, response, events, first, request, reservation, record)
+            return StreamRelay(self, upstream, response, batches, first, pending, request, reservation, record)
 
         relay = await self._route(request, record, attempt)
         try:
@@ -272,8 +296,12 @@ class Router:
             await self.ledger.sync(reservation, figures)
 
     @staticmethod
-    async def _first_event(upstream: Upstream, events: AsyncIterator[str]) -> dict[str, Any]:
-        async for data in events:
+    async def _first_event(
+        upstream: Upstream, batches: AsyncIterator[list[str]]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The first event (an error there fails over) and the rest of its read."""
+        async for batch in batches:
+            data, rest = batch[0], batch[1:]
             if data.strip() == DONE:
                 break
             document = _parse_event(upstream, data)
@@ -281,7 +309,7 @@ class Router:
                 failure = protocol_failure(upstream.name, "stream began with an error")
                 failure.error.message = str(document.get("error", {}).get("message") or document.get("detail"))
                 raise failure
-            return document
+            return document, rest
         raise protocol_failure(upstream.name, "stream ended before its first event")
 
     async def _route(

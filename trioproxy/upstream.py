@@ -50,6 +50,15 @@ def _failure_from_exception(provider: str, exc: httpx.HTTPError) -> UpstreamFail
     return UpstreamFailure(provider, "connection", error)
 
 
+def _sse_data(block: bytes) -> str | None:
+    """The joined `data:` lines of one SSE event; None for an event without data.
+
+    Comments (`:`), `event:`, `id:` and `retry:` lines carry nothing we relay.
+    """
+    data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(data).decode("utf-8", "replace") if data else None
+
+
 def protocol_failure(provider: str, what: str) -> UpstreamFailure:
     error = ApiError(502, f"{provider} sent an invalid response: {what}.", type="api_error", code="upstream_bad_response")
     return UpstreamFailure(provider, "protocol", error)
@@ -129,20 +138,23 @@ class Upstream:
             raise protocol_failure(self.name, "body is not a JSON object")
         return document
 
-    async def events(self, response: httpx.Response) -> AsyncIterator[str]:
-        """The `data` payloads of an SSE stream, one per event, as they arrive."""
-        data: list[str] = []
+    async def event_batches(self, response: httpx.Response) -> AsyncIterator[list[str]]:
+        """The `data` payloads of an SSE stream, grouped by the network read that completed them.
+
+        Relaying a group as one write costs the client nothing (those events had all arrived)
+        and saves a socket write per event.
+        """
+        buffer = b""
         try:
-            async with aclosing(response.aiter_lines()) as lines:
-                async for line in lines:
-                    if line == "":
-                        if data:
-                            yield "\n".join(data)
-                            data = []
-                    elif line.startswith("data:"):
-                        data.append(line[5:].removeprefix(" "))
-                    # comments (":"), `event:`, `id:` and `retry:` lines carry nothing we relay
-            if data:
-                yield "\n".join(data)
+            async with aclosing(response.aiter_raw()) as reads:
+                async for raw in reads:
+                    buffer = (buffer + raw).replace(b"\r\n", b"\n")
+                    *complete, buffer = buffer.split(b"\n\n")
+                    batch = [data for block in complete if (data := _sse_data(block)) is not None]
+                    if batch:
+                        yield batch
+            last = _sse_data(buffer)
+            if last is not None:
+                yield [last]
         except httpx.HTTPError as exc:
             raise _failure_from_exception(self.name, exc) from exc
