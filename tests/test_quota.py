@@ -7,7 +7,7 @@ import trio.testing
 
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.cooldown import CooldownTimers
-from trioproxy.quota import DAY, DailyWindow, QuotaLedger, Refusal, RefillingBucket, Reservation, SlidingWindow
+from trioproxy.quota import BIN_SECONDS, DAY, DailyWindow, QuotaLedger, Refusal, RefillingBucket, Reservation, SlidingWindow
 from trioproxy.tokens import PromptEstimator
 
 
@@ -133,11 +133,13 @@ async def test_provider_figures_refuse_what_the_provider_would(mock_clock: trio.
     second = await ledger.reserve("cerebras", 300)
     assert isinstance(first, Reservation) and isinstance(second, Reservation)
     # The provider says 1,000 remain as of the first request: the second (300) is not in it.
+    # Bookings of the same second share a bin, so the first counts as booked after itself too:
+    # 1000 - (100 + 300) = 600 remain, the safe side of the exact 700.
     await ledger.sync(first, {"tpm": (1000, 30.0)})
-    assert isinstance(await ledger.reserve("cerebras", 600), Reservation)  # 1000 - 300 >= 600
-    refusal = await ledger.reserve("cerebras", 200)  # 1000 - 300 - 600 < 200
-    assert isinstance(refusal, Refusal) and refusal.reason == "tpm" and refusal.retry_at == 0.1
-    mock_clock.jump(0.1)  # 100 tokens refilled since
+    assert isinstance(await ledger.reserve("cerebras", 600), Reservation)
+    refusal = await ledger.reserve("cerebras", 200)  # nothing left: 200 tokens take 0.2 s
+    assert isinstance(refusal, Refusal) and refusal.reason == "tpm" and refusal.retry_at == 0.2
+    mock_clock.jump(0.2)  # 200 tokens refilled since
     assert isinstance(await ledger.reserve("cerebras", 200), Reservation)
 
 
@@ -234,10 +236,20 @@ def test_daily_window_keeps_its_total_without_keeping_every_entry() -> None:
     for second in range(1, 2_000):
         window.add(float(second), 1)
     assert window.used(2_000.0) == 100 + 1_999
-    assert len(window._entries) <= DailyWindow.RECENT + 1
+    assert len(window._entries) <= DailyWindow.RECENT / BIN_SECONDS + 1
     window.adjust(early, 40)  # settled long after it left the recent entries
     assert window.used(2_000.0) == 40 + 1_999
     late = window.add(DAY - 1, 500)
     assert window.used(DAY + 1) == 0
     window.adjust(late, 10)  # a settle from the day before
     assert window.used(DAY + 1) == 0
+
+
+def test_a_burst_fills_one_bin_not_one_entry_a_request() -> None:
+    """Memory per window is a bin a second, however many requests; settling still corrects each."""
+    window = SlidingWindow(None, span=60.0)
+    bookings = [window.add(5.0 + i / 10_000, 10, seq=i) for i in range(5_000)]
+    assert len(window._entries) == 1 and window.used(5.5) == 50_000
+    window.adjust(bookings[0], 4)
+    assert window.used(5.5) == 49_994
+    assert window.used(65.6) == 0  # the bin leaves with its latest booking

@@ -21,13 +21,27 @@ DAY = 86_400.0
 WINDOW_NAMES = ("rpm", "tpm", "rpd", "tpd")
 
 
+# Bookings within this many seconds share one bin: memory per window stays at a bin a second
+# however many requests arrive, at the price of expiring a booking up to this much late.
+BIN_SECONDS = 1.0
+
+
 @define
-class _Entry:
-    at: float
+class _Bin:
+    at: float  # the latest booking in it: the bin leaves a sliding window with that one
     amount: int
-    seq: int  # order of booking, to tell what a provider's figure already includes
+    last_seq: int  # order of booking, to tell what a provider's figure already includes
     live: bool = True  # False once the window has dropped it, so a late settle is ignored
     day: int = 0  # daily windows: which day it counts in
+    started: float = 0.0
+
+
+@define
+class _Booking:
+    """One request's share of a bin, so settling it corrects the right amount."""
+
+    bin: _Bin
+    amount: int
 
 
 @define
@@ -35,13 +49,13 @@ class Window:
     """Amounts booked against an optional limit; subclasses decide when entries expire."""
 
     limit: int | None
-    _entries: deque[_Entry] = field(factory=deque, kw_only=True)
+    _entries: deque[_Bin] = field(factory=deque, kw_only=True)
     _total: int = field(default=0, kw_only=True)
 
     def _expire(self, now: float) -> None:
         raise NotImplementedError
 
-    def _drop(self, entry: _Entry) -> None:
+    def _drop(self, entry: _Bin) -> None:
         entry.live = False
         self._total -= entry.amount
 
@@ -52,24 +66,32 @@ class Window:
     def fits(self, now: float, amount: int) -> bool:
         return self.limit is None or self.used(now) + amount <= self.limit
 
-    def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
-        self._expire(now)
-        entry = _Entry(now, amount, seq)
-        self._entries.append(entry)
-        self._total += amount
-        return entry
+    def _day_of_booking(self) -> int:
+        return 0
 
-    def adjust(self, entry: _Entry, amount: int) -> None:
-        """Correct an earlier entry to its real amount (an estimate settled by usage)."""
-        if entry.live:
-            self._total += amount - entry.amount
-            entry.amount = amount
+    def add(self, now: float, amount: int, seq: int = 0) -> _Booking:
+        self._expire(now)
+        day = self._day_of_booking()
+        last = self._entries[-1] if self._entries else None
+        if last is None or not last.live or last.day != day or now - last.started >= BIN_SECONDS:
+            last = _Bin(now, 0, seq, day=day, started=now)
+            self._entries.append(last)
+        last.at, last.amount, last.last_seq = max(last.at, now), last.amount + amount, seq
+        self._total += amount
+        return _Booking(last, amount)
+
+    def adjust(self, booking: _Booking, amount: int) -> None:
+        """Correct an earlier booking to its real amount (an estimate settled by usage)."""
+        if booking.bin.live and booking.bin.day == self._day_of_booking():
+            booking.bin.amount += amount - booking.amount
+            self._total += amount - booking.amount
+        booking.amount = amount
 
     def booked_after(self, seq: int) -> int:
-        """Sum of the entries booked after `seq` that still count."""
+        """Sum booked after `seq` that still counts (a bin straddling it counts whole: safe side)."""
         total = 0
         for entry in reversed(self._entries):
-            if entry.seq <= seq:
+            if entry.last_seq <= seq:
                 break
             total += entry.amount
         return total
@@ -148,16 +170,16 @@ class RefillingBucket(SlidingWindow):
             return super().used(now)
         return max(0, math.ceil(self.limit - self._refill(now) - 1e-9))
 
-    def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
+    def add(self, now: float, amount: int, seq: int = 0) -> _Booking:
         if self.limit is not None:
             self._level = self._refill(now) - amount
         return super().add(now, amount, seq)
 
-    def adjust(self, entry: _Entry, amount: int) -> None:
+    def adjust(self, booking: _Booking, amount: int) -> None:
         if self.limit is not None and self._level is not None:
             # The provider gives back an unused reservation whenever it settles, however old.
-            self._level = min(float(self.limit), self._level + entry.amount - amount)
-        super().adjust(entry, amount)
+            self._level = min(float(self.limit), self._level + booking.amount - amount)
+        super().adjust(booking, amount)
 
     def seconds_until_fits(self, now: float, amount: int) -> float:
         if self.limit is None or self.fits(now, amount):
@@ -196,7 +218,7 @@ class DailyWindow(Window):
     # Entries are kept only this long: enough to tell what a provider's fresh figure includes.
     # The day's total stays; an entry settled later still finds its day by number, so memory
     # does not grow with the day's traffic.
-    RECENT = 600.0
+    RECENT = 120.0
 
     def _expire(self, now: float) -> None:
         if now >= self.day_ends_at:
@@ -208,14 +230,8 @@ class DailyWindow(Window):
         while self._entries and self._entries[0].at <= now - self.RECENT:
             self._entries.popleft()
 
-    def add(self, now: float, amount: int, seq: int = 0) -> _Entry:
-        entry = super().add(now, amount, seq)
-        entry.day = self._day
-        return entry
-
-    def adjust(self, entry: _Entry, amount: int) -> None:
-        if entry.day == self._day:  # yesterday's bookings no longer count
-            super().adjust(entry, amount)
+    def _day_of_booking(self) -> int:
+        return self._day  # a settle from yesterday no longer counts
 
     def seconds_until_fits(self, now: float, amount: int) -> float:
         if self.fits(now, amount) or self.limit is None:
@@ -261,7 +277,7 @@ class Reservation:
     key_index: int
     tokens: int
     seq: int
-    _entries: tuple[tuple[Window, _Entry], ...]  # the token windows, for settling
+    _entries: tuple[tuple[Window, _Booking], ...]  # the token windows, for settling
     probe: bool = False  # the single request let through after a cooldown (half-open)
 
 
