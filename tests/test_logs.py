@@ -9,7 +9,7 @@ import pytest
 import trio.testing
 
 from conftest import Providers, StartProxy
-from test_routing import chat, client_for, post
+from test_routing import chat, client_for
 from trioproxy.logs import configure_logging
 
 

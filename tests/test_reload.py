@@ -1,10 +1,8 @@
 """Reloading the settings (SIGHUP): new limits and keys apply, connections and quota state stay."""
 
-import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import attrs
