@@ -32,6 +32,7 @@ import pytest
 import trio
 
 from conftest import Providers, Proxy, StartProxy, proxy_config
+from test_routing import stream_text
 from trioproxy.emulator import CEREBRAS_MODEL, CHUTES_MODEL, EmulatedProvider, Faults, completion_text
 from trioproxy.supervisor import run_proxy
 
@@ -249,15 +250,6 @@ def sse_events(body: bytes) -> list[Any]:
         if data:
             events.append(data if data == "[DONE]" else json.loads(data))
     return events
-
-
-def stream_text(events: list[Any]) -> str:
-    return "".join(
-        choice.get("delta", {}).get("content") or ""
-        for event in events
-        if isinstance(event, dict)
-        for choice in event.get("choices", [])
-    )
 
 
 async def stream_chat(client: httpx.AsyncClient, body: dict[str, Any], timeout: float = 5.0) -> tuple[int, httpx.Headers, bytes]:
