@@ -61,6 +61,17 @@ def http_client(**kwargs: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(verify=_TLS, **kwargs)
 
 
+async def chat_once(proxy: Proxy, stream: bool) -> httpx.Response:
+    """One chat request, plain or streamed and read to its end, bounded at 5 s."""
+    async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
+        with trio.fail_after(5):
+            if stream:
+                async with client.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
+                    await response.aread()
+                return response
+            return await client.post("/chat/completions", json=chat_body())
+
+
 def chat_body(**extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": MESSAGES, **extra}
 
@@ -1125,13 +1136,7 @@ async def test_fault_at_every_provider_gives_an_openai_error(
     behaviour, (plain_status, stream_status) = BEFORE_FIRST_BYTE[fault]
     server = await start_fault_server(nursery, behaviour)
     proxy = await start_proxy(**fault_config(providers, cerebras_url=server.url, chutes_url=server.url))
-    async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
-        with trio.fail_after(5):
-            if stream:
-                async with client.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
-                    await response.aread()
-            else:
-                response = await client.post("/chat/completions", json=chat_body())
+    response = await chat_once(proxy, stream)
     assert_openai_error(response, stream_status if stream else plain_status)
     assert server.requests == 2
     assert await eventually(lambda: server.open == 0), "the proxy kept a connection to a faulty provider"
@@ -1205,13 +1210,7 @@ async def test_emulator_faults_at_both_providers(
     providers.cerebras.faults = attrs.evolve(faults)
     providers.chutes.faults = attrs.evolve(faults)
     proxy = await start_proxy(request_timeout_ms=FAULT_TIMEOUT_MS)
-    async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
-        with trio.fail_after(5):
-            if stream:
-                async with client.stream("POST", "/chat/completions", json=chat_body(stream=True)) as response:
-                    await response.aread()
-            else:
-                response = await client.post("/chat/completions", json=chat_body())
+    response = await chat_once(proxy, stream)
     if status == 200:
         assert response.status_code == 200
     else:
