@@ -1018,6 +1018,25 @@ AFTER_FIRST_BYTE: dict[str, Behaviour] = {
 }
 
 
+async def read_raw_request(stream: trio.SocketStream) -> tuple[str, bytes] | None:
+    """(target, body) once the whole request is read; None if the client left first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = await stream.receive_some(65536)
+        if not more:
+            return None
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        more = await stream.receive_some(65536)
+        if not more:
+            return None
+        body += more
+    return head.split(b" ")[1].decode("latin-1"), body
+
+
 @attrs.define
 class FaultServer:
     """A raw TCP server: answers `GET /v1/models` properly (the proxy's health prober asks), and
@@ -1034,7 +1053,7 @@ class FaultServer:
         self.accepted += 1
         self.open += 1
         try:
-            request = await self._read_request(stream)
+            request = await read_raw_request(stream)
             if request is not None and request[0].endswith("/models"):
                 await stream.send_all(json_head(200, len(MODELS_LIST)) + MODELS_LIST)
             elif request is not None and self.healed:
@@ -1058,25 +1077,6 @@ class FaultServer:
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"},
                                      "finish_reason": "stop"}]})
         await stream.send_all(json_head(200, len(answer)) + answer)
-
-    @staticmethod
-    async def _read_request(stream: trio.SocketStream) -> tuple[str, bytes] | None:
-        """(target, body) once the whole request is read; None if the client left first."""
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = await stream.receive_some(65536)
-            if not more:
-                return None
-            data += more
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        while len(body) < length:
-            more = await stream.receive_some(65536)
-            if not more:
-                return None
-            body += more
-        return head.split(b" ")[1].decode("latin-1"), body
 
 
 MODELS_LIST = dumps({"object": "list", "data": [{"id": model, "object": "model"} for model in (CEREBRAS_MODEL, CHUTES_MODEL)]})
@@ -1274,7 +1274,7 @@ class KeepAliveProvider:
     async def handle(self, stream: trio.SocketStream) -> None:
         self.accepted += 1
         try:
-            while (request := await FaultServer._read_request(stream)) is not None:
+            while (request := await read_raw_request(stream)) is not None:
                 target, body = request
                 if target.endswith("/models"):
                     payload, streamed = MODELS_LIST, False

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import socket
+import ssl
 import struct
 import time
 import uuid
@@ -942,7 +943,7 @@ _CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, h11.Protocol
 class _Http:
     """One client connection: the trio stream and its h11 state machine."""
 
-    stream: trio.SocketStream
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
     conn: h11.Connection = Factory(lambda: h11.Connection(h11.SERVER))
 
     async def _event(self) -> Any:
@@ -1007,7 +1008,8 @@ class _Http:
 
     async def reset(self) -> None:
         """Abort the connection with a TCP RST instead of an orderly FIN."""
-        self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+        tcp = self.stream.transport_stream if isinstance(self.stream, trio.SSLStream) else self.stream
+        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                       struct.pack("ii", 1, 0))
         await self.stream.aclose()
 
@@ -1051,7 +1053,8 @@ async def _perform(http_: _Http, action: _Action) -> bool:
     return True
 
 
-async def _serve_connection(provider: EmulatedProvider, stream: trio.SocketStream) -> None:
+async def _serve_connection(provider: EmulatedProvider,
+                            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
     """Serve keep-alive requests on one connection; never raises for client misbehaviour."""
     provider.connections += 1
     http_ = _Http(stream)
@@ -1069,9 +1072,11 @@ async def _serve_connection(provider: EmulatedProvider, stream: trio.SocketStrea
 
 
 async def serve(provider: EmulatedProvider, host: str = "127.0.0.1", port: int = 0, *,
+                ssl_context: ssl.SSLContext | None = None,
                 task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until cancelled. task_status.started(base_url) with base_url like
-    'http://127.0.0.1:43817/v1'. Connection tasks live in a nursery owned by this call."""
+    'http://127.0.0.1:43817/v1' ('https://...' with `ssl_context`, as the real providers
+    serve). Connection tasks live in a nursery owned by this call."""
     now, day = provider.clock(), provider._day
     if provider.day_started_at is not None or day.start is None:
         # The daily windows start with serving unless the day was placed.
@@ -1079,8 +1084,12 @@ async def serve(provider: EmulatedProvider, host: str = "127.0.0.1", port: int =
         day.place(now, start, provider.day_tokens_used)
     else:
         day.roll(now)  # served again: the same day goes on
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
+    tcp_listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = tcp_listeners[0].socket.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    task_status.started(f"http://{shown}:{bound}/v1")
+    listeners: list[trio.abc.Listener[Any]] = list(tcp_listeners)
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in tcp_listeners]
+    scheme = "http" if ssl_context is None else "https"
+    task_status.started(f"{scheme}://{shown}:{bound}/v1")
     await trio.serve_listeners(partial(_serve_connection, provider), listeners)

@@ -12,6 +12,7 @@ import httpx
 
 from .api import ApiError, dump_json, error_from_upstream
 from .config import ProviderConfig
+from .transport import LeanTransport
 
 DONE = "[DONE]"
 
@@ -77,7 +78,7 @@ class Upstream:
         return httpx.AsyncClient(
             base_url=config.base_url.rstrip("/") + "/",
             timeout=httpx.Timeout(timeout_seconds),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            transport=LeanTransport(max_idle=64),
         )
 
     async def open_chat(self, body: dict[str, Any], api_key: str) -> httpx.Response:
@@ -146,7 +147,7 @@ class Upstream:
         """
         buffer = b""
         try:
-            async with aclosing(response.aiter_raw()) as reads:
+            async with aclosing(response.aiter_bytes()) as reads:
                 async for raw in reads:
                     buffer = (buffer + raw).replace(b"\r\n", b"\n")
                     *complete, buffer = buffer.split(b"\n\n")
