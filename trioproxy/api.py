@@ -1,9 +1,10 @@
 """OpenAI's shapes: request validation, error bodies, and the model-name rewrite."""
 
-import json
 from typing import Any
 
 from attrs import define, field
+
+from .jsoncodec import dump_json, load_json
 
 
 class ApiError(Exception):
@@ -33,15 +34,6 @@ class ApiError(Exception):
         return dump_json(self.body())
 
 
-def dump_json(document: Any) -> bytes:
-    """UTF-8 JSON; JSON may carry lone surrogates (`"\\ud800"`), which stay escaped then."""
-    text = json.dumps(document, ensure_ascii=False)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        return json.dumps(document).encode()
-
-
 @define
 class ChatRequest:
     """A validated chat request: the client's body as sent, plus what routing needs."""
@@ -51,16 +43,11 @@ class ChatRequest:
     wants_usage: bool = field(default=False)
 
 
-def _refuse_constant(name: str) -> Any:
-    # Python accepts NaN and Infinity; JSON does not, and neither would the provider.
-    raise ValueError(f"{name} is not a JSON value")
-
-
 def parse_chat_request(raw: bytes, proxy_model: str) -> ChatRequest:
     """Validate the parts of a chat body the proxy relies on; everything else passes through."""
     try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        body = load_json(raw)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
         raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
         raise ApiError(400, "Request body is nested too deeply.", code="invalid_json") from None
@@ -96,8 +83,8 @@ def parse_chat_request(raw: bytes, proxy_model: str) -> ChatRequest:
 def error_from_upstream(status: int, raw: bytes, provider: str) -> ApiError:
     """Map any upstream error body (flat, FastAPI `detail`, wrapped, or none) to OpenAI's shape."""
     try:
-        parsed = json.loads(raw) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        parsed = load_json(raw) if raw else None
+    except (ValueError, RecursionError):
         parsed = None
     message, type_, code, param = None, None, None, None
     if isinstance(parsed, dict):

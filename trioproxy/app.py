@@ -11,8 +11,9 @@ from typing import Any
 import attrs
 import trio
 
-from .api import ApiError, ChatRequest, dump_json, model_card, models_list, parse_chat_request
+from .api import ApiError, ChatRequest, model_card, models_list, parse_chat_request
 from .drain import SHUTDOWN_EVENT, Drain
+from .jsoncodec import dump_json
 from .logs import REQUEST_ID
 from .metrics import Metrics
 from .quota import WINDOW_NAMES, QuotaLedger

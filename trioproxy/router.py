@@ -1,6 +1,5 @@
 """The routing policy: which provider serves a request, and when to fail over to the next."""
 
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -12,7 +11,8 @@ import trio
 from attrs import define, field
 
 from .adapt import Unsupported, adapt_request
-from .api import ApiError, ChatRequest, dump_json, rewrite_model
+from .api import ApiError, ChatRequest, rewrite_model
+from .jsoncodec import dump_json, load_json
 from .cooldown import CooldownTimers
 from .health import ProviderHealth
 from .quota import QuotaLedger, Refusal, Reservation
@@ -86,8 +86,8 @@ def waiting_on_upstream(record: RequestRecord) -> Iterator[None]:
 
 def _parse_event(upstream: Upstream, data: str) -> dict[str, Any]:
     try:
-        document = json.loads(data)
-    except json.JSONDecodeError:
+        document = load_json(data)
+    except (ValueError, RecursionError):
         raise protocol_failure(upstream.name, "stream event is not JSON") from None
     if not isinstance(document, dict):
         raise protocol_failure(upstream.name, "stream event is not an object")

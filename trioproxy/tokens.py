@@ -1,7 +1,8 @@
 """Token estimates made before a request is sent, corrected later from the response's usage."""
 
-import json
 from typing import Any
+
+from .jsoncodec import dump_json
 
 # Code and English run at roughly four characters a token for Qwen's tokenizer, while CJK
 # and other non-ASCII text is closer to a token a character; the ledger settles to the
@@ -16,10 +17,10 @@ def _text_tokens(text: str) -> int:
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """Estimated prompt tokens of a chat body: its messages and tool definitions."""
-    tokens = _text_tokens(json.dumps(body.get("messages", []), separators=(",", ":"), ensure_ascii=False))
+    tokens = _text_tokens(dump_json(body.get("messages", [])).decode())
     for key in ("tools", "functions"):
         if body.get(key):
-            tokens += _text_tokens(json.dumps(body[key], separators=(",", ":"), ensure_ascii=False))
+            tokens += _text_tokens(dump_json(body[key]).decode())
     return max(1, tokens)
 
 

@@ -3,15 +3,15 @@
 Every httpx exception is translated here, at one boundary, into `UpstreamFailure`.
 """
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import httpx
 
-from .api import ApiError, dump_json, error_from_upstream
+from .api import ApiError, error_from_upstream
 from .config import ProviderConfig
+from .jsoncodec import dump_json, load_json
 from .transport import LeanTransport
 
 DONE = "[DONE]"
@@ -120,9 +120,9 @@ class Upstream:
             error = error_from_upstream(response.status_code, raw, self.name)
             raise UpstreamFailure(self.name, "status", error, response.status_code, response.headers)
         try:
-            data = json.loads(raw)["data"]
+            data = load_json(raw)["data"]
             return [entry["id"] for entry in data if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, RecursionError, KeyError, TypeError):
             raise protocol_failure(self.name, "model list is not {\"data\": [...]}") from None
 
     async def read_json(self, response: httpx.Response) -> dict[str, Any]:
@@ -132,8 +132,8 @@ class Upstream:
         except httpx.HTTPError as exc:
             raise _failure_from_exception(self.name, exc) from exc
         try:
-            document = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = load_json(raw)
+        except (ValueError, RecursionError):
             raise protocol_failure(self.name, "body is not JSON") from None
         if not isinstance(document, dict):
             raise protocol_failure(self.name, "body is not a JSON object")
