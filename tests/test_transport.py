@@ -4,6 +4,7 @@ Keep-alive reuse, stale and expired idle connections, bodies cut short or left u
 refused connections, and TLS, both on the transport alone and through the whole proxy.
 """
 
+import json
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -211,3 +212,55 @@ async def test_proxy_reaches_providers_over_tls(
     assert streamed.status == 200 and stream_text(streamed.events) and streamed.events[-1] == "[DONE]"
     assert (providers.cerebras.served, providers.chutes.served) == (2, 0)
     assert providers.cerebras.connections == 1  # the stream reused the plain request's connection
+
+
+async def test_proxy_from_the_environment_carries_chat_requests(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With HTTP_PROXY set, chat requests leave through that proxy (httpx's client path), not
+    straight to the provider (the transport-only fast path)."""
+    targets: list[str] = []
+    completion = json.dumps({
+        "id": "chatcmpl-proxied", "object": "chat.completion", "created": 0, "model": "upstream-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "via the proxy"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }).encode()
+    models = json.dumps({"object": "list", "data": [{"id": providers.cerebras.model, "object": "model"}]}).encode()
+
+    async def forward_proxy(stream: trio.SocketStream) -> None:
+        while (request := await read_raw_request(stream)) is not None:
+            targets.append(request[0])
+            body = models if request[0].endswith("/models") else completion
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+    proxy_url, _ = await serve_raw(nursery, forward_proxy)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    proxy = await start_proxy()
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10, trust_env=False) as client:
+        response = await post(client, chat())
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "via the proxy"
+    assert f"{providers.cerebras_url}/chat/completions" in targets  # absolute-form: a proxy request
+    assert providers.cerebras.received == []
+
+
+async def test_no_proxy_sends_chat_requests_straight_to_the_provider(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    targets: list[str] = []
+
+    async def forward_proxy(stream: trio.SocketStream) -> None:
+        if (request := await read_raw_request(stream)) is not None:
+            targets.append(request[0])
+
+    proxy_url, _ = await serve_raw(nursery, forward_proxy)
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    proxy = await start_proxy()
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10, trust_env=False) as client:
+        response = await post(client, chat())
+    assert response.status_code == 200, response.text
+    assert len(providers.cerebras.received) == 1 and targets == []

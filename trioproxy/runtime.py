@@ -5,7 +5,6 @@ Requests already in flight keep the Runtime they started with; new ones get the 
 
 import logging
 
-import httpx
 import trio
 from attrs import define
 
@@ -15,7 +14,7 @@ from .cooldown import CooldownTimers
 from .health import HealthProber, ProviderHealth
 from .quota import QuotaLedger
 from .router import Router
-from .upstream import Upstream
+from .upstream import ProviderClient, Upstream
 
 log = logging.getLogger("trioproxy")
 
@@ -30,15 +29,15 @@ class Runtime:
 
 
 class ClientPool:
-    """One pooled httpx client per provider address, reused across reloads, closed at the end."""
+    """One pooled client per provider address, reused across reloads, closed at the end."""
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[str, float], httpx.AsyncClient] = {}
+        self._clients: dict[tuple[str, float], ProviderClient] = {}
 
-    def client(self, provider: ProviderConfig, timeout: float) -> httpx.AsyncClient:
+    def client(self, provider: ProviderConfig, timeout: float) -> ProviderClient:
         key = (provider.base_url, timeout)
         if key not in self._clients:
-            self._clients[key] = Upstream.client_for(provider, timeout)
+            self._clients[key] = ProviderClient.for_provider(provider, timeout)
         return self._clients[key]
 
     async def aclose(self) -> None:

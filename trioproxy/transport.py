@@ -39,11 +39,9 @@ class _Connection:
                 self.h11.receive_data(await self.stream.receive_some(_READ_SIZE))
         return event
 
-    async def send(self, event: object, write_timeout: float | None) -> None:
-        data = self.h11.send(event)  # type: ignore[arg-type]
-        if data:
-            with trio.fail_after(_seconds(write_timeout)):
-                await self.stream.send_all(data)
+    async def send_all(self, data: bytes, write_timeout: float | None) -> None:
+        with trio.fail_after(_seconds(write_timeout)):
+            await self.stream.send_all(data)
 
     def reusable(self) -> bool:
         """Both sides finished a keep-alive exchange: ready for the next request."""
@@ -95,11 +93,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 conn = await self._connect(origin, timeouts.get("connect"))
         try:
             with _httpx_errors(request, httpx.WriteTimeout, httpx.WriteError):
-                await conn.send(h11.Request(method=request.method, target=url.raw_path,
-                                            headers=request.headers.raw), timeouts.get("write"))
+                # Head and body in one write: trioproxy's bodies are in memory, and a write
+                # per part would cost a system call each.
+                outgoing = [conn.h11.send(h11.Request(method=request.method, target=url.raw_path,
+                                                      headers=request.headers.raw))]
                 async for chunk in request.stream:  # type: ignore[union-attr]
-                    await conn.send(h11.Data(data=chunk), timeouts.get("write"))
-                await conn.send(h11.EndOfMessage(), timeouts.get("write"))
+                    outgoing.append(conn.h11.send(h11.Data(data=chunk)))
+                outgoing.append(conn.h11.send(h11.EndOfMessage()))
+                await conn.send_all(b"".join(filter(None, outgoing)), timeouts.get("write"))
             with _httpx_errors(request, httpx.ReadTimeout, httpx.ReadError):
                 head = await conn.next_event(timeouts.get("read"))
                 while isinstance(head, h11.InformationalResponse):
