@@ -219,6 +219,40 @@ async def test_tool_call_streaming(proxy: Proxy, providers: Providers) -> None:
     assert providers.cerebras.served == 1
 
 
+LIST_FILES_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "list_files",
+        "description": "List a directory of the workspace",
+        "parameters": {"type": "object", "properties": {"directory": {"type": "string"}}, "required": ["directory"]},
+    },
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_parallel_tool_calls(proxy: Proxy, providers: Providers, stream: bool) -> None:
+    """Two tool calls in one answer: separate ids, indices 0 and 1, arguments reassembled per call."""
+    async with async_client(proxy) as client:
+        request = {"model": MODEL, "messages": MESSAGES, "tools": [READ_FILE_TOOL, LIST_FILES_TOOL],
+                   "parallel_tool_calls": True}
+        if stream:
+            chunks = await collect(await client.chat.completions.create(**request, stream=True))
+            calls = [streamed_tool_calls(chunks)[index] for index in sorted(streamed_tool_calls(chunks))]
+            assert sorted(streamed_tool_calls(chunks)) == [0, 1]
+            finish = [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
+        else:
+            answer = await client.chat.completions.create(**request)
+            calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                     for c in answer.choices[0].message.tool_calls or []]
+            finish = [answer.choices[0].finish_reason]
+    assert [call["name"] for call in calls] == ["read_file", "list_files"]
+    assert len({call["id"] for call in calls}) == 2 and all(call["id"] for call in calls)
+    assert set(json.loads(calls[0]["arguments"])) == {"path", "encoding"}
+    assert set(json.loads(calls[1]["arguments"])) == {"directory"}
+    assert finish == ["tool_calls"]
+    assert providers.cerebras.received[-1]["parallel_tool_calls"] is True
+
+
 async def test_legacy_functions_give_function_call(proxy: Proxy) -> None:
     """The deprecated `functions` field gets a `function_call` back, plain and streamed."""
     functions = [READ_FILE_TOOL["function"]]

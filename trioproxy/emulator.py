@@ -706,15 +706,20 @@ def _limit_headers(provider: EmulatedProvider) -> list[tuple[str, str]]:
 
 
 @define
+class _Call:
+    name: str
+    arguments: str
+    id: str | None = None  # a tool call's; a legacy function call has none
+
+
+@define
 class _Answer:
-    """What the emulated model says: text or one (tool or legacy function) call."""
+    """What the emulated model says: text, tool calls, or one legacy function call."""
 
     finish_reason: str
     completion_tokens: int
     content: str | None = None
-    call_name: str | None = None
-    call_arguments: str | None = None
-    call_id: str | None = None
+    calls: list[_Call] = Factory(list)
     legacy_function: bool = False
 
 
@@ -779,18 +784,20 @@ def _answer(provider: EmulatedProvider, body: Json, cap: int | None, number: int
     """Pick text, a tool call or a legacy function call, truncated to `cap` words."""
     messages = body["messages"]
     last_role = messages[-1].get("role") if isinstance(messages[-1], dict) else None
-    tool = _chosen_tool(body)
-    if tool is not None and last_role != "tool":
-        name, arguments = tool
-        text, finish, tokens = _truncate(arguments, cap, "tool_calls")
-        return _Answer(finish, tokens, call_name=name, call_arguments=text,
-                       call_id=f"call_{number}")
+    tools = _chosen_tools(body)
+    if tools and last_role != "tool":
+        calls, finishes, total = [], set(), 0
+        for i, (name, arguments) in enumerate(tools):
+            text, finish, tokens = _truncate(arguments, cap, "tool_calls")
+            calls.append(_Call(name, text, f"call_{number}" + (f"_{i}" if i else "")))
+            finishes.add(finish)
+            total += tokens
+        return _Answer("length" if "length" in finishes else "tool_calls", total, calls=calls)
     function = _legacy_function(body)
     if function is not None and last_role != "function":
         name, arguments = function
         text, finish, tokens = _truncate(arguments, cap, "function_call")
-        return _Answer(finish, tokens, call_name=name, call_arguments=text,
-                       legacy_function=True)
+        return _Answer(finish, tokens, calls=[_Call(name, text)], legacy_function=True)
     text, finish, tokens = _truncate(_plain_text(provider, body), cap, "stop")
     return _Answer(finish, tokens, content=text)
 
@@ -813,18 +820,18 @@ def _truncate(text: str, cap: int | None, finish: str) -> tuple[str, str, int]:
     return " ".join(words[:cap]), "length", cap
 
 
-def _chosen_tool(body: Json) -> tuple[str, str] | None:
-    """(name, arguments) of the tool to call, or None when tools are absent or disabled."""
+def _chosen_tools(body: Json) -> list[tuple[str, str]]:
+    """(name, arguments) of each tool to call: none when tools are absent or disabled, every
+    offered tool when `parallel_tool_calls` is true and no single one is forced, else one."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
     choice = body.get("tool_choice")
     if not tools or choice == "none":
-        return None
+        return []
     wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    for tool in tools:
-        function = tool.get("function") or {}
-        if wanted is None or function.get("name") == wanted:
-            return str(function.get("name", "")), _arguments(function.get("parameters"))
-    return None
+    calls = [(str(function.get("name", "")), _arguments(function.get("parameters")))
+             for function in (tool.get("function") or {} for tool in tools)
+             if wanted is None or function.get("name") == wanted]
+    return calls if wanted is None and body.get("parallel_tool_calls") is True else calls[:1]
 
 
 def _legacy_function(body: Json) -> tuple[str, str] | None:
@@ -864,13 +871,12 @@ class _Meta:
 
 def _full_body(meta: _Meta, answer: _Answer, usage: Json) -> Json:
     message: Json = {"role": "assistant", "content": answer.content}
-    if answer.call_name is not None and answer.legacy_function:
-        message["function_call"] = {"name": answer.call_name,
-                                    "arguments": answer.call_arguments}
-    elif answer.call_name is not None:
-        message["tool_calls"] = [{"id": answer.call_id, "type": "function",
-                                  "function": {"name": answer.call_name,
-                                               "arguments": answer.call_arguments}}]
+    if answer.calls and answer.legacy_function:
+        message["function_call"] = {"name": answer.calls[0].name, "arguments": answer.calls[0].arguments}
+    elif answer.calls:
+        message["tool_calls"] = [{"id": call.id, "type": "function",
+                                  "function": {"name": call.name, "arguments": call.arguments}}
+                                 for call in answer.calls]
     body = meta.head("chat.completion")
     body["choices"] = [{"index": 0, "message": message, "finish_reason": answer.finish_reason}]
     body["usage"] = usage
@@ -909,20 +915,23 @@ def _chunk(meta: _Meta, delta: Json, finish_reason: str | None) -> Json:
 
 def _deltas(answer: _Answer, words_per_chunk: int = 1) -> list[Json]:
     """The content or call deltas after the role delta (text: `words_per_chunk` words each)."""
-    if answer.call_name is None:
+    if not answer.calls:
         words = (answer.content or "").split(" ")
         step = max(1, words_per_chunk)
         pieces = [" ".join(words[i:i + step]) for i in range(0, len(words), step)]
         return [{"content": piece if i == 0 else " " + piece} for i, piece in enumerate(pieces)]
-    pieces = _split(answer.call_arguments or "")
     if answer.legacy_function:
-        return [{"function_call": {"name": answer.call_name, "arguments": ""}},
-                *({"function_call": {"arguments": piece}} for piece in pieces)]
-    first = {"index": 0, "id": answer.call_id, "type": "function",
-             "function": {"name": answer.call_name, "arguments": ""}}
-    return [{"tool_calls": [first]},
-            *({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
-              for piece in pieces)]
+        call = answer.calls[0]
+        return [{"function_call": {"name": call.name, "arguments": ""}},
+                *({"function_call": {"arguments": piece}} for piece in _split(call.arguments))]
+    deltas: list[Json] = []
+    for index, call in enumerate(answer.calls):  # one call after the other, as OpenAI streams them
+        first = {"index": index, "id": call.id, "type": "function",
+                 "function": {"name": call.name, "arguments": ""}}
+        deltas.append({"tool_calls": [first]})
+        deltas += ({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                   for piece in _split(call.arguments))
+    return deltas
 
 
 def _split(text: str) -> list[str]:
