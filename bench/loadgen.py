@@ -58,6 +58,7 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.closed = run.loop.create_future()
+        self.reconnect = False  # the server closed this connection on purpose after a response
         self._reset()
 
     def _reset(self) -> None:
@@ -67,6 +68,7 @@ class _Client(asyncio.Protocol):
         self.length = -1  # content-length, or -1 for chunked
         self.first = 0.0
         self.started = 0.0
+        self.server_closes = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -96,6 +98,8 @@ class _Client(asyncio.Protocol):
                 self.status = int(head[9:12])
             except ValueError:
                 self.status = 0
+            # Hypercorn, for one, closes a connection after 1000 requests and says so here.
+            self.server_closes = b"\r\nconnection: close" in head
             at = head.find(b"\r\ncontent-length:")
             if at >= 0:
                 stop = head.find(b"\r\n", at + 2)
@@ -123,7 +127,11 @@ class _Client(asyncio.Protocol):
             run.error(f"status {self.status}: {bytes(self.buf[self.head_end:self.head_end + 200])!r}")
         run.result.requests += 1
         self.started = 0.0
-        if run.more():
+        if self.server_closes:
+            self.reconnect = True
+            if self.transport is not None:
+                self.transport.close()
+        elif run.more():
             self.send()
         elif self.transport is not None:
             self.transport.close()
@@ -156,22 +164,34 @@ async def run_load(host: str, port: int, path: str, body: bytes, *, api_key: str
     """Closed-loop load for `duration` seconds (bounded by `max_requests` and a hard timeout)."""
     loop = asyncio.get_running_loop()
     run = _Run(loop, build_request(host, port, path, body, api_key), stream, 0.0, max_requests)
-    clients = []
+    clients: list[_Client] = []
     for _ in range(concurrency):
         _, client = await loop.create_connection(lambda: _Client(run), host, port)
         clients.append(client)
+
+    async def drive(slot: int) -> None:
+        """One closed-loop client; a new connection when the server closed the last one on purpose."""
+        while True:
+            client = clients[slot]
+            if not run.more():
+                if client.transport is not None:
+                    client.transport.close()
+                return
+            client.send()
+            await client.closed
+            if not client.reconnect:
+                return
+            _, clients[slot] = await loop.create_connection(lambda: _Client(run), host, port)
+
     started = _perf()
     run.deadline = started + duration
-    for client in clients:
-        if run.more():
-            client.send()
-        else:
-            client.transport.close()
-    pending = [c.closed for c in clients]
+    pending = [asyncio.ensure_future(drive(slot)) for slot in range(concurrency)]
     _, not_done = await asyncio.wait(pending, timeout=duration + timeout_grace)
     for client in clients:
         if client.transport is not None:
             client.transport.abort()
+    for task in not_done:
+        task.cancel()
     if not_done:
         run.error(f"{len(not_done)} connections still busy after the hard timeout")
         await asyncio.wait(not_done, timeout=5)
