@@ -12,13 +12,13 @@ from attrs import define, field
 
 from .adapt import Unsupported, adapt_request
 from .api import ApiError, ChatRequest, rewrite_model
-from .jsoncodec import dump_json, load_json
+from .jsoncodec import dump_json
 from .cooldown import CooldownTimers
 from .health import ProviderHealth
 from .quota import QuotaLedger, Refusal, Reservation
 from .ratelimit import backoff_for, quota_figures
 from .tokens import PromptEstimator, requested_completion_tokens
-from .upstream import DONE, Upstream, UpstreamFailure, protocol_failure
+from .upstream import DONE, Upstream, UpstreamFailure, json_object, protocol_failure
 
 log = logging.getLogger("trioproxy.router")
 
@@ -82,16 +82,6 @@ def waiting_on_upstream(record: RequestRecord) -> Iterator[None]:
         yield
     finally:
         record.upstream_seconds += trio.current_time() - started
-
-
-def _parse_event(upstream: Upstream, data: str) -> dict[str, Any]:
-    try:
-        document = load_json(data)
-    except (ValueError, RecursionError):
-        raise protocol_failure(upstream.name, "stream event is not JSON") from None
-    if not isinstance(document, dict):
-        raise protocol_failure(upstream.name, "stream event is not an object")
-    return document
 
 
 class StreamRelay:
@@ -161,7 +151,7 @@ class StreamRelay:
             if data.strip() == DONE:
                 return True, None
             try:
-                frames.append(await self._frame(_parse_event(self._upstream, data)))
+                frames.append(await self._frame(json_object(self._upstream.name, data, "stream event")))
             except UpstreamFailure as failure:
                 return False, failure
         return False, None
@@ -304,7 +294,7 @@ class Router:
             data, rest = batch[0], batch[1:]
             if data.strip() == DONE:
                 break
-            document = _parse_event(upstream, data)
+            document = json_object(upstream.name, data, "stream event")
             if isinstance(document.get("error"), dict) or "detail" in document:
                 failure = protocol_failure(upstream.name, "stream began with an error")
                 failure.error.message = str(document.get("error", {}).get("message") or document.get("detail"))

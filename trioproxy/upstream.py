@@ -69,6 +69,17 @@ def protocol_failure(provider: str, what: str) -> UpstreamFailure:
     return UpstreamFailure(provider, "protocol", error)
 
 
+def json_object(provider: str, raw: bytes | str, what: str) -> dict[str, Any]:
+    """`raw` parsed as a JSON object; a protocol failure naming `what` (a body, an event) otherwise."""
+    try:
+        document = load_json(raw)
+    except (ValueError, RecursionError):
+        raise protocol_failure(provider, f"{what} is not JSON") from None
+    if not isinstance(document, dict):
+        raise protocol_failure(provider, f"{what} is not a JSON object")
+    return document
+
+
 def _environment_proxy_applies(url: httpx.URL) -> bool:
     """Whether a proxy variable (HTTPS_PROXY, ALL_PROXY, ...) routes this URL, NO_PROXY considered."""
     proxies = urllib.request.getproxies_environment()
@@ -173,13 +184,7 @@ class Upstream:
             raw = await response.aread()
         except httpx.HTTPError as exc:
             raise _failure_from_exception(self.name, exc) from exc
-        try:
-            document = load_json(raw)
-        except (ValueError, RecursionError):
-            raise protocol_failure(self.name, "body is not JSON") from None
-        if not isinstance(document, dict):
-            raise protocol_failure(self.name, "body is not a JSON object")
-        return document
+        return json_object(self.name, raw, "body")
 
     async def event_batches(self, response: httpx.Response) -> AsyncIterator[list[str]]:
         """The `data` payloads of an SSE stream, grouped by the network read that completed them.
