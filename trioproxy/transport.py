@@ -5,8 +5,9 @@ every request and again on every response close. With the 64 connections a busy 
 that bookkeeping was a fifth of trioproxy's CPU (bench/profile.py). Here a request takes the
 most recently used idle connection of its origin and checks only that one: O(1).
 
-httpx stays the interface (requests, responses, timeouts, exceptions, proxies from the
-environment, which httpx mounts on its own transport); only the wire work is ours.
+httpx stays the interface (requests, responses, timeouts, exceptions); only the wire work is
+ours. httpx ignores HTTP(S)_PROXY for a client given its own transport, so a provider reached
+through such a proxy is not served by this one (see upstream.ProviderClient).
 """
 
 import math

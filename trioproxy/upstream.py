@@ -110,12 +110,11 @@ class ProviderClient:
         base_url = config.base_url.rstrip("/") + "/"
         timeout = httpx.Timeout(timeout_seconds)
         chat_url = httpx.URL(base_url + "chat/completions")
-        if _environment_proxy_applies(chat_url):
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-            client = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, headers=_HEADERS)
-            return cls(client, chat_url, None, timeout.as_dict())
-        transport = LeanTransport(max_idle=64)
-        client = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport, headers=_HEADERS)
+        transport = None if _environment_proxy_applies(chat_url) else LeanTransport(max_idle=64)
+        # `limits` shape httpx's own transport, the one used when ours is not.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        client = httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, transport=transport,
+                                   headers=_HEADERS)
         return cls(client, chat_url, transport, timeout.as_dict())
 
     async def send_chat(self, content: bytes, api_key: str) -> httpx.Response:
