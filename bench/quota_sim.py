@@ -55,10 +55,10 @@ import trio
 import trio.testing
 from attrs import define, field, frozen
 
-from trioproxy import emulator
+from trioproxy.testing import emulator
 from trioproxy.config import Config
 from trioproxy.supervisor import run_proxy
-from trioproxy.tokens import estimate_prompt_tokens
+from trioproxy.routing.tokens import estimate_prompt_tokens
 
 # --------------------------------------------------------------------------- constants
 

@@ -1,6 +1,6 @@
 """Soak test: trioproxy under mixed traffic with provider faults switched on and off.
 
-One process runs the emulated Cerebras and Chutes (trioproxy.emulator) and N concurrent clients;
+One process runs the emulated Cerebras and Chutes (trioproxy.testing.emulator) and N concurrent clients;
 trioproxy itself runs as a subprocess (`python -m trioproxy --config <tmp>/soak.toml`), so its
 memory is its own: RSS is read from /proc/<pid>/status (VmRSS) after a warm-up and at the end,
 and its stderr is captured to count unhandled exceptions ('Traceback', 'Error in ASGI').
@@ -43,9 +43,9 @@ import attrs
 import httpx
 import trio
 
-from trioproxy import emulator
+from trioproxy.testing import emulator
 from trioproxy.config import ENV_VARS
-from trioproxy.emulator import Faults
+from trioproxy.testing.emulator import Faults
 
 MODEL = "qwen-3-coder"
 REQUEST_TIMEOUT_MS = 2_000  # the proxy's: a stalled provider costs this much before failover

@@ -7,7 +7,7 @@ import attrs
 import pytest
 import trio
 
-from trioproxy import emulator
+from trioproxy.testing import emulator
 from trioproxy.config import Config
 from trioproxy.supervisor import run_proxy
 

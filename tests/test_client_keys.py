@@ -8,8 +8,8 @@ import pytest
 
 from conftest import Providers, StartProxy
 from test_routing import chat
-from trioproxy.auth import ClientKeys, is_loopback
-from trioproxy.api import ApiError
+from trioproxy.server.auth import ClientKeys, is_loopback
+from trioproxy.doors.chat import ApiError
 
 
 async def test_any_key_or_none_is_accepted_by_default(start_proxy: StartProxy) -> None:

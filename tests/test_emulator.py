@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from attrs import define
 
-from trioproxy.emulator import (
+from trioproxy.testing.emulator import (
     DEFAULT_RESERVED_COMPLETION,
     EmulatedProvider,
     Faults,

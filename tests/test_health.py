@@ -11,7 +11,7 @@ import trio.testing
 
 from conftest import Providers, Proxy, StartProxy
 from test_routing import chat, client_for, health, post
-from trioproxy import emulator
+from trioproxy.testing import emulator
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ import trio.testing
 
 from conftest import Providers, Proxy, proxy_config
 from trioproxy.config import Config
-from trioproxy.emulator import Faults, completion_text
+from trioproxy.testing.emulator import Faults, completion_text
 from trioproxy.logs import REDACTED, RedactingFormatter
 from trioproxy.supervisor import run_proxy
 

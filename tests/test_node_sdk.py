@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from trioproxy.emulator import completion_text
+from trioproxy.testing.emulator import completion_text
 
 from conftest import Providers, StartProxy
 

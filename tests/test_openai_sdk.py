@@ -12,7 +12,7 @@ import pytest
 import trio
 from openai.types.chat import ChatCompletionChunk
 
-from trioproxy.emulator import Faults, completion_text
+from trioproxy.testing.emulator import Faults, completion_text
 
 from conftest import Providers, Proxy, proxy_config
 from trioproxy.supervisor import run_proxy

@@ -11,8 +11,8 @@ import trio.testing
 from conftest import Providers, Proxy, proxy_config
 from test_routing import chat, client_for, health, post
 from trioproxy.config import Config, ProviderConfig
-from trioproxy.persist import StatePersister
-from trioproxy.quota import QuotaLedger, Reservation
+from trioproxy.quota.persist import StatePersister
+from trioproxy.quota.ledger import QuotaLedger, Reservation
 from trioproxy.supervisor import run_proxy
 
 

@@ -6,9 +6,9 @@ import trio
 import trio.testing
 
 from trioproxy.config import Config, ProviderConfig
-from trioproxy.cooldown import CooldownTimers
-from trioproxy.quota import BIN_SECONDS, DAY, DailyWindow, QuotaLedger, Refusal, RefillingBucket, Reservation, SlidingWindow
-from trioproxy.tokens import PromptEstimator
+from trioproxy.quota.cooldown import CooldownTimers
+from trioproxy.quota.ledger import BIN_SECONDS, DAY, DailyWindow, QuotaLedger, Refusal, RefillingBucket, Reservation, SlidingWindow
+from trioproxy.routing.tokens import PromptEstimator
 
 
 def cerebras(**settings: object) -> ProviderConfig:

@@ -7,7 +7,7 @@ import trio.testing
 
 from conftest import Providers, StartProxy
 from test_routing import chat, client_for, post, sized_messages
-from trioproxy import emulator
+from trioproxy.testing import emulator
 from trioproxy.config import Config
 
 

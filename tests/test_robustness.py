@@ -33,7 +33,7 @@ import trio
 
 from conftest import Providers, Proxy, StartProxy, proxy_config
 from test_routing import stream_text
-from trioproxy.emulator import CEREBRAS_MODEL, CHUTES_MODEL, EmulatedProvider, Faults, completion_text
+from trioproxy.testing.emulator import CEREBRAS_MODEL, CHUTES_MODEL, EmulatedProvider, Faults, completion_text
 from trioproxy.supervisor import run_proxy
 
 MODEL = "qwen-3-coder"
@@ -274,7 +274,7 @@ def unhandled_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Log records that mean an exception escaped: Hypercorn's 'Error in ASGI', tracebacks."""
     found = []
     for record in caplog.records:
-        if record.name.startswith("trioproxy.emulator"):
+        if record.name.startswith("trioproxy.testing.emulator"):
             continue  # the emulators' own troubles are not the proxy's
         text = record.getMessage()
         if record.exc_info or "Error in ASGI" in text or "Traceback" in text or record.levelno >= logging.ERROR:

@@ -19,7 +19,7 @@ import trio.testing
 from attrs import define
 
 from trioproxy.config import Adaptation
-from trioproxy.emulator import CEREBRAS_MODEL, CHUTES_MODEL, Faults, completion_text, prompt_tokens
+from trioproxy.testing.emulator import CEREBRAS_MODEL, CHUTES_MODEL, Faults, completion_text, prompt_tokens
 
 from conftest import Providers, Proxy, StartProxy
 

@@ -9,7 +9,7 @@ import trio.testing
 
 from conftest import Providers, StartProxy
 from test_routing import chat, client_for, post, stream
-from trioproxy.status import render_table
+from trioproxy.status_table import render_table
 
 
 async def test_status_reports_quota_traffic_and_reroutes(providers: Providers, start_proxy: StartProxy) -> None:

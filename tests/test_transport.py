@@ -19,8 +19,8 @@ import trustme
 from conftest import Providers, StartProxy
 from test_robustness import read_raw_request
 from test_routing import chat, client_for, post, stream, stream_text
-from trioproxy import emulator
-from trioproxy.transport import LeanTransport
+from trioproxy.testing import emulator
+from trioproxy.providers.transport import LeanTransport
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

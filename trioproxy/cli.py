@@ -14,8 +14,8 @@ import trio
 from . import __version__, daemon
 from .config import Config, ConfigError, load_config, redacted, secrets
 from .logs import configure_logging
-from .persist import default_state_path
-from .status import fetch_status, render_table
+from .quota.persist import default_state_path
+from .status_table import fetch_status, render_table
 from .supervisor import supervise
 
 EXIT_USAGE = 2

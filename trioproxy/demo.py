@@ -3,7 +3,7 @@
 import attrs
 import trio
 
-from . import emulator
+from .testing import emulator
 from .config import Config
 
 # The emulated Cerebras enforces the real paid-plan limits, so the proxy's 80 % defaults

@@ -8,13 +8,13 @@ import logging
 import trio
 from attrs import define
 
-from .auth import ClientKeys
+from .server.auth import ClientKeys
 from .config import Config, ProviderConfig
-from .cooldown import CooldownTimers
-from .health import HealthProber, ProviderHealth
-from .quota import QuotaLedger
-from .router import Router
-from .upstream import ProviderClient, Upstream
+from .quota.cooldown import CooldownTimers
+from .providers.health import HealthProber, ProviderHealth
+from .quota.ledger import QuotaLedger
+from .routing.router import Router
+from .providers.upstream import ProviderClient, Upstream
 
 log = logging.getLogger("trioproxy")
 

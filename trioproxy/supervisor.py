@@ -8,13 +8,13 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from .app import ProxyApp
-from .auth import is_loopback
+from .server.app import ProxyApp
+from .server.auth import is_loopback
 from .config import Config, ConfigError
 from .demo import DemoProviders, print_demo_banner, start_demo_providers
-from .drain import Drain
+from .server.drain import Drain
 from .logs import LEVELS
-from .persist import StatePersister, resolve_state_path
+from .quota.persist import StatePersister, resolve_state_path
 from .runtime import ClientPool, build_runtime, serving_providers
 
 log = logging.getLogger("trioproxy")

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 from attrs import define, field, frozen
 
-from .config import ProviderConfig
+from ..config import ProviderConfig
 
 MINUTE = 60.0
 DAY = 86_400.0

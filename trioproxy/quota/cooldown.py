@@ -4,7 +4,7 @@ import logging
 
 import trio
 
-from .quota import QuotaLedger
+from .ledger import QuotaLedger
 
 log = logging.getLogger("trioproxy.quota")
 

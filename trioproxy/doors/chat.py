@@ -4,7 +4,7 @@ from typing import Any
 
 from attrs import define, field
 
-from .jsoncodec import dump_json, load_json
+from ..jsoncodec import dump_json, load_json
 
 
 class ApiError(Exception):

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from .jsoncodec import dump_json
+from ..jsoncodec import dump_json
 
 # Code and English run at roughly four characters a token for Qwen's tokenizer, while CJK
 # and other non-ASCII text is closer to a token a character; the ledger settles to the

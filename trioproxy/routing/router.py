@@ -11,14 +11,14 @@ import trio
 from attrs import define, field
 
 from .adapt import Unsupported, adapt_request
-from .api import ApiError, ChatRequest, rewrite_model
-from .jsoncodec import dump_json
-from .cooldown import CooldownTimers
-from .health import ProviderHealth
-from .quota import QuotaLedger, Refusal, Reservation
-from .ratelimit import backoff_for, quota_figures
+from ..doors.chat import ApiError, ChatRequest, rewrite_model
+from ..jsoncodec import dump_json
+from ..quota.cooldown import CooldownTimers
+from ..providers.health import ProviderHealth
+from ..quota.ledger import QuotaLedger, Refusal, Reservation
+from ..providers.ratelimit import backoff_for, quota_figures
 from .tokens import PromptEstimator, requested_completion_tokens
-from .upstream import DONE, Upstream, UpstreamFailure, json_object, protocol_failure
+from ..providers.upstream import DONE, Upstream, UpstreamFailure, json_object, protocol_failure
 
 log = logging.getLogger("trioproxy.router")
 

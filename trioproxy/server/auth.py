@@ -3,7 +3,7 @@
 import hmac
 import ipaddress
 
-from .api import ApiError
+from ..doors.chat import ApiError
 
 
 class ClientKeys:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from .quota import QuotaLedger
+from .ledger import QuotaLedger
 
 log = logging.getLogger("trioproxy.state")
 

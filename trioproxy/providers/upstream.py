@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 from attrs import define
 
-from . import __version__
-from .api import ApiError, error_from_upstream
-from .config import ProviderConfig
-from .jsoncodec import dump_json, load_json
+from .. import __version__
+from ..doors.chat import ApiError, error_from_upstream
+from ..config import ProviderConfig
+from ..jsoncodec import dump_json, load_json
 from .transport import LeanTransport
 
 DONE = "[DONE]"

@@ -11,14 +11,14 @@ from typing import Any
 import attrs
 import trio
 
-from .api import ApiError, ChatRequest, model_card, models_list, parse_chat_request
+from ..doors.chat import ApiError, ChatRequest, model_card, models_list, parse_chat_request
 from .drain import SHUTDOWN_EVENT, Drain
-from .jsoncodec import dump_json
-from .logs import REQUEST_ID
+from ..jsoncodec import dump_json
+from ..logs import REQUEST_ID
 from .metrics import Metrics
-from .quota import WINDOW_NAMES, QuotaLedger
-from .router import RequestRecord, Router
-from .runtime import Runtime
+from ..quota.ledger import WINDOW_NAMES, QuotaLedger
+from ..routing.router import RequestRecord, Router
+from ..runtime import Runtime
 
 log = logging.getLogger("trioproxy.request")
 

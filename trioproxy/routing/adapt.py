@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from .config import ProviderConfig
+from ..config import ProviderConfig
 
 
 class Unsupported(Exception):

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import trio
 
-from .api import ApiError
+from ..doors.chat import ApiError
 
 SHUTDOWN_EVENT = (
     b"data: "

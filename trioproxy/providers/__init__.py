@@ -1,0 +1,1 @@
+"""Talking to providers: the upstream client, the lean transport, health probing, rate-limit headers."""

@@ -1,0 +1,1 @@
+"""The quota brain: windows and buckets, the ledger, cooldowns and persistence."""

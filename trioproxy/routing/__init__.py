@@ -1,0 +1,1 @@
+"""The routing policy: which provider serves a request, adaptation, estimates, failover."""

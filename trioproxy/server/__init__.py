@@ -1,0 +1,1 @@
+"""The HTTP server: the ASGI app, client auth, graceful drain and operator views."""
