@@ -1,24 +1,29 @@
-"""The ASGI application: paths, methods, status codes and SSE framing. No routing policy here."""
+"""The ASGI application: paths, methods, auth, bodies, status codes. No protocol shapes, no policy.
+
+Each front door (doors/) translates its protocol to the routing pipeline's one request shape and
+back; this module only moves bytes between Hypercorn and the door, whichever it is.
+"""
 
 import json
 import logging
 import time
 import uuid
-from contextlib import aclosing
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
-import attrs
 import trio
 
-from ..doors.chat import ApiError, ChatRequest, model_card, models_list, parse_chat_request
-from .drain import SHUTDOWN_EVENT, Drain
+from ..doors import chat, messages, responses
+from ..doors.exchange import Door, Exchange
+from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
-from .metrics import Metrics
-from ..quota.ledger import WINDOW_NAMES, QuotaLedger
-from ..routing.router import RequestRecord, Router
+from ..routing.request import RequestRecord
 from ..runtime import Runtime
+from . import operator
+from .drain import SHUTDOWN_ERROR, Drain
+from .metrics import Metrics
 
 log = logging.getLogger("trioproxy.request")
 
@@ -27,14 +32,23 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
 STATUS_PATH = "/v1/status"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
-_ALLOWED = {CHAT_PATH: "POST", MODELS_PATH: "GET", STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+RESPONSES_PATH = "/v1/responses"
+DOORS = {
+    "/v1/chat/completions": Door(chat.API, chat.parse, chat.error_body),
+    RESPONSES_PATH: Door(responses.API, responses.parse, chat.error_body),
+    "/v1/messages": Door(messages.API, messages.parse, messages.error_body),
+}
+_ALLOWED = {**{path: "POST" for path in DOORS}, COUNT_TOKENS_PATH: "POST", MODELS_PATH: "GET",
+            STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
 OVERHEAD_HEADER = "x-trioproxy-overhead-ms"
 _STATUS_CLIENT_CLOSED = 499  # nginx's convention for "client went away", for the log only
+_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
 
 
 class ClientDisconnected(Exception):
@@ -47,6 +61,11 @@ def _json_headers(extra: dict[str, str] | None = None) -> list[tuple[bytes, byte
     return headers
 
 
+def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
+    """Errors on Anthropic's paths in Anthropic's shape; everywhere else in OpenAI's."""
+    return messages.error_body if path.startswith("/v1/messages") else chat.error_body
+
+
 class ProxyApp:
     """The ASGI callable. State is passed in, so one process can host several proxies."""
 
@@ -55,22 +74,6 @@ class ProxyApp:
         self._created = int(time.time())
         self.metrics = Metrics()
         self.drain = Drain()
-
-    @property
-    def _router(self) -> Router:
-        return self.runtime.router
-
-    @property
-    def _ledger(self) -> QuotaLedger:
-        return self.runtime.ledger
-
-    @property
-    def _proxy_model(self) -> str:
-        return self.runtime.config.proxy_model_name
-
-    @property
-    def _max_body_bytes(self) -> int:
-        return self.runtime.config.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -97,129 +100,99 @@ class ProxyApp:
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex[:16]
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
+        runtime = self.runtime
         try:
             if path.startswith("/v1/"):
-                self.runtime.client_keys.check(_header(scope, b"authorization"))
-            if path == CHAT_PATH and method == "POST":
-                await self._chat(scope, receive, send, request_id)
+                runtime.client_keys.check(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
+            door = DOORS.get(path)
+            if door is not None and method == "POST":
+                await self._door(door, scope, receive, send, request_id)
+            elif path == COUNT_TOKENS_PATH and method == "POST":
+                raw = await self._read_body(scope, receive)
+                counted = messages.count_tokens(raw, runtime.models, runtime.router.estimator)
+                await _send_json(send, 200, counted, extra)
+            elif path.startswith(RESPONSES_PATH + "/"):
+                raise responses.no_stored_responses()
             elif path == MODELS_PATH and method == "GET":
-                await _send_json(send, 200, models_list(self._proxy_model, self._created), extra)
+                await _send_json(send, 200, chat.models_list(runtime.models, self._created), extra)
             elif path.startswith(MODELS_PATH + "/") and method == "GET":
-                await self._model(path[len(MODELS_PATH) + 1 :], send, extra)
+                model = runtime.models.resolve(path[len(MODELS_PATH) + 1 :])
+                await _send_json(send, 200, chat.model_card(model, self._created), extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
-                await self._health(send, extra)
+                code, body = operator.health(runtime.router, runtime.ledger)
+                await _send_json(send, code, body, extra)
             elif path == STATUS_PATH and method == "GET":
-                await _send_json(send, 200, self._status(), extra)
+                status = operator.status(runtime.router, runtime.ledger, self.metrics, runtime.models.served)
+                await _send_json(send, 200, status, extra)
             elif path == METRICS_PATH and method == "GET":
                 await self._metrics(send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
-                error = ApiError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed")
-                await _send_error(send, error, {**extra, "allow": allowed})
+                error = ProxyError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed")
+                await _send_error(send, _error_shape(path), error, {**extra, "allow": allowed})
             else:
-                await _send_error(send, ApiError(404, f"Unknown path {path}.", code="not_found"), extra)
-        except ApiError as error:
-            await _send_error(send, error, extra)
-
-    async def _model(self, model_id: str, send: Send, extra: dict[str, str]) -> None:
-        if model_id != self._proxy_model:
-            raise ApiError(404, f"The model `{model_id}` does not exist.", code="model_not_found", param="model")
-        await _send_json(send, 200, model_card(self._proxy_model, self._created), extra)
-
-    def _provider_state(self, name: str) -> dict[str, Any]:
-        health = self._router.health[name]
-        return {
-            "usable": health.usable and not self._ledger.in_cooldown(name),
-            **attrs.asdict(health),
-            "accounts": self._ledger.provider_snapshot(name),
-        }
-
-    async def _health(self, send: Send, extra: dict[str, str]) -> None:
-        providers = {upstream.name: self._provider_state(upstream.name) for upstream in self._router.upstreams}
-        usable = any(state["usable"] for state in providers.values())
-        body = {"status": "ok" if usable else "unavailable", "providers": providers}
-        await _send_json(send, 200 if usable else 503, body, extra)
-
-    def _status(self) -> dict[str, Any]:
-        """Everything an operator asks: per provider and key, state, quota, traffic, reroutes."""
-        providers = []
-        for upstream in self._router.upstreams:
-            served = {
-                "requests": sum(n for (p, _, status), n in self.metrics.requests.items() if p == upstream.name and status == 200),
-                "prompt_tokens": self.metrics.tokens[(upstream.name, "prompt")],
-                "completion_tokens": self.metrics.tokens[(upstream.name, "completion")],
-            }
-            providers.append({"name": upstream.name, "model": upstream.config.model, **self._provider_state(upstream.name), "served_since_start": served})
-        return {"model": self._proxy_model, "providers": providers, "reroutes": dict(self.metrics.reroutes)}
+                await _send_error(send, chat.error_body, ProxyError(404, f"Unknown path {path}.", code="not_found"), extra)
+        except ProxyError as error:
+            await _send_error(send, _error_shape(path), error, extra)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
-        body = self.metrics.render(self._gauges()).encode()
+        body = self.metrics.render(operator.gauges(self.runtime.router, self.runtime.ledger)).encode()
         headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
         headers.extend((k.encode(), v.encode()) for k, v in extra.items())
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    def _gauges(self) -> list[tuple[str, str, str, float]]:
-        gauges = []
-        for upstream in self._router.upstreams:
-            health = self._router.health[upstream.name]
-            gauges.append(("trioproxy_provider_up", "1 while the prober finds the provider usable.", f'provider="{upstream.name}"', float(health.usable)))
-            for account, state in self._ledger.provider_snapshot(upstream.name).items():
-                labels = f'provider="{upstream.name}",account="{account}"'
-                gauges.append(("trioproxy_cooldown_active", "1 while an account cools down.", labels, float(state["cooldown_seconds"] > 0)))
-                for window in WINDOW_NAMES:
-                    limit, remaining = state[window]["limit"], state[window].get("provider_remaining")
-                    left = [value for value in (limit - state[window]["used"] if limit else None, remaining) if value is not None]
-                    if left:
-                        gauges.append(("trioproxy_quota_remaining", "What is left of each limited window (the smaller of ours and the provider's figure).", f'{labels},window="{window}"', float(max(0, min(left)))))
-        return gauges
-
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        record = RequestRecord(request_id)
+    async def _door(self, door: Door, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """One request through a front door: parse, route, answer; accounted for once at the end."""
+        runtime = self.runtime  # a reload mid-request does not change what serves it
+        record = RequestRecord(request_id, api=door.api)
         extra = {"x-request-id": request_id}
         try:
-            request = parse_chat_request(await self._read_body(scope, receive), self._proxy_model)
-            record.stream = request.stream
+            exchange = door.parse(await self._read_body(scope, receive), runtime.models)
+            record.stream = exchange.request.stream
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("request %s tool parameters: %s", request_id, _tool_parameters(request.body))
-            await _cancel_on_disconnect(receive, send, lambda send: self._serve_chat(request, record, send, extra))
-        except ApiError as error:
+                log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
+            await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, record, send, extra))
+        except ProxyError as error:
             record.status = error.status
-            await _send_error(send, error, extra)
+            await _send_error(send, door.error_body, error, extra)
         except ClientDisconnected:
             record.status = _STATUS_CLIENT_CLOSED
         finally:
-            _finish_request(record, self._ledger, self.metrics, [upstream.name for upstream in self._router.upstreams])
+            _finish_request(record, runtime, self.metrics)
 
-    async def _serve_chat(self, request: ChatRequest, record: RequestRecord, send: Send, extra: dict[str, str]) -> None:
+    async def _serve(self, runtime: Runtime, exchange: Exchange, record: RequestRecord, send: Send,
+                     extra: dict[str, str]) -> None:
+        request = exchange.request
         if not request.stream:
-            document = await self._router.complete(request, record)
+            document = await runtime.router.complete(request, record)
             record.status = 200
-            await _send_json(send, 200, document, {**extra, OVERHEAD_HEADER: _overhead_ms(record)})
+            await _send_json(send, 200, exchange.answer(document), {**extra, OVERHEAD_HEADER: _overhead_ms(record)})
             return
-        async with self._router.stream(request, record) as relay:
+        async with runtime.router.stream(request, record) as relay:
             record.status = 200
             record.first_byte_at = trio.current_time()
-            headers = [
-                (OVERHEAD_HEADER.encode(), _overhead_ms(record).encode()),
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"),
-                *((k.encode(), v.encode()) for k, v in extra.items()),
-            ]
+            headers = [(OVERHEAD_HEADER.encode(), _overhead_ms(record).encode()), *_SSE_HEADERS,
+                       *((k.encode(), v.encode()) for k, v in extra.items())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
+            failure: ProxyError | None = None
             with self.drain.stream() as relaying:
-                async with aclosing(relay.chunks()) as chunks:
-                    async for chunk in chunks:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                try:
+                    async with aclosing(relay.batches()) as batches:
+                        async for documents in batches:
+                            if events := exchange.stream_events(documents):
+                                await send({"type": "http.response.body", "body": events, "more_body": True})
+                except ProxyError as error:
+                    failure = error
             if relaying.cancelled_caught:  # shutdown's grace period is over: end it cleanly
-                await send({"type": "http.response.body", "body": SHUTDOWN_EVENT + b"data: [DONE]\n\n", "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                failure = SHUTDOWN_ERROR
+            await send({"type": "http.response.body", "body": exchange.stream_end(failure), "more_body": False})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        max_body_bytes = self.runtime.config.max_body_bytes
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise _too_large(self._max_body_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise _too_large(max_body_bytes)
         chunks: list[bytes] = []
         size = 0
         # A client that stops sending its body would hold a connection and a task forever.
@@ -228,13 +201,13 @@ class ProxyApp:
             with trio.move_on_at(deadline):
                 message = await receive()
             if trio.current_time() >= deadline:
-                raise ApiError(408, "The request body did not arrive in time.", code="request_timeout")
+                raise ProxyError(408, "The request body did not arrive in time.", code="request_timeout")
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected()
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self._max_body_bytes:
-                raise _too_large(self._max_body_bytes)
+            if size > max_body_bytes:
+                raise _too_large(max_body_bytes)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -250,8 +223,8 @@ def _tool_parameters(body: dict[str, Any]) -> str:
     return json.dumps({key: body[key] for key in keys if key in body})
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
 
 
 async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Send], Awaitable[None]]) -> None:
@@ -276,12 +249,12 @@ async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Se
             disconnected = True
             cancel_scope.cancel()
 
-    refused: ApiError | None = None
+    refused: ProxyError | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch, nursery.cancel_scope)
         try:
             await work(tracking_send)
-        except ApiError as error:
+        except ProxyError as error:
             refused = error  # raised below, unwrapped: a nursery would put it in an ExceptionGroup
         nursery.cancel_scope.cancel()
     if disconnected:
@@ -303,11 +276,12 @@ async def _send_json(send: Send, status: int, document: Any, extra: dict[str, st
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, error: ApiError, extra: dict[str, str] | None = None) -> None:
-    await _send_json(send, error.status, error.body(), {**error.headers, **(extra or {})})
+async def _send_error(send: Send, shape: Callable[[ProxyError], dict[str, Any]], error: ProxyError,
+                      extra: dict[str, str] | None = None) -> None:
+    await _send_json(send, error.status, shape(error), {**error.headers, **(extra or {})})
 
 
-def _finish_request(record: RequestRecord, ledger: QuotaLedger, metrics: Metrics, providers: list[str]) -> None:
+def _finish_request(record: RequestRecord, runtime: Runtime, metrics: Metrics) -> None:
     """The one place a request is accounted for: its log line and its metrics."""
     now = trio.current_time()
     latency = now - record.started
@@ -319,10 +293,12 @@ def _finish_request(record: RequestRecord, ledger: QuotaLedger, metrics: Metrics
     )
     if not log.isEnabledFor(logging.INFO):
         return
-    quota = " ".join(filter(None, (ledger.summary(provider) for provider in providers)))
+    ledger = runtime.ledger
+    quota = " ".join(filter(None, (ledger.summary(upstream.name) for upstream in runtime.router.upstreams)))
     log.info(
-        "request %s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
+        "request %s api=%s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
         record.request_id,
+        record.api,
         record.account if record.account != "-" else record.provider,
         record.reason,
         "yes" if record.stream else "no",

@@ -3,7 +3,7 @@
 import hmac
 import ipaddress
 
-from ..doors.chat import ApiError
+from ..errors import ProxyError
 
 
 class ClientKeys:
@@ -16,18 +16,21 @@ class ClientKeys:
     def required(self) -> bool:
         return bool(self._keys)
 
-    def check(self, authorization: str | None) -> None:
-        """Raise a 401 in OpenAI's shape unless the header carries an accepted key."""
+    def check(self, authorization: str | None, x_api_key: str | None = None) -> None:
+        """Raise a 401 unless `Authorization: Bearer` or Anthropic's `x-api-key` carries an accepted key."""
         if not self._keys:
             return
         scheme, _, presented = (authorization or "").partition(" ")
-        candidate = presented.strip().encode() if scheme.lower() == "bearer" else b""
+        if scheme.lower() == "bearer":
+            candidate = presented.strip().encode()
+        else:
+            candidate = (x_api_key or "").strip().encode()
         # Compare against every key, so the time taken does not tell which one nearly matched.
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
         if not matched:
-            raise ApiError(
+            raise ProxyError(
                 401,
                 "Incorrect API key provided. Use one of the keys in this proxy's PROXY_API_KEYS.",
                 type="invalid_request_error",
