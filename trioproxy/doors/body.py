@@ -32,3 +32,8 @@ def sse_event(name: str | None, document: Any) -> bytes:
     """One server-sent event; `name` becomes its `event:` line when given."""
     head = b"event: " + name.encode() + b"\n" if name else b""
     return head + b"data: " + dump_json(document) + b"\n\n"
+
+
+def sse_events(events: list[dict[str, Any]]) -> bytes:
+    """Events named by their own `type` field, as Anthropic's and the Responses API's streams are."""
+    return b"".join(sse_event(event["type"], event) for event in events)

@@ -8,7 +8,8 @@ from ..jsoncodec import dump_json
 from ..routing.models import ModelNames
 from ..routing.request import ChatRequest
 from ..routing.tokens import PromptEstimator
-from .body import json_object_body, optional_bool, sse_event
+from .body import json_object_body, optional_bool, sse_event, sse_events
+from .chunks import first_choice
 from .messages_stream import MessageStream, message_usage, stop_reason, tool_input
 
 API = "messages"
@@ -39,7 +40,10 @@ def parse(raw: bytes, models: ModelNames) -> "MessagesExchange":
         raise _bad("max_tokens: Field required (a positive integer).")
     chat = _chat_body(body)
     chat["max_tokens"] = max_tokens
-    return MessagesExchange(ChatRequest(chat, optional_bool(body, "stream")), body["model"],
+    stream = optional_bool(body, "stream")
+    if stream:
+        chat["stream"] = True
+    return MessagesExchange(ChatRequest(chat, stream), body["model"],
                             tuple(body.get("stop_sequences") or ()))
 
 
@@ -209,9 +213,7 @@ class MessagesExchange:
         self._stream: MessageStream | None = None
 
     def answer(self, document: dict[str, Any]) -> dict[str, Any]:
-        choices = document.get("choices") or [{}]
-        choice = choices[0] if isinstance(choices[0], dict) else {}
-        message = choice.get("message") or {}
+        choice, message = first_choice(document)
         content: list[dict[str, Any]] = []
         if isinstance(message.get("content"), str) and message["content"]:
             content.append({"type": "text", "text": message["content"]})
@@ -226,10 +228,10 @@ class MessagesExchange:
     def stream_events(self, documents: list[dict[str, Any]]) -> bytes:
         if self._stream is None:
             self._stream = MessageStream(self._id, self._model, self._stops)
-        return b"".join(sse_event(event["type"], event) for event in self._stream.feed(documents))
+        return sse_events(self._stream.feed(documents))
 
     def stream_end(self, error: ProxyError | None) -> bytes:
         if error is not None:
             return sse_event("error", error_body(error))
         stream = self._stream or MessageStream(self._id, self._model, self._stops)
-        return b"".join(sse_event(event["type"], event) for event in stream.end())
+        return sse_events(stream.end())

@@ -3,8 +3,8 @@
 from typing import Any
 
 from ..jsoncodec import load_json
+from .chunks import ChunkWalker, Event
 
-Event = dict[str, Any]
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
                  "content_filter": "refusal"}
 
@@ -34,17 +34,16 @@ def tool_input(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"arguments": arguments}
 
 
-class MessageStream:
+class MessageStream(ChunkWalker):
     """The state of one streamed message: the open content block and what the end must report."""
 
     def __init__(self, message_id: str, model: str, stop_sequences: tuple[str, ...]) -> None:
+        super().__init__()
         self._id = message_id
         self._model = model
         self._stops = stop_sequences
         self._blocks = 0  # content blocks started so far; the open one is the last
         self._open: str | None = None  # "text", or the chat index of the tool call being streamed
-        self._choice: dict[str, Any] = {}
-        self._usage: Any = None
         self._started = False
 
     def feed(self, chunks: list[dict[str, Any]]) -> list[Event]:
@@ -54,27 +53,14 @@ class MessageStream:
             message = {"id": self._id, "type": "message", "role": "assistant", "model": self._model, "content": [],
                        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
             events += [{"type": "message_start", "message": message}, {"type": "ping"}]
-        for chunk in chunks:
-            if chunk.get("usage") is not None:
-                self._usage = chunk["usage"]
-            for choice in chunk.get("choices") or []:
-                if not isinstance(choice, dict):
-                    continue
-                delta = choice.get("delta") or {}
-                if isinstance(delta.get("content"), str) and delta["content"]:
-                    events += self._text(delta["content"])
-                for call in delta.get("tool_calls") or []:
-                    if isinstance(call, dict):
-                        events += self._call(call)
-                if choice.get("finish_reason"):
-                    self._choice = choice
+        events += self.walk(chunks)
         return events
 
     def end(self) -> list[Event]:
         events = [] if self._started else self.feed([])
         events += self._close()
-        reason, sequence = stop_reason(self._choice, self._stops)
-        usage = message_usage(self._usage)
+        reason, sequence = stop_reason(self.finishing_choice, self._stops)
+        usage = message_usage(self.usage)
         return events + [
             {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
              "usage": {"input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"]}},

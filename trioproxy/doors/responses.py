@@ -11,7 +11,8 @@ from typing import Any
 from ..errors import ProxyError
 from ..routing.models import ModelNames
 from ..routing.request import ChatRequest
-from .body import json_object_body, optional_bool, sse_event
+from .body import json_object_body, optional_bool, sse_events
+from .chunks import first_choice
 from .responses_stream import ResponseStream, incomplete_details, response_usage
 
 API = "responses"
@@ -68,6 +69,8 @@ def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
     if (response_format := _response_format(body.get("text"))) is not None:
         chat["response_format"] = response_format
     stream = optional_bool(body, "stream")
+    if stream:
+        chat["stream"] = True
     return ResponsesExchange(ChatRequest(chat, stream), _echo(body))
 
 
@@ -222,9 +225,7 @@ class ResponsesExchange:
         self._stream: ResponseStream | None = None
 
     def answer(self, document: dict[str, Any]) -> dict[str, Any]:
-        choices = document.get("choices") or [{}]
-        choice = choices[0] if isinstance(choices[0], dict) else {}
-        message = choice.get("message") or {}
+        choice, message = first_choice(document)
         output: list[dict[str, Any]] = []
         text = message.get("content")
         if isinstance(text, str) and text:
@@ -242,9 +243,9 @@ class ResponsesExchange:
     def stream_events(self, documents: list[dict[str, Any]]) -> bytes:
         if self._stream is None:
             self._stream = ResponseStream(self._shell)
-        return b"".join(sse_event(event["type"], event) for event in self._stream.feed(documents))
+        return sse_events(self._stream.feed(documents))
 
     def stream_end(self, error: ProxyError | None) -> bytes:
         stream = self._stream or ResponseStream(self._shell)
-        return b"".join(sse_event(event["type"], event) for event in stream.end(error))
+        return sse_events(stream.end(error))
 

@@ -4,8 +4,7 @@ import uuid
 from typing import Any
 
 from ..errors import ProxyError
-
-Event = dict[str, Any]
+from .chunks import ChunkWalker, Event
 
 
 def incomplete_details(finish_reason: Any) -> dict[str, str] | None:
@@ -28,18 +27,17 @@ def response_usage(usage: Any) -> dict[str, Any] | None:
             "total_tokens": usage.get("total_tokens") or prompt + completion}
 
 
-class ResponseStream:
+class ResponseStream(ChunkWalker):
     """The state of one streamed response: which items are open, and the numbering of events."""
 
     def __init__(self, shell: dict[str, Any]) -> None:
+        super().__init__()
         self._shell = shell
         self._sequence = 0
         self._output: list[dict[str, Any]] = []  # items in output order, filled as deltas arrive
         self._text_item: dict[str, Any] | None = None  # the message item still receiving text
         self._calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> function_call item
         self._open: list[dict[str, Any]] = []  # items not yet announced as done
-        self._finish_reason: Any = None
-        self._usage: Any = None
         self._started = False
 
     def feed(self, chunks: list[dict[str, Any]]) -> list[Event]:
@@ -48,20 +46,7 @@ class ResponseStream:
             self._started = True
             events += [self._event("response.created", response=self._response("in_progress")),
                        self._event("response.in_progress", response=self._response("in_progress"))]
-        for chunk in chunks:
-            if chunk.get("usage") is not None:
-                self._usage = chunk["usage"]
-            for choice in chunk.get("choices") or []:
-                if not isinstance(choice, dict):
-                    continue
-                delta = choice.get("delta") or {}
-                if isinstance(delta.get("content"), str) and delta["content"]:
-                    events += self._text(delta["content"])
-                for call in delta.get("tool_calls") or []:
-                    if isinstance(call, dict):
-                        events += self._call(call)
-                if choice.get("finish_reason"):
-                    self._finish_reason = choice["finish_reason"]
+        events += self.walk(chunks)
         return events
 
     def end(self, error: ProxyError | None) -> list[Event]:
@@ -71,9 +56,9 @@ class ResponseStream:
             return events + [self._event("response.failed", response=failed)]
         for item in list(self._open):
             events += self._close(item)
-        details = incomplete_details(self._finish_reason)
+        details = incomplete_details(self.finishing_choice.get("finish_reason"))
         final = {**self._response("incomplete" if details else "completed"), "incomplete_details": details,
-                 "usage": response_usage(self._usage)}
+                 "usage": response_usage(self.usage)}
         return events + [self._event("response.incomplete" if details else "response.completed", response=final)]
 
     def _text(self, text: str) -> list[Event]:
