@@ -8,6 +8,7 @@ from typing import Any
 from attrs import Factory, define
 
 from .actions import Json
+from .arguments import tool_arguments
 from .provider import EmulatedProvider
 
 
@@ -49,11 +50,14 @@ class Answer:
 
 
 def answer(provider: EmulatedProvider, body: Json, cap: int | None, number: int) -> Answer:
-    """Pick text, a tool call or a legacy function call, truncated to `cap` words."""
-    messages = body["messages"]
-    last_role = messages[-1].get("role") if isinstance(messages[-1], dict) else None
+    """Pick text, a tool call or a legacy function call, truncated to `cap` words.
+
+    Once tool results came back the answer is text, so an agent's tool loop comes to an end.
+    """
+    if _has_tool_results(body["messages"]):
+        return _text_answer(provider, body, cap)
     tools = _chosen_tools(body)
-    if tools and last_role != "tool":
+    if tools:
         calls, finishes, total = [], set(), 0
         for i, (name, arguments) in enumerate(tools):
             text, finish, tokens = _truncate(arguments, cap, "tool_calls")
@@ -62,10 +66,26 @@ def answer(provider: EmulatedProvider, body: Json, cap: int | None, number: int)
             total += tokens
         return Answer("length" if "length" in finishes else "tool_calls", total, calls=calls)
     function = _legacy_function(body)
-    if function is not None and last_role != "function":
+    if function is not None:
         name, arguments = function
         text, finish, tokens = _truncate(arguments, cap, "function_call")
         return Answer(finish, tokens, calls=[Call(name, text)], legacy_function=True)
+    return _text_answer(provider, body, cap)
+
+
+def _has_tool_results(messages: list[Any]) -> bool:
+    """Whether a tool (or legacy function) result came since the assistant last spoke; some
+    clients add a user note after the results, so the result need not be the last message."""
+    for message in reversed(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in ("tool", "function"):
+            return True
+        if role == "assistant":
+            return False
+    return False
+
+
+def _text_answer(provider: EmulatedProvider, body: Json, cap: int | None) -> Answer:
     text, finish, tokens = _truncate(_plain_text(provider, body), cap, "stop")
     return Answer(finish, tokens, content=text)
 
@@ -96,7 +116,7 @@ def _chosen_tools(body: Json) -> list[tuple[str, str]]:
     if not tools or choice == "none":
         return []
     wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    calls = [(str(function.get("name", "")), _arguments(function.get("parameters")))
+    calls = [(str(function.get("name", "")), tool_arguments(function.get("parameters")))
              for function in (tool.get("function") or {} for tool in tools)
              if wanted is None or function.get("name") == wanted]
     return calls if wanted is None and body.get("parallel_tool_calls") is True else calls[:1]
@@ -107,10 +127,5 @@ def _legacy_function(body: Json) -> tuple[str, str] | None:
     functions = body.get("functions")
     if body.get("tools") or not functions or not isinstance(functions[0], dict):
         return None
-    return str(functions[0].get("name", "")), _arguments(functions[0].get("parameters"))
+    return str(functions[0].get("name", "")), tool_arguments(functions[0].get("parameters"))
 
-
-def _arguments(parameters: Any) -> str:
-    """A JSON object giving "emulated" to every required parameter."""
-    required = parameters.get("required", []) if isinstance(parameters, dict) else []
-    return json.dumps({str(name): "emulated" for name in required})
