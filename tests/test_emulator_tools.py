@@ -186,7 +186,7 @@ ASK = {"role": "user", "content": "List the files."}
     pytest.param([ASK, CALL, RESULT, {"role": "user", "content": "<note>cwd is /tmp</note>"}],
                  False, "stop", id="result-then-a-client-note-gets-text"),
     pytest.param([ASK, CALL, RESULT, {"role": "assistant", "content": "Done."}, ASK], False,
-                 "tool_calls", id="a-new-question-calls-again"),
+                 "stop", id="one-tool-step-per-conversation"),
     pytest.param([ASK], True, "function_call", id="legacy-question-calls-the-function"),
     pytest.param([ASK, {"role": "assistant", "content": None,
                         "function_call": {"name": "shell", "arguments": "{}"}},

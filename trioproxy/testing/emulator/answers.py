@@ -52,7 +52,8 @@ class Answer:
 def answer(provider: EmulatedProvider, body: Json, cap: int | None, number: int) -> Answer:
     """Pick text, a tool call or a legacy function call, truncated to `cap` words.
 
-    Once tool results came back the answer is text, so an agent's tool loop comes to an end.
+    Once the conversation holds a tool result the answer is text, so an agent's tool loop
+    comes to an end.
     """
     if _has_tool_results(body["messages"]):
         return _text_answer(provider, body, cap)
@@ -74,15 +75,11 @@ def answer(provider: EmulatedProvider, body: Json, cap: int | None, number: int)
 
 
 def _has_tool_results(messages: list[Any]) -> bool:
-    """Whether a tool (or legacy function) result came since the assistant last spoke; some
-    clients add a user note after the results, so the result need not be the last message."""
-    for message in reversed(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        if role in ("tool", "function"):
-            return True
-        if role == "assistant":
-            return False
-    return False
+    """Whether a tool (or legacy function) result is anywhere in the conversation. One tool
+    step per conversation: agents that add their own user turns after a step (notes, news of
+    a background task finishing) would otherwise be sent into another step forever."""
+    return any(isinstance(message, dict) and message.get("role") in ("tool", "function")
+               for message in messages)
 
 
 def _text_answer(provider: EmulatedProvider, body: Json, cap: int | None) -> Answer:
