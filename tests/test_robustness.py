@@ -33,7 +33,7 @@ import trio
 
 from conftest import Providers, Proxy, StartProxy, proxy_config
 from test_routing import stream_text
-from trioproxy.testing.emulator import CEREBRAS_MODEL, CHUTES_MODEL, EmulatedProvider, Faults, completion_text
+from trioproxy.testing.emulator import CEREBRAS_MODEL, CHUTES_MODEL, EmulatedProvider, Faults, completion_text, serve
 from trioproxy.supervisor import run_proxy
 
 MODEL = "qwen-3-coder"
@@ -337,7 +337,8 @@ def _local(task: trio.lowlevel.Task, name: str) -> Any:
 def emulator_task(provider: EmulatedProvider) -> trio.lowlevel.Task:
     """The task running `emulator.serve(provider)`."""
     for task in all_tasks():
-        if task.name.endswith("emulator.serve") and _local(task, "provider") is provider:
+        running = getattr(task.coro, "cr_code", None)
+        if running is serve.__code__ and _local(task, "provider") is provider:
             return task
     raise LookupError("emulator task not found")
 
