@@ -157,6 +157,13 @@ def test_a_request_carries_the_rows_prompt_size(prompt: int) -> None:
     assert body["max_tokens"] == 8000 and body["stream"] is True and body["user"] == "trace-0"
 
 
+def test_rpm_ceiling_counts_what_one_bucket_allows() -> None:
+    assert quota_sim.rpm_ceiling([0.0] * 40) == 15  # a burst: the full bucket, no more
+    assert quota_sim.rpm_ceiling([4.0 * i for i in range(150)]) == 150  # at the refill rate
+    # A burst, a 10-minute pause (the bucket refills to 15, not to 150), another burst.
+    assert quota_sim.rpm_ceiling([0.0] * 20 + [600.0] * 20) == 30
+
+
 # --------------------------------------------------------------------------- replay
 
 
@@ -182,6 +189,9 @@ def test_replay_answers_every_row_once_with_its_tokens(small_path: Path) -> None
         assert 0 < r.cerebras_served <= quota_sim.REAL_RPM * (r.minutes + 1)
         assert r.chutes_served == len(SMALL) - r.cerebras_served
         assert workload.checks(r) == [(True, workload.checks(r)[0][1])]
+    # No router sends Cerebras more than its requests/minute bucket allows on these arrivals.
+    ceiling = quota_sim.rpm_ceiling([q.at for q in requests])
+    assert all(r.cerebras_served <= ceiling for r in results)
     text, _ = quota_sim.report(results)
     assert f"replay of {small_path}" in text and "36 requests" in text
     assert f"tokens served {trace_tokens:,} / as the trace asks {trace_tokens:,}" in text
