@@ -18,7 +18,7 @@ from ..providers.health import ProviderHealth
 from ..quota.ledger import QuotaLedger, Refusal, Reservation
 from ..providers.ratelimit import backoff_for, quota_figures
 from .tokens import PromptEstimator, requested_completion_tokens
-from ..providers.upstream import DONE, Upstream, UpstreamFailure, json_object, protocol_failure
+from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 
 log = logging.getLogger("trioproxy.router")
 
@@ -151,7 +151,7 @@ class StreamRelay:
             if data.strip() == DONE:
                 return True, None
             try:
-                frames.append(await self._frame(json_object(self._upstream.name, data, "stream event")))
+                frames.append(await self._frame(self._upstream.event(data)))
             except UpstreamFailure as failure:
                 return False, failure
         return False, None
@@ -220,12 +220,14 @@ class Router:
         """A non-streamed answer, model name rewritten, from the first provider that delivers."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> dict[str, Any]:
-            response = await self._open(upstream, body, reservation, record)
-            try:
-                with waiting_on_upstream(record):
-                    document = await upstream.read_json(response)
-            finally:
-                await response.aclose()
+            with upstream.answer_deadline():
+                with upstream.first_event_deadline():
+                    response = await self._open(upstream, body, reservation, record)
+                try:
+                    with waiting_on_upstream(record):
+                        document = await upstream.read_json(response)
+                finally:
+                    await response.aclose()
             await self.account_usage(document, reservation, record)
             return rewrite_model(document, self.proxy_model)
 
@@ -236,16 +238,17 @@ class Router:
         """A stream whose status is 2xx and whose first event has arrived (the first-chunk gate)."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> StreamRelay:
-            response = await self._open(upstream, body, reservation, record)
-            batches = upstream.event_batches(response)
-            try:
-                with waiting_on_upstream(record):
-                    first, pending = await self._first_event(upstream, batches)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await batches.aclose()  # type: ignore[attr-defined]
-                    await response.aclose()
-                raise
+            with upstream.first_event_deadline():
+                response = await self._open(upstream, body, reservation, record)
+                batches = upstream.event_batches(response)
+                try:
+                    with waiting_on_upstream(record):
+                        first, pending = await self._first_event(upstream, batches)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await batches.aclose()  # type: ignore[attr-defined]
+                        await response.aclose()
+                    raise
             return StreamRelay(self, upstream, response, batches, first, pending, request, reservation, record)
 
         relay = await self._route(request, record, attempt)
@@ -275,7 +278,12 @@ class Router:
         except UpstreamFailure as failure:
             await self._sync(upstream, reservation, failure.headers)
             raise
-        await self._sync(upstream, reservation, response.headers)
+        try:
+            await self._sync(upstream, reservation, response.headers)
+        except BaseException:  # a cancel can land here, after the provider answered
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+            raise
         return response
 
     async def _sync(self, upstream: Upstream, reservation: Reservation, headers: httpx.Headers) -> None:
@@ -294,7 +302,7 @@ class Router:
             data, rest = batch[0], batch[1:]
             if data.strip() == DONE:
                 break
-            document = json_object(upstream.name, data, "stream event")
+            document = upstream.event(data)
             if isinstance(document.get("error"), dict) or "detail" in document:
                 failure = protocol_failure(upstream.name, "stream began with an error")
                 failure.error.message = str(document.get("error", {}).get("message") or document.get("detail"))

@@ -230,6 +230,7 @@ class EmulatedProvider:
     completion_words: int | Callable[[Json], int] | None = None
     words_per_chunk: int = 1
     tokens_per_second: float | None = None
+    echo_key_in_401: bool = False  # say the wrong key back, as OpenAI-style providers do
     usage_log: list[Usage] = Factory(list)
     quota_refusals: list[QuotaRefusal] = Factory(list)
     _rpm: _Bucket = field(init=False, factory=_Bucket, repr=False)
@@ -378,8 +379,12 @@ async def _dispatch(provider: EmulatedProvider, request: _Request) -> _Action:
 
 def _authorized(provider: EmulatedProvider, request: _Request) -> _Reply | None:
     """None when the bearer key matches exactly, else the provider's 401."""
-    if request.headers.get("authorization") == f"Bearer {provider.api_key}":
+    presented = request.headers.get("authorization", "")
+    if presented == f"Bearer {provider.api_key}":
         return None
+    if provider.echo_key_in_401:
+        return _error(provider.flavor, 401, f"Incorrect API key provided: {presented.removeprefix('Bearer ')}.",
+                      "invalid_request_error", None, "invalid_api_key")
     if provider.flavor == "chutes":
         return _error("chutes", 401, "Invalid token.")
     return _error("cerebras", 401, "Wrong API Key", "invalid_request_error", "api_key",
