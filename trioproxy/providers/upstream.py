@@ -271,23 +271,21 @@ class Upstream:
         """
         buffer = b""
         idle = self.deadlines.stream_idle
+        deadline = trio.current_time() + idle
         try:
             async with aclosing(response.aiter_bytes()) as reads:
-                deadline = trio.current_time() + idle
-                while True:
-                    # Bytes that complete no event (a trickle, comments) do not keep a stream alive.
-                    with trio.move_on_at(deadline) as waiting:
-                        raw = await anext(reads, None)
-                    if waiting.cancelled_caught:
-                        raise self._timeout(idle, "send a stream event")
-                    if raw is None:
-                        break
+                async for raw in reads:
                     buffer = (buffer + raw).replace(b"\r\n", b"\n")
                     *complete, buffer = buffer.split(b"\n\n")
                     batch = [data for block in complete if (data := _sse_data(block)) is not None]
                     if batch:
                         yield batch
                         deadline = trio.current_time() + idle  # silence counts from when we ask again
+                    elif trio.current_time() >= deadline:
+                        # Bytes that complete no event (a trickle, comments) do not keep a stream
+                        # alive. No bytes at all trip the transport's read timeout instead: a
+                        # clock check here costs nothing, a cancel scope per read would.
+                        raise self._timeout(idle, "send a stream event")
             last = _sse_data(buffer)
             if last is not None:
                 yield [last]

@@ -397,8 +397,8 @@ class QuotaLedger:
         """Take new settings in place (a reload): an account that stays keeps its state under
         the new limits, so the reservations in flight on it settle where they are counted.
 
-        Accounts of providers or keys that were removed stay reachable for those reservations,
-        but are no longer offered: `reserve` sees only the accounts the settings name.
+        Accounts of providers or keys that were removed stay reachable for the requests in
+        flight on them; routers built for the new settings no longer ask for them.
         """
         now, wall = self._clock(), self._wall_clock()
         for provider in providers:
