@@ -183,7 +183,7 @@ class Config:
     # request_timeout_ms bounds each wait for bytes; a provider that trickles bytes passes it.
     # These bound the whole: from sending to the status line and a stream's first event (a
     # provider that misses it is failed over), to a non-streamed answer's last byte, and the
-    # silence between two stream events.
+    # time between two stream events while bytes that complete none arrive.
     first_event_timeout_ms: int = field(default=60_000, validator=_positive)
     answer_timeout_ms: int = field(default=600_000, validator=_positive)
     stream_idle_timeout_ms: int = field(default=60_000, validator=_positive)
