@@ -216,7 +216,7 @@ class Upstream:
     def _document(self, raw: bytes | str, what: str) -> dict[str, Any]:
         """`raw` as a JSON object; an error document comes back in OpenAI's shape, sanitized."""
         document = json_object(self.name, raw, what)
-        if "error" in document or "detail" in document:
+        if document.get("error") is not None or document.get("detail") is not None:
             return self._error(502, raw.encode() if isinstance(raw, str) else raw).body()
         return document
 
