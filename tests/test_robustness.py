@@ -1049,13 +1049,16 @@ class FaultServer:
     open: int = 0
     requests: int = 0  # chat requests only
     healed: bool = False  # answer properly from now on
+    models: Behaviour | None = None  # answers `GET /v1/models` instead of the proper list
 
     async def handle(self, stream: trio.SocketStream) -> None:
         self.accepted += 1
         self.open += 1
         try:
             request = await read_raw_request(stream)
-            if request is not None and request[0].endswith("/models"):
+            if request is not None and request[0].endswith("/models") and self.models is not None:
+                await self.models(stream)
+            elif request is not None and request[0].endswith("/models"):
                 await stream.send_all(json_head(200, len(MODELS_LIST)) + MODELS_LIST)
             elif request is not None and self.healed:
                 await self._answer_properly(stream, request[1])

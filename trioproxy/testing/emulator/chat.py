@@ -25,8 +25,12 @@ async def dispatch(provider: EmulatedProvider, request: Request) -> Action:
 
 def _authorized(provider: EmulatedProvider, request: Request) -> Reply | None:
     """None when the bearer key matches exactly, else the provider's 401."""
-    if request.headers.get("authorization") == f"Bearer {provider.api_key}":
+    presented = request.headers.get("authorization", "")
+    if presented == f"Bearer {provider.api_key}":
         return None
+    if provider.echo_key_in_401:
+        return errors.error(provider.flavor, 401, f"Incorrect API key provided: {presented.removeprefix('Bearer ')}.",
+                            "invalid_request_error", None, "invalid_api_key")
     return errors.unauthorized(provider.flavor)
 
 

@@ -93,6 +93,7 @@ class EmulatedProvider:
     completion_words: int | Callable[[Json], int] | None = None
     words_per_chunk: int = 1
     tokens_per_second: float | None = None
+    echo_key_in_401: bool = False  # say the wrong key back, as OpenAI-style providers do
     usage_log: list[Usage] = Factory(list)
     quota_refusals: list[QuotaRefusal] = Factory(list)
     # Live quota state, kept by `limits` and `serve`.
