@@ -85,6 +85,11 @@ class Agent:
 # --------------------------------------------------------------------------- each CLI
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """`value` when it is a JSON object, else an empty one (events vary between versions)."""
+    return value if isinstance(value, dict) else {}
+
+
 def codex_command(run: Run) -> tuple[list[str], dict[str, str]]:
     """Codex CLI with a custom provider on the Responses API (Chat Completions is refused)."""
     codex_home = run.home / ".codex"
@@ -95,6 +100,8 @@ model_provider = "trioproxy"
 approval_policy = "never"
 sandbox_mode = "workspace-write"
 check_for_update_on_startup = false
+# The hosted web_search tool is OpenAI's own; trioproxy refuses hosted tools.
+web_search = "disabled"
 
 [analytics]
 enabled = false
@@ -120,7 +127,7 @@ stream_max_retries = 0
 def codex_judge(events: list[dict[str, Any]]) -> Outcome:
     tools, final, errors = [], "", []
     for event in events:
-        item = event.get("item") or {}
+        item = _dict(event.get("item"))
         if event.get("type") == "item.completed":
             kind = item.get("type")
             if kind == "agent_message":
@@ -128,7 +135,7 @@ def codex_judge(events: list[dict[str, Any]]) -> Outcome:
             elif kind in ("command_execution", "mcp_tool_call", "file_change", "web_search"):
                 tools.append(kind)  # `error` items are warnings (e.g. unknown model metadata)
         elif event.get("type") in ("error", "turn.failed"):
-            errors.append(str(event.get("message") or (event.get("error") or {}).get("message")))
+            errors.append(str(event.get("message") or _dict(event.get("error")).get("message")))
     return Outcome(tools, final, errors)
 
 
@@ -165,8 +172,8 @@ def stream_json_judge(events: list[dict[str, Any]]) -> Outcome:
     names: dict[str, str] = {}
     tools, final, errors = [], "", []
     for event in events:
-        blocks = (event.get("message") or {}).get("content")
-        for block in blocks if isinstance(blocks, list) else []:
+        blocks = _dict(event.get("message")).get("content")
+        for block in map(_dict, blocks if isinstance(blocks, list) else []):
             if block.get("type") == "tool_use":
                 names[block.get("id", "")] = block.get("name", "?")
             elif block.get("type") == "tool_result":
@@ -198,8 +205,8 @@ def opencode_command(run: Run) -> tuple[list[str], dict[str, str]]:
 def opencode_judge(events: list[dict[str, Any]]) -> Outcome:
     tools, final, errors = [], "", []
     for event in events:
-        part = event.get("part") or {}
-        if event.get("type") == "tool_use" and (part.get("state") or {}).get("status") in (
+        part = _dict(event.get("part"))
+        if event.get("type") == "tool_use" and _dict(part.get("state")).get("status") in (
                 "completed", "error"):
             tools.append(part.get("tool", "?"))
             final = ""  # the answer is the text after the last tool step
