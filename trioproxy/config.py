@@ -201,6 +201,9 @@ class Config:
     shutdown_grace_ms: int = field(default=30_000, validator=_positive)
     # Keys clients must present (Authorization: Bearer); empty accepts any, as the original did.
     client_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Keys for the operator views (/healthz details, /v1/status, /metrics); empty: the client
+    # keys serve, and with those empty too the views are open (fine on 127.0.0.1).
+    operator_api_keys: tuple[str, ...] = field(default=(), repr=False)
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)
     # Further OpenAI-compatible providers, added by configuration alone ([[extra_providers]]).
@@ -239,6 +242,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "STATE_FILE": (("state_file",), str),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
+    "OPERATOR_API_KEYS": (("operator_api_keys",), tuple),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
     "CEREBRAS_API_KEYS": (("cerebras", "api_keys"), tuple),
     "CEREBRAS_BASE_URL": (("cerebras", "base_url"), str),
@@ -252,7 +256,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "CHUTES_MODEL_NAME": (("chutes", "model"), str),
 }
 
-SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys"})
+SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys", "operator_api_keys"})
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -439,4 +443,5 @@ def redacted(config: Config) -> dict[str, Any]:
 
 def secrets(config: Config) -> tuple[str, ...]:
     """Every secret value in the settings, for the log redaction filter."""
-    return tuple(key for provider in config.providers for key in provider.keys) + config.client_api_keys
+    provider_keys = tuple(key for provider in config.providers for key in provider.keys)
+    return provider_keys + config.client_api_keys + config.operator_api_keys

@@ -8,7 +8,7 @@ import logging
 import trio
 from attrs import define
 
-from .server.auth import ClientKeys
+from .server.auth import ClientKeys, operator_keys
 from .config import Config, ProviderConfig
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
@@ -25,6 +25,7 @@ class Runtime:
     router: Router
     ledger: QuotaLedger
     client_keys: ClientKeys
+    operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
 
 
@@ -85,4 +86,4 @@ async def build_runtime(
             await prober.run()
 
     nursery.start_soon(probe)
-    return Runtime(config, router, ledger, ClientKeys(config.client_api_keys), prober_scope)
+    return Runtime(config, router, ledger, ClientKeys(config.client_api_keys), operator_keys(config), prober_scope)

@@ -8,15 +8,15 @@ from contextlib import aclosing
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import attrs
 import trio
 
 from ..doors.chat import ApiError, ChatRequest, model_card, models_list, parse_chat_request
 from .drain import SHUTDOWN_EVENT, Drain
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
-from .metrics import Metrics
-from ..quota.ledger import WINDOW_NAMES, QuotaLedger
+from . import operator
+from .metrics import CONTENT_TYPE, Metrics
+from ..quota.ledger import QuotaLedger
 from ..routing.router import RequestRecord, Router
 from ..runtime import Runtime
 
@@ -53,7 +53,7 @@ class ProxyApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime  # replaced whole on reload; see runtime.py
         self._created = int(time.time())
-        self.metrics = Metrics()
+        self.metrics = Metrics(live=lambda: operator.live_families(self.runtime))
         self.drain = Drain()
 
     @property
@@ -98,8 +98,9 @@ class ProxyApp:
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         try:
-            if path.startswith("/v1/"):
-                self.runtime.client_keys.check(_header(scope, b"authorization"))
+            authorization = _header(scope, b"authorization")
+            if path.startswith("/v1/") and path != STATUS_PATH:
+                self.runtime.client_keys.check(authorization)
             if path == CHAT_PATH and method == "POST":
                 await self._chat(scope, receive, send, request_id)
             elif path == MODELS_PATH and method == "GET":
@@ -107,10 +108,12 @@ class ProxyApp:
             elif path.startswith(MODELS_PATH + "/") and method == "GET":
                 await self._model(path[len(MODELS_PATH) + 1 :], send, extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
-                await self._health(send, extra)
+                await _send_json(send, *operator.health(self.runtime, authorization), extra)
             elif path == STATUS_PATH and method == "GET":
-                await _send_json(send, 200, self._status(), extra)
+                self.runtime.operator_keys.check(authorization)
+                await _send_json(send, 200, operator.status(self.runtime, self.metrics), extra)
             elif path == METRICS_PATH and method == "GET":
+                self.runtime.operator_keys.check(authorization)
                 await self._metrics(send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
@@ -126,53 +129,12 @@ class ProxyApp:
             raise ApiError(404, f"The model `{model_id}` does not exist.", code="model_not_found", param="model")
         await _send_json(send, 200, model_card(self._proxy_model, self._created), extra)
 
-    def _provider_state(self, name: str) -> dict[str, Any]:
-        health = self._router.health[name]
-        return {
-            "usable": health.usable and not self._ledger.in_cooldown(name),
-            **attrs.asdict(health),
-            "accounts": self._ledger.provider_snapshot(name),
-        }
-
-    async def _health(self, send: Send, extra: dict[str, str]) -> None:
-        providers = {upstream.name: self._provider_state(upstream.name) for upstream in self._router.upstreams}
-        usable = any(state["usable"] for state in providers.values())
-        body = {"status": "ok" if usable else "unavailable", "providers": providers}
-        await _send_json(send, 200 if usable else 503, body, extra)
-
-    def _status(self) -> dict[str, Any]:
-        """Everything an operator asks: per provider and key, state, quota, traffic, reroutes."""
-        providers = []
-        for upstream in self._router.upstreams:
-            served = {
-                "requests": sum(n for (p, _, status), n in self.metrics.requests.items() if p == upstream.name and status == 200),
-                "prompt_tokens": self.metrics.tokens[(upstream.name, "prompt")],
-                "completion_tokens": self.metrics.tokens[(upstream.name, "completion")],
-            }
-            providers.append({"name": upstream.name, "model": upstream.config.model, **self._provider_state(upstream.name), "served_since_start": served})
-        return {"model": self._proxy_model, "providers": providers, "reroutes": dict(self.metrics.reroutes)}
-
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
-        body = self.metrics.render(self._gauges()).encode()
-        headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+        body = self.metrics.render()
+        headers = [(b"content-type", CONTENT_TYPE.encode())]
         headers.extend((k.encode(), v.encode()) for k, v in extra.items())
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-    def _gauges(self) -> list[tuple[str, str, str, float]]:
-        gauges = []
-        for upstream in self._router.upstreams:
-            health = self._router.health[upstream.name]
-            gauges.append(("trioproxy_provider_up", "1 while the prober finds the provider usable.", f'provider="{upstream.name}"', float(health.usable)))
-            for account, state in self._ledger.provider_snapshot(upstream.name).items():
-                labels = f'provider="{upstream.name}",account="{account}"'
-                gauges.append(("trioproxy_cooldown_active", "1 while an account cools down.", labels, float(state["cooldown_seconds"] > 0)))
-                for window in WINDOW_NAMES:
-                    limit, remaining = state[window]["limit"], state[window].get("provider_remaining")
-                    left = [value for value in (limit - state[window]["used"] if limit else None, remaining) if value is not None]
-                    if left:
-                        gauges.append(("trioproxy_quota_remaining", "What is left of each limited window (the smaller of ours and the provider's figure).", f'{labels},window="{window}"', float(max(0, min(left)))))
-        return gauges
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         record = RequestRecord(request_id)

@@ -3,36 +3,49 @@
 import hmac
 import ipaddress
 
+from ..config import Config
 from ..doors.chat import ApiError
 
 
 class ClientKeys:
     """Accepted `Authorization: Bearer` keys, compared in constant time."""
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
+    def __init__(self, keys: tuple[str, ...], setting: str = "PROXY_API_KEYS") -> None:
         self._keys = tuple(key.encode() for key in keys)
+        self._setting = setting  # named in the 401, so the caller knows which keys apply
 
     @property
     def required(self) -> bool:
         return bool(self._keys)
 
-    def check(self, authorization: str | None) -> None:
-        """Raise a 401 in OpenAI's shape unless the header carries an accepted key."""
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether the header carries an accepted key (always, when no key is required)."""
         if not self._keys:
-            return
+            return True
         scheme, _, presented = (authorization or "").partition(" ")
         candidate = presented.strip().encode() if scheme.lower() == "bearer" else b""
         # Compare against every key, so the time taken does not tell which one nearly matched.
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
-        if not matched:
+        return matched
+
+    def check(self, authorization: str | None) -> None:
+        """Raise a 401 in OpenAI's shape unless the header carries an accepted key."""
+        if not self.accepts(authorization):
             raise ApiError(
                 401,
-                "Incorrect API key provided. Use one of the keys in this proxy's PROXY_API_KEYS.",
+                f"Incorrect API key provided. Use one of the keys in this proxy's {self._setting}.",
                 type="invalid_request_error",
                 code="invalid_api_key",
             )
+
+
+def operator_keys(config: Config) -> ClientKeys:
+    """Who may read the operator views: operator keys if set, else the client keys (else anyone)."""
+    if config.operator_api_keys:
+        return ClientKeys(config.operator_api_keys, "OPERATOR_API_KEYS")
+    return ClientKeys(config.client_api_keys, "PROXY_API_KEYS")
 
 
 def is_loopback(host: str) -> bool:
