@@ -10,6 +10,7 @@ from hypercorn.trio import serve
 
 from .server.app import ProxyApp
 from .server.auth import is_loopback
+from .server.edges import HttpEdges
 from .config import Config, ConfigError
 from .demo import DemoProviders, print_demo_banner, start_demo_providers
 from .server.drain import Drain
@@ -52,7 +53,7 @@ async def run_proxy(
             app = ProxyApp(runtime)
 
             async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
-                await serve(app, _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
+                await serve(HttpEdges(app), _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
                 nursery.cancel_scope.cancel()  # the server is done: end timers, prober, persister
 
             state_path = resolve_state_path(config.state_file)

@@ -3,7 +3,6 @@
 import json
 import logging
 import time
-import uuid
 from contextlib import aclosing
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +15,7 @@ from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
 from . import operator
 from .metrics import CONTENT_TYPE, Metrics
+from .request_id import request_id_from
 from ..quota.ledger import QuotaLedger
 from ..routing.router import RequestRecord, Router
 from ..runtime import Runtime
@@ -94,7 +94,7 @@ class ProxyApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex[:16]
+        request_id = request_id_from(_header(scope, b"x-request-id"))
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         try:
