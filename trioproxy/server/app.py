@@ -15,6 +15,7 @@ from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
 from . import operator
 from .metrics import CONTENT_TYPE, Metrics
+from .refusals import log_refusal, refusal_reason
 from .request_id import request_id_from
 from ..quota.ledger import QuotaLedger
 from ..routing.router import RequestRecord, Router
@@ -117,11 +118,11 @@ class ProxyApp:
                 await self._metrics(send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
-                error = ApiError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed")
-                await _send_error(send, error, {**extra, "allow": allowed})
+                raise ApiError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
             else:
-                await _send_error(send, ApiError(404, f"Unknown path {path}.", code="not_found"), extra)
+                raise ApiError(404, f"Unknown path {path}.", code="not_found")
         except ApiError as error:
+            log_refusal(request_id, method, path, error)
             await _send_error(send, error, extra)
 
     async def _model(self, model_id: str, send: Send, extra: dict[str, str]) -> None:
@@ -147,6 +148,8 @@ class ProxyApp:
             await _cancel_on_disconnect(receive, send, lambda send: self._serve_chat(request, record, send, extra))
         except ApiError as error:
             record.status = error.status
+            if record.provider == "-":  # refused before any provider was asked
+                record.reason = refusal_reason(error)
             await _send_error(send, error, extra)
         except ClientDisconnected:
             record.status = _STATUS_CLIENT_CLOSED
