@@ -399,8 +399,12 @@ def load_config(
     path: Path | None,
     environ: Mapping[str, str] | None = None,
     dotenv_path: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Build the effective settings, or raise ConfigError with one line naming the key."""
+    """Build the effective settings, or raise ConfigError with one line naming the key.
+
+    `flags` are command-line settings (`{"port": 3005}`); they win over everything else.
+    """
     from dotenv import dotenv_values  # handles quoting, `export`, comments the way users expect
 
     process_env = os.environ if environ is None else environ
@@ -414,8 +418,16 @@ def load_config(
     file_tree = _read_toml(path) if path is not None else {}
     _extra_provider_keys_from_env(file_tree, env)
     env_tree, sources = _env_overrides(env, dotenv_names)
-    tree = _merge(_merge(_default_tree(), file_tree), env_tree)
+    flag_tree = {key: value for key, value in (flags or {}).items() if value is not None}
+    sources.update({key: f"--{key}" for key in flag_tree})
     file_label = str(path) if path is not None else "defaults"
+    with_file = _merge(_default_tree(), file_tree)
+    # The file is checked on its own first: a value the environment overrides is still wrong.
+    _structure(with_file, {}, file_label)
+    return _structure(_merge(_merge(with_file, env_tree), flag_tree), sources, file_label)
+
+
+def _structure(tree: dict[str, Any], sources: Mapping[str, str], file_label: str) -> Config:
     try:
         return _CONVERTER.structure(tree, Config)
     except Exception as exc:  # cattrs raises groups of many kinds; reduce them to one line

@@ -77,7 +77,8 @@ class ProxyApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            await self._http(scope, receive, send)
+            with self.drain.request():
+                await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
             # Closing before accepting makes Hypercorn answer the upgrade with 403.
             await receive()
