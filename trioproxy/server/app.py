@@ -13,7 +13,7 @@ from ..doors.chat import ApiError, ChatRequest, model_card, models_list, parse_c
 from .drain import SHUTDOWN_EVENT, Drain
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
-from . import operator
+from . import operator_views
 from .metrics import CONTENT_TYPE, Metrics
 from .refusals import log_refusal, refusal_reason
 from .request_id import request_id_from
@@ -54,7 +54,7 @@ class ProxyApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime  # replaced whole on reload; see runtime.py
         self._created = int(time.time())
-        self.metrics = Metrics(live=lambda: operator.live_families(self.runtime))
+        self.metrics = Metrics(live=lambda: operator_views.live_families(self.runtime))
         self.drain = Drain()
 
     @property
@@ -110,10 +110,10 @@ class ProxyApp:
             elif path.startswith(MODELS_PATH + "/") and method == "GET":
                 await self._model(path[len(MODELS_PATH) + 1 :], send, extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
-                await _send_json(send, *operator.health(self.runtime, authorization), extra)
+                await _send_json(send, *operator_views.health(self.runtime, authorization), extra)
             elif path == STATUS_PATH and method == "GET":
                 self.runtime.operator_keys.check(authorization)
-                await _send_json(send, 200, operator.status(self.runtime, self.metrics), extra)
+                await _send_json(send, 200, operator_views.status(self.runtime, self.metrics), extra)
             elif path == METRICS_PATH and method == "GET":
                 self.runtime.operator_keys.check(authorization)
                 await self._metrics(send, extra)

@@ -33,7 +33,7 @@ class Metrics:
     """Counters and histograms of one proxy, plus its live state, in one registry."""
 
     def __init__(self, live: Callable[[], Iterable[Metric]] = tuple) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()
         self._requests = Counter(
             "trioproxy_requests", "Chat requests by provider, stream and status.",
             ("provider", "stream", "status"), registry=self.registry,
