@@ -500,7 +500,7 @@ class _ProxyLog(logging.Handler):
         self.needs = needs  # request id -> (prompt tokens, completion budget named)
         self.cap = cap
 
-    _REQUEST = re.compile(r"request (\S+) provider=(\S+) reason='([^']*)'.*?latency_ms=(\d+)")
+    _REQUEST = re.compile(r"request (\S+) api=\w+ provider=(\S+) reason='([^']*)'.*?latency_ms=(\d+)")
     _FAILED = re.compile(r"request \S+: (\S+) failed \(([^)]*)\)")
     _COOLDOWN = re.compile(r"(\S+) cooldown started for (\d+) s \((.*)\)")
 

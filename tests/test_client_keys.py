@@ -9,7 +9,7 @@ import pytest
 from conftest import Providers, StartProxy
 from test_routing import chat
 from trioproxy.server.auth import ClientKeys, is_loopback
-from trioproxy.doors.chat import ApiError
+from trioproxy.errors import ProxyError
 
 
 async def test_any_key_or_none_is_accepted_by_default(start_proxy: StartProxy) -> None:
@@ -50,7 +50,7 @@ def test_key_check_parses_the_bearer_scheme() -> None:
     keys.check("Bearer k1")
     keys.check("bearer  k1 ")
     for bad in (None, "", "k1", "Bearer", "Bearer k2", "Token k1"):
-        with pytest.raises(ApiError):
+        with pytest.raises(ProxyError):
             keys.check(bad)
 
 

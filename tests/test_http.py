@@ -447,7 +447,7 @@ def test_redacting_formatter_via_handler() -> None:
     assert "Bearer [redacted] to chutes" in stream.getvalue()
 
 
-REQUEST_LINE = re.compile(r"request (?P<id>\S+) provider=(?P<provider>\S+) reason='(?P<reason>[^']*)'")
+REQUEST_LINE = re.compile(r"request (?P<id>\S+) api=(?P<api>\w+) provider=(?P<provider>\S+) reason='(?P<reason>[^']*)'")
 
 
 async def request_lines(caplog: pytest.LogCaptureFixture) -> dict[str, re.Match[str]]:

@@ -179,6 +179,9 @@ class Config:
     # "text" lines for people, "json" lines for log collectors.
     log_format: str = field(default="text", validator=_one_of("text", "json"))
     proxy_model_name: str = "qwen-3-coder"
+    # Other model names clients may ask for, served as proxy_model_name: exact names or globs
+    # such as "claude-*" (Claude Code asks for its own model names unless told otherwise).
+    model_aliases: tuple[str, ...] = ()
     request_timeout_ms: int = field(default=30_000, validator=_positive)
     cooldown_period_ms: int = field(default=300_000, validator=_positive)
     # Backoff after a "busy right now" refusal (Cerebras queue_exceeded, Chutes at capacity or
@@ -237,6 +240,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "LOG_LEVEL": (("log_level",), str),
     "LOG_FORMAT": (("log_format",), str),
     "PROXY_MODEL_NAME": (("proxy_model_name",), str),
+    "MODEL_ALIASES": (("model_aliases",), tuple),
     "REQUEST_TIMEOUT": (("request_timeout_ms",), int),
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
     "MAX_BODY_BYTES": (("max_body_bytes",), int),

@@ -13,6 +13,7 @@ from .config import Config, ProviderConfig
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.ledger import QuotaLedger
+from .routing.models import ModelNames
 from .routing.router import Router
 from .providers.upstream import ProviderClient, Upstream
 
@@ -22,6 +23,7 @@ log = logging.getLogger("trioproxy")
 @define
 class Runtime:
     config: Config
+    models: ModelNames
     router: Router
     ledger: QuotaLedger
     client_keys: ClientKeys
@@ -67,7 +69,6 @@ async def build_runtime(
             if name in health:
                 health[name] = state
     router = Router(
-        config.proxy_model_name,
         upstreams,
         ledger,
         CooldownTimers(nursery, ledger),
@@ -86,4 +87,6 @@ async def build_runtime(
             await prober.run()
 
     nursery.start_soon(probe)
-    return Runtime(config, router, ledger, ClientKeys(config.client_api_keys), operator_keys(config), prober_scope)
+    models = ModelNames(config.proxy_model_name, config.model_aliases)
+    client_keys = ClientKeys(config.client_api_keys)
+    return Runtime(config, models, router, ledger, client_keys, operator_keys(config), prober_scope)

@@ -12,7 +12,8 @@ import httpx
 from attrs import define
 
 from .. import __version__
-from ..doors.chat import ApiError, error_from_upstream
+from ..errors import ProxyError
+from .errors import error_from_upstream
 from ..config import ProviderConfig
 from ..jsoncodec import dump_json, load_json
 from .transport import LeanTransport
@@ -28,7 +29,7 @@ class UpstreamFailure(Exception):
         self,
         provider: str,
         kind: str,
-        error: ApiError,
+        error: ProxyError,
         status: int | None = None,
         headers: httpx.Headers | None = None,
     ) -> None:
@@ -49,9 +50,9 @@ class UpstreamFailure(Exception):
 
 def _failure_from_exception(provider: str, exc: httpx.HTTPError) -> UpstreamFailure:
     if isinstance(exc, httpx.TimeoutException):
-        error = ApiError(504, f"{provider} did not answer in time.", type="api_error", code="upstream_timeout")
+        error = ProxyError(504, f"{provider} did not answer in time.", type="api_error", code="upstream_timeout")
         return UpstreamFailure(provider, "timeout", error)
-    error = ApiError(502, f"{provider} could not be reached or dropped the connection.", type="api_error", code="upstream_unavailable")
+    error = ProxyError(502, f"{provider} could not be reached or dropped the connection.", type="api_error", code="upstream_unavailable")
     return UpstreamFailure(provider, "connection", error)
 
 
@@ -65,7 +66,7 @@ def _sse_data(block: bytes) -> str | None:
 
 
 def protocol_failure(provider: str, what: str) -> UpstreamFailure:
-    error = ApiError(502, f"{provider} sent an invalid response: {what}.", type="api_error", code="upstream_bad_response")
+    error = ProxyError(502, f"{provider} sent an invalid response: {what}.", type="api_error", code="upstream_bad_response")
     return UpstreamFailure(provider, "protocol", error)
 
 

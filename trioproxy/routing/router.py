@@ -2,23 +2,24 @@
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import aclosing, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
 import trio
-from attrs import define, field
 
-from .adapt import Unsupported, adapt_request
-from ..doors.chat import ApiError, ChatRequest, rewrite_model
-from ..jsoncodec import dump_json
-from ..quota.cooldown import CooldownTimers
+from ..errors import ProxyError
 from ..providers.health import ProviderHealth
-from ..quota.ledger import QuotaLedger, Refusal, Reservation
 from ..providers.ratelimit import backoff_for, quota_figures
-from .tokens import PromptEstimator, requested_completion_tokens
 from ..providers.upstream import DONE, Upstream, UpstreamFailure, json_object, protocol_failure
+from ..quota.cooldown import CooldownTimers
+from ..quota.ledger import QuotaLedger, Refusal, Reservation
+from .adapt import Unsupported, adapt_request
+from .relay import OpenStream, StreamRelay
+from .request import ChatRequest, RequestRecord, waiting_on_upstream
+from .settlement import Settlement
+from .tokens import PromptEstimator, requested_completion_tokens
 
 log = logging.getLogger("trioproxy.router")
 
@@ -28,29 +29,6 @@ T = TypeVar("T")
 # provider may well accept the same request.
 _FAILOVER_CODES = frozenset({"wrong_api_format", "context_length_exceeded"})
 _FAILOVER_STATUSES = frozenset({401, 402, 403, 404, 408, 409, 429})
-DRAIN_SECONDS = 1.0  # how long to read on after a stream's [DONE] for its end
-
-
-@define
-class RequestRecord:
-    """What one request did, filled in along the way and logged once by the app."""
-
-    request_id: str
-    stream: bool = False
-    provider: str = "-"
-    account: str = "-"  # which key's quota paid, e.g. cerebras#2; never the key itself
-    reason: str = "-"
-    status: int = 0
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    prompt_estimate: int = 0  # the raw estimate, so usage can teach the estimator
-    upstream_seconds: float = 0.0  # time spent waiting on providers, to tell the proxy's own overhead
-    started: float = field(factory=trio.current_time)
-    first_byte_at: float | None = None  # streams: when the client's 200 went out
-
-    def overhead_seconds(self, until: float) -> float:
-        """Time up to `until` that the proxy, not a provider, spent on this request."""
-        return until - self.started - self.upstream_seconds
 
 
 def is_retryable(failure: UpstreamFailure) -> bool:
@@ -64,140 +42,11 @@ def is_retryable(failure: UpstreamFailure) -> bool:
     )
 
 
-def _usage_tokens(document: dict[str, Any]) -> tuple[int, int] | None:
-    usage = document.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
-        return prompt, completion
-    return None
-
-
-@contextmanager
-def waiting_on_upstream(record: RequestRecord) -> Iterator[None]:
-    """Count the time inside as the provider's, not the proxy's."""
-    started = trio.current_time()
-    try:
-        yield
-    finally:
-        record.upstream_seconds += trio.current_time() - started
-
-
-class StreamRelay:
-    """An upstream stream that passed the first-chunk gate, relayed as SSE bytes."""
-
-    def __init__(
-        self,
-        router: "Router",
-        upstream: Upstream,
-        response: httpx.Response,
-        batches: AsyncIterator[list[str]],
-        first: dict[str, Any],
-        pending: list[str],
-        request: ChatRequest,
-        reservation: Reservation,
-        record: RequestRecord,
-    ) -> None:
-        self._router = router
-        self._upstream = upstream
-        self._response = response
-        self._batches = batches
-        self._first = first
-        self._pending = pending  # events that arrived in the same read as the first
-        self._request = request
-        self._reservation = reservation
-        self._record = record
-        self._events_seen = 0  # a streamed event carries about one completion token
-        self._settled = False
-        self._finished = False  # a choice has a finish_reason: the answer is whole
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """SSE frames for the client, ending with `data: [DONE]` whatever happens upstream.
-
-        Each yield holds every event of one upstream read, so the client gets one write per read.
-        """
-        done = False
-        first_frames = [await self._frame(self._first)]
-        try:
-            async with aclosing(self._reads()) as reads:
-                async for batch in reads:
-                    frames, first_frames = first_frames, []
-                    done, failure = await self._frames(batch, frames)
-                    if joined := b"".join(frames):
-                        yield joined  # what came before a broken event still reaches the client
-                    if failure is not None:
-                        raise failure
-                    if done:
-                        break
-            if done:
-                await self._drain()
-            elif not self._finished:
-                raise protocol_failure(self._upstream.name, "stream ended before the answer was complete")
-        except UpstreamFailure as failure:
-            log.warning("request %s: %s failed mid-stream: %s", self._record.request_id, failure.provider, failure.label)
-            yield b"data: " + failure.error.encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
-
-    async def _reads(self) -> AsyncIterator[list[str]]:
-        """The first read's events after the gate, then each further read's."""
-        yield self._pending
-        async for batch in self._batches:
-            yield batch
-
-    async def _frames(self, batch: list[str], frames: list[bytes]) -> tuple[bool, UpstreamFailure | None]:
-        """Append the client frames of `batch`; whether [DONE] came, and the failure that stopped it."""
-        for data in batch:
-            if data.strip() == DONE:
-                return True, None
-            try:
-                frames.append(await self._frame(json_object(self._upstream.name, data, "stream event")))
-            except UpstreamFailure as failure:
-                return False, failure
-        return False, None
-
-    async def _drain(self) -> None:
-        """Read the little that follows [DONE], so the connection goes back to the pool; a
-        provider that holds the body open after it only costs that connection."""
-        with trio.move_on_after(DRAIN_SECONDS):
-            try:
-                async for _ in self._batches:
-                    pass
-            except UpstreamFailure:
-                pass
-
-    async def _frame(self, document: dict[str, Any]) -> bytes:
-        """Rewrite one event for the client; settle quota when it carries usage."""
-        self._events_seen += 1
-        choices = document.get("choices")
-        if isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
-            self._finished = True
-        if await self._router.account_usage(document, self._reservation, self._record):
-            self._settled = True
-            if not self._request.wants_usage:
-                # The client did not ask for usage: drop it, and drop a chunk that held only usage.
-                del document["usage"]
-                if not document.get("choices"):
-                    return b""
-        rewrite_model(document, self._router.proxy_model)
-        return b"data: " + dump_json(document) + b"\n\n"
-
-    async def aclose(self) -> None:
-        """Close the upstream stream; if it ended without usage (client gone, provider failed),
-        settle what was spent so far instead of the whole completion budget."""
-        await self._batches.aclose()  # type: ignore[attr-defined]
-        await self._response.aclose()
-        if not self._settled:
-            prompt = round(self._record.prompt_estimate * self._router.estimator.ratio)
-            await self._router.ledger.settle(self._reservation, prompt + self._events_seen)
-
-
 class Router:
     """Tries providers in order of preference, within quota, failing over on what is retryable."""
 
     def __init__(
         self,
-        proxy_model: str,
         upstreams: Sequence[Upstream],
         ledger: QuotaLedger,
         cooldowns: CooldownTimers,
@@ -206,7 +55,6 @@ class Router:
         honour_retry_after: bool = True,
         health: dict[str, ProviderHealth] | None = None,
     ) -> None:
-        self.proxy_model = proxy_model
         self.upstreams = upstreams
         self.ledger = ledger
         self.health = health if health is not None else {u.name: ProviderHealth() for u in upstreams}
@@ -217,17 +65,17 @@ class Router:
         self._honour_retry_after = honour_retry_after
 
     async def complete(self, request: ChatRequest, record: RequestRecord) -> dict[str, Any]:
-        """A non-streamed answer, model name rewritten, from the first provider that delivers."""
+        """A non-streamed chat answer from the first provider that delivers."""
 
-        async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> dict[str, Any]:
-            response = await self._open(upstream, body, reservation, record)
+        async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> dict[str, Any]:
+            response = await self._open(upstream, body, settlement.reservation, record)
             try:
                 with waiting_on_upstream(record):
                     document = await upstream.read_json(response)
             finally:
                 await response.aclose()
-            await self.account_usage(document, reservation, record)
-            return rewrite_model(document, self.proxy_model)
+            await settlement.from_usage(document)
+            return document
 
         return await self._route(request, record, attempt)
 
@@ -235,8 +83,8 @@ class Router:
     async def stream(self, request: ChatRequest, record: RequestRecord) -> AsyncIterator[StreamRelay]:
         """A stream whose status is 2xx and whose first event has arrived (the first-chunk gate)."""
 
-        async def attempt(upstream: Upstream, body: dict[str, Any], reservation: Reservation) -> StreamRelay:
-            response = await self._open(upstream, body, reservation, record)
+        async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> StreamRelay:
+            response = await self._open(upstream, body, settlement.reservation, record)
             batches = upstream.event_batches(response)
             try:
                 with waiting_on_upstream(record):
@@ -246,7 +94,7 @@ class Router:
                     await batches.aclose()  # type: ignore[attr-defined]
                     await response.aclose()
                 raise
-            return StreamRelay(self, upstream, response, batches, first, pending, request, reservation, record)
+            return StreamRelay(OpenStream(upstream, response, batches, first, pending), settlement)
 
         relay = await self._route(request, record, attempt)
         try:
@@ -254,16 +102,6 @@ class Router:
         finally:
             with trio.CancelScope(shield=True):
                 await relay.aclose()
-
-    async def account_usage(self, document: dict[str, Any], reservation: Reservation, record: RequestRecord) -> bool:
-        """Settle the reservation and teach the estimator if `document` carries usage."""
-        usage = _usage_tokens(document)
-        if usage is None:
-            return False
-        record.prompt_tokens, record.completion_tokens = usage
-        await self.ledger.settle(reservation, sum(usage))
-        self.estimator.learn(record.prompt_estimate, usage[0])
-        return True
 
     async def _open(
         self, upstream: Upstream, body: dict[str, Any], reservation: Reservation, record: RequestRecord
@@ -306,9 +144,9 @@ class Router:
         self,
         request: ChatRequest,
         record: RequestRecord,
-        attempt: Callable[[Upstream, dict[str, Any], Reservation], Awaitable[T]],
+        attempt: Callable[[Upstream, dict[str, Any], Settlement], Awaitable[T]],
     ) -> T:
-        """Run `attempt` on each provider in turn until one delivers; raise ApiError if none does."""
+        """Run `attempt` on each provider in turn until one delivers; raise ProxyError if none does."""
         record.stream = request.stream
         record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
         why_not_previous: str | None = None
@@ -334,7 +172,7 @@ class Router:
             record.reason = why_not_previous or "preferred"
             succeeded = False
             try:
-                result = await attempt(upstream, body, reservation)
+                result = await attempt(upstream, body, Settlement(self.ledger, self.estimator, reservation, record))
                 succeeded = True
                 return result
             except UpstreamFailure as failure:
@@ -377,10 +215,10 @@ class Router:
             source = "provider's hint" if backoff.from_provider else "default"
             await self._cooldowns.start(reservation.account, backoff.seconds, f"{failure.status} {backoff.kind}, {source}")
 
-    def _final_error(self, last_failure: UpstreamFailure | None) -> ApiError:
+    def _final_error(self, last_failure: UpstreamFailure | None) -> ProxyError:
         """The client's error when no provider delivered: the last provider's, or a quota refusal."""
         if last_failure is None:
-            error = ApiError(
+            error = ProxyError(
                 429,
                 "Every provider is out of quota or cooling down; try again later.",
                 type="rate_limit_error",

@@ -1,25 +1,30 @@
-"""The ASGI application: paths, methods, status codes and SSE framing. No routing policy here."""
+"""The ASGI application: paths, methods, auth, bodies, status codes. No protocol shapes, no policy.
+
+Each front door (doors/) translates its protocol to the routing pipeline's one request shape and
+back; this module only moves bytes between Hypercorn and the door, whichever it is.
+"""
 
 import json
 import logging
 import time
-from contextlib import aclosing
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import trio
 
-from ..doors.chat import ApiError, ChatRequest, model_card, models_list, parse_chat_request
-from .drain import SHUTDOWN_EVENT, Drain
+from ..doors import chat, messages, responses
+from ..doors.exchange import Door, Exchange
+from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
-from . import operator_views
+from ..routing.request import RequestRecord
+from ..runtime import Runtime
+from . import operator
+from .drain import SHUTDOWN_ERROR, Drain
 from .metrics import CONTENT_TYPE, Metrics
 from .refusals import log_refusal, refusal_reason
 from .request_id import request_id_from
-from ..quota.ledger import QuotaLedger
-from ..routing.router import RequestRecord, Router
-from ..runtime import Runtime
 
 log = logging.getLogger("trioproxy.request")
 
@@ -28,14 +33,23 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
 STATUS_PATH = "/v1/status"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
-_ALLOWED = {CHAT_PATH: "POST", MODELS_PATH: "GET", STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+RESPONSES_PATH = "/v1/responses"
+DOORS = {
+    "/v1/chat/completions": Door(chat.API, chat.parse, chat.error_body),
+    RESPONSES_PATH: Door(responses.API, responses.parse, chat.error_body),
+    "/v1/messages": Door(messages.API, messages.parse, messages.error_body),
+}
+_ALLOWED = {**{path: "POST" for path in DOORS}, COUNT_TOKENS_PATH: "POST", MODELS_PATH: "GET",
+            STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
 OVERHEAD_HEADER = "x-trioproxy-overhead-ms"
 _STATUS_CLIENT_CLOSED = 499  # nginx's convention for "client went away", for the log only
+_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
 
 
 class ClientDisconnected(Exception):
@@ -48,30 +62,19 @@ def _json_headers(extra: dict[str, str] | None = None) -> list[tuple[bytes, byte
     return headers
 
 
+def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
+    """Errors on Anthropic's paths in Anthropic's shape; everywhere else in OpenAI's."""
+    return messages.error_body if path.startswith("/v1/messages") else chat.error_body
+
+
 class ProxyApp:
     """The ASGI callable. State is passed in, so one process can host several proxies."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime  # replaced whole on reload; see runtime.py
         self._created = int(time.time())
-        self.metrics = Metrics(live=lambda: operator_views.live_families(self.runtime))
+        self.metrics = Metrics(live=lambda: operator.live_families(self.runtime))
         self.drain = Drain()
-
-    @property
-    def _router(self) -> Router:
-        return self.runtime.router
-
-    @property
-    def _ledger(self) -> QuotaLedger:
-        return self.runtime.ledger
-
-    @property
-    def _proxy_model(self) -> str:
-        return self.runtime.config.proxy_model_name
-
-    @property
-    def _max_body_bytes(self) -> int:
-        return self.runtime.config.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -99,37 +102,42 @@ class ProxyApp:
         request_id = request_id_from(_header(scope, b"x-request-id"))
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
+        runtime = self.runtime
         try:
-            authorization = _header(scope, b"authorization")
+            authorization, x_api_key = _header(scope, b"authorization"), _header(scope, b"x-api-key")
             if path.startswith("/v1/") and path != STATUS_PATH:
-                self.runtime.client_keys.check(authorization)
-            if path == CHAT_PATH and method == "POST":
-                await self._chat(scope, receive, send, request_id)
+                runtime.client_keys.check(authorization, x_api_key)
+            door = DOORS.get(path)
+            if door is not None and method == "POST":
+                await self._door(door, scope, receive, send, request_id)
+            elif path == COUNT_TOKENS_PATH and method == "POST":
+                raw = await self._read_body(scope, receive)
+                counted = messages.count_tokens(raw, runtime.models, runtime.router.estimator)
+                await _send_json(send, 200, counted, extra)
+            elif path.startswith(RESPONSES_PATH + "/"):
+                raise responses.no_stored_responses()
             elif path == MODELS_PATH and method == "GET":
-                await _send_json(send, 200, models_list(self._proxy_model, self._created), extra)
+                await _send_json(send, 200, chat.models_list(runtime.models, self._created), extra)
             elif path.startswith(MODELS_PATH + "/") and method == "GET":
-                await self._model(path[len(MODELS_PATH) + 1 :], send, extra)
+                model = runtime.models.resolve(path[len(MODELS_PATH) + 1 :])
+                await _send_json(send, 200, chat.model_card(model, self._created), extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
-                await _send_json(send, *operator_views.health(self.runtime, authorization), extra)
+                code, body = operator.health(runtime, runtime.operator_keys.accepts(authorization, x_api_key))
+                await _send_json(send, code, body, extra)
             elif path == STATUS_PATH and method == "GET":
-                self.runtime.operator_keys.check(authorization)
-                await _send_json(send, 200, operator_views.status(self.runtime, self.metrics), extra)
+                runtime.operator_keys.check(authorization, x_api_key)
+                await _send_json(send, 200, operator.status(runtime, self.metrics), extra)
             elif path == METRICS_PATH and method == "GET":
-                self.runtime.operator_keys.check(authorization)
+                runtime.operator_keys.check(authorization, x_api_key)
                 await self._metrics(send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
-                raise ApiError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
+                raise ProxyError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
             else:
-                raise ApiError(404, f"Unknown path {path}.", code="not_found")
-        except ApiError as error:
-            log_refusal(request_id, method, path, error)
-            await _send_error(send, error, extra)
-
-    async def _model(self, model_id: str, send: Send, extra: dict[str, str]) -> None:
-        if model_id != self._proxy_model:
-            raise ApiError(404, f"The model `{model_id}` does not exist.", code="model_not_found", param="model")
-        await _send_json(send, 200, model_card(self._proxy_model, self._created), extra)
+                raise ProxyError(404, f"Unknown path {path}.", code="not_found")
+        except ProxyError as error:
+            log_refusal(request_id, DOORS[path].api if path in DOORS else "none", method, path, error)
+            await _send_error(send, _error_shape(path), error, extra)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         body = self.metrics.render()
@@ -138,54 +146,59 @@ class ProxyApp:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        record = RequestRecord(request_id)
+    async def _door(self, door: Door, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """One request through a front door: parse, route, answer; accounted for once at the end."""
+        runtime = self.runtime  # a reload mid-request does not change what serves it
+        record = RequestRecord(request_id, api=door.api)
         extra = {"x-request-id": request_id}
         try:
-            request = parse_chat_request(await self._read_body(scope, receive), self._proxy_model)
-            record.stream = request.stream
+            exchange = door.parse(await self._read_body(scope, receive), runtime.models)
+            record.stream = exchange.request.stream
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("request %s tool parameters: %s", request_id, _tool_parameters(request.body))
-            await _cancel_on_disconnect(receive, send, lambda send: self._serve_chat(request, record, send, extra))
-        except ApiError as error:
+                log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
+            await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, record, send, extra))
+        except ProxyError as error:
             record.status = error.status
             if record.provider == "-":  # refused before any provider was asked
                 record.reason = refusal_reason(error)
-            await _send_error(send, error, extra)
+            await _send_error(send, door.error_body, error, extra)
         except ClientDisconnected:
             record.status = _STATUS_CLIENT_CLOSED
         finally:
-            _finish_request(record, self._ledger, self.metrics, [upstream.name for upstream in self._router.upstreams])
+            _finish_request(record, runtime, self.metrics)
 
-    async def _serve_chat(self, request: ChatRequest, record: RequestRecord, send: Send, extra: dict[str, str]) -> None:
+    async def _serve(self, runtime: Runtime, exchange: Exchange, record: RequestRecord, send: Send,
+                     extra: dict[str, str]) -> None:
+        request = exchange.request
         if not request.stream:
-            document = await self._router.complete(request, record)
+            document = await runtime.router.complete(request, record)
             record.status = 200
-            await _send_json(send, 200, document, {**extra, OVERHEAD_HEADER: _overhead_ms(record)})
+            await _send_json(send, 200, exchange.answer(document), {**extra, OVERHEAD_HEADER: _overhead_ms(record)})
             return
-        async with self._router.stream(request, record) as relay:
+        async with runtime.router.stream(request, record) as relay:
             record.status = 200
             record.first_byte_at = trio.current_time()
-            headers = [
-                (OVERHEAD_HEADER.encode(), _overhead_ms(record).encode()),
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"),
-                *((k.encode(), v.encode()) for k, v in extra.items()),
-            ]
+            headers = [(OVERHEAD_HEADER.encode(), _overhead_ms(record).encode()), *_SSE_HEADERS,
+                       *((k.encode(), v.encode()) for k, v in extra.items())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
+            failure: ProxyError | None = None
             with self.drain.stream() as relaying:
-                async with aclosing(relay.chunks()) as chunks:
-                    async for chunk in chunks:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                try:
+                    async with aclosing(relay.batches()) as batches:
+                        async for documents in batches:
+                            if events := exchange.stream_events(documents):
+                                await send({"type": "http.response.body", "body": events, "more_body": True})
+                except ProxyError as error:
+                    failure = error
             if relaying.cancelled_caught:  # shutdown's grace period is over: end it cleanly
-                await send({"type": "http.response.body", "body": SHUTDOWN_EVENT + b"data: [DONE]\n\n", "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                failure = SHUTDOWN_ERROR
+            await send({"type": "http.response.body", "body": exchange.stream_end(failure), "more_body": False})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        max_body_bytes = self.runtime.config.max_body_bytes
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise _too_large(self._max_body_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise _too_large(max_body_bytes)
         chunks: list[bytes] = []
         size = 0
         # A client that stops sending its body would hold a connection and a task forever.
@@ -194,13 +207,13 @@ class ProxyApp:
             with trio.move_on_at(deadline):
                 message = await receive()
             if trio.current_time() >= deadline:
-                raise ApiError(408, "The request body did not arrive in time.", code="request_timeout")
+                raise ProxyError(408, "The request body did not arrive in time.", code="request_timeout")
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected()
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self._max_body_bytes:
-                raise _too_large(self._max_body_bytes)
+            if size > max_body_bytes:
+                raise _too_large(max_body_bytes)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -216,8 +229,8 @@ def _tool_parameters(body: dict[str, Any]) -> str:
     return json.dumps({key: body[key] for key in keys if key in body})
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
 
 
 async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Send], Awaitable[None]]) -> None:
@@ -242,12 +255,12 @@ async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Se
             disconnected = True
             cancel_scope.cancel()
 
-    refused: ApiError | None = None
+    refused: ProxyError | None = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch, nursery.cancel_scope)
         try:
             await work(tracking_send)
-        except ApiError as error:
+        except ProxyError as error:
             refused = error  # raised below, unwrapped: a nursery would put it in an ExceptionGroup
         nursery.cancel_scope.cancel()
     if disconnected:
@@ -269,11 +282,12 @@ async def _send_json(send: Send, status: int, document: Any, extra: dict[str, st
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, error: ApiError, extra: dict[str, str] | None = None) -> None:
-    await _send_json(send, error.status, error.body(), {**error.headers, **(extra or {})})
+async def _send_error(send: Send, shape: Callable[[ProxyError], dict[str, Any]], error: ProxyError,
+                      extra: dict[str, str] | None = None) -> None:
+    await _send_json(send, error.status, shape(error), {**error.headers, **(extra or {})})
 
 
-def _finish_request(record: RequestRecord, ledger: QuotaLedger, metrics: Metrics, providers: list[str]) -> None:
+def _finish_request(record: RequestRecord, runtime: Runtime, metrics: Metrics) -> None:
     """The one place a request is accounted for: its log line and its metrics."""
     now = trio.current_time()
     latency = now - record.started
@@ -285,10 +299,12 @@ def _finish_request(record: RequestRecord, ledger: QuotaLedger, metrics: Metrics
     )
     if not log.isEnabledFor(logging.INFO):
         return
-    quota = " ".join(filter(None, (ledger.summary(provider) for provider in providers)))
+    ledger = runtime.ledger
+    quota = " ".join(filter(None, (ledger.summary(upstream.name) for upstream in runtime.router.upstreams)))
     log.info(
-        "request %s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
+        "request %s api=%s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
         record.request_id,
+        record.api,
         record.account if record.account != "-" else record.provider,
         record.reason,
         "yes" if record.stream else "no",

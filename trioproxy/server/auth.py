@@ -4,7 +4,7 @@ import hmac
 import ipaddress
 
 from ..config import Config
-from ..doors.chat import ApiError
+from ..errors import ProxyError
 
 
 class ClientKeys:
@@ -18,22 +18,26 @@ class ClientKeys:
     def required(self) -> bool:
         return bool(self._keys)
 
-    def accepts(self, authorization: str | None) -> bool:
-        """Whether the header carries an accepted key (always, when no key is required)."""
+    def accepts(self, authorization: str | None, x_api_key: str | None = None) -> bool:
+        """Whether `Authorization: Bearer` or Anthropic's `x-api-key` carries an accepted key
+        (always, when no key is required)."""
         if not self._keys:
             return True
         scheme, _, presented = (authorization or "").partition(" ")
-        candidate = presented.strip().encode() if scheme.lower() == "bearer" else b""
+        if scheme.lower() == "bearer":
+            candidate = presented.strip().encode()
+        else:
+            candidate = (x_api_key or "").strip().encode()
         # Compare against every key, so the time taken does not tell which one nearly matched.
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
         return matched
 
-    def check(self, authorization: str | None) -> None:
-        """Raise a 401 in OpenAI's shape unless the header carries an accepted key."""
-        if not self.accepts(authorization):
-            raise ApiError(
+    def check(self, authorization: str | None, x_api_key: str | None = None) -> None:
+        """Raise a 401 unless the request carries an accepted key."""
+        if not self.accepts(authorization, x_api_key):
+            raise ProxyError(
                 401,
                 f"Incorrect API key provided. Use one of the keys in this proxy's {self._setting}.",
                 type="invalid_request_error",

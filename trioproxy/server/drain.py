@@ -5,13 +5,10 @@ from contextlib import contextmanager
 
 import trio
 
-from ..doors.chat import ApiError
+from ..errors import ProxyError
 
-SHUTDOWN_EVENT = (
-    b"data: "
-    + ApiError(503, "The proxy is shutting down; the stream was ended early.", type="api_error", code="server_shutdown").encode()
-    + b"\n\n"
-)
+# How a stream still running when shutdown's grace period ends is closed, in each door's shape.
+SHUTDOWN_ERROR = ProxyError(503, "The proxy is shutting down; the stream was ended early.", type="api_error", code="server_shutdown")
 
 
 class Drain:

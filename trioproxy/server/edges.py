@@ -14,7 +14,8 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
-from ..doors.chat import ApiError
+from ..doors.chat import error_body
+from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from .request_id import request_id_from
 
@@ -54,13 +55,13 @@ class HttpEdges:
     @staticmethod
     async def _refuse_ambiguous_framing(scope: Scope, send: Any) -> None:
         request_id = request_id_from(next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None))
-        error = ApiError(
+        error = ProxyError(
             400,
             "A request may not carry both Content-Length and Transfer-Encoding (RFC 9112, 6.3).",
             code="ambiguous_framing",
         )
         log.info("request %s refused: status=400 reason='both Content-Length and Transfer-Encoding'", request_id)
-        body = dump_json(error.body())
+        body = dump_json(error_body(error))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -1,8 +1,9 @@
-"""Operator views: /healthz, /v1/status and the live families of /metrics, and who may see them.
+"""What operators read: `/healthz`, `/v1/status` and the live families of `/metrics`.
 
 Quota, provider state and errors are an operator's business. When keys are configured, the
-details need one: an operator key (`operator_api_keys`) if any is set, else a client key.
-Without one, /healthz still answers its status (for load balancers and probes), nothing more.
+details need one: an operator key (`operator_api_keys`) if any is set, else a client key (the
+app checks; see `auth.operator_keys`). Without one, /healthz still answers its status, for load
+balancers and probes, and nothing more.
 """
 
 from collections.abc import Iterable
@@ -26,13 +27,13 @@ def _provider_state(runtime: Runtime, name: str) -> dict[str, Any]:
     }
 
 
-def health(runtime: Runtime, authorization: str | None) -> tuple[int, dict[str, Any]]:
+def health(runtime: Runtime, detailed: bool) -> tuple[int, dict[str, Any]]:
     """Status code and body of /healthz: 200 while a provider is usable, 503 otherwise;
-    per-provider details only for a caller with an operator key (or when none is required)."""
+    per-provider details only when `detailed` (the caller may see them)."""
     providers = {upstream.name: _provider_state(runtime, upstream.name) for upstream in runtime.router.upstreams}
     usable = any(state["usable"] for state in providers.values())
     body: dict[str, Any] = {"status": "ok" if usable else "unavailable"}
-    if runtime.operator_keys.accepts(authorization):
+    if detailed:
         body["providers"] = providers
     return (200 if usable else 503), body
 
@@ -48,7 +49,7 @@ def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
         }
         for upstream in runtime.router.upstreams
     ]
-    return {"model": runtime.config.proxy_model_name, "providers": providers, "reroutes": metrics.reroutes()}
+    return {"model": runtime.models.served, "providers": providers, "reroutes": metrics.reroutes()}
 
 
 def live_families(runtime: Runtime) -> Iterable[Metric]:

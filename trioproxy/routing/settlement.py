@@ -1,0 +1,47 @@
+"""Settling one reservation: from the provider's usage when it comes, from an estimate when not."""
+
+from typing import Any
+
+from attrs import define
+
+from ..quota.ledger import QuotaLedger, Reservation
+from .request import RequestRecord
+from .tokens import PromptEstimator
+
+
+def usage_tokens(document: dict[str, Any]) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a chat answer or chunk that carries usage."""
+    usage = document.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return prompt, completion
+    return None
+
+
+@define
+class Settlement:
+    ledger: QuotaLedger
+    estimator: PromptEstimator
+    reservation: Reservation
+    record: RequestRecord
+    settled: bool = False
+
+    async def from_usage(self, document: dict[str, Any]) -> bool:
+        """Settle and teach the estimator if `document` carries usage; whether it did."""
+        usage = usage_tokens(document)
+        if usage is None:
+            return False
+        self.record.prompt_tokens, self.record.completion_tokens = usage
+        await self.ledger.settle(self.reservation, sum(usage))
+        self.estimator.learn(self.record.prompt_estimate, usage[0])
+        self.settled = True
+        return True
+
+    async def from_estimate(self, completion_tokens: int) -> None:
+        """Without usage, settle the estimated prompt plus what was seen of the completion."""
+        if not self.settled:
+            prompt = round(self.record.prompt_estimate * self.estimator.ratio)
+            await self.ledger.settle(self.reservation, prompt + completion_tokens)
+            self.settled = True
