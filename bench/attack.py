@@ -431,10 +431,11 @@ async def key_cases(proxy: Proxy, report: Report) -> None:
         "the provider's key": {"authorization": f"Bearer {CEREBRAS_KEY}"},
         "two keys": {"authorization": f"Bearer {CLIENT_KEY} {CLIENT_KEY}"},
         "api-key header instead": {"api-key": CLIENT_KEY},
-        "x-api-key header instead": {"x-api-key": CLIENT_KEY},
+        "x-api-key with a wrong key": {"x-api-key": CLIENT_KEY[:-1]},
         "latin-1 bytes": {"authorization": b"Bearer \xe9\xe8"},
     }
-    accepted = {"lower-case scheme": {"authorization": f"bearer {CLIENT_KEY}"}, "extra spaces": {"authorization": f"Bearer   {CLIENT_KEY}"}}
+    accepted = {"lower-case scheme": {"authorization": f"bearer {CLIENT_KEY}"}, "extra spaces": {"authorization": f"Bearer   {CLIENT_KEY}"},
+                "x-api-key (Anthropic's header)": {"x-api-key": CLIENT_KEY}}
     async with httpx.AsyncClient(base_url=proxy.root, timeout=CASE_TIMEOUT) as client:
         for name, headers in variants.items():
             response = await client.post("/v1/chat/completions", json=CHAT, headers=headers)
