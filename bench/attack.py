@@ -56,6 +56,10 @@ CHUTES_KEY = "cpk_attack-provider-key-0002"
 CLIENT_KEY = "client-attack-key-0003"
 SECRETS = (CEREBRAS_KEY, CHUTES_KEY, CLIENT_KEY)
 REQUEST_TIMEOUT_MS = 2_000
+# The bounds for trickling providers (issue 11 item 4, the provider-side branch), short enough
+# for the cases; through the environment, which a proxy without these settings ignores.
+TRICKLE_TIMEOUTS = {"FIRST_EVENT_TIMEOUT": "4000", "ANSWER_TIMEOUT": "5000", "STREAM_IDLE_TIMEOUT": "4000"}
+PROBE_INTERVAL_MS = 1_000  # the health prober meets the hostile modes too (its last_error is shown)
 CASE_TIMEOUT = 25.0  # no case may take longer, whatever the proxy does
 START_TIMEOUT = 15.0
 UNHANDLED = re.compile(r"Traceback|Error in ASGI|Exception in callback|Task exception")
@@ -86,10 +90,13 @@ class Hostile:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if scope["path"].endswith("/models"):
-            await respond(send, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
-            return
         sent_key = dict(scope["headers"]).get(b"authorization", b"").decode().removeprefix("Bearer ")
+        if scope["path"].endswith("/models"):  # the health prober's request
+            if self.mode == "echo_key":
+                await self._echo_key(send, False, sent_key)
+            else:
+                await respond(send, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
+            return
         stream = json.loads(body or b"{}").get("stream") is True
         await getattr(self, "_" + self.mode)(send, stream, sent_key)
 
@@ -184,7 +191,7 @@ class Proxy:
         settings = {
             "port": self.port, "log_level": "DEBUG", "request_timeout_ms": REQUEST_TIMEOUT_MS,
             "state_file": str(self.workdir / "state.json"), "state_save_interval_ms": 200,
-            "health_check_interval_ms": 600_000, "shutdown_grace_ms": 2_000, **extra,
+            "health_check_interval_ms": PROBE_INTERVAL_MS, "shutdown_grace_ms": 2_000, **extra,
         }
         lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
         lines += [f'[cerebras]\nbase_url = "{self.cerebras_url}"\nrequests_per_minute = 1000\ntokens_per_minute = 10000000',
@@ -196,7 +203,7 @@ class Proxy:
     async def start(self, preexec: Callable[[], None] | None = None, **settings: Any) -> None:
         env = {name: value for name, value in os.environ.items() if name not in ENV_VARS}
         env.update(CEREBRAS_API_KEY=CEREBRAS_KEY, CHUTES_API_KEY=CHUTES_KEY, PROXY_API_KEYS=CLIENT_KEY,
-                   NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+                   NO_PROXY="127.0.0.1", no_proxy="127.0.0.1", **TRICKLE_TIMEOUTS)
         self.log_path = self.workdir / f"proxy-{len(self.logs)}.log"
         self.logs.append(self.log_path)
         with self.log_path.open("wb") as log:
@@ -547,8 +554,10 @@ async def upstream_cases(proxy: Proxy, report: Report, cerebras: Hostile, chutes
     shaped = report.shaped(body)
     leaked = any(key.encode() in body for key in SECRETS)
     report.case("upstream", "both providers echo the key in a 401", shaped and not leaked, f"{status}, key in body: {leaked}", provider_side=True)
+    await trio.sleep(2 * PROBE_INTERVAL_MS / 1000)  # the prober has met the echo too
     size = await operator_views()
-    report.case("upstream", "operator views after the echo", not any(k.encode() in b"".join(report.seen[-3:]) for k in SECRETS), f"largest view {size} bytes", provider_side=True)
+    leaked = any(k.encode() in b"".join(report.seen[-3:]) for k in SECRETS)
+    report.case("upstream", "operator views after the echo (last_error)", not leaked, f"key in /healthz, /v1/status or /metrics: {leaked}", provider_side=True)
 
     cerebras.mode = chutes.mode = "huge_error"
     before = rss_kib(proxy.process.pid) if proxy.process else 0
@@ -568,14 +577,22 @@ async def upstream_cases(proxy: Proxy, report: Report, cerebras: Hostile, chutes
     report.case("upstream", "operator views after 10 MB errors", size < 100_000, f"largest view {size:,} bytes", provider_side=True)
 
     chutes.mode = "normal"
-    for mode, stream in (("trickle_body", False), ("silent_stream", True), ("stall", False), ("stall", True)):
+    bound = 3 * REQUEST_TIMEOUT_MS / 1000 + 2
+    # After its first event a silent stream cannot fail over (the client has its 200): it must
+    # end with an error event and [DONE] once the silence between events passes its bound.
+    cerebras.mode = "silent_stream"
+    status, body, took = await chat(stream=True)
+    ended = b"data: [DONE]" in body and b'"error"' in body
+    report.case("upstream", "cerebras goes silent mid-stream: stream ends", status == 200 and ended and took < bound,
+                f"{status}, ended with an error event and [DONE]: {ended}, after {took:.1f} s (want < {bound:.0f} s)",
+                provider_side=True)
+    for mode, stream in (("trickle_body", False), ("stall", False), ("stall", True)):
         cerebras.mode = mode
         status, body, took = await chat(stream)
         served = status == 200 and b"chutes" in body
-        bound = 3 * REQUEST_TIMEOUT_MS / 1000 + 2
         report.case("upstream", f"cerebras {mode}, stream={stream}: failover", served and took < bound,
                     f"{status} from {'chutes' if served else '?'} after {took:.1f} s (want < {bound:.0f} s)",
-                    provider_side=mode in ("trickle_body", "silent_stream"))
+                    provider_side=mode == "trickle_body")
     cerebras.mode = "normal"
 
     # A client that leaves mid-stream: the proxy stays healthy and serves the next one.
@@ -691,19 +708,24 @@ async def attack(only: set[str]) -> Report:
                     report.crashes.append(f"exit code {code} at the end")
                 nursery.cancel_scope.cancel()
             logs = b"".join(path.read_bytes() for path in proxy.logs)
-            leaks = sorted({key for key in SECRETS for blob in (*report.seen, logs) if key.encode() in blob})
+            leaks = {
+                "responses": sorted({key for key in SECRETS for blob in report.seen if key.encode() in blob}),
+                "logs": sorted(key for key in SECRETS if key.encode() in logs),
+            }
             unhandled = [line for line in logs.decode(errors="replace").splitlines() if UNHANDLED.search(line)]
             report.crashes.extend(f"log: {line[:120]}" for line in unhandled[:5])
             summary(report, leaks, len(unhandled), len(logs))
     return report
 
 
-def summary(report: Report, leaks: list[str], unhandled: int, log_bytes: int) -> None:
+def summary(report: Report, leaks: dict[str, list[str]], unhandled: int, log_bytes: int) -> None:
     print()
     print(f"cases tried: {report.tried}, passed: {report.tried - len(report.failed)}, failed: {len(report.failed)}")
     print(f"OpenAI-shaped errors: {report.errors_shaped}/{report.errors_expected} of the errors trioproxy writes itself")
-    print(f"secrets found anywhere (responses, headers, {log_bytes:,} bytes of logs): {len(leaks)}"
-          + (f" ({', '.join(key[:8] + '...' for key in leaks)})" if leaks else ""))
+    found = {key for keys in leaks.values() for key in keys}
+    where = "; ".join(f"{place}: {', '.join(key[:9] + '...' for key in keys)}" for place, keys in leaks.items() if keys)
+    print(f"secrets found anywhere (response heads and bodies, {log_bytes:,} bytes of logs): {len(found)}"
+          + (f" ({where})" if where else ""))
     print(f"crashes: {len(report.crashes)} (tracebacks in the log: {unhandled})")
     for crash in report.crashes:
         print(f"  {crash}")
