@@ -8,7 +8,7 @@ import logging
 import trio
 from attrs import define
 
-from .server.auth import ClientKeys
+from .server.auth import ClientKeys, operator_keys
 from .config import Config, ProviderConfig, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
@@ -28,6 +28,7 @@ class Runtime:
     router: Router
     ledger: QuotaLedger
     client_keys: ClientKeys
+    operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
 
 
@@ -95,4 +96,5 @@ async def build_runtime(
 
     nursery.start_soon(probe)
     models = ModelNames(config.proxy_model_name, config.model_aliases)
-    return Runtime(config, models, router, ledger, ClientKeys(config.client_api_keys), prober_scope)
+    client_keys = ClientKeys(config.client_api_keys)
+    return Runtime(config, models, router, ledger, client_keys, operator_keys(config), prober_scope)

@@ -25,6 +25,7 @@ class ServedRequest:
     status: int = 0
     started: float = field(factory=trio.current_time)
     first_byte_at: float | None = None  # streams: when the client's 200 went out
+    refusal: str = ""  # why it was refused before any provider was asked (bad body, unknown model, ...)
 
     def overhead_seconds(self, until: float) -> float:
         """Time up to `until` that the proxy, not a provider, spent on this request."""
@@ -34,12 +35,13 @@ class ServedRequest:
 def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics) -> None:
     """Log the request's one INFO line and count it in the metrics."""
     route = served.route
+    reason = served.refusal or route.reason
     now = trio.current_time()
     latency = now - served.started
     first_byte = served.first_byte_at - served.started if served.first_byte_at is not None else None
     overhead = served.overhead_seconds(served.first_byte_at or now) if served.status == 200 else None
     metrics.observe(
-        route.provider, served.stream, served.status, route.reason,
+        route.provider, served.stream, served.status, reason,
         route.prompt_tokens, route.completion_tokens, latency, first_byte, overhead,
     )
     if not log.isEnabledFor(logging.INFO):
@@ -51,7 +53,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics) ->
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
-        route.reason,
+        reason,
         "yes" if served.stream else "no",
         served.status,
         route.prompt_tokens if route.prompt_tokens is not None else "-",

@@ -1,56 +1,73 @@
-"""What operators read: `/healthz`, `/v1/status` and the gauges of `/metrics`, from live state."""
+"""What operators read: `/healthz`, `/v1/status` and the live families of `/metrics`.
 
+Quota, provider state and errors are an operator's business. When keys are configured, the
+details need one: an operator key (`operator_api_keys`) if any is set, else a client key (the
+app checks; see `auth.operator_keys`). Without one, /healthz still answers its status, for load
+balancers and probes, and nothing more.
+"""
+
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 
-from ..quota.ledger import WINDOW_NAMES, QuotaLedger
-from ..routing.router import Router
+from ..quota.ledger import WINDOW_NAMES
+from ..runtime import Runtime
 from .metrics import Metrics
 
 
-def provider_state(router: Router, ledger: QuotaLedger, name: str) -> dict[str, Any]:
-    health = router.health[name]
+def _provider_state(runtime: Runtime, name: str) -> dict[str, Any]:
+    health = runtime.router.health[name]
     return {
-        "usable": health.usable and not ledger.in_cooldown(name),
+        "usable": health.usable and not runtime.ledger.in_cooldown(name),
         **attrs.asdict(health),
-        "accounts": ledger.provider_snapshot(name),
+        "accounts": runtime.ledger.provider_snapshot(name),
     }
 
 
-def health(router: Router, ledger: QuotaLedger) -> tuple[int, dict[str, Any]]:
-    """The status code and body of /healthz: 200 while any provider is usable, else 503."""
-    providers = {upstream.name: provider_state(router, ledger, upstream.name) for upstream in router.upstreams}
+def health(runtime: Runtime, detailed: bool) -> tuple[int, dict[str, Any]]:
+    """Status code and body of /healthz: 200 while a provider is usable, 503 otherwise;
+    per-provider details only when `detailed` (the caller may see them)."""
+    providers = {upstream.name: _provider_state(runtime, upstream.name) for upstream in runtime.router.upstreams}
     usable = any(state["usable"] for state in providers.values())
-    return (200 if usable else 503), {"status": "ok" if usable else "unavailable", "providers": providers}
+    body: dict[str, Any] = {"status": "ok" if usable else "unavailable"}
+    if detailed:
+        body["providers"] = providers
+    return (200 if usable else 503), body
 
 
-def status(router: Router, ledger: QuotaLedger, metrics: Metrics, model: str) -> dict[str, Any]:
+def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
     """Everything an operator asks: per provider and key, state, quota, traffic, reroutes."""
-    providers = []
-    for upstream in router.upstreams:
-        served = {
-            "requests": sum(n for (p, _, code), n in metrics.requests.items() if p == upstream.name and code == 200),
-            "prompt_tokens": metrics.tokens[(upstream.name, "prompt")],
-            "completion_tokens": metrics.tokens[(upstream.name, "completion")],
+    providers = [
+        {
+            "name": upstream.name,
+            "model": upstream.config.model,
+            **_provider_state(runtime, upstream.name),
+            "served_since_start": metrics.served(upstream.name),
         }
-        providers.append({"name": upstream.name, "model": upstream.config.model,
-                          **provider_state(router, ledger, upstream.name), "served_since_start": served})
-    return {"model": model, "providers": providers, "reroutes": dict(metrics.reroutes)}
+        for upstream in runtime.router.upstreams
+    ]
+    return {"model": runtime.models.served, "providers": providers, "reroutes": metrics.reroutes()}
 
 
-def gauges(router: Router, ledger: QuotaLedger) -> list[tuple[str, str, str, float]]:
-    """(name, help, labels, value) of the live gauges /metrics adds to the counters."""
-    found = []
-    for upstream in router.upstreams:
-        health_ = router.health[upstream.name]
-        found.append(("trioproxy_provider_up", "1 while the prober finds the provider usable.", f'provider="{upstream.name}"', float(health_.usable)))
-        for account, state in ledger.provider_snapshot(upstream.name).items():
-            labels = f'provider="{upstream.name}",account="{account}"'
-            found.append(("trioproxy_cooldown_active", "1 while an account cools down.", labels, float(state["cooldown_seconds"] > 0)))
+def live_families(runtime: Runtime) -> Iterable[Metric]:
+    """Provider up, cooldowns and quota remaining, read at scrape time."""
+    up = GaugeMetricFamily("trioproxy_provider_up", "1 while the prober finds the provider usable.", labels=("provider",))
+    cooling = GaugeMetricFamily("trioproxy_cooldown_active", "1 while an account cools down.", labels=("provider", "account"))
+    remaining = GaugeMetricFamily(
+        "trioproxy_quota_remaining",
+        "What is left of each limited window (the smaller of ours and the provider's figure).",
+        labels=("provider", "account", "window"),
+    )
+    for upstream in runtime.router.upstreams:
+        up.add_metric((upstream.name,), float(runtime.router.health[upstream.name].usable))
+        for account, state in runtime.ledger.provider_snapshot(upstream.name).items():
+            cooling.add_metric((upstream.name, account), float(state["cooldown_seconds"] > 0))
             for window in WINDOW_NAMES:
-                limit, remaining = state[window]["limit"], state[window].get("provider_remaining")
-                left = [value for value in (limit - state[window]["used"] if limit else None, remaining) if value is not None]
+                limit, provider_figure = state[window]["limit"], state[window].get("provider_remaining")
+                left = [value for value in (limit - state[window]["used"] if limit else None, provider_figure) if value is not None]
                 if left:
-                    found.append(("trioproxy_quota_remaining", "What is left of each limited window (the smaller of ours and the provider's figure).", f'{labels},window="{window}"', float(max(0, min(left)))))
-    return found
+                    remaining.add_metric((upstream.name, account, window), float(max(0, min(left))))
+    return (up, cooling, remaining)
