@@ -12,7 +12,9 @@ import attrs
 import trio
 
 from ..doors.chat import ApiError, ChatRequest, model_card, models_list, parse_chat_request
+from .dashboard import Dashboard
 from .drain import SHUTDOWN_EVENT, Drain
+from .history import TrafficHistory
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
 from .metrics import Metrics
@@ -55,6 +57,8 @@ class ProxyApp:
         self._created = int(time.time())
         self.metrics = Metrics()
         self.drain = Drain()
+        self.history = TrafficHistory()
+        self.dashboard = Dashboard(self.history, self._status, lambda: self.runtime.client_keys)
 
     @property
     def _router(self) -> Router:
@@ -112,6 +116,8 @@ class ProxyApp:
                 await _send_json(send, 200, self._status(), extra)
             elif path == METRICS_PATH and method == "GET":
                 await self._metrics(send, extra)
+            elif Dashboard.owns(path):
+                await self.dashboard.handle(path, method, _header(scope, b"authorization"), send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
                 error = ApiError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed")
@@ -189,7 +195,7 @@ class ProxyApp:
         except ClientDisconnected:
             record.status = _STATUS_CLIENT_CLOSED
         finally:
-            _finish_request(record, self._ledger, self.metrics, [upstream.name for upstream in self._router.upstreams])
+            _finish_request(record, self._ledger, self.metrics, self.history, [upstream.name for upstream in self._router.upstreams])
 
     async def _serve_chat(self, request: ChatRequest, record: RequestRecord, send: Send, extra: dict[str, str]) -> None:
         if not request.stream:
@@ -307,8 +313,10 @@ async def _send_error(send: Send, error: ApiError, extra: dict[str, str] | None 
     await _send_json(send, error.status, error.body(), {**error.headers, **(extra or {})})
 
 
-def _finish_request(record: RequestRecord, ledger: QuotaLedger, metrics: Metrics, providers: list[str]) -> None:
-    """The one place a request is accounted for: its log line and its metrics."""
+def _finish_request(
+    record: RequestRecord, ledger: QuotaLedger, metrics: Metrics, history: TrafficHistory, providers: list[str]
+) -> None:
+    """The one place a request is accounted for: its log line, its metrics and the dashboard's history."""
     now = trio.current_time()
     latency = now - record.started
     first_byte = record.first_byte_at - record.started if record.first_byte_at is not None else None
@@ -317,6 +325,7 @@ def _finish_request(record: RequestRecord, ledger: QuotaLedger, metrics: Metrics
         record.provider, record.stream, record.status, record.reason,
         record.prompt_tokens, record.completion_tokens, latency, first_byte, overhead,
     )
+    history.observe(record, "chat", latency, first_byte)  # "chat" until the record names its API
     if not log.isEnabledFor(logging.INFO):
         return
     quota = " ".join(filter(None, (ledger.summary(provider) for provider in providers)))

@@ -1,0 +1,178 @@
+"""Recent traffic for the dashboard, in memory of a fixed size whatever the uptime or load.
+
+Three parts: the last requests (a ring buffer), one tally per wall-clock minute of the last hour
+(a ring of 60 slots, reused as minutes pass), and one tally since start. A tally holds counters
+keyed by provider, reroute reason and status (bounded sets) and latency histograms with fixed
+buckets, so percentiles come without keeping samples.
+"""
+
+import bisect
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from attrs import define, field, frozen
+
+from ..routing.router import RequestRecord
+
+RECENT_REQUESTS = 100
+MINUTES = 60
+REQUEST_ID_CHARS = 80  # ids come from clients' headers: keep what the ring holds small
+# Upper bounds in seconds, 1 ms to about 10 minutes, each 25 % above the last: a percentile
+# read from them is within that much of the truth.
+LATENCY_BOUNDS = tuple(0.001 * 1.25**i for i in range(60))
+PERCENTILES = (50, 90, 99)
+
+
+@frozen
+class RecentRequest:
+    """What the dashboard lists of one request: never its text, never a key."""
+
+    time: float  # wall clock, seconds
+    request_id: str
+    api: str
+    provider: str  # the account that served it, e.g. cerebras#2, or "-"
+    reason: str
+    stream: bool
+    status: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float
+    first_byte_ms: float | None
+
+
+def _buckets() -> list[int]:
+    return [0] * (len(LATENCY_BOUNDS) + 1)
+
+
+def _percentile(counts: list[int], share: float) -> float | None:
+    """The latency below which `share` of the requests fell, interpolated within its bucket."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = share * total
+    seen = 0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            low = LATENCY_BOUNDS[index - 1] if index else 0.0
+            high = LATENCY_BOUNDS[index] if index < len(LATENCY_BOUNDS) else LATENCY_BOUNDS[-1]
+            return low + (high - low) * (rank - seen) / count
+        seen += count
+    return LATENCY_BOUNDS[-1]
+
+
+def _add_into(target: dict[str, list[int]], source: dict[str, list[int]]) -> None:
+    for provider, counts in source.items():
+        into = target.setdefault(provider, _buckets())
+        for index, count in enumerate(counts):
+            into[index] += count
+
+
+def _quantiles(histograms: dict[str, list[int]]) -> dict[str, dict[str, float | int | None]]:
+    return {
+        provider: {"count": sum(counts), **{f"p{p}_ms": _ms(_percentile(counts, p / 100)) for p in PERCENTILES}}
+        for provider, counts in sorted(histograms.items())
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+@define
+class Tally:
+    """Counts of a stretch of time: one minute, or since start."""
+
+    minute: int = -1  # which wall-clock minute a slot of the ring holds
+    requests: Counter[str] = field(factory=Counter)  # by provider
+    tokens: Counter[str] = field(factory=Counter)  # prompt and completion, by provider
+    reroutes: Counter[str] = field(factory=Counter)
+    errors: Counter[int] = field(factory=Counter)  # by status
+    latency: dict[str, list[int]] = field(factory=dict)  # bucket counts, by provider
+    first_byte: dict[str, list[int]] = field(factory=dict)
+
+    def add(self, provider: str, tokens: int, reason: str, status: int, latency: float, first_byte: float | None) -> None:
+        self.requests[provider] += 1
+        self.tokens[provider] += tokens
+        if reason.startswith(("fallback:", "failover:")):
+            self.reroutes[reason] += 1
+        if status != 200:
+            self.errors[status] += 1
+        histogram = self.latency.get(provider) or self.latency.setdefault(provider, _buckets())
+        histogram[bisect.bisect_left(LATENCY_BOUNDS, latency)] += 1
+        if first_byte is not None:
+            histogram = self.first_byte.get(provider) or self.first_byte.setdefault(provider, _buckets())
+            histogram[bisect.bisect_left(LATENCY_BOUNDS, first_byte)] += 1
+
+    def merge(self, other: "Tally") -> None:
+        self.requests.update(other.requests)
+        self.tokens.update(other.tokens)
+        self.reroutes.update(other.reroutes)
+        self.errors.update(other.errors)
+        _add_into(self.latency, other.latency)
+        _add_into(self.first_byte, other.first_byte)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "tokens": dict(self.tokens),
+            "reroutes": dict(self.reroutes),
+            "errors": {str(status): count for status, count in sorted(self.errors.items())},
+            "latency": _quantiles(self.latency),
+            "first_byte": _quantiles(self.first_byte),
+        }
+
+
+class TrafficHistory:
+    """The last requests, the last hour by minute and the totals since start, for the dashboard."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.started = clock()
+        self._recent: deque[RecentRequest] = deque(maxlen=RECENT_REQUESTS)
+        self._minutes = [Tally() for _ in range(MINUTES)]
+        self._total = Tally()
+
+    def observe(self, record: RequestRecord, api: str, latency: float, first_byte: float | None) -> None:
+        """Account one finished request; a few counter updates, nothing that grows."""
+        now = self._clock()
+        minute = int(now // 60)
+        slot = self._minutes[minute % MINUTES]
+        if slot.minute != minute:
+            slot = self._minutes[minute % MINUTES] = Tally(minute)
+        tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+        for tally in (slot, self._total):
+            tally.add(record.provider, tokens, record.reason, record.status, latency, first_byte)
+        self._recent.append(RecentRequest(
+            now, record.request_id[:REQUEST_ID_CHARS], api, record.account if record.account != "-" else record.provider,
+            record.reason, record.stream, record.status, record.prompt_tokens, record.completion_tokens,
+            round(latency * 1000, 1), None if first_byte is None else round(first_byte * 1000, 1),
+        ))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The last hour minute by minute and as a whole, the totals since start, the last requests."""
+        now = self._clock()
+        current = int(now // 60)
+        minutes = list(range(current - MINUTES + 1, current + 1))
+        slots = {slot.minute: slot for slot in self._minutes if slot.minute in range(minutes[0], current + 1)}
+        hour = Tally()
+        for slot in slots.values():
+            hour.merge(slot)
+        providers = sorted(set(self._total.requests))
+        empty = Tally()
+
+        def series(pick: Callable[[Tally], Counter[str]]) -> dict[str, list[int]]:
+            return {p: [pick(slots.get(m, empty))[p] for m in minutes] for p in providers}
+
+        return {
+            "now": now,
+            "started": self.started,
+            "minutes": [m * 60 for m in minutes],
+            "per_minute": {"requests": series(lambda t: t.requests), "tokens": series(lambda t: t.tokens)},
+            "last_hour": hour.summary(),
+            "since_start": self._total.summary(),
+            "recent": [attrs.asdict(r) for r in reversed(self._recent)],
+        }
+
