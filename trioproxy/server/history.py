@@ -10,10 +10,9 @@ import bisect
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-import attrs
-from attrs import define, field, frozen
+from attrs import define, field
 
 from ..routing.router import RequestRecord
 
@@ -26,9 +25,11 @@ LATENCY_BOUNDS = tuple(0.001 * 1.25**i for i in range(62))
 PERCENTILES = (50, 90, 99)
 
 
-@frozen
-class RecentRequest:
-    """What the dashboard lists of one request: never its text, never a key."""
+class RecentRequest(NamedTuple):
+    """What the dashboard lists of one request: never its text, never a key.
+
+    A named tuple: built on every request, and the cheapest record Python makes.
+    """
 
     time: float  # wall clock, seconds
     request_id: str
@@ -93,18 +94,20 @@ class Tally:
     latency: dict[str, list[int]] = field(factory=dict)  # bucket counts, by provider
     first_byte: dict[str, list[int]] = field(factory=dict)
 
-    def add(self, provider: str, tokens: int, reason: str, status: int, latency: float, first_byte: float | None) -> None:
-        self.requests[provider] += 1
-        self.tokens[provider] += tokens
-        if reason.startswith(("fallback:", "failover:")):
-            self.reroutes[reason] += 1
-        if status != 200:
-            self.errors[status] += 1
+    def add(self, provider: str, tokens: int, reroute: str | None, error: int | None,
+            latency_bucket: int, first_byte_bucket: int | None) -> None:
+        """Count one request; `observe` works out the parts shared by every tally once."""
+        self.requests[provider] = self.requests.get(provider, 0) + 1
+        self.tokens[provider] = self.tokens.get(provider, 0) + tokens
+        if reroute is not None:
+            self.reroutes[reroute] += 1
+        if error is not None:
+            self.errors[error] += 1
         histogram = self.latency.get(provider) or self.latency.setdefault(provider, _buckets())
-        histogram[bisect.bisect_left(LATENCY_BOUNDS, latency)] += 1
-        if first_byte is not None:
+        histogram[latency_bucket] += 1
+        if first_byte_bucket is not None:
             histogram = self.first_byte.get(provider) or self.first_byte.setdefault(provider, _buckets())
-            histogram[bisect.bisect_left(LATENCY_BOUNDS, first_byte)] += 1
+            histogram[first_byte_bucket] += 1
 
     def merge(self, other: "Tally") -> None:
         self.requests.update(other.requests)
@@ -143,8 +146,12 @@ class TrafficHistory:
         if slot.minute != minute:
             slot = self._minutes[minute % MINUTES] = Tally(minute)
         tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+        reroute = record.reason if record.reason.startswith(("fallback:", "failover:")) else None
+        error = record.status if record.status != 200 else None
+        latency_bucket = bisect.bisect_left(LATENCY_BOUNDS, latency)
+        first_byte_bucket = None if first_byte is None else bisect.bisect_left(LATENCY_BOUNDS, first_byte)
         for tally in (slot, self._total):
-            tally.add(record.provider, tokens, record.reason, record.status, latency, first_byte)
+            tally.add(record.provider, tokens, reroute, error, latency_bucket, first_byte_bucket)
         self._recent.append(RecentRequest(
             now, record.request_id[:REQUEST_ID_CHARS], api, record.account if record.account != "-" else record.provider,
             record.reason, record.stream, record.status, record.prompt_tokens, record.completion_tokens,
@@ -173,6 +180,6 @@ class TrafficHistory:
             "per_minute": {"requests": series(lambda t: t.requests), "tokens": series(lambda t: t.tokens)},
             "last_hour": hour.summary(),
             "since_start": self._total.summary(),
-            "recent": [attrs.asdict(r) for r in reversed(self._recent)],
+            "recent": [r._asdict() for r in reversed(self._recent)],
         }
 

@@ -191,6 +191,7 @@ function drawChart(id, minutes, perProvider) {
       height: 180,
       series: [{}, ...names.map((name, i) => ({ label: name, stroke: COLOURS[i % COLOURS.length], width: 2 }))],
       axes: [{}, { size: 60 }],
+      legend: { live: false },
       scales: { y: { range: (u, min, max) => [0, Math.max(1, max)] } },
     };
     chart = charts[id] = { plot: new uPlot(options, data, holder), signature };
