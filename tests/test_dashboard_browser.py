@@ -57,6 +57,7 @@ def test_page_shows_providers_and_a_request_within_seconds(proxy: LiveProxy, pag
         expect(card.locator(".badge")).to_have_text("up")
         expect(card).to_contain_text("no cooldown")
     expect(page.locator("#totals")).to_contain_text("no requests yet")
+    expect(page.locator("#access")).to_have_text("open: no client keys set")
 
     send(proxy, "first-request-1", stream=True, stream_options={"include_usage": True})
 
@@ -113,6 +114,7 @@ def test_with_client_keys_the_page_asks_for_one(page: Page) -> None:
         expect(page.locator("#key-panel")).to_be_hidden()
         expect(recent_row(page, "behind-a-key")).to_have_count(1)
         expect(page.locator('article[data-provider="chutes"]')).to_be_visible()
+        expect(page.locator("#access")).to_have_text("client key required")
         assert CLIENT_KEY not in page.content()  # the key is never written into the page
 
 

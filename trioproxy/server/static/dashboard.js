@@ -12,6 +12,8 @@ const WINDOW_LABELS = { rpm: "requests / min", tpm: "tokens / min", rpd: "reques
 const COLOURS = ["#e8590c", "#1c7ed6", "#2f9e44", "#ae3ec9", "#f08c00", "#0c8599"];
 
 const $ = (id) => document.getElementById(id);
+// Requests refused before any provider was chosen (bad input, no key) are counted under "-".
+const providerLabel = (name) => (name === "-" ? "no provider" : name);
 
 function el(tag, text, className) {
   const node = document.createElement(tag);
@@ -189,7 +191,7 @@ function drawChart(id, minutes, perProvider) {
     const options = {
       width: Math.max(280, holder.clientWidth || 480),
       height: 180,
-      series: [{}, ...names.map((name, i) => ({ label: name, stroke: COLOURS[i % COLOURS.length], width: 2 }))],
+      series: [{}, ...names.map((name, i) => ({ label: providerLabel(name), stroke: COLOURS[i % COLOURS.length], width: 2 }))],
       axes: [{}, { size: 60 }],
       legend: { live: false },
       scales: { y: { range: (u, min, max) => [0, Math.max(1, max)] } },
@@ -223,13 +225,13 @@ function renderTraffic(traffic) {
   drawChart("chart-tokens", traffic.minutes, traffic.per_minute.tokens);
   const providers = [...new Set([...Object.keys(hour.requests), ...Object.keys(start.requests)])].sort();
   fillTable("totals", ["provider", "requests, hour", "since start", "tokens, hour", "since start"],
-    providers.map((p) => [p, fmt(hour.requests[p] || 0), fmt(start.requests[p] || 0), fmt(hour.tokens[p] || 0), fmt(start.tokens[p] || 0)]),
+    providers.map((p) => [providerLabel(p), fmt(hour.requests[p] || 0), fmt(start.requests[p] || 0), fmt(hour.tokens[p] || 0), fmt(start.tokens[p] || 0)]),
     "no requests yet");
   fillTable("reroutes", ["reason", "last hour", "since start"], pairs(hour.reroutes, start.reroutes), "none");
   fillTable("errors", ["status", "last hour", "since start"], pairs(hour.errors, start.errors), "none");
   const latencyRows = [];
   for (const p of providers) {
-    latencyRows.push([`${p} latency`, quantiles(hour.latency[p]), quantiles(start.latency[p])]);
+    latencyRows.push([`${providerLabel(p)} latency`, quantiles(hour.latency[p]), quantiles(start.latency[p])]);
     if (start.first_byte[p]) latencyRows.push([`${p} first byte`, quantiles(hour.first_byte[p]), quantiles(start.first_byte[p])]);
   }
   fillTable("latency", ["p50 / p90 / p99", "last hour", "since start"], latencyRows, "no requests yet");
@@ -252,6 +254,7 @@ function render(state) {
   $("key-panel").hidden = true;
   $("content").hidden = false;
   $("model").textContent = `model ${state.model}`;
+  $("access").textContent = state.keys_required ? "client key required" : "open: no client keys set";
   $("uptime").textContent = `up ${duration(state.traffic.now - state.traffic.started)}`;
   renderProviders(state.providers);
   renderTraffic(state.traffic);
