@@ -27,7 +27,9 @@ the load; the upstream's slow SSE endpoint keeps them open) and after the load.
 With `--dashboard`, a target `trio+dash` is the same trioproxy process while Debian's headless
 chromium (on the load core) has its dashboard open, polling once a second as it does for a user;
 the tab is opened before each of its cells and closed after, so `trioproxy` and `trio+dash` cells
-interleave in one run.
+interleave in one run. `--dashboard poll` replaces chromium by a small process that only polls
+the state once a second: the proxy's side of an open dashboard, without the browser's CPU on
+the load generator's core. Either way the table shows trioproxy's own CPU time per request.
 
 Every loop is bounded in count and time; everything listens and connects on 127.0.0.1 only.
 """
@@ -227,6 +229,8 @@ class OpenDashboard:
     It inherits this script's core (the load core), so the proxy's core sees only its requests.
     """
 
+    SETTLE_SECONDS = 2.0
+
     def __init__(self, proxy_port: int, logfile: Path) -> None:
         self.url = f"http://{HOST}:{proxy_port}/dashboard/"
         self.debug_port = free_port()
@@ -271,8 +275,11 @@ class OpenDashboard:
 
         if not self._until(loaded, 15):
             raise SystemExit(f"the dashboard did not load in chromium ({self.url})")
+        # A new tab starts a renderer process: let that burst pass, so the cell measures a
+        # dashboard that is open (polling once a second), not one being opened.
+        time.sleep(self.SETTLE_SECONDS)
 
-    def close_tab(self) -> None:
+    def close(self) -> None:
         if self.tab is not None:
             self._devtools("GET", f"/json/close/{self.tab}")
             self.tab = None
@@ -280,6 +287,37 @@ class OpenDashboard:
     def stop(self) -> None:
         stop(self.proc)  # type: ignore[arg-type]
         shutil.rmtree(self.profile, ignore_errors=True)
+
+
+# What the page does on the wire, and nothing else: its state once a second, bounded in time.
+_POLLER = """
+import sys, time, urllib.request
+deadline = time.monotonic() + 600
+while time.monotonic() < deadline:
+    urllib.request.urlopen(sys.argv[1], timeout=5).read()
+    time.sleep(1)
+"""
+
+
+class PollingDashboard:
+    """The proxy's side of an open dashboard without a browser: a small process polling its state.
+
+    Tells the proxy's cost apart from chromium's, which on 2 cores shares the load generator's.
+    """
+
+    def __init__(self, proxy_port: int) -> None:
+        self.url = f"http://{HOST}:{proxy_port}/dashboard/api/state"
+        self.proc: subprocess.Popen | None = None
+
+    def open(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _POLLER, self.url])
+
+    def close(self) -> None:
+        stop(self.proc)
+        self.proc = None
+
+    def stop(self) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------- LiteLLM
@@ -408,16 +446,27 @@ def builtin_cell(port: int, body: bytes, stream: bool, concurrency: int, duratio
     return cell
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_cell(wrk: str | None, port: int, mode: str, concurrency: int, duration: float,
-                 warmup: float, body_files: dict[str, Path]) -> dict[str, Any]:
+                 warmup: float, body_files: dict[str, Path], pid: int | None = None) -> dict[str, Any]:
+    """One cell; with the target's `pid`, also its CPU time per request during the measurement."""
     stream = mode == "stream"
     body = chat_body(stream)
     if warmup > 0:
         builtin_cell(port, body, stream, concurrency, warmup)
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     if wrk is None:
-        return builtin_cell(port, body, stream, concurrency, duration)
-    cell = wrk_cell(wrk, port, body_files[mode], concurrency, duration)
-    if stream:
+        cell = builtin_cell(port, body, stream, concurrency, duration)
+    else:
+        cell = wrk_cell(wrk, port, body_files[mode], concurrency, duration)
+    if pid and cell["requests"]:
+        cell["cpu_us"] = (cpu_seconds(pid) - cpu_before) / cell["requests"] * 1e6
+    if wrk is not None and stream:
         probe = builtin_cell(port, body, stream, concurrency, max(0.5, duration / 2))
         cell["ttfb_p50_ms"], cell["ttfb_p99_ms"] = probe["ttfb_p50_ms"], probe["ttfb_p99_ms"]
         cell["builtin_rps"] = probe["rps"]
@@ -454,7 +503,7 @@ def median(values: list[float]) -> float:
 
 
 def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("rps", "p50_ms", "p99_ms", "ttfb_p50_ms", "ttfb_p99_ms")
+    keys = ("rps", "p50_ms", "p99_ms", "ttfb_p50_ms", "ttfb_p99_ms", "cpu_us")
     summary = {k: median([c[k] for c in cells if k in c]) for k in keys}
     summary["errors"] = sum(c["errors"] for c in cells)
     summary["requests"] = sum(c["requests"] for c in cells)
@@ -493,14 +542,19 @@ def report(results: dict, targets: list[str], memory: dict[str, Any], meta: dict
                          f"{fmt(lite_added):>17}")
     if DASHBOARD_TARGET in targets:
         lines += ["", f"an open dashboard ({DASHBOARD_TARGET} vs trioproxy, the same process in the same run):"]
-        head = f"{'mode':<6} {'conc':>4}  {'req/s ratio':>11} {'p50 ms diff':>11} {'p99 ms diff':>11} {'ttfb p50 diff':>13}"
+        lines += ["(proxy CPU per request: trioproxy's own CPU time over the cell's requests; the other"
+                  " columns also feel chromium, which shares the load generator's core)"]
+        head = (f"{'mode':<6} {'conc':>4}  {'CPU us/req':>10} {'with dash':>9} {'ratio':>6}  {'req/s ratio':>11} "
+                f"{'p50 ms diff':>11} {'ttfb p50 diff':>13}")
         lines += [head, "-" * len(head)]
         for mode in MODES:
             for conc in CONCURRENCIES:
                 t, w = results[(mode, conc, "trioproxy")], results[(mode, conc, DASHBOARD_TARGET)]
                 ratio = w["rps"] / t["rps"] if t["rps"] > 0 else float("nan")
-                lines.append(f"{mode:<6} {conc:>4}  {fmt(ratio, 3):>11} {fmt(w['p50_ms'] - t['p50_ms'], 3):>11} "
-                             f"{fmt(w['p99_ms'] - t['p99_ms'], 3):>11} {fmt(w['ttfb_p50_ms'] - t['ttfb_p50_ms'], 3):>13}")
+                cpu_ratio = w["cpu_us"] / t["cpu_us"] if t["cpu_us"] > 0 else float("nan")
+                lines.append(f"{mode:<6} {conc:>4}  {fmt(t['cpu_us'], 1):>10} {fmt(w['cpu_us'], 1):>9} "
+                             f"{fmt(cpu_ratio, 3):>6}  {fmt(ratio, 3):>11} {fmt(w['p50_ms'] - t['p50_ms'], 3):>11} "
+                             f"{fmt(w['ttfb_p50_ms'] - t['ttfb_p50_ms'], 3):>13}")
     lines += ["", "memory (RSS):"]
     for name, m in memory.items():
         parts = [f"idle {m['idle'] / MiB:.1f} MiB"]
@@ -564,8 +618,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=OPEN_STREAMS, help="open streams for the RSS measurement")
     parser.add_argument("--litellm-streams", action="store_true",
                         help="also measure LiteLLM's RSS with the open streams (slow)")
-    parser.add_argument("--dashboard", action="store_true",
-                        help=f"add the target {DASHBOARD_TARGET}: trioproxy with its dashboard open in headless chromium")
+    parser.add_argument("--dashboard", nargs="?", const="chromium", choices=("chromium", "poll"),
+                        help=f"add the target {DASHBOARD_TARGET}: trioproxy with its dashboard open in headless "
+                             "chromium, or (poll) only polled once a second as the page does")
     parser.add_argument("--json", type=Path, help="also write all measurements to this file")
     parser.add_argument("--max-minutes", type=float, default=40, help="hard bound on the whole run")
     args = parser.parse_args(argv)
@@ -598,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"LiteLLM unavailable: {litellm_note}")
 
     procs: list[subprocess.Popen] = []
-    dashboard: OpenDashboard | None = None
+    dashboard: OpenDashboard | PollingDashboard | None = None
     tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=CACHE))
     logs = CACHE / "logs"  # kept after the run
     logs.mkdir(exist_ok=True)
@@ -622,8 +677,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 procs.append(lite)
                 ports["litellm"], pids["litellm"] = lite_port, lite.pid
-        if args.dashboard:
+        if args.dashboard == "chromium":
             dashboard = OpenDashboard(ports["trioproxy"], logs / "chromium.log")
+        elif args.dashboard == "poll":
+            dashboard = PollingDashboard(ports["trioproxy"])
+        if dashboard is not None:
             ports[DASHBOARD_TARGET] = ports["trioproxy"]
         targets = list(ports)
         time.sleep(1.0)
@@ -648,13 +706,14 @@ def main(argv: list[str] | None = None) -> int:
                     for target in order:
                         if time.monotonic() > deadline:
                             raise SystemExit("--max-minutes reached")
+                        pid = pids["trioproxy"] if target in ("trioproxy", DASHBOARD_TARGET) else None
                         if target == DASHBOARD_TARGET:
                             dashboard.open()  # type: ignore[union-attr]
                         try:
-                            cell = measure_cell(wrk, ports[target], mode, conc, args.duration, warmup, body_files)
+                            cell = measure_cell(wrk, ports[target], mode, conc, args.duration, warmup, body_files, pid)
                         finally:
                             if target == DASHBOARD_TARGET:
-                                dashboard.close_tab()  # type: ignore[union-attr]
+                                dashboard.close()  # type: ignore[union-attr]
                         raw.setdefault((mode, conc, target), []).append(cell)
                         log(f"round {round_ + 1}/{args.rounds} {mode:<6} c={conc:<3} {target:<9} "
                             f"{cell['rps']:8.0f} req/s p50 {cell['p50_ms']:.2f} ms errors {cell['errors']}"
