@@ -237,7 +237,12 @@ function renderTraffic(traffic) {
   fillTable("latency", ["p50 / p90 / p99", "last hour", "since start"], latencyRows, "no requests yet");
 }
 
+let shownRecent = ""; // the newest request shown: an unchanged list is not rebuilt every second
+
 function renderRecent(recent) {
+  const newest = recent.length ? `${recent.length} ${recent[0].time} ${recent[0].request_id}` : "";
+  if (newest === shownRecent) return;
+  shownRecent = newest;
   const rows = recent.map((r) => {
     const tr = row([
       new Date(r.time * 1000).toLocaleTimeString(),
