@@ -124,6 +124,24 @@ def test_history_stays_the_same_size_however_long_it_runs() -> None:
     assert idle["since_start"]["requests"] == {"cerebras": 3600}
 
 
+def test_history_hour_counts_the_current_minute_on_every_poll() -> None:
+    """Polls within a minute see its new requests; a minute later they count among the earlier ones."""
+    clock = Clock(600.0)
+    history = TrafficHistory(clock)
+    history.observe(record("cerebras"), "chat", 0.1, None)
+    assert history.snapshot()["last_hour"]["requests"] == {"cerebras": 1}
+    clock.now += 10
+    history.observe(record("chutes"), "chat", 0.1, None)
+    assert history.snapshot()["last_hour"]["requests"] == {"cerebras": 1, "chutes": 1}
+    clock.now += 60
+    history.observe(record("chutes"), "chat", 0.1, None)
+    state = history.snapshot()
+    assert state["last_hour"]["requests"] == {"cerebras": 1, "chutes": 2}
+    assert state["per_minute"]["requests"]["chutes"][-2:] == [1, 1]
+    clock.now += 59 * 60  # the first minute has left the hour
+    assert history.snapshot()["last_hour"]["requests"] == {"chutes": 1}
+
+
 def test_history_percentiles_are_within_a_bucket_of_the_truth() -> None:
     """Latencies 1..1000 ms: p50 near 500 ms, p99 near 990 ms, each within the 25 % bucket width."""
     history = TrafficHistory(Clock(60.0))

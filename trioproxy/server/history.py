@@ -7,6 +7,7 @@ buckets, so percentiles come without keeping samples.
 """
 
 import bisect
+import operator
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -67,8 +68,7 @@ def _percentile(counts: list[int], share: float) -> float | None:
 def _add_into(target: dict[str, list[int]], source: dict[str, list[int]]) -> None:
     for provider, counts in source.items():
         into = target.setdefault(provider, _buckets())
-        for index, count in enumerate(counts):
-            into[index] += count
+        into[:] = map(operator.add, into, counts)
 
 
 def _quantiles(histograms: dict[str, list[int]]) -> dict[str, dict[str, float | int | None]]:
@@ -137,6 +137,9 @@ class TrafficHistory:
         self._recent: deque[RecentRequest] = deque(maxlen=RECENT_REQUESTS)
         self._minutes = [Tally() for _ in range(MINUTES)]
         self._total = Tally()
+        # The hour's finished minutes, summed once per minute rather than on every poll (requests
+        # are only ever added to the current minute; its `minute` says for which minute it was summed).
+        self._earlier = Tally()
 
     def observe(self, record: RequestRecord, api: str, latency: float, first_byte: float | None) -> None:
         """Account one finished request; a few counter updates, nothing that grows."""
@@ -164,9 +167,15 @@ class TrafficHistory:
         current = int(now // 60)
         minutes = list(range(current - MINUTES + 1, current + 1))
         slots = {slot.minute: slot for slot in self._minutes if slot.minute in range(minutes[0], current + 1)}
+        if self._earlier.minute != current:
+            self._earlier = Tally(current)
+            for minute, slot in slots.items():
+                if minute != current:
+                    self._earlier.merge(slot)
         hour = Tally()
-        for slot in slots.values():
-            hour.merge(slot)
+        hour.merge(self._earlier)
+        if current in slots:
+            hour.merge(slots[current])
         providers = sorted(set(self._total.requests))
         empty = Tally()
 
