@@ -6,6 +6,7 @@
 const STATE_URL = "/dashboard/api/state";
 const POLL_MS = 1000;
 const RETRY_MAX_MS = 8000;
+const FETCH_TIMEOUT_MS = 10000;
 const KEY_STORAGE = "trioproxy.dashboard.key";
 const WINDOWS = ["rpm", "tpm", "rpd", "tpd"];
 const WINDOW_LABELS = { rpm: "requests / min", tpm: "tokens / min", rpd: "requests / day", tpd: "tokens / day" };
@@ -82,7 +83,8 @@ async function poll() {
   let next = POLL_MS;
   try {
     const headers = key ? { authorization: "Bearer " + key } : {};
-    const response = await fetch(STATE_URL, { headers, cache: "no-store" });
+    // A proxy that stops answering counts as lost after a while, not never.
+    const response = await fetch(STATE_URL, { headers, cache: "no-store", signal: AbortSignal.timeout(FETCH_TIMEOUT_MS) });
     if (response.status === 401) {
       const why = await errorMessage(response);
       askForKey(key ? `The key was refused (401): ${why}` : "");
