@@ -15,7 +15,7 @@ from ..doors.chat import ApiError, ChatRequest, rewrite_model
 from ..jsoncodec import dump_json
 from ..quota.cooldown import CooldownTimers
 from ..providers.health import ProviderHealth
-from ..quota.ledger import QuotaLedger, Refusal, Reservation
+from ..quota.contract import Ledger, Refusal, Reservation
 from ..providers.ratelimit import backoff_for, quota_figures
 from .tokens import PromptEstimator, requested_completion_tokens
 from ..providers.upstream import DONE, Upstream, UpstreamFailure, json_object, protocol_failure
@@ -199,7 +199,7 @@ class Router:
         self,
         proxy_model: str,
         upstreams: Sequence[Upstream],
-        ledger: QuotaLedger,
+        ledger: Ledger,
         cooldowns: CooldownTimers,
         cooldown_seconds: float,
         capacity_backoff_seconds: float,
@@ -325,7 +325,7 @@ class Router:
             if window is not None and cost > window:
                 why_not_previous = "fallback: context"
                 continue
-            reservation = await self.ledger.reserve(upstream.name, cost)
+            reservation = await self.ledger.reserve(upstream.name, cost, floor=prompt_estimate)
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", record.request_id, upstream.name, reservation.reason)

@@ -16,7 +16,7 @@ from .drain import SHUTDOWN_EVENT, Drain
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
 from .metrics import Metrics
-from ..quota.ledger import WINDOW_NAMES, QuotaLedger
+from ..quota.contract import WINDOW_NAMES, Ledger
 from ..routing.router import RequestRecord, Router
 from ..runtime import Runtime
 
@@ -61,7 +61,7 @@ class ProxyApp:
         return self.runtime.router
 
     @property
-    def _ledger(self) -> QuotaLedger:
+    def _ledger(self) -> Ledger:
         return self.runtime.ledger
 
     @property
@@ -307,7 +307,7 @@ async def _send_error(send: Send, error: ApiError, extra: dict[str, str] | None 
     await _send_json(send, error.status, error.body(), {**error.headers, **(extra or {})})
 
 
-def _finish_request(record: RequestRecord, ledger: QuotaLedger, metrics: Metrics, providers: list[str]) -> None:
+def _finish_request(record: RequestRecord, ledger: Ledger, metrics: Metrics, providers: list[str]) -> None:
     """The one place a request is accounted for: its log line and its metrics."""
     now = trio.current_time()
     latency = now - record.started
