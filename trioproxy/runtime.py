@@ -12,7 +12,8 @@ from .server.auth import ClientKeys
 from .config import Config, ProviderConfig
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
-from .quota.ledger import QuotaLedger
+from .quota.backends import open_ledger
+from .quota.contract import Ledger
 from .routing.router import Router
 from .providers.upstream import ProviderClient, Upstream
 
@@ -23,7 +24,7 @@ log = logging.getLogger("trioproxy")
 class Runtime:
     config: Config
     router: Router
-    ledger: QuotaLedger
+    ledger: Ledger
     client_keys: ClientKeys
     prober_scope: trio.CancelScope
 
@@ -56,12 +57,11 @@ async def build_runtime(
 ) -> Runtime:
     """Router, ledger, prober and keys for `config`; quota state and health carry over from `previous`."""
     providers = serving_providers(config)
-    ledger = QuotaLedger(providers)
+    ledger = await open_ledger(config, providers, nursery, previous.ledger if previous is not None else None)
     timeout = config.request_timeout_ms / 1000
     upstreams = [Upstream(p, pool.client(p, timeout)) for p in providers]
     health = {p.name: ProviderHealth() for p in providers}
     if previous is not None:
-        ledger.import_state(previous.ledger.export_state(0.0), 0.0)
         for name, state in previous.router.health.items():
             if name in health:
                 health[name] = state

@@ -137,7 +137,7 @@ class ProxyApp:
     async def _health(self, send: Send, extra: dict[str, str]) -> None:
         providers = {upstream.name: self._provider_state(upstream.name) for upstream in self._router.upstreams}
         usable = any(state["usable"] for state in providers.values())
-        body = {"status": "ok" if usable else "unavailable", "providers": providers}
+        body = {"status": "ok" if usable else "unavailable", "providers": providers, "quota_store": self._ledger.store_status()}
         await _send_json(send, 200 if usable else 503, body, extra)
 
     def _status(self) -> dict[str, Any]:
@@ -150,7 +150,12 @@ class ProxyApp:
                 "completion_tokens": self.metrics.tokens[(upstream.name, "completion")],
             }
             providers.append({"name": upstream.name, "model": upstream.config.model, **self._provider_state(upstream.name), "served_since_start": served})
-        return {"model": self._proxy_model, "providers": providers, "reroutes": dict(self.metrics.reroutes)}
+        return {
+            "model": self._proxy_model,
+            "providers": providers,
+            "reroutes": dict(self.metrics.reroutes),
+            "quota_store": self._ledger.store_status(),
+        }
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         body = self.metrics.render(self._gauges()).encode()
@@ -160,7 +165,7 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": body})
 
     def _gauges(self) -> list[tuple[str, str, str, float]]:
-        gauges = []
+        gauges = _quota_store_gauges(self._ledger.store_status())
         for upstream in self._router.upstreams:
             health = self._router.health[upstream.name]
             gauges.append(("trioproxy_provider_up", "1 while the prober finds the provider usable.", f'provider="{upstream.name}"', float(health.usable)))
@@ -238,6 +243,17 @@ class ProxyApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _quota_store_gauges(store: dict[str, Any]) -> list[tuple[str, str, str, float]]:
+    """A shared ledger's reachability; the memory ledger has none to show."""
+    if "connected" not in store:
+        return []
+    return [
+        ("trioproxy_quota_store_up", "1 while the shared quota ledger (Redis) answers.", "", float(store["connected"])),
+        ("trioproxy_quota_store_outages", "Times the shared quota ledger became unreachable since start.", "", float(store["outages"])),
+        ("trioproxy_quota_store_dropped_updates", "Settlements and header figures that could not reach Redis.", "", float(store["dropped_updates"])),
+    ]
 
 
 def _overhead_ms(record: RequestRecord) -> str:

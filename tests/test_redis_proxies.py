@@ -1,0 +1,73 @@
+"""Two trioproxy processes' worth of proxies spending one Cerebras key through one real Redis."""
+
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import trio
+
+from conftest import Providers, Proxy, StartProxy
+from redis_server import RedisServer, running_redis
+from test_routing import chat, client_for, post
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path) as server:
+        yield server
+
+
+async def alternate(proxies: list[Proxy], count: int) -> list[int]:
+    """`count` small requests, sent to each proxy in turn, one after the other."""
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(client_for(proxy)) for proxy in proxies]
+        return [(await post(clients[i % len(clients)], chat(max_tokens=10))).status_code for i in range(count)]
+
+
+async def test_two_proxies_on_one_redis_never_meet_a_429_where_one_would_not(
+    providers: Providers, start_proxy: StartProxy, redis: RedisServer
+) -> None:
+    providers.cerebras.requests_per_minute = 6
+    shared = {"quota_backend": "redis", "redis_url": redis.url, "cerebras": {"requests_per_minute": 6}}
+    proxies = [await start_proxy(**shared, redis_key_prefix="e2e:") for _ in range(2)]
+    statuses = await alternate(proxies, 16)
+    assert statuses == [200] * 16
+    assert providers.cerebras.served == 6
+    assert len(providers.cerebras.received) == 6  # no request wasted on a 429
+    assert providers.chutes.served == 10
+    async with client_for(proxies[1]) as client:
+        status = (await client.get("/status")).json()
+    store = status["quota_store"]
+    assert store["backend"] == "redis" and store["connected"] is True and store["outages"] == 0
+    cerebras = next(p for p in status["providers"] if p["name"] == "cerebras")
+    assert cerebras["accounts"]["cerebras"]["rpm"]["used"] == 6  # both proxies' bookings, seen by either
+
+
+async def test_the_same_two_proxies_with_memory_ledgers_each_spend_the_whole_quota(
+    providers: Providers, start_proxy: StartProxy
+) -> None:
+    """The control: without a shared ledger each proxy believes it owns the key."""
+    providers.cerebras.requests_per_minute = 6
+    proxies = [await start_proxy(cerebras={"requests_per_minute": 6}) for _ in range(2)]
+    statuses = await alternate(proxies, 16)
+    assert statuses == [200] * 16  # Chutes catches the rest, after a wasted round trip each
+    assert providers.cerebras.served == 6
+    assert len(providers.cerebras.received) > 6
+
+
+async def test_metrics_and_healthz_show_the_quota_store(providers: Providers, start_proxy: StartProxy, redis: RedisServer) -> None:
+    proxy = await start_proxy(quota_backend="redis", redis_url=redis.url, redis_timeout_ms=200)
+    async with client_for(proxy) as client:
+        metrics = (await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")).text
+        assert "trioproxy_quota_store_up{} 1" in metrics
+        redis.stop()
+        assert (await post(client, chat(max_tokens=10))).status_code == 200  # served on local buckets
+        health = (await client.get(proxy.base_url.removesuffix("/v1") + "/healthz")).json()
+        assert health["quota_store"]["connected"] is False and health["quota_store"]["outages"] == 1
+        metrics = (await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")).text
+        assert "trioproxy_quota_store_up{} 0" in metrics and "trioproxy_quota_store_outages{} 1" in metrics
+        redis.start()
+        with trio.fail_after(15):
+            while not (await client.get("/status")).json()["quota_store"]["connected"]:
+                await trio.sleep(0.05)
