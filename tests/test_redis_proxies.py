@@ -10,6 +10,7 @@ import trio
 from conftest import Providers, Proxy, StartProxy
 from redis_server import RedisServer, running_redis
 from test_routing import chat, client_for, post
+from trioproxy.status_table import render_table
 
 
 @pytest.fixture
@@ -42,6 +43,7 @@ async def test_two_proxies_on_one_redis_never_meet_a_429_where_one_would_not(
     assert store["backend"] == "redis" and store["connected"] is True and store["outages"] == 0
     cerebras = next(p for p in status["providers"] if p["name"] == "cerebras")
     assert cerebras["accounts"]["cerebras"]["rpm"]["used"] == 6  # both proxies' bookings, seen by either
+    assert f"quota: shared in Redis {redis.url}, connected, outages 0" in render_table(status)
 
 
 async def test_the_same_two_proxies_with_memory_ledgers_each_spend_the_whole_quota(
