@@ -8,7 +8,7 @@ import attrs
 import pytest
 import trio
 
-from redis_server import RedisServer, running_redis
+from trioproxy.testing.redis_server import RedisServer, free_port, running_redis
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
@@ -25,12 +25,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.time
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path) as server:
-        yield server
 
 
 def cerebras(**limits: Any) -> ProviderConfig:
@@ -240,8 +234,6 @@ async def test_wrong_password_stops_the_start_naming_the_setting(nursery: trio.N
 
 
 async def test_absent_redis_stops_the_start_unless_the_policy_serves_without_it(nursery: trio.Nursery) -> None:
-    from redis_server import free_port
-
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(QuotaStoreError, match="^redis_url: cannot reach Redis"):
         await _start_unwrapped(QuotaStore(url, 0.5, allow_start_without=False))

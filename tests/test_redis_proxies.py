@@ -1,22 +1,13 @@
 """Two trioproxy processes' worth of proxies spending one Cerebras key through one real Redis."""
 
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from pathlib import Path
 
-import pytest
 import trio
 
 from conftest import Providers, Proxy, StartProxy
-from redis_server import RedisServer, running_redis
+from trioproxy.testing.redis_server import RedisServer
 from test_routing import chat, client_for, post
 from trioproxy.status_table import render_table
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path) as server:
-        yield server
 
 
 async def alternate(proxies: list[Proxy], count: int) -> list[int]:

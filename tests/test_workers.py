@@ -5,22 +5,14 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 
 from conftest import Providers
-from redis_server import RedisServer, free_port, running_redis
+from trioproxy.testing.redis_server import RedisServer, free_port
 from test_routing import CLIENT_KEY, chat
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path) as server:
-        yield server
 
 
 class Output:

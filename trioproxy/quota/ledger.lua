@@ -1,7 +1,8 @@
 -- trioproxy's shared quota ledger: every operation on one provider's accounts, atomic in Redis.
 --
 -- KEYS[1] leases (sorted set: lease id -> expiry), KEYS[2] lease data (hash: id -> fields),
--- KEYS[3..] one hash per account of the provider, in key order.
+-- KEYS[3] leases held per replica (hash), KEYS[4..] one hash per account of the provider, in
+-- key order.
 -- ARGV[1] operation, ARGV[2] the time ("" = Redis TIME), ARGV[3..6] the limits of rpm, tpm,
 -- rpd and tpd (-1 = none), ARGV[7] the account's index (1-based; 0 where the operation chooses),
 -- ARGV[8..] the operation's own arguments. Every call answers a JSON object with the time
@@ -17,7 +18,7 @@ else
 end
 local LIMIT = {rpm = tonumber(ARGV[3]), tpm = tonumber(ARGV[4]), rpd = tonumber(ARGV[5]), tpd = tonumber(ARGV[6])}
 local INDEX = tonumber(ARGV[7])
-local LEASES, DATA = KEYS[1], KEYS[2]
+local LEASES, DATA, HOLDERS = KEYS[1], KEYS[2], KEYS[3]
 local SPAN, DAY = 60, 86400
 local WINDOWS = {'rpm', 'rpd', 'tpm', 'tpd'} -- the order in which a refusal is reported
 local BUCKETS = {rpm = true, tpm = true}
@@ -27,7 +28,7 @@ local accounts = {}
 
 local function load(index)
   if accounts[index] == nil then
-    local raw = redis.call('HGETALL', KEYS[2 + index])
+    local raw = redis.call('HGETALL', KEYS[3 + index])
     local a = {}
     for i = 1, #raw, 2 do a[raw[i]] = raw[i + 1] end
     for _, name in ipairs({'seq', 'cum', 'rpd_u', 'tpd_u', 'half_open'}) do a[name] = tonumber(a[name] or 0) end
@@ -151,6 +152,7 @@ local function expire_leases()
       give_back(a, lease.t - lease.f, lease.d)
       if a.probe == id then a.probe = '' end
       redis.call('HDEL', DATA, id)
+      redis.call('HINCRBY', HOLDERS, lease.r, -1)
     end
     redis.call('ZREM', LEASES, id)
   end
@@ -176,7 +178,7 @@ local function save_all()
       flat[#flat + 1] = k
       flat[#flat + 1] = tostring(value)
     end
-    redis.call('HSET', KEYS[2 + index], unpack(flat))
+    redis.call('HSET', KEYS[3 + index], unpack(flat))
   end
 end
 
@@ -196,7 +198,7 @@ local function book(a, tokens)
 end
 
 local result = {}
-local n = #KEYS - 2
+local n = #KEYS - 3
 
 if op == 'reserve' then
   -- ARGV[8] tokens, [9] floor, [10] lease id, [11] lease seconds, [12] replica
@@ -222,14 +224,20 @@ if op == 'reserve' then
     if probe then a.probe, a.probe_until = id, now + ttl end
     redis.call('ZADD', LEASES, now + ttl, id)
     redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day_end, r = ARGV[12]}))
+    redis.call('HINCRBY', HOLDERS, ARGV[12], 1)
     result.granted = {best, a.seq, a.cum, a.day_end, probe}
   end
 elseif op == 'settle' then
   -- ARGV[8] lease id, [9] actual tokens, [10] reserved, [11] floor, [12] its day's end
   local a = load(INDEX)
   local id, actual, reserved, floor = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-  local back = reserved - actual
-  if redis.call('HDEL', DATA, id) == 0 then back = floor - actual end -- expired: it kept its floor
+  local back = floor - actual -- the lease expired already: it kept its floor
+  local raw = redis.call('HGET', DATA, id)
+  if raw then
+    back = reserved - actual
+    redis.call('HDEL', DATA, id)
+    redis.call('HINCRBY', HOLDERS, cjson.decode(raw).r, -1)
+  end
   redis.call('ZREM', LEASES, id)
   give_back(a, back, ARGV[12])
 elseif op == 'sync' then
@@ -277,10 +285,9 @@ elseif op == 'probe' then
 elseif op == 'view' then
   expire_leases()
   local holders = {}
-  local raw = redis.call('HVALS', DATA)
-  for _, value in ipairs(raw) do
-    local lease = cjson.decode(value)
-    holders[lease.r] = (holders[lease.r] or 0) + 1
+  local raw = redis.call('HGETALL', HOLDERS)
+  for i = 1, #raw, 2 do
+    if tonumber(raw[i + 1]) > 0 then holders[raw[i]] = tonumber(raw[i + 1]) else redis.call('HDEL', HOLDERS, raw[i]) end
   end
   result.leases = holders
 else

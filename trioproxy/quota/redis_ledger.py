@@ -99,6 +99,7 @@ class RedisLedger:
             self._keys[name] = [
                 f"{prefix}{{{name}}}:leases",
                 f"{prefix}{{{name}}}:lease-data",
+                f"{prefix}{{{name}}}:lease-holders",
                 *(account_key(prefix, name, key) for key in keys),
             ]
             self._where.update((account, (name, i + 1)) for i, account in enumerate(self._names[name]))

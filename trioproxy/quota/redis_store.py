@@ -5,6 +5,7 @@ Operations that need no answer (settling, header figures, probe results) go thro
 that one task empties, so they never hold up a client's answer.
 """
 
+import contextvars
 import json
 import logging
 import math
@@ -21,6 +22,9 @@ from coredis.retry import NoRetryPolicy
 log = logging.getLogger("trioproxy.quota")
 
 SCRIPT = resources.files(__package__).joinpath("ledger.lua").read_text()
+# A simulation on Trio's MockClock sets this for the stores it starts: their time then comes
+# from that clock instead of Redis's TIME (buckets refill in simulated time).
+STORE_CLOCK: contextvars.ContextVar[Callable[[], float] | None] = contextvars.ContextVar("store_clock", default=None)
 QUEUE_SIZE = 10_000  # answers-not-needed operations waiting; past that they are dropped and counted
 MAX_BACKOFF = 5.0
 FLUSH_SECONDS = 2.0  # at shutdown, how long queued operations may take to reach Redis
@@ -56,7 +60,7 @@ class QuotaStore:
         self.url = url
         self._timeout = timeout
         self._allow_start_without = allow_start_without
-        self._clock = clock  # tests' clock; None takes Redis's TIME
+        self._clock = clock if clock is not None else STORE_CLOCK.get()  # None: Redis's TIME
         self._client: coredis.Redis[str] | None = None
         self._script: Any = None
         self.connected = False

@@ -1,4 +1,5 @@
-"""A real redis-server for tests: its own free port and temporary folder, killed at the end."""
+"""A real redis-server of its own (Debian's package), for tests and benchmarks: a free port on
+127.0.0.1, its own folder, no persistence, killed at the end."""
 
 import shutil
 import signal
@@ -23,6 +24,7 @@ class RedisServer:
     port: int
     folder: Path
     password: str | None = None
+    prefix: tuple[str, ...] = ()  # e.g. ("taskset", "-c", "1") to pin it to a core
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -36,7 +38,7 @@ class RedisServer:
         assert binary is not None, "redis-server is missing: ./scripts/test installs Debian's redis-server"
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--dir", str(self.folder)] + (["--requirepass", self.password] if self.password else [])
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen([*self.prefix, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -63,8 +65,8 @@ class RedisServer:
 
 
 @contextmanager
-def running_redis(folder: Path, password: str | None = None) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), folder, password)
+def running_redis(folder: Path, password: str | None = None, prefix: tuple[str, ...] = ()) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), folder, password, prefix)
     server.start()
     try:
         yield server
