@@ -1,11 +1,14 @@
 """Two trioproxy processes' worth of proxies spending one Cerebras key through one real Redis."""
 
+import os
+import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import trio
 
 from conftest import Providers, Proxy, StartProxy
-from trioproxy.testing.redis_server import RedisServer
+from trioproxy.testing.redis_server import RedisServer, running_redis
 from test_routing import chat, client_for, post
 from trioproxy.status_table import render_table
 
@@ -64,3 +67,26 @@ async def test_metrics_and_healthz_show_the_quota_store(providers: Providers, st
         with trio.fail_after(15):
             while not (await client.get("/status")).json()["quota_store"]["connected"]:
                 await trio.sleep(0.05)
+
+
+async def test_a_refused_redis_password_stops_the_start_in_one_line_without_the_password(tmp_path: Path) -> None:
+    with running_redis(tmp_path, password="the-right-one") as server:
+        env = {**os.environ, "CEREBRAS_API_KEY": "csk-start-test", "REDIS_URL": server.url.replace("the-right-one", "a-wrong-secret")}
+        settings = tmp_path / "shared.toml"
+        settings.write_text('quota_backend = "redis"\nstate_file = ""\nport = 0\n')
+        command = [sys.executable, "-m", "trioproxy", "--config", str(settings)]
+        result = await trio.run_process(command, capture_stderr=True, check=False, env=env)
+    message = result.stderr.decode()
+    assert result.returncode == 2
+    assert message.startswith("trioproxy: redis_url: Redis refused the credentials") and message.count("\n") == 1
+    assert "a-wrong-secret" not in message
+
+
+async def test_a_redis_url_that_does_not_parse_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
+    env = {**os.environ, "CEREBRAS_API_KEY": "csk-start-test", "REDIS_URL": "redis://127.0.0.1:notaport/0"}
+    settings = tmp_path / "shared.toml"
+    settings.write_text('quota_backend = "redis"\nstate_file = ""\n')
+    command = [sys.executable, "-m", "trioproxy", "--config", str(settings)]
+    result = await trio.run_process(command, capture_stderr=True, check=False, env=env)
+    assert result.returncode == 2
+    assert result.stderr.decode() == "trioproxy: redis_url: has a port that is not a number (from environment variable REDIS_URL)\n"

@@ -136,10 +136,10 @@ class QuotaStore:
                 except NoScriptError:  # Redis restarted, or SCRIPT FLUSH: load it again
                     await self._load_script()
                     raw = await self._script(keys=keys, args=[op, self._time_arg(), *args])
-            except (RedisError, OSError) as error:
+                reply: Reply = json.loads(raw)
+            except (RedisError, OSError, ValueError) as error:  # ValueError: not the script's answer
                 self._went_down(str(error))
                 return None
-            reply: Reply = json.loads(raw)
             self.offset = reply["now"] - (started + trio.current_time()) / 2
             return reply
         self._went_down(f"no answer within {self._timeout * 1000:.0f} ms")
