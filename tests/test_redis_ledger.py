@@ -91,6 +91,19 @@ async def test_tokens_per_minute_bind_across_replicas_and_settling_refunds(nurse
     assert isinstance(await b.reserve("cerebras", 300), Refusal)
 
 
+async def test_settlements_queued_at_shutdown_still_reach_redis(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    limits = [cerebras(tokens_per_minute=1_000)]
+    async with trio.open_nursery() as stopping:
+        (leaving,) = await replicas(stopping, redis, limits, clock, count=1)
+        reservation = await leaving.reserve("cerebras", 900)
+        assert isinstance(reservation, SharedReservation)
+        await leaving.settle(reservation, 100)  # queued, then the process shuts down at once
+        stopping.cancel_scope.cancel()
+    (staying,) = await replicas(nursery, redis, limits, clock, count=1)
+    assert isinstance(await staying.reserve("cerebras", 850), SharedReservation)  # the 800 came back
+
+
 async def test_a_dead_replicas_lease_expires_and_gives_back_all_but_its_floor(nursery: trio.Nursery, redis: RedisServer) -> None:
     clock = Clock()
     dead, alive = await replicas(nursery, redis, [cerebras(tokens_per_day=1_000)], clock, count=2, lease_seconds=10.0)

@@ -70,11 +70,25 @@ class QuotaStore:
         self._down_since = 0.0
         self._lost = trio.Event()
         self._send, self._receive = trio.open_memory_channel[Pending](QUEUE_SIZE)
-        self._scope = trio.CancelScope()
+        self._tasks = trio.CancelScope()
+        self._closing = trio.Event()
         self.offset = 0.0  # add to a Trio time to get the store's time
         self.refresh: Callable[[], Awaitable[None]] | None = None  # the current ledger's view update
 
     async def run(self, *, task_status: trio.TaskStatus["QuotaStore"] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled or closed; then what is queued still reaches Redis (briefly).
+
+        The client lives in a shielded scope: cancelling its owner would otherwise cancel
+        coredis's own connection tasks too, and the last settlements would be lost."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._serve)
+            task_status.started(self)
+            try:
+                await self._closing.wait()
+            finally:
+                self._tasks.cancel()  # _serve flushes the queue, closes the client and returns
+
+    async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         client = coredis.Redis.from_url(
             self.url,
             decode_responses=True,
@@ -82,21 +96,20 @@ class QuotaStore:
             stream_timeout=self._timeout,
             retry_policy=NoRetryPolicy(),
         )
-        with self._scope:
+        with trio.CancelScope(shield=True):
             async with client:
                 self._client, self._script = client, client.register_script(SCRIPT)
                 await self._first_contact()
-                try:
+                with self._tasks:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._empty_queue)
                         nursery.start_soon(self._reconnect)
                         nursery.start_soon(self._refresh_views)
-                        task_status.started(self)
-                finally:
-                    await self._flush()
+                        task_status.started()
+                await self._flush()
 
     def close(self) -> None:
-        self._scope.cancel()
+        self._closing.set()
 
     async def _first_contact(self) -> None:
         """Reach Redis once: a refused password stops the start; an absent Redis too, unless
@@ -172,8 +185,7 @@ class QuotaStore:
 
     async def _flush(self) -> None:
         """At shutdown, what is queued still reaches Redis (briefly: a dead Redis cannot hold us)."""
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + FLUSH_SECONDS
+        with trio.move_on_after(FLUSH_SECONDS):
             while True:
                 try:
                     op, keys, args, on_reply = self._receive.receive_nowait()
