@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from conftest import Providers
@@ -99,10 +100,13 @@ async def test_workers_share_a_port_restart_reload_and_drain(
             await process.wait()
 
 
-async def test_workers_with_the_memory_ledger_refuse_to_start(providers: Providers, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["flag", "file"])
+async def test_workers_with_the_memory_ledger_refuse_to_start(providers: Providers, tmp_path: Path, where: str) -> None:
     config = settings(tmp_path, providers, free_port(), "memory")
-    command = [sys.executable, "-m", "trioproxy", "--config", str(config), "--workers", "3"]
+    if where == "file":
+        config.write_text("workers = 3\n" + config.read_text())
+    command = [sys.executable, "-m", "trioproxy", "--config", str(config)] + (["--workers", "3"] if where == "flag" else [])
     result = await trio.run_process(command, capture_stderr=True, check=False, env=environment(providers))
     assert result.returncode == 2
     message = result.stderr.decode()
-    assert message.count("\n") == 1 and "--workers 3" in message and 'quota_backend = "redis"' in message
+    assert message.count("\n") == 1 and "workers 3: each process" in message and 'quota_backend = "redis"' in message

@@ -70,11 +70,11 @@ def _workers_refusal(workers: int, config: Config, demo: bool) -> str | None:
     """Why `workers` processes cannot serve these settings, if they cannot."""
     if workers > 1 and config.quota_backend == "memory":
         return (
-            f"--workers {workers}: each process would spend the whole quota on its own (memory ledger); "
+            f"workers {workers}: each process would spend the whole quota on its own (memory ledger); "
             'set quota_backend = "redis" and redis_url (README: Several processes and machines)'
         )
     if workers > 1 and demo:
-        return f"--workers {workers}: --demo runs in one process"
+        return f"workers {workers}: --demo runs in one process"
     return None
 
 

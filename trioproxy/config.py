@@ -239,10 +239,6 @@ class Config:
     def __attrs_post_init__(self) -> None:
         if self.quota_backend == "redis" and not self.redis_url:
             raise _InvalidKey("redis_url", "must be set when quota_backend is \"redis\" (e.g. redis://127.0.0.1:6379/0)")
-        if self.workers > 1 and self.quota_backend == "memory":
-            raise _InvalidKey(
-                "workers", f"{self.workers} processes cannot share the memory quota ledger; set quota_backend = \"redis\""
-            )
         names = [p.name for p in (self.cerebras, self.chutes, *self.extra_providers)]
         if self.cerebras.name != "cerebras" or self.chutes.name != "chutes":
             raise _InvalidKey("cerebras.name", "the [cerebras] and [chutes] tables keep their own names")
