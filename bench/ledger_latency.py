@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from trioproxy.config import Config
+from trioproxy.config import Config, ProviderConfig
 from trioproxy.quota.contract import Ledger, Reservation
 from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.redis_ledger import RedisLedger
@@ -33,7 +33,7 @@ BIG = 10**12
 TASKS = (1, 16)
 
 
-def provider() -> object:
+def provider() -> ProviderConfig:
     return attrs.evolve(Config().cerebras, api_key="csk-bench", requests_per_minute=BIG, tokens_per_minute=BIG, tokens_per_day=BIG)
 
 
@@ -66,8 +66,8 @@ async def measure(redis_url: str, rounds: int, count: int) -> dict[tuple[str, in
         store = QuotaStore(redis_url, 5.0, allow_start_without=False)  # latency, not outages, is measured
         await nursery.start(store.run)
         ledgers: dict[str, Ledger] = {
-            "memory": QuotaLedger([provider()]),  # type: ignore[list-item]
-            "redis": RedisLedger([provider()], store, prefix="bench:", outage_policy="local",  # type: ignore[list-item]
+            "memory": QuotaLedger([provider()]),
+            "redis": RedisLedger([provider()], store, prefix="bench:", outage_policy="local",
                                  replicas=1, lease_seconds=60, replica="bench"),
         }
         for round_ in range(rounds):

@@ -5,12 +5,16 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import attrs
+import pytest
 import trio
 
-from conftest import Providers, Proxy, StartProxy
+from conftest import Providers, Proxy, StartProxy, proxy_config
 from trioproxy.testing.redis_server import RedisServer, running_redis
 from test_routing import chat, client_for, post
+from trioproxy.config import Config
 from trioproxy.status_table import render_table
+from trioproxy.supervisor import run_proxy
 
 
 async def alternate(proxies: list[Proxy], count: int) -> list[int]:
@@ -90,3 +94,24 @@ async def test_a_redis_url_that_does_not_parse_stops_the_start_naming_the_settin
     result = await trio.run_process(command, capture_stderr=True, check=False, env=env)
     assert result.returncode == 2
     assert result.stderr.decode() == "trioproxy: redis_url: has a port that is not a number (from environment variable REDIS_URL)\n"
+
+
+@pytest.mark.parametrize(("before", "after", "kept"), [("memory", "redis", "memory"), ("redis", "memory", "redis")])
+async def test_a_reload_keeps_the_quota_backend_until_a_restart(
+    providers: Providers, redis: RedisServer, caplog: pytest.LogCaptureFixture, before: str, after: str, kept: str
+) -> None:
+    """The state file and Redis are not converted into each other: a reload says so and keeps the ledger."""
+    config = proxy_config(providers, quota_backend=before, redis_url=redis.url)
+    send_reloads, receive_reloads = trio.open_memory_channel[Config](1)
+    async with trio.open_nursery() as nursery:
+        shutdown = trio.Event()
+        proxy = Proxy(await nursery.start(run_proxy, config, shutdown, receive_reloads), config, shutdown)
+        async with client_for(proxy) as client:
+            await send_reloads.send(attrs.evolve(config, quota_backend=after))
+            with trio.fail_after(10):
+                while "configuration reloaded" not in caplog.text:
+                    await trio.sleep(0.02)
+            assert (await client.get("/status")).json()["quota_store"]["backend"] == kept
+            assert (await post(client, chat(max_tokens=5))).status_code == 200
+        shutdown.set()
+    assert f'reload: quota_backend = "{after}" takes effect after a restart' in caplog.text

@@ -1,5 +1,6 @@
 """Which ledger a configuration gets: the in-process one, or the one shared through Redis."""
 
+import logging
 import os
 import socket
 
@@ -11,6 +12,8 @@ from .ledger import QuotaLedger
 from .redis_ledger import RedisLedger
 from .redis_store import QuotaStore
 
+log = logging.getLogger("trioproxy.quota")
+
 
 def replica_name() -> str:
     """How this process is named among those sharing the quota (host and pid: no secret)."""
@@ -20,9 +23,15 @@ def replica_name() -> str:
 async def open_ledger(
     config: Config, providers: list[ProviderConfig], nursery: trio.Nursery, previous: Ledger | None
 ) -> Ledger:
-    """The ledger for `config`. The memory ledger carries over `previous`'s state; a Redis
-    ledger reuses `previous`'s connection when it points at the same Redis."""
-    if config.quota_backend == "memory":
+    """The ledger for `config`. On a reload (`previous`), the memory ledger carries its state
+    over, a Redis ledger keeps its connection while it points at the same Redis, and a change
+    of `quota_backend` waits for a restart (the state file and Redis are not converted)."""
+    if isinstance(previous, QuotaLedger) and config.quota_backend == "redis":
+        log.warning('reload: quota_backend = "redis" takes effect after a restart; quota stays in memory')
+    if isinstance(previous, RedisLedger) and config.quota_backend == "memory":
+        log.warning('reload: quota_backend = "memory" takes effect after a restart; quota stays in Redis')
+        return previous.with_providers(providers)
+    if config.quota_backend == "memory" or isinstance(previous, QuotaLedger):
         ledger = QuotaLedger(providers)
         if isinstance(previous, QuotaLedger):
             ledger.import_state(previous.export_state(0.0), 0.0)

@@ -13,7 +13,7 @@ limit / replicas; with "refuse", providers that have limits count as out of quot
 
 import hashlib
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -82,6 +82,7 @@ class RedisLedger:
         replica: str,
     ) -> None:
         self.store = store
+        self._prefix = prefix
         self._providers = {p.name: p for p in providers}
         self._policy = outage_policy
         self._replicas = replicas
@@ -108,6 +109,13 @@ class RedisLedger:
         self._lease_numbers = itertools.count(1)
         store.refresh = self.refresh
 
+    def with_providers(self, providers: Iterable[ProviderConfig]) -> "RedisLedger":
+        """The same shared ledger for other provider settings (a reload)."""
+        return RedisLedger(
+            providers, self.store, prefix=self._prefix, outage_policy=self._policy, replicas=self._replicas,
+            lease_seconds=self._lease_seconds, replica=self._replica,
+        )
+
     def now(self) -> float:
         return trio.current_time()
 
@@ -121,7 +129,7 @@ class RedisLedger:
         for account, view in zip(self._names[provider], reply["views"]):
             self._views[account] = view
 
-    def _absorber(self, provider: str) -> Any:
+    def _absorber(self, provider: str) -> Callable[[Reply], None]:
         return lambda reply: self._absorb(provider, reply)
 
     async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
