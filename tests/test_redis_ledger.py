@@ -46,7 +46,7 @@ async def replica(
     policy: str = "local",
     replicas: int = 1,
     lease_seconds: float = 10.0,
-    timeout: float = 0.5,
+    timeout: float = 10.0,  # semantics, not this machine's speed, unless a test is about timeouts
 ) -> RedisLedger:
     store = QuotaStore(url, timeout, allow_start_without=policy == "local", clock=clock)
     await nursery.start(store.run)
@@ -229,7 +229,7 @@ async def test_a_paused_redis_costs_a_request_no_more_than_the_timeout(nursery: 
     try:
         started = trio.current_time()
         fallback = await ledger.reserve("cerebras", 10)
-        assert trio.current_time() - started < 1.0
+        assert trio.current_time() - started < 2.0  # the timeout (0.2 s), not a hang; margin for a busy machine
         assert isinstance(fallback, Reservation) and not isinstance(fallback, SharedReservation)
     finally:
         redis.resume()

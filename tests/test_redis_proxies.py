@@ -28,7 +28,8 @@ async def test_two_proxies_on_one_redis_never_meet_a_429_where_one_would_not(
     providers: Providers, start_proxy: StartProxy, redis: RedisServer
 ) -> None:
     providers.cerebras.requests_per_minute = 6
-    shared = {"quota_backend": "redis", "redis_url": redis.url, "cerebras": {"requests_per_minute": 6}}
+    # A generous timeout: on a busy machine a slow answer must not switch to the local buckets here.
+    shared = {"quota_backend": "redis", "redis_url": redis.url, "redis_timeout_ms": 10_000, "cerebras": {"requests_per_minute": 6}}
     proxies = [await start_proxy(**shared, redis_key_prefix="e2e:") for _ in range(2)]
     statuses = await alternate(proxies, 16)
     assert statuses == [200] * 16
@@ -57,7 +58,7 @@ async def test_the_same_two_proxies_with_memory_ledgers_each_spend_the_whole_quo
 
 
 async def test_metrics_and_healthz_show_the_quota_store(providers: Providers, start_proxy: StartProxy, redis: RedisServer) -> None:
-    proxy = await start_proxy(quota_backend="redis", redis_url=redis.url, redis_timeout_ms=200)
+    proxy = await start_proxy(quota_backend="redis", redis_url=redis.url, redis_timeout_ms=5_000)
     async with client_for(proxy) as client:
         metrics = (await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")).text
         assert "trioproxy_quota_store_up{} 1" in metrics

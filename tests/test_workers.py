@@ -42,7 +42,7 @@ def settings(tmp_path: Path, providers: Providers, port: int, backend: str, redi
     path = tmp_path / "trioproxy.toml"
     path.write_text(
         f'port = {port}\nstate_file = ""\nquota_backend = "{backend}"\n'
-        + (f'redis_url = "{redis_url}"\nredis_key_prefix = "workers:"\n' if redis_url else "")
+        + (f'redis_url = "{redis_url}"\nredis_key_prefix = "workers:"\nredis_timeout_ms = 5000\n' if redis_url else "")
         + f'[cerebras]\nbase_url = "{providers.cerebras_url}"\n[chutes]\nbase_url = "{providers.chutes_url}"\n'
     )
     return path

@@ -171,7 +171,8 @@ class QuotaStore:
 
     async def _empty_queue(self) -> None:
         async for op, keys, args, on_reply in self._receive:
-            reply = await self.call(op, keys, args)
+            with trio.CancelScope(shield=True):  # taken off the queue: finish it (call() has a timeout)
+                reply = await self.call(op, keys, args)
             self._queued -= 1
             if reply is None:
                 self.dropped += 1
