@@ -4,6 +4,7 @@
     python bench/overhead.py              # full run (3 rounds of 5 s cells, LiteLLM included)
     python bench/overhead.py --quick      # smoke check: one round of 2 s cells
     python bench/overhead.py --no-litellm --duration 3 --rounds 5
+    python bench/overhead.py --no-litellm --redis   # also the Redis ledger, one process and --workers 2
 
 Set-up (2 cores): trioproxy and LiteLLM's proxy (one worker) are pinned to core 0 with
 `taskset -c 0`; this script (the load generator) and the upstream run on core 1. The upstream
@@ -199,8 +200,30 @@ def start_upstream(max_seconds: float) -> tuple[subprocess.Popen, int]:
     return proc, int(line.split()[1])
 
 
+def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
+    """A redis-server of the benchmark's own (Debian's package), on the load core."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--redis needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no", "--dir", str(folder)]
+    proc = subprocess.Popen(pinned(cmd, LOAD_CORE), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    stop(proc)
+    raise SystemExit("redis-server did not start")
+
+
 def start_trioproxy(python: str, upstream_port: int, log_level: str, logfile: Path,
-                    state_file: str | None = None) -> tuple[subprocess.Popen, int]:
+                    state_file: str | None = None, redis_port: int | None = None,
+                    workers: int = 1) -> tuple[subprocess.Popen, int]:
+    """trioproxy on the proxy core; with `redis_port`, on the shared ledger there, and with
+    `workers` > 1 as that many processes, on every core (they need more than one)."""
     check = subprocess.run([python, "-c", "import trioproxy"], capture_output=True, text=True, timeout=60)
     if check.returncode != 0:
         raise SystemExit(f"{python} cannot import trioproxy (use --python): {check.stderr.strip()[-300:]}")
@@ -215,7 +238,13 @@ def start_trioproxy(python: str, upstream_port: int, log_level: str, logfile: Pa
            # The quota state is saved as in normal use, but to a file of the benchmark's own,
            # never the user's real state file ("" turns saving off).
            "STATE_FILE": str(CACHE / "trioproxy-state.json") if state_file is None else state_file}
-    proc = subprocess.Popen(pinned([python, "-m", "trioproxy"], PROXY_CORE), env=env, cwd=CACHE,
+    cmd = [python, "-m", "trioproxy"]
+    if redis_port is not None:
+        settings = logfile.with_suffix(".toml")
+        settings.write_text(f'quota_backend = "redis"\nredis_url = "redis://{HOST}:{redis_port}/0"\n'
+                            f'redis_key_prefix = "bench-{port}:"\nworkers = {workers}\n')
+        cmd += ["--config", str(settings)]
+    proc = subprocess.Popen(pinned(cmd, PROXY_CORE if workers == 1 else None), env=env, cwd=CACHE,
                             stdout=logfile.open("w"), stderr=subprocess.STDOUT)
     if not wait_ready(proc, port, "/healthz", 30):
         stop(proc)
@@ -556,6 +585,8 @@ def report(results: dict, targets: list[str], memory: dict[str, Any], meta: dict
                 lines.append(f"{mode:<6} {conc:>4}  {fmt(t['cpu_us'], 1):>10} {fmt(w['cpu_us'], 1):>9} "
                              f"{fmt(cpu_ratio, 3):>6}  {fmt(ratio, 3):>11} {fmt(w['p50_ms'] - t['p50_ms'], 3):>11} "
                              f"{fmt(w['ttfb_p50_ms'] - t['ttfb_p50_ms'], 3):>13}")
+    if "redis" in targets:
+        lines += shared_ledger_lines(results, [t for t in targets if t.startswith("redis-w")][0])
     lines += ["", "memory (RSS):"]
     for name, m in memory.items():
         parts = [f"idle {m['idle'] / MiB:.1f} MiB"]
@@ -567,6 +598,20 @@ def report(results: dict, targets: list[str], memory: dict[str, Any], meta: dict
                          f"(opened in {st['open_seconds']:.1f} s)")
         lines.append(f"  {name:<9} " + ", ".join(parts))
     lines += ["", "issue 5 targets:"] + check_targets(results, memory, "litellm" in targets)
+    return lines
+
+
+def shared_ledger_lines(results: dict, workers_target: str) -> list[str]:
+    """The Redis ledger's cost next to the memory ledger, and what more workers bring."""
+    lines = ["", f"shared quota ledger (Redis) vs memory; {workers_target}: that many workers, unpinned:"]
+    head = f"{'mode':<6} {'conc':>4}  {'redis added p50 ms':>18} {'redis rps / memory':>18} {workers_target + ' rps / redis':>20}"
+    lines += [head, "-" * len(head)]
+    for mode in MODES:
+        for conc in CONCURRENCIES:
+            memory, redis, workers = (results[(mode, conc, t)] for t in ("trioproxy", "redis", workers_target))
+            lines.append(f"{mode:<6} {conc:>4}  {fmt(redis['p50_ms'] - memory['p50_ms'], 3):>18} "
+                         f"{fmt(redis['rps'] / memory['rps'] if memory['rps'] else float('nan')):>18} "
+                         f"{fmt(workers['rps'] / redis['rps'] if redis['rps'] else float('nan')):>20}")
     return lines
 
 
@@ -626,6 +671,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "chromium, or (poll) only polled once a second as the page does")
     parser.add_argument("--json", type=Path, help="also write all measurements to this file")
     parser.add_argument("--max-minutes", type=float, default=40, help="hard bound on the whole run")
+    parser.add_argument("--redis", action="store_true",
+                        help="also trioproxy on the Redis ledger (a redis-server of its own), one process and --workers")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the Redis target with workers (default 2)")
     args = parser.parse_args(argv)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
     args.rounds = args.rounds or (1 if args.quick else 3)
@@ -672,6 +720,13 @@ def main(argv: list[str] | None = None) -> int:
                                                      args.state_file)
         procs.append(proxy)
         pids = {"trioproxy": proxy.pid}
+        if args.redis:
+            redis, redis_port = start_redis(tmp)
+            procs.append(redis)
+            for name, workers in (("redis", 1), (f"redis-w{args.workers}", args.workers)):
+                shared, ports[name] = start_trioproxy(args.python, upstream_port, args.log_level, logs / f"trioproxy-{name}.log",
+                                                      "", redis_port, workers)
+                procs.append(shared)
         if litellm_exe is not None:
             lite, lite_port, note = start_litellm(litellm_exe, upstream_port, logs / "litellm.log", timeout=180)
             if lite is None:

@@ -36,9 +36,14 @@ part the limit closest to exhausted binds: to the boundary, tokens/day (what was
 the day); after it, a per-minute limit (its bucket's level at the boundary plus the refill).
 The binding-limit utilisation is the two parts' binding shares weighted by their length.
 
+Several replicas (`--replicas 3`) get the requests in turn; `--backend redis` puts them on the
+shared ledger (a redis-server of the simulation's own, its time following the simulated clock),
+`--backend memory` on a ledger each, as separate processes would be.
+
 Run:  python bench/quota_sim.py [--minutes 30] [--seed 1] [--quick] [--rate 2.0]
       python bench/quota_sim.py --trace FILE [--start M] [--minutes M] [--sample P] [--speed K]
                                 [--budget N] [--stream-share S] [--seed 1]
+      either with [--replicas 3 --backend redis|memory]
 Exit status 0 when configuration A meets every target, 1 otherwise, 2 for a trace it refuses.
 """
 
@@ -51,10 +56,13 @@ import math
 import random
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack, ExitStack
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -66,7 +74,9 @@ from attrs import define, field, frozen
 import llm_trace
 from trioproxy.testing import emulator
 from trioproxy.config import Config
+from trioproxy.quota.redis_store import STORE_CLOCK
 from trioproxy.supervisor import run_proxy
+from trioproxy.testing.redis_server import running_redis
 from trioproxy.routing.tokens import estimate_prompt_tokens
 
 # --------------------------------------------------------------------------- constants
@@ -82,6 +92,7 @@ DEFAULT_CAP = 16_384
 PROXY_MODEL = "qwen-3-coder"
 CLIENT_TIMEOUT = 900.0  # simulated seconds; a stall would show as an error, not a hang
 
+SIM_EPOCH = 1_800_000_000.0  # a shared ledger's time at the simulation's clock zero
 TARGET_UTILISATION = 0.95
 TARGET_429_SHARE = 0.01
 
@@ -504,6 +515,25 @@ def proxy_config(setup: Setup, cerebras_url: str, cerebras_key: str, chutes_url:
     return attrs.evolve(base, cerebras=cerebras, chutes=chutes)
 
 
+@frozen
+class Deployment:
+    """How many trioproxy processes spend the key (requests go to each in turn), on which ledger."""
+
+    replicas: int = 1
+    backend: str = "memory"  # or "redis": the shared ledger, on the redis-server at redis_url
+    redis_url: str = ""
+
+    def apply(self, config: Config, run: str) -> Config:
+        if self.backend == "memory":
+            return config
+        # The store's timeout counts simulated time, which may jump while an answer is on its way.
+        return attrs.evolve(config, quota_backend="redis", redis_url=self.redis_url, replicas=self.replicas,
+                            redis_key_prefix=f"quota-sim-{run}:", redis_timeout_ms=3_600_000)
+
+    def describe(self) -> str:
+        return f"{self.replicas} trioproxy replica{'s' if self.replicas > 1 else ''} on the {self.backend} ledger"
+
+
 # --------------------------------------------------------------------------- one run
 
 
@@ -728,9 +758,9 @@ class _ProxyLog(logging.Handler):
         self.result.diversions.append(Diversion(now, reason, fits))
 
 
-async def run_setup(setup: Setup, workload: AnyWorkload,
-                    requests: Sequence[AnyRequest]) -> RunResult:
-    """One configuration against the workload, with fresh emulators and proxy."""
+async def run_setup(setup: Setup, workload: AnyWorkload, requests: Sequence[AnyRequest],
+                    deployment: Deployment = Deployment()) -> RunResult:
+    """One configuration against the workload, with fresh emulators and proxies."""
     start = trio.current_time()
     result = RunResult(setup, workload, start)
     wall = time.perf_counter()
@@ -755,7 +785,8 @@ async def run_setup(setup: Setup, workload: AnyWorkload,
         async with trio.open_nursery() as nursery:
             cerebras_url = await nursery.start(emulator.serve, cerebras)
             chutes_url = await nursery.start(emulator.serve, chutes)
-            config = proxy_config(setup, cerebras_url, cerebras.api_key, chutes_url, chutes.api_key)
+            config = deployment.apply(proxy_config(setup, cerebras_url, cerebras.api_key, chutes_url, chutes.api_key),
+                                      setup.key)
             shutdown = trio.Event()
 
             async def note_boundary() -> None:
@@ -763,9 +794,11 @@ async def run_setup(setup: Setup, workload: AnyWorkload,
                 result.levels_at_boundary = cerebras.levels()
 
             nursery.start_soon(note_boundary)
+            # A shared ledger's buckets refill in simulated time, like everything else here.
+            STORE_CLOCK.set(lambda: SIM_EPOCH + trio.current_time())
             async with trio.open_nursery() as proxy_nursery:
-                base_url = await proxy_nursery.start(run_proxy, config, shutdown)
-                await _drive(base_url, requests, start, result, needs, chutes)
+                base_urls = [await proxy_nursery.start(run_proxy, config, shutdown) for _ in range(deployment.replicas)]
+                await _drive(base_urls, requests, start, result, needs, chutes)
                 shutdown.set()
             nursery.cancel_scope.cancel()
     finally:
@@ -784,12 +817,14 @@ async def run_setup(setup: Setup, workload: AnyWorkload,
     return result
 
 
-async def _drive(base_url: str, requests: Sequence[AnyRequest], start: float, result: RunResult,
+async def _drive(base_urls: list[str], requests: Sequence[AnyRequest], start: float, result: RunResult,
                  needs: dict[str, tuple[int, int | None]],
                  chutes: emulator.EmulatedProvider) -> None:
-    """Send every planned request at its time and wait for all answers."""
+    """Send every planned request at its time, to each proxy in turn, and wait for all answers."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT, limits=limits) as client:
+    async with AsyncExitStack() as stack:
+        proxies = [await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT, limits=limits))
+                   for url in base_urls]
         async with trio.open_nursery() as clients:
             for planned in requests:
                 await trio.sleep_until(start + planned.at)
@@ -797,7 +832,7 @@ async def _drive(base_url: str, requests: Sequence[AnyRequest], start: float, re
                 result.chutes_received += len(chutes.received)
                 chutes.received.clear()
                 chutes.received_headers.clear()
-                clients.start_soon(_send, client, planned, result, needs)
+                clients.start_soon(_send, proxies[planned.index % len(proxies)], planned, result, needs)
     result.requests = len(requests)
 
 
@@ -881,12 +916,13 @@ def _refusal_causes(cerebras: emulator.EmulatedProvider) -> tuple[Counter[str], 
 # --------------------------------------------------------------------------- entry points
 
 
-def simulate(workload: AnyWorkload, setups: Sequence[Setup] = SETUPS) -> list[RunResult]:
+def simulate(workload: AnyWorkload, setups: Sequence[Setup] = SETUPS,
+             deployment: Deployment = Deployment()) -> list[RunResult]:
     """Run every setup on the same workload in one trio.run on an autojumping MockClock."""
     requests = workload.requests()
 
     async def main() -> list[RunResult]:
-        return [await run_setup(setup, workload, requests) for setup in setups]
+        return [await run_setup(setup, workload, requests, deployment) for setup in setups]
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -912,10 +948,10 @@ def _n(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def report(results: Sequence[RunResult]) -> tuple[str, bool]:
+def report(results: Sequence[RunResult], deployment: Deployment = Deployment()) -> tuple[str, bool]:
     """The printed report, and whether the first result (A) met every target."""
     w = results[0].workload
-    lines = [*w.headline(results[0].requests), ""]
+    lines = [*w.headline(results[0].requests), f"  {deployment.describe()}", ""]
     for r in results:
         lines.append(f"  {r.setup.key}: {r.setup.title}: {r.setup.describe()}")
     lines.append("")
@@ -1059,6 +1095,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="start the window this many minutes after the first row")
     trace.add_argument("--budget", type=int, default=None,
                        help="the max_tokens every request names (default: none)")
+    parser.add_argument("--replicas", type=int, default=1, help="trioproxy processes sharing the key (default 1)")
+    parser.add_argument("--backend", choices=("memory", "redis"), default="memory",
+                        help="their quota ledger; redis starts a redis-server of its own (default memory)")
     args = parser.parse_args(argv)
     if not 0 <= args.stream_share <= 1:
         parser.error("--stream-share must lie in [0, 1]")
@@ -1068,8 +1107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"quota_sim: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter()
-    results = simulate(workload)
-    text, passed = report(results)
+    with ExitStack() as stack:
+        redis_url = ""
+        if args.backend == "redis":
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="quota-sim-redis-"))
+            redis_url = stack.enter_context(running_redis(Path(folder))).url
+        deployment = Deployment(args.replicas, args.backend, redis_url)
+        results = simulate(workload, deployment=deployment)
+    text, passed = report(results, deployment)
     print(text)
     print(f"\ntotal wall time {time.perf_counter() - wall:.1f} s")
     return 0 if passed else 1

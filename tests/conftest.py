@@ -1,6 +1,7 @@
 """Fixtures: emulated providers and trioproxy, all real HTTP servers on 127.0.0.1, port 0."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -10,6 +11,7 @@ import trio
 from trioproxy.testing import emulator
 from trioproxy.config import Config
 from trioproxy.supervisor import run_proxy
+from trioproxy.testing.redis_server import RedisServer, running_redis
 
 
 @attrs.define
@@ -69,3 +71,10 @@ def start_proxy(nursery: trio.Nursery, providers: Providers) -> StartProxy:
 @pytest.fixture
 async def proxy(start_proxy: StartProxy) -> Proxy:
     return await start_proxy()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own (scripts/test installs Debian's package)."""
+    with running_redis(tmp_path) as server:
+        yield server

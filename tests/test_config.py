@@ -174,6 +174,8 @@ def _value_for(name: str, kind: type, variant: int) -> str:
         return ("ERROR", "DEBUG")[variant]
     if name == "LOG_FORMAT":
         return ("json", "text")[variant]
+    if name == "REDIS_URL":
+        return f"redis://10.0.0.{variant + 1}:6379/0"
     if name.endswith("_BASE_URL"):
         return f"http://10.0.0.{variant + 1}:8{variant}/v1"
     if kind is int:

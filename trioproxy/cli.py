@@ -16,8 +16,10 @@ from .config import Config, ConfigError, load_config, redacted, secrets
 from .demo import show_demo_banner
 from .logs import configure_logging
 from .quota.persist import default_state_path
+from .quota.redis_store import QuotaStoreError
 from .status_table import fetch_status, render_table
 from .supervisor import supervise
+from .workers import supervise_workers
 
 EXIT_USAGE = 2
 
@@ -47,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--daemon", action="store_true", help="detach and run in the background (foreground is the default)")
     parser.add_argument("--pidfile", type=Path, metavar="PATH", help=f"write the pid here (default with --daemon: {default_pidfile()})")
     parser.add_argument("--log-file", type=Path, metavar="PATH", help=f"append logs here (default with --daemon: {default_log_file()})")
+    parser.add_argument("--workers", type=_positive_int, metavar="N", help="serve the port with N worker processes (needs quota_backend = \"redis\")")
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker of --workers
     parser.add_argument("--version", action="version", version=f"trioproxy {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="print a running proxy's providers, keys and quota as a table")
@@ -58,6 +62,24 @@ def _parser() -> argparse.ArgumentParser:
     stop_command.add_argument("--pidfile", type=Path, default=argparse.SUPPRESS, help=f"default {default_pidfile()}")
     stop_command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default %(default)s)")
     return parser
+
+
+def _positive_int(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {raw!r}")
+    return int(raw)
+
+
+def _workers_refusal(workers: int, config: Config, demo: bool) -> str | None:
+    """Why `workers` processes cannot serve these settings, if they cannot."""
+    if workers > 1 and config.quota_backend == "memory":
+        return (
+            f"workers {workers}: each process would spend the whole quota on its own (memory ledger); "
+            'set quota_backend = "redis" and redis_url (README: Several processes and machines)'
+        )
+    if workers > 1 and demo:
+        return f"workers {workers}: --demo runs in one process"
+    return None
 
 
 def default_pidfile() -> Path:
@@ -144,6 +166,10 @@ def _main(argv: list[str] | None) -> int:
     if missing_keys:
         print(NO_KEYS, file=sys.stderr)
         return EXIT_USAGE
+    workers = 1 if args.listen_fd is not None else args.workers or config.workers
+    if (refusal := _workers_refusal(workers, config, args.demo)) is not None:
+        print(f"trioproxy: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
     pidfile = args.pidfile or (default_pidfile() if args.daemon else None)
     if pidfile is not None and (other := daemon.running_pid(pidfile)) is not None:
         print(f"trioproxy: already running (pid {other}, pidfile {pidfile})", file=sys.stderr)
@@ -156,7 +182,9 @@ def _main(argv: list[str] | None) -> int:
     configure_logging(config.log_level, secrets(config), log_stream, config.log_format)
     try:
         banner = _demo_banner(config, report is not None, pidfile) if args.demo else None
-        return _serve(config, banner, report, lambda: _load(args))
+        if workers > 1:
+            return _serve_workers(config, workers, args.config, report)
+        return _serve(config, banner, report, lambda: _load(args), args.listen_fd)
     finally:
         if pidfile is not None:
             daemon.release_pidfile(pidfile)
@@ -170,11 +198,28 @@ def _demo_banner(config: Config, detached: bool, pidfile: Path | None) -> Callab
     return lambda base_url: show_demo_banner(base_url, config.proxy_model_name, stop, as_log)
 
 
+def _serve_workers(config: Config, workers: int, config_path: Path | None, report: Callable[[bytes], None] | None) -> int:
+    path = str(config_path.resolve()) if config_path is not None else None
+    return _run_reporting(config, None, report, lambda ready: trio.run(supervise_workers, config, workers, path, ready))
+
+
 def _serve(
     config: Config,
     banner: Callable[[str], None] | None,
     report: Callable[[bytes], None] | None,
     reload: Callable[[], Config],
+    listen_fd: int | None,
+) -> int:
+    return _run_reporting(
+        config, banner, report, lambda ready: trio.run(supervise, config, banner is not None, ready, reload, listen_fd)
+    )
+
+
+def _run_reporting(
+    config: Config,
+    banner: Callable[[str], None] | None,
+    report: Callable[[bytes], None] | None,
+    run: Callable[[Callable[[str], None]], None],
 ) -> int:
     """Run until shut down (with the demo's emulators when `banner` is given); with `report`
     (daemon mode), tell the waiting parent how start-up went."""
@@ -186,8 +231,13 @@ def _serve(
             report(daemon.READY + base_url.encode())
 
     try:
-        trio.run(supervise, config, banner is not None, ready, reload)
-    except (OSError, BaseExceptionGroup) as error:
+        run(ready)
+    except (OSError, QuotaStoreError, BaseExceptionGroup) as error:
+        if (store_error := _quota_store_error_in(error)) is not None:
+            if report is not None:
+                report(daemon.FAILED + str(store_error).encode())
+            print(f"trioproxy: {store_error}", file=sys.stderr)
+            return EXIT_USAGE
         bind_error = _os_error_in(error)
         if bind_error is None:
             if report is not None:
@@ -200,6 +250,15 @@ def _serve(
         print(f"trioproxy: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _quota_store_error_in(error: BaseException) -> QuotaStoreError | None:
+    """The shared ledger's refusal to start, however deep in task groups it arrives."""
+    if isinstance(error, QuotaStoreError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        return next(filter(None, map(_quota_store_error_in, error.exceptions)), None)
+    return None
 
 
 def _os_error_in(error: BaseException) -> OSError | None:

@@ -6,6 +6,7 @@ directory, the process environment. Every refusal names the key and where its va
 
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,20 @@ def _normalize_level(value: str) -> str:
     """`info`, `Warning` and `WARN` are all accepted, from the file as from the environment."""
     level = value.upper() if isinstance(value, str) else value
     return "WARN" if level == "WARNING" else level
+
+
+def _redis_url(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if value == "":
+        return  # checked against quota_backend in Config
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        raise _InvalidValue(attribute, "must start with redis://, rediss:// or unix://")
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise _InvalidValue(attribute, "has a port that is not a number") from None
+    if not (parsed.path if parsed.scheme == "unix" else parsed.hostname):
+        raise _InvalidValue(attribute, "names no host" if parsed.scheme != "unix" else "names no socket path")
 
 
 def _url(instance: object, attribute: attrs.Attribute, value: str) -> None:
@@ -220,8 +235,23 @@ class Config:
     extra_providers: tuple[ProviderConfig, ...] = ()
     # Order of preference by name; providers it does not name follow, in file order.
     provider_order: tuple[str, ...] = ("cerebras", "chutes")
+    # Several processes and machines (README): "memory" keeps quota in this process (saved to
+    # state_file); "redis" shares it through redis_url between every worker and replica.
+    quota_backend: str = field(default="memory", validator=_one_of("memory", "redis"))
+    redis_url: str = field(default="", validator=_redis_url, repr=False)  # may hold a password
+    redis_timeout_ms: int = field(default=250, validator=_positive)  # no request waits longer on Redis
+    # While Redis is unreachable: "local" serves on this process's own buckets at limit / replicas;
+    # "refuse" treats every provider with limits as out of quota until Redis is back.
+    redis_outage: str = field(default="local", validator=_one_of("local", "refuse"))
+    replicas: int = field(default=1, validator=_positive)  # processes sharing the quota, for "local"
+    redis_key_prefix: str = "trioproxy:"
+    # An unsettled reservation (its process died) gives back all but its prompt after this long.
+    redis_lease_ttl_ms: int = field(default=120_000, validator=_positive)
+    workers: int = field(default=1, validator=_positive)  # processes serving the one port
 
     def __attrs_post_init__(self) -> None:
+        if self.quota_backend == "redis" and not self.redis_url:
+            raise _InvalidKey("redis_url", "must be set when quota_backend is \"redis\" (e.g. redis://127.0.0.1:6379/0)")
         names = [p.name for p in (self.cerebras, self.chutes, *self.extra_providers)]
         if self.cerebras.name != "cerebras" or self.chutes.name != "chutes":
             raise _InvalidKey("cerebras.name", "the [cerebras] and [chutes] tables keep their own names")
@@ -255,6 +285,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "STATE_FILE": (("state_file",), str),
+    "REDIS_URL": (("redis_url",), str),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
     "OPERATOR_API_KEYS": (("operator_api_keys",), tuple),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
@@ -270,7 +301,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "CHUTES_MODEL_NAME": (("chutes", "model"), str),
 }
 
-SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys", "operator_api_keys"})
+SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys", "operator_api_keys", "redis_url"})
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -435,10 +466,11 @@ def load_config(
     flag_tree = {key: value for key, value in (flags or {}).items() if value is not None}
     sources.update({key: f"--{key}" for key in flag_tree})
     file_label = str(path) if path is not None else "defaults"
-    with_file = _merge(_default_tree(), file_tree)
-    # The file is checked on its own first: a value the environment overrides is still wrong.
-    _structure(with_file, {}, file_label)
-    return _structure(_merge(_merge(with_file, env_tree), flag_tree), sources, file_label)
+    effective = _structure(_merge(_merge(_merge(_default_tree(), file_tree), env_tree), flag_tree), sources, file_label)
+    # A value in the file that the environment overrides is still wrong: check the file's values
+    # winning over the rest too (the rest fills what the file leaves out, e.g. REDIS_URL).
+    _structure(_merge(_merge(_merge(_default_tree(), env_tree), flag_tree), file_tree), {}, file_label)
+    return effective
 
 
 def _structure(tree: dict[str, Any], sources: Mapping[str, str], file_label: str) -> Config:
@@ -470,4 +502,5 @@ def redacted(config: Config) -> dict[str, Any]:
 def secrets(config: Config) -> tuple[str, ...]:
     """Every secret value in the settings, for the log redaction filter."""
     provider_keys = tuple(key for provider in config.providers for key in provider.keys)
-    return provider_keys + config.client_api_keys + config.operator_api_keys
+    redis_password = urllib.parse.urlsplit(config.redis_url).password if config.redis_url else None
+    return provider_keys + config.client_api_keys + config.operator_api_keys + ((redis_password,) if redis_password else ())

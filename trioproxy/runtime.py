@@ -12,8 +12,9 @@ from .server.auth import ClientKeys, operator_keys
 from .config import Config, ProviderConfig, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
-from .quota.ledger import QuotaLedger
 from .routing.models import ModelNames
+from .quota.backends import open_ledger
+from .quota.contract import Ledger
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
 from .providers.upstream import Deadlines, ProviderClient, Upstream
@@ -26,7 +27,7 @@ class Runtime:
     config: Config
     models: ModelNames
     router: Router
-    ledger: QuotaLedger
+    ledger: Ledger
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
@@ -60,11 +61,7 @@ async def build_runtime(
 ) -> Runtime:
     """Router, ledger, prober and keys for `config`; the ledger and health carry over from `previous`."""
     providers = serving_providers(config)
-    if previous is None:
-        ledger = QuotaLedger(providers)
-    else:  # the same ledger, so requests still in flight on the old settings settle into it
-        ledger = previous.ledger
-        ledger.reconfigure(providers)
+    ledger = await open_ledger(config, providers, nursery, previous.ledger if previous is not None else None)
     timeout = config.request_timeout_ms / 1000
     sanitizer = Sanitizer(secrets(config))
     deadlines = Deadlines(

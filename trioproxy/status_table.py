@@ -1,5 +1,6 @@
 """`trioproxy status`: the running proxy's /v1/status as a table for a terminal."""
 
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -38,8 +39,20 @@ def render_table(status: dict[str, Any]) -> str:
             ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    if (store := status.get("quota_store") or {}).get("backend") == "redis":
+        lines.extend(("", _quota_store_line(store)))
     reroutes = status.get("reroutes") or {}
     if reroutes:
         lines.append("")
         lines.append("reroutes: " + ", ".join(f"{reason} x{count}" for reason, count in sorted(reroutes.items())))
     return "\n".join(lines)
+
+
+def _quota_store_line(store: dict[str, Any]) -> str:
+    """Where the shared quota lives, whether it answers, and which replica holds leases."""
+    state = "connected" if store["connected"] else f"UNREACHABLE for {store['down_seconds']}s ({store['outage_policy']} policy)"
+    leases: Counter[str] = Counter()
+    for held in store.get("leases", {}).values():
+        leases.update(held)
+    held = ", ".join(f"{replica} x{count}" for replica, count in sorted(leases.items())) or "none"
+    return f"quota: shared in Redis {store['url']}, {state}, outages {store['outages']}; leases: {held}"

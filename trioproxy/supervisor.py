@@ -1,5 +1,6 @@
 """The root of the task tree: HTTP clients, quota ledger, cooldown timers and the server."""
 
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -21,11 +22,12 @@ from .runtime import ClientPool, build_runtime, serving_providers
 log = logging.getLogger("trioproxy")
 
 
-def _hypercorn_config(config: Config) -> HypercornConfig:
+def _hypercorn_config(config: Config, listen_fd: int | None) -> HypercornConfig:
     hyper = HypercornConfig()
     hyper.graceful_timeout = config.shutdown_grace_ms / 1000
     host = f"[{config.host}]" if ":" in config.host else config.host
-    hyper.bind = [f"{host}:{config.port}"]
+    # A worker of --workers serves the socket its supervisor bound.
+    hyper.bind = [f"fd://{listen_fd}"] if listen_fd is not None else [f"{host}:{config.port}"]
     hyper.accesslog = None  # one line per request comes from the app, with routing facts
     hyper.errorlog = logging.getLogger("hypercorn.error")
     return hyper
@@ -36,6 +38,7 @@ async def run_proxy(
     shutdown: trio.Event,
     reloads: trio.MemoryReceiveChannel[Config] | None = None,
     *,
+    listen_fd: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set; report the base URL (e.g. http://127.0.0.1:3000/v1) once bound.
@@ -53,11 +56,12 @@ async def run_proxy(
             app = ProxyApp(runtime)
 
             async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
-                await serve(HttpEdges(app), _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
+                await serve(HttpEdges(app), _hypercorn_config(config, listen_fd), shutdown_trigger=shutdown.wait,
+                            task_status=task_status)
                 nursery.cancel_scope.cancel()  # the server is done: end timers, prober, persister
 
             state_path = resolve_state_path(config.state_file)
-            if state_path is not None:
+            if state_path is not None and config.quota_backend == "memory":  # Redis keeps its own
                 persister = StatePersister(lambda: app.runtime.ledger, state_path, config.state_save_interval_ms / 1000)
                 await persister.load()
                 nursery.start_soon(persister.run)  # saves once more when the nursery is cancelled
@@ -162,6 +166,7 @@ async def supervise(
     demo: bool,
     on_ready: Callable[[str], None] | None = None,
     reload: Callable[[], Config] | None = None,
+    listen_fd: int | None = None,
 ) -> None:
     """The whole process: signals, the demo's emulated providers if asked, and the proxy.
 
@@ -177,7 +182,9 @@ async def supervise(
                 reload = _still_on(demo_providers, reload)
         await nursery.start(handle_signals, shutdown, reload, send_reloads)
         async with trio.open_nursery() as proxy_nursery:
-            base_url = await proxy_nursery.start(run_proxy, config, shutdown, receive_reloads)
+            base_url = await proxy_nursery.start(
+                functools.partial(run_proxy, config, shutdown, receive_reloads, listen_fd=listen_fd)
+            )
             if on_ready is not None:
                 on_ready(base_url)
         # The proxy has drained and stopped; the emulators and the signal watcher may go.

@@ -4,7 +4,7 @@ import logging
 
 import trio
 
-from .ledger import QuotaLedger
+from .contract import Ledger
 
 log = logging.getLogger("trioproxy.quota")
 
@@ -12,7 +12,7 @@ log = logging.getLogger("trioproxy.quota")
 class CooldownTimers:
     """Starts cooldowns in the ledger and a timer task for each in the nursery it is given."""
 
-    def __init__(self, nursery: trio.Nursery, ledger: QuotaLedger) -> None:
+    def __init__(self, nursery: trio.Nursery, ledger: Ledger) -> None:
         self._nursery = nursery
         self._ledger = ledger
 

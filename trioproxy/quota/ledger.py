@@ -1,8 +1,5 @@
-"""The quota ledger: windows per provider account (one per API key), reservations, cooldowns.
-
-The ledger is the one contract the router talks to (reserve, settle, sync, cooldown,
-snapshot), so a shared implementation (e.g. on Redis, for several replicas) can replace this
-in-process one.
+"""The in-process quota ledger: windows per provider account (one per API key), reservations,
+cooldowns. It implements `contract.Ledger`; `redis_ledger` is the shared implementation.
 """
 
 import math
@@ -15,10 +12,10 @@ import trio
 from attrs import define, field, frozen
 
 from ..config import ProviderConfig
+from .contract import WINDOW_NAMES, Refusal, Reservation, summary_line
 
 MINUTE = 60.0
 DAY = 86_400.0
-WINDOW_NAMES = ("rpm", "tpm", "rpd", "tpd")
 
 
 # Bookings within this many seconds share one bin: memory per window stays at a bin a second
@@ -275,23 +272,9 @@ class Synced:
     valid_until: float  # its reset time: afterwards the figure says nothing
 
 
-@frozen
-class Refusal:
-    """Why a provider cannot take a request now, and when it might again (clock time)."""
-
-    reason: str  # a window name, "cooldown" or "probe"
-    retry_at: float
-
-
 @define
-class Reservation:
-    account: str  # "cerebras", or "cerebras#2" for its second key; never the key itself
-    provider: str
-    key_index: int
-    tokens: int
-    seq: int
-    _entries: tuple[tuple[Window, _Booking], ...]  # the token windows, for settling
-    probe: bool = False  # the single request let through after a cooldown (half-open)
+class MemoryReservation(Reservation):
+    _entries: tuple[tuple[Window, _Booking], ...] = ()  # the token windows, for settling
 
 
 def seconds_until_utc_midnight(wall_time: float) -> float:
@@ -420,8 +403,10 @@ class QuotaLedger:
     def accounts(self) -> list[str]:
         return list(self._accounts)
 
-    async def reserve(self, provider: str, tokens: int) -> Reservation | Refusal:
-        """Book one request of `tokens` on the provider's account with the most headroom."""
+    async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
+        """Book one request of `tokens` on the provider's account with the most headroom.
+
+        `floor` is for leases of a shared ledger; a reservation here lives as long as the process."""
         async with self._lock:
             now = self._clock()
             refusals: list[Refusal] = []
@@ -442,10 +427,11 @@ class QuotaLedger:
                     entries.append((best.windows[name], entry))
             probe = best.half_open
             best.probe_in_flight = probe
-            return Reservation(best.name, provider, best.key_index, tokens, self._seq, tuple(entries), probe)
+            return MemoryReservation(best.name, provider, best.key_index, tokens, self._seq, probe, entries=tuple(entries))
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """Replace a reservation's estimate by what the provider really counted."""
+        assert isinstance(reservation, MemoryReservation)
         async with self._lock:
             for window, entry in reservation._entries:
                 window.adjust(entry, actual_tokens)
@@ -590,15 +576,10 @@ class QuotaLedger:
         return " ".join(filter(None, (self.account_summary(a.name) for a in self._by_provider[provider])))
 
     def account_summary(self, account: str) -> str:
-        state = self.snapshot(account)
-        parts = [
-            f"{name} {state[name]['used']}/{state[name]['limit']}"
-            for name in WINDOW_NAMES
-            if state[name]["limit"] is not None
-        ]
-        if state["cooldown_seconds"]:
-            parts.append(f"cooldown {state['cooldown_seconds']}s")
-        return f"{account}[{' '.join(parts)}]" if parts else ""
+        return summary_line(account, self.snapshot(account))
+
+    def store_status(self) -> dict[str, Any]:
+        return {"backend": "memory"}
 
 
 def account_name(provider: str, index: int, count: int) -> str:

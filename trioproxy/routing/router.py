@@ -12,10 +12,10 @@ import trio
 from ..errors import ProxyError
 from ..logs import REQUEST_ID
 from ..providers.health import ProviderHealth
+from ..quota.contract import Ledger, Refusal, Reservation
 from ..providers.ratelimit import backoff_for, quota_figures
 from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 from ..quota.cooldown import CooldownTimers
-from ..quota.ledger import QuotaLedger, Refusal, Reservation
 from .adapt import Unsupported, adapt_request
 from .relay import OpenStream, StreamRelay
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
@@ -49,7 +49,7 @@ class Router:
     def __init__(
         self,
         upstreams: Sequence[Upstream],
-        ledger: QuotaLedger,
+        ledger: Ledger,
         cooldowns: CooldownTimers,
         cooldown_seconds: float,
         capacity_backoff_seconds: float,
@@ -166,7 +166,7 @@ class Router:
             if window is not None and cost > window:
                 why_not_previous = "fallback: context"
                 continue
-            reservation = await self.ledger.reserve(upstream.name, cost)
+            reservation = await self.ledger.reserve(upstream.name, cost, floor=prompt_estimate)
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", REQUEST_ID.get(), upstream.name, reservation.reason)

@@ -4,7 +4,7 @@ from typing import Any
 
 from attrs import define
 
-from ..quota.ledger import QuotaLedger, Reservation
+from ..quota.contract import Ledger, Reservation
 from .request import RouteRecord
 from .tokens import PromptEstimator
 
@@ -22,7 +22,7 @@ def usage_tokens(document: dict[str, Any]) -> tuple[int, int] | None:
 
 @define
 class Settlement:
-    ledger: QuotaLedger
+    ledger: Ledger
     estimator: PromptEstimator
     reservation: Reservation
     record: RouteRecord

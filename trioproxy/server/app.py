@@ -19,7 +19,7 @@ from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
 from ..runtime import Runtime
-from . import operator
+from . import operator_views as operator
 from .accounting import finish_request
 from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain

@@ -13,7 +13,7 @@ import attrs
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ..quota.ledger import WINDOW_NAMES
+from ..quota.contract import WINDOW_NAMES
 from ..runtime import Runtime
 from .metrics import Metrics
 
@@ -35,6 +35,7 @@ def health(runtime: Runtime, detailed: bool) -> tuple[int, dict[str, Any]]:
     body: dict[str, Any] = {"status": "ok" if usable else "unavailable"}
     if detailed:
         body["providers"] = providers
+        body["quota_store"] = runtime.ledger.store_status()
     return (200 if usable else 503), body
 
 
@@ -49,7 +50,8 @@ def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
         }
         for upstream in runtime.router.upstreams
     ]
-    return {"model": runtime.models.served, "providers": providers, "reroutes": metrics.reroutes()}
+    return {"model": runtime.models.served, "providers": providers, "reroutes": metrics.reroutes(),
+            "quota_store": runtime.ledger.store_status()}
 
 
 def live_families(runtime: Runtime) -> Iterable[Metric]:
@@ -70,4 +72,14 @@ def live_families(runtime: Runtime) -> Iterable[Metric]:
                 left = [value for value in (limit - state[window]["used"] if limit else None, provider_figure) if value is not None]
                 if left:
                     remaining.add_metric((upstream.name, account, window), float(max(0, min(left))))
-    return (up, cooling, remaining)
+    return (up, cooling, remaining, *_quota_store_families(runtime.ledger.store_status()))
+
+
+def _quota_store_families(store: dict[str, Any]) -> list[Metric]:
+    """A shared ledger's reachability; the memory ledger has none to show."""
+    if "connected" not in store:
+        return []
+    figures = (("trioproxy_quota_store_up", "1 while the shared quota ledger (Redis) answers.", store["connected"]),
+               ("trioproxy_quota_store_outages", "Times the shared quota ledger became unreachable since start.", store["outages"]),
+               ("trioproxy_quota_store_dropped_updates", "Settlements and header figures that could not reach Redis.", store["dropped_updates"]))
+    return [GaugeMetricFamily(name, help_, value=float(value)) for name, help_, value in figures]

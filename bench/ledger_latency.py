@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""What one reservation costs on the critical path: the memory ledger against the Redis ledger.
+
+    python bench/ledger_latency.py              # 5 rounds of 2,000 reservations per cell
+    python bench/ledger_latency.py --quick      # 1 round of 300
+
+In one Trio process: a memory ledger and a Redis ledger (a redis-server of its own on
+127.0.0.1, Debian's package) with Cerebras's limits set far above what the run spends. Each
+cell times `reserve()` (the one Redis call a request waits for) from `tasks` concurrent tasks,
+each reservation then settled (queued: it is sent after the answer, off the critical path).
+Shown: the median over rounds of each round's p50 and p99, in microseconds. `bench/overhead.py
+--redis` measures the same from the client's side, through HTTP.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import attrs
+import trio
+
+from trioproxy.config import Config, ProviderConfig
+from trioproxy.quota.contract import Ledger, Reservation
+from trioproxy.quota.ledger import QuotaLedger
+from trioproxy.quota.redis_ledger import RedisLedger
+from trioproxy.quota.redis_store import QuotaStore
+from trioproxy.testing.redis_server import running_redis
+
+BIG = 10**12
+TASKS = (1, 16)
+
+
+def provider() -> ProviderConfig:
+    return attrs.evolve(Config().cerebras, api_key="csk-bench", requests_per_minute=BIG, tokens_per_minute=BIG, tokens_per_day=BIG)
+
+
+async def cell(ledger: Ledger, tasks: int, count: int) -> list[float]:
+    """Seconds each of `count` reservations took, from `tasks` tasks at once."""
+    durations: list[float] = []
+
+    async def worker(share: int) -> None:
+        for _ in range(share):
+            started = time.perf_counter()
+            reservation = await ledger.reserve("cerebras", 2_000, floor=1_500)
+            durations.append(time.perf_counter() - started)
+            assert isinstance(reservation, Reservation), reservation
+            await ledger.settle(reservation, 1_700)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(worker, count // tasks)
+    return durations
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def measure(redis_url: str, rounds: int, count: int) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    figures: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    async with trio.open_nursery() as nursery:
+        store = QuotaStore(redis_url, 5.0, allow_start_without=False)  # latency, not outages, is measured
+        await nursery.start(store.run)
+        ledgers: dict[str, Ledger] = {
+            "memory": QuotaLedger([provider()]),
+            "redis": RedisLedger([provider()], store, prefix="bench:", outage_policy="local",
+                                 replicas=1, lease_seconds=60, replica="bench"),
+        }
+        for round_ in range(rounds):
+            for tasks in TASKS:
+                for name in (("memory", "redis") if round_ % 2 == 0 else ("redis", "memory")):
+                    durations = await cell(ledgers[name], tasks, count)
+                    figures.setdefault((name, tasks), []).append((percentile(durations, 0.5), percentile(durations, 0.99)))
+                    await store.drained()
+        assert store.connected and store.dropped == 0, store.status()
+        nursery.cancel_scope.cancel()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 round of 300 reservations per cell")
+    args = parser.parse_args(argv)
+    rounds, count = (1, 320) if args.quick else (5, 2_000)
+    with tempfile.TemporaryDirectory(prefix="ledger-latency-") as folder, running_redis(Path(folder)) as server:
+        figures = trio.run(measure, server.url, rounds, count)
+    print(f"reserve() latency, median of {rounds} rounds x {count} reservations (microseconds)")
+    print(f"{'tasks':>5}  {'memory p50':>10} {'memory p99':>10}  {'redis p50':>9} {'redis p99':>9}  {'redis added p50':>15}")
+    for tasks in TASKS:
+        memory = [statistics.median(f[i] for f in figures[("memory", tasks)]) * 1e6 for i in (0, 1)]
+        redis = [statistics.median(f[i] for f in figures[("redis", tasks)]) * 1e6 for i in (0, 1)]
+        print(f"{tasks:>5}  {memory[0]:>10.1f} {memory[1]:>10.1f}  {redis[0]:>9.1f} {redis[1]:>9.1f}  {redis[0] - memory[0]:>15.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

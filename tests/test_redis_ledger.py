@@ -1,0 +1,274 @@
+"""The shared quota ledger against a real redis-server: several ledgers (replicas) on one Redis."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from trioproxy.testing.redis_server import RedisServer, free_port, running_redis
+from trioproxy.config import Config, ProviderConfig
+from trioproxy.quota.contract import Refusal, Reservation
+from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
+from trioproxy.quota.redis_store import QuotaStore, QuotaStoreError
+
+START = 1_800_000_000.0  # a store time (seconds since the epoch) well before a UTC midnight
+
+
+class Clock:
+    """The store's time for these tests, moved by hand instead of waiting."""
+
+    def __init__(self) -> None:
+        self.time = START
+
+    def __call__(self) -> float:
+        return self.time
+
+
+def cerebras(**limits: Any) -> ProviderConfig:
+    defaults = {"requests_per_minute": None, "tokens_per_minute": None, "tokens_per_day": None, "api_key": "csk-one"}
+    return attrs.evolve(Config().cerebras, **{**defaults, **limits})
+
+
+def chutes() -> ProviderConfig:
+    return attrs.evolve(Config().chutes, api_key="cpk-one")
+
+
+async def replica(
+    nursery: trio.Nursery,
+    url: str,
+    providers: list[ProviderConfig],
+    clock: Clock | None,
+    *,
+    name: str = "r1",
+    policy: str = "local",
+    replicas: int = 1,
+    lease_seconds: float = 10.0,
+    timeout: float = 10.0,  # semantics, not this machine's speed, unless a test is about timeouts
+) -> RedisLedger:
+    store = QuotaStore(url, timeout, allow_start_without=policy == "local", clock=clock)
+    await nursery.start(store.run)
+    return RedisLedger(
+        providers, store, prefix="test:", outage_policy=policy, replicas=replicas, lease_seconds=lease_seconds, replica=name
+    )
+
+
+async def replicas(nursery: trio.Nursery, redis: RedisServer, providers: list[ProviderConfig], clock: Clock | None, count: int = 3, **options: Any) -> list[RedisLedger]:
+    return [await replica(nursery, redis.url, providers, clock, name=f"r{i}", **options) for i in range(count)]
+
+
+async def test_concurrent_reservations_from_three_replicas_never_overshoot(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    ledgers = await replicas(nursery, redis, [cerebras(requests_per_minute=10, tokens_per_minute=5_000)], clock)
+    results: list[Reservation | Refusal] = []
+
+    async def ask(ledger: RedisLedger) -> None:
+        results.append(await ledger.reserve("cerebras", 400))
+
+    async with trio.open_nursery() as burst:
+        for i in range(60):
+            burst.start_soon(ask, ledgers[i % 3])
+    granted = [r for r in results if isinstance(r, Reservation)]
+    assert len(results) == 60
+    assert len(granted) == 10  # rpm binds: 10 x 400 = 4,000 tokens fit in 5,000
+    assert {r.reason for r in results if isinstance(r, Refusal)} == {"rpm"}
+    assert all(isinstance(r, SharedReservation) for r in granted)
+    assert sorted(r.seq for r in granted) == list(range(1, 11))  # one booking order, across replicas
+
+
+async def test_tokens_per_minute_bind_across_replicas_and_settling_refunds(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    a, b = await replicas(nursery, redis, [cerebras(tokens_per_minute=1_000)], clock, count=2)
+    first = await a.reserve("cerebras", 800, floor=100)
+    assert isinstance(first, SharedReservation)
+    refused = await b.reserve("cerebras", 300)
+    assert isinstance(refused, Refusal) and refused.reason == "tpm"
+    await a.settle(first, 150)  # 650 come back
+    await a.store.drained()
+    assert isinstance(await b.reserve("cerebras", 600), SharedReservation)
+    assert isinstance(await b.reserve("cerebras", 300), Refusal)
+
+
+async def test_settlements_queued_at_shutdown_still_reach_redis(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    limits = [cerebras(tokens_per_minute=1_000)]
+    async with trio.open_nursery() as stopping:
+        (leaving,) = await replicas(stopping, redis, limits, clock, count=1)
+        reservation = await leaving.reserve("cerebras", 900)
+        assert isinstance(reservation, SharedReservation)
+        await leaving.settle(reservation, 100)  # queued, then the process shuts down at once
+        stopping.cancel_scope.cancel()
+    (staying,) = await replicas(nursery, redis, limits, clock, count=1)
+    assert isinstance(await staying.reserve("cerebras", 850), SharedReservation)  # the 800 came back
+
+
+async def test_a_dead_replicas_lease_expires_and_gives_back_all_but_its_floor(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    dead, alive = await replicas(nursery, redis, [cerebras(tokens_per_day=1_000)], clock, count=2, lease_seconds=10.0)
+    assert isinstance(await dead.reserve("cerebras", 900, floor=100), SharedReservation)  # never settled
+    assert isinstance(await alive.reserve("cerebras", 500), Refusal)
+    clock.time += 9
+    assert isinstance(await alive.reserve("cerebras", 500), Refusal)  # the lease still holds
+    clock.time += 2
+    granted = await alive.reserve("cerebras", 500)
+    assert isinstance(granted, SharedReservation)  # 100 kept + 500 = 600 of 1,000 today
+    await alive.refresh()
+    assert alive.snapshot("cerebras")["tpd"]["used"] == 600
+    assert alive.store_status()["leases"] == {"cerebras": {"r1": 1}}  # only the live one's lease is left
+
+
+async def test_a_late_settle_after_expiry_corrects_from_the_floor(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    (ledger,) = await replicas(nursery, redis, [cerebras(tokens_per_day=10_000)], clock, count=1, lease_seconds=10.0)
+    slow = await ledger.reserve("cerebras", 900, floor=100)
+    assert isinstance(slow, SharedReservation)
+    clock.time += 11
+    await ledger.refresh()  # expires the lease: 100 stay booked
+    assert ledger.snapshot("cerebras")["tpd"]["used"] == 100
+    await ledger.settle(slow, 300)  # the stream was longer than the lease: 200 more were spent
+    await ledger.store.drained()
+    await ledger.refresh()
+    assert ledger.snapshot("cerebras")["tpd"]["used"] == 300
+
+
+async def test_header_figures_lower_the_shared_bucket_for_every_replica_and_never_raise_it(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    a, b = await replicas(nursery, redis, [cerebras(tokens_per_minute=100_000)], clock, count=2)
+    first = await a.reserve("cerebras", 1_000)
+    assert isinstance(first, SharedReservation)
+    await a.sync(first, {"tpm": (2_000.0, 30.0)})  # someone else spends the key too
+    await a.store.drained()
+    assert isinstance(await b.reserve("cerebras", 1_500), SharedReservation)
+    refused = await b.reserve("cerebras", 1_000)
+    assert isinstance(refused, Refusal) and refused.reason == "tpm"
+    await a.sync(first, {"tpm": (90_000.0, 30.0)})  # a higher figure is not taken
+    await a.store.drained()
+    assert isinstance(await b.reserve("cerebras", 1_000), Refusal)
+
+
+async def test_daily_figures_without_a_limit_stop_every_replica_until_the_reset(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    a, b = await replicas(nursery, redis, [cerebras()], clock, count=2)
+    first = await a.reserve("cerebras", 10)
+    assert isinstance(first, SharedReservation)
+    await a.sync(first, {"rpd": (1.0, 600.0)})
+    await a.store.drained()
+    assert isinstance(await b.reserve("cerebras", 10), SharedReservation)  # the last one today
+    refused = await a.reserve("cerebras", 10)
+    assert isinstance(refused, Refusal) and refused.reason == "rpd"
+    clock.time += 601
+    assert isinstance(await a.reserve("cerebras", 10), SharedReservation)
+
+
+async def test_cooldowns_are_shared_the_later_deadline_wins_and_one_replica_probes(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    a, b = await replicas(nursery, redis, [cerebras()], clock, count=2)
+    assert await a.start_cooldown("cerebras", a.now() + 60, "429 tokens")
+    assert not await b.start_cooldown("cerebras", b.now() + 10, "429 capacity")  # shorter: ignored
+    refused = await b.reserve("cerebras", 10)
+    assert isinstance(refused, Refusal) and refused.reason == "cooldown"
+    assert b.in_cooldown("cerebras") and b.snapshot("cerebras")["cooldown_reason"] == "429 tokens"
+    clock.time += 61
+    probe = await b.reserve("cerebras", 10)
+    assert isinstance(probe, SharedReservation) and probe.probe
+    waiting = await a.reserve("cerebras", 10)
+    assert isinstance(waiting, Refusal) and waiting.reason == "probe"
+    b.finish_probe(probe, succeeded=True)
+    await b.store.drained()
+    normal = await a.reserve("cerebras", 10)
+    assert isinstance(normal, SharedReservation) and not normal.probe
+
+
+async def test_several_keys_spread_over_accounts_in_any_order(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Replicas that list the same keys in another order still share each key's quota."""
+    clock = Clock()
+    one = cerebras(requests_per_minute=2, api_key="csk-a", api_keys=("csk-b",))
+    other = cerebras(requests_per_minute=2, api_key="csk-b", api_keys=("csk-a",))
+    a = await replica(nursery, redis.url, [one], clock, name="a")
+    b = await replica(nursery, redis.url, [other], clock, name="b")
+    keys = []
+    for ledger, config in ((a, one), (b, other), (a, one), (b, other)):
+        granted = await ledger.reserve("cerebras", 1)
+        assert isinstance(granted, SharedReservation)
+        keys.append(config.keys[granted.key_index])
+    assert sorted(keys) == ["csk-a", "csk-a", "csk-b", "csk-b"]
+    assert isinstance(await a.reserve("cerebras", 1), Refusal)
+
+
+async def test_outage_with_local_policy_serves_on_a_share_of_the_limits_and_comes_back(nursery: trio.Nursery, redis: RedisServer) -> None:
+    (ledger,) = await replicas(nursery, redis, [cerebras(requests_per_minute=9), chutes()], None, count=1, replicas=3)
+    assert isinstance(await ledger.reserve("cerebras", 10), SharedReservation)
+    redis.stop()
+    local = [await ledger.reserve("cerebras", 10) for _ in range(4)]
+    assert all(isinstance(r, Reservation) and not isinstance(r, SharedReservation) for r in local[:3])
+    assert isinstance(local[3], Refusal)  # 9 / 3 replicas = 3 a minute while alone
+    status = ledger.store_status()
+    assert status["connected"] is False and status["outages"] == 1
+    redis.start()
+    with trio.fail_after(15):
+        while not ledger.store.connected:
+            await trio.sleep(0.05)
+    assert isinstance(await ledger.reserve("cerebras", 10), SharedReservation)
+    assert ledger.store_status()["outages"] == 1
+
+
+async def test_outage_with_refuse_policy_sends_limited_providers_away(nursery: trio.Nursery, redis: RedisServer) -> None:
+    (ledger,) = await replicas(nursery, redis, [cerebras(requests_per_minute=9), chutes()], None, count=1, policy="refuse")
+    redis.stop()
+    refused = await ledger.reserve("cerebras", 10)
+    assert isinstance(refused, Refusal) and refused.reason == "redis"
+    assert isinstance(await ledger.reserve("chutes", 10), Reservation)  # no limits: nothing to share
+
+
+async def test_a_paused_redis_costs_a_request_no_more_than_the_timeout(nursery: trio.Nursery, redis: RedisServer) -> None:
+    (ledger,) = await replicas(nursery, redis, [cerebras(requests_per_minute=9)], None, count=1, timeout=0.2)
+    assert isinstance(await ledger.reserve("cerebras", 10), SharedReservation)
+    redis.pause()
+    try:
+        started = trio.current_time()
+        fallback = await ledger.reserve("cerebras", 10)
+        assert trio.current_time() - started < 2.0  # the timeout (0.2 s), not a hang; margin for a busy machine
+        assert isinstance(fallback, Reservation) and not isinstance(fallback, SharedReservation)
+    finally:
+        redis.resume()
+    with trio.fail_after(15):
+        while not ledger.store.connected:
+            await trio.sleep(0.05)
+    assert isinstance(await ledger.reserve("cerebras", 10), SharedReservation)
+
+
+async def test_wrong_password_stops_the_start_naming_the_setting(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with running_redis(tmp_path, password="right") as server:
+        store = QuotaStore(server.url.replace(":right@", ":wrong@"), 0.5, allow_start_without=True)
+        with pytest.raises(QuotaStoreError, match="^redis_url: Redis refused the credentials"):
+            await _start_unwrapped(store)
+
+
+async def test_absent_redis_stops_the_start_unless_the_policy_serves_without_it(nursery: trio.Nursery) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(QuotaStoreError, match="^redis_url: cannot reach Redis"):
+        await _start_unwrapped(QuotaStore(url, 0.5, allow_start_without=False))
+    store = QuotaStore(url, 0.5, allow_start_without=True)
+    await nursery.start(store.run)
+    assert store.connected is False and store.outages == 1
+    store.close()
+
+
+async def _start_unwrapped(store: QuotaStore) -> None:
+    """Start the store; the error that stops it comes out of coredis's task groups unwrapped."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+    except BaseExceptionGroup as group:
+        leaves = [e for e in _leaves(group)]
+        raise leaves[0] from None
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error

@@ -1,0 +1,257 @@
+"""The shared quota ledger: the contract of `contract.Ledger` kept in Redis, for several workers
+and replicas spending the same keys.
+
+Admission is one call of the ledger script (`ledger.lua`): it checks and books a request on
+all of an account's windows at once and picks the account with most headroom. A booking is a
+lease that expires by itself if its process dies. Settling, header figures and probe results
+are queued and sent after the client has its answer. The last figures each call returned
+serve the synchronous views (status, logs, Retry-After) without asking Redis again.
+
+While Redis is unreachable, a local ledger stands in: with the "local" policy at
+limit / replicas; with "refuse", providers that have limits count as out of quota.
+"""
+
+import hashlib
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import trio
+from attrs import define
+
+from ..config import ProviderConfig
+from .contract import WINDOW_NAMES, Refusal, Reservation, summary_line
+from .ledger import QuotaLedger, account_name
+from .redis_store import QuotaStore, Reply
+
+OUTAGE_RETRY_SECONDS = 1.0  # what a "refuse" refusal tells the router about trying again
+
+
+@define
+class SharedReservation(Reservation):
+    index: int = 1  # the account's place among its provider's keys, as the script counts (from 1)
+    lease: str = ""
+    cum: int = 0  # the account's tokens booked up to this one, to tell what a provider figure includes
+    floor: int = 0
+    day_end: float = 0.0
+
+
+def _limits(provider: ProviderConfig) -> list[int]:
+    limits = (provider.requests_per_minute, provider.tokens_per_minute, provider.requests_per_day, provider.tokens_per_day)
+    return [-1 if limit is None else limit for limit in limits]
+
+
+def _has_limits(provider: ProviderConfig) -> bool:
+    return any(limit >= 0 for limit in _limits(provider))
+
+
+def _per_replica(provider: ProviderConfig, replicas: int) -> ProviderConfig:
+    """The provider with each limit divided among the replicas, for serving without Redis."""
+
+    def share(limit: int | None) -> int | None:
+        return None if limit is None else max(1, limit // replicas)
+
+    return attrs.evolve(
+        provider,
+        requests_per_minute=share(provider.requests_per_minute),
+        tokens_per_minute=share(provider.tokens_per_minute),
+        requests_per_day=share(provider.requests_per_day),
+        tokens_per_day=share(provider.tokens_per_day),
+    )
+
+
+def account_key(prefix: str, provider: str, api_key: str) -> str:
+    """The Redis hash of one account: by a digest of its API key, so replicas that list keys in
+    another order still share; `{provider}` keeps a provider's keys in one cluster slot.
+    Room is left for a model component after it (per-model quotas)."""
+    digest = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+    return f"{prefix}{{{provider}}}:account:{digest}"
+
+
+class RedisLedger:
+    def __init__(
+        self,
+        providers: Iterable[ProviderConfig],
+        store: QuotaStore,
+        *,
+        prefix: str,
+        outage_policy: str,
+        replicas: int,
+        lease_seconds: float,
+        replica: str,
+    ) -> None:
+        self.store = store
+        self._prefix = prefix
+        self._providers = {p.name: p for p in providers}
+        self._policy = outage_policy
+        self._replicas = replicas
+        self._lease_seconds = lease_seconds
+        self._replica = replica
+        self._fallback = QuotaLedger(
+            _per_replica(p, replicas) if outage_policy == "local" else p for p in self._providers.values()
+        )
+        self._names: dict[str, list[str]] = {}
+        self._keys: dict[str, list[str]] = {}
+        self._where: dict[str, tuple[str, int]] = {}  # account -> (provider, index from 1)
+        for name, provider in self._providers.items():
+            keys = provider.keys or ("",)
+            self._names[name] = [account_name(name, i, len(keys)) for i in range(len(keys))]
+            self._keys[name] = [
+                f"{prefix}{{{name}}}:leases",
+                f"{prefix}{{{name}}}:lease-data",
+                f"{prefix}{{{name}}}:lease-holders",
+                *(account_key(prefix, name, key) for key in keys),
+            ]
+            self._where.update((account, (name, i + 1)) for i, account in enumerate(self._names[name]))
+        self._views: dict[str, dict[str, Any]] = {}  # account -> the script's last view of it
+        self._leases: dict[str, dict[str, int]] = {}  # provider -> replica -> leases held
+        self._lease_numbers = itertools.count(1)
+        store.refresh = self.refresh
+
+    def with_providers(self, providers: Iterable[ProviderConfig]) -> "RedisLedger":
+        """The same shared ledger for other provider settings (a reload)."""
+        return RedisLedger(
+            providers, self.store, prefix=self._prefix, outage_policy=self._policy, replicas=self._replicas,
+            lease_seconds=self._lease_seconds, replica=self._replica,
+        )
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    def accounts(self) -> list[str]:
+        return list(self._where)
+
+    def _args(self, provider: str, index: int, *extra: Any) -> list[Any]:
+        return [*_limits(self._providers[provider]), index, *extra]
+
+    def _absorb(self, provider: str, reply: Reply) -> None:
+        for account, view in zip(self._names[provider], reply["views"]):
+            self._views[account] = view
+
+    def _absorber(self, provider: str) -> Callable[[Reply], None]:
+        return lambda reply: self._absorb(provider, reply)
+
+    async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
+        lease = f"{self._replica}/{next(self._lease_numbers)}"
+        floor = min(floor, tokens)
+        args = self._args(provider, 0, tokens, floor, lease, self._lease_seconds, self._replica)
+        reply = await self.store.call("reserve", self._keys[provider], args)
+        if reply is None:
+            return await self._reserve_locally(provider, tokens)
+        self._absorb(provider, reply)
+        if (refused := reply.get("refused")) is not None:
+            return Refusal(refused[0], self.store.to_trio(refused[1]))
+        index, seq, cum, day_end, probe = reply["granted"]
+        account = self._names[provider][index - 1]
+        return SharedReservation(
+            account, provider, index - 1, tokens, seq, probe, index=index, lease=lease, cum=cum, floor=floor, day_end=day_end
+        )
+
+    async def _reserve_locally(self, provider: str, tokens: int) -> Reservation | Refusal:
+        if self._policy == "refuse" and _has_limits(self._providers[provider]):
+            return Refusal("redis", self.now() + OUTAGE_RETRY_SECONDS)
+        return await self._fallback.reserve(provider, tokens)
+
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        if not isinstance(reservation, SharedReservation):
+            await self._fallback.settle(reservation, actual_tokens)
+            return
+        r = reservation
+        args = self._args(r.provider, r.index, r.lease, actual_tokens, r.tokens, r.floor, repr(r.day_end))
+        self.store.submit("settle", self._keys[r.provider], args, self._absorber(r.provider))
+        # A second settle corrects this one: the lease is gone by then, and its floor is this figure.
+        r.tokens = r.floor = actual_tokens
+
+    async def sync(self, reservation: Reservation, figures: Mapping[str, tuple[float, float]]) -> None:
+        if not isinstance(reservation, SharedReservation):
+            await self._fallback.sync(reservation, figures)
+            return
+        r = reservation
+        flat = [item for name, (remaining, reset) in figures.items() for item in (name, remaining, reset)]
+        args = self._args(r.provider, r.index, r.seq, r.cum, *flat)
+        self.store.submit("sync", self._keys[r.provider], args, self._absorber(r.provider))
+
+    async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
+        started_here = await self._fallback.start_cooldown(account, until, reason)
+        provider, index = self._where[account]
+        reply = await self.store.call("cooldown", self._keys[provider], self._args(provider, index, until - self.now(), reason))
+        if reply is None:
+            return started_here
+        self._absorb(provider, reply)
+        return bool(reply["started"])
+
+    async def end_cooldown(self, account: str, until: float) -> bool:
+        ended_here = await self._fallback.end_cooldown(account, until)
+        provider, index = self._where[account]
+        reply = await self.store.call("end_cooldown", self._keys[provider], self._args(provider, index))
+        if reply is None:
+            return ended_here
+        self._absorb(provider, reply)
+        return bool(reply["ended"])
+
+    def finish_probe(self, reservation: Reservation, succeeded: bool) -> None:
+        if not isinstance(reservation, SharedReservation):
+            self._fallback.finish_probe(reservation, succeeded)
+        elif reservation.probe:
+            r = reservation
+            args = self._args(r.provider, r.index, r.lease, int(succeeded))
+            self.store.submit("probe", self._keys[r.provider], args, self._absorber(r.provider))
+
+    async def refresh(self) -> None:
+        """Read every provider's shared figures and who holds leases (for operators)."""
+        for provider in self._providers:
+            reply = await self.store.call("view", self._keys[provider], self._args(provider, 0))
+            if reply is None:
+                return
+            self._absorb(provider, reply)
+            self._leases[provider] = reply["leases"]
+
+    def _shared(self, accounts: Iterable[str]) -> bool:
+        """Whether the shared figures are the ones in force (else the local stand-in's are)."""
+        return self.store.connected and all(account in self._views for account in accounts)
+
+    def available_at(self, provider: str) -> float:
+        if not self._shared(self._names[provider]):
+            return self._fallback.available_at(provider)
+        return min(self.store.to_trio(self._views[account]["av"]) for account in self._names[provider])
+
+    def in_cooldown(self, provider: str) -> bool:
+        if not self._shared(self._names[provider]):
+            return self._fallback.in_cooldown(provider)
+        now = self.now()
+        return all(self.store.to_trio(self._views[a]["cd"]) > now for a in self._names[provider])
+
+    def snapshot(self, account: str) -> dict[str, Any]:
+        if not self._shared([account]):
+            return self._fallback.snapshot(account)
+        view, provider = self._views[account], self._providers[self._where[account][0]]
+        state: dict[str, Any] = {}
+        for name, limit in zip(("rpm", "tpm", "rpd", "tpd"), _limits(provider)):
+            state[name] = {"used": view["u"][name], "limit": None if limit < 0 else limit}
+            if name in view["pr"]:
+                state[name]["provider_remaining"] = int(view["pr"][name])
+        left = self.store.to_trio(view["cd"]) - self.now() if view["cd"] else 0.0
+        state["cooldown_seconds"] = round(left, 1) if left > 0 else 0
+        state["cooldown_reason"] = view["why"] if left > 0 else ""
+        state["half_open"] = bool(view["ho"])
+        return {name: state[name] for name in (*WINDOW_NAMES, "cooldown_seconds", "cooldown_reason", "half_open")}
+
+    def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:
+        return {account: self.snapshot(account) for account in self._names[provider]}
+
+    def summary(self, provider: str) -> str:
+        return " ".join(filter(None, (self.account_summary(a) for a in self._names[provider])))
+
+    def account_summary(self, account: str) -> str:
+        return summary_line(account, self.snapshot(account))
+
+    def store_status(self) -> dict[str, Any]:
+        return {
+            "backend": "redis",
+            **self.store.status(),
+            "outage_policy": self._policy,
+            "replicas": self._replicas,
+            "replica": self._replica,
+            "leases": self._leases,
+        }

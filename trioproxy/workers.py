@@ -1,0 +1,148 @@
+"""`--workers N`: one supervisor process, N worker processes serving one listening socket.
+
+The supervisor binds the port once and hands the socket to each worker (hypercorn's
+`fd://`), so the kernel spreads connections over them and a restarted worker serves the same
+port at once. SIGTERM/SIGINT drain every worker, SIGHUP makes each re-read the settings, and a
+worker that dies is started again. The workers share quota through the Redis ledger.
+"""
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import trio
+
+from .config import Config
+
+log = logging.getLogger("trioproxy")
+
+RESTART_BACKOFF_MAX = 10.0  # seconds between restarts of a worker that keeps dying at once
+STEADY_SECONDS = 10.0  # a worker that ran this long died of something passing: restart at once
+
+
+def bind_listener(config: Config) -> socket.socket:
+    """The one listening socket, bound as the single-process server would bind it."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((config.host, config.port))
+    listener.listen(1024)
+    listener.set_inheritable(True)
+    return listener
+
+
+def worker_command(listen_fd: int, config_path: str | None) -> list[str]:
+    command = [sys.executable, "-m", "trioproxy", "--listen-fd", str(listen_fd)]
+    return command + (["--config", config_path] if config_path else [])
+
+
+class WorkerPool:
+    """The worker processes: started, watched, restarted, signalled, and drained."""
+
+    def __init__(self, count: int, command: Sequence[str], listen_fd: int) -> None:
+        self._count = count
+        self._command = list(command)
+        self._listen_fd = listen_fd
+        self._processes: dict[int, trio.Process] = {}
+        self._stopping = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep `count` workers alive until `stop()`; returns when the last one has exited."""
+        async with trio.open_nursery() as nursery:
+            for number in range(1, self._count + 1):
+                await nursery.start(self._keep_alive, number)
+            task_status.started()
+
+    async def _keep_alive(self, number: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        backoff = 0.5
+        while True:
+            # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
+            # then stops each worker once (a second signal would cut its drain short).
+            process = await trio.lowlevel.open_process(self._command, pass_fds=(self._listen_fd,), process_group=0)
+            self._processes[number] = process
+            started = trio.current_time()
+            log.info("worker %d started (pid %d)", number, process.pid)
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
+            code = await _wait_shielded(process)
+            del self._processes[number]
+            if self._stopping:
+                log.info("worker %d (pid %d) stopped", number, process.pid)
+                return
+            ran = trio.current_time() - started
+            backoff = 0.5 if ran >= STEADY_SECONDS else min(backoff * 2, RESTART_BACKOFF_MAX)
+            pause = 0.0 if ran >= STEADY_SECONDS else backoff
+            log.error("worker %d (pid %d) exited with %s; restarting in %.1f s", number, process.pid, _exit_text(code), pause)
+            await trio.sleep(pause)
+
+    def signal_all(self, signum: int) -> None:
+        for process in self._processes.values():
+            process.send_signal(signum)
+
+    def stop(self) -> None:
+        """Drain: each worker finishes its requests and streams, then exits."""
+        self._stopping = True
+        self.signal_all(signal.SIGTERM)
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes.values()]
+
+
+async def _wait_shielded(process: trio.Process) -> int:
+    """A worker outlives a cancelled supervisor task: it is stopped by signal, never orphaned."""
+    try:
+        return await process.wait()
+    except trio.Cancelled:
+        with trio.CancelScope(shield=True):
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+        raise
+
+
+def _exit_text(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+
+
+async def supervise_workers(
+    config: Config, count: int, config_path: str | None, on_ready: Callable[[str], None] | None = None
+) -> None:
+    """Bind, start `count` workers, and relay signals to them until they have all drained."""
+    listener = bind_listener(config)
+    host, port = listener.getsockname()[:2]
+    base_url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+    pool = WorkerPool(count, worker_command(listener.fileno(), config_path), listener.fileno())
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def run_pool(task_status: trio.TaskStatus[None]) -> None:
+                    await pool.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()  # every worker has drained and exited
+
+                await nursery.start(run_pool)
+                log.info("trioproxy supervising %d workers at %s", count, base_url)
+                if on_ready is not None:
+                    on_ready(base_url)
+                nursery.start_soon(_relay_signals, signals, pool)
+    finally:
+        listener.close()
+
+
+async def _relay_signals(signals: AsyncIterator[int], pool: WorkerPool) -> None:
+    """SIGHUP reloads every worker; a stop signal drains them; a second one ends them at once."""
+    stops = 0
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            log.info("received SIGHUP, reloading every worker")
+            pool.signal_all(signal.SIGHUP)
+            continue
+        stops += 1
+        if stops == 1:
+            log.info("received %s, draining the workers", signal.Signals(signum).name)
+            pool.stop()
+        else:
+            log.warning("received %s again, ending the workers now", signal.Signals(signum).name)
+            pool.signal_all(signal.SIGKILL)
