@@ -118,7 +118,7 @@ class _Client(asyncio.Protocol):
     def _complete(self) -> None:
         now = _perf()
         run = self.run
-        ok = self.status == 200 and (not run.stream or b"data: [DONE]" in self.buf)
+        ok = self.status == 200 and (not run.stream or run.stream_end in self.buf)
         if ok:
             run.result.latencies.append(now - self.started)
             if run.stream and self.first:
@@ -144,6 +144,7 @@ class _Run:
     stream: bool
     deadline: float
     max_requests: int
+    stream_end: bytes = b"data: [DONE]"  # what a complete stream contains (its last event)
     result: Result = attrs.Factory(Result)
     sent: int = 0
 
@@ -160,10 +161,11 @@ class _Run:
 
 
 async def run_load(host: str, port: int, path: str, body: bytes, *, api_key: str = "sk-bench", stream: bool, concurrency: int,
-                   duration: float, max_requests: int = 5_000_000, timeout_grace: float = 30.0) -> Result:
+                   duration: float, max_requests: int = 5_000_000, timeout_grace: float = 30.0,
+                   stream_end: bytes = b"data: [DONE]") -> Result:
     """Closed-loop load for `duration` seconds (bounded by `max_requests` and a hard timeout)."""
     loop = asyncio.get_running_loop()
-    run = _Run(loop, build_request(host, port, path, body, api_key), stream, 0.0, max_requests)
+    run = _Run(loop, build_request(host, port, path, body, api_key), stream, 0.0, max_requests, stream_end)
     clients: list[_Client] = []
     for _ in range(concurrency):
         _, client = await loop.create_connection(lambda: _Client(run), host, port)

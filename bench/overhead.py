@@ -51,6 +51,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import doors  # noqa: E402
 import loadgen  # noqa: E402
 
 CACHE = HERE / ".cache"
@@ -484,6 +485,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=OPEN_STREAMS, help="open streams for the RSS measurement")
     parser.add_argument("--litellm-streams", action="store_true",
                         help="also measure LiteLLM's RSS with the open streams (slow)")
+    parser.add_argument("--no-doors", action="store_true",
+                        help="skip the per-door rows (Chat Completions, Responses, Messages at concurrency 1)")
     parser.add_argument("--json", type=Path, help="also write all measurements to this file")
     parser.add_argument("--max-minutes", type=float, default=40, help="hard bound on the whole run")
     args = parser.parse_args(argv)
@@ -570,12 +573,14 @@ def main(argv: list[str] | None = None) -> int:
 
         for name, pid in pids.items():
             memory[name]["after_load"] = rss_bytes(pid)
+        door_lines = [] if args.no_doors else doors.measure(HOST, ports["trioproxy"], max(3, args.rounds),
+                                                                args.duration, API_KEY)
 
         results = {key: summarize(cells) for key, cells in raw.items()}
         meta = {"load_tool": load_tool, "rounds": args.rounds, "duration": args.duration,
                 "litellm": litellm_note, "litellm_version": LITELLM_VERSION if "litellm" in ports else None,
                 "log_level": args.log_level, "python": args.python}
-        lines = report(results, targets, memory, meta)
+        lines = report(results, targets, memory, meta) + door_lines
         if "litellm" not in ports:
             lines.insert(0, f"LiteLLM not measured: {litellm_note}")
         print("\n".join(lines))

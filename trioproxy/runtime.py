@@ -9,13 +9,14 @@ import trio
 from attrs import define
 
 from .server.auth import ClientKeys, operator_keys
-from .config import Config, ProviderConfig
+from .config import Config, ProviderConfig, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.ledger import QuotaLedger
 from .routing.models import ModelNames
 from .routing.router import Router
-from .providers.upstream import ProviderClient, Upstream
+from .providers.sanitize import Sanitizer
+from .providers.upstream import Deadlines, ProviderClient, Upstream
 
 log = logging.getLogger("trioproxy")
 
@@ -57,14 +58,21 @@ def serving_providers(config: Config) -> list[ProviderConfig]:
 async def build_runtime(
     config: Config, pool: ClientPool, nursery: trio.Nursery, previous: Runtime | None = None
 ) -> Runtime:
-    """Router, ledger, prober and keys for `config`; quota state and health carry over from `previous`."""
+    """Router, ledger, prober and keys for `config`; the ledger and health carry over from `previous`."""
     providers = serving_providers(config)
-    ledger = QuotaLedger(providers)
+    if previous is None:
+        ledger = QuotaLedger(providers)
+    else:  # the same ledger, so requests still in flight on the old settings settle into it
+        ledger = previous.ledger
+        ledger.reconfigure(providers)
     timeout = config.request_timeout_ms / 1000
-    upstreams = [Upstream(p, pool.client(p, timeout)) for p in providers]
+    sanitizer = Sanitizer(secrets(config))
+    deadlines = Deadlines(
+        config.first_event_timeout_ms / 1000, config.answer_timeout_ms / 1000, config.stream_idle_timeout_ms / 1000
+    )
+    upstreams = [Upstream(p, pool.client(p, timeout), sanitizer, deadlines) for p in providers]
     health = {p.name: ProviderHealth() for p in providers}
     if previous is not None:
-        ledger.import_state(previous.ledger.export_state(0.0), 0.0)
         for name, state in previous.router.health.items():
             if name in health:
                 health[name] = state

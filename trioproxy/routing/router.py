@@ -10,14 +10,15 @@ import httpx
 import trio
 
 from ..errors import ProxyError
+from ..logs import REQUEST_ID
 from ..providers.health import ProviderHealth
 from ..providers.ratelimit import backoff_for, quota_figures
-from ..providers.upstream import DONE, Upstream, UpstreamFailure, json_object, protocol_failure
+from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 from ..quota.cooldown import CooldownTimers
 from ..quota.ledger import QuotaLedger, Refusal, Reservation
 from .adapt import Unsupported, adapt_request
 from .relay import OpenStream, StreamRelay
-from .request import ChatRequest, RequestRecord, waiting_on_upstream
+from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
 from .tokens import PromptEstimator, requested_completion_tokens
 
@@ -64,36 +65,39 @@ class Router:
         self._capacity_backoff_seconds = capacity_backoff_seconds
         self._honour_retry_after = honour_retry_after
 
-    async def complete(self, request: ChatRequest, record: RequestRecord) -> dict[str, Any]:
+    async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> dict[str, Any]:
-            response = await self._open(upstream, body, settlement.reservation, record)
-            try:
-                with waiting_on_upstream(record):
-                    document = await upstream.read_json(response)
-            finally:
-                await response.aclose()
+            with upstream.answer_deadline():
+                with upstream.first_event_deadline():
+                    response = await self._open(upstream, body, settlement.reservation, record)
+                try:
+                    with waiting_on_upstream(record):
+                        document = await upstream.read_json(response)
+                finally:
+                    await response.aclose()
             await settlement.from_usage(document)
             return document
 
         return await self._route(request, record, attempt)
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest, record: RequestRecord) -> AsyncIterator[StreamRelay]:
+    async def stream(self, request: ChatRequest, record: RouteRecord) -> AsyncIterator[StreamRelay]:
         """A stream whose status is 2xx and whose first event has arrived (the first-chunk gate)."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> StreamRelay:
-            response = await self._open(upstream, body, settlement.reservation, record)
-            batches = upstream.event_batches(response)
-            try:
-                with waiting_on_upstream(record):
-                    first, pending = await self._first_event(upstream, batches)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await batches.aclose()  # type: ignore[attr-defined]
-                    await response.aclose()
-                raise
+            with upstream.first_event_deadline():
+                response = await self._open(upstream, body, settlement.reservation, record)
+                batches = upstream.event_batches(response)
+                try:
+                    with waiting_on_upstream(record):
+                        first, pending = await self._first_event(upstream, batches)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await batches.aclose()  # type: ignore[attr-defined]
+                        await response.aclose()
+                    raise
             return StreamRelay(OpenStream(upstream, response, batches, first, pending), settlement)
 
         relay = await self._route(request, record, attempt)
@@ -104,7 +108,7 @@ class Router:
                 await relay.aclose()
 
     async def _open(
-        self, upstream: Upstream, body: dict[str, Any], reservation: Reservation, record: RequestRecord
+        self, upstream: Upstream, body: dict[str, Any], reservation: Reservation, record: RouteRecord
     ) -> httpx.Response:
         """Send with the reserved account's key; the provider's quota headers correct the ledger."""
         try:
@@ -113,7 +117,12 @@ class Router:
         except UpstreamFailure as failure:
             await self._sync(upstream, reservation, failure.headers)
             raise
-        await self._sync(upstream, reservation, response.headers)
+        try:
+            await self._sync(upstream, reservation, response.headers)
+        except BaseException:  # a cancel can land here, after the provider answered
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+            raise
         return response
 
     async def _sync(self, upstream: Upstream, reservation: Reservation, headers: httpx.Headers) -> None:
@@ -132,22 +141,16 @@ class Router:
             data, rest = batch[0], batch[1:]
             if data.strip() == DONE:
                 break
-            document = json_object(upstream.name, data, "stream event")
-            if isinstance(document.get("error"), dict) or "detail" in document:
-                failure = protocol_failure(upstream.name, "stream began with an error")
-                failure.error.message = str(document.get("error", {}).get("message") or document.get("detail"))
-                raise failure
-            return document, rest
+            return upstream.event(data), rest  # an error event raises: the next provider serves
         raise protocol_failure(upstream.name, "stream ended before its first event")
 
     async def _route(
         self,
         request: ChatRequest,
-        record: RequestRecord,
+        record: RouteRecord,
         attempt: Callable[[Upstream, dict[str, Any], Settlement], Awaitable[T]],
     ) -> T:
         """Run `attempt` on each provider in turn until one delivers; raise ProxyError if none does."""
-        record.stream = request.stream
         record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
         why_not_previous: str | None = None
         last_failure: UpstreamFailure | None = None
@@ -166,7 +169,7 @@ class Router:
             reservation = await self.ledger.reserve(upstream.name, cost)
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
-                log.debug("request %s: %s skipped (%s)", record.request_id, upstream.name, reservation.reason)
+                log.debug("request %s: %s skipped (%s)", REQUEST_ID.get(), upstream.name, reservation.reason)
                 continue
             record.provider, record.account = upstream.name, reservation.account
             record.reason = why_not_previous or "preferred"
@@ -200,10 +203,10 @@ class Router:
         return order + [(upstream, None) for upstream in deferred]
 
     async def _after_failure(
-        self, upstream: Upstream, failure: UpstreamFailure, reservation: Reservation, record: RequestRecord
+        self, upstream: Upstream, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord
     ) -> None:
         log.warning(
-            "request %s: %s failed (%s): %s", record.request_id, upstream.name, failure.label, failure.error.message
+            "request %s: %s failed (%s): %s", REQUEST_ID.get(), upstream.name, failure.label, failure.error.message
         )
         if failure.status is not None and failure.status < 500:
             # A refused request ran nothing; only the request itself counts, not its tokens.

@@ -5,7 +5,7 @@ from typing import Any
 from attrs import define
 
 from ..quota.ledger import QuotaLedger, Reservation
-from .request import RequestRecord
+from .request import RouteRecord
 from .tokens import PromptEstimator
 
 
@@ -25,7 +25,7 @@ class Settlement:
     ledger: QuotaLedger
     estimator: PromptEstimator
     reservation: Reservation
-    record: RequestRecord
+    record: RouteRecord
     settled: bool = False
 
     async def from_usage(self, document: dict[str, Any]) -> bool:

@@ -18,9 +18,9 @@ from ..doors.exchange import Door, Exchange
 from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
-from ..routing.request import RequestRecord
 from ..runtime import Runtime
 from . import operator
+from .accounting import STATUS_CLIENT_CLOSED, ServedRequest, finish_request
 from .drain import SHUTDOWN_ERROR, Drain
 from .metrics import CONTENT_TYPE, Metrics
 from .refusals import log_refusal, refusal_reason
@@ -47,7 +47,6 @@ DOORS = {
 _ALLOWED = {**{path: "POST" for path in DOORS}, COUNT_TOKENS_PATH: "POST", MODELS_PATH: "GET",
             STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
 OVERHEAD_HEADER = "x-trioproxy-overhead-ms"
-_STATUS_CLIENT_CLOSED = 499  # nginx's convention for "client went away", for the log only
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]
 
@@ -149,36 +148,36 @@ class ProxyApp:
     async def _door(self, door: Door, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """One request through a front door: parse, route, answer; accounted for once at the end."""
         runtime = self.runtime  # a reload mid-request does not change what serves it
-        record = RequestRecord(request_id, api=door.api)
+        served = ServedRequest(request_id, door.api)
         extra = {"x-request-id": request_id}
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
-            record.stream = exchange.request.stream
+            served.stream = exchange.request.stream
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
-            await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, record, send, extra))
+            await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))
         except ProxyError as error:
-            record.status = error.status
-            if record.provider == "-":  # refused before any provider was asked
-                record.reason = refusal_reason(error)
+            served.status = error.status
+            if served.route.provider == "-":  # refused before any provider was asked
+                served.refused = refusal_reason(error)
             await _send_error(send, door.error_body, error, extra)
         except ClientDisconnected:
-            record.status = _STATUS_CLIENT_CLOSED
+            served.status = STATUS_CLIENT_CLOSED
         finally:
-            _finish_request(record, runtime, self.metrics)
+            finish_request(served, runtime, self.metrics)
 
-    async def _serve(self, runtime: Runtime, exchange: Exchange, record: RequestRecord, send: Send,
+    async def _serve(self, runtime: Runtime, exchange: Exchange, served: ServedRequest, send: Send,
                      extra: dict[str, str]) -> None:
         request = exchange.request
         if not request.stream:
-            document = await runtime.router.complete(request, record)
-            record.status = 200
-            await _send_json(send, 200, exchange.answer(document), {**extra, OVERHEAD_HEADER: _overhead_ms(record)})
+            document = await runtime.router.complete(request, served.route)
+            served.status = 200
+            await _send_json(send, 200, exchange.answer(document), {**extra, OVERHEAD_HEADER: _overhead_ms(served)})
             return
-        async with runtime.router.stream(request, record) as relay:
-            record.status = 200
-            record.first_byte_at = trio.current_time()
-            headers = [(OVERHEAD_HEADER.encode(), _overhead_ms(record).encode()), *_SSE_HEADERS,
+        async with runtime.router.stream(request, served.route) as relay:
+            served.status = 200
+            served.first_byte_at = trio.current_time()
+            headers = [(OVERHEAD_HEADER.encode(), _overhead_ms(served).encode()), *_SSE_HEADERS,
                        *((k.encode(), v.encode()) for k, v in extra.items())]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             failure: ProxyError | None = None
@@ -219,9 +218,9 @@ class ProxyApp:
                 return b"".join(chunks)
 
 
-def _overhead_ms(record: RequestRecord) -> str:
+def _overhead_ms(served: ServedRequest) -> str:
     """The proxy's own share of the time so far, in milliseconds."""
-    return f"{max(0.0, record.overhead_seconds(trio.current_time())) * 1000:.3f}"
+    return f"{max(0.0, served.overhead_seconds(trio.current_time())) * 1000:.3f}"
 
 
 def _tool_parameters(body: dict[str, Any]) -> str:
@@ -285,32 +284,3 @@ async def _send_json(send: Send, status: int, document: Any, extra: dict[str, st
 async def _send_error(send: Send, shape: Callable[[ProxyError], dict[str, Any]], error: ProxyError,
                       extra: dict[str, str] | None = None) -> None:
     await _send_json(send, error.status, shape(error), {**error.headers, **(extra or {})})
-
-
-def _finish_request(record: RequestRecord, runtime: Runtime, metrics: Metrics) -> None:
-    """The one place a request is accounted for: its log line and its metrics."""
-    now = trio.current_time()
-    latency = now - record.started
-    first_byte = record.first_byte_at - record.started if record.first_byte_at is not None else None
-    overhead = record.overhead_seconds(record.first_byte_at or now) if record.status == 200 else None
-    metrics.observe(
-        record.provider, record.stream, record.status, record.reason,
-        record.prompt_tokens, record.completion_tokens, latency, first_byte, overhead,
-    )
-    if not log.isEnabledFor(logging.INFO):
-        return
-    ledger = runtime.ledger
-    quota = " ".join(filter(None, (ledger.summary(upstream.name) for upstream in runtime.router.upstreams)))
-    log.info(
-        "request %s api=%s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
-        record.request_id,
-        record.api,
-        record.account if record.account != "-" else record.provider,
-        record.reason,
-        "yes" if record.stream else "no",
-        record.status,
-        record.prompt_tokens if record.prompt_tokens is not None else "-",
-        record.completion_tokens if record.completion_tokens is not None else "-",
-        latency * 1000,
-        quota or "-",
-    )
