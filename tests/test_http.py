@@ -271,7 +271,7 @@ async def test_unknown_path_404(proxy: Proxy) -> None:
         responses = [
             await client.get("/v1/completions"),
             await client.post("/v1/embeddings", json={"input": "x"}),
-            await client.get("/"),
+            await client.get("/index.html"),  # `/` itself is the dashboard
             await client.post("/chat/completions", json=chat_body()),
         ]
     for response in responses:

@@ -20,11 +20,14 @@ from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
 from ..runtime import Runtime
 from . import operator
-from .accounting import STATUS_CLIENT_CLOSED, ServedRequest, finish_request
+from .accounting import finish_request
+from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain
+from .history import TrafficHistory
 from .metrics import CONTENT_TYPE, Metrics
 from .refusals import log_refusal, refusal_reason
 from .request_id import request_id_from
+from .served import STATUS_CLIENT_CLOSED, ServedRequest
 
 log = logging.getLogger("trioproxy.request")
 
@@ -74,6 +77,10 @@ class ProxyApp:
         self._created = int(time.time())
         self.metrics = Metrics(live=lambda: operator.live_families(self.runtime))
         self.drain = Drain()
+        self.history = TrafficHistory()
+        # The page shows what /v1/status shows, so it asks for the same (operator) key.
+        self.dashboard = Dashboard(self.history, lambda: operator.status(self.runtime, self.metrics),
+                                   lambda: self.runtime.operator_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -129,6 +136,8 @@ class ProxyApp:
             elif path == METRICS_PATH and method == "GET":
                 runtime.operator_keys.check(authorization, x_api_key)
                 await self._metrics(send, extra)
+            elif Dashboard.owns(path):
+                await self.dashboard.handle(path, method, authorization, x_api_key, send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
                 raise ProxyError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
@@ -159,12 +168,12 @@ class ProxyApp:
         except ProxyError as error:
             served.status = error.status
             if served.route.provider == "-":  # refused before any provider was asked
-                served.refused = refusal_reason(error)
+                served.refusal = refusal_reason(error)
             await _send_error(send, door.error_body, error, extra)
         except ClientDisconnected:
             served.status = STATUS_CLIENT_CLOSED
         finally:
-            finish_request(served, runtime, self.metrics)
+            finish_request(served, runtime, self.metrics, self.history)
 
     async def _serve(self, runtime: Runtime, exchange: Exchange, served: ServedRequest, send: Send,
                      extra: dict[str, str]) -> None:
