@@ -354,19 +354,22 @@ async def test_status_finds_the_proxy_from_the_settings(tmp_path: Path, start_pr
 
 
 async def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
-    """`trioproxy --check-config | head -1`: the reader leaves early; no BrokenPipeError on stderr."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before anything is written
-    try:
-        with trio.fail_after(RUN_TIMEOUT):
-            done = await trio.run_process(
-                [*COMMAND, "--check-config"], cwd=tmp_path, env=scrubbed_env(CHUTES_API_KEY="cpk-x"),
-                stdin=subprocess.DEVNULL, stdout=write_end, capture_stderr=True, check=False,
-            )
-    finally:
-        os.close(write_end)
-    assert "Traceback" not in done.stderr.decode() and "BrokenPipe" not in done.stderr.decode()
-    assert done.returncode == 0
+    """`trioproxy --check-config | head -1`: the reader leaves early; no BrokenPipeError on stderr,
+    and the exit code is still the command's own."""
+    cases = ((scrubbed_env(CHUTES_API_KEY="cpk-x"), 0), (scrubbed_env(), 2), (scrubbed_env(PYTHONUNBUFFERED="1"), 2))
+    for env, expected in cases:
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before anything is written
+        try:
+            with trio.fail_after(RUN_TIMEOUT):
+                done = await trio.run_process(
+                    [*COMMAND, "--check-config"], cwd=tmp_path, env=env,
+                    stdin=subprocess.DEVNULL, stdout=write_end, capture_stderr=True, check=False,
+                )
+        finally:
+            os.close(write_end)
+        assert "Traceback" not in done.stderr.decode() and "BrokenPipe" not in done.stderr.decode()
+        assert done.returncode == expected
 
 
 START_SCRIPT = Path(__file__).parent.parent / "scripts" / "start"

@@ -106,7 +106,7 @@ def _status(args: argparse.Namespace) -> int:
     except httpx.HTTPError as error:
         print(f"trioproxy: cannot reach {url}: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(status, indent=2) if args.json else render_table(status))
+    _output(json.dumps(status, indent=2) if args.json else render_table(status))
     return 0
 
 
@@ -126,28 +126,26 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _print_effective(config: Config) -> None:
-    print(json.dumps(redacted(config), indent=2))
+    _output(json.dumps(redacted(config), indent=2))
+
+
+def _output(text: str) -> None:
+    """Print to stdout; a reader that went away (`trioproxy --check-config | head`) is not an
+    error worth a traceback, and the command keeps its own exit code."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would fail again flushing stdout at exit, so point stdout at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        code = _main(argv)
-        sys.stdout.flush()  # here, not at exit, where a closed pipe could no longer be handled
-        return code
-    except BrokenPipeError:
-        # The reader went away (`trioproxy --check-config | head`): not an error worth a traceback.
-        # Python would report it again while flushing stdout at exit, so point stdout at nothing.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-
-
-def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "status":
         return _status(args)
     if args.command == "stop":
         try:
-            print(daemon.stop(args.pidfile or default_pidfile(), args.timeout))
+            _output(daemon.stop(args.pidfile or default_pidfile(), args.timeout))
         except daemon.DaemonError as error:
             print(f"trioproxy: {error}", file=sys.stderr)
             return 1
