@@ -1078,22 +1078,22 @@ def _diagnosis(r: RunResult) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=None,
+    parser.add_argument("--minutes", type=float, metavar="M", default=None,
                         help="simulated minutes of arrivals (default 30; --quick: 6); with "
                              "--trace, the window's length in trace minutes (default: to the end)")
     parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
     parser.add_argument("--rate", type=float, default=None, help="arrivals per simulated second")
     parser.add_argument("--quick", action="store_true", help="a short run (6 simulated minutes)")
-    parser.add_argument("--stream-share", type=float, default=0.5,
+    parser.add_argument("--stream-share", type=float, metavar="S", default=0.5,
                         help="share of requests that stream (default 0.5)")
     trace = parser.add_argument_group("replaying a trace (CSV: TIMESTAMP,ContextTokens,GeneratedTokens)")
     trace.add_argument("--trace", metavar="FILE", help="replay FILE instead of the generated workload")
-    trace.add_argument("--speed", type=float, default=1.0, help="compress the trace's time K-fold")
-    trace.add_argument("--sample", type=float, default=1.0,
+    trace.add_argument("--speed", type=float, metavar="K", default=1.0, help="compress the trace's time K-fold")
+    trace.add_argument("--sample", type=float, metavar="P", default=1.0,
                        help="keep this share of rows, chosen by --seed (default 1)")
-    trace.add_argument("--start", type=float, default=0.0,
+    trace.add_argument("--start", type=float, metavar="M", default=0.0,
                        help="start the window this many minutes after the first row")
-    trace.add_argument("--budget", type=int, default=None,
+    trace.add_argument("--budget", type=int, metavar="N", default=None,
                        help="the max_tokens every request names (default: none)")
     parser.add_argument("--replicas", type=int, default=1, help="trioproxy processes sharing the key (default 1)")
     parser.add_argument("--backend", choices=("memory", "redis"), default="memory",

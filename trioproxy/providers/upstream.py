@@ -157,7 +157,8 @@ async def _error_body(response: httpx.Response) -> bytes:
     except httpx.HTTPError:
         pass  # what arrived before the failure still explains the error
     finally:
-        await response.aclose()
+        with trio.CancelScope(shield=True):  # a deadline may cut the read short
+            await response.aclose()
     return raw[:MAX_ERROR_BODY_BYTES]
 
 
