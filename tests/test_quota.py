@@ -73,6 +73,21 @@ async def test_settle_replaces_the_estimate_with_the_real_count(mock_clock: trio
     assert isinstance(await ledger.reserve("cerebras", 200), Reservation)
 
 
+async def test_ledger_calls_are_no_cancellation_points(mock_clock: trio.testing.MockClock) -> None:
+    """A cancel that lands as a provider answers cannot cut a settlement or header sync short:
+    the memory ledger's calls have no checkpoint, so they run whole even in a cancelled scope."""
+    ledger = QuotaLedger([cerebras(tokens_per_minute=1000)])
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        reservation = await ledger.reserve("cerebras", 400)
+        assert isinstance(reservation, Reservation)
+        await ledger.settle(reservation, 100)
+        settled = ledger.snapshot("cerebras")["tpm"]["used"]
+        await ledger.sync(reservation, {"tpm": (500.0, 30.0)})
+    assert not scope.cancelled_caught
+    assert settled == 100 and ledger.snapshot("cerebras")["tpm"]["used"] == 500  # the provider said 500 remain
+
+
 async def test_fifty_concurrent_reservations_never_overshoot(mock_clock: trio.testing.MockClock) -> None:
     """Requests arriving at the same instant get exactly the slots the limits allow."""
     ledger = QuotaLedger([cerebras(requests_per_minute=12, tokens_per_minute=5000)])

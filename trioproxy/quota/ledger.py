@@ -356,10 +356,13 @@ class AccountQuota:
 
 
 class QuotaLedger:
-    """Quota state of every provider account, guarded by one Trio lock.
+    """Quota state of every provider account, in this process.
 
-    Reserving checks and books in one step under the lock, so concurrent requests cannot
-    both see the last free slot.
+    Its methods are async to fulfil the ledger contract (the Redis ledger awaits), but none of
+    them awaits anything: under Trio a method without a checkpoint runs whole before any other
+    task does, so reserving checks and books in one step (concurrent requests cannot both see
+    the last free slot) with no lock, and a call is no cancellation point: a cancel cannot land
+    between a provider's answer and its settlement.
     """
 
     def __init__(
@@ -373,7 +376,6 @@ class QuotaLedger:
         self._accounts: dict[str, AccountQuota] = {}
         self._by_provider: dict[str, list[AccountQuota]] = {}
         self.reconfigure(providers)
-        self._lock = trio.Lock()
         self._seq = 0
 
     def reconfigure(self, providers: Iterable[ProviderConfig]) -> None:
@@ -407,35 +409,33 @@ class QuotaLedger:
         """Book one request of `tokens` on the provider's account with the most headroom.
 
         `floor` is for leases of a shared ledger; a reservation here lives as long as the process."""
-        async with self._lock:
-            now = self._clock()
-            refusals: list[Refusal] = []
-            best: AccountQuota | None = None
-            for account in self._by_provider[provider]:
-                refusal = account.refusal(now, tokens)
-                if refusal is not None:
-                    refusals.append(refusal)
-                elif best is None or account.headroom(now) > best.headroom(now):
-                    best = account
-            if best is None:
-                return min(refusals, key=lambda r: r.retry_at)
-            self._seq += 1
-            entries = []
-            for name, amount in best._amounts(tokens).items():
-                entry = best.windows[name].add(now, amount, self._seq)
-                if name in ("tpm", "tpd"):
-                    entries.append((best.windows[name], entry))
-            probe = best.half_open
-            best.probe_in_flight = probe
-            return MemoryReservation(best.name, provider, best.key_index, tokens, self._seq, probe, entries=tuple(entries))
+        now = self._clock()
+        refusals: list[Refusal] = []
+        best: AccountQuota | None = None
+        for account in self._by_provider[provider]:
+            refusal = account.refusal(now, tokens)
+            if refusal is not None:
+                refusals.append(refusal)
+            elif best is None or account.headroom(now) > best.headroom(now):
+                best = account
+        if best is None:
+            return min(refusals, key=lambda r: r.retry_at)
+        self._seq += 1
+        entries = []
+        for name, amount in best._amounts(tokens).items():
+            entry = best.windows[name].add(now, amount, self._seq)
+            if name in ("tpm", "tpd"):
+                entries.append((best.windows[name], entry))
+        probe = best.half_open
+        best.probe_in_flight = probe
+        return MemoryReservation(best.name, provider, best.key_index, tokens, self._seq, probe, entries=tuple(entries))
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """Replace a reservation's estimate by what the provider really counted."""
         assert isinstance(reservation, MemoryReservation)
-        async with self._lock:
-            for window, entry in reservation._entries:
-                window.adjust(entry, actual_tokens)
-            reservation.tokens = actual_tokens
+        for window, entry in reservation._entries:
+            window.adjust(entry, actual_tokens)
+        reservation.tokens = actual_tokens
 
     async def sync(self, reservation: Reservation, figures: Mapping[str, tuple[float, float]]) -> None:
         """Take the provider's own figures, `{window: (remaining, seconds_to_reset)}`, as truth.
@@ -443,44 +443,41 @@ class QuotaLedger:
         They count everything booked up to this reservation; what we booked after it is
         subtracted when checking, so concurrent requests are not counted twice or missed.
         """
-        async with self._lock:
-            account = self._accounts[reservation.account]
-            now = self._clock()
-            for name, (remaining, reset) in figures.items():
-                if name in ("rpd", "tpd"):
-                    # One provider day: a daily reset time moves both daily counters.
-                    for daily in (account.windows["rpd"], account.windows["tpd"]):
-                        assert isinstance(daily, DailyWindow)
-                        daily.move_boundary(now, reset)
-                if account.figure_seq.get(name, -1) > reservation.seq:
-                    continue  # a later request's figure already arrived
-                account.figure_seq[name] = reservation.seq
-                window = account.windows[name]
-                if isinstance(window, RefillingBucket) and window.limit is not None:
-                    # A bucket keeps refilling after the figure was taken: lower its level and
-                    # let it refill, rather than hold the figure fixed until the reset.
-                    window.lower_to(now, remaining - window.booked_after(reservation.seq))
-                else:
-                    account.synced[name] = Synced(int(remaining), reservation.seq, now + reset)
+        account = self._accounts[reservation.account]
+        now = self._clock()
+        for name, (remaining, reset) in figures.items():
+            if name in ("rpd", "tpd"):
+                # One provider day: a daily reset time moves both daily counters.
+                for daily in (account.windows["rpd"], account.windows["tpd"]):
+                    assert isinstance(daily, DailyWindow)
+                    daily.move_boundary(now, reset)
+            if account.figure_seq.get(name, -1) > reservation.seq:
+                continue  # a later request's figure already arrived
+            account.figure_seq[name] = reservation.seq
+            window = account.windows[name]
+            if isinstance(window, RefillingBucket) and window.limit is not None:
+                # A bucket keeps refilling after the figure was taken: lower its level and
+                # let it refill, rather than hold the figure fixed until the reset.
+                window.lower_to(now, remaining - window.booked_after(reservation.seq))
+            else:
+                account.synced[name] = Synced(int(remaining), reservation.seq, now + reset)
 
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         """Skip `account` until `until`. Returns False when an existing cooldown lasts longer."""
-        async with self._lock:
-            quota = self._accounts[account]
-            quota.probe_in_flight = False
-            if quota.cooldown_until >= until:
-                return False
-            quota.cooldown_until, quota.cooldown_reason = until, reason
-            return True
+        quota = self._accounts[account]
+        quota.probe_in_flight = False
+        if quota.cooldown_until >= until:
+            return False
+        quota.cooldown_until, quota.cooldown_reason = until, reason
+        return True
 
     async def end_cooldown(self, account: str, until: float) -> bool:
         """End the cooldown that was set to `until`; False if it was replaced meanwhile."""
-        async with self._lock:
-            quota = self._accounts[account]
-            if quota.cooldown_until != until:
-                return False
-            quota.end_cooldown_if_due(max(self._clock(), until))
-            return True
+        quota = self._accounts[account]
+        if quota.cooldown_until != until:
+            return False
+        quota.end_cooldown_if_due(max(self._clock(), until))
+        return True
 
     def finish_probe(self, reservation: Reservation, succeeded: bool) -> None:
         """Close a half-open probe: success reopens the account; otherwise the next request probes.
