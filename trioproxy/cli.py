@@ -12,7 +12,8 @@ import httpx
 import trio
 
 from . import __version__, daemon
-from .config import Config, ConfigError, load_config, redacted, secrets
+from .catalogue import list_every_key, report
+from .config import Config, ConfigError, keyless_route, load_config, redacted, secrets
 from .logs import configure_logging
 from .quota.persist import default_state_path
 from .status_table import fetch_status, render_table
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, metavar="PATH", help="TOML settings file (see config.toml.example)")
     parser.add_argument("--demo", action="store_true", help="run against built-in emulated providers; no keys needed")
     parser.add_argument("--check-config", action="store_true", help="validate the settings, print them with secrets redacted, and exit")
+    parser.add_argument("--probe", action="store_true", help="with --check-config: ask each provider key which models it offers and print, per route, which providers offer its model (exit 1 if a route has none)")
     parser.add_argument("--daemon", action="store_true", help="detach and run in the background (foreground is the default)")
     parser.add_argument("--pidfile", type=Path, metavar="PATH", help=f"write the pid here (default with --daemon: {default_pidfile()})")
     parser.add_argument("--log-file", type=Path, metavar="PATH", help=f"append logs here (default with --daemon: {default_log_file()})")
@@ -78,8 +80,19 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_effective(config: Config) -> None:
+def _print_effective(config: Config) -> int:
     print(json.dumps(redacted(config), indent=2))
+    return 0
+
+
+def _probe(config: Config) -> int:
+    """Ask the providers which models each key offers; 1 when a route has no provider for its model."""
+    if not any(provider.keys for provider in config.providers):
+        print(NO_KEYS, file=sys.stderr)
+        return EXIT_USAGE
+    text, every_route_served = report(config, trio.run(list_every_key, config))
+    print(text)
+    return 0 if every_route_served else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"trioproxy: {error}", file=sys.stderr)
         return EXIT_USAGE
+    if args.probe and not args.check_config:
+        print("trioproxy: --probe goes with --check-config (see trioproxy --help)", file=sys.stderr)
+        return EXIT_USAGE
+    has_keys = any(provider.keys for provider in config.providers)
+    if has_keys and (keyless := keyless_route(config)) is not None:
+        print(f"trioproxy: {keyless} (from {args.config or 'defaults'})", file=sys.stderr)
+        return EXIT_USAGE
     if args.check_config:
-        _print_effective(config)
-        return 0
-    if not args.demo and not any(provider.keys for provider in config.providers):
+        return _probe(config) if args.probe else _print_effective(config)
+    if not args.demo and not has_keys:
         print(NO_KEYS, file=sys.stderr)
         return EXIT_USAGE
     pidfile = args.pidfile or (default_pidfile() if args.daemon else None)

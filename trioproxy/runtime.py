@@ -5,15 +5,16 @@ Requests already in flight keep the Runtime they started with; new ones get the 
 
 import logging
 
+import attrs
 import trio
 from attrs import define
 
 from .server.auth import ClientKeys
-from .config import Config, ProviderConfig
+from .config import Config, ModelRoute, ProviderConfig, quota_name
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.ledger import QuotaLedger
-from .routing.models import ModelNames
+from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.upstream import ProviderClient, Upstream
 
@@ -24,10 +25,15 @@ log = logging.getLogger("trioproxy")
 class Runtime:
     config: Config
     models: ModelNames
-    router: Router
+    routers: dict[str, Router]  # one per route, by the route's name
     ledger: QuotaLedger
     client_keys: ClientKeys
     prober_scope: trio.CancelScope
+
+    @property
+    def router(self) -> Router:
+        """The first route's router: the whole proxy's when it serves one model."""
+        return self.routers[self.models.served]
 
 
 class ClientPool:
@@ -53,32 +59,44 @@ def serving_providers(config: Config) -> list[ProviderConfig]:
     return [p for p in config.providers if p.keys]
 
 
+def _route_upstreams(config: Config, route: ModelRoute, pool: ClientPool) -> list[Upstream]:
+    timeout = config.request_timeout_ms / 1000
+    return [Upstream(p, pool.client(p, timeout), quota_name(p, p.model)) for p in config.route_providers(route)]
+
+
 async def build_runtime(
     config: Config, pool: ClientPool, nursery: trio.Nursery, previous: Runtime | None = None
 ) -> Runtime:
-    """Router, ledger, prober and keys for `config`; quota state and health carry over from `previous`."""
+    """Routers, ledger, prober and keys for `config`; quota state and health carry over from `previous`.
+
+    Routes share the providers' connection pools, one health record per provider, and one
+    ledger whose quotas are per provider account and model.
+    """
     providers = serving_providers(config)
-    ledger = QuotaLedger(providers)
-    timeout = config.request_timeout_ms / 1000
-    upstreams = [Upstream(p, pool.client(p, timeout)) for p in providers]
+    routes = {route.name: _route_upstreams(config, route, pool) for route in config.routes}
+    quotas = {u.quota_key: attrs.evolve(u.config, name=u.quota_key) for upstreams in routes.values() for u in upstreams}
+    ledger = QuotaLedger(quotas.values())
     health = {p.name: ProviderHealth() for p in providers}
     if previous is not None:
         ledger.import_state(previous.ledger.export_state(0.0), 0.0)
         for name, state in previous.router.health.items():
             if name in health:
                 health[name] = state
-    router = Router(
-        upstreams,
-        ledger,
-        CooldownTimers(nursery, ledger),
-        config.cooldown_period_ms / 1000,
-        config.capacity_backoff_ms / 1000,
-        config.honour_retry_after,
-        health,
-    )
+    cooldowns = CooldownTimers(nursery, ledger)
+    routers = {
+        name: Router(upstreams, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
+                     config.honour_retry_after, health, name)
+        for name, upstreams in routes.items()
+    }
     if previous is not None:
-        router.estimator.ratio = previous.router.estimator.ratio
-    prober = HealthProber(upstreams, health, config.health_check_interval_ms / 1000, config.health_check_failures)
+        for name, router in routers.items():
+            router.estimator.ratio = previous.routers.get(name, previous.router).estimator.ratio
+    wanted: dict[str, list[str]] = {}
+    for upstreams in routes.values():
+        for upstream in upstreams:
+            wanted.setdefault(upstream.name, []).append(upstream.config.model)
+    probes = [Upstream(p, pool.client(p, config.request_timeout_ms / 1000)) for p in providers]
+    prober = HealthProber(probes, wanted, health, config.health_check_interval_ms / 1000, config.health_check_failures)
     prober_scope = trio.CancelScope()
 
     async def probe() -> None:
@@ -86,5 +104,5 @@ async def build_runtime(
             await prober.run()
 
     nursery.start_soon(probe)
-    models = ModelNames(config.proxy_model_name, config.model_aliases)
-    return Runtime(config, models, router, ledger, ClientKeys(config.client_api_keys), prober_scope)
+    models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
+    return Runtime(config, models, routers, ledger, ClientKeys(config.client_api_keys), prober_scope)

@@ -3,6 +3,7 @@
 Every httpx exception is translated here, at one boundary, into `UpstreamFailure`.
 """
 
+import re
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -19,6 +20,10 @@ from ..jsoncodec import dump_json, load_json
 from .transport import LeanTransport
 
 DONE = "[DONE]"
+# How providers say a model id does not exist: Cerebras's 404 "Model X does not exist or you do
+# not have access to it" (and a 503 for retired ids), vLLM's "model not found: X".
+_MODEL_MISSING = re.compile(r"model\b.*\b(does not exist|not found|not exist|no longer available|retired)"
+                            r"|(unknown|no such|invalid) model", re.IGNORECASE)
 _HEADERS = {"user-agent": f"trioproxy/{__version__}"}
 
 
@@ -39,6 +44,13 @@ class UpstreamFailure(Exception):
         self.error = error
         self.status = status
         self.headers = headers or httpx.Headers()
+
+    @property
+    def model_missing(self) -> bool:
+        """A 404 or 503 whose body says the model does not exist: no use asking again soon."""
+        if self.status not in (404, 503):
+            return False
+        return self.error.code == "model_not_found" or bool(_MODEL_MISSING.search(self.error.message or ""))
 
     @property
     def label(self) -> str:
@@ -134,11 +146,16 @@ class ProviderClient:
 
 
 class Upstream:
-    """One provider: its settings and its pooled connections."""
+    """One provider as a route uses it: its settings (with the route's model) and its pooled connections.
 
-    def __init__(self, config: ProviderConfig, client: ProviderClient) -> None:
+    `quota_key` names its quota in the ledger: the provider's limits are per model, so two
+    routes on one provider with different models have different quotas.
+    """
+
+    def __init__(self, config: ProviderConfig, client: ProviderClient, quota_key: str | None = None) -> None:
         self.config = config
         self.name = config.name
+        self.quota_key = quota_key or config.name
         self._client = client
 
     async def open_chat(self, body: dict[str, Any], api_key: str) -> httpx.Response:
@@ -162,10 +179,11 @@ class Upstream:
         error = error_from_upstream(response.status_code, raw, self.name)
         raise UpstreamFailure(self.name, "status", error, response.status_code, response.headers)
 
-    async def list_models(self) -> list[str]:
-        """The model ids the provider lists at `GET /models` (costs no chat quota)."""
+    async def list_models(self, api_key: str | None = None) -> list[str]:
+        """The model ids the provider lists at `GET /models` for `api_key` (default: its first); costs no chat quota."""
+        key = api_key if api_key is not None else self.config.keys[0]
         try:
-            response = await self._client.client.get("models", headers={"authorization": f"Bearer {self.config.keys[0]}"})
+            response = await self._client.client.get("models", headers={"authorization": f"Bearer {key}"})
             raw = await response.aread()
         except httpx.HTTPError as exc:
             raise _failure_from_exception(self.name, exc) from exc

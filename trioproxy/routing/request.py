@@ -17,6 +17,7 @@ class ChatRequest:
 
     body: dict[str, Any]
     stream: bool
+    route: str  # the client-visible model it resolved to: which route's providers serve it
 
 
 @define

@@ -20,6 +20,7 @@ class ServedRequest:
 
     request_id: str
     api: str  # the front door: chat, responses or messages
+    model: str = "-"  # the model route the client's model name resolved to
     route: RouteRecord = field(factory=RouteRecord)
     stream: bool = False
     status: int = 0
@@ -39,19 +40,21 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics) ->
     first_byte = served.first_byte_at - served.started if served.first_byte_at is not None else None
     overhead = served.overhead_seconds(served.first_byte_at or now) if served.status == 200 else None
     metrics.observe(
-        route.provider, served.stream, served.status, route.reason,
+        served.model, route.provider, served.stream, served.status, route.reason,
         route.prompt_tokens, route.completion_tokens, latency, first_byte, overhead,
     )
     if not log.isEnabledFor(logging.INFO):
         return
     ledger = runtime.ledger
-    quota = " ".join(filter(None, (ledger.summary(upstream.name) for upstream in runtime.router.upstreams)))
+    router = runtime.routers.get(served.model, runtime.router)
+    quota = " ".join(filter(None, (ledger.summary(upstream.quota_key) for upstream in router.upstreams)))
     log.info(
-        "request %s api=%s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
+        "request %s api=%s provider=%s reason=%r route=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
         route.reason,
+        served.model,
         "yes" if served.stream else "no",
         served.status,
         route.prompt_tokens if route.prompt_tokens is not None else "-",

@@ -108,7 +108,7 @@ class ProxyApp:
                 await self._door(door, scope, receive, send, request_id)
             elif path == COUNT_TOKENS_PATH and method == "POST":
                 raw = await self._read_body(scope, receive)
-                counted = messages.count_tokens(raw, runtime.models, runtime.router.estimator)
+                counted = messages.count_tokens(raw, runtime.models, lambda route: runtime.routers[route].estimator)
                 await _send_json(send, 200, counted, extra)
             elif path.startswith(RESPONSES_PATH + "/"):
                 raise responses.no_stored_responses()
@@ -118,10 +118,10 @@ class ProxyApp:
                 model = runtime.models.resolve(path[len(MODELS_PATH) + 1 :])
                 await _send_json(send, 200, chat.model_card(model, self._created), extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
-                code, body = operator.health(runtime.router, runtime.ledger)
+                code, body = operator.health(runtime)
                 await _send_json(send, code, body, extra)
             elif path == STATUS_PATH and method == "GET":
-                status = operator.status(runtime.router, runtime.ledger, self.metrics, runtime.models.served)
+                status = operator.status(runtime, self.metrics)
                 await _send_json(send, 200, status, extra)
             elif path == METRICS_PATH and method == "GET":
                 await self._metrics(send, extra)
@@ -135,7 +135,7 @@ class ProxyApp:
             await _send_error(send, _error_shape(path), error, extra)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
-        body = self.metrics.render(operator.gauges(self.runtime.router, self.runtime.ledger)).encode()
+        body = self.metrics.render(operator.gauges(self.runtime)).encode()
         headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
         headers.extend((k.encode(), v.encode()) for k, v in extra.items())
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -148,7 +148,7 @@ class ProxyApp:
         extra = {"x-request-id": request_id}
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
-            served.stream = exchange.request.stream
+            served.stream, served.model = exchange.request.stream, exchange.request.route
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
             await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))
@@ -163,12 +163,13 @@ class ProxyApp:
     async def _serve(self, runtime: Runtime, exchange: Exchange, served: ServedRequest, send: Send,
                      extra: dict[str, str]) -> None:
         request = exchange.request
+        router = runtime.routers[request.route]
         if not request.stream:
-            document = await runtime.router.complete(request, served.route)
+            document = await router.complete(request, served.route)
             served.status = 200
             await _send_json(send, 200, exchange.answer(document), {**extra, OVERHEAD_HEADER: _overhead_ms(served)})
             return
-        async with runtime.router.stream(request, served.route) as relay:
+        async with router.stream(request, served.route) as relay:
             served.status = 200
             served.first_byte_at = trio.current_time()
             headers = [(OVERHEAD_HEADER.encode(), _overhead_ms(served).encode()), *_SSE_HEADERS,

@@ -208,12 +208,15 @@ class EmulatedProvider:
       spread over it) and is settled just before the answer's usage is sent; None = instant.
     - `usage_log`: every completion's usage when it was settled (streams with injected faults
       included: the quota counted them). `quota_refusals`: every quota 429 (Cerebras).
-    - A chat request naming another model than `model` gets the provider's 404.
+    - A chat request naming another model than `model` or one of `more_models` gets the
+      provider's 404. `/models` lists exactly those; tests change either at run time (a
+      model the provider retires, or adds). The limits are shared by every model.
     """
 
     flavor: Flavor
     api_key: str
     model: str
+    more_models: list[str] = Factory(list)
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
@@ -236,6 +239,10 @@ class EmulatedProvider:
     _tpm: _Bucket = field(init=False, factory=_Bucket, repr=False)
     _day: _Day = field(init=False, factory=_Day, repr=False)
     _counter: int = field(init=False, default=0, repr=False)
+
+    def models(self) -> list[str]:
+        """Every model id it serves and lists."""
+        return [self.model, *self.more_models]
 
     def next_id(self) -> int:
         """A fresh number for completion and tool-call ids."""
@@ -387,11 +394,14 @@ def _authorized(provider: EmulatedProvider, request: _Request) -> _Reply | None:
 
 
 def _models(provider: EmulatedProvider) -> Json:
-    entry: Json = {"id": provider.model, "object": "model", "created": 1735689600,
-                   "owned_by": "Cerebras" if provider.flavor == "cerebras" else "vllm"}
-    if provider.flavor == "chutes":
-        entry["supported_features"] = ["json_mode", "tools", "structured_outputs"]
-    return {"object": "list", "data": [entry]}
+    entries = []
+    for model in provider.models():
+        entry: Json = {"id": model, "object": "model", "created": 1735689600,
+                       "owned_by": "Cerebras" if provider.flavor == "cerebras" else "vllm"}
+        if provider.flavor == "chutes":
+            entry["supported_features"] = ["json_mode", "tools", "structured_outputs"]
+        entries.append(entry)
+    return {"object": "list", "data": entries}
 
 
 async def _chat(provider: EmulatedProvider, request: _Request) -> _Action:
@@ -494,7 +504,7 @@ def _checked_completion(provider: EmulatedProvider, body: Json | None,
 
 def _validate(provider: EmulatedProvider, body: Json) -> _Reply | None:
     """The 4xx a valid-JSON request earns before touching any quota, or None."""
-    if body.get("model") != provider.model:
+    if body.get("model") not in provider.models():
         return _model_not_found(provider, body.get("model"))
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         return _error(provider.flavor, 400, "'messages' must be a non-empty array.",
@@ -735,7 +745,7 @@ def _completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: 
     used = prompt + answer.completion_tokens
     usage = {"prompt_tokens": prompt, "completion_tokens": answer.completion_tokens,
              "total_tokens": used}
-    meta = _Meta(provider.flavor, f"chatcmpl-{number}", int(time.time()), provider.model)
+    meta = _Meta(provider.flavor, f"chatcmpl-{number}", int(time.time()), body["model"])
     reservation = prompt + (cap or DEFAULT_RESERVED_COMPLETION)
     speed = provider.tokens_per_second
     generation = answer.completion_tokens / speed if speed else 0.0
