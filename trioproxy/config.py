@@ -114,13 +114,12 @@ class RateLimitHeaders:
 
 
 @frozen
-class ProviderConfig:
-    name: str
-    base_url: str = field(validator=_url)
-    model: str
-    api_key: str = field(default="", repr=False)
-    # Several keys of one provider: each has its own quota; the one with most headroom is used.
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+class PerModel:
+    """Settings a provider may have per model: quota limits, completion cap, context window.
+
+    On a provider, None means "none"; on a route's provider, "the provider's value".
+    """
+
     requests_per_minute: int | None = field(default=None, validator=_positive)
     tokens_per_minute: int | None = field(default=None, validator=_positive)
     requests_per_day: int | None = field(default=None, validator=_positive)
@@ -130,6 +129,16 @@ class ProviderConfig:
     max_completion_tokens_cap: int | None = field(default=None, validator=_positive)
     # Requests whose estimated prompt plus completion budget exceed this skip the provider.
     context_window: int | None = field(default=None, validator=_positive)
+
+
+@frozen(kw_only=True)
+class ProviderConfig(PerModel):
+    name: str
+    base_url: str = field(validator=_url)
+    model: str
+    api_key: str = field(default="", repr=False)
+    # Several keys of one provider: each has its own quota; the one with most headroom is used.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Correct the ledger from the provider's x-ratelimit-* headers on every response.
     sync_rate_limit_headers: bool = True
     rate_limit_headers: RateLimitHeaders = RateLimitHeaders()
@@ -143,8 +152,8 @@ class ProviderConfig:
         return tuple(dict.fromkeys(key for key in (self.api_key, *self.api_keys) if key))
 
 
-@frozen
-class RouteProvider:
+@frozen(kw_only=True)
+class RouteProvider(PerModel):
     """One provider of a model route: which provider, its model id there, and per-model overrides.
 
     Unset overrides inherit the provider table's values (Cerebras's limits are per model, so a
@@ -153,22 +162,12 @@ class RouteProvider:
 
     provider: str
     model: str | None = None  # the provider's own `model` when unset
-    requests_per_minute: int | None = field(default=None, validator=_positive)
-    tokens_per_minute: int | None = field(default=None, validator=_positive)
-    requests_per_day: int | None = field(default=None, validator=_positive)
-    tokens_per_day: int | None = field(default=None, validator=_positive)
-    max_completion_tokens_cap: int | None = field(default=None, validator=_positive)
-    context_window: int | None = field(default=None, validator=_positive)
     adaptation: Adaptation | None = None
 
     def applied_to(self, provider: ProviderConfig) -> ProviderConfig:
         """The provider's settings as this route uses them: its model and overrides in place."""
-        overrides = {
-            name: value
-            for name in ("model", "requests_per_minute", "tokens_per_minute", "requests_per_day", "tokens_per_day",
-                         "max_completion_tokens_cap", "context_window", "adaptation")
-            if (value := getattr(self, name)) is not None
-        }
+        names = ("model", "adaptation", *(a.name for a in attrs.fields(PerModel)))
+        overrides = {name: value for name in names if (value := getattr(self, name)) is not None}
         return attrs.evolve(provider, **overrides)
 
 
@@ -286,7 +285,7 @@ class Config:
         """The [[models]] routes, or the one route the original settings describe."""
         if self.models:
             return self.models
-        providers = tuple(RouteProvider(p.name) for p in self.providers)
+        providers = tuple(RouteProvider(provider=p.name) for p in self.providers)
         return (ModelRoute(self.proxy_model_name, providers, self.model_aliases),)
 
     def route_providers(self, route: ModelRoute) -> list[ProviderConfig]:
@@ -315,7 +314,7 @@ def _check_routes(config: Config) -> None:
             if entry.provider not in providers:
                 raise _InvalidKey(f"{key}.provider", f"names no provider called {entry.provider!r}")
             used = entry.applied_to(providers[entry.provider])
-            quota = quota_name(used, used.model)
+            quota = quota_name(providers[entry.provider], used.model)
             earlier = limits.setdefault(quota, (index, used))
             if _quota_settings(earlier[1]) != _quota_settings(used):
                 raise _InvalidKey(key, f"{entry.provider} model {used.model!r} has other limits in route "

@@ -61,7 +61,8 @@ def serving_providers(config: Config) -> list[ProviderConfig]:
 
 def _route_upstreams(config: Config, route: ModelRoute, pool: ClientPool) -> list[Upstream]:
     timeout = config.request_timeout_ms / 1000
-    return [Upstream(p, pool.client(p, timeout), quota_name(p, p.model)) for p in config.route_providers(route)]
+    tables = {p.name: p for p in config.providers}
+    return [Upstream(p, pool.client(p, timeout), quota_name(tables[p.name], p.model)) for p in config.route_providers(route)]
 
 
 async def build_runtime(

@@ -187,7 +187,7 @@ async def supervise(
         async with trio.open_nursery() as proxy_nursery:
             base_url = await proxy_nursery.start(run_proxy, config, shutdown, receive_reloads)
             if demo:
-                print_demo_banner(base_url, config.proxy_model_name)
+                print_demo_banner(base_url, config.routes[0].name)
             if on_ready is not None:
                 on_ready(base_url)
         # The proxy has drained and stopped; the emulators and the signal watcher may go.
