@@ -16,6 +16,12 @@ The run starts some minutes before Cerebras's day boundary with most of that day
 already spent, so tokens/day binds first and has to be recovered after the boundary; after
 it tokens/minute or requests/minute bind, depending on what the proxy lets through.
 
+With `--trace FILE` the workload is a replayed trace instead (bench/llm_trace.py reads it):
+each row becomes a request at its time offset with a prompt of its ContextTokens, answered
+with its GeneratedTokens by whichever emulator serves it; `--start`/`--minutes` cut a window,
+`--sample` keeps a seeded share of rows, `--speed` compresses time, `--budget` is the
+max_tokens every request names. The day is placed the same way, a third into the run.
+
 Two configurations meet the same workload (same seed), one after the other, each with fresh
 emulators and a fresh proxy:
   A  trioproxy for best use: limits at 100 % of the real ones, rate-limit header sync,
@@ -31,7 +37,9 @@ the day); after it, a per-minute limit (its bucket's level at the boundary plus 
 The binding-limit utilisation is the two parts' binding shares weighted by their length.
 
 Run:  python bench/quota_sim.py [--minutes 30] [--seed 1] [--quick] [--rate 2.0]
-Exit status 0 when configuration A meets every target, 1 otherwise.
+      python bench/quota_sim.py --trace FILE [--start M] [--minutes M] [--sample P] [--speed K]
+                                [--budget N] [--stream-share S] [--seed 1]
+Exit status 0 when configuration A meets every target, 1 otherwise, 2 for a trace it refuses.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ import trio
 import trio.testing
 from attrs import define, field, frozen
 
+import llm_trace
 from trioproxy.testing import emulator
 from trioproxy.config import Config
 from trioproxy.supervisor import run_proxy
@@ -80,18 +89,42 @@ TARGET_429_SHARE = 0.01
 # --------------------------------------------------------------------------- workload
 
 
-@frozen
-class Workload:
-    """The seeded over-quota workload. Sizes are prompt tokens as the emulator counts them."""
+@frozen(kw_only=True)
+class DayPlan:
+    """Where Cerebras's day ends in a run, and what is left of it before then. A workload
+    (generated or a replayed trace) derives from this and says how long it lasts."""
 
-    minutes: float = 30.0
-    seed: int = 1
-    arrivals_per_second: float = 2.0  # Poisson
     # Minute of the run at which Cerebras's day ends (default: a third into the run).
     day_boundary_minute: float | None = None
     # Tokens Cerebras still allows the day before the boundary (default: 60 % of what
     # tokens/minute alone would allow until then, so the day runs out first).
     day_tokens_left: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def boundary(self) -> float:
+        """Seconds after the start at which Cerebras's day ends."""
+        if self.day_boundary_minute is None:
+            return self.seconds / 3
+        return self.day_boundary_minute * 60.0
+
+    @property
+    def tokens_left(self) -> int:
+        if self.day_tokens_left is not None:
+            return self.day_tokens_left
+        return int(0.6 * REAL_TPM * (self.boundary / 60.0 + 1))
+
+
+@frozen
+class Workload(DayPlan):
+    """The seeded over-quota workload. Sizes are prompt tokens as the emulator counts them."""
+
+    minutes: float = 30.0
+    seed: int = 1
+    arrivals_per_second: float = 2.0  # Poisson
     stream_share: float = 0.5
     tools_share: float = 0.3
     # Requests with some CJK text: Cerebras counts those characters as several tokens each
@@ -119,17 +152,19 @@ class Workload:
     def seconds(self) -> float:
         return self.minutes * 60.0
 
-    @property
-    def boundary(self) -> float:
-        """Seconds after the start at which Cerebras's day ends."""
-        minute = self.minutes / 3 if self.day_boundary_minute is None else self.day_boundary_minute
-        return minute * 60.0
+    def requests(self) -> list[Planned]:
+        return plan(self)
 
-    @property
-    def tokens_left(self) -> int:
-        if self.day_tokens_left is not None:
-            return self.day_tokens_left
-        return int(0.6 * REAL_TPM * (self.boundary / 60.0 + 1))
+    def completion_words(self) -> Callable[[dict[str, Any]], int]:
+        return completion_words(self)
+
+    def headline(self, requests: int) -> list[str]:
+        return [f"quota_sim: {self.minutes:g} simulated minutes, seed {self.seed}, {requests} "
+                f"requests (Poisson, {self.arrivals_per_second:g}/s), {_day_line(self)}"]
+
+    def checks(self, result: RunResult) -> list[tuple[bool, str]]:
+        """Checks only this kind of workload allows (none: sizes vary by design)."""
+        return []
 
 
 @frozen
@@ -145,6 +180,9 @@ class Planned:
     budget: tuple[str, int] | None
     tools: bool
     non_ascii: bool
+
+    def body(self) -> tuple[bytes, int]:
+        return request_body(self)
 
 
 def plan(workload: Workload) -> list[Planned]:
@@ -274,6 +312,153 @@ def _user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+# --------------------------------------------------------------------------- replayed trace
+
+
+@frozen
+class TraceRequest:
+    """One row of a trace, as a client request: a prompt of the row's ContextTokens and an
+    answer of its GeneratedTokens (the emulators look the row up by the body's `user`)."""
+
+    index: int
+    row: llm_trace.Row
+    stream: bool
+    budget: tuple[str, int] | None
+
+    @property
+    def at(self) -> float:
+        return self.row.at
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt as sent: the row's, or the smallest a chat body holds when it is below."""
+        return max(self.row.prompt, SMALLEST_PROMPT)
+
+    def body(self) -> tuple[bytes, int]:
+        # A prompt of N tokens is a messages array of 4N characters as the emulators count
+        # them: one user message of plain ASCII needing no JSON escapes.
+        chars = max(0, 4 * self.row.prompt - _EMPTY_MESSAGES_CHARS)
+        corpus = _plain_corpus()
+        start = (self.row.line * 7919) % len(corpus)
+        text = (corpus[start:] + corpus * (1 + chars // len(corpus)))[:chars]
+        head: dict[str, Any] = {"model": PROXY_MODEL, "user": f"trace-{self.index}"}
+        if self.stream:
+            head["stream"], head["stream_options"] = True, {"include_usage": True}
+        if self.budget is not None:
+            head[self.budget[0]] = self.budget[1]
+        body = {**head, "messages": [{"role": "user", "content": text}]}
+        return json.dumps(body, separators=(",", ":")).encode(), self.prompt_tokens
+
+
+_EMPTY_MESSAGES = [{"role": "user", "content": ""}]
+_EMPTY_MESSAGES_CHARS = len(json.dumps(_EMPTY_MESSAGES, separators=(",", ":")))
+SMALLEST_PROMPT = emulator.prompt_tokens({"messages": _EMPTY_MESSAGES})
+
+
+@cache
+def _plain_corpus() -> str:
+    """The code-like corpus on one line with no character JSON escapes."""
+    return _corpus().ascii.replace("\n", " ").replace('"', "'")
+
+
+@frozen
+class TraceWorkload(DayPlan):
+    """A trace's selected rows replayed at their time offsets (see bench/llm_trace.py)."""
+
+    selection: llm_trace.Selection
+    seed: int = 1
+    budget: int | None = None  # the max_tokens every client request names
+    stream_share: float = 0.5
+
+    @property
+    def seconds(self) -> float:
+        return self.selection.seconds
+
+    @property
+    def minutes(self) -> float:
+        return self.seconds / 60.0
+
+    def requests(self) -> list[TraceRequest]:
+        budget = None if self.budget is None else ("max_tokens", self.budget)
+        return [TraceRequest(index, row,
+                             llm_trace.draw(self.seed, row.line, "stream") < self.stream_share,
+                             budget)
+                for index, row in enumerate(self.selection.rows)]
+
+    def completion_words(self) -> Callable[[dict[str, Any]], int]:
+        rows = self.selection.rows
+
+        def words(body: dict[str, Any]) -> int:
+            return rows[int(str(body["user"]).removeprefix("trace-"))].completion
+
+        return words
+
+    def expected(self, request: TraceRequest) -> tuple[int, int]:
+        """(prompt, completion) tokens the providers report for a row: the trace's, raised
+        to the floors (a chat body's smallest prompt, one word of answer), cut by the budget."""
+        completion = max(1, request.row.completion)
+        if self.budget is not None:
+            completion = min(completion, self.budget)
+        return request.prompt_tokens, completion
+
+    def headline(self, requests: int) -> list[str]:
+        s = self.selection
+        rows = s.rows
+        prompt, completion = sum(r.prompt for r in rows), sum(r.completion for r in rows)
+        minutes = s.end_minute - s.start_minute
+        lines = [
+            f"quota_sim: replay of {s.trace.path}, minutes {s.start_minute:g}-{s.end_minute:.4g} "
+            f"of the trace ({s.in_window:,} rows), sample {_pct(s.sample)}, speed x{s.speed:g}: "
+            f"{requests:,} requests in {self.minutes:.4g} simulated minutes, budget "
+            f"{'none' if self.budget is None else f'max_tokens {self.budget:,}'}, "
+            f"{_pct(self.stream_share)} streamed (seed {self.seed})",
+            f"  the rows ask {_n(prompt)} prompt + {_n(completion)} completion tokens; per "
+            f"trace minute {_n(len(rows) / minutes)} requests, {_n((prompt + completion) / minutes)} tokens",
+        ]
+        raised = [r for r in rows if r.prompt < SMALLEST_PROMPT or r.completion < 1]
+        if raised:
+            lines.append(f"  {len(raised)} rows below the smallest chat request ({SMALLEST_PROMPT} "
+                         "prompt tokens, 1 completion token) are sent at that size")
+        if s.trace.note:
+            lines.append(f"  order: {s.trace.note}")
+        if source := llm_trace.attribution(s.trace.path):
+            lines.append(f"  source: {source}")
+        lines.append(f"  {_day_line(self)}")
+        return lines
+
+    def checks(self, result: RunResult) -> list[tuple[bool, str]]:
+        """Every row answered once, with the usage the trace implies (a Cerebras cap below a
+        row's completion may cut it there)."""
+        requests = self.requests()
+        wrong = []
+        served = want = 0
+        for request in requests:
+            got = result.answers.get(request.index)
+            if got is None:
+                continue  # a failed request: counted among the client errors
+            prompt, completion = self.expected(request)
+            cut = min(completion, result.setup.cap or completion)
+            served, want = served + sum(got), want + prompt + completion
+            if got[0] != prompt or not cut <= got[1] <= completion:
+                wrong.append(request.row.line)
+        answered = len(result.answers)
+        text = (f"rows answered once each {answered:,}/{len(requests):,}, tokens served "
+                f"{_n(served)} / as the trace asks {_n(want)}")
+        if wrong:
+            text += f"; other usage on lines {', '.join(map(str, wrong[:5]))}"
+        ok = not wrong and answered == result.ok and answered + result.client_errors == len(requests)
+        return [(ok, text)]
+
+
+AnyWorkload = Workload | TraceWorkload
+AnyRequest = Planned | TraceRequest
+
+
+def _day_line(workload: DayPlan) -> str:
+    return (f"Cerebras's day ends at minute {workload.boundary / 60:.4g} with "
+            f"{_n(workload.tokens_left)} tokens left before it")
+
+
 # --------------------------------------------------------------------------- setups
 
 
@@ -362,7 +547,7 @@ class Diversion:
 @define
 class RunResult:
     setup: Setup
-    workload: Workload
+    workload: AnyWorkload
     start: float
     wall_seconds: float = 0.0
     # client side
@@ -370,6 +555,7 @@ class RunResult:
     ok: int = 0
     errors: Counter[str] = field(factory=Counter)
     client_tokens: int = 0
+    answers: dict[int, tuple[int, int]] = field(factory=dict)  # request -> usage it got
     # emulated providers
     cerebras_received: int = 0
     cerebras_served: int = 0
@@ -542,12 +728,13 @@ class _ProxyLog(logging.Handler):
         self.result.diversions.append(Diversion(now, reason, fits))
 
 
-async def run_setup(setup: Setup, workload: Workload, requests: list[Planned]) -> RunResult:
+async def run_setup(setup: Setup, workload: AnyWorkload,
+                    requests: Sequence[AnyRequest]) -> RunResult:
     """One configuration against the workload, with fresh emulators and proxy."""
     start = trio.current_time()
     result = RunResult(setup, workload, start)
     wall = time.perf_counter()
-    words = completion_words(workload)
+    words = workload.completion_words()
     cerebras = emulator.cerebras(
         requests_per_minute=REAL_RPM, tokens_per_minute=REAL_TPM, tokens_per_day=REAL_TPD,
         requests_per_day=REQUESTS_PER_DAY, context_window=CONTEXT_WINDOW,
@@ -597,7 +784,7 @@ async def run_setup(setup: Setup, workload: Workload, requests: list[Planned]) -
     return result
 
 
-async def _drive(base_url: str, requests: list[Planned], start: float, result: RunResult,
+async def _drive(base_url: str, requests: Sequence[AnyRequest], start: float, result: RunResult,
                  needs: dict[str, tuple[int, int | None]],
                  chutes: emulator.EmulatedProvider) -> None:
     """Send every planned request at its time and wait for all answers."""
@@ -614,9 +801,9 @@ async def _drive(base_url: str, requests: list[Planned], start: float, result: R
     result.requests = len(requests)
 
 
-async def _send(client: httpx.AsyncClient, planned: Planned, result: RunResult,
+async def _send(client: httpx.AsyncClient, planned: AnyRequest, result: RunResult,
                 needs: dict[str, tuple[int, int | None]]) -> None:
-    body, prompt = request_body(planned)
+    body, prompt = planned.body()
     request_id = f"sim-{planned.index}"
     needs[request_id] = (prompt, planned.budget[1] if planned.budget else None)
     headers = {"content-type": "application/json", "x-request-id": request_id}
@@ -645,7 +832,9 @@ async def _send(client: httpx.AsyncClient, planned: Planned, result: RunResult,
         return
     assert usage is not None
     result.ok += 1
-    result.client_tokens += int(usage["prompt_tokens"]) + int(usage["completion_tokens"])
+    answer = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+    result.answers[planned.index] = answer
+    result.client_tokens += sum(answer)
 
 
 async def _read_stream(response: httpx.Response) -> tuple[dict[str, Any] | None, str | None]:
@@ -692,14 +881,27 @@ def _refusal_causes(cerebras: emulator.EmulatedProvider) -> tuple[Counter[str], 
 # --------------------------------------------------------------------------- entry points
 
 
-def simulate(workload: Workload, setups: Sequence[Setup] = SETUPS) -> list[RunResult]:
+def simulate(workload: AnyWorkload, setups: Sequence[Setup] = SETUPS) -> list[RunResult]:
     """Run every setup on the same workload in one trio.run on an autojumping MockClock."""
-    requests = plan(workload)
+    requests = workload.requests()
 
     async def main() -> list[RunResult]:
         return [await run_setup(setup, workload, requests) for setup in setups]
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def rpm_ceiling(arrivals: Sequence[float]) -> int:
+    """The most requests any router could send Cerebras on these arrivals (seconds from the
+    start): send each one the moment the requests/minute bucket (full at the start) holds
+    one. Greedy is optimal for one bucket of whole requests; tokens can only lower it. Where
+    arrivals pause, the bucket sits full and its refill is lost to every router alike."""
+    level, last, sent = float(REAL_RPM), 0.0, 0
+    for at in arrivals:
+        level, last = min(REAL_RPM, level + (at - last) * REAL_RPM / 60.0), at
+        if level >= 1:
+            level, sent = level - 1, sent + 1
+    return sent
 
 
 def _pct(value: float) -> str:
@@ -713,12 +915,7 @@ def _n(value: float) -> str:
 def report(results: Sequence[RunResult]) -> tuple[str, bool]:
     """The printed report, and whether the first result (A) met every target."""
     w = results[0].workload
-    lines = [
-        f"quota_sim: {w.minutes:g} simulated minutes, seed {w.seed}, {results[0].requests} requests "
-        f"(Poisson, {w.arrivals_per_second:g}/s), Cerebras's day ends at minute "
-        f"{w.boundary / 60:g} with {_n(w.tokens_left)} tokens left before it",
-        "",
-    ]
+    lines = [*w.headline(results[0].requests), ""]
     for r in results:
         lines.append(f"  {r.setup.key}: {r.setup.title}: {r.setup.describe()}")
     lines.append("")
@@ -730,6 +927,9 @@ def report(results: Sequence[RunResult]) -> tuple[str, bool]:
     row("Cerebras utilisation, whole run", lambda r: "counted / allowed")
     row(f"  rpm  requests / {REAL_RPM} x (min + 1)",
         lambda r: f"{_pct(r.shares()['rpm'])}  {r.cerebras_served}/{_n(r.rpm_allowed)}")
+    ceiling = rpm_ceiling([request.at for request in w.requests()])
+    row("  rpm  requests / most these arrivals allow",
+        lambda r: f"{_pct(r.cerebras_served / ceiling)}  {r.cerebras_served}/{ceiling}")
     row(f"  tpm  tokens / {REAL_TPM:,} x (min + 1)",
         lambda r: f"{_pct(r.shares()['tpm'])}  {_n(r.cerebras_tokens)}/{_n(r.tpm_allowed)}")
     row("  tpd  day 1 tokens / left that day",
@@ -775,6 +975,7 @@ def report(results: Sequence[RunResult]) -> tuple[str, bool]:
         ]
         problems = r.consistency()
         checks.append((not problems, "counts add up" + (": " + "; ".join(problems) if problems else "")))
+        checks += w.checks(r)
         title = "Targets" if i == 0 else "Same targets, for comparison only"
         lines.append(f"{title} ({r.setup.key}: {r.setup.title}):")
         for ok, text in checks:
@@ -842,21 +1043,64 @@ def _diagnosis(r: RunResult) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=None,
-                        help="simulated minutes of arrivals (default 30; --quick: 6)")
+                        help="simulated minutes of arrivals (default 30; --quick: 6); with "
+                             "--trace, the window's length in trace minutes (default: to the end)")
     parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
-    parser.add_argument("--rate", type=float, default=2.0, help="arrivals per simulated second")
+    parser.add_argument("--rate", type=float, default=None, help="arrivals per simulated second")
     parser.add_argument("--quick", action="store_true", help="a short run (6 simulated minutes)")
+    parser.add_argument("--stream-share", type=float, default=0.5,
+                        help="share of requests that stream (default 0.5)")
+    trace = parser.add_argument_group("replaying a trace (CSV: TIMESTAMP,ContextTokens,GeneratedTokens)")
+    trace.add_argument("--trace", metavar="FILE", help="replay FILE instead of the generated workload")
+    trace.add_argument("--speed", type=float, default=1.0, help="compress the trace's time K-fold")
+    trace.add_argument("--sample", type=float, default=1.0,
+                       help="keep this share of rows, chosen by --seed (default 1)")
+    trace.add_argument("--start", type=float, default=0.0,
+                       help="start the window this many minutes after the first row")
+    trace.add_argument("--budget", type=int, default=None,
+                       help="the max_tokens every request names (default: none)")
     args = parser.parse_args(argv)
-    minutes = args.minutes if args.minutes is not None else (6.0 if args.quick else 30.0)
-    if minutes <= 0 or args.rate <= 0:
-        parser.error("--minutes and --rate must be positive")
-    workload = Workload(minutes=minutes, seed=args.seed, arrivals_per_second=args.rate)
+    if not 0 <= args.stream_share <= 1:
+        parser.error("--stream-share must lie in [0, 1]")
+    try:
+        workload = _trace_workload(args, parser) if args.trace else _generated_workload(args, parser)
+    except llm_trace.TraceError as exc:
+        print(f"quota_sim: {exc}", file=sys.stderr)
+        return 2
     wall = time.perf_counter()
     results = simulate(workload)
     text, passed = report(results)
     print(text)
     print(f"\ntotal wall time {time.perf_counter() - wall:.1f} s")
     return 0 if passed else 1
+
+
+def _generated_workload(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Workload:
+    given = [name for name in ("speed", "sample", "start", "budget")
+             if getattr(args, name) != parser.get_default(name)]
+    if given:
+        parser.error(f"--{given[0]} needs --trace")
+    minutes = args.minutes if args.minutes is not None else (6.0 if args.quick else 30.0)
+    rate = 2.0 if args.rate is None else args.rate
+    if minutes <= 0 or rate <= 0:
+        parser.error("--minutes and --rate must be positive")
+    return Workload(minutes=minutes, seed=args.seed, arrivals_per_second=rate,
+                    stream_share=args.stream_share)
+
+
+def _trace_workload(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TraceWorkload:
+    if args.quick or args.rate is not None:
+        parser.error("--quick and --rate shape the generated workload; with --trace use "
+                     "--minutes, --sample or --speed")
+    if args.speed <= 0 or not 0 < args.sample <= 1 or args.start < 0:
+        parser.error("--speed must be positive, --sample in (0, 1], --start not negative")
+    if (args.minutes is not None and args.minutes <= 0) or (args.budget is not None and args.budget < 1):
+        parser.error("--minutes and --budget must be positive")
+    selection = llm_trace.select(llm_trace.read_trace(args.trace), start_minute=args.start,
+                                 minutes=args.minutes, sample=args.sample, speed=args.speed,
+                                 seed=args.seed)
+    return TraceWorkload(selection=selection, seed=args.seed, budget=args.budget,
+                         stream_share=args.stream_share)
 
 
 if __name__ == "__main__":

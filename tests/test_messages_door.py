@@ -202,3 +202,15 @@ async def test_oversized_and_broken_bodies_keep_anthropic_shape(start_proxy: Sta
 
     assert too_large.status_code == 413 and too_large.json()["error"]["type"] == "request_too_large"
     assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_claude_code_system_messages_and_output_config_are_understood(proxy: Proxy, providers: Providers) -> None:
+    """Claude Code sends `output_config`, puts system-role turns among the messages and adds `?beta=true`."""
+    body = {"model": MODEL, "max_tokens": 50, "system": "You are Claude Code.", "output_config": {"effort": "high"},
+            "messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": [{"type": "text", "text": "Be terse."}]}]}
+    async with httpx.AsyncClient(base_url=proxy.base_url) as http:
+        response = await http.post("/messages?beta=true", json=body)
+
+    assert response.status_code == 200, response.text
+    sent = providers.cerebras.received[-1]["messages"]
+    assert sent == [{"role": "system", "content": "You are Claude Code.\n\nBe terse."}, {"role": "user", "content": "hi"}]

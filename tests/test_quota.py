@@ -253,3 +253,25 @@ def test_a_burst_fills_one_bin_not_one_entry_a_request() -> None:
     window.adjust(bookings[0], 4)
     assert window.used(5.5) == 49_994
     assert window.used(65.6) == 0  # the bin leaves with its latest booking
+
+
+async def test_reconfigure_keeps_state_under_new_limits_and_serves_reservations_of_removed_accounts(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A reload reconfigures the ledger in place: an account that stays keeps what it booked, under
+    its new limits; one whose provider was removed still settles, syncs and cools down for the
+    requests in flight on it."""
+    chutes = attrs.evolve(Config().chutes, api_key="k", requests_per_minute=5)
+    ledger = QuotaLedger([cerebras(api_key="k", requests_per_minute=2, tokens_per_day=1000), chutes])
+    kept = await ledger.reserve("cerebras", 400)
+    gone = await ledger.reserve("chutes", 10)
+    assert isinstance(kept, Reservation) and isinstance(gone, Reservation)
+    ledger.reconfigure([cerebras(api_key="k", requests_per_minute=1, tokens_per_day=2000)])
+    assert isinstance(await ledger.reserve("cerebras", 1), Refusal)  # the one request booked fills the new limit of 1
+    await ledger.settle(kept, 30)
+    assert ledger.snapshot("cerebras")["tpd"] == {"used": 30, "limit": 2000}
+    await ledger.settle(gone, 5)
+    await ledger.sync(gone, {"rpm": (3, 20.0)})
+    assert await ledger.start_cooldown(gone.account, ledger.now() + 60, "429")
+    ledger.finish_probe(gone, True)
+    assert "chutes" in ledger.export_state(0.0)  # not dropped while reservations may be in flight

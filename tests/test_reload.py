@@ -3,6 +3,8 @@
 import os
 import signal
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -13,17 +15,25 @@ import trio.testing
 from conftest import Providers, Proxy, proxy_config
 from test_cli import COMMAND, scrubbed_env
 from test_routing import chat, client_for, post
+from trioproxy.config import Config
 from trioproxy.supervisor import run_proxy
+
+
+@asynccontextmanager
+async def reloadable_proxy(config: Config) -> AsyncIterator[tuple[Proxy, trio.MemorySendChannel[Config]]]:
+    """A proxy serving `config`, and the channel that reloads it; stopped on the way out."""
+    send_reloads, receive_reloads = trio.open_memory_channel[Config](1)
+    async with trio.open_nursery() as nursery:
+        shutdown = trio.Event()
+        yield Proxy(await nursery.start(run_proxy, config, shutdown, receive_reloads), config, shutdown), send_reloads
+        shutdown.set()
 
 
 async def test_reload_applies_new_limits_and_keys_and_keeps_the_ledger(providers: Providers) -> None:
     """A stream in flight survives the swap; counts carry over; the new limit and client keys apply."""
     config = proxy_config(providers, cerebras={"requests_per_minute": 2})
-    send_reloads, receive_reloads = trio.open_memory_channel[object](1)
     providers.cerebras.faults.chunk_delay = 0.01
-    async with trio.open_nursery() as nursery:
-        shutdown = trio.Event()
-        proxy = Proxy(await nursery.start(run_proxy, config, shutdown, receive_reloads), config, shutdown)
+    async with reloadable_proxy(config) as (proxy, send_reloads):
         async with client_for(proxy) as client:
             assert (await post(client, chat())).status_code == 200
             async with client.stream("POST", "/chat/completions", json=chat(stream=True)) as streaming:
@@ -44,7 +54,25 @@ async def test_reload_applies_new_limits_and_keys_and_keeps_the_ledger(providers
             await send_reloads.send(locked)
             await trio.testing.wait_all_tasks_blocked()
             assert (await post(client, chat())).status_code == 401
-        shutdown.set()
+
+
+async def test_a_reload_settles_reservations_in_flight_into_the_ledger_that_serves(providers: Providers) -> None:
+    """A stream reserved its whole completion budget before a reload and settles after it: the
+    settlement must correct the ledger that now serves, not the one the reload replaced."""
+    config = proxy_config(providers, cerebras={"tokens_per_day": 1_000_000})
+    providers.cerebras.faults.chunk_delay = 0.01
+    async with reloadable_proxy(config) as (proxy, send_reloads):
+        async with client_for(proxy) as client:
+            async with client.stream("POST", "/chat/completions", json=chat(stream=True, max_tokens=5000)) as streaming:
+                lines = streaming.aiter_lines()
+                assert (await lines.__anext__()).startswith("data: ")
+                await send_reloads.send(attrs.evolve(config, cerebras=attrs.evolve(config.cerebras, tokens_per_day=2_000_000)))
+                await trio.testing.wait_all_tasks_blocked()
+                assert [line async for line in lines if line.startswith("data: ")][-1] == "data: [DONE]"
+            status = (await client.get("/status")).json()
+    spent = sum(usage.prompt_tokens + usage.completion_tokens for usage in providers.cerebras.usage_log)
+    assert spent < 100  # far below the 5,000 tokens reserved
+    assert status["providers"][0]["accounts"]["cerebras"]["tpd"] == {"used": spent, "limit": 2_000_000}
 
 
 async def test_sighup_rereads_the_file_and_refuses_a_bad_one(tmp_path: Path) -> None:

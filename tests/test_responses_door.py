@@ -161,3 +161,15 @@ async def test_stored_responses_cannot_be_read(proxy: Proxy) -> None:
         response = await http.get("/responses/resp_123")
 
     assert response.status_code == 400 and "no conversation state" in response.json()["error"]["message"]
+
+
+async def test_codex_namespaced_tools_and_client_metadata_are_understood(proxy: Proxy, providers: Providers) -> None:
+    """Codex CLI groups function tools in a `namespace` tool and sends `client_metadata`."""
+    response = await client(proxy).responses.create(
+        model=MODEL, input="Look around.", store=False,
+        tools=[{"type": "namespace", "name": "multi_agent_v1", "tools": [LIST_FILES]}, READ_FILE],  # type: ignore[list-item]
+        extra_body={"client_metadata": {"session": "abc"}})
+
+    assert response.status == "completed"
+    sent = providers.cerebras.received[-1]["tools"]
+    assert [tool["function"]["name"] for tool in sent] == ["list_files", "read_file"]

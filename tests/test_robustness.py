@@ -33,7 +33,7 @@ import trio
 
 from conftest import Providers, Proxy, StartProxy, proxy_config
 from test_routing import stream_text
-from trioproxy.testing.emulator import CEREBRAS_MODEL, CHUTES_MODEL, EmulatedProvider, Faults, completion_text
+from trioproxy.testing.emulator import CEREBRAS_MODEL, CHUTES_MODEL, EmulatedProvider, Faults, completion_text, serve
 from trioproxy.supervisor import run_proxy
 
 MODEL = "qwen-3-coder"
@@ -337,7 +337,8 @@ def _local(task: trio.lowlevel.Task, name: str) -> Any:
 def emulator_task(provider: EmulatedProvider) -> trio.lowlevel.Task:
     """The task running `emulator.serve(provider)`."""
     for task in all_tasks():
-        if task.name.endswith("emulator.serve") and _local(task, "provider") is provider:
+        running = getattr(task.coro, "cr_code", None)
+        if running is serve.__code__ and _local(task, "provider") is provider:
             return task
     raise LookupError("emulator task not found")
 
@@ -1048,13 +1049,16 @@ class FaultServer:
     open: int = 0
     requests: int = 0  # chat requests only
     healed: bool = False  # answer properly from now on
+    models: Behaviour | None = None  # answers `GET /v1/models` instead of the proper list
 
     async def handle(self, stream: trio.SocketStream) -> None:
         self.accepted += 1
         self.open += 1
         try:
             request = await read_raw_request(stream)
-            if request is not None and request[0].endswith("/models"):
+            if request is not None and request[0].endswith("/models") and self.models is not None:
+                await self.models(stream)
+            elif request is not None and request[0].endswith("/models"):
                 await stream.send_all(json_head(200, len(MODELS_LIST)) + MODELS_LIST)
             elif request is not None and self.healed:
                 await self._answer_properly(stream, request[1])

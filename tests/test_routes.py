@@ -13,10 +13,11 @@ import trio.testing
 from conftest import Providers, Proxy, StartProxy
 from test_cli import run, scrubbed_env
 from test_config import load, refusal
-from test_routing import advance, assert_openai_error, chat, client_for, post
+from test_routing import advance, assert_openai_error, chat, client_for, health, post
 from trioproxy.config import Config, ModelRoute, RouteProvider, keyless_route
 from trioproxy.errors import ProxyError
 from trioproxy.providers.upstream import UpstreamFailure
+from trioproxy.status_table import render_table
 
 QWEN = "qwen-3-coder"
 OSS = "gpt-oss-120b"
@@ -84,6 +85,12 @@ async def test_two_routes_on_one_cerebras_key_keep_separate_per_model_windows(
     assert oss_cerebras["accounts"]["cerebras:gpt-oss-120b"]["rpm"] == {"used": 2, "limit": 2}
     assert document["providers"] == route_status(document, QWEN)["providers"]  # the first route, as before
     assert document["reroutes"] == {"fallback: rpm": 2}
+    table = render_table(document).splitlines()
+    assert table[0].split()[:3] == ["route", "provider", "account"]
+    assert [row.split()[:3] for row in table[1:5]] == [
+        [QWEN, "cerebras", "cerebras"], [QWEN, "chutes", "chutes"],
+        [OSS, "cerebras", "cerebras:gpt-oss-120b"], [OSS, "chutes", "chutes:openai/gpt-oss-120b"],
+    ]
 
 
 async def test_a_route_may_set_its_own_limits_for_a_model(
@@ -124,6 +131,12 @@ async def test_a_model_gone_from_the_list_is_skipped_without_a_request_and_retur
         assert oss_cerebras["model_offered"] is False and oss_cerebras["usable"] is False
         assert "not listed" in oss_cerebras["last_error"]
         assert route_status(document, QWEN)["providers"][0]["usable"] is True
+        healthz = await health(client, proxy)
+        assert healthz["routes"][OSS]["cerebras"]["usable"] is False and healthz["routes"][QWEN]["cerebras"]["usable"]
+        metrics = (await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")).text
+        assert f'trioproxy_model_offered{{provider="cerebras",model="{CEREBRAS_OSS}"}} 0' in metrics
+        assert 'trioproxy_model_offered{provider="cerebras",model="qwen-3-coder-480b"} 1' in metrics
+        assert f'trioproxy_route_requests_total{{route="{OSS}",status="200"}} 1' in metrics
 
         two_models.cerebras.more_models.append(CEREBRAS_OSS)
         await advance(mock_clock, PROBE_INTERVAL_MS / 1000)
@@ -301,6 +314,11 @@ async def test_the_command_refuses_a_keyless_route_with_exit_2(tmp_path: Path) -
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "CHUTES_API_KEY" in result.stderr
     assert str(config) in result.stderr
+
+
+async def test_probe_goes_with_check_config(tmp_path: Path) -> None:
+    result = await run(["--probe"], tmp_path)
+    assert result.returncode == 2 and "--probe goes with --check-config" in result.stderr
 
 
 async def test_check_config_probe_says_which_providers_offer_each_routes_model(

@@ -9,7 +9,8 @@ import trio
 from attrs import frozen
 
 from .config import Config
-from .providers.upstream import ProviderClient, Upstream, UpstreamFailure
+from .providers.upstream import Upstream, UpstreamFailure
+from .runtime import ClientPool, upstream_maker
 
 
 @frozen
@@ -23,8 +24,8 @@ class KeyListing:
 async def list_every_key(config: Config) -> list[KeyListing]:
     """One `GET /models` per key of every provider that has keys, concurrently."""
     listings: list[KeyListing] = []
-    timeout = config.request_timeout_ms / 1000
-    clients = {p.name: ProviderClient.for_provider(p, timeout) for p in config.providers if p.keys}
+    pool = ClientPool()
+    upstream = upstream_maker(config, pool)
 
     async def ask(upstream: Upstream, number: int, key: str) -> None:
         try:
@@ -37,14 +38,10 @@ async def list_every_key(config: Config) -> list[KeyListing]:
     try:
         async with trio.open_nursery() as nursery:
             for provider in config.providers:
-                if provider.name in clients:
-                    upstream = Upstream(provider, clients[provider.name])
-                    for number, key in enumerate(provider.keys, 1):
-                        nursery.start_soon(ask, upstream, number, key)
+                for number, key in enumerate(provider.keys, 1):
+                    nursery.start_soon(ask, upstream(provider, None), number, key)
     finally:
-        with trio.CancelScope(shield=True):
-            for client in clients.values():
-                await client.aclose()
+        await pool.aclose()
     order = [p.name for p in config.providers]
     return sorted(listings, key=lambda listing: (order.index(listing.provider), listing.key_number))
 

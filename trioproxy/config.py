@@ -230,6 +230,13 @@ class Config:
     # such as "claude-*" (Claude Code asks for its own model names unless told otherwise).
     model_aliases: tuple[str, ...] = ()
     request_timeout_ms: int = field(default=30_000, validator=_positive)
+    # request_timeout_ms bounds each wait for bytes; a provider that trickles bytes passes it.
+    # These bound the whole: from sending to the status line and a stream's first event (a
+    # provider that misses it is failed over), to a non-streamed answer's last byte, and the
+    # time between two stream events while bytes that complete none arrive.
+    first_event_timeout_ms: int = field(default=60_000, validator=_positive)
+    answer_timeout_ms: int = field(default=600_000, validator=_positive)
+    stream_idle_timeout_ms: int = field(default=60_000, validator=_positive)
     cooldown_period_ms: int = field(default=300_000, validator=_positive)
     # Backoff after a "busy right now" refusal (Cerebras queue_exceeded, Chutes at capacity or
     # without instances) that names no time of its own: not a quota matter, so short.
@@ -349,6 +356,9 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "PROXY_MODEL_NAME": (("proxy_model_name",), str),
     "MODEL_ALIASES": (("model_aliases",), tuple),
     "REQUEST_TIMEOUT": (("request_timeout_ms",), int),
+    "FIRST_EVENT_TIMEOUT": (("first_event_timeout_ms",), int),
+    "ANSWER_TIMEOUT": (("answer_timeout_ms",), int),
+    "STREAM_IDLE_TIMEOUT": (("stream_idle_timeout_ms",), int),
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "STATE_FILE": (("state_file",), str),

@@ -4,19 +4,21 @@ Requests already in flight keep the Runtime they started with; new ones get the 
 """
 
 import logging
+from collections.abc import Callable
 
 import attrs
 import trio
 from attrs import define
 
 from .server.auth import ClientKeys
-from .config import Config, ModelRoute, ProviderConfig, quota_name
+from .config import Config, ProviderConfig, quota_name, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.ledger import QuotaLedger
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
-from .providers.upstream import ProviderClient, Upstream
+from .providers.sanitize import Sanitizer
+from .providers.upstream import Deadlines, ProviderClient, Upstream
 
 log = logging.getLogger("trioproxy")
 
@@ -59,45 +61,62 @@ def serving_providers(config: Config) -> list[ProviderConfig]:
     return [p for p in config.providers if p.keys]
 
 
-def _route_upstreams(config: Config, route: ModelRoute, pool: ClientPool) -> list[Upstream]:
+def upstream_maker(config: Config, pool: ClientPool) -> Callable[[ProviderConfig, str | None], Upstream]:
+    """Builds Upstreams on `pool`'s connections with the settings' deadlines and secret scrubbing."""
     timeout = config.request_timeout_ms / 1000
-    tables = {p.name: p for p in config.providers}
-    return [Upstream(p, pool.client(p, timeout), quota_name(tables[p.name], p.model)) for p in config.route_providers(route)]
+    sanitizer = Sanitizer(secrets(config))
+    deadlines = Deadlines(
+        config.first_event_timeout_ms / 1000, config.answer_timeout_ms / 1000, config.stream_idle_timeout_ms / 1000
+    )
+
+    def upstream(provider: ProviderConfig, quota_key: str | None = None) -> Upstream:
+        return Upstream(provider, pool.client(provider, timeout), sanitizer, deadlines, quota_key)
+
+    return upstream
 
 
 async def build_runtime(
     config: Config, pool: ClientPool, nursery: trio.Nursery, previous: Runtime | None = None
 ) -> Runtime:
-    """Routers, ledger, prober and keys for `config`; quota state and health carry over from `previous`.
+    """Routers, ledger, prober and keys for `config`; the ledger and health carry over from `previous`.
 
     Routes share the providers' connection pools, one health record per provider, and one
     ledger whose quotas are per provider account and model.
     """
     providers = serving_providers(config)
-    routes = {route.name: _route_upstreams(config, route, pool) for route in config.routes}
-    quotas = {u.quota_key: attrs.evolve(u.config, name=u.quota_key) for upstreams in routes.values() for u in upstreams}
-    ledger = QuotaLedger(quotas.values())
+    tables = {p.name: p for p in providers}
+    upstream = upstream_maker(config, pool)
+    routes = {
+        route.name: [upstream(p, quota_name(tables[p.name], p.model)) for p in config.route_providers(route)]
+        for route in config.routes
+    }
+    # The ledger knows each provider model's quota as a provider of its own, named by its quota key.
+    quotas = list({u.quota_key: attrs.evolve(u.config, name=u.quota_key) for ups in routes.values() for u in ups}.values())
+    if previous is None:
+        ledger = QuotaLedger(quotas)
+    else:  # the same ledger, so requests still in flight on the old settings settle into it
+        ledger = previous.ledger
+        ledger.reconfigure(quotas)
     health = {p.name: ProviderHealth() for p in providers}
     if previous is not None:
-        ledger.import_state(previous.ledger.export_state(0.0), 0.0)
         for name, state in previous.router.health.items():
             if name in health:
                 health[name] = state
     cooldowns = CooldownTimers(nursery, ledger)
     routers = {
-        name: Router(upstreams, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
+        name: Router(ups, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
                      config.honour_retry_after, health, name)
-        for name, upstreams in routes.items()
+        for name, ups in routes.items()
     }
     if previous is not None:
         for name, router in routers.items():
             router.estimator.ratio = previous.routers.get(name, previous.router).estimator.ratio
     wanted: dict[str, list[str]] = {}
-    for upstreams in routes.values():
-        for upstream in upstreams:
-            wanted.setdefault(upstream.name, []).append(upstream.config.model)
-    probes = [Upstream(p, pool.client(p, config.request_timeout_ms / 1000)) for p in providers]
-    prober = HealthProber(probes, wanted, health, config.health_check_interval_ms / 1000, config.health_check_failures)
+    for ups in routes.values():
+        for u in ups:
+            wanted.setdefault(u.name, []).append(u.config.model)
+    prober = HealthProber([upstream(p, None) for p in providers], wanted, health,
+                          config.health_check_interval_ms / 1000, config.health_check_failures)
     prober_scope = trio.CancelScope()
 
     async def probe() -> None:

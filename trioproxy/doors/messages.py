@@ -18,7 +18,8 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: 
                 403: "permission_error", 404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
                 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 # Accepted and left out: Anthropic-only features with no upstream equivalent.
-_IGNORED = frozenset({"thinking", "metadata", "service_tier", "container", "context_management", "cache_control"})
+_IGNORED = frozenset({"thinking", "metadata", "service_tier", "container", "context_management", "cache_control",
+                      "output_config"})
 _KNOWN = frozenset({"model", "messages", "system", "max_tokens", "stop_sequences", "temperature", "top_p", "top_k",
                     "tools", "tool_choice", "stream", *_IGNORED})
 
@@ -62,7 +63,13 @@ def _chat_body(body: dict[str, Any]) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("messages: Field required (a non-empty array).")
-    chat: dict[str, Any] = {"model": body["model"], "messages": [*_system(body.get("system")), *_messages(messages)]}
+    # Claude Code also puts system-role messages among the turns: they join the system prompt,
+    # since the models' chat templates take one system message, at the start.
+    turns = [message for message in messages if not _is_system(message)]
+    system = [_system(body.get("system")), *(_system(m.get("content")) for m in messages if _is_system(m))]
+    if not turns:
+        raise _bad("messages: Field required (at least one user or assistant message).")
+    chat: dict[str, Any] = {"model": body["model"], "messages": [*_joined(system), *_messages(turns)]}
     for key in ("temperature", "top_p", "top_k"):
         if body.get(key) is not None:
             chat[key] = body[key]
@@ -78,14 +85,22 @@ def _chat_body(body: dict[str, Any]) -> dict[str, Any]:
     return chat
 
 
-def _system(system: Any) -> list[dict[str, Any]]:
-    if system is None or system == "" or system == []:
-        return []
-    if isinstance(system, str):
-        return [{"role": "system", "content": system}]
+def _is_system(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "system"
+
+
+def _system(system: Any) -> str:
+    """The text of a system prompt given as a string or as text blocks."""
+    if system is None or isinstance(system, str):
+        return system or ""
     if isinstance(system, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in system):
-        return [{"role": "system", "content": "\n\n".join(str(block.get("text", "")) for block in system)}]
+        return "\n\n".join(str(block.get("text", "")) for block in system)
     raise _bad("system: must be a string or an array of text blocks.")
+
+
+def _joined(parts: list[str]) -> list[dict[str, Any]]:
+    text = "\n\n".join(part for part in parts if part)
+    return [{"role": "system", "content": text}] if text else []
 
 
 def _messages(messages: list[Any]) -> list[dict[str, Any]]:

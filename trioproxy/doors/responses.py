@@ -18,7 +18,7 @@ from .responses_stream import ResponseStream, incomplete_details, response_usage
 API = "responses"
 _SAMPLING = ("temperature", "top_p", "parallel_tool_calls", "user")
 # Fields that only steer OpenAI's own service (caching, tiers, telemetry): nothing to forward.
-_IGNORED = frozenset({"include", "reasoning", "metadata", "prompt_cache_key", "prompt_cache_retention",
+_IGNORED = frozenset({"include", "reasoning", "metadata", "client_metadata", "prompt_cache_key", "prompt_cache_retention",
                       "safety_identifier", "service_tier", "stream_options", "truncation", "top_logprobs",
                       "max_tool_calls", "store", "instructions", "input", "model", "stream", "tools",
                       "tool_choice", "text", "max_output_tokens", *_SAMPLING})
@@ -183,6 +183,9 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     converted = []
     for tool in tools:
         kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "namespace":  # a named group of function tools (Codex CLI sends these)
+            converted += _tools(tool.get("tools") or [])
+            continue
         if kind != "function":
             raise ProxyError(400, f"trioproxy forwards function tools only; `{kind}` is a hosted tool the provider does not run.",
                              code="unsupported_feature", param="tools")

@@ -2,6 +2,7 @@
 
 import re
 import time
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -54,9 +55,23 @@ def parse_seconds(raw: str) -> float | None:
 
 
 def seconds_header(headers: httpx.Headers, name: str) -> float | None:
-    """A header holding a time to wait, or None when absent or malformed."""
+    """A header holding a time to wait, as seconds (`11.38`), a duration (`1m30s`) or an HTTP
+    date (`Wed, 02 Dec 2026 10:00:00 GMT`); None when absent or malformed."""
     raw = headers.get(name)
-    return None if raw is None else parse_seconds(raw)
+    if raw is None:
+        return None
+    seconds = parse_seconds(raw)
+    return seconds if seconds is not None else _seconds_until_date(raw)
+
+
+def _seconds_until_date(raw: str) -> float | None:
+    try:
+        moment = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # "-0000": a time in UTC whose source zone is unknown
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, moment.timestamp() - time.time())
 
 
 def quota_figures(headers: httpx.Headers, pairs: dict[str, tuple[str, str]]) -> dict[str, tuple[float, float]]:
@@ -75,16 +90,7 @@ def quota_figures(headers: httpx.Headers, pairs: dict[str, tuple[str, str]]) -> 
 
 def retry_after(headers: httpx.Headers) -> float | None:
     """Retry-After as seconds, in either of its forms (seconds or an HTTP date)."""
-    seconds = seconds_header(headers, "retry-after")
-    if seconds is not None:
-        return seconds
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    return seconds_header(headers, "retry-after")
 
 
 _RESET_HEADER = {

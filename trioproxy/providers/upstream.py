@@ -5,18 +5,20 @@ Every httpx exception is translated here, at one boundary, into `UpstreamFailure
 
 import re
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, aclosing, contextmanager
 from typing import Any
 
 import httpx
-from attrs import define
+import trio
+from attrs import define, frozen
 
 from .. import __version__
 from ..errors import ProxyError
 from .errors import error_from_upstream
 from ..config import ProviderConfig
 from ..jsoncodec import dump_json, load_json
+from .sanitize import MAX_ERROR_BODY_BYTES, Sanitizer
 from .transport import LeanTransport
 
 DONE = "[DONE]"
@@ -66,6 +68,16 @@ def _failure_from_exception(provider: str, exc: httpx.HTTPError) -> UpstreamFail
         return UpstreamFailure(provider, "timeout", error)
     error = ProxyError(502, f"{provider} could not be reached or dropped the connection.", type="api_error", code="upstream_unavailable")
     return UpstreamFailure(provider, "connection", error)
+
+
+@frozen
+class Deadlines:
+    """How long a provider may take, in seconds, beyond the transport's bound on each gap between
+    bytes: a provider that trickles bytes never trips that one."""
+
+    first_event: float  # from sending to the status line, and for a stream to its first event
+    answer: float  # from sending to the whole of a non-streamed answer
+    stream_idle: float  # between two events of a stream
 
 
 def _sse_data(block: bytes) -> str | None:
@@ -145,18 +157,85 @@ class ProviderClient:
         await self.client.aclose()
 
 
+async def _error_body(response: httpx.Response) -> bytes:
+    """At most `MAX_ERROR_BODY_BYTES` of an error body; the rest is left unread, the response closed."""
+    raw = b""
+    try:
+        async with aclosing(response.aiter_bytes()) as chunks:
+            async for chunk in chunks:
+                raw += chunk
+                if len(raw) >= MAX_ERROR_BODY_BYTES:
+                    break
+    except httpx.HTTPError:
+        pass  # what arrived before the failure still explains the error
+    finally:
+        await response.aclose()
+    return raw[:MAX_ERROR_BODY_BYTES]
+
+
 class Upstream:
     """One provider as a route uses it: its settings (with the route's model) and its pooled connections.
 
-    `quota_key` names its quota in the ledger: the provider's limits are per model, so two
-    routes on one provider with different models have different quotas.
+    Every text the provider writes into an error passes `sanitizer` here, before it reaches a
+    client, an operator endpoint or a log. `quota_key` names its quota in the ledger: the
+    provider's limits are per model, so routes on one provider with different models have
+    different quotas.
     """
 
-    def __init__(self, config: ProviderConfig, client: ProviderClient, quota_key: str | None = None) -> None:
+    def __init__(self, config: ProviderConfig, client: ProviderClient, sanitizer: Sanitizer, deadlines: Deadlines,
+                 quota_key: str | None = None) -> None:
         self.config = config
         self.name = config.name
         self.quota_key = quota_key or config.name
         self._client = client
+        self._sanitizer = sanitizer
+        self.deadlines = deadlines
+
+    @contextmanager
+    def _within(self, seconds: float, what: str) -> Iterator[None]:
+        """A timeout failure when the block takes longer than `seconds`."""
+        try:
+            with trio.fail_after(seconds):
+                yield
+        except trio.TooSlowError:
+            raise self._timeout(seconds, what) from None
+
+    def _timeout(self, seconds: float, what: str) -> UpstreamFailure:
+        error = ProxyError(504, f"{self.name} did not {what} within {seconds:g} s.", type="api_error", code="upstream_timeout")
+        return UpstreamFailure(self.name, "timeout", error)
+
+    def first_event_deadline(self) -> AbstractContextManager[None]:
+        """Bounds sending a request until its status line (and, for a stream, its first event)."""
+        return self._within(self.deadlines.first_event, "start its answer")
+
+    def answer_deadline(self) -> AbstractContextManager[None]:
+        """Bounds sending a request until its whole non-streamed answer."""
+        return self._within(self.deadlines.answer, "finish its answer")
+
+    def _error(self, status: int, raw: bytes) -> ProxyError:
+        """The provider's error body in OpenAI's shape, every text in it sanitized."""
+        error = error_from_upstream(status, raw, self.name)
+        error.message = self._sanitizer.text(error.message)
+        for name in ("type", "code", "param"):
+            value = getattr(error, name)
+            if value is not None:
+                setattr(error, name, self._sanitizer.text(value, limit=100))
+        return error
+
+    def _status_failure(self, response: httpx.Response, raw: bytes) -> UpstreamFailure:
+        error = self._error(response.status_code, raw)
+        return UpstreamFailure(self.name, "status", error, response.status_code, response.headers)
+
+    def event(self, data: str) -> dict[str, Any]:
+        """One stream event as a JSON object; an error event raises its failure, sanitized."""
+        return self._document(data.encode(), "stream event")
+
+    def _document(self, raw: bytes, what: str) -> dict[str, Any]:
+        """`raw` as a JSON object; an error document (a 200 that carries an error) raises its failure."""
+        document = json_object(self.name, raw, what)
+        if document.get("error") is not None or document.get("detail") is not None:
+            raise UpstreamFailure(self.name, "protocol", self._error(502, raw))
+        return document
 
     async def open_chat(self, body: dict[str, Any], api_key: str) -> httpx.Response:
         """Send a chat request with `api_key`; return the open response once its status is 2xx.
@@ -170,26 +249,24 @@ class Upstream:
             raise _failure_from_exception(self.name, exc) from exc
         if response.is_success:
             return response
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError:
-            raw = b""
-        finally:
-            await response.aclose()
-        error = error_from_upstream(response.status_code, raw, self.name)
-        raise UpstreamFailure(self.name, "status", error, response.status_code, response.headers)
+        raise self._status_failure(response, await _error_body(response))
 
     async def list_models(self, api_key: str | None = None) -> list[str]:
         """The model ids the provider lists at `GET /models` for `api_key` (default: its first); costs no chat quota."""
+        client = self._client.client
         key = api_key if api_key is not None else self.config.keys[0]
+        request = client.build_request("GET", "models", headers={"authorization": f"Bearer {key}"})
         try:
-            response = await self._client.client.get("models", headers={"authorization": f"Bearer {key}"})
-            raw = await response.aread()
+            with self._within(self.deadlines.first_event, "list its models"):
+                response = await client.send(request, stream=True)
+                if not response.is_success:
+                    raise self._status_failure(response, await _error_body(response))
+                try:
+                    raw = await response.aread()
+                finally:
+                    await response.aclose()
         except httpx.HTTPError as exc:
             raise _failure_from_exception(self.name, exc) from exc
-        if not response.is_success:
-            error = error_from_upstream(response.status_code, raw, self.name)
-            raise UpstreamFailure(self.name, "status", error, response.status_code, response.headers)
         try:
             data = load_json(raw)["data"]
             return [entry["id"] for entry in data if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
@@ -202,7 +279,7 @@ class Upstream:
             raw = await response.aread()
         except httpx.HTTPError as exc:
             raise _failure_from_exception(self.name, exc) from exc
-        return json_object(self.name, raw, "body")
+        return self._document(raw, "body")
 
     async def event_batches(self, response: httpx.Response) -> AsyncIterator[list[str]]:
         """The `data` payloads of an SSE stream, grouped by the network read that completed them.
@@ -211,6 +288,8 @@ class Upstream:
         and saves a socket write per event.
         """
         buffer = b""
+        idle = self.deadlines.stream_idle
+        deadline = trio.current_time() + idle
         try:
             async with aclosing(response.aiter_bytes()) as reads:
                 async for raw in reads:
@@ -219,6 +298,12 @@ class Upstream:
                     batch = [data for block in complete if (data := _sse_data(block)) is not None]
                     if batch:
                         yield batch
+                        deadline = trio.current_time() + idle  # silence counts from when we ask again
+                    elif trio.current_time() >= deadline:
+                        # Bytes that complete no event (a trickle, comments) do not keep a stream
+                        # alive. No bytes at all trip the transport's read timeout instead: a
+                        # clock check here costs nothing, a cancel scope per read would.
+                        raise self._timeout(idle, "send a stream event")
             last = _sse_data(buffer)
             if last is not None:
                 yield [last]

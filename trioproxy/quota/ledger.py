@@ -99,6 +99,10 @@ class Window:
     def seconds_until_fits(self, now: float, amount: int) -> float:
         raise NotImplementedError
 
+    def set_limit(self, now: float, limit: int | None) -> None:
+        """Take a new limit (a reload); what was booked stays booked."""
+        self.limit = limit
+
     def export(self, now: float, offset: float) -> Any:
         raise NotImplementedError
 
@@ -197,6 +201,15 @@ class RefillingBucket(SlidingWindow):
 
     def restore(self, now: float, saved: list[list[float]], offset: float) -> None:
         super().restore(now, saved, offset)
+        self._level_from_entries(now)
+
+    def set_limit(self, now: float, limit: int | None) -> None:
+        if limit != self.limit:
+            self.limit = limit
+            self._expire(now)
+            self._level_from_entries(now)
+
+    def _level_from_entries(self, now: float) -> None:
         if self.limit is not None:
             # What was booked in the last span is taken; the refill since then is credited.
             self._level, self._updated = float(self.limit), now
@@ -315,6 +328,11 @@ class AccountQuota:
         }
         return cls(name=name, provider=provider.name, key_index=key_index, windows=windows)
 
+    def take_limits(self, fresh: "AccountQuota", now: float) -> None:
+        """Apply the limits of `fresh` (built from new settings), keeping this account's state."""
+        for name, window in self.windows.items():
+            window.set_limit(now, fresh.windows[name].limit)
+
     def end_cooldown_if_due(self, now: float) -> None:
         if self.cooldown_until != -math.inf and now >= self.cooldown_until:
             self.cooldown_until, self.cooldown_reason = -math.inf, ""
@@ -368,19 +386,33 @@ class QuotaLedger:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
-        now, wall = clock(), wall_clock()
+        self._wall_clock = wall_clock
         self._accounts: dict[str, AccountQuota] = {}
         self._by_provider: dict[str, list[AccountQuota]] = {}
-        for provider in providers:
-            keys = provider.keys or ("",)
-            accounts = [
-                AccountQuota.from_config(account_name(provider.name, i, len(keys)), provider, i, now, wall)
-                for i in range(len(keys))
-            ]
-            self._by_provider[provider.name] = accounts
-            self._accounts.update((a.name, a) for a in accounts)
+        self.reconfigure(providers)
         self._lock = trio.Lock()
         self._seq = 0
+
+    def reconfigure(self, providers: Iterable[ProviderConfig]) -> None:
+        """Take new settings in place (a reload): an account that stays keeps its state under
+        the new limits, so the reservations in flight on it settle where they are counted.
+
+        Accounts of providers or keys that were removed stay reachable for the requests in
+        flight on them; routers built for the new settings no longer ask for them.
+        """
+        now, wall = self._clock(), self._wall_clock()
+        for provider in providers:
+            keys = provider.keys or ("",)
+            accounts = []
+            for index in range(len(keys)):
+                fresh = AccountQuota.from_config(account_name(provider.name, index, len(keys)), provider, index, now, wall)
+                kept = self._accounts.get(fresh.name)
+                if kept is not None:
+                    kept.take_limits(fresh, now)
+                    fresh = kept
+                accounts.append(fresh)
+            self._by_provider[provider.name] = accounts
+            self._accounts.update((a.name, a) for a in accounts)
 
     def now(self) -> float:
         return self._clock()

@@ -9,7 +9,7 @@ import httpx
 import trio
 from attrs import define
 
-from ..providers.upstream import DONE, Upstream, UpstreamFailure, json_object, protocol_failure
+from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 from .settlement import Settlement
 
 log = logging.getLogger("trioproxy.router")
@@ -78,7 +78,7 @@ class StreamRelay:
             if data.strip() == DONE:
                 return True, None
             try:
-                document = json_object(self._stream.upstream.name, data, "stream event")
+                document = self._stream.upstream.event(data)
             except UpstreamFailure as failure:
                 return False, failure
             await self._account(document)

@@ -17,7 +17,9 @@ class ChatRequest:
 
     body: dict[str, Any]
     stream: bool
-    route: str  # the client-visible model it resolved to: which route's providers serve it
+    # The route (client-visible model) it resolved to, which picks the providers; every door
+    # sets it. The router does not read it: each route has its own router.
+    route: str = ""
 
 
 @define

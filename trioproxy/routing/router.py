@@ -13,7 +13,7 @@ from ..errors import ProxyError
 from ..logs import REQUEST_ID
 from ..providers.health import ProviderHealth
 from ..providers.ratelimit import backoff_for, quota_figures
-from ..providers.upstream import DONE, Upstream, UpstreamFailure, json_object, protocol_failure
+from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 from ..quota.cooldown import CooldownTimers
 from ..quota.ledger import QuotaLedger, Refusal, Reservation
 from .adapt import Unsupported, adapt_request
@@ -71,12 +71,14 @@ class Router:
         """A non-streamed chat answer from the first provider that delivers."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> dict[str, Any]:
-            response = await self._open(upstream, body, settlement.reservation, record)
-            try:
-                with waiting_on_upstream(record):
-                    document = await upstream.read_json(response)
-            finally:
-                await response.aclose()
+            with upstream.answer_deadline():
+                with upstream.first_event_deadline():
+                    response = await self._open(upstream, body, settlement.reservation, record)
+                try:
+                    with waiting_on_upstream(record):
+                        document = await upstream.read_json(response)
+                finally:
+                    await response.aclose()
             await settlement.from_usage(document)
             return document
 
@@ -87,16 +89,17 @@ class Router:
         """A stream whose status is 2xx and whose first event has arrived (the first-chunk gate)."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> StreamRelay:
-            response = await self._open(upstream, body, settlement.reservation, record)
-            batches = upstream.event_batches(response)
-            try:
-                with waiting_on_upstream(record):
-                    first, pending = await self._first_event(upstream, batches)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await batches.aclose()  # type: ignore[attr-defined]
-                    await response.aclose()
-                raise
+            with upstream.first_event_deadline():
+                response = await self._open(upstream, body, settlement.reservation, record)
+                batches = upstream.event_batches(response)
+                try:
+                    with waiting_on_upstream(record):
+                        first, pending = await self._first_event(upstream, batches)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await batches.aclose()  # type: ignore[attr-defined]
+                        await response.aclose()
+                    raise
             return StreamRelay(OpenStream(upstream, response, batches, first, pending), settlement)
 
         relay = await self._route(request, record, attempt)
@@ -116,7 +119,12 @@ class Router:
         except UpstreamFailure as failure:
             await self._sync(upstream, reservation, failure.headers)
             raise
-        await self._sync(upstream, reservation, response.headers)
+        try:
+            await self._sync(upstream, reservation, response.headers)
+        except BaseException:  # a cancel can land here, after the provider answered
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+            raise
         return response
 
     async def _sync(self, upstream: Upstream, reservation: Reservation, headers: httpx.Headers) -> None:
@@ -135,12 +143,7 @@ class Router:
             data, rest = batch[0], batch[1:]
             if data.strip() == DONE:
                 break
-            document = json_object(upstream.name, data, "stream event")
-            if isinstance(document.get("error"), dict) or "detail" in document:
-                failure = protocol_failure(upstream.name, "stream began with an error")
-                failure.error.message = str(document.get("error", {}).get("message") or document.get("detail"))
-                raise failure
-            return document, rest
+            return upstream.event(data), rest  # an error event raises: the next provider serves
         raise protocol_failure(upstream.name, "stream ended before its first event")
 
     async def _route(

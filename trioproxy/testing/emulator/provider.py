@@ -1,0 +1,142 @@
+"""The emulated provider: its settings, limits, faults and the records tests read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import trio
+from attrs import Factory, define, field, frozen
+
+from .actions import Json
+from .faults import Faults
+from .windows import Bucket, Day
+
+CEREBRAS_MODEL = "qwen-3-coder-480b"
+CHUTES_MODEL = "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
+# What Cerebras reserves against tokens/minute when a request names no completion cap.
+DEFAULT_RESERVED_COMPLETION = 8192
+
+Flavor = Literal["cerebras", "chutes"]
+
+
+@frozen
+class Usage:
+    """One completion as the provider counted it: settled `at` (when the day counts it),
+    admitted at `admitted_at` (when the per-minute buckets took its reservation)."""
+
+    at: float
+    prompt_tokens: int
+    completion_tokens: int
+    admitted_at: float
+
+
+@frozen
+class QuotaRefusal:
+    """One quota 429 (Cerebras): which limit refused and what the request needed."""
+
+    at: float
+    limit: Literal["rpm", "tpm", "rpd", "tpd"]
+    prompt_tokens: int
+    reserved: int  # prompt + completion cap (DEFAULT_RESERVED_COMPLETION without one)
+    available: float | None  # tokens/minute bucket level (tpm) or tokens left today (tpd)
+    request: int  # index of the request in `received`
+
+
+@define
+class EmulatedProvider:
+    """One emulated upstream. Tests read the records and mutate `faults` or the limits at
+    any time.
+
+    - `received` / `received_headers`: every POST to /v1/chat/completions, in order, before
+      auth (401s and other rejections included); a body that is not a JSON object is recorded
+      as `{"_unparsed": <text>}`.
+    - `served`: chat requests answered 200 with a completion (streams with an injected
+      reset_mid_stream / error_first_event excluded); counted before the answer is written,
+      so a client that has read it sees the count. `connections`: TCP connections accepted.
+    - Limits (Cerebras; Chutes only has requests_per_minute, with no headers): per-minute
+      limits are buckets refilling continuously; a request reserves prompt tokens + its cap
+      (`DEFAULT_RESERVED_COMPLETION` without one) and gets the unused part back once the
+      completion is composed. Daily counters restart every 86400 s of `clock` time from when
+      `serve` starts; tokens/day refuses a request whose prompt no longer fits. Requests
+      rejected by validation or answered by a fault consume nothing.
+    - Simulation knobs, for benchmarks: `day_started_at` places the day on `clock` (the next
+      boundary is 86400 s after it; None = the day starts when `serve` starts) and
+      `day_tokens_used` counts tokens as already used that day when `serve` starts.
+      `completion_words` sets the length of plain-text completions in words (= tokens), as a
+      number or a function of the request body (None = `completion_text`); a cap still
+      truncates. `words_per_chunk` groups the words of a streamed text answer into chunks.
+      `tokens_per_second` makes the model take time: the reservation stays taken while the
+      completion is generated (a plain answer comes after that time, a stream's chunks are
+      spread over it) and is settled just before the answer's usage is sent; None = instant.
+    - `usage_log`: every completion's usage when it was settled (streams with injected faults
+      included: the quota counted them). `quota_refusals`: every quota 429 (Cerebras).
+    - A chat request naming another model than `model` or one of `more_models` gets the
+      provider's 404. `/models` lists exactly those; tests change either at run time (a
+      model the provider retires, or adds). The limits are shared by every model.
+    """
+
+    flavor: Flavor
+    api_key: str
+    model: str
+    more_models: list[str] = Factory(list)
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    requests_per_day: int | None = None
+    context_window: int | None = None
+    clock: Callable[[], float] = trio.current_time
+    faults: Faults = Factory(Faults)
+    received: list[dict] = Factory(list)
+    received_headers: list[dict[str, str]] = Factory(list)
+    served: int = 0
+    connections: int = 0  # TCP connections accepted (lets tests check keep-alive)
+    day_started_at: float | None = None
+    day_tokens_used: int = 0
+    completion_words: int | Callable[[Json], int] | None = None
+    words_per_chunk: int = 1
+    tokens_per_second: float | None = None
+    echo_key_in_401: bool = False  # say the wrong key back, as OpenAI-style providers do
+    usage_log: list[Usage] = Factory(list)
+    quota_refusals: list[QuotaRefusal] = Factory(list)
+    # Live quota state, kept by `limits` and `serve`.
+    rpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
+    tpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
+    today: Day = field(init=False, factory=Day, repr=False)
+    _counter: int = field(init=False, default=0, repr=False)
+
+    def models(self) -> list[str]:
+        """Every model id it serves and lists."""
+        return [self.model, *self.more_models]
+
+    def next_id(self) -> int:
+        """A fresh number for completion and tool-call ids."""
+        self._counter += 1
+        return self._counter
+
+    def levels(self) -> dict[str, float | None]:
+        """What each limit has left as of `clock()`: the per-minute buckets' levels and what
+        is left today (None for a limit that is not set). Reading changes no outcome."""
+        now = self.clock()
+        self.today.roll(now)
+        rpm, tpm, rpd, tpd = (self.requests_per_minute, self.tokens_per_minute,
+                              self.requests_per_day, self.tokens_per_day)
+        return {
+            "rpm": None if rpm is None else self.rpm_bucket.refill(rpm, now),
+            "tpm": None if tpm is None else self.tpm_bucket.refill(tpm, now),
+            "rpd": None if rpd is None else rpd - self.today.requests,
+            "tpd": None if tpd is None else tpd - self.today.tokens,
+        }
+
+
+def cerebras(api_key: str = "csk-emulated", **kw: Any) -> EmulatedProvider:
+    """An emulated Cerebras serving Qwen3-Coder 480B with the paid 131,072-token window."""
+    kw.setdefault("model", CEREBRAS_MODEL)
+    kw.setdefault("context_window", 131072)
+    return EmulatedProvider(flavor="cerebras", api_key=api_key, **kw)
+
+
+def chutes(api_key: str = "cpk_emulated", **kw: Any) -> EmulatedProvider:
+    """An emulated Chutes (vLLM) serving Qwen3-Coder 480B FP8."""
+    kw.setdefault("model", CHUTES_MODEL)
+    return EmulatedProvider(flavor="chutes", api_key=api_key, **kw)
