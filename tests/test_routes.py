@@ -85,6 +85,8 @@ async def test_two_routes_on_one_cerebras_key_keep_separate_per_model_windows(
     assert oss_cerebras["accounts"]["cerebras:gpt-oss-120b"]["rpm"] == {"used": 2, "limit": 2}
     assert document["providers"] == route_status(document, QWEN)["providers"]  # the first route, as before
     assert document["reroutes"] == {"fallback: rpm": 2}
+    assert [p["served_since_start"]["requests"] for p in route_status(document, OSS)["providers"]] == [2, 1]
+    assert route_status(document, QWEN)["served_since_start"] == 3
     table = render_table(document).splitlines()
     assert table[0].split()[:3] == ["route", "provider", "account"]
     assert [row.split()[:3] for row in table[1:5]] == [
@@ -136,7 +138,7 @@ async def test_a_model_gone_from_the_list_is_skipped_without_a_request_and_retur
         metrics = (await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")).text
         assert f'trioproxy_model_offered{{provider="cerebras",model="{CEREBRAS_OSS}"}} 0' in metrics
         assert 'trioproxy_model_offered{provider="cerebras",model="qwen-3-coder-480b"} 1' in metrics
-        assert f'trioproxy_route_requests_total{{route="{OSS}",status="200"}} 1' in metrics
+        assert f'trioproxy_route_requests_total{{route="{OSS}",provider="chutes",status="200"}} 1' in metrics
 
         two_models.cerebras.more_models.append(CEREBRAS_OSS)
         await advance(mock_clock, PROBE_INTERVAL_MS / 1000)

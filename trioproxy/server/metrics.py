@@ -46,7 +46,8 @@ class Histogram:
 @define
 class Metrics:
     requests: Counter[tuple[str, str, int]] = field(factory=Counter)  # (provider, stream, status)
-    route_requests: Counter[tuple[str, int]] = field(factory=Counter)  # (route, status)
+    route_requests: Counter[tuple[str, str, int]] = field(factory=Counter)  # (route, provider, status)
+    route_tokens: Counter[tuple[str, str, str]] = field(factory=Counter)  # (route, provider, prompt|completion)
     tokens: Counter[tuple[str, str]] = field(factory=Counter)  # (provider, prompt|completion)
     reroutes: Counter[str] = field(factory=Counter)  # "fallback: rpm", "failover: 503", ...
     latency: dict[str, Histogram] = field(factory=dict)  # per provider
@@ -67,7 +68,9 @@ class Metrics:
         overhead: float | None,
     ) -> None:
         self.requests[(provider, "yes" if stream else "no", status)] += 1
-        self.route_requests[(route, status)] += 1
+        self.route_requests[(route, provider, status)] += 1
+        self.route_tokens[(route, provider, "prompt")] += prompt_tokens or 0
+        self.route_tokens[(route, provider, "completion")] += completion_tokens or 0
         self.tokens[(provider, "prompt")] += prompt_tokens or 0
         self.tokens[(provider, "completion")] += completion_tokens or 0
         if reason.startswith(("fallback:", "failover:")):
@@ -88,9 +91,9 @@ class Metrics:
         header("trioproxy_requests_total", "counter", "Chat requests by provider, stream and status.")
         for (provider, stream, status), count in sorted(self.requests.items()):
             lines.append(f'trioproxy_requests_total{{provider="{provider}",stream="{stream}",status="{status}"}} {count}')
-        header("trioproxy_route_requests_total", "counter", "Requests by model route (the client's model) and status.")
-        for (route, status), count in sorted(self.route_requests.items()):
-            lines.append(f'trioproxy_route_requests_total{{route="{route}",status="{status}"}} {count}')
+        header("trioproxy_route_requests_total", "counter", "Requests by model route (the client's model), provider and status.")
+        for (route, provider, status), count in sorted(self.route_requests.items()):
+            lines.append(f'trioproxy_route_requests_total{{route="{route}",provider="{provider}",status="{status}"}} {count}')
         header("trioproxy_tokens_total", "counter", "Tokens by provider and kind, from usage.")
         for (provider, kind), count in sorted(self.tokens.items()):
             lines.append(f'trioproxy_tokens_total{{provider="{provider}",kind="{kind}"}} {count}')

@@ -37,10 +37,10 @@ def health(runtime: Runtime) -> tuple[int, dict[str, Any]]:
 def _route_providers(router: Router, ledger: QuotaLedger, metrics: Metrics) -> list[dict[str, Any]]:
     providers = []
     for upstream in router.upstreams:
-        served = {  # by this provider over every route
-            "requests": sum(n for (p, _, code), n in metrics.requests.items() if p == upstream.name and code == 200),
-            "prompt_tokens": metrics.tokens[(upstream.name, "prompt")],
-            "completion_tokens": metrics.tokens[(upstream.name, "completion")],
+        served = {  # for this route
+            "requests": metrics.route_requests[(router.route, upstream.name, 200)],
+            "prompt_tokens": metrics.route_tokens[(router.route, upstream.name, "prompt")],
+            "completion_tokens": metrics.route_tokens[(router.route, upstream.name, "completion")],
         }
         providers.append({"name": upstream.name, "model": upstream.config.model,
                           **provider_state(router, ledger, upstream), "served_since_start": served})
@@ -52,7 +52,7 @@ def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
     routes = [
         {"name": served.name, "aliases": list(served.aliases),
          "providers": _route_providers(runtime.routers[served.name], runtime.ledger, metrics),
-         "served_since_start": sum(n for (route, code), n in metrics.route_requests.items()
+         "served_since_start": sum(n for (route, _, code), n in metrics.route_requests.items()
                                    if route == served.name and code == 200)}
         for served in runtime.models.models
     ]
