@@ -5,15 +5,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, StartProxy
+from conftest import Providers, Proxy, StartProxy, proxy_config
 from test_cli import run, scrubbed_env
 from test_config import load, refusal
-from test_routing import advance, assert_openai_error, chat, client_for, health, post
+from test_reload import reloadable_proxy
+from test_routing import advance, assert_openai_error, chat, client_for, health, post, stream
 from trioproxy.config import Config, ModelRoute, RouteProvider, keyless_route
 from trioproxy.errors import ProxyError
 from trioproxy.providers.upstream import UpstreamFailure
@@ -216,13 +218,16 @@ async def test_models_lists_every_route_and_aliases_select_theirs(
         claude = await client.post("/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 50,
                                                       "messages": [{"role": "user", "content": "Hi"}]})
         responses = await client.post("/responses", json={"model": OSS, "input": "Hi"})
+        streamed = await stream(client, chat(model="oss"))
         unknown = await post(client, chat(model="gpt-4o"))
     assert listed == [QWEN, OSS]
     assert card.status_code == 200 and card.json()["id"] == OSS
     assert by_alias.json()["model"] == "oss" and by_glob.status_code == 200
     assert claude.status_code == 200 and claude.json()["model"] == "claude-sonnet-4-5"
     assert responses.status_code == 200
-    assert models_received(two_models.cerebras) == [CEREBRAS_OSS, CEREBRAS_OSS, "qwen-3-coder-480b", CEREBRAS_OSS]
+    assert streamed.status == 200 and {event["model"] for event in streamed.events[:-1]} == {"oss"}
+    assert models_received(two_models.cerebras) == [CEREBRAS_OSS, CEREBRAS_OSS, "qwen-3-coder-480b", CEREBRAS_OSS,
+                                                    CEREBRAS_OSS]
     assert unknown.status_code == 404
     error = assert_openai_error(unknown.json())
     assert f"`{QWEN}`, `{OSS}`" in error["message"] and error["code"] == "model_not_found"
@@ -287,6 +292,8 @@ def _route(name: str, providers: str = '{ provider = "cerebras" }', aliases: str
         (_route("a", aliases='["x*"]') + _route("b", aliases='["x*"]'), "models.1.aliases", "'x*'"),
         (_route("a") + _route("b", aliases='["a"]'), "models.1.aliases", "'a' is already used"),
         (_route("a", "") , "models.0.providers", "names no provider"),
+        (_route(""), "models.0.name", "must not be empty"),
+        (_route("a", aliases='[""]'), "models.0.aliases", "must not be empty"),
         (_route("a", '{ provider = "cerebras", model = "m", requests_per_minute = 5 }')
          + _route("b", '{ provider = "cerebras", model = "m", requests_per_minute = 6 }'),
          "models.1.providers.0", "one model has one quota"),
@@ -347,3 +354,21 @@ async def test_check_config_probe_says_which_providers_offer_each_routes_model(
     assert "NOT OFFERED" in oss[1] and "offered (key 1)" in oss[2]
     assert "no provider offers this model today" in sections["route gone"]
     assert "csk-wrong" not in out + result.stderr
+
+
+async def test_a_reload_adds_a_route_and_keeps_the_quota_of_the_one_that_stays(
+    two_models: Providers, mock_clock: trio.testing.MockClock
+) -> None:
+    """Start with the original single route, reload with two: Qwen's counts stay, gpt-oss appears."""
+    config = proxy_config(two_models, cerebras={"requests_per_minute": 2})
+    async with reloadable_proxy(config) as (proxy, send_reloads):
+        async with client_for(proxy) as client:
+            assert (await post(client, chat(model=QWEN))).status_code == 200
+            assert (await post(client, chat(model=OSS))).status_code == 404  # not served yet
+            await send_reloads.send(attrs.evolve(config, models=ROUTES))
+            await trio.testing.wait_all_tasks_blocked()
+            assert [entry["id"] for entry in (await client.get("/models")).json()["data"]] == [QWEN, OSS]
+            for model in (QWEN, OSS, QWEN):
+                assert (await post(client, chat(model=model))).status_code == 200
+    assert models_received(two_models.cerebras) == ["qwen-3-coder-480b", "qwen-3-coder-480b", CEREBRAS_OSS]
+    assert models_received(two_models.chutes) == ["Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"]  # Qwen's 2/min held

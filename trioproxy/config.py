@@ -309,6 +309,8 @@ def _check_routes(config: Config) -> None:
     names: dict[str, int] = {}
     limits: dict[str, tuple[int, ProviderConfig]] = {}
     for index, route in enumerate(config.models):
+        if not route.name or not all(route.aliases):
+            raise _InvalidKey(f"models.{index}.name" if not route.name else f"models.{index}.aliases", "must not be empty")
         if not route.providers:
             raise _InvalidKey(f"models.{index}.providers", f"route {route.name!r} names no provider")
         for alias_index, name in enumerate((route.name, *route.aliases)):
