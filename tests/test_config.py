@@ -18,7 +18,6 @@ from trioproxy.config import (
     ProviderConfig,
     RateLimitHeaders,
     RouteProvider,
-    keyless_route,
     load_config,
     redacted,
 )
