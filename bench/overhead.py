@@ -24,6 +24,13 @@ far above the proxies, so they are not the bottleneck.
 Memory: trioproxy's RSS idle (after start), with 1,000 concurrent open streams (measured before
 the load; the upstream's slow SSE endpoint keeps them open) and after the load.
 
+With `--dashboard`, a target `trio+dash` is the same trioproxy process while Debian's headless
+chromium (on the load core) has its dashboard open, polling once a second as it does for a user;
+the tab is opened before each of its cells and closed after, so `trioproxy` and `trio+dash` cells
+interleave in one run. `--dashboard poll` replaces chromium by a small process that only polls
+the state once a second: the proxy's side of an open dashboard, without the browser's CPU on
+the load generator's core. Either way the table shows trioproxy's own CPU time per request.
+
 Every loop is bounded in count and time; everything listens and connects on 127.0.0.1 only.
 """
 
@@ -44,6 +51,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -66,6 +74,8 @@ OPEN_STREAMS = 1000
 # the upstream and trioproxy ignore it.
 API_KEY = "sk-bench-" + secrets.token_hex(24)
 MiB = 1024 * 1024
+DASHBOARD_TARGET = "trio+dash"
+CHROMIUM = "/usr/bin/chromium"
 
 
 def chat_body(stream: bool, slow: bool = False) -> bytes:
@@ -213,6 +223,104 @@ def start_trioproxy(python: str, upstream_port: int, log_level: str, logfile: Pa
     return proc, port
 
 
+class OpenDashboard:
+    """Headless chromium with trioproxy's dashboard open in a tab while a cell runs.
+
+    Started once on about:blank; tabs are opened and closed through its DevTools HTTP endpoint.
+    It inherits this script's core (the load core), so the proxy's core sees only its requests.
+    """
+
+    SETTLE_SECONDS = 2.0
+
+    def __init__(self, proxy_port: int, logfile: Path) -> None:
+        self.url = f"http://{HOST}:{proxy_port}/dashboard/"
+        self.debug_port = free_port()
+        self.profile = tempfile.mkdtemp(prefix="chromium-", dir=CACHE)
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        self.proc = subprocess.Popen([CHROMIUM, *flags, f"--user-data-dir={self.profile}",
+                                      f"--remote-debugging-port={self.debug_port}", "about:blank"],
+                                     stdout=logfile.open("w"), stderr=subprocess.STDOUT)
+        self.tab: str | None = None
+        if not self._until(lambda: self._devtools("GET", "/json/version") is not None, 30):
+            self.stop()
+            raise SystemExit(f"chromium did not start; see {logfile}")
+
+    def _devtools(self, method: str, path: str) -> Any:
+        request = urllib.request.Request(f"http://{HOST}:{self.debug_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read() or b"null")
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _until(check: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return True
+            time.sleep(0.2)
+        return False
+
+    def open(self) -> None:
+        """Open the dashboard and wait until its page has loaded (its title is set)."""
+        tab = self._devtools("PUT", "/json/new?" + urllib.parse.quote(self.url, safe=":/"))
+        if not tab:
+            raise SystemExit("chromium did not open the dashboard tab")
+        self.tab = tab["id"]
+
+        def loaded() -> bool:
+            tabs = self._devtools("GET", "/json/list") or []
+            return any(t.get("id") == self.tab and t.get("title") == "trioproxy dashboard" for t in tabs)
+
+        if not self._until(loaded, 15):
+            raise SystemExit(f"the dashboard did not load in chromium ({self.url})")
+        # A new tab starts a renderer process: let that burst pass, so the cell measures a
+        # dashboard that is open (polling once a second), not one being opened.
+        time.sleep(self.SETTLE_SECONDS)
+
+    def close(self) -> None:
+        if self.tab is not None:
+            self._devtools("GET", f"/json/close/{self.tab}")
+            self.tab = None
+
+    def stop(self) -> None:
+        stop(self.proc)  # type: ignore[arg-type]
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+# What the page does on the wire, and nothing else: its state once a second, bounded in time.
+_POLLER = """
+import sys, time, urllib.request
+deadline = time.monotonic() + 600
+while time.monotonic() < deadline:
+    urllib.request.urlopen(sys.argv[1], timeout=5).read()
+    time.sleep(1)
+"""
+
+
+class PollingDashboard:
+    """The proxy's side of an open dashboard without a browser: a small process polling its state.
+
+    Tells the proxy's cost apart from chromium's, which on 2 cores shares the load generator's.
+    """
+
+    def __init__(self, proxy_port: int) -> None:
+        self.url = f"http://{HOST}:{proxy_port}/dashboard/api/state"
+        self.proc: subprocess.Popen | None = None
+
+    def open(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _POLLER, self.url])
+
+    def close(self) -> None:
+        stop(self.proc)
+        self.proc = None
+
+    def stop(self) -> None:
+        self.close()
+
+
 # --------------------------------------------------------------------------- LiteLLM
 
 
@@ -339,16 +447,27 @@ def builtin_cell(port: int, body: bytes, stream: bool, concurrency: int, duratio
     return cell
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_cell(wrk: str | None, port: int, mode: str, concurrency: int, duration: float,
-                 warmup: float, body_files: dict[str, Path]) -> dict[str, Any]:
+                 warmup: float, body_files: dict[str, Path], pid: int | None = None) -> dict[str, Any]:
+    """One cell; with the target's `pid`, also its CPU time per request during the measurement."""
     stream = mode == "stream"
     body = chat_body(stream)
     if warmup > 0:
         builtin_cell(port, body, stream, concurrency, warmup)
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     if wrk is None:
-        return builtin_cell(port, body, stream, concurrency, duration)
-    cell = wrk_cell(wrk, port, body_files[mode], concurrency, duration)
-    if stream:
+        cell = builtin_cell(port, body, stream, concurrency, duration)
+    else:
+        cell = wrk_cell(wrk, port, body_files[mode], concurrency, duration)
+    if pid and cell["requests"]:
+        cell["cpu_us"] = (cpu_seconds(pid) - cpu_before) / cell["requests"] * 1e6
+    if wrk is not None and stream:
         probe = builtin_cell(port, body, stream, concurrency, max(0.5, duration / 2))
         cell["ttfb_p50_ms"], cell["ttfb_p99_ms"] = probe["ttfb_p50_ms"], probe["ttfb_p99_ms"]
         cell["builtin_rps"] = probe["rps"]
@@ -385,7 +504,7 @@ def median(values: list[float]) -> float:
 
 
 def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("rps", "p50_ms", "p99_ms", "ttfb_p50_ms", "ttfb_p99_ms")
+    keys = ("rps", "p50_ms", "p99_ms", "ttfb_p50_ms", "ttfb_p99_ms", "cpu_us")
     summary = {k: median([c[k] for c in cells if k in c]) for k in keys}
     summary["errors"] = sum(c["errors"] for c in cells)
     summary["requests"] = sum(c["requests"] for c in cells)
@@ -422,6 +541,21 @@ def report(results: dict, targets: list[str], memory: dict[str, Any], meta: dict
             lines.append(f"{mode:<6} {conc:>4}  {fmt(ratio, 1):>13} {fmt(t['p50_ms'] - d['p50_ms']):>9} "
                          f"{fmt(t['p99_ms'] - d['p99_ms']):>9} {fmt(t['ttfb_p50_ms'] - d['ttfb_p50_ms']):>14} "
                          f"{fmt(lite_added):>17}")
+    if DASHBOARD_TARGET in targets:
+        lines += ["", f"an open dashboard ({DASHBOARD_TARGET} vs trioproxy, the same process in the same run):"]
+        lines += ["(proxy CPU per request: trioproxy's own CPU time over the cell's requests; the other"
+                  " columns also feel chromium, which shares the load generator's core)"]
+        head = (f"{'mode':<6} {'conc':>4}  {'CPU us/req':>10} {'with dash':>9} {'ratio':>6}  {'req/s ratio':>11} "
+                f"{'p50 ms diff':>11} {'ttfb p50 diff':>13}")
+        lines += [head, "-" * len(head)]
+        for mode in MODES:
+            for conc in CONCURRENCIES:
+                t, w = results[(mode, conc, "trioproxy")], results[(mode, conc, DASHBOARD_TARGET)]
+                ratio = w["rps"] / t["rps"] if t["rps"] > 0 else float("nan")
+                cpu_ratio = w["cpu_us"] / t["cpu_us"] if t["cpu_us"] > 0 else float("nan")
+                lines.append(f"{mode:<6} {conc:>4}  {fmt(t['cpu_us'], 1):>10} {fmt(w['cpu_us'], 1):>9} "
+                             f"{fmt(cpu_ratio, 3):>6}  {fmt(ratio, 3):>11} {fmt(w['p50_ms'] - t['p50_ms'], 3):>11} "
+                             f"{fmt(w['ttfb_p50_ms'] - t['ttfb_p50_ms'], 3):>13}")
     lines += ["", "memory (RSS):"]
     for name, m in memory.items():
         parts = [f"idle {m['idle'] / MiB:.1f} MiB"]
@@ -462,7 +596,7 @@ def check_targets(results: dict, memory: dict[str, Any], with_litellm: bool) -> 
         st = mem["streams"]
         ok = st["rss"] < 150 * 1e6 and st["opened"] == st["asked"]
         out.append(line(ok, f"{st['asked']} open streams < 150 MB: {st['rss'] / 1e6:.1f} MB ({st['opened']} opened)"))
-    errors = sum(s["errors"] for (_, _, target), s in results.items() if target == "trioproxy")
+    errors = sum(s["errors"] for (_, _, target), s in results.items() if target in ("trioproxy", DASHBOARD_TARGET))
     out.append(line(errors == 0, f"no errors through trioproxy: {errors}"))
     return out
 
@@ -487,6 +621,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also measure LiteLLM's RSS with the open streams (slow)")
     parser.add_argument("--no-doors", action="store_true",
                         help="skip the per-door rows (Chat Completions, Responses, Messages at concurrency 1)")
+    parser.add_argument("--dashboard", nargs="?", const="chromium", choices=("chromium", "poll"),
+                        help=f"add the target {DASHBOARD_TARGET}: trioproxy with its dashboard open in headless "
+                             "chromium, or (poll) only polled once a second as the page does")
     parser.add_argument("--json", type=Path, help="also write all measurements to this file")
     parser.add_argument("--max-minutes", type=float, default=40, help="hard bound on the whole run")
     args = parser.parse_args(argv)
@@ -519,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"LiteLLM unavailable: {litellm_note}")
 
     procs: list[subprocess.Popen] = []
+    dashboard: OpenDashboard | PollingDashboard | None = None
     tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=CACHE))
     logs = CACHE / "logs"  # kept after the run
     logs.mkdir(exist_ok=True)
@@ -542,6 +680,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 procs.append(lite)
                 ports["litellm"], pids["litellm"] = lite_port, lite.pid
+        if args.dashboard == "chromium":
+            dashboard = OpenDashboard(ports["trioproxy"], logs / "chromium.log")
+        elif args.dashboard == "poll":
+            dashboard = PollingDashboard(ports["trioproxy"])
+        if dashboard is not None:
+            ports[DASHBOARD_TARGET] = ports["trioproxy"]
         targets = list(ports)
         time.sleep(1.0)
         memory: dict[str, Any] = {name: {"idle": rss_bytes(pid)} for name, pid in pids.items()}
@@ -565,7 +709,14 @@ def main(argv: list[str] | None = None) -> int:
                     for target in order:
                         if time.monotonic() > deadline:
                             raise SystemExit("--max-minutes reached")
-                        cell = measure_cell(wrk, ports[target], mode, conc, args.duration, warmup, body_files)
+                        pid = pids["trioproxy"] if target in ("trioproxy", DASHBOARD_TARGET) else None
+                        if target == DASHBOARD_TARGET:
+                            dashboard.open()  # type: ignore[union-attr]
+                        try:
+                            cell = measure_cell(wrk, ports[target], mode, conc, args.duration, warmup, body_files, pid)
+                        finally:
+                            if target == DASHBOARD_TARGET:
+                                dashboard.close()  # type: ignore[union-attr]
                         raw.setdefault((mode, conc, target), []).append(cell)
                         log(f"round {round_ + 1}/{args.rounds} {mode:<6} c={conc:<3} {target:<9} "
                             f"{cell['rps']:8.0f} req/s p50 {cell['p50_ms']:.2f} ms errors {cell['errors']}"
@@ -593,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
             }, indent=1))
         return 0
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         for proc in reversed(procs):
             stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)

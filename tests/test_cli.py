@@ -305,3 +305,100 @@ async def test_demo_stops_on_ctrl_c(tmp_path: Path) -> None:
         returncode = await proxy.exited(EXIT_TIMEOUT)
         assert returncode == 0, proxy.stderr
         assert "Traceback" not in proxy.stderr
+
+
+# --- flags, settings and the shell, tried as a new user would (issue 11) ----------------------
+
+
+async def test_pidfile_before_the_stop_command_is_used(tmp_path: Path) -> None:
+    """`trioproxy --pidfile X stop` used to ignore X and look at the default pidfile."""
+    pidfile = tmp_path / "mine.pid"
+    result = await run(["--pidfile", str(pidfile), "stop"], tmp_path)
+    assert result.returncode == 1 and f"pidfile {pidfile}" in result.stderr
+
+
+async def test_check_config_without_keys_exits_2_like_serving(tmp_path: Path) -> None:
+    """--check-config prints the settings but exits 2 with the advice serving them would give."""
+    result = await run(["--check-config"], tmp_path)
+    assert result.returncode == 2
+    assert json.loads(result.stdout)["port"] == 3000
+    assert "CEREBRAS_API_KEY" in result.stderr and "--demo" in result.stderr
+    demo = await run(["--check-config", "--demo"], tmp_path)
+    assert demo.returncode == 0, demo.stderr
+
+
+async def test_host_and_port_flags_win_and_are_checked(tmp_path: Path) -> None:
+    env = scrubbed_env(CEREBRAS_API_KEY="csk-x", PORT="3001", HOST="127.0.0.1")
+    result = await run(["--port", "3005", "--host", "::1", "--check-config"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)
+    assert (settings["host"], settings["port"]) == ("::1", 3005)
+    refused = await run(["--port", "70000", "--check-config"], tmp_path, env)
+    assert refused.returncode == 2 and "port" in refused.stderr and "--port" in refused.stderr
+    typo = await run(["--port", "many"], tmp_path, env)
+    assert typo.returncode == 2 and len(lines(typo.stderr)) == 1
+
+
+async def test_status_finds_the_proxy_from_the_settings(tmp_path: Path, start_proxy: Callable[..., object]) -> None:
+    """Without --url, `trioproxy status` asks the address PORT/HOST or --config name, with its keys."""
+    proxy = await start_proxy(client_api_keys=("client-secret",))  # type: ignore[misc]
+    port = proxy.base_url.rsplit(":", 1)[1].removesuffix("/v1")  # type: ignore[attr-defined]
+    from_env = await run(["status"], tmp_path, scrubbed_env(PORT=port, HOST="0.0.0.0", PROXY_API_KEYS="client-secret"))
+    assert from_env.returncode == 0, from_env.stderr
+    assert from_env.stdout.splitlines()[0].split()[:2] == ["provider", "account"]
+    config = tmp_path / "config.toml"
+    config.write_text(f'port = {port}\nclient_api_keys = ["client-secret"]\n')
+    from_file = await run(["--config", str(config), "status", "--json"], tmp_path)
+    assert from_file.returncode == 0, from_file.stderr
+    assert json.loads(from_file.stdout)["providers"][0]["name"] == "cerebras"
+
+
+async def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
+    """`trioproxy --check-config | head -1`: the reader leaves early; no BrokenPipeError on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        with trio.fail_after(RUN_TIMEOUT):
+            done = await trio.run_process(
+                [*COMMAND, "--check-config"], cwd=tmp_path, env=scrubbed_env(CHUTES_API_KEY="cpk-x"),
+                stdin=subprocess.DEVNULL, stdout=write_end, capture_stderr=True, check=False,
+            )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr.decode() and "BrokenPipe" not in done.stderr.decode()
+    assert done.returncode == 0
+
+
+START_SCRIPT = Path(__file__).parent.parent / "scripts" / "start"
+
+
+async def test_start_script_installs_only_when_pyproject_changes(tmp_path: Path) -> None:
+    """./scripts/start used to run `pip install` (6 s) on every start."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "start").write_bytes(START_SCRIPT.read_bytes())
+    (tmp_path / "scripts" / "start").chmod(0o755)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    # Stand-ins for the venv's python (whose pip "installs" trioproxy) and for trioproxy,
+    # recording how they were called.
+    (tmp_path / "installed").write_text(f'#!/bin/sh\necho "trioproxy $*" >> {log}\n')
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "pip $*" >> {log}\ninstall -m 755 {tmp_path / "installed"} {bin_dir / "trioproxy"}\n')
+    (bin_dir / "python").chmod(0o755)
+    env = scrubbed_env(CEREBRAS_API_KEY="csk-x")
+
+    async def start() -> None:
+        with trio.fail_after(RUN_TIMEOUT):
+            await trio.run_process([str(tmp_path / "scripts" / "start"), "--version"], cwd=tmp_path, env=env)
+
+    await start()
+    await start()
+    assert log.read_text().splitlines() == [
+        "pip -m pip install --quiet --disable-pip-version-check -e .",
+        "trioproxy --version",
+        "trioproxy --version",
+    ]
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\nversion = '2'\n")
+    await start()
+    assert log.read_text().count("pip install") == 2

@@ -65,3 +65,47 @@ async def test_binding_a_public_address_without_keys_warns(
     """0.0.0.0 without client keys: a loud warning at start."""
     await start_proxy(host="0.0.0.0")
     assert "WITHOUT CLIENT KEYS" in caplog.text
+
+
+async def operator_views(proxy_base: str, headers: dict[str, str]) -> tuple[httpx.Response, ...]:
+    root = proxy_base.removesuffix("/v1")
+    async with httpx.AsyncClient() as client:
+        return (
+            await client.get(root + "/healthz", headers=headers),
+            await client.get(root + "/metrics", headers=headers),
+            await client.get(proxy_base + "/status", headers=headers),
+        )
+
+
+async def test_operator_views_need_a_client_key_once_keys_are_set(start_proxy: StartProxy) -> None:
+    """With PROXY_API_KEYS: /healthz says only its status without a key; /metrics and /v1/status refuse."""
+    proxy = await start_proxy(client_api_keys=("client-key-secret",))
+    health, metrics, status = await operator_views(proxy.base_url, {})
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    for refused in (metrics, status):
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    health, metrics, status = await operator_views(proxy.base_url, {"authorization": "Bearer client-key-secret"})
+    assert "cerebras" in health.json()["providers"]
+    assert metrics.status_code == 200 and "trioproxy_provider_up" in metrics.text
+    assert status.status_code == 200 and status.json()["providers"][0]["name"] == "cerebras"
+
+
+async def test_operator_keys_are_separate_from_client_keys(start_proxy: StartProxy) -> None:
+    """With OPERATOR_API_KEYS: only those open the operator views; client keys still serve chat only."""
+    proxy = await start_proxy(client_api_keys=("client-key-secret",), operator_api_keys=("ops-key-secret",))
+    health, metrics, status = await operator_views(proxy.base_url, {"authorization": "Bearer client-key-secret"})
+    assert health.json() == {"status": "ok"} and metrics.status_code == status.status_code == 401
+    assert "OPERATOR_API_KEYS" in metrics.json()["error"]["message"]
+    health, metrics, status = await operator_views(proxy.base_url, {"authorization": "Bearer ops-key-secret"})
+    assert "providers" in health.json() and metrics.status_code == status.status_code == 200
+    async with httpx.AsyncClient(base_url=proxy.base_url) as client:
+        refused = await client.post("/chat/completions", json=chat(), headers={"authorization": "Bearer ops-key-secret"})
+        served = await client.post("/chat/completions", json=chat(), headers={"authorization": "Bearer client-key-secret"})
+    assert (refused.status_code, served.status_code) == (401, 200)
+
+
+async def test_operator_views_stay_open_without_any_keys(start_proxy: StartProxy) -> None:
+    """The default on 127.0.0.1: no keys anywhere, every view open, as before."""
+    proxy = await start_proxy()
+    health, metrics, status = await operator_views(proxy.base_url, {})
+    assert "providers" in health.json() and metrics.status_code == status.status_code == 200

@@ -379,9 +379,11 @@ def test_invalid_dotenv_value_names_the_variable(tmp_path: Path) -> None:
     _assert_names(message, "PORT", "lots")
 
 
-def test_env_overrides_bad_file_value(tmp_path: Path) -> None:
-    """A file error the environment fixes does not stop the proxy: the environment value wins."""
-    assert load(tmp_path, "port = 99999\n", environ={"PORT": "8000"}).port == 8000
+@pytest.mark.parametrize("toml", ['port = "3001"\n', "port = 99999\n"])
+def test_a_bad_file_value_is_refused_even_when_the_environment_overrides_it(tmp_path: Path, toml: str) -> None:
+    """The file is wrong whatever the environment says today (it may not say it after a restart)."""
+    message = refusal(tmp_path, toml, environ={"PORT": "3005"})
+    _assert_names(message, "port", str(tmp_path / "config.toml"))
 
 
 def test_file_error_names_the_file_when_env_sets_other_keys(tmp_path: Path) -> None:

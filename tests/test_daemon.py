@@ -1,5 +1,6 @@
 """Running as a daemon: detach, pidfile, log file, `trioproxy stop`, one instance per pidfile."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -60,3 +61,24 @@ async def test_a_daemon_that_cannot_bind_says_why(tmp_path: Path) -> None:
 async def test_stop_without_a_running_daemon_fails_clearly(tmp_path: Path) -> None:
     result = await run(["stop", "--pidfile", str(tmp_path / "none.pid")], tmp_path)
     assert result.returncode == 1 and "no trioproxy is running" in result.stderr
+
+
+async def test_a_json_daemon_writes_only_json_lines_and_names_its_stop_command(tmp_path: Path) -> None:
+    """--daemon with LOG_FORMAT=json: the demo's banner is a JSON line too, saying how to stop it."""
+    pidfile, log_file = tmp_path / "trioproxy.pid", tmp_path / "trioproxy.log"
+    env = scrubbed_env(PORT="0", STATE_FILE="", LOG_FORMAT="json")
+    started = await run(["--demo", "--daemon", "--pidfile", str(pidfile), "--log-file", str(log_file)], tmp_path, env)
+    assert started.returncode == 0, started.stderr
+    pid = int(pidfile.read_text())
+    try:
+        stopped = await run(["--pidfile", str(pidfile), "stop", "--timeout", "15"], tmp_path, env)
+        assert stopped.returncode == 0, stopped.stderr
+    finally:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]  # every line is JSON
+    banner = [record["message"] for record in records if record["message"].startswith("demo:")]
+    assert len(banner) == 1 and f"stop: trioproxy stop --pidfile {pidfile}" in banner[0]
+    assert "Ctrl-C" not in log_file.read_text()

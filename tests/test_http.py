@@ -182,6 +182,7 @@ async def test_both_providers_500_gives_openai_502(proxy: Proxy, providers: Prov
         pytest.param(json.dumps(chat_body(model="gpt-4o")).encode(), 404, "model_not_found", id="model-unknown"),
         pytest.param(b'{"model":"qwen-3-coder","messages":[{"role":"user","content":"\xff\xfe"}]}', 400, None, id="invalid-utf8"),
         pytest.param(b"\xc3\x28", 400, None, id="invalid-utf8-bare"),
+        pytest.param(b'{"model":"qwen-3-coder","messages":[{"role":"user","content":"hi"}],"temperature":1e400}', 400, None, id="number-overflows"),
     ],
 )
 async def test_bad_chat_body(proxy: Proxy, providers: Providers, raw: bytes, status: int, code: str | None) -> None:
@@ -270,7 +271,7 @@ async def test_unknown_path_404(proxy: Proxy) -> None:
         responses = [
             await client.get("/v1/completions"),
             await client.post("/v1/embeddings", json={"input": "x"}),
-            await client.get("/"),
+            await client.get("/index.html"),  # `/` itself is the dashboard
             await client.post("/chat/completions", json=chat_body()),
         ]
     for response in responses:

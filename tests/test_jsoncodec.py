@@ -24,7 +24,9 @@ def test_lone_surrogate_escapes_parse_and_stay_escaped() -> None:
     assert b"\\ud800" in encoded and json.loads(encoded) == document
 
 
-@pytest.mark.parametrize("raw", [b'{"a": NaN}', b'{"a": -Infinity}', b'{"a": 1,}', b"\xff\xfe", b""])
+@pytest.mark.parametrize(
+    "raw", [b'{"a": NaN}', b'{"a": -Infinity}', b'{"a": 1e400}', b'{"a": -1.5e999}', b'{"a": 1,}', b"\xff\xfe", b""]
+)
 def test_what_json_refuses_still_raises_value_error(raw: bytes) -> None:
     with pytest.raises(ValueError):
         load_json(raw)

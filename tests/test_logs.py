@@ -1,16 +1,18 @@
 """Log lines: text or JSON, each line of a request carries its id, secrets never appear."""
 
+import errno
 import io
 import json
 import logging
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import trio.testing
 
 from conftest import Providers, StartProxy
 from test_routing import chat, client_for
-from trioproxy.logs import configure_logging
+from trioproxy.logs import ACCEPT_LOGGER, OncePerEpisode, configure_logging
 
 
 @pytest.fixture
@@ -59,3 +61,68 @@ def test_secrets_are_redacted_in_json_too(captured: io.StringIO) -> None:
     logging.getLogger("trioproxy.test").warning("key is %s", "csk-very-secret")
     line = json.loads(captured.getvalue())
     assert "csk-very-secret" not in captured.getvalue() and "[redacted]" in line["message"]
+
+
+async def test_unsafe_request_ids_are_replaced(start_proxy: StartProxy, captured: io.StringIO) -> None:
+    """Control characters or 10 KB in x-request-id: a new id, in the header and in the log."""
+    configure_logging("INFO", [], captured, "text")
+    proxy = await start_proxy()
+    async with client_for(proxy) as client:
+        ids = {}
+        # h11 refuses ASCII controls in a header, but passes C1 controls (the 8-bit CSI) and UTF-8.
+        for sent in (b"evil\x9b31m\xe2\x80\xa8forged", b"a" * 10_000, b"trace-id:1/2+3=@x_y.z"):
+            response = await client.post("/chat/completions", json=chat(), headers={"x-request-id": sent})
+            ids[sent] = response.headers["x-request-id"]
+    await trio.testing.wait_all_tasks_blocked()
+    assert ids[b"trace-id:1/2+3=@x_y.z"] == "trace-id:1/2+3=@x_y.z"  # a sane id is kept
+    for sent in (b"evil\x9b31m\xe2\x80\xa8forged", b"a" * 10_000):
+        assert len(ids[sent]) == 16 and f"[{ids[sent]}]" in captured.getvalue()
+    assert "\x9b" not in captured.getvalue() and "forged" not in captured.getvalue()
+    assert "a" * 200 not in captured.getvalue()
+
+
+async def test_http2_header_blocks_stay_out_of_the_debug_log(start_proxy: StartProxy, captured: io.StringIO) -> None:
+    """At DEBUG, hpack used to print each HTTP/2 header block, Authorization in clear."""
+    configure_logging("DEBUG", [], captured, "text")
+    proxy = await start_proxy()
+    async with httpx.AsyncClient(base_url=proxy.base_url, http1=False, http2=True) as client:
+        response = await client.get("/models", headers={"authorization": "Bearer sk-client-own-key"})
+    assert response.status_code == 200 and response.http_version == "HTTP/2"
+    assert "sk-client-own-key" not in captured.getvalue()
+    assert "trioproxy" in captured.getvalue()  # DEBUG did reach the log: only the libraries are held back
+
+
+def test_accept_failures_are_logged_once_per_episode(captured: io.StringIO) -> None:
+    """EMFILE from accept(): Trio logs a traceback every 0.1 s; one line per episode reaches the log."""
+    configure_logging("INFO", [], captured, "text")
+    clock = [0.0]
+    logging.getLogger(ACCEPT_LOGGER).filters = [OncePerEpisode(quiet=10.0, clock=lambda: clock[0])]
+    try:
+        for episode_start in (0.0, 100.0):
+            clock[0] = episode_start
+            for _ in range(50):  # five seconds of failures, every 0.1 s
+                try:
+                    raise OSError(errno.EMFILE, "Too many open files")
+                except OSError:
+                    logging.getLogger(ACCEPT_LOGGER).error("accept returned EMFILE; retrying in 0.1 seconds", exc_info=True)
+                clock[0] += 0.1
+    finally:
+        logging.getLogger(ACCEPT_LOGGER).filters = []
+    lines = captured.getvalue().splitlines()
+    assert len(lines) == 2 and "Traceback" not in captured.getvalue()
+    assert "49 more in the previous episode" in lines[1]
+
+
+async def test_refusals_and_unknown_paths_say_why(start_proxy: StartProxy, caplog: pytest.LogCaptureFixture) -> None:
+    """A refused request's line names the reason; an unknown path is logged with its path."""
+    caplog.set_level(logging.INFO)
+    proxy = await start_proxy()
+    async with client_for(proxy) as client:
+        await client.post("/chat/completions", json={**chat(), "model": "gpt-4o"}, headers={"x-request-id": "unknown-model"})
+        await client.post("/chat/completions", content=b"{", headers={"x-request-id": "bad-body"})
+        await client.get(proxy.base_url.removesuffix("/v1") + "/wp-admin%0A", headers={"x-request-id": "unknown-path"})
+    await trio.testing.wait_all_tasks_blocked()
+    lines = {record.getMessage().split()[1]: record.getMessage() for record in caplog.records if record.name == "trioproxy.request"}
+    assert "reason='refused: model_not_found (model)'" in lines["unknown-model"]
+    assert "reason='refused: invalid_json'" in lines["bad-body"]
+    assert "status=404" in lines["unknown-path"] and "path='/wp-admin\\n'" in lines["unknown-path"]

@@ -707,14 +707,14 @@ async def test_protocol_junk_is_refused_and_closed(proxy: Proxy, caplog: pytest.
 
 
 async def test_large_but_acceptable_headers_are_served(proxy: Proxy, caplog: pytest.LogCaptureFixture) -> None:
-    """Headers below the HTTP layer's limit (a 12 KB x-request-id, 8 KB of odd bytes) are fine,
-    and a client's x-request-id is echoed back intact."""
+    """Headers below the HTTP layer's limit (a 12 KB x-request-id, 8 KB of odd bytes) are fine;
+    an id that long is replaced by a new one rather than written into every log line."""
     request_id = "r" * 12_000
     with trio.fail_after(5):
         response = await exchange(proxy, raw_request("POST", CHAT, dumps(chat_body()), headers={
             "x-request-id": request_id, "x-odd": "\u00e9\u00ff" * 2000}))
     assert response.status_code == 200, response.text
-    assert response.headers["x-request-id"] == request_id
+    assert len(response.headers["x-request-id"]) == 16
     await assert_healthy(proxy, caplog)
 
 
@@ -726,7 +726,7 @@ async def test_large_but_acceptable_headers_are_served(proxy: Proxy, caplog: pyt
     [
         "/", "/v1", "/v1/", "/v2/chat/completions", "/v1/chat/completions/", "//v1/chat/completions",
         "/v1/chat/completions/../completions", "/v1/completions", "/v1/embeddings", "/V1/CHAT/COMPLETIONS",
-"/%00%ff%fe", "/" + "x" * 8000, "*", "http://evil.example/healthz",
+"/%00%ff%fe", "/" + "x" * 8000, "*", "http://evil.example/nothing-here",
     ],
 )
 async def test_unknown_path_is_404(proxy: Proxy, caplog: pytest.LogCaptureFixture, target: str) -> None:
@@ -734,7 +734,7 @@ async def test_unknown_path_is_404(proxy: Proxy, caplog: pytest.LogCaptureFixtur
     method = "OPTIONS" if target == "*" else "POST"
     response = await exchange(proxy, raw_request(method, target, dumps(chat_body())))
     assert_openai_error(response, (404, 405))
-    if target != "*":
+    if target not in ("*", "/"):  # `/` is the dashboard's page: POST there is 405
         assert response.status_code == 404
     await assert_healthy(proxy, caplog)
 

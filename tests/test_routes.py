@@ -138,9 +138,9 @@ async def test_a_model_gone_from_the_list_is_skipped_without_a_request_and_retur
         healthz = await health(client, proxy)
         assert healthz["routes"][OSS]["cerebras"]["usable"] is False and healthz["routes"][QWEN]["cerebras"]["usable"]
         metrics = (await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")).text
-        assert f'trioproxy_model_offered{{provider="cerebras",model="{CEREBRAS_OSS}"}} 0' in metrics
-        assert 'trioproxy_model_offered{provider="cerebras",model="qwen-3-coder-480b"} 1' in metrics
-        assert f'trioproxy_route_requests_total{{route="{OSS}",provider="chutes",status="200"}} 1' in metrics
+        assert f'trioproxy_model_offered{{model="{CEREBRAS_OSS}",provider="cerebras"}} 0.0' in metrics
+        assert 'trioproxy_model_offered{model="qwen-3-coder-480b",provider="cerebras"} 1.0' in metrics
+        assert f'trioproxy_route_requests_total{{provider="chutes",route="{OSS}",status="200"}} 1.0' in metrics
 
         two_models.cerebras.more_models.append(CEREBRAS_OSS)
         await advance(mock_clock, PROBE_INTERVAL_MS / 1000)

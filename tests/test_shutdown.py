@@ -1,6 +1,7 @@
 """Graceful shutdown on Trio's autojump clock: in-flight streams finish, late ones end cleanly."""
 
 import json
+import logging
 
 import httpx
 import pytest
@@ -54,3 +55,21 @@ async def test_shutdown_lets_streams_finish_then_ends_the_rest_cleanly(
     error = json.loads(long[-2])["error"]
     assert error["code"] == "server_shutdown"
     assert 2 <= len(long) < 10  # some content, then the clean end
+
+
+async def test_draining_counts_plain_requests_too(
+    providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drain line used to say "0 streams in flight" and then wait for a plain request it did not count."""
+    caplog.set_level(logging.INFO)
+    providers.cerebras.faults.latency = 20.0
+    proxy = await start_proxy(shutdown_grace_ms=30_000)
+    async with trio.open_nursery() as clients:
+        async def plain() -> None:
+            async with httpx.AsyncClient(base_url=proxy.base_url, timeout=None) as client:
+                assert (await client.post("/chat/completions", json=chat())).status_code == 200
+
+        clients.start_soon(plain)
+        await trio.sleep(1)
+        proxy.shutdown.set()
+    assert "draining: 1 requests in flight (0 of them streams)" in caplog.text

@@ -6,6 +6,7 @@ import sys
 import httpx
 import trio
 import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Providers, StartProxy
 from test_routing import chat, client_for, post, stream
@@ -46,10 +47,26 @@ async def test_status_command_prints_the_table(start_proxy: StartProxy) -> None:
     assert [line.split()[0] for line in lines[1:3]] == ["cerebras", "chutes"]
 
 
+def sample_values(text: str) -> tuple[dict[str, str], dict[tuple[str, frozenset[tuple[str, str]]], float]]:
+    """Prometheus's own parser: {family: type} (each family once) and {(sample, labels): value}."""
+    types: dict[str, str] = {}
+    values: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name not in types, f"family {family.name} split in two"
+        types[family.name] = family.type
+        for sample in family.samples:
+            values[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return types, values
+
+
+def value(values: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return values[(name, frozenset(labels.items()))]
+
+
 async def test_metrics_count_requests_tokens_reroutes_and_quota(
     providers: Providers, start_proxy: StartProxy
 ) -> None:
-    """Prometheus text: counters by provider/status, histograms, quota and cooldown gauges."""
+    """Prometheus text, read by prometheus_client's parser: counters, histograms, live gauges."""
     proxy = await start_proxy(cerebras={"requests_per_minute": 1})
     async with client_for(proxy) as client:
         assert (await post(client, chat())).status_code == 200
@@ -57,15 +74,29 @@ async def test_metrics_count_requests_tokens_reroutes_and_quota(
         await trio.testing.wait_all_tasks_blocked()  # a stream is accounted for after its last byte
         response = await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    text = response.text
-    assert 'trioproxy_requests_total{provider="cerebras",stream="no",status="200"} 1' in text
-    assert 'trioproxy_requests_total{provider="chutes",stream="yes",status="200"} 1' in text
-    assert 'trioproxy_reroutes_total{reason="fallback: rpm"} 1' in text
-    assert 'trioproxy_first_byte_seconds_count{provider="chutes"} 1' in text
-    assert "trioproxy_overhead_seconds_count{} 2" in text
-    assert 'trioproxy_quota_remaining{provider="cerebras",account="cerebras",window="rpm"} 0' in text
-    assert 'trioproxy_cooldown_active{provider="cerebras",account="cerebras"} 0' in text
-    assert re.search(r'trioproxy_tokens_total\{provider="cerebras",kind="prompt"\} [1-9]', text)
+    types, values = sample_values(response.text)
+    assert "{}" not in response.text  # no empty label sets
+    assert types["trioproxy_requests"] == "counter" and types["trioproxy_latency_seconds"] == "histogram"
+    assert types["trioproxy_provider_up"] == types["trioproxy_quota_remaining"] == "gauge"
+    assert value(values, "trioproxy_requests_total", provider="cerebras", stream="no", status="200") == 1
+    assert value(values, "trioproxy_requests_total", provider="chutes", stream="yes", status="200") == 1
+    assert value(values, "trioproxy_reroutes_total", reason="fallback: rpm") == 1
+    assert value(values, "trioproxy_first_byte_seconds_count", provider="chutes") == 1
+    assert value(values, "trioproxy_overhead_seconds_count") == 2
+    assert value(values, "trioproxy_quota_remaining", provider="cerebras", account="cerebras", window="rpm") == 0
+    assert value(values, "trioproxy_cooldown_active", provider="cerebras", account="cerebras") == 0
+    assert value(values, "trioproxy_provider_up", provider="chutes") == 1
+    assert value(values, "trioproxy_tokens_total", provider="cerebras", kind="prompt") > 0
+
+
+async def test_metrics_of_two_proxies_are_their_own(start_proxy: StartProxy) -> None:
+    """A registry per proxy: what one counts, the other does not show."""
+    first, second = await start_proxy(), await start_proxy()
+    async with client_for(first) as client:
+        assert (await post(client, chat())).status_code == 200
+        scraped = [(await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")).text for proxy in (first, second)]
+    counts = [sample_values(text)[1].get(("trioproxy_overhead_seconds_count", frozenset()), 0) for text in scraped]
+    assert counts == [1, 0]
 
 
 async def test_every_answer_carries_request_id_and_overhead(start_proxy: StartProxy) -> None:

@@ -12,8 +12,9 @@ import httpx
 import trio
 
 from . import __version__, daemon
-from .catalogue import list_every_key, report
+from . import catalogue
 from .config import Config, ConfigError, keyless_route, load_config, redacted, secrets
+from .demo import show_demo_banner
 from .logs import configure_logging
 from .quota.persist import default_state_path
 from .status_table import fetch_status, render_table
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         description="OpenAI-compatible proxy for Qwen3-Coder: Cerebras while it has quota, Chutes otherwise.",
     )
     parser.add_argument("--config", type=Path, metavar="PATH", help="TOML settings file (see config.toml.example)")
+    parser.add_argument("--host", metavar="HOST", help="address to listen on (wins over HOST and the file)")
+    parser.add_argument("--port", type=int, metavar="PORT", help="port to listen on (wins over PORT and the file)")
     parser.add_argument("--demo", action="store_true", help="run against built-in emulated providers; no keys needed")
     parser.add_argument("--check-config", action="store_true", help="validate the settings, print them with secrets redacted, and exit")
     parser.add_argument("--probe", action="store_true", help="with --check-config: ask each provider key which models it offers and print, per route, which providers offer its model (exit 1 if a route has none)")
@@ -49,11 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trioproxy {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="print a running proxy's providers, keys and quota as a table")
-    status.add_argument("--url", default="http://127.0.0.1:3000", help="the proxy's address (default %(default)s)")
-    status.add_argument("--key", default=None, help="a client key, when the proxy requires one (default: $PROXY_API_KEY)")
+    status.add_argument("--url", default=None, help="the proxy's address (default: from HOST/PORT/--config, else http://127.0.0.1:3000)")
+    status.add_argument("--key", default=None, help="an operator or client key, when the proxy requires one (default: $OPERATOR_API_KEY, $PROXY_API_KEY, then the settings' own keys)")
     status.add_argument("--json", action="store_true", help="print the raw JSON instead of a table")
     stop_command = commands.add_parser("stop", help="stop a trioproxy started with --daemon (SIGTERM, then wait)")
-    stop_command.add_argument("--pidfile", type=Path, default=default_pidfile(), help="default %(default)s")
+    # SUPPRESS: `trioproxy --pidfile X stop` keeps the X given before the command.
+    stop_command.add_argument("--pidfile", type=Path, default=argparse.SUPPRESS, help=f"default {default_pidfile()}")
     stop_command.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default %(default)s)")
     return parser
 
@@ -67,22 +71,42 @@ def default_log_file() -> Path:
 
 
 def _status(args: argparse.Namespace) -> int:
-    key = args.key or os.environ.get("PROXY_API_KEY")
     try:
-        status = fetch_status(args.url, key)
+        config = _load(args)
+    except ConfigError as error:
+        print(f"trioproxy: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    url = args.url or local_url(config)
+    key = args.key or os.environ.get("OPERATOR_API_KEY") or os.environ.get("PROXY_API_KEY") or _own_key(config)
+    try:
+        status = fetch_status(url, key)
     except httpx.HTTPStatusError as error:
-        print(f"trioproxy: {args.url} answered {error.response.status_code}", file=sys.stderr)
+        print(f"trioproxy: {url} answered {error.response.status_code}", file=sys.stderr)
         return 1
     except httpx.HTTPError as error:
-        print(f"trioproxy: cannot reach {args.url}: {error}", file=sys.stderr)
+        print(f"trioproxy: cannot reach {url}: {error}", file=sys.stderr)
         return 1
     print(json.dumps(status, indent=2) if args.json else render_table(status))
     return 0
 
 
-def _print_effective(config: Config) -> int:
+def local_url(config: Config) -> str:
+    """Where a proxy with these settings answers from this machine."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(config.host, config.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{config.port}"
+
+
+def _own_key(config: Config) -> str | None:
+    """A key from the settings the proxy itself reads, so `status` works where it runs."""
+    return next(iter(config.operator_api_keys or config.client_api_keys), None)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, flags={"host": args.host, "port": args.port})
+
+
+def _print_effective(config: Config) -> None:
     print(json.dumps(redacted(config), indent=2))
-    return 0
 
 
 def _probe(config: Config) -> int:
@@ -90,24 +114,36 @@ def _probe(config: Config) -> int:
     if not any(provider.keys for provider in config.providers):
         print(NO_KEYS, file=sys.stderr)
         return EXIT_USAGE
-    text, every_route_served = report(config, trio.run(list_every_key, config))
+    text, every_route_served = catalogue.report(config, trio.run(catalogue.list_every_key, config))
     print(text)
     return 0 if every_route_served else 1
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe could no longer be handled
+        return code
+    except BrokenPipeError:
+        # The reader went away (`trioproxy --check-config | head`): not an error worth a traceback.
+        # Python would report it again while flushing stdout at exit, so point stdout at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "status":
         return _status(args)
     if args.command == "stop":
         try:
-            print(daemon.stop(args.pidfile, args.timeout))
+            print(daemon.stop(args.pidfile or default_pidfile(), args.timeout))
         except daemon.DaemonError as error:
             print(f"trioproxy: {error}", file=sys.stderr)
             return 1
         return 0
     try:
-        config = load_config(args.config)
+        config = _load(args)
     except ConfigError as error:
         print(f"trioproxy: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -118,9 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     if has_keys and (keyless := keyless_route(config)) is not None:
         print(f"trioproxy: {keyless} (from {args.config or 'defaults'})", file=sys.stderr)
         return EXIT_USAGE
+    missing_keys = not args.demo and not has_keys
+    if args.check_config and args.probe:
+        return _probe(config)
     if args.check_config:
-        return _probe(config) if args.probe else _print_effective(config)
-    if not args.demo and not has_keys:
+        _print_effective(config)
+        if missing_keys:  # serving these settings would stop here too
+            print(NO_KEYS, file=sys.stderr)
+        return EXIT_USAGE if missing_keys else 0
+    if missing_keys:
         print(NO_KEYS, file=sys.stderr)
         return EXIT_USAGE
     pidfile = args.pidfile or (default_pidfile() if args.daemon else None)
@@ -134,23 +176,38 @@ def main(argv: list[str] | None = None) -> int:
     log_stream = open(log_file, "a", buffering=1) if log_file is not None and report is None else sys.stderr
     configure_logging(config.log_level, secrets(config), log_stream, config.log_format)
     try:
-        return _serve(config, args.demo, report, lambda: load_config(args.config))
+        banner = _demo_banner(config, report is not None, pidfile) if args.demo else None
+        return _serve(config, banner, report, lambda: _load(args))
     finally:
         if pidfile is not None:
             daemon.release_pidfile(pidfile)
 
 
+def _demo_banner(config: Config, detached: bool, pidfile: Path | None) -> Callable[[str], None]:
+    """How the demo introduces itself: printed for a person at a terminal, logged otherwise
+    (a daemon's log file, JSON lines), with the way to stop that fits."""
+    stop = f"trioproxy stop --pidfile {pidfile}" if detached and pidfile else "Ctrl-C"
+    as_log = detached or config.log_format == "json"
+    return lambda base_url: show_demo_banner(base_url, config.routes[0].name, stop, as_log)
+
+
 def _serve(
-    config: Config, demo: bool, report: Callable[[bytes], None] | None, reload: Callable[[], Config]
+    config: Config,
+    banner: Callable[[str], None] | None,
+    report: Callable[[bytes], None] | None,
+    reload: Callable[[], Config],
 ) -> int:
-    """Run until shut down; with `report` (daemon mode), tell the waiting parent how start-up went."""
+    """Run until shut down (with the demo's emulators when `banner` is given); with `report`
+    (daemon mode), tell the waiting parent how start-up went."""
 
     def ready(base_url: str) -> None:
+        if banner is not None:
+            banner(base_url)
         if report is not None:
             report(daemon.READY + base_url.encode())
 
     try:
-        trio.run(supervise, config, demo, ready, reload)
+        trio.run(supervise, config, banner is not None, ready, reload)
     except (OSError, BaseExceptionGroup) as error:
         bind_error = _os_error_in(error)
         if bind_error is None:

@@ -258,6 +258,9 @@ class Config:
     shutdown_grace_ms: int = field(default=30_000, validator=_positive)
     # Keys clients must present (Authorization: Bearer); empty accepts any, as the original did.
     client_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Keys for the operator views (/healthz details, /v1/status, /metrics); empty: the client
+    # keys serve, and with those empty too the views are open (fine on 127.0.0.1).
+    operator_api_keys: tuple[str, ...] = field(default=(), repr=False)
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)
     # Further OpenAI-compatible providers, added by configuration alone ([[extra_providers]]).
@@ -365,6 +368,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "STATE_FILE": (("state_file",), str),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
+    "OPERATOR_API_KEYS": (("operator_api_keys",), tuple),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
     "CEREBRAS_API_KEYS": (("cerebras", "api_keys"), tuple),
     "CEREBRAS_BASE_URL": (("cerebras", "base_url"), str),
@@ -378,7 +382,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "CHUTES_MODEL_NAME": (("chutes", "model"), str),
 }
 
-SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys"})
+SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys", "operator_api_keys"})
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -521,8 +525,12 @@ def load_config(
     path: Path | None,
     environ: Mapping[str, str] | None = None,
     dotenv_path: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Build the effective settings, or raise ConfigError with one line naming the key."""
+    """Build the effective settings, or raise ConfigError with one line naming the key.
+
+    `flags` are command-line settings (`{"port": 3005}`); they win over everything else.
+    """
     from dotenv import dotenv_values  # handles quoting, `export`, comments the way users expect
 
     process_env = os.environ if environ is None else environ
@@ -536,8 +544,16 @@ def load_config(
     file_tree = _read_toml(path) if path is not None else {}
     _extra_provider_keys_from_env(file_tree, env)
     env_tree, sources = _env_overrides(env, dotenv_names)
-    tree = _merge(_merge(_default_tree(), file_tree), env_tree)
+    flag_tree = {key: value for key, value in (flags or {}).items() if value is not None}
+    sources.update({key: f"--{key}" for key in flag_tree})
     file_label = str(path) if path is not None else "defaults"
+    with_file = _merge(_default_tree(), file_tree)
+    # The file is checked on its own first: a value the environment overrides is still wrong.
+    _structure(with_file, {}, file_label)
+    return _structure(_merge(_merge(with_file, env_tree), flag_tree), sources, file_label)
+
+
+def _structure(tree: dict[str, Any], sources: Mapping[str, str], file_label: str) -> Config:
     try:
         return _CONVERTER.structure(tree, Config)
     except Exception as exc:  # cattrs raises groups of many kinds; reduce them to one line
@@ -565,4 +581,5 @@ def redacted(config: Config) -> dict[str, Any]:
 
 def secrets(config: Config) -> tuple[str, ...]:
     """Every secret value in the settings, for the log redaction filter."""
-    return tuple(key for provider in config.providers for key in provider.keys) + config.client_api_keys
+    provider_keys = tuple(key for provider in config.providers for key in provider.keys)
+    return provider_keys + config.client_api_keys + config.operator_api_keys

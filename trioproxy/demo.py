@@ -1,10 +1,14 @@
 """Demo mode: emulated Cerebras and Chutes inside the proxy's own process, so it runs with no keys."""
 
+import logging
+
 import attrs
 import trio
 
 from .testing import emulator
 from .config import Config
+
+log = logging.getLogger("trioproxy")
 
 # The emulated Cerebras enforces the real paid-plan limits, so the proxy's 80 % defaults
 # (or whatever is configured) are exercised against a provider that really says 429.
@@ -46,12 +50,17 @@ def _route_models(config: Config, provider: str) -> list[str]:
     return list(dict.fromkeys(model for model in wanted if model is not None and model != own))
 
 
-def print_demo_banner(base_url: str, model: str) -> None:
+def show_demo_banner(base_url: str, model: str, stop: str, as_log: bool) -> None:
+    """What the demo is and a request to try: printed for a terminal, one log line otherwise."""
     body = f'{{"model":"{model}","messages":[{{"role":"user","content":"Hello"}}]}}'
+    curl = f"curl -s {base_url}/chat/completions -H 'content-type: application/json' -d '{body}'"
+    if as_log:
+        log.info("demo: emulated Cerebras and Chutes run inside this process, no keys needed; base URL %s, model %s, any API key; try: %s; stop: %s", base_url, model, curl, stop)
+        return
     print(
         "\ntrioproxy demo: emulated Cerebras and Chutes run inside this process; no keys needed.\n"
         f"  base URL: {base_url}   model: {model}   API key: any non-empty string\n"
-        f"  try:  curl -s {base_url}/chat/completions -H 'content-type: application/json' -d '{body}'\n"
-        "  stop: Ctrl-C\n",
+        f"  try:  {curl}\n"
+        f"  stop: {stop}\n",
         flush=True,
     )

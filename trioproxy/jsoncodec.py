@@ -6,6 +6,7 @@ lone surrogate escapes (`"\\ud800"`), UTF-16/32 bodies, nesting deeper than msgs
 """
 
 import json
+import math
 from typing import Any
 
 import msgspec
@@ -19,12 +20,20 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _finite_float(literal: str) -> float:
+    # msgspec refuses numbers beyond a double's range; `float` would make them infinite.
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal[:40]} is out of range for a JSON number")
+    return value
+
+
 def load_json(raw: bytes | str) -> Any:
     """Parse JSON. Invalid input raises what `json.loads` raises (ValueError, RecursionError)."""
     try:
         return _decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError):
-        return json.loads(raw, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def dump_json(document: Any) -> bytes:

@@ -4,13 +4,21 @@ of a request, and a last line of defence against secrets."""
 import json
 import logging
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import TextIO
 
 LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "INFO": logging.INFO, "DEBUG": logging.DEBUG}
 FORMATS = ("text", "json")
 REDACTED = "[redacted]"
+
+# Libraries that log at DEBUG/INFO what a proxy must not print: hpack and h2 log header blocks
+# (Authorization included), httpx and httpcore every request. They stay at WARNING.
+THIRD_PARTY_LOGGERS = ("hpack", "h2", "h11", "httpx", "httpcore", "hypercorn.access", "coredis")
+# Trio's accept loop logs (with a traceback) every 0.1 s while accept() fails for lack of
+# file descriptors or memory; one line per episode says as much.
+ACCEPT_LOGGER = "trio.serve_listeners"
 
 # Set by the app for the task serving a request; Trio gives child tasks a copy of it.
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
@@ -19,6 +27,32 @@ REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
+        return True
+
+
+class OncePerEpisode(logging.Filter):
+    """Lets the first record of an episode through, without its traceback; an episode ends
+    after `quiet` seconds without a record, and the next one says how many were held back."""
+
+    def __init__(self, quiet: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._quiet = quiet
+        self._clock = clock
+        self._last: float | None = None
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        ongoing = self._last is not None and now - self._last < self._quiet
+        self._last = now
+        if ongoing:
+            self._held += 1
+            return False
+        if self._held:
+            record.msg = f"{record.msg} ({self._held} more in the previous episode were not logged)"
+            self._held = 0
+        record.exc_info = record.exc_text = None
+        record.msg = f"{record.msg}; repeats are not logged until it has stopped for {self._quiet:.0f} s"
         return True
 
 
@@ -71,6 +105,7 @@ def configure_logging(level: str, secrets: Iterable[str], stream: TextIO = sys.s
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(LEVELS[level])
-    # httpx logs every request at INFO; the proxy's own request line says more, once.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(max(LEVELS[level], logging.WARNING))
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(LEVELS[level], logging.WARNING))
+    accept = logging.getLogger(ACCEPT_LOGGER)
+    accept.filters = [OncePerEpisode()]

@@ -10,7 +10,7 @@ import attrs
 import trio
 from attrs import define
 
-from .server.auth import ClientKeys
+from .server.auth import ClientKeys, operator_keys
 from .config import Config, ProviderConfig, quota_name, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
@@ -30,6 +30,7 @@ class Runtime:
     routers: dict[str, Router]  # one per route, by the route's name
     ledger: QuotaLedger
     client_keys: ClientKeys
+    operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
 
     @property
@@ -125,4 +126,5 @@ async def build_runtime(
 
     nursery.start_soon(probe)
     models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
-    return Runtime(config, models, routers, ledger, ClientKeys(config.client_api_keys), prober_scope)
+    client_keys = ClientKeys(config.client_api_keys)
+    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope)

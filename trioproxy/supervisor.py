@@ -10,8 +10,9 @@ from hypercorn.trio import serve
 
 from .server.app import ProxyApp
 from .server.auth import is_loopback
+from .server.edges import HttpEdges
 from .config import Config, ConfigError, keyless_route
-from .demo import DemoProviders, print_demo_banner, start_demo_providers
+from .demo import DemoProviders, start_demo_providers
 from .server.drain import Drain
 from .logs import LEVELS
 from .quota.persist import StatePersister, resolve_state_path
@@ -54,7 +55,7 @@ async def run_proxy(
             app = ProxyApp(runtime)
 
             async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
-                await serve(app, _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
+                await serve(HttpEdges(app), _hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status)
                 nursery.cancel_scope.cancel()  # the server is done: end timers, prober, persister
 
             state_path = resolve_state_path(config.state_file)
@@ -114,7 +115,7 @@ async def _apply_reloads(
 async def _end_streams_at_grace_end(shutdown: trio.Event, drain: Drain, grace: float) -> None:
     """Just before Hypercorn cuts what is left, end the remaining streams with a proper event."""
     await shutdown.wait()
-    log.info("draining: %d streams in flight, %.0f s to finish", drain.in_flight, grace)
+    log.info("draining: %d requests in flight (%d of them streams), %.0f s to finish", drain.requests, drain.streams, grace)
     await trio.sleep(grace - min(1.0, grace / 10))
     ended = drain.cut()
     if ended:
@@ -186,8 +187,6 @@ async def supervise(
         await nursery.start(handle_signals, shutdown, reload, send_reloads)
         async with trio.open_nursery() as proxy_nursery:
             base_url = await proxy_nursery.start(run_proxy, config, shutdown, receive_reloads)
-            if demo:
-                print_demo_banner(base_url, config.routes[0].name)
             if on_ready is not None:
                 on_ready(base_url)
         # The proxy has drained and stopped; the emulators and the signal watcher may go.

@@ -577,6 +577,9 @@ class QuotaLedger:
         state["cooldown_seconds"] = round(quota.cooldown_until - now, 1) if cooling else 0
         state["cooldown_reason"] = quota.cooldown_reason if cooling else ""
         state["half_open"] = quota.half_open
+        daily = quota.windows["tpd"]
+        assert isinstance(daily, DailyWindow)
+        state["day_resets_seconds"] = round(daily.day_ends_at - now, 1)  # after used() rolled the day
         return state
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:

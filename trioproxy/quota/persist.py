@@ -4,7 +4,6 @@ Times are stored as wall-clock timestamps (Trio's clock restarts with the proces
 file is replaced atomically, so a crash mid-write leaves the previous state intact.
 """
 
-import json
 import logging
 import os
 import time
@@ -14,10 +13,9 @@ from pathlib import Path
 import trio
 
 from .ledger import QuotaLedger
+from .state_file import StateFileError, decode_state, encode_state
 
 log = logging.getLogger("trioproxy.state")
-
-STATE_VERSION = 1
 
 
 def default_state_path(environ: dict[str, str] | None = None) -> Path:
@@ -34,14 +32,43 @@ def resolve_state_path(setting: str) -> Path | None:
     return default_state_path() if setting == "auto" else Path(setting).expanduser()
 
 
+def _temporary_path(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.{pid}.tmp")
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = _temporary_path(path, os.getpid())
     with open(temporary, "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete what writers killed mid-write left behind (a live writer's file is left alone)."""
+    removed = []
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = temporary.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            continue
+        try:
+            temporary.unlink()
+        except OSError:
+            continue
+        removed.append(temporary)
+    return removed
 
 
 class StatePersister:
@@ -65,7 +92,10 @@ class StatePersister:
         return self._wall_clock() - self._current().now()
 
     async def load(self) -> None:
-        """Restore saved state; a missing file is a fresh start, a broken one is kept aside."""
+        """Restore saved state. A missing file is a fresh start; a file that cannot be read or
+        trusted is moved aside with a warning and the ledger starts fresh: never a failed start."""
+        for temporary in await trio.to_thread.run_sync(remove_stale_temporaries, self._path):
+            log.info("removed %s, left by a write that did not finish", temporary)
         try:
             raw = await trio.Path(self._path).read_bytes()
         except FileNotFoundError:
@@ -74,20 +104,23 @@ class StatePersister:
             log.warning("cannot read state file %s (%s); starting with a fresh quota ledger", self._path, error.strerror)
             return
         try:
-            state = json.loads(raw)
-            if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-                raise ValueError("not a trioproxy state file of this version")
-            restored = self._current().import_state(state["ledger"], -self._wall_offset())
-        except (ValueError, KeyError, TypeError) as error:
-            aside = self._path.with_name(f"{self._path.name}.corrupt-{int(self._wall_clock())}")
-            await trio.Path(self._path).rename(aside)
-            log.warning("state file %s is unreadable (%s); kept as %s, starting fresh", self._path, error, aside)
+            restored = self._current().import_state(decode_state(raw, self._wall_clock()), -self._wall_offset())
+        except StateFileError as error:
+            await self._move_aside(str(error))
             return
         log.info("quota state restored from %s (%d accounts)", self._path, restored)
 
+    async def _move_aside(self, reason: str) -> None:
+        aside = self._path.with_name(f"{self._path.name}.corrupt-{int(self._wall_clock())}")
+        try:
+            await trio.Path(self._path).rename(aside)
+        except OSError as error:
+            log.warning("state file %s is unreadable (%s) and cannot be moved aside (%s); starting fresh", self._path, reason, error.strerror)
+            return
+        log.warning("state file %s is unreadable (%s); kept as %s, starting fresh", self._path, reason, aside)
+
     async def save(self) -> None:
-        state = {"version": STATE_VERSION, "ledger": self._current().export_state(self._wall_offset())}
-        data = json.dumps(state).encode()
+        data = encode_state(self._current().export_state(self._wall_offset()))
         try:
             await trio.to_thread.run_sync(_write_atomically, self._path, data)
         except OSError as error:

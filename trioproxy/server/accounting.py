@@ -1,48 +1,30 @@
-"""One request as the server saw it, and the one place it is accounted for: log line and metrics."""
+"""The one place a finished request is accounted for: its log line, metrics and the dashboard's history."""
 
 import logging
 
 import trio
-from attrs import define, field
 
-from ..routing.request import RouteRecord
 from ..runtime import Runtime
+from .history import TrafficHistory
 from .metrics import Metrics
+from .served import ServedRequest
 
 log = logging.getLogger("trioproxy.request")
 
-STATUS_CLIENT_CLOSED = 499  # nginx's convention for "client went away", for the log only
 
-
-@define
-class ServedRequest:
-    """What the server did for one request (written by the server only); `route` is routing's."""
-
-    request_id: str
-    api: str  # the front door: chat, responses or messages
-    model: str = "-"  # the model route the client's model name resolved to
-    route: RouteRecord = field(factory=RouteRecord)
-    stream: bool = False
-    status: int = 0
-    started: float = field(factory=trio.current_time)
-    first_byte_at: float | None = None  # streams: when the client's 200 went out
-
-    def overhead_seconds(self, until: float) -> float:
-        """Time up to `until` that the proxy, not a provider, spent on this request."""
-        return until - self.started - self.route.upstream_seconds
-
-
-def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics) -> None:
-    """Log the request's one INFO line and count it in the metrics."""
+def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, history: TrafficHistory) -> None:
+    """Log the request's one INFO line and count it in the metrics and the dashboard's history."""
     route = served.route
+    reason = served.refusal or route.reason
     now = trio.current_time()
     latency = now - served.started
     first_byte = served.first_byte_at - served.started if served.first_byte_at is not None else None
     overhead = served.overhead_seconds(served.first_byte_at or now) if served.status == 200 else None
     metrics.observe(
-        served.model, route.provider, served.stream, served.status, route.reason,
+        served.model, route.provider, served.stream, served.status, reason,
         route.prompt_tokens, route.completion_tokens, latency, first_byte, overhead,
     )
+    history.observe(served, reason, latency, first_byte)
     if not log.isEnabledFor(logging.INFO):
         return
     ledger = runtime.ledger
@@ -53,7 +35,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics) ->
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
-        route.reason,
+        reason,
         served.model,
         "yes" if served.stream else "no",
         served.status,

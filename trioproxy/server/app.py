@@ -7,7 +7,6 @@ back; this module only moves bytes between Hypercorn and the door, whichever it 
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
@@ -21,9 +20,14 @@ from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
 from ..runtime import Runtime
 from . import operator
-from .accounting import STATUS_CLIENT_CLOSED, ServedRequest, finish_request
+from .accounting import finish_request
+from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain
-from .metrics import Metrics
+from .history import TrafficHistory
+from .metrics import CONTENT_TYPE, Metrics
+from .refusals import log_refusal, refusal_reason
+from .request_id import request_id_from
+from .served import STATUS_CLIENT_CLOSED, ServedRequest
 
 log = logging.getLogger("trioproxy.request")
 
@@ -71,14 +75,19 @@ class ProxyApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime  # replaced whole on reload; see runtime.py
         self._created = int(time.time())
-        self.metrics = Metrics()
+        self.metrics = Metrics(live=lambda: operator.live_families(self.runtime))
         self.drain = Drain()
+        self.history = TrafficHistory()
+        # The page shows what /v1/status shows, so it asks for the same (operator) key.
+        self.dashboard = Dashboard(self.history, lambda: operator.status(self.runtime, self.metrics),
+                                   lambda: self.runtime.operator_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            await self._http(scope, receive, send)
+            with self.drain.request():
+                await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
             # Closing before accepting makes Hypercorn answer the upgrade with 403.
             await receive()
@@ -96,13 +105,14 @@ class ProxyApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex[:16]
+        request_id = request_id_from(_header(scope, b"x-request-id"))
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         runtime = self.runtime
         try:
-            if path.startswith("/v1/"):
-                runtime.client_keys.check(_header(scope, b"authorization"), _header(scope, b"x-api-key"))
+            authorization, x_api_key = _header(scope, b"authorization"), _header(scope, b"x-api-key")
+            if path.startswith("/v1/") and path != STATUS_PATH:
+                runtime.client_keys.check(authorization, x_api_key)
             door = DOORS.get(path)
             if door is not None and method == "POST":
                 await self._door(door, scope, receive, send, request_id)
@@ -118,25 +128,28 @@ class ProxyApp:
                 model = runtime.models.resolve(path[len(MODELS_PATH) + 1 :])
                 await _send_json(send, 200, chat.model_card(model, self._created), extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
-                code, body = operator.health(runtime)
+                code, body = operator.health(runtime, runtime.operator_keys.accepts(authorization, x_api_key))
                 await _send_json(send, code, body, extra)
             elif path == STATUS_PATH and method == "GET":
-                status = operator.status(runtime, self.metrics)
-                await _send_json(send, 200, status, extra)
+                runtime.operator_keys.check(authorization, x_api_key)
+                await _send_json(send, 200, operator.status(runtime, self.metrics), extra)
             elif path == METRICS_PATH and method == "GET":
+                runtime.operator_keys.check(authorization, x_api_key)
                 await self._metrics(send, extra)
+            elif Dashboard.owns(path):
+                await self.dashboard.handle(path, method, authorization, x_api_key, send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
-                error = ProxyError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed")
-                await _send_error(send, _error_shape(path), error, {**extra, "allow": allowed})
+                raise ProxyError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
             else:
-                await _send_error(send, chat.error_body, ProxyError(404, f"Unknown path {path}.", code="not_found"), extra)
+                raise ProxyError(404, f"Unknown path {path}.", code="not_found")
         except ProxyError as error:
+            log_refusal(request_id, DOORS[path].api if path in DOORS else "none", method, path, error)
             await _send_error(send, _error_shape(path), error, extra)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
-        body = self.metrics.render(operator.gauges(self.runtime)).encode()
-        headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+        body = self.metrics.render()
+        headers = [(b"content-type", CONTENT_TYPE.encode())]
         headers.extend((k.encode(), v.encode()) for k, v in extra.items())
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -154,11 +167,13 @@ class ProxyApp:
             await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))
         except ProxyError as error:
             served.status = error.status
+            if served.route.provider == "-":  # refused before any provider was asked
+                served.refusal = refusal_reason(error)
             await _send_error(send, door.error_body, error, extra)
         except ClientDisconnected:
             served.status = STATUS_CLIENT_CLOSED
         finally:
-            finish_request(served, runtime, self.metrics)
+            finish_request(served, runtime, self.metrics, self.history)
 
     async def _serve(self, runtime: Runtime, exchange: Exchange, served: ServedRequest, send: Send,
                      extra: dict[str, str]) -> None:

@@ -3,23 +3,26 @@
 import hmac
 import ipaddress
 
+from ..config import Config
 from ..errors import ProxyError
 
 
 class ClientKeys:
     """Accepted `Authorization: Bearer` keys, compared in constant time."""
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
+    def __init__(self, keys: tuple[str, ...], setting: str = "PROXY_API_KEYS") -> None:
         self._keys = tuple(key.encode() for key in keys)
+        self._setting = setting  # named in the 401, so the caller knows which keys apply
 
     @property
     def required(self) -> bool:
         return bool(self._keys)
 
-    def check(self, authorization: str | None, x_api_key: str | None = None) -> None:
-        """Raise a 401 unless `Authorization: Bearer` or Anthropic's `x-api-key` carries an accepted key."""
+    def accepts(self, authorization: str | None, x_api_key: str | None = None) -> bool:
+        """Whether `Authorization: Bearer` or Anthropic's `x-api-key` carries an accepted key
+        (always, when no key is required)."""
         if not self._keys:
-            return
+            return True
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() == "bearer":
             candidate = presented.strip().encode()
@@ -29,13 +32,24 @@ class ClientKeys:
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(candidate, key)
-        if not matched:
+        return matched
+
+    def check(self, authorization: str | None, x_api_key: str | None = None) -> None:
+        """Raise a 401 unless the request carries an accepted key."""
+        if not self.accepts(authorization, x_api_key):
             raise ProxyError(
                 401,
-                "Incorrect API key provided. Use one of the keys in this proxy's PROXY_API_KEYS.",
+                f"Incorrect API key provided. Use one of the keys in this proxy's {self._setting}.",
                 type="invalid_request_error",
                 code="invalid_api_key",
             )
+
+
+def operator_keys(config: Config) -> ClientKeys:
+    """Who may read the operator views: operator keys if set, else the client keys (else anyone)."""
+    if config.operator_api_keys:
+        return ClientKeys(config.operator_api_keys, "OPERATOR_API_KEYS")
+    return ClientKeys(config.client_api_keys, "PROXY_API_KEYS")
 
 
 def is_loopback(host: str) -> bool:

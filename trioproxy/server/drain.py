@@ -12,11 +12,21 @@ SHUTDOWN_ERROR = ProxyError(503, "The proxy is shutting down; the stream was end
 
 
 class Drain:
-    """Tracks the streams in flight so shutdown can end them with an SSE error event, not a cut."""
+    """Tracks the requests and streams in flight, so shutdown can say what it waits for and
+    end the streams still running with an SSE error event, not a cut."""
 
     def __init__(self) -> None:
         self._scopes: set[trio.CancelScope] = set()
         self._cutting = False
+        self.requests = 0  # every HTTP request being served, streams included
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        self.requests += 1
+        try:
+            yield
+        finally:
+            self.requests -= 1
 
     @contextmanager
     def stream(self) -> Iterator[trio.CancelScope]:
@@ -39,5 +49,5 @@ class Drain:
         return len(self._scopes)
 
     @property
-    def in_flight(self) -> int:
+    def streams(self) -> int:
         return len(self._scopes)

@@ -1,58 +1,71 @@
-"""Counters and histograms of what the proxy did, rendered in Prometheus's text format.
+"""What the proxy did, as Prometheus metrics: prometheus_client writes the exposition format.
 
-Small enough to keep in-house: a handful of series, per-proxy state (no global registry),
-and no threads.
+Each proxy has a registry of its own (never the library's global default one), so several
+proxies in one process, as in the tests, count separately. Quota and provider state are not
+counted but read when scraped, through a collector that asks the proxy for them.
 """
 
-import bisect
-import math
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from attrs import define, field
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.metrics_core import Metric
 
 # Seconds. Latency of chat answers spans milliseconds (Cerebras) to minutes (long streams).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # The proxy's own time: well under a millisecond when all is well.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-@define
-class Histogram:
-    buckets: tuple[float, ...]
-    counts: list[int] = field(init=False)
-    total: float = 0.0
-    count: int = 0
+class _LiveState(Collector):
+    """Families computed at scrape time (quota remaining, cooldowns, provider up)."""
 
-    def __attrs_post_init__(self) -> None:
-        self.counts = [0] * (len(self.buckets) + 1)
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self._families = families
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def render(self, name: str, labels: str) -> Iterable[str]:
-        running = 0
-        joiner = "," if labels else ""
-        for bound, count in zip((*self.buckets, math.inf), self.counts):
-            running += count
-            le = "+Inf" if bound == math.inf else repr(bound)
-            yield f'{name}_bucket{{{labels}{joiner}le="{le}"}} {running}'
-        yield f"{name}_sum{{{labels}}} {self.total:.6f}"
-        yield f"{name}_count{{{labels}}} {self.count}"
+    def collect(self) -> Iterable[Metric]:
+        return self._families()
 
 
-@define
 class Metrics:
-    requests: Counter[tuple[str, str, int]] = field(factory=Counter)  # (provider, stream, status)
-    route_requests: Counter[tuple[str, str, int]] = field(factory=Counter)  # (route, provider, status)
-    route_tokens: Counter[tuple[str, str, str]] = field(factory=Counter)  # (route, provider, prompt|completion)
-    tokens: Counter[tuple[str, str]] = field(factory=Counter)  # (provider, prompt|completion)
-    reroutes: Counter[str] = field(factory=Counter)  # "fallback: rpm", "failover: 503", ...
-    latency: dict[str, Histogram] = field(factory=dict)  # per provider
-    first_byte: dict[str, Histogram] = field(factory=dict)  # streams, per provider
-    overhead: Histogram = field(factory=lambda: Histogram(OVERHEAD_BUCKETS))
+    """Counters and histograms of one proxy, plus its live state, in one registry."""
+
+    def __init__(self, live: Callable[[], Iterable[Metric]] = tuple) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "trioproxy_requests", "Chat requests by provider, stream and status.",
+            ("provider", "stream", "status"), registry=self.registry,
+        )
+        self._tokens = Counter(
+            "trioproxy_tokens", "Tokens by provider and kind, from usage.", ("provider", "kind"), registry=self.registry
+        )
+        self._route_requests = Counter(
+            "trioproxy_route_requests", "Requests by model route (the client's model), provider and status.",
+            ("route", "provider", "status"), registry=self.registry,
+        )
+        self._route_tokens = Counter(
+            "trioproxy_route_tokens", "Tokens by model route, provider and kind, from usage.",
+            ("route", "provider", "kind"), registry=self.registry,
+        )
+        self._reroutes = Counter(
+            "trioproxy_reroutes", "Requests served by another provider than the first, by reason.",
+            ("reason",), registry=self.registry,
+        )
+        self._latency = Histogram(
+            "trioproxy_latency_seconds", "Time from request to last byte, by provider.",
+            ("provider",), buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self._first_byte = Histogram(
+            "trioproxy_first_byte_seconds", "Time to the first streamed byte, by provider.",
+            ("provider",), buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self._overhead = Histogram(
+            "trioproxy_overhead_seconds", "Time the proxy itself added to a request.",
+            buckets=OVERHEAD_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(_LiveState(live))
 
     def observe(
         self,
@@ -67,51 +80,39 @@ class Metrics:
         first_byte: float | None,
         overhead: float | None,
     ) -> None:
-        self.requests[(provider, "yes" if stream else "no", status)] += 1
-        self.route_requests[(route, provider, status)] += 1
-        self.route_tokens[(route, provider, "prompt")] += prompt_tokens or 0
-        self.route_tokens[(route, provider, "completion")] += completion_tokens or 0
-        self.tokens[(provider, "prompt")] += prompt_tokens or 0
-        self.tokens[(provider, "completion")] += completion_tokens or 0
+        self._requests.labels(provider, "yes" if stream else "no", str(status)).inc()
+        self._tokens.labels(provider, "prompt").inc(prompt_tokens or 0)
+        self._tokens.labels(provider, "completion").inc(completion_tokens or 0)
+        self._route_requests.labels(route, provider, str(status)).inc()
+        self._route_tokens.labels(route, provider, "prompt").inc(prompt_tokens or 0)
+        self._route_tokens.labels(route, provider, "completion").inc(completion_tokens or 0)
         if reason.startswith(("fallback:", "failover:")):
-            self.reroutes[reason] += 1
-        self.latency.setdefault(provider, Histogram(LATENCY_BUCKETS)).observe(latency)
+            self._reroutes.labels(reason).inc()
+        self._latency.labels(provider).observe(latency)
         if first_byte is not None:
-            self.first_byte.setdefault(provider, Histogram(LATENCY_BUCKETS)).observe(first_byte)
+            self._first_byte.labels(provider).observe(first_byte)
         if overhead is not None:
-            self.overhead.observe(overhead)
+            self._overhead.observe(overhead)
 
-    def render(self, gauges: Iterable[tuple[str, str, str, float]]) -> str:
-        """The exposition text; `gauges` are (name, help, labels, value) of live quota state."""
-        lines: list[str] = []
+    def served(self, route: str, provider: str) -> dict[str, int]:
+        """Successful requests and tokens of `provider` for `route` since start, for /v1/status."""
+        return {
+            "requests": self._value("trioproxy_route_requests_total", route=route, provider=provider, status="200"),
+            "prompt_tokens": self._value("trioproxy_route_tokens_total", route=route, provider=provider, kind="prompt"),
+            "completion_tokens": self._value("trioproxy_route_tokens_total", route=route, provider=provider, kind="completion"),
+        }
 
-        def header(name: str, kind: str, text: str) -> None:
-            lines.extend((f"# HELP {name} {text}", f"# TYPE {name} {kind}"))
+    def reroutes(self) -> dict[str, int]:
+        return {
+            sample.labels["reason"]: int(sample.value)
+            for family in self._reroutes.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
 
-        header("trioproxy_requests_total", "counter", "Chat requests by provider, stream and status.")
-        for (provider, stream, status), count in sorted(self.requests.items()):
-            lines.append(f'trioproxy_requests_total{{provider="{provider}",stream="{stream}",status="{status}"}} {count}')
-        header("trioproxy_route_requests_total", "counter", "Requests by model route (the client's model), provider and status.")
-        for (route, provider, status), count in sorted(self.route_requests.items()):
-            lines.append(f'trioproxy_route_requests_total{{route="{route}",provider="{provider}",status="{status}"}} {count}')
-        header("trioproxy_tokens_total", "counter", "Tokens by provider and kind, from usage.")
-        for (provider, kind), count in sorted(self.tokens.items()):
-            lines.append(f'trioproxy_tokens_total{{provider="{provider}",kind="{kind}"}} {count}')
-        header("trioproxy_reroutes_total", "counter", "Requests served by another provider than the first, by reason.")
-        for reason, count in sorted(self.reroutes.items()):
-            lines.append(f'trioproxy_reroutes_total{{reason="{reason}"}} {count}')
-        header("trioproxy_latency_seconds", "histogram", "Time from request to last byte, by provider.")
-        for provider, histogram in sorted(self.latency.items()):
-            lines.extend(histogram.render("trioproxy_latency_seconds", f'provider="{provider}"'))
-        header("trioproxy_first_byte_seconds", "histogram", "Time to the first streamed byte, by provider.")
-        for provider, histogram in sorted(self.first_byte.items()):
-            lines.extend(histogram.render("trioproxy_first_byte_seconds", f'provider="{provider}"'))
-        header("trioproxy_overhead_seconds", "histogram", "Time the proxy itself added to a request.")
-        lines.extend(self.overhead.render("trioproxy_overhead_seconds", ""))
-        seen: set[str] = set()
-        for name, text, labels, value in gauges:
-            if name not in seen:
-                header(name, "gauge", text)
-                seen.add(name)
-            lines.append(f"{name}{{{labels}}} {value:g}")
-        return "\n".join(lines) + "\n"
+    def _value(self, name: str, **labels: str) -> int:
+        return int(self.registry.get_sample_value(name, labels) or 0)
+
+    def render(self) -> bytes:
+        """The exposition text (format 0.0.4)."""
+        return generate_latest(self.registry)

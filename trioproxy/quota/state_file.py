@@ -1,0 +1,91 @@
+"""The state file's format, checked before anything of it reaches the ledger.
+
+A file that does not match the schema exactly, or whose values are impossible (negative or
+absurd amounts, times beyond what any quota window or cooldown can reach), is refused whole:
+half a ledger restored from a damaged file would be worse than a fresh one.
+"""
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .ledger import DAY
+
+STATE_VERSION = 1
+# A few accounts with a minute of one-second bins each is a few kilobytes.
+MAX_STATE_BYTES = 4 * 1024 * 1024
+# Far more than any provider's quota in a day, far less than what breaks arithmetic.
+_MAX_AMOUNT = 10**12
+# Saved times are wall-clock seconds. A booking lies in the past (allowing for a clock that
+# stepped back a little); a day boundary, cooldown or provider figure at most a day ahead.
+_CLOCK_SKEW = 300.0
+_MAX_AHEAD = DAY + 3600.0
+
+Amount = Annotated[int, msgspec.Meta(ge=0, le=_MAX_AMOUNT)]
+WindowName = Literal["rpm", "tpm", "rpd", "tpd"]
+
+
+class StateFileError(ValueError):
+    """The file is not a state file this version can trust; the message says why."""
+
+
+class _Daily(msgspec.Struct, forbid_unknown_fields=True):
+    day_ends_at: float
+    used: Amount
+
+
+class _Windows(msgspec.Struct, forbid_unknown_fields=True):
+    rpm: list[tuple[float, Amount]]
+    tpm: list[tuple[float, Amount]]
+    rpd: _Daily
+    tpd: _Daily
+
+
+class _Account(msgspec.Struct, forbid_unknown_fields=True):
+    windows: _Windows
+    synced: dict[WindowName, tuple[Amount, float]]
+    cooldown: tuple[float, Annotated[str, msgspec.Meta(max_length=500)]] | None
+
+
+class _State(msgspec.Struct, forbid_unknown_fields=True):
+    version: Literal[1]
+    ledger: dict[Annotated[str, msgspec.Meta(max_length=200)], _Account]
+
+
+_decoder = msgspec.json.Decoder(_State)
+
+
+def encode_state(ledger_state: dict[str, Any]) -> bytes:
+    return msgspec.json.encode({"version": STATE_VERSION, "ledger": ledger_state})
+
+
+def decode_state(raw: bytes, wall_now: float) -> dict[str, Any]:
+    """The ledger part of a saved state, in the shape `QuotaLedger.import_state` takes.
+
+    Raises StateFileError for anything that is not a well-formed, plausible state file.
+    """
+    if len(raw) > MAX_STATE_BYTES:
+        raise StateFileError(f"larger than {MAX_STATE_BYTES} bytes")
+    try:
+        state = _decoder.decode(raw)
+    except msgspec.DecodeError as error:  # ValidationError included: names the field at fault
+        raise StateFileError(str(error)) from None
+    for name, account in state.ledger.items():
+        _check_times(name, account, wall_now)
+    return msgspec.to_builtins(state.ledger)
+
+
+def _check_times(name: str, account: _Account, wall_now: float) -> None:
+    def at_most(value: float, limit: float, what: str) -> None:
+        if value > limit:
+            raise StateFileError(f"{name}: {what} is {value - wall_now:.0f} s in the future")
+
+    for window in (account.windows.rpm, account.windows.tpm):
+        for at, _ in window:
+            at_most(at, wall_now + _CLOCK_SKEW, "a booking")
+    for daily in (account.windows.rpd, account.windows.tpd):
+        at_most(daily.day_ends_at, wall_now + _MAX_AHEAD, "a day boundary")
+    for _, valid_until in account.synced.values():
+        at_most(valid_until, wall_now + _MAX_AHEAD, "a provider figure's expiry")
+    if account.cooldown is not None:
+        at_most(account.cooldown[0], wall_now + _MAX_AHEAD, "a cooldown's end")

@@ -1,0 +1,27 @@
+"""One request as the server saw it: written by the server only; `route` is routing's record."""
+
+import trio
+from attrs import define, field
+
+from ..routing.request import RouteRecord
+
+STATUS_CLIENT_CLOSED = 499  # nginx's convention for "client went away", for the log only
+
+
+@define
+class ServedRequest:
+    """What the server did for one request (written by the server only); `route` is routing's."""
+
+    request_id: str
+    api: str  # the front door: chat, responses or messages
+    route: RouteRecord = field(factory=RouteRecord)
+    model: str = "-"  # the model route the client's model name resolved to
+    stream: bool = False
+    status: int = 0
+    started: float = field(factory=trio.current_time)
+    first_byte_at: float | None = None  # streams: when the client's 200 went out
+    refusal: str = ""  # why it was refused before any provider was asked (bad body, unknown model, ...)
+
+    def overhead_seconds(self, until: float) -> float:
+        """Time up to `until` that the proxy, not a provider, spent on this request."""
+        return until - self.started - self.route.upstream_seconds
