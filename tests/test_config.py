@@ -14,8 +14,10 @@ from trioproxy.config import (
     Adaptation,
     Config,
     ConfigError,
+    ModelRoute,
     ProviderConfig,
     RateLimitHeaders,
+    RouteProvider,
     load_config,
     redacted,
 )
@@ -460,7 +462,7 @@ def _mentions_key(text: str, key: str) -> bool:
 def test_example_file_documents_every_setting() -> None:
     """Every settings key and every environment variable name appears in config.toml.example."""
     text = EXAMPLE.read_text()
-    for cls in (Config, ProviderConfig, Adaptation, RateLimitHeaders):
+    for cls in (Config, ProviderConfig, Adaptation, RateLimitHeaders, ModelRoute, RouteProvider):
         for attribute in attrs.fields(cls):
             if isinstance(attribute.type, type) and attrs.has(attribute.type):
                 continue  # tables, checked below

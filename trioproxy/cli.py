@@ -12,7 +12,8 @@ import httpx
 import trio
 
 from . import __version__, daemon
-from .config import Config, ConfigError, load_config, redacted, secrets
+from . import catalogue
+from .config import Config, ConfigError, keyless_route, load_config, redacted, secrets
 from .demo import show_demo_banner
 from .logs import configure_logging
 from .quota.persist import default_state_path
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, metavar="PORT", help="port to listen on (wins over PORT and the file)")
     parser.add_argument("--demo", action="store_true", help="run against built-in emulated providers; no keys needed")
     parser.add_argument("--check-config", action="store_true", help="validate the settings, print them with secrets redacted, and exit")
+    parser.add_argument("--probe", action="store_true", help="with --check-config: ask each provider key which models it offers and print, per route, which providers offer its model (exit 1 if a route has none)")
     parser.add_argument("--daemon", action="store_true", help="detach and run in the background (foreground is the default)")
     parser.add_argument("--pidfile", type=Path, metavar="PATH", help=f"write the pid here (default with --daemon: {default_pidfile()})")
     parser.add_argument("--log-file", type=Path, metavar="PATH", help=f"append logs here (default with --daemon: {default_log_file()})")
@@ -139,6 +141,16 @@ def _output(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _probe(config: Config) -> int:
+    """Ask the providers which models each key offers; 1 when a route has no provider for its model."""
+    if not any(provider.keys for provider in config.providers):
+        print(NO_KEYS, file=sys.stderr)
+        return EXIT_USAGE
+    text, every_route_served = catalogue.report(config, trio.run(catalogue.list_every_key, config))
+    print(text)
+    return 0 if every_route_served else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "status":
@@ -155,7 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"trioproxy: {error}", file=sys.stderr)
         return EXIT_USAGE
-    missing_keys = not args.demo and not any(provider.keys for provider in config.providers)
+    if args.probe and not args.check_config:
+        print("trioproxy: --probe goes with --check-config (see trioproxy --help)", file=sys.stderr)
+        return EXIT_USAGE
+    has_keys = any(provider.keys for provider in config.providers)
+    if has_keys and (keyless := keyless_route(config)) is not None:
+        print(f"trioproxy: {keyless} (from {args.config or 'defaults'})", file=sys.stderr)
+        return EXIT_USAGE
+    missing_keys = not args.demo and not has_keys
+    if args.check_config and args.probe:
+        return _probe(config)
     if args.check_config:
         _print_effective(config)
         if missing_keys:  # serving these settings would stop here too
@@ -193,7 +214,7 @@ def _demo_banner(config: Config, detached: bool, pidfile: Path | None) -> Callab
     (a daemon's log file, JSON lines), with the way to stop that fits."""
     stop = f"trioproxy stop --pidfile {pidfile}" if detached and pidfile else "Ctrl-C"
     as_log = detached or config.log_format == "json"
-    return lambda base_url: show_demo_banner(base_url, config.proxy_model_name, stop, as_log)
+    return lambda base_url: show_demo_banner(base_url, config.routes[0].name, stop, as_log)
 
 
 def _serve_workers(config: Config, workers: int, config_path: Path | None, report: Callable[[bytes], None] | None) -> int:

@@ -129,13 +129,12 @@ class RateLimitHeaders:
 
 
 @frozen
-class ProviderConfig:
-    name: str
-    base_url: str = field(validator=_url)
-    model: str
-    api_key: str = field(default="", repr=False)
-    # Several keys of one provider: each has its own quota; the one with most headroom is used.
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
+class PerModel:
+    """Settings a provider may have per model: quota limits, completion cap, context window.
+
+    On a provider, None means "none"; on a route's provider, "the provider's value".
+    """
+
     requests_per_minute: int | None = field(default=None, validator=_positive)
     tokens_per_minute: int | None = field(default=None, validator=_positive)
     requests_per_day: int | None = field(default=None, validator=_positive)
@@ -145,6 +144,16 @@ class ProviderConfig:
     max_completion_tokens_cap: int | None = field(default=None, validator=_positive)
     # Requests whose estimated prompt plus completion budget exceed this skip the provider.
     context_window: int | None = field(default=None, validator=_positive)
+
+
+@frozen(kw_only=True)
+class ProviderConfig(PerModel):
+    name: str
+    base_url: str = field(validator=_url)
+    model: str
+    api_key: str = field(default="", repr=False)
+    # Several keys of one provider: each has its own quota; the one with most headroom is used.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
     # Correct the ledger from the provider's x-ratelimit-* headers on every response.
     sync_rate_limit_headers: bool = True
     rate_limit_headers: RateLimitHeaders = RateLimitHeaders()
@@ -156,6 +165,44 @@ class ProviderConfig:
     def keys(self) -> tuple[str, ...]:
         """Every API key of this provider, `api_key` first, without repeats."""
         return tuple(dict.fromkeys(key for key in (self.api_key, *self.api_keys) if key))
+
+
+@frozen(kw_only=True)
+class RouteProvider(PerModel):
+    """One provider of a model route: which provider, its model id there, and per-model overrides.
+
+    Unset overrides inherit the provider table's values (Cerebras's limits are per model, so a
+    route on another model usually names its own).
+    """
+
+    provider: str
+    model: str | None = None  # the provider's own `model` when unset
+    adaptation: Adaptation | None = None
+
+    def applied_to(self, provider: ProviderConfig) -> ProviderConfig:
+        """The provider's settings as this route uses them: its model and overrides in place."""
+        names = ("model", "adaptation", *(a.name for a in attrs.fields(PerModel)))
+        overrides = {name: value for name in names if (value := getattr(self, name)) is not None}
+        return attrs.evolve(provider, **overrides)
+
+
+@frozen
+class ModelRoute:
+    """A model clients may ask for (by `name` or an alias), served by `providers` in order."""
+
+    name: str
+    providers: tuple[RouteProvider, ...]
+    # Exact names or globs (`claude-*`) that also select this route.
+    aliases: tuple[str, ...] = ()
+
+
+def quota_name(provider: ProviderConfig, model: str) -> str:
+    """The ledger's name for a provider's quota on `model` (the provider's limits are per model).
+
+    The provider's own model keeps the plain provider name, so settings without routes keep
+    their account names (and saved state); other models add theirs: `cerebras:gpt-oss-120b`.
+    """
+    return provider.name if model == provider.model else f"{provider.name}:{model}"
 
 
 def _default_cerebras() -> ProviderConfig:
@@ -248,6 +295,9 @@ class Config:
     # An unsettled reservation (its process died) gives back all but its prompt after this long.
     redis_lease_ttl_ms: int = field(default=120_000, validator=_positive)
     workers: int = field(default=1, validator=_positive)  # processes serving the one port
+    # Model routes ([[models]]). Without any, one route serves proxy_model_name (and
+    # model_aliases) from every provider in provider_order, as the original design did.
+    models: tuple[ModelRoute, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.quota_backend == "redis" and not self.redis_url:
@@ -261,6 +311,7 @@ class Config:
         unknown = [name for name in self.provider_order if name not in names]
         if unknown:
             raise _InvalidKey("provider_order", f"names no provider called {unknown[0]!r}")
+        _check_routes(self)
 
     @property
     def providers(self) -> tuple[ProviderConfig, ...]:
@@ -268,6 +319,67 @@ class Config:
         everyone = {p.name: p for p in (self.cerebras, self.chutes, *self.extra_providers)}
         named = [everyone[name] for name in dict.fromkeys(self.provider_order)]
         return tuple(named + [p for name, p in everyone.items() if name not in self.provider_order])
+
+    @property
+    def routes(self) -> tuple[ModelRoute, ...]:
+        """The [[models]] routes, or the one route the original settings describe."""
+        if self.models:
+            return self.models
+        providers = tuple(RouteProvider(provider=p.name) for p in self.providers)
+        return (ModelRoute(self.proxy_model_name, providers, self.model_aliases),)
+
+    def route_providers(self, route: ModelRoute) -> list[ProviderConfig]:
+        """The route's providers that have a key, in its order, with its model and overrides."""
+        everyone = {p.name: p for p in self.providers}
+        return [entry.applied_to(everyone[entry.provider]) for entry in route.providers if everyone[entry.provider].keys]
+
+
+def _check_routes(config: Config) -> None:
+    """Route mistakes the types cannot catch: unknown providers, names used twice, clashing limits."""
+    if config.models and config.model_aliases:
+        raise _InvalidKey("model_aliases", "is not used with [[models]] routes; give each route its own `aliases`")
+    providers = {p.name: p for p in (config.cerebras, config.chutes, *config.extra_providers)}
+    names: dict[str, int] = {}
+    limits: dict[str, tuple[int, ProviderConfig]] = {}
+    for index, route in enumerate(config.models):
+        if not route.name or not all(route.aliases):
+            raise _InvalidKey(f"models.{index}.name" if not route.name else f"models.{index}.aliases", "must not be empty")
+        if not route.providers:
+            raise _InvalidKey(f"models.{index}.providers", f"route {route.name!r} names no provider")
+        for alias_index, name in enumerate((route.name, *route.aliases)):
+            key = f"models.{index}.name" if alias_index == 0 else f"models.{index}.aliases"
+            if name in names:
+                raise _InvalidKey(key, f"{name!r} is already used by route {config.models[names[name]].name!r}")
+            names[name] = index
+        for entry_index, entry in enumerate(route.providers):
+            key = f"models.{index}.providers.{entry_index}"
+            if entry.provider not in providers:
+                raise _InvalidKey(f"{key}.provider", f"names no provider called {entry.provider!r}")
+            used = entry.applied_to(providers[entry.provider])
+            quota = quota_name(providers[entry.provider], used.model)
+            earlier = limits.setdefault(quota, (index, used))
+            if _quota_settings(earlier[1]) != _quota_settings(used):
+                raise _InvalidKey(key, f"{entry.provider} model {used.model!r} has other limits in route "
+                                       f"{config.models[earlier[0]].name!r}; one model has one quota")
+
+
+def _quota_settings(provider: ProviderConfig) -> tuple[int | None, ...]:
+    return (provider.requests_per_minute, provider.tokens_per_minute, provider.requests_per_day, provider.tokens_per_day)
+
+
+def keyless_route(config: Config) -> str | None:
+    """One line naming the first route none of whose providers has a key, or None if all can serve.
+
+    Checked only when serving: settings without any key are fine to inspect (--check-config).
+    """
+    for index, route in enumerate(config.routes):
+        if not config.route_providers(route):
+            first = route.providers[0].provider
+            variable = f"{env_prefix(first)}_API_KEY"
+            return (f"models.{index}.providers: none of the providers of route {route.name!r} "
+                    f"({', '.join(entry.provider for entry in route.providers)}) has an API key; "
+                    f"set {variable} (in the environment or .env) or {first}.api_key")
+    return None
 
 
 # Environment variable -> (path in the settings tree, type). Names of the original design.

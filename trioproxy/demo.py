@@ -35,11 +35,19 @@ class DemoProviders:
 
 async def start_demo_providers(nursery: trio.Nursery, config: Config) -> DemoProviders:
     """Start both emulators in `nursery`, serving the models `config` names."""
-    cerebras = emulator.cerebras(model=config.cerebras.model, **REAL_CEREBRAS_LIMITS)
-    chutes = emulator.chutes(model=config.chutes.model)
+    cerebras = emulator.cerebras(model=config.cerebras.model, more_models=_route_models(config, "cerebras"),
+                                 **REAL_CEREBRAS_LIMITS)
+    chutes = emulator.chutes(model=config.chutes.model, more_models=_route_models(config, "chutes"))
     cerebras_url = await nursery.start(emulator.serve, cerebras)
     chutes_url = await nursery.start(emulator.serve, chutes)
     return DemoProviders(cerebras_url, cerebras.api_key, chutes_url, chutes.api_key)
+
+
+def _route_models(config: Config, provider: str) -> list[str]:
+    """The other models the routes ask of `provider`, so its emulator serves them too."""
+    own = getattr(config, provider).model
+    wanted = (entry.model for route in config.routes for entry in route.providers if entry.provider == provider)
+    return list(dict.fromkeys(model for model in wanted if model is not None and model != own))
 
 
 def show_demo_banner(base_url: str, model: str, stop: str, as_log: bool) -> None:

@@ -4,17 +4,19 @@ Requests already in flight keep the Runtime they started with; new ones get the 
 """
 
 import logging
+from collections.abc import Callable
 
+import attrs
 import trio
 from attrs import define
 
 from .server.auth import ClientKeys, operator_keys
-from .config import Config, ProviderConfig, secrets
+from .config import Config, ProviderConfig, quota_name, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
-from .routing.models import ModelNames
 from .quota.backends import open_ledger
 from .quota.contract import Ledger
+from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
 from .providers.upstream import Deadlines, ProviderClient, Upstream
@@ -26,11 +28,16 @@ log = logging.getLogger("trioproxy")
 class Runtime:
     config: Config
     models: ModelNames
-    router: Router
+    routers: dict[str, Router]  # one per route, by the route's name
     ledger: Ledger
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
+
+    @property
+    def router(self) -> Router:
+        """The first route's router: the whole proxy's when it serves one model."""
+        return self.routers[self.models.served]
 
 
 class ClientPool:
@@ -56,35 +63,58 @@ def serving_providers(config: Config) -> list[ProviderConfig]:
     return [p for p in config.providers if p.keys]
 
 
-async def build_runtime(
-    config: Config, pool: ClientPool, nursery: trio.Nursery, previous: Runtime | None = None
-) -> Runtime:
-    """Router, ledger, prober and keys for `config`; the ledger and health carry over from `previous`."""
-    providers = serving_providers(config)
-    ledger = await open_ledger(config, providers, nursery, previous.ledger if previous is not None else None)
+def upstream_maker(config: Config, pool: ClientPool) -> Callable[[ProviderConfig, str | None], Upstream]:
+    """Builds Upstreams on `pool`'s connections with the settings' deadlines and secret scrubbing."""
     timeout = config.request_timeout_ms / 1000
     sanitizer = Sanitizer(secrets(config))
     deadlines = Deadlines(
         config.first_event_timeout_ms / 1000, config.answer_timeout_ms / 1000, config.stream_idle_timeout_ms / 1000
     )
-    upstreams = [Upstream(p, pool.client(p, timeout), sanitizer, deadlines) for p in providers]
+
+    def upstream(provider: ProviderConfig, quota_key: str | None = None) -> Upstream:
+        return Upstream(provider, pool.client(provider, timeout), sanitizer, deadlines, quota_key)
+
+    return upstream
+
+
+async def build_runtime(
+    config: Config, pool: ClientPool, nursery: trio.Nursery, previous: Runtime | None = None
+) -> Runtime:
+    """Routers, ledger, prober and keys for `config`; the ledger and health carry over from `previous`.
+
+    Routes share the providers' connection pools, one health record per provider, and one
+    ledger whose quotas are per provider account and model.
+    """
+    providers = serving_providers(config)
+    tables = {p.name: p for p in providers}
+    upstream = upstream_maker(config, pool)
+    routes = {
+        route.name: [upstream(p, quota_name(tables[p.name], p.model)) for p in config.route_providers(route)]
+        for route in config.routes
+    }
+    # The ledger knows each provider model's quota as a provider of its own, named by its quota key.
+    quotas = list({u.quota_key: attrs.evolve(u.config, name=u.quota_key) for ups in routes.values() for u in ups}.values())
+    ledger = await open_ledger(config, quotas, nursery, previous.ledger if previous is not None else None)
     health = {p.name: ProviderHealth() for p in providers}
     if previous is not None:
         for name, state in previous.router.health.items():
             if name in health:
                 health[name] = state
-    router = Router(
-        upstreams,
-        ledger,
-        CooldownTimers(nursery, ledger),
-        config.cooldown_period_ms / 1000,
-        config.capacity_backoff_ms / 1000,
-        config.honour_retry_after,
-        health,
-    )
+    cooldowns = CooldownTimers(nursery, ledger)
+    routers = {
+        name: Router(ups, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
+                     config.honour_retry_after, health, name)
+        for name, ups in routes.items()
+    }
     if previous is not None:
-        router.estimator.ratio = previous.router.estimator.ratio
-    prober = HealthProber(upstreams, health, config.health_check_interval_ms / 1000, config.health_check_failures)
+        for name, router in routers.items():
+            router.estimator.ratio = previous.routers.get(name, previous.router).estimator.ratio
+    wanted: dict[str, list[str]] = {}
+    for ups in routes.values():
+        for u in ups:
+            wanted.setdefault(u.name, []).append(u.config.model)
+    prober = HealthProber([upstream(p, None) for p in providers], wanted, health,
+                          config.health_check_interval_ms / 1000, config.health_check_failures)
     prober_scope = trio.CancelScope()
 
     async def probe() -> None:
@@ -92,6 +122,6 @@ async def build_runtime(
             await prober.run()
 
     nursery.start_soon(probe)
-    models = ModelNames(config.proxy_model_name, config.model_aliases)
+    models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
     client_keys = ClientKeys(config.client_api_keys)
-    return Runtime(config, models, router, ledger, client_keys, operator_keys(config), prober_scope)
+    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope)

@@ -22,21 +22,26 @@ def _window(state: dict[str, Any]) -> str:
 
 
 def render_table(status: dict[str, Any]) -> str:
-    """One row per provider account, columns aligned."""
+    """One row per provider account, columns aligned; a route column first when there are several."""
+    routes = status.get("routes") or [{"name": status.get("model", "-"), "providers": status["providers"]}]
+    several = len(routes) > 1
     header = ("provider", "account", "usable", "cooldown", "rpm", "tpm", "rpd", "tpd", "served", "last error")
+    header = ("route", *header) if several else header
     rows = [header]
-    for provider in status["providers"]:
-        for account, state in provider["accounts"].items():
-            cooldown = f"{state['cooldown_seconds']}s {state['cooldown_reason']}" if state["cooldown_seconds"] else "-"
-            rows.append((
-                provider["name"],
-                account,
-                "yes" if provider["usable"] else "no",
-                cooldown,
-                *(_window(state[name]) for name in ("rpm", "tpm", "rpd", "tpd")),
-                str(provider["served_since_start"]["requests"]),
-                provider["last_error"] or "-",
-            ))
+    for route in routes:
+        for provider in route["providers"]:
+            for account, state in provider["accounts"].items():
+                cooldown = f"{state['cooldown_seconds']}s {state['cooldown_reason']}" if state["cooldown_seconds"] else "-"
+                row = (
+                    provider["name"],
+                    account,
+                    "yes" if provider["usable"] else "no",
+                    cooldown,
+                    *(_window(state[name]) for name in ("rpm", "tpm", "rpd", "tpd")),
+                    str(provider["served_since_start"]["requests"]),
+                    provider["last_error"] or "-",
+                )
+                rows.append((route["name"], *row) if several else row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     if (store := status.get("quota_store") or {}).get("backend") == "redis":

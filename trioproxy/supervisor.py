@@ -12,7 +12,7 @@ from hypercorn.trio import serve
 from .server.app import ProxyApp
 from .server.auth import is_loopback
 from .server.edges import HttpEdges
-from .config import Config, ConfigError
+from .config import Config, ConfigError, keyless_route
 from .demo import DemoProviders, start_demo_providers
 from .server.drain import Drain
 from .logs import LEVELS
@@ -48,6 +48,8 @@ async def run_proxy(
     """
     if not serving_providers(config):
         raise ValueError("no provider has an API key")
+    if (keyless := keyless_route(config)) is not None:
+        raise ValueError(keyless)
     _warn_if_open(config)
     pool = ClientPool()
     try:
@@ -70,14 +72,18 @@ async def run_proxy(
                 nursery.start_soon(_apply_reloads, reloads, app, pool, nursery)
             bound = await nursery.start(serve_then_stop)
             base_url = bound[0].rstrip("/") + "/v1"
-            log.info("trioproxy serving %s at %s; providers: %s", config.proxy_model_name, base_url, _describe(config))
+            log.info("trioproxy serving at %s: %s", base_url, _describe(config))
             task_status.started(base_url)
     finally:
         await pool.aclose()
 
 
 def _describe(config: Config) -> str:
-    return ", ".join(f"{p.name} ({p.model} at {p.base_url})" for p in serving_providers(config))
+    """Each route and its providers, e.g. `qwen-3-coder via cerebras (qwen-3-coder-480b at https://...), chutes (...)`."""
+    return "; ".join(
+        f"{route.name} via " + ", ".join(f"{p.name} ({p.model} at {p.base_url})" for p in config.route_providers(route))
+        for route in config.routes
+    )
 
 
 def _warn_if_open(config: Config) -> None:
@@ -98,13 +104,16 @@ async def _apply_reloads(
         if not serving_providers(config):
             log.error("reload refused: no provider has an API key; keeping the running configuration")
             continue
+        if (keyless := keyless_route(config)) is not None:
+            log.error("reload refused: %s; keeping the running configuration", keyless)
+            continue
         if (config.host, config.port) != (current.config.host, current.config.port):
             log.warning("reload: host and port changes take effect only after a restart")
         _warn_if_open(config)
         app.runtime = await build_runtime(config, pool, nursery, previous=current)
         current.prober_scope.cancel()
         logging.getLogger().setLevel(LEVELS[config.log_level])
-        log.info("configuration reloaded; providers: %s", _describe(config))
+        log.info("configuration reloaded: %s", _describe(config))
 
 
 async def _end_streams_at_grace_end(shutdown: trio.Event, drain: Drain, grace: float) -> None:

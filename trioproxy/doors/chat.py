@@ -22,7 +22,7 @@ def error_body(error: ProxyError) -> dict[str, Any]:
 def parse(raw: bytes, models: ModelNames) -> "ChatExchange":
     """Validate the parts of a chat body the proxy relies on; everything else passes through."""
     body = json_object_body(raw)
-    models.resolve(body.get("model"))
+    route = models.resolve(body.get("model"))
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ProxyError(400, "`messages` is required and must be a non-empty array.", code="invalid_type", param="messages")
@@ -33,7 +33,7 @@ def parse(raw: bytes, models: ModelNames) -> "ChatExchange":
     if options is not None and not isinstance(options, dict):
         raise ProxyError(400, "`stream_options` must be an object.", code="invalid_type", param="stream_options")
     wants_usage = bool(stream and options and options.get("include_usage"))
-    return ChatExchange(ChatRequest(body, stream), body["model"], wants_usage)
+    return ChatExchange(ChatRequest(body, stream, route), body["model"], wants_usage)
 
 
 @define
@@ -66,7 +66,7 @@ class ChatExchange:
 
 
 def models_list(models: ModelNames, created: int) -> dict[str, Any]:
-    return {"object": "list", "data": [model_card(models.served, created)]}
+    return {"object": "list", "data": [model_card(name, created) for name in models.names]}
 
 
 def model_card(model: str, created: int) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The Anthropic Messages door (`POST /v1/messages`, what Claude Code speaks), over the chat pipeline."""
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProxyError
@@ -35,7 +36,7 @@ def _bad(message: str) -> ProxyError:
 
 def parse(raw: bytes, models: ModelNames) -> "MessagesExchange":
     body = json_object_body(raw)
-    models.resolve(body.get("model"))
+    route = models.resolve(body.get("model"))
     max_tokens = body.get("max_tokens")
     if type(max_tokens) is not int or max_tokens < 1:
         raise _bad("max_tokens: Field required (a positive integer).")
@@ -44,15 +45,15 @@ def parse(raw: bytes, models: ModelNames) -> "MessagesExchange":
     stream = optional_bool(body, "stream")
     if stream:
         chat["stream"] = True
-    return MessagesExchange(ChatRequest(chat, stream), body["model"],
+    return MessagesExchange(ChatRequest(chat, stream, route), body["model"],
                             tuple(body.get("stop_sequences") or ()))
 
 
-def count_tokens(raw: bytes, models: ModelNames, estimator: PromptEstimator) -> dict[str, int]:
-    """`POST /v1/messages/count_tokens`: the estimator's count, no provider call."""
+def count_tokens(raw: bytes, models: ModelNames, estimator: Callable[[str], PromptEstimator]) -> dict[str, int]:
+    """`POST /v1/messages/count_tokens`: the estimate of the route's estimator, no provider call."""
     body = json_object_body(raw)
-    models.resolve(body.get("model"))
-    return {"input_tokens": estimator.estimate(_chat_body(body))[1]}
+    route = models.resolve(body.get("model"))
+    return {"input_tokens": estimator(route).estimate(_chat_body(body))[1]}
 
 
 def _chat_body(body: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def _bad(message: str, param: str | None = None) -> ProxyError:
 
 def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
     body = json_object_body(raw)
-    models.resolve(body.get("model"))
+    route = models.resolve(body.get("model"))
     for key, why in _STATEFUL.items():
         if body.get(key) not in (None, False):
             raise ProxyError(400, why, code="unsupported_feature", param=key)
@@ -71,7 +71,7 @@ def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
     stream = optional_bool(body, "stream")
     if stream:
         chat["stream"] = True
-    return ResponsesExchange(ChatRequest(chat, stream), _echo(body))
+    return ResponsesExchange(ChatRequest(chat, stream, route), _echo(body))
 
 
 def _echo(body: dict[str, Any]) -> dict[str, Any]:

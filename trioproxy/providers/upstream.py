@@ -3,6 +3,7 @@
 Every httpx exception is translated here, at one boundary, into `UpstreamFailure`.
 """
 
+import re
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager, aclosing, contextmanager
@@ -21,6 +22,10 @@ from .sanitize import MAX_ERROR_BODY_BYTES, Sanitizer
 from .transport import LeanTransport
 
 DONE = "[DONE]"
+# How providers say a model id does not exist: Cerebras's 404 "Model X does not exist or you do
+# not have access to it" (and a 503 for retired ids), vLLM's "model not found: X".
+_MODEL_MISSING = re.compile(r"model\b.*\b(does not exist|not found|not exist|no longer available|retired)"
+                            r"|(unknown|no such|invalid) model", re.IGNORECASE)
 _HEADERS = {"user-agent": f"trioproxy/{__version__}"}
 
 
@@ -41,6 +46,13 @@ class UpstreamFailure(Exception):
         self.error = error
         self.status = status
         self.headers = headers or httpx.Headers()
+
+    @property
+    def model_missing(self) -> bool:
+        """A 404 or 503 whose body says the model does not exist: no use asking again soon."""
+        if self.status not in (404, 503):
+            return False
+        return self.error.code == "model_not_found" or bool(_MODEL_MISSING.search(self.error.message or ""))
 
     @property
     def label(self) -> str:
@@ -163,15 +175,19 @@ async def _error_body(response: httpx.Response) -> bytes:
 
 
 class Upstream:
-    """One provider: its settings and its pooled connections.
+    """One provider as a route uses it: its settings (with the route's model) and its pooled connections.
 
     Every text the provider writes into an error passes `sanitizer` here, before it reaches a
-    client, an operator endpoint or a log.
+    client, an operator endpoint or a log. `quota_key` names its quota in the ledger: the
+    provider's limits are per model, so routes on one provider with different models have
+    different quotas.
     """
 
-    def __init__(self, config: ProviderConfig, client: ProviderClient, sanitizer: Sanitizer, deadlines: Deadlines) -> None:
+    def __init__(self, config: ProviderConfig, client: ProviderClient, sanitizer: Sanitizer, deadlines: Deadlines,
+                 quota_key: str | None = None) -> None:
         self.config = config
         self.name = config.name
+        self.quota_key = quota_key or config.name
         self._client = client
         self._sanitizer = sanitizer
         self.deadlines = deadlines
@@ -236,10 +252,11 @@ class Upstream:
             return response
         raise self._status_failure(response, await _error_body(response))
 
-    async def list_models(self) -> list[str]:
-        """The model ids the provider lists at `GET /models` (costs no chat quota)."""
+    async def list_models(self, api_key: str | None = None) -> list[str]:
+        """The model ids the provider lists at `GET /models` for `api_key` (default: its first); costs no chat quota."""
         client = self._client.client
-        request = client.build_request("GET", "models", headers={"authorization": f"Bearer {self.config.keys[0]}"})
+        key = api_key if api_key is not None else self.config.keys[0]
+        request = client.build_request("GET", "models", headers={"authorization": f"Bearer {key}"})
         try:
             with self._within(self.deadlines.first_event, "list its models"):
                 response = await client.send(request, stream=True)

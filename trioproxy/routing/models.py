@@ -1,29 +1,65 @@
-"""Which client model names the proxy serves: its model and the aliases that map onto it."""
+"""Which client model names the proxy serves: one name per route, and the aliases that map onto it."""
 
+from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
-from attrs import frozen
+from attrs import field, frozen
 
 from ..errors import ProxyError
 
 
 @frozen
-class ModelNames:
-    """The served model and its aliases (exact names or globs such as `claude-*`)."""
+class ServedModel:
+    """A route's client-visible name and its aliases (exact names or globs such as `claude-*`)."""
 
-    served: str
+    name: str
     aliases: tuple[str, ...] = ()
 
+
+def _exact_names(models: Sequence[ServedModel]) -> dict[str, str]:
+    """Exact names first (a route's own name wins over another's alias), then exact aliases."""
+    exact = {model.name: model.name for model in models}
+    for model in models:
+        for alias in model.aliases:
+            exact.setdefault(alias, model.name)
+    return exact
+
+
+@frozen
+class ModelNames:
+    """The routes' names; `resolve` turns what a client asked for into a route name."""
+
+    models: tuple[ServedModel, ...]
+    _exact: dict[str, str] = field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_exact", _exact_names(self.models))
+
+    @property
+    def served(self) -> str:
+        """The first route's name: the model of a proxy with one route."""
+        return self.models[0].name
+
+    @property
+    def names(self) -> list[str]:
+        return [model.name for model in self.models]
+
     def resolve(self, name: object) -> str:
-        """The served model `name` stands for; a 404 naming the served model otherwise."""
+        """The route `name` stands for; a 404 naming the served models otherwise."""
         if not isinstance(name, str) or not name:
             raise ProxyError(400, "`model` is required and must be a string.", code="invalid_type", param="model")
-        if name == self.served or any(fnmatchcase(name, alias) for alias in self.aliases):
-            return self.served
+        route = self._exact.get(name)
+        if route is not None:
+            return route
+        for model in self.models:
+            if any(fnmatchcase(name, alias) for alias in model.aliases):
+                return model.name
+        served = ", ".join(f"`{model}`" for model in self.names)
         raise ProxyError(
             404,
-            f"The model `{name}` does not exist. This proxy serves `{self.served}`"
-            " (other names can be mapped to it with the `model_aliases` setting).",
+            f"The model `{name}` does not exist. This proxy serves {served}"
+            " (other names can be mapped to a model with aliases: the `model_aliases` setting,"
+            " or `aliases` in a [[models]] route).",
             code="model_not_found",
             param="model",
         )

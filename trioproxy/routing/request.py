@@ -17,6 +17,9 @@ class ChatRequest:
 
     body: dict[str, Any]
     stream: bool
+    # The route (client-visible model) it resolved to, which picks the providers; every door
+    # sets it. The router does not read it: each route has its own router.
+    route: str = ""
 
 
 @define

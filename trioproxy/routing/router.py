@@ -55,7 +55,9 @@ class Router:
         capacity_backoff_seconds: float,
         honour_retry_after: bool = True,
         health: dict[str, ProviderHealth] | None = None,
+        route: str = "",
     ) -> None:
+        self.route = route  # the client-visible model this router serves
         self.upstreams = upstreams
         self.ledger = ledger
         self.health = health if health is not None else {u.name: ProviderHealth() for u in upstreams}
@@ -152,6 +154,7 @@ class Router:
     ) -> T:
         """Run `attempt` on each provider in turn until one delivers; raise ProxyError if none does."""
         record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
+        self._refuse_if_no_provider_offers_the_model()
         why_not_previous: str | None = None
         last_failure: UpstreamFailure | None = None
         for upstream, skipped_because in self._in_order():
@@ -166,7 +169,7 @@ class Router:
             if window is not None and cost > window:
                 why_not_previous = "fallback: context"
                 continue
-            reservation = await self.ledger.reserve(upstream.name, cost, floor=prompt_estimate)
+            reservation = await self.ledger.reserve(upstream.quota_key, cost, floor=prompt_estimate)
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", REQUEST_ID.get(), upstream.name, reservation.reason)
@@ -194,13 +197,34 @@ class Router:
         They stay as a last resort: a prober can be wrong, and an attempt beats a sure error.
         Each comes with the reason the ones before it were passed over, if any.
         """
-        usable = [u for u in self.upstreams if self.health[u.name].usable]
-        deferred = [u for u in self.upstreams if not self.health[u.name].usable]
+        usable = [u for u in self.upstreams if self._health_of(u).usable_for(u.config.model)]
+        deferred = [u for u in self.upstreams if u not in usable]
         order: list[tuple[Upstream, str | None]] = []
         for upstream in usable:
             passed_over = [u for u in deferred if self.upstreams.index(u) < self.upstreams.index(upstream)]
-            order.append((upstream, f"fallback: {self.health[passed_over[0].name].why_not}" if passed_over else None))
+            why = f"fallback: {self._health_of(passed_over[0]).why_not(passed_over[0].config.model)}" if passed_over else None
+            order.append((upstream, why))
         return order + [(upstream, None) for upstream in deferred]
+
+    def _health_of(self, upstream: Upstream) -> ProviderHealth:
+        return self.health[upstream.name]
+
+    def _refuse_if_no_provider_offers_the_model(self) -> None:
+        """A 503 naming the route when no provider offers its model: nothing to try, nothing to spend."""
+        if any(self._health_of(u).offers(u.config.model) is not False for u in self.upstreams):
+            return
+        error = ProxyError(
+            503,
+            f"No provider offers the model of `{self.route}` today ("
+            + ", ".join(f"{u.name}: {u.config.model}" for u in self.upstreams)
+            + "); trioproxy checks their model lists again shortly.",
+            type="api_error",
+            code="model_unavailable",
+        )
+        probes = [at for u in self.upstreams if (at := self._health_of(u).next_probe_at) is not None]
+        if probes:
+            error.headers["retry-after"] = str(max(1, math.ceil(min(probes) - trio.current_time())))
+        raise error
 
     async def _after_failure(
         self, upstream: Upstream, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord
@@ -208,6 +232,8 @@ class Router:
         log.warning(
             "request %s: %s failed (%s): %s", REQUEST_ID.get(), upstream.name, failure.label, failure.error.message
         )
+        if failure.model_missing:
+            self._health_of(upstream).mark_missing(upstream.name, upstream.config.model)
         if failure.status is not None and failure.status < 500:
             # A refused request ran nothing; only the request itself counts, not its tokens.
             await self.ledger.settle(reservation, 0)
@@ -238,5 +264,5 @@ class Router:
     def _seconds_until_capacity(self) -> int:
         """Whole seconds until the first provider might take a request again (at least 1)."""
         now = self.ledger.now()
-        soonest = min(self.ledger.available_at(upstream.name) for upstream in self.upstreams)
+        soonest = min(self.ledger.available_at(upstream.quota_key) for upstream in self.upstreams)
         return max(1, math.ceil(soonest - now))

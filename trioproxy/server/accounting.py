@@ -21,20 +21,22 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     first_byte = served.first_byte_at - served.started if served.first_byte_at is not None else None
     overhead = served.overhead_seconds(served.first_byte_at or now) if served.status == 200 else None
     metrics.observe(
-        route.provider, served.stream, served.status, reason,
+        served.model, route.provider, served.stream, served.status, reason,
         route.prompt_tokens, route.completion_tokens, latency, first_byte, overhead,
     )
     history.observe(served, reason, latency, first_byte)
     if not log.isEnabledFor(logging.INFO):
         return
     ledger = runtime.ledger
-    quota = " ".join(filter(None, (ledger.summary(upstream.name) for upstream in runtime.router.upstreams)))
+    router = runtime.routers.get(served.model, runtime.router)
+    quota = " ".join(filter(None, (ledger.summary(upstream.quota_key) for upstream in router.upstreams)))
     log.info(
-        "request %s api=%s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
+        "request %s api=%s provider=%s reason=%r route=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
         reason,
+        served.model,
         "yes" if served.stream else "no",
         served.status,
         route.prompt_tokens if route.prompt_tokens is not None else "-",

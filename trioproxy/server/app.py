@@ -118,7 +118,7 @@ class ProxyApp:
                 await self._door(door, scope, receive, send, request_id)
             elif path == COUNT_TOKENS_PATH and method == "POST":
                 raw = await self._read_body(scope, receive)
-                counted = messages.count_tokens(raw, runtime.models, runtime.router.estimator)
+                counted = messages.count_tokens(raw, runtime.models, lambda route: runtime.routers[route].estimator)
                 await _send_json(send, 200, counted, extra)
             elif path.startswith(RESPONSES_PATH + "/"):
                 raise responses.no_stored_responses()
@@ -161,7 +161,7 @@ class ProxyApp:
         extra = {"x-request-id": request_id}
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
-            served.stream = exchange.request.stream
+            served.stream, served.model = exchange.request.stream, exchange.request.route
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
             await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))
@@ -178,12 +178,13 @@ class ProxyApp:
     async def _serve(self, runtime: Runtime, exchange: Exchange, served: ServedRequest, send: Send,
                      extra: dict[str, str]) -> None:
         request = exchange.request
+        router = runtime.routers[request.route]
         if not request.stream:
-            document = await runtime.router.complete(request, served.route)
+            document = await router.complete(request, served.route)
             served.status = 200
             await _send_json(send, 200, exchange.answer(document), {**extra, OVERHEAD_HEADER: _overhead_ms(served)})
             return
-        async with runtime.router.stream(request, served.route) as relay:
+        async with router.stream(request, served.route) as relay:
             served.status = 200
             served.first_byte_at = trio.current_time()
             headers = [(OVERHEAD_HEADER.encode(), _overhead_ms(served).encode()), *_SSE_HEADERS,

@@ -41,6 +41,14 @@ class Metrics:
         self._tokens = Counter(
             "trioproxy_tokens", "Tokens by provider and kind, from usage.", ("provider", "kind"), registry=self.registry
         )
+        self._route_requests = Counter(
+            "trioproxy_route_requests", "Requests by model route (the client's model), provider and status.",
+            ("route", "provider", "status"), registry=self.registry,
+        )
+        self._route_tokens = Counter(
+            "trioproxy_route_tokens", "Tokens by model route, provider and kind, from usage.",
+            ("route", "provider", "kind"), registry=self.registry,
+        )
         self._reroutes = Counter(
             "trioproxy_reroutes", "Requests served by another provider than the first, by reason.",
             ("reason",), registry=self.registry,
@@ -61,6 +69,7 @@ class Metrics:
 
     def observe(
         self,
+        route: str,
         provider: str,
         stream: bool,
         status: int,
@@ -74,6 +83,9 @@ class Metrics:
         self._requests.labels(provider, "yes" if stream else "no", str(status)).inc()
         self._tokens.labels(provider, "prompt").inc(prompt_tokens or 0)
         self._tokens.labels(provider, "completion").inc(completion_tokens or 0)
+        self._route_requests.labels(route, provider, str(status)).inc()
+        self._route_tokens.labels(route, provider, "prompt").inc(prompt_tokens or 0)
+        self._route_tokens.labels(route, provider, "completion").inc(completion_tokens or 0)
         if reason.startswith(("fallback:", "failover:")):
             self._reroutes.labels(reason).inc()
         self._latency.labels(provider).observe(latency)
@@ -82,13 +94,12 @@ class Metrics:
         if overhead is not None:
             self._overhead.observe(overhead)
 
-    def served(self, provider: str) -> dict[str, int]:
-        """Successful requests and tokens of `provider` since start, for /v1/status."""
-        requests = sum(self._value("trioproxy_requests_total", provider=provider, stream=s, status="200") for s in ("yes", "no"))
+    def served(self, route: str, provider: str) -> dict[str, int]:
+        """Successful requests and tokens of `provider` for `route` since start, for /v1/status."""
         return {
-            "requests": requests,
-            "prompt_tokens": self._value("trioproxy_tokens_total", provider=provider, kind="prompt"),
-            "completion_tokens": self._value("trioproxy_tokens_total", provider=provider, kind="completion"),
+            "requests": self._value("trioproxy_route_requests_total", route=route, provider=provider, status="200"),
+            "prompt_tokens": self._value("trioproxy_route_tokens_total", route=route, provider=provider, kind="prompt"),
+            "completion_tokens": self._value("trioproxy_route_tokens_total", route=route, provider=provider, kind="completion"),
         }
 
     def reroutes(self) -> dict[str, int]:

@@ -4,75 +4,99 @@ Quota, provider state and errors are an operator's business. When keys are confi
 details need one: an operator key (`operator_api_keys`) if any is set, else a client key (the
 app checks; see `auth.operator_keys`). Without one, /healthz still answers its status, for load
 balancers and probes, and nothing more.
+
+Each route lists its providers with the model it uses there; the top-level `providers` are the
+first route's, as they were before routes existed.
 """
 
 from collections.abc import Iterable
 from typing import Any
 
-import attrs
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from ..providers.upstream import Upstream
 from ..quota.contract import WINDOW_NAMES
+from ..routing.router import Router
 from ..runtime import Runtime
 from .metrics import Metrics
 
 
-def _provider_state(runtime: Runtime, name: str) -> dict[str, Any]:
-    health = runtime.router.health[name]
+def _provider_state(runtime: Runtime, router: Router, upstream: Upstream) -> dict[str, Any]:
+    health = router.health[upstream.name]
+    model = upstream.config.model
     return {
-        "usable": health.usable and not runtime.ledger.in_cooldown(name),
-        **attrs.asdict(health),
-        "accounts": runtime.ledger.provider_snapshot(name),
+        "usable": health.usable_for(model) and not runtime.ledger.in_cooldown(upstream.quota_key),
+        **health.view(model),
+        "accounts": runtime.ledger.provider_snapshot(upstream.quota_key),
     }
 
 
 def health(runtime: Runtime, detailed: bool) -> tuple[int, dict[str, Any]]:
-    """Status code and body of /healthz: 200 while a provider is usable, 503 otherwise;
-    per-provider details only when `detailed` (the caller may see them)."""
-    providers = {upstream.name: _provider_state(runtime, upstream.name) for upstream in runtime.router.upstreams}
-    usable = any(state["usable"] for state in providers.values())
+    """Status code and body of /healthz: 200 while a route has a usable provider, 503 otherwise;
+    per-route and per-provider details only when `detailed` (the caller may see them)."""
+    routes = {
+        name: {upstream.name: _provider_state(runtime, router, upstream) for upstream in router.upstreams}
+        for name, router in runtime.routers.items()
+    }
+    usable = any(state["usable"] for providers in routes.values() for state in providers.values())
     body: dict[str, Any] = {"status": "ok" if usable else "unavailable"}
     if detailed:
-        body["providers"] = providers
+        body["providers"], body["routes"] = routes[runtime.models.served], routes
         body["quota_store"] = runtime.ledger.store_status()
     return (200 if usable else 503), body
 
 
-def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
-    """Everything an operator asks: per provider and key, state, quota, traffic, reroutes."""
-    providers = [
+def _route_providers(runtime: Runtime, router: Router, metrics: Metrics) -> list[dict[str, Any]]:
+    return [
         {
             "name": upstream.name,
             "model": upstream.config.model,
-            **_provider_state(runtime, upstream.name),
-            "served_since_start": metrics.served(upstream.name),
+            **_provider_state(runtime, router, upstream),
+            "served_since_start": metrics.served(router.route, upstream.name),
         }
-        for upstream in runtime.router.upstreams
+        for upstream in router.upstreams
     ]
-    return {"model": runtime.models.served, "providers": providers, "reroutes": metrics.reroutes(),
-            "quota_store": runtime.ledger.store_status()}
+
+
+def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
+    """Everything an operator asks: per route, provider and key, state, quota, traffic, reroutes."""
+    routes = []
+    for served in runtime.models.models:
+        providers = _route_providers(runtime, runtime.routers[served.name], metrics)
+        requests = sum(provider["served_since_start"]["requests"] for provider in providers)
+        routes.append({"name": served.name, "aliases": list(served.aliases), "providers": providers,
+                       "served_since_start": requests})
+    return {"model": runtime.models.served, "providers": routes[0]["providers"], "routes": routes,
+            "reroutes": metrics.reroutes(), "quota_store": runtime.ledger.store_status()}
 
 
 def live_families(runtime: Runtime) -> Iterable[Metric]:
-    """Provider up, cooldowns and quota remaining, read at scrape time."""
-    up = GaugeMetricFamily("trioproxy_provider_up", "1 while the prober finds the provider usable.", labels=("provider",))
+    """Provider up, models offered, cooldowns and quota remaining, read at scrape time."""
+    up = GaugeMetricFamily("trioproxy_provider_up", "1 while the prober finds the provider up.", labels=("provider",))
+    offered = GaugeMetricFamily("trioproxy_model_offered", "1 unless the provider's model list lacks the model.",
+                                labels=("provider", "model"))
     cooling = GaugeMetricFamily("trioproxy_cooldown_active", "1 while an account cools down.", labels=("provider", "account"))
     remaining = GaugeMetricFamily(
         "trioproxy_quota_remaining",
         "What is left of each limited window (the smaller of ours and the provider's figure).",
         labels=("provider", "account", "window"),
     )
-    for upstream in runtime.router.upstreams:
-        up.add_metric((upstream.name,), float(runtime.router.health[upstream.name].usable))
-        for account, state in runtime.ledger.provider_snapshot(upstream.name).items():
+    # One entry per quota (provider and model): routes sharing one count it once.
+    quotas = {u.quota_key: (router, u) for router in runtime.routers.values() for u in router.upstreams}
+    for name, health_ in {u.name: router.health[u.name] for router, u in quotas.values()}.items():
+        up.add_metric((name,), float(health_.up))
+    for quota_key, (router, upstream) in quotas.items():
+        model = upstream.config.model
+        offered.add_metric((upstream.name, model), float(router.health[upstream.name].offers(model) is not False))
+        for account, state in runtime.ledger.provider_snapshot(quota_key).items():
             cooling.add_metric((upstream.name, account), float(state["cooldown_seconds"] > 0))
             for window in WINDOW_NAMES:
                 limit, provider_figure = state[window]["limit"], state[window].get("provider_remaining")
                 left = [value for value in (limit - state[window]["used"] if limit else None, provider_figure) if value is not None]
                 if left:
                     remaining.add_metric((upstream.name, account, window), float(max(0, min(left))))
-    return (up, cooling, remaining, *_quota_store_families(runtime.ledger.store_status()))
+    return (up, offered, cooling, remaining, *_quota_store_families(runtime.ledger.store_status()))
 
 
 def _quota_store_families(store: dict[str, Any]) -> list[Metric]:

@@ -15,6 +15,7 @@ class ServedRequest:
     request_id: str
     api: str  # the front door: chat, responses or messages
     route: RouteRecord = field(factory=RouteRecord)
+    model: str = "-"  # the model route the client's model name resolved to
     stream: bool = False
     status: int = 0
     started: float = field(factory=trio.current_time)

@@ -35,11 +35,14 @@ def _authorized(provider: EmulatedProvider, request: Request) -> Reply | None:
 
 
 def _models(provider: EmulatedProvider) -> Json:
-    entry: Json = {"id": provider.model, "object": "model", "created": 1735689600,
-                   "owned_by": "Cerebras" if provider.flavor == "cerebras" else "vllm"}
-    if provider.flavor == "chutes":
-        entry["supported_features"] = ["json_mode", "tools", "structured_outputs"]
-    return {"object": "list", "data": [entry]}
+    entries = []
+    for model in provider.models():
+        entry: Json = {"id": model, "object": "model", "created": 1735689600,
+                       "owned_by": "Cerebras" if provider.flavor == "cerebras" else "vllm"}
+        if provider.flavor == "chutes":
+            entry["supported_features"] = ["json_mode", "tools", "structured_outputs"]
+        entries.append(entry)
+    return {"object": "list", "data": entries}
 
 
 async def _chat(provider: EmulatedProvider, request: Request) -> Action:

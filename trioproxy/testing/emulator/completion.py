@@ -24,7 +24,7 @@ def completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: i
     used = prompt + answer.completion_tokens
     usage = {"prompt_tokens": prompt, "completion_tokens": answer.completion_tokens,
              "total_tokens": used}
-    meta = Meta(provider.flavor, f"chatcmpl-{number}", int(time.time()), provider.model)
+    meta = Meta(provider.flavor, f"chatcmpl-{number}", int(time.time()), body["model"])
     reservation = prompt + (cap or DEFAULT_RESERVED_COMPLETION)
     speed = provider.tokens_per_second
     generation = answer.completion_tokens / speed if speed else 0.0

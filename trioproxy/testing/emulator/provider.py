@@ -71,12 +71,15 @@ class EmulatedProvider:
       spread over it) and is settled just before the answer's usage is sent; None = instant.
     - `usage_log`: every completion's usage when it was settled (streams with injected faults
       included: the quota counted them). `quota_refusals`: every quota 429 (Cerebras).
-    - A chat request naming another model than `model` gets the provider's 404.
+    - A chat request naming another model than `model` or one of `more_models` gets the
+      provider's 404. `/models` lists exactly those; tests change either at run time (a
+      model the provider retires, or adds). The limits are shared by every model.
     """
 
     flavor: Flavor
     api_key: str
     model: str
+    more_models: list[str] = Factory(list)
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
@@ -101,6 +104,10 @@ class EmulatedProvider:
     tpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
     today: Day = field(init=False, factory=Day, repr=False)
     _counter: int = field(init=False, default=0, repr=False)
+
+    def models(self) -> list[str]:
+        """Every model id it serves and lists."""
+        return [self.model, *self.more_models]
 
     def next_id(self) -> int:
         """A fresh number for completion and tool-call ids."""

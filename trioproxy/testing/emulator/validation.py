@@ -12,7 +12,7 @@ from .provider import EmulatedProvider
 
 def validate(provider: EmulatedProvider, body: Json) -> Reply | None:
     """The 4xx a valid-JSON request earns before touching any quota, or None."""
-    if body.get("model") != provider.model:
+    if body.get("model") not in provider.models():
         return model_not_found(provider.flavor, body.get("model"))
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         return error(provider.flavor, 400, "'messages' must be a non-empty array.",
