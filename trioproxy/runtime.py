@@ -75,6 +75,7 @@ async def build_runtime(
         config.capacity_backoff_ms / 1000,
         config.honour_retry_after,
         health,
+        config.max_wait_ms / 1000,
     )
     if previous is not None:
         router.estimator.ratio = previous.router.estimator.ratio

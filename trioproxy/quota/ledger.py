@@ -320,16 +320,16 @@ class AccountQuota:
             self.cooldown_until, self.cooldown_reason = -math.inf, ""
             self.half_open, self.probe_in_flight = True, False
 
-    def _amounts(self, tokens: int) -> dict[str, int]:
-        return {"rpm": 1, "rpd": 1, "tpm": tokens, "tpd": tokens}
+    def _amounts(self, tokens: int, requests: int = 1) -> dict[str, int]:
+        return {"rpm": requests, "rpd": requests, "tpm": tokens, "tpd": tokens}
 
-    def refusal(self, now: float, tokens: int) -> Refusal | None:
+    def refusal(self, now: float, tokens: int, requests: int = 1) -> Refusal | None:
         self.end_cooldown_if_due(now)
         if now < self.cooldown_until:
             return Refusal("cooldown", self.cooldown_until)
         if self.half_open and self.probe_in_flight:
             return Refusal("probe", now + 1)
-        for name, amount in self._amounts(tokens).items():
+        for name, amount in self._amounts(tokens, requests).items():
             window = self.windows[name]
             if not window.fits(now, amount):
                 return Refusal(name, now + window.seconds_until_fits(now, amount))
@@ -522,6 +522,18 @@ class QuotaLedger:
             refusal = account.refusal(now, 1)
             times.append(now if refusal is None else refusal.retry_at)
         return min(times)
+
+    def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
+        """Without booking: why `requests` requests of `tokens` in all would be refused by every
+        account of `provider` now, and when the soonest could take them; None if one could."""
+        now = self._clock()
+        refusals = []
+        for account in self._by_provider[provider]:
+            refusal = account.refusal(now, tokens, requests)
+            if refusal is None:
+                return None
+            refusals.append(refusal)
+        return min(refusals, key=lambda r: r.retry_at)
 
     def in_cooldown(self, provider: str) -> bool:
         """True when every account of `provider` is cooling down."""

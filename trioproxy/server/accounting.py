@@ -28,7 +28,7 @@ class ServedRequest:
 
     def overhead_seconds(self, until: float) -> float:
         """Time up to `until` that the proxy, not a provider, spent on this request."""
-        return until - self.started - self.route.upstream_seconds
+        return until - self.started - self.route.upstream_seconds - self.route.waited_seconds
 
 
 def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics) -> None:
@@ -47,7 +47,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics) ->
     ledger = runtime.ledger
     quota = " ".join(filter(None, (ledger.summary(upstream.name) for upstream in runtime.router.upstreams)))
     log.info(
-        "request %s api=%s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
+        "request %s api=%s provider=%s reason=%r stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s quota: %s",
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
@@ -57,5 +57,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics) ->
         route.prompt_tokens if route.prompt_tokens is not None else "-",
         route.completion_tokens if route.completion_tokens is not None else "-",
         latency * 1000,
+        route.waited_seconds * 1000,
+        f" waited_for={route.waited_why!r}" if route.waited_why else "",
         quota or "-",
     )
