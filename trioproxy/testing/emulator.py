@@ -206,6 +206,7 @@ class EmulatedProvider:
       `tokens_per_second` makes the model take time: the reservation stays taken while the
       completion is generated (a plain answer comes after that time, a stream's chunks are
       spread over it) and is settled just before the answer's usage is sent; None = instant.
+      `first_token_seconds` delays the first token too (a plain answer waits it as well).
     - `usage_log`: every completion's usage when it was settled (streams with injected faults
       included: the quota counted them). `quota_refusals`: every quota 429 (Cerebras).
     - A chat request naming another model than `model` gets the provider's 404.
@@ -230,6 +231,7 @@ class EmulatedProvider:
     completion_words: int | Callable[[Json], int] | None = None
     words_per_chunk: int = 1
     tokens_per_second: float | None = None
+    first_token_seconds: float = 0.0  # a completion's first token comes this long after admission
     usage_log: list[Usage] = Factory(list)
     quota_refusals: list[QuotaRefusal] = Factory(list)
     _rpm: _Bucket = field(init=False, factory=_Bucket, repr=False)
@@ -310,6 +312,7 @@ class _Stream:
     events: list[Json]
     headers: list[tuple[str, str]] = Factory(list)
     delay: float = 0.0
+    first_delay: float = 0.0  # before the first event (time to first token)
     reset_after_first: bool = False
     finish: Callable[[], None] | None = None  # runs before the last event (which holds usage)
 
@@ -759,6 +762,7 @@ def _completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: 
                                          provider.words_per_chunk)
         # A stream's headers leave before the model runs: they still show the reservation.
         _with_limit_headers(provider, action)
+        action.first_delay = provider.first_token_seconds
         if generation > 0:
             if action.delay <= 0:  # the events after the first one spread over the generation
                 action.delay = generation / max(1, len(action.events) - 1)
@@ -773,8 +777,8 @@ def _completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: 
         finish()
         _with_limit_headers(provider, reply)
 
-    if generation > 0:
-        reply.wait, reply.finish = generation, finish_reply
+    if generation + provider.first_token_seconds > 0:
+        reply.wait, reply.finish = provider.first_token_seconds + generation, finish_reply
     else:
         finish_reply()
     return reply
@@ -1003,6 +1007,8 @@ class _Http:
                 paced = stream.finish is None or i <= last_event
                 if i and stream.delay > 0 and paced:
                     await trio.sleep(stream.delay)
+                if i == 0 and stream.first_delay > 0:
+                    await trio.sleep(stream.first_delay)
                 if i == last_event and stream.finish is not None:
                     stream.finish()
                 await self._send(h11.Data(data=f"data: {payload}\n\n".encode()))
