@@ -323,19 +323,24 @@ class AccountQuota:
     def _amounts(self, tokens: int, requests: int = 1) -> dict[str, int]:
         return {"rpm": requests, "rpd": requests, "tpm": tokens, "tpd": tokens}
 
-    def refusal(self, now: float, tokens: int, requests: int = 1) -> Refusal | None:
+    def refusal(self, now: float, tokens: int) -> Refusal | None:
+        return next(iter(self.refusals(now, tokens)), None)
+
+    def refusals(self, now: float, tokens: int, requests: int = 1) -> list[Refusal]:
+        """Every reason `requests` requests of `tokens` in all would be refused now."""
         self.end_cooldown_if_due(now)
         if now < self.cooldown_until:
-            return Refusal("cooldown", self.cooldown_until)
+            return [Refusal("cooldown", self.cooldown_until)]
         if self.half_open and self.probe_in_flight:
-            return Refusal("probe", now + 1)
+            return [Refusal("probe", now + 1)]
+        found = []
         for name, amount in self._amounts(tokens, requests).items():
             window = self.windows[name]
             if not window.fits(now, amount):
-                return Refusal(name, now + window.seconds_until_fits(now, amount))
-            if self.provider_remaining(name, now) < amount:
-                return Refusal(name, self.synced[name].valid_until)
-        return None
+                found.append(Refusal(name, now + window.seconds_until_fits(now, amount)))
+            elif self.provider_remaining(name, now) < amount:
+                found.append(Refusal(name, self.synced[name].valid_until))
+        return found
 
     def provider_remaining(self, name: str, now: float) -> float:
         """What the provider last said remains, less what we booked since; inf if unknown."""
@@ -524,16 +529,17 @@ class QuotaLedger:
         return min(times)
 
     def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
-        """Without booking: why `requests` requests of `tokens` in all would be refused by every
-        account of `provider` now, and when the soonest could take them; None if one could."""
+        """Without booking: when `requests` requests of `tokens` in all could go to `provider`
+        (its soonest account, once every limit has room) and the limit that holds them
+        longest; None if they could now."""
         now = self._clock()
-        refusals = []
+        latest = []
         for account in self._by_provider[provider]:
-            refusal = account.refusal(now, tokens, requests)
-            if refusal is None:
+            refusals = account.refusals(now, tokens, requests)
+            if not refusals:
                 return None
-            refusals.append(refusal)
-        return min(refusals, key=lambda r: r.retry_at)
+            latest.append(max(refusals, key=lambda r: r.retry_at))
+        return min(latest, key=lambda r: r.retry_at)
 
     def in_cooldown(self, provider: str) -> bool:
         """True when every account of `provider` is cooling down."""

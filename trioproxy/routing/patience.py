@@ -4,7 +4,10 @@ A request the preferred provider cannot take now is compared by expected finish 
 the time until the provider has quota for it, plus its time to first token, plus the
 expected completion length over its output speed, against the same for the providers it
 would otherwise go to. When waiting wins and stays within `max_wait`, the request joins
-that provider's queue. Only the head of a queue asks the ledger for quota, and it wakes the
+that provider's queue, unless the quota is contested: when requests were passed over the
+provider often enough that one of them would have taken the returning quota at no wait, a
+wait only adds time (someone uses the quota either way), so the request goes on at once.
+Only the head of a queue asks the ledger for quota, and it wakes the
 next one when it leaves, so waiters are served in arrival order as quota returns, not as a
 stampede. A new request also queues behind them rather than taking the quota they wait for.
 """
@@ -26,6 +29,8 @@ from .tokens import requested_completion_tokens
 SMOOTHING = 0.2
 # Before any answer was seen: a typical coding-agent answer is a few hundred tokens.
 STARTING_COMPLETION_TOKENS = 500
+# How far back requests passed over a provider count towards its contention.
+CONTENTION_WINDOW = 60.0
 
 
 def _moving(average: float, observed: float) -> float:
@@ -85,6 +90,7 @@ class Patience:
         self.max_wait = max_wait_seconds
         self.completion_tokens = float(STARTING_COMPLETION_TOKENS)
         self._queues: dict[str, deque[_Waiter]] = {name: deque() for name in starting}
+        self._passed_over: dict[str, deque[float]] = {name: deque() for name in starting}
 
     def timer(self, upstream: Upstream) -> AnswerTimer:
         return AnswerTimer(self.paces[upstream.name], self._learn_completion)
@@ -106,21 +112,38 @@ class Patience:
             got = await self._ledger.reserve(name, tokens)
             if isinstance(got, Reservation) or self.max_wait <= 0:
                 return got
-            refusal = got
+            refusal = self._ledger.refusal(name, tokens) or got  # the limit that holds it longest
         else:  # others wait already: this one's turn comes after theirs
             ahead = sum(waiter.tokens for waiter in queue)
             refusal = self._ledger.refusal(name, ahead + tokens, len(queue) + 1) or Refusal(
                 "queue", self._ledger.now()
             )
         wait = max(0.0, refusal.retry_at - self._ledger.now())
-        if not self._worth_waiting(upstream, wait, tokens, body, later):
-            return refusal
-        return await self._wait_in_line(name, queue, tokens, refusal, record)
+        if self._worth_waiting(upstream, wait, tokens, body, later):
+            got = await self._wait_in_line(name, queue, tokens, refusal, record)
+        elif queue and self._ledger.refusal(name, queue[0].tokens) is not None:
+            # It will not wait, and what is free now is too little for the head of the line:
+            # taking it costs the waiters nothing they could use now, and leaves none unused.
+            got = await self._ledger.reserve(name, tokens)
+        else:
+            got = refusal
+        if isinstance(got, Reservation):
+            return got
+        refusal = got
+        self._passed_over[name].append(self._ledger.now())
+        return refusal
+
+    def _contention(self, provider: str) -> float:
+        """Requests per second passed over `provider` for quota lately."""
+        passed_over, horizon = self._passed_over[provider], self._ledger.now() - CONTENTION_WINDOW
+        while passed_over and passed_over[0] <= horizon:
+            passed_over.popleft()
+        return len(passed_over) / CONTENTION_WINDOW
 
     def _worth_waiting(
         self, upstream: Upstream, wait: float, tokens: int, body: dict[str, Any], later: Sequence[Upstream]
     ) -> bool:
-        if wait > self.max_wait:
+        if wait > self.max_wait or self._contention(upstream.name) * wait >= 1:
             return False
         completion = min(requested_completion_tokens(body) or math.inf, self.completion_tokens)
         here = wait + self.paces[upstream.name].seconds_for(completion)
@@ -154,7 +177,8 @@ class Patience:
                     refusal, reason = got, got.reason
                     if got.retry_at > deadline:
                         return got  # quota returns too late: go elsewhere now
-                    await trio.sleep_until(got.retry_at)
+                    # At least a millisecond: a bucket a rounding error short must not spin.
+                    await trio.sleep_until(max(got.retry_at, self._ledger.now() + 0.001))
             return refusal
         finally:
             waited = self._ledger.now() - started
