@@ -62,23 +62,33 @@ def task_order(providers: Providers) -> list[str]:
     return [body["messages"][0]["content"] for body in providers.cerebras.received]
 
 
-async def test_patience_waits_for_a_refill_that_finishes_sooner(
-    providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def after_the_bucket_is_empty(
+    providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture, body: dict[str, Any],
+    max_wait_ms: int = 30_000,
+) -> tuple[float, str]:
+    """Send `body` once Cerebras's bucket is empty: seconds until its response headers came
+    (the first-chunk gate: after any wait), and its request log line."""
     caplog.set_level(logging.INFO, logger="trioproxy.request")
-    proxy = await patient_proxy(providers, start_proxy)
+    proxy = await patient_proxy(providers, start_proxy, max_wait_ms=max_wait_ms)
     await empty_cerebras_bucket(proxy)
     began = trio.current_time()
     async with client_for(proxy) as client:
         client.timeout = 60.0
-        async with client.stream("POST", "/chat/completions", json=task("patient", 500) | {"stream": True}) as response:
-            headers_after = trio.current_time() - began  # the first-chunk gate: after the wait
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            headers_after = trio.current_time() - began
             await response.aread()
     assert response.status_code == 200
+    return headers_after, (await request_lines(caplog))[-1]
+
+
+async def test_patience_waits_for_a_refill_that_finishes_sooner(
+    providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    body = task("patient", 500) | {"stream": True}
+    headers_after, line = await after_the_bucket_is_empty(providers, start_proxy, caplog, body)
     assert 9.9 <= headers_after <= 10.5
     assert providers.cerebras.served == 7 and providers.chutes.served == 0
-    line = (await request_lines(caplog))[-1]
     assert "provider=cerebras" in line and "reason='preferred'" in line
     assert 9_900 <= waited_ms(line) <= 10_100
     assert "waited_for='patience: rpm 10.0 s'" in line
@@ -89,15 +99,9 @@ async def test_patience_falls_back_when_waiting_is_longer_than_the_slow_answer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """100 tokens: Chutes needs 4 s, Cerebras 10.35 s after its wait: no waiting."""
-    caplog.set_level(logging.INFO, logger="trioproxy.request")
-    proxy = await patient_proxy(providers, start_proxy)
-    await empty_cerebras_bucket(proxy)
-    began = trio.current_time()
-    async with client_for(proxy) as client:
-        assert (await post(client, task("short", 100))).status_code == 200
-    assert trio.current_time() - began < 0.5
+    headers_after, line = await after_the_bucket_is_empty(providers, start_proxy, caplog, task("short", 100))
+    assert headers_after < 0.5
     assert providers.chutes.served == 1 and providers.cerebras.served == 6
-    line = (await request_lines(caplog))[-1]
     assert "provider=chutes" in line and "reason='fallback: rpm'" in line
     assert waited_ms(line) == 0 and "waited_for" not in line
 
@@ -106,15 +110,11 @@ async def test_max_wait_zero_falls_back_at_once_as_before(
     providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="trioproxy.request")
-    proxy = await patient_proxy(providers, start_proxy, max_wait_ms=0)
-    await empty_cerebras_bucket(proxy)
-    began = trio.current_time()
-    async with client_for(proxy) as client:
-        assert (await post(client, task("impatient", 500))).status_code == 200
-    assert trio.current_time() - began < 0.5
+    headers_after, line = await after_the_bucket_is_empty(
+        providers, start_proxy, caplog, task("impatient", 500), max_wait_ms=0
+    )
+    assert headers_after < 0.5
     assert providers.chutes.served == 1
-    line = (await request_lines(caplog))[-1]
     assert "reason='fallback: rpm'" in line and waited_ms(line) == 0
 
 
