@@ -106,6 +106,28 @@ async def test_patience_falls_back_when_waiting_is_longer_than_the_slow_answer(
     assert waited_ms(line) == 0 and "waited_for" not in line
 
 
+async def test_patience_yields_when_others_would_take_the_quota_anyway(
+    providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Six short requests passed over Cerebras within the minute: one of them would have used
+    the quota returning in 10 s, so waiting for it would only add time (6/60 s x 10 s >= 1).
+    Without them it would wait: Chutes at 10 tokens/s needs ~16 s for the ~150 tokens the
+    proxy expects by then."""
+    caplog.set_level(logging.INFO, logger="trioproxy.request")
+    proxy = await patient_proxy(providers, start_proxy, output_tokens_per_second=10.0)
+    await empty_cerebras_bucket(proxy)
+    async with client_for(proxy) as client:
+        for i in range(6):  # 20 tokens: 4 s from Chutes, no reason to wait
+            assert (await post(client, task(f"short {i}", 20))).status_code == 200
+        began = trio.current_time()
+        assert (await post(client, task("would wait", 500))).status_code == 200
+    assert trio.current_time() - began < 0.5
+    assert providers.chutes.served == 7 and providers.cerebras.served == 6
+    line = (await request_lines(caplog))[-1]
+    assert "provider=chutes" in line and waited_ms(line) == 0
+
+
 async def test_max_wait_zero_falls_back_at_once_as_before(
     providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,

@@ -98,10 +98,6 @@ class Patience:
     def _learn_completion(self, tokens: int) -> None:
         self.completion_tokens = _moving(self.completion_tokens, tokens)
 
-    def waiting(self, provider: str) -> int:
-        """How many requests wait for `provider` now."""
-        return len(self._queues[provider])
-
     async def reserve(
         self, upstream: Upstream, tokens: int, body: dict[str, Any], later: Sequence[Upstream], record: RouteRecord
     ) -> Reservation | Refusal:
