@@ -128,6 +128,20 @@ async def test_patience_yields_when_others_would_take_the_quota_anyway(
     assert "provider=chutes" in line and waited_ms(line) == 0
 
 
+async def test_with_cerebras_alone_a_wait_replaces_the_429(
+    providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No Chutes key: a short answer waits for Cerebras's refill rather than meet a 429."""
+    proxy = await patient_proxy(providers, start_proxy, api_key="")
+    await empty_cerebras_bucket(proxy)
+    began = trio.current_time()
+    async with client_for(proxy) as client:
+        client.timeout = 60.0
+        assert (await post(client, task("alone", 20))).status_code == 200
+    assert 9.9 <= trio.current_time() - began <= 10.5
+    assert providers.cerebras.served == 7 and not providers.chutes.received
+
+
 async def test_max_wait_zero_falls_back_at_once_as_before(
     providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,

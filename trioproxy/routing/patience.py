@@ -139,12 +139,15 @@ class Patience:
     def _worth_waiting(
         self, upstream: Upstream, wait: float, tokens: int, body: dict[str, Any], later: Sequence[Upstream]
     ) -> bool:
-        if wait > self.max_wait or self._contention(upstream.name) * wait >= 1:
+        if wait > self.max_wait:
             return False
         completion = min(requested_completion_tokens(body) or math.inf, self.completion_tokens)
-        here = wait + self.paces[upstream.name].seconds_for(completion)
         elsewhere = min((self._finish_on(other, tokens, completion) for other in later), default=math.inf)
-        return here < elsewhere
+        if elsewhere == math.inf:
+            return True  # the last provider: a wait beats the client's 429
+        if self._contention(upstream.name) * wait >= 1:
+            return False
+        return wait + self.paces[upstream.name].seconds_for(completion) < elsewhere
 
     def _finish_on(self, upstream: Upstream, tokens: int, completion: float) -> float:
         refusal = self._ledger.refusal(upstream.name, tokens)
