@@ -18,7 +18,8 @@ import trio.testing
 from conftest import Providers, Proxy, StartProxy
 from test_routing import chat, client_for, post
 from trioproxy.config import ConfigError, load_config
-from trioproxy.routing.patience import AnswerTimer, Pace
+from trioproxy.quota.ledger import QuotaLedger
+from trioproxy.routing.patience import AnswerTimer, Pace, Patience
 
 PACES = {
     "cerebras": {"requests_per_minute": 6, "output_tokens_per_second": 2_000.0, "time_to_first_token_ms": 300},
@@ -235,3 +236,14 @@ async def test_timer_learns_first_token_and_speed_from_a_stream(autojump_clock: 
 def test_absurd_waits_are_refused_naming_the_variable(value: str) -> None:
     with pytest.raises(ConfigError, match="MAX_WAIT_MS"):
         load_config(None, {"MAX_WAIT_MS": value})
+
+
+async def test_a_reload_keeps_what_was_learned_for_providers_still_there() -> None:
+    ledger = QuotaLedger([])
+    old = Patience(ledger, {"cerebras": Pace(0.3, 2_000.0), "chutes": Pace(2.0, 50.0)}, 10.0)
+    old.paces["cerebras"].tokens_per_second, old.completion_tokens = 1_500.0, 800.0
+    new = Patience(ledger, {"cerebras": Pace(0.3, 2_000.0)}, 10.0)
+    new.carry_over(old)
+    assert new.paces == {"cerebras": Pace(0.3, 1_500.0)} and new.completion_tokens == 800.0
+    old.paces["cerebras"].tokens_per_second = 1.0  # the old runtime's learning stays its own
+    assert new.paces["cerebras"].tokens_per_second == 1_500.0

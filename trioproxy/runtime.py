@@ -79,6 +79,7 @@ async def build_runtime(
     )
     if previous is not None:
         router.estimator.ratio = previous.router.estimator.ratio
+        router.patience.carry_over(previous.router.patience)
     prober = HealthProber(upstreams, health, config.health_check_interval_ms / 1000, config.health_check_failures)
     prober_scope = trio.CancelScope()
 

@@ -92,6 +92,13 @@ class Patience:
         self._queues: dict[str, deque[_Waiter]] = {name: deque() for name in starting}
         self._passed_over: dict[str, deque[float]] = {name: deque() for name in starting}
 
+    def carry_over(self, previous: "Patience") -> None:
+        """Keep what a previous configuration learned (a reload) for providers still here."""
+        self.completion_tokens = previous.completion_tokens
+        for name, pace in previous.paces.items():
+            if name in self.paces:
+                self.paces[name] = Pace(pace.first_token_seconds, pace.tokens_per_second)
+
     def timer(self, upstream: Upstream) -> AnswerTimer:
         return AnswerTimer(self.paces[upstream.name], self._learn_completion)
 
