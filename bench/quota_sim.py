@@ -22,8 +22,10 @@ with its GeneratedTokens by whichever emulator serves it; `--start`/`--minutes` 
 `--sample` keeps a seeded share of rows, `--speed` compresses time, `--budget` is the
 max_tokens every request names. The day is placed the same way, a third into the run.
 
-Two configurations meet the same workload (same seed), one after the other, each with fresh
+Three configurations meet the same workload (same seed), one after the other, each with fresh
 emulators and a fresh proxy:
+  P  trioproxy as A, with patience (max_wait_ms at its default): a request Cerebras has no
+     quota for now waits for it when that is expected to finish sooner than Chutes's answer;
   A  trioproxy for best use: limits at 100 % of the real ones, rate-limit header sync,
      cooldowns as long as Retry-After says, completion budget capped at 16,384 for Cerebras;
   B  the original behaviour: limits at 80 %, no header sync, a fixed 300 s cooldown after any
@@ -44,7 +46,12 @@ Run:  python bench/quota_sim.py [--minutes 30] [--seed 1] [--quick] [--rate 2.0]
       python bench/quota_sim.py --trace FILE [--start M] [--minutes M] [--sample P] [--speed K]
                                 [--budget N] [--stream-share S] [--seed 1]
       either with [--replicas 3 --backend redis|memory]
-Exit status 0 when configuration A meets every target, 1 otherwise, 2 for a trace it refuses.
+
+The emulated providers take time as real ones do (`Speeds`, configurable): a first token
+after a delay, then output at a fixed speed. Each client's request time is measured from
+sending to the last byte; the report gives their mean, p50, p95 and sum (total agent time).
+
+Exit status 0 when configurations P and A meet every target, 1 otherwise, 2 for a trace it refuses.
 """
 
 from __future__ import annotations
@@ -95,6 +102,26 @@ CLIENT_TIMEOUT = 900.0  # simulated seconds; a stall would show as an error, not
 SIM_EPOCH = 1_800_000_000.0  # a shared ledger's time at the simulation's clock zero
 TARGET_UTILISATION = 0.95
 TARGET_429_SHARE = 0.01
+TARGET_PATIENCE_CUT = 0.30  # patience: mean request time at least this much below trioproxy's
+
+
+
+@frozen
+class Speeds:
+    """How fast the emulated providers answer: output tokens/s and time to first token (s).
+
+    In the ranges reported for each: Cerebras about 2,000 tokens/s with sub-second first
+    tokens, Chutes tens of tokens/s with first tokens after seconds."""
+
+    cerebras_tokens_per_second: float = CEREBRAS_TOKENS_PER_SECOND
+    cerebras_first_token: float = 0.3
+    chutes_tokens_per_second: float = 50.0
+    chutes_first_token: float = 2.0
+
+    def describe(self) -> str:
+        return (f"Cerebras {self.cerebras_tokens_per_second:g} tokens/s, first token "
+                f"{self.cerebras_first_token:g} s; Chutes {self.chutes_tokens_per_second:g} tokens/s, "
+                f"first token {self.chutes_first_token:g} s")
 
 
 # --------------------------------------------------------------------------- workload
@@ -485,16 +512,19 @@ class Setup:
     sync_headers: bool
     honour_retry_after: bool
     cap: int | None
+    max_wait_ms: int = 0  # patience; 0 = off
 
     def describe(self) -> str:
         share = round(100 * self.tpm / REAL_TPM)
         return (f"{share} % limits ({self.rpm}/{self.tpm}/{self.tpd}), header sync "
                 f"{'on' if self.sync_headers else 'off'}, "
                 f"{'Retry-After cooldowns' if self.honour_retry_after else 'fixed 300 s cooldown'}, "
-                f"cap {self.cap if self.cap else 'none'}")
+                f"cap {self.cap if self.cap else 'none'}, "
+                + (f"patience up to {self.max_wait_ms / 1000:g} s" if self.max_wait_ms else "no patience"))
 
 
 SETUPS = (
+    Setup("P", "patience", REAL_RPM, REAL_TPM, REAL_TPD, True, True, DEFAULT_CAP, Config().max_wait_ms),
     Setup("A", "trioproxy", REAL_RPM, REAL_TPM, REAL_TPD, True, True, DEFAULT_CAP),
     Setup("B", "original", 12, 132_000, 19_200_000, False, False, None),
 )
@@ -502,7 +532,9 @@ SETUPS = (
 
 def proxy_config(setup: Setup, cerebras_url: str, cerebras_key: str, chutes_url: str,
                  chutes_key: str) -> Config:
-    base = Config(port=0, cooldown_period_ms=300_000, honour_retry_after=setup.honour_retry_after)
+    # A plain answer of 8,000 tokens from Chutes takes minutes: no timeout may cut it here.
+    base = Config(port=0, cooldown_period_ms=300_000, honour_retry_after=setup.honour_retry_after,
+                  max_wait_ms=setup.max_wait_ms, request_timeout_ms=int(CLIENT_TIMEOUT * 1000))
     if "state_file" in attrs.fields_dict(Config):
         base = attrs.evolve(base, state_file="")  # never read or write the user's state
     cerebras = attrs.evolve(
@@ -602,7 +634,10 @@ class RunResult:
     failures: Counter[str] = field(factory=Counter)  # router's "failed (label)" warnings
     diversions: list[Diversion] = field(factory=list)
     levels_at_boundary: dict[str, float | None] | None = None  # emulated Cerebras's
-    chutes_latencies: list[float] = field(factory=list)  # simulated seconds, from the log
+    # simulated seconds Chutes answers took beyond their expected first token and generation
+    chutes_latencies: list[float] = field(factory=list)
+    request_times: list[float] = field(factory=list)  # simulated seconds, as each client saw
+    waits: list[float] = field(factory=list)  # seconds patience held a request, from the log
 
     # ----- figures
 
@@ -677,6 +712,16 @@ class RunResult:
         parts = self.parts()
         return sum(p.binding()[1] * p.minutes for p in parts) / sum(p.minutes for p in parts)
 
+    def request_time(self, statistic: str) -> float:
+        """Mean, p50 or p95 of the time requests took, as their clients saw it."""
+        times = sorted(self.request_times)
+        if not times:
+            return 0.0
+        if statistic == "mean":
+            return sum(times) / len(times)
+        share = {"p50": 0.50, "p95": 0.95}[statistic]
+        return times[min(len(times) - 1, int(share * len(times)))]
+
     @property
     def share_429(self) -> float:
         return len(self.refusals) / self.cerebras_received if self.cerebras_received else 0.0
@@ -709,14 +754,18 @@ class _ProxyLog(logging.Handler):
     """Collects what the proxy logs during one run (routes, cooldowns, failures)."""
 
     def __init__(self, result: RunResult, cerebras: emulator.EmulatedProvider,
-                 needs: dict[str, tuple[int, int | None]], cap: int | None) -> None:
-        super().__init__(logging.INFO)
+                 needs: dict[str, tuple[int, int | None]], cap: int | None,
+                 chutes_seconds: Callable[[str], float]) -> None:
+        super().__init__(logging.DEBUG)
         self.result = result
         self.cerebras = cerebras
         self.needs = needs  # request id -> (prompt tokens, completion budget named)
         self.cap = cap
+        self.chutes_seconds = chutes_seconds  # request id -> its expected Chutes answer time
 
-    _REQUEST = re.compile(r"request (\S+) api=\w+ provider=(\S+) reason='([^']*)'.*?latency_ms=(\d+)")
+    _REQUEST = re.compile(r"request (\S+) api=\w+ provider=(\S+) reason='([^']*)'.*?latency_ms=(\d+)"
+                          r"(?: waited_ms=(\d+))?")
+    _SKIPPED = re.compile(r"request (\S+): cerebras\S* skipped \((\w+)\)")
     _FAILED = re.compile(r"request \S+: (\S+) failed \(([^)]*)\)")
     _COOLDOWN = re.compile(r"(\S+) cooldown started for (\d+) s \((.*)\)")
 
@@ -727,13 +776,18 @@ class _ProxyLog(logging.Handler):
         except Exception:  # a record from outside the run, or a format we do not know
             return
         if match := self._REQUEST.match(message):
-            request_id, provider, reason, latency = match.groups()
+            request_id, provider, reason, latency, waited = match.groups()
             provider = provider.split("#")[0]
             self.result.routes[(provider, reason)] += 1
+            waited_seconds = int(waited or 0) / 1000
+            if waited_seconds:
+                self.result.waits.append(waited_seconds)
             if provider == "chutes":
-                self.result.chutes_latencies.append(int(latency) / 1000)
-                if reason.startswith("fallback:") and reason not in ("fallback: context",):
-                    self._diversion(now, request_id, reason)
+                beyond = int(latency) / 1000 - waited_seconds - self.chutes_seconds(request_id)
+                self.result.chutes_latencies.append(0.0 if abs(beyond) <= 0.002 else beyond)
+        elif match := self._SKIPPED.match(message):
+            # Logged the moment the proxy passed Cerebras over for quota (after any wait).
+            self._diversion(now, match.group(1), f"fallback: {match.group(2)}")
         elif match := self._FAILED.match(message):
             self.result.failures[f"{match.group(1).split('#')[0]} {match.group(2)}"] += 1
         elif match := self._COOLDOWN.match(message):
@@ -741,8 +795,7 @@ class _ProxyLog(logging.Handler):
                 self.result.cooldowns.append((now, float(match.group(2)), match.group(3)))
 
     def _diversion(self, now: float, request_id: str, reason: str) -> None:
-        """Would the emulated Cerebras have taken this request at the moment it was routed?
-        (Chutes answers at once, so the log line is written at that same moment.)"""
+        """Would the emulated Cerebras have taken this request at the moment it was routed?"""
         need = self.needs.get(request_id)
         if need is None:
             return
@@ -759,7 +812,7 @@ class _ProxyLog(logging.Handler):
 
 
 async def run_setup(setup: Setup, workload: AnyWorkload, requests: Sequence[AnyRequest],
-                    deployment: Deployment = Deployment()) -> RunResult:
+                    deployment: Deployment = Deployment(), speeds: Speeds = Speeds()) -> RunResult:
     """One configuration against the workload, with fresh emulators and proxies."""
     start = trio.current_time()
     result = RunResult(setup, workload, start)
@@ -771,15 +824,26 @@ async def run_setup(setup: Setup, workload: AnyWorkload, requests: Sequence[AnyR
         day_started_at=start + workload.boundary - emulator.DAY_SECONDS,
         day_tokens_used=REAL_TPD - workload.tokens_left,
         completion_words=words, words_per_chunk=WORDS_PER_CHUNK,
-        tokens_per_second=CEREBRAS_TOKENS_PER_SECOND,
+        tokens_per_second=speeds.cerebras_tokens_per_second,
+        first_token_seconds=speeds.cerebras_first_token,
     )
-    chutes = emulator.chutes(completion_words=words, words_per_chunk=WORDS_PER_CHUNK)
+    chutes = emulator.chutes(completion_words=words, words_per_chunk=WORDS_PER_CHUNK,
+                             tokens_per_second=speeds.chutes_tokens_per_second,
+                             first_token_seconds=speeds.chutes_first_token)
+
+    def chutes_seconds(request_id: str) -> float:
+        index = request_id.rsplit("-", 1)[-1]
+        tokens = words({"messages": [{"role": "user", "content": f"Task {index}:"}]})
+        return speeds.chutes_first_token + tokens / speeds.chutes_tokens_per_second
+
     needs: dict[str, tuple[int, int | None]] = {}
-    handler = _ProxyLog(result, cerebras, needs, setup.cap)
+    handler = _ProxyLog(result, cerebras, needs, setup.cap, chutes_seconds)
     proxy_logger = logging.getLogger("trioproxy")
-    saved = proxy_logger.level, proxy_logger.propagate
+    router_logger = logging.getLogger("trioproxy.router")  # its DEBUG line: Cerebras passed over
+    saved = proxy_logger.level, proxy_logger.propagate, router_logger.level
     proxy_logger.addHandler(handler)
     proxy_logger.setLevel(logging.INFO)
+    router_logger.setLevel(logging.DEBUG)
     proxy_logger.propagate = False
     try:
         async with trio.open_nursery() as nursery:
@@ -805,6 +869,7 @@ async def run_setup(setup: Setup, workload: AnyWorkload, requests: Sequence[AnyR
         proxy_logger.removeHandler(handler)
         proxy_logger.setLevel(saved[0])
         proxy_logger.propagate = saved[1]
+        router_logger.setLevel(saved[2])
     result.cerebras_received = len(cerebras.received)
     result.cerebras_served = cerebras.served
     result.cerebras_usage = list(cerebras.usage_log)
@@ -844,6 +909,7 @@ async def _send(client: httpx.AsyncClient, planned: AnyRequest, result: RunResul
     headers = {"content-type": "application/json", "x-request-id": request_id}
     error: str | None = None
     usage: dict[str, Any] | None = None
+    sent_at = trio.current_time()
     try:
         if planned.stream:
             async with client.stream("POST", "chat/completions", content=body, headers=headers) as response:
@@ -866,6 +932,7 @@ async def _send(client: httpx.AsyncClient, planned: AnyRequest, result: RunResul
         result.errors[error] += 1
         return
     assert usage is not None
+    result.request_times.append(trio.current_time() - sent_at)
     result.ok += 1
     answer = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
     result.answers[planned.index] = answer
@@ -917,12 +984,12 @@ def _refusal_causes(cerebras: emulator.EmulatedProvider) -> tuple[Counter[str], 
 
 
 def simulate(workload: AnyWorkload, setups: Sequence[Setup] = SETUPS,
-             deployment: Deployment = Deployment()) -> list[RunResult]:
+             deployment: Deployment = Deployment(), speeds: Speeds = Speeds()) -> list[RunResult]:
     """Run every setup on the same workload in one trio.run on an autojumping MockClock."""
     requests = workload.requests()
 
     async def main() -> list[RunResult]:
-        return [await run_setup(setup, workload, requests, deployment) for setup in setups]
+        return [await run_setup(setup, workload, requests, deployment, speeds) for setup in setups]
 
     return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -948,10 +1015,12 @@ def _n(value: float) -> str:
     return f"{value:,.0f}"
 
 
-def report(results: Sequence[RunResult], deployment: Deployment = Deployment()) -> tuple[str, bool]:
-    """The printed report, and whether the first result (A) met every target."""
+def report(results: Sequence[RunResult], deployment: Deployment = Deployment(),
+           speeds: Speeds | None = None) -> tuple[str, bool]:
+    """The printed report, and whether the first results (P and A) met every target."""
     w = results[0].workload
-    lines = [*w.headline(results[0].requests), f"  {deployment.describe()}", ""]
+    lines = [*w.headline(results[0].requests), f"  {deployment.describe()}",
+             *([f"  speeds: {speeds.describe()}"] if speeds is not None else []), ""]
     for r in results:
         lines.append(f"  {r.setup.key}: {r.setup.title}: {r.setup.describe()}")
     lines.append("")
@@ -991,6 +1060,11 @@ def report(results: Sequence[RunResult], deployment: Deployment = Deployment()) 
         Counter(x.limit for x in r.refusals).items())) or "-")
     row("Chutes requests: sent / 200", lambda r: f"{r.chutes_received} / {r.chutes_served}")
     row("Client requests / errors (non-200)", lambda r: f"{r.requests} / {r.client_errors}")
+    row("Request time: mean / p50 / p95", lambda r: " / ".join(
+        f"{r.request_time(s):.1f} s" for s in ("mean", "p50", "p95")))
+    row("Total agent time (sum of request times)", lambda r: f"{sum(r.request_times) / 3600:.2f} h")
+    row("Requests patience held / mean wait", lambda r: f"{len(r.waits)} / "
+        + (f"{sum(r.waits) / len(r.waits):.1f} s" if r.waits else "-"))
     row("Wall time", lambda r: f"{r.wall_seconds:.1f} s")
     width = max(len(label) for label, _ in rows) + 2
     col = max(28, *(len(v) + 2 for _, values in rows for v in values))
@@ -1012,11 +1086,18 @@ def report(results: Sequence[RunResult], deployment: Deployment = Deployment()) 
         problems = r.consistency()
         checks.append((not problems, "counts add up" + (": " + "; ".join(problems) if problems else "")))
         checks += w.checks(r)
-        title = "Targets" if i == 0 else "Same targets, for comparison only"
+        if i == 0 and r.setup.max_wait_ms and len(results) > 1:
+            mean, without = r.request_time("mean"), results[1].request_time("mean")
+            cut = 1 - mean / without if without else 0.0
+            checks.append((cut >= TARGET_PATIENCE_CUT,
+                           f"mean request time {mean:.1f} s is {_pct(cut)} below {results[1].setup.key}'s "
+                           f"{without:.1f} s (target >= {_pct(TARGET_PATIENCE_CUT)})"))
+        counted = r.setup.key != "B"  # the original design is there for comparison only
+        title = "Targets" if counted else "Same targets, for comparison only"
         lines.append(f"{title} ({r.setup.key}: {r.setup.title}):")
         for ok, text in checks:
             lines.append(f"  {'PASS' if ok else 'FAIL'}  {text}")
-            if i == 0:
+            if counted:
                 passed = passed and ok
         lines.append("")
 
@@ -1098,7 +1179,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=1, help="trioproxy processes sharing the key (default 1)")
     parser.add_argument("--backend", choices=("memory", "redis"), default="memory",
                         help="their quota ledger; redis starts a redis-server of its own (default memory)")
+    defaults = Speeds()
+    for name, help_text in (("cerebras-tokens-per-second", "Cerebras's output speed"),
+                            ("cerebras-first-token", "Cerebras's time to first token, seconds"),
+                            ("chutes-tokens-per-second", "Chutes's output speed"),
+                            ("chutes-first-token", "Chutes's time to first token, seconds")):
+        default = getattr(defaults, name.replace("-", "_"))
+        parser.add_argument(f"--{name}", type=float, default=default, help=f"{help_text} (default {default:g})")
     args = parser.parse_args(argv)
+    speeds = Speeds(args.cerebras_tokens_per_second, args.cerebras_first_token,
+                    args.chutes_tokens_per_second, args.chutes_first_token)
+    if min(speeds.cerebras_tokens_per_second, speeds.chutes_tokens_per_second) <= 0 or min(
+            speeds.cerebras_first_token, speeds.chutes_first_token) < 0:
+        parser.error("speeds must be positive and times to first token not negative")
     if not 0 <= args.stream_share <= 1:
         parser.error("--stream-share must lie in [0, 1]")
     try:
@@ -1113,8 +1206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="quota-sim-redis-"))
             redis_url = stack.enter_context(running_redis(Path(folder))).url
         deployment = Deployment(args.replicas, args.backend, redis_url)
-        results = simulate(workload, deployment=deployment)
-    text, passed = report(results, deployment)
+        results = simulate(workload, deployment=deployment, speeds=speeds)
+    text, passed = report(results, deployment, speeds)
     print(text)
     print(f"\ntotal wall time {time.perf_counter() - wall:.1f} s")
     return 0 if passed else 1

@@ -40,7 +40,9 @@ async def providers(nursery: trio.Nursery) -> Providers:
 
 def proxy_config(providers: Providers, **overrides: Any) -> Config:
     """Settings pointing at the emulators, port 0; `cerebras`/`chutes` dicts override provider keys."""
-    base = Config(port=0, state_file="")  # tests never touch the user's state directory
+    # Tests never touch the user's state directory; patience is off unless a test turns it on,
+    # so every other test sees the immediate fallback it was written for.
+    base = Config(port=0, state_file="", max_wait_ms=0)
     cerebras = attrs.evolve(
         base.cerebras,
         **{"base_url": providers.cerebras_url, "api_key": providers.cerebras.api_key, **overrides.pop("cerebras", {})},

@@ -1,4 +1,4 @@
-"""Smoke test of bench/quota_sim.py: a 3-simulated-minute run of both configurations.
+"""Smoke test of bench/quota_sim.py: a 3-simulated-minute run of the three configurations.
 
 It checks that the figures are computed and sane, not the targets (3 minutes are too short
 for a sliding minute to reach them): no client-visible errors, every utilisation in (0, 1],
@@ -37,7 +37,7 @@ def test_workload_is_seeded_and_over_quota() -> None:
 
 
 def test_no_client_errors_and_counts_add_up(results: list[quota_sim.RunResult]) -> None:
-    assert [r.setup.key for r in results] == ["A", "B"]
+    assert [r.setup.key for r in results] == ["P", "A", "B"]
     for r in results:
         assert r.client_errors == 0, r.errors
         assert r.consistency() == []
@@ -68,14 +68,14 @@ def test_utilisation_is_a_share(results: list[quota_sim.RunResult]) -> None:
 def test_best_use_recovers_after_the_day_boundary(results: list[quota_sim.RunResult]) -> None:
     """A cools down only as long as Retry-After says, so Cerebras serves again after the
     boundary, and serves while it has quota before it."""
-    best = results[0]
+    best = results[1]
     before, after = best.parts()
     assert before.share("rpm") > 0 and after.share("rpm") > 0
     assert best.day2_tokens > 0
 
 
 def test_best_use_beats_the_original(results: list[quota_sim.RunResult]) -> None:
-    best, original = results
+    _, best, original = results
     assert best.binding() > original.binding()
     assert best.cerebras_served > original.cerebras_served
 
@@ -85,6 +85,7 @@ def test_the_clock_moved_only_on_timers(results: list[quota_sim.RunResult]) -> N
     heavily loaded machine the kernel may deliver a loopback write late (seen: 2 answers in
     3,000 with 2 CPUs and 3 simulations at once), so a rare short jump is tolerated."""
     for r in results:
+        # Chutes's answers take their first token and generation time: only more is a jump.
         moved = [latency for latency in r.chutes_latencies if latency > 0]
         assert r.chutes_latencies and len(moved) <= max(2, len(r.chutes_latencies) // 100)
         assert max(r.chutes_latencies) < 5.0
@@ -93,11 +94,23 @@ def test_the_clock_moved_only_on_timers(results: list[quota_sim.RunResult]) -> N
 
 def test_report_prints_the_table_and_verdicts(results: list[quota_sim.RunResult]) -> None:
     text, passed = quota_sim.report(results)
-    assert "A: trioproxy" in text and "B: original" in text
+    assert "P: patience" in text and "A: trioproxy" in text and "B: original" in text
     for needle in ("rpm  requests", "tpm  tokens", "tpd  day 1", "Tokens served: Chutes",
-                   "Cerebras 429s", "Client requests / errors", "binding limit"):
+                   "Cerebras 429s", "Client requests / errors", "binding limit",
+                   "Request time: mean / p50 / p95", "Total agent time"):
         assert needle in text
     verdicts = [line.split()[0] for line in text.splitlines() if line.startswith("  PASS")
                 or line.startswith("  FAIL")]
-    assert len(verdicts) == 8
-    assert passed == all(v == "PASS" for v in verdicts[:4])
+    assert len(verdicts) == 13  # P: 4 + its mean request time; A: 4; B: 4
+    assert passed == all(v == "PASS" for v in verdicts[:9])
+
+
+def test_request_times_are_measured_and_patience_waits(results: list[quota_sim.RunResult]) -> None:
+    """Every answered request has its time; Chutes's answers take seconds (first token and
+    50 tokens/s), so no request is instant; only the patient setup holds requests."""
+    patient, without, original = results
+    for r in results:
+        assert len(r.request_times) == r.ok
+        assert 0 < r.request_time("p50") <= r.request_time("p95")
+    assert patient.waits and all(0 < w <= patient.setup.max_wait_ms / 1000 + 0.01 for w in patient.waits)
+    assert not without.waits and not original.waits

@@ -44,6 +44,14 @@ def _positive(instance: object, attribute: attrs.Attribute, value: float | int |
         raise _InvalidValue(attribute, f"must be greater than 0, got {value}")
 
 
+def _between(low: float, high: float) -> Callable[[object, attrs.Attribute, float | int], None]:
+    def check(instance: object, attribute: attrs.Attribute, value: float | int) -> None:
+        if not low <= value <= high:
+            raise _InvalidValue(attribute, f"must be between {low:g} and {high:g}, got {value}")
+
+    return check
+
+
 def _port(instance: object, attribute: attrs.Attribute, value: int) -> None:
     if not 0 <= value <= 65535:
         raise _InvalidValue(attribute, f"must be a port number 0-65535, got {value}")
@@ -160,6 +168,10 @@ class ProviderConfig(PerModel):
     # Ask the provider for a usage chunk on streams, so the ledger learns the real figures.
     request_stream_usage: bool = False
     adaptation: Adaptation = Adaptation()
+    # Starting values of what patience learns from real answers (moving averages): how fast
+    # the provider writes a completion, and how long until its first token arrives.
+    output_tokens_per_second: float = field(default=100.0, validator=_between(0.1, 100_000))
+    time_to_first_token_ms: int = field(default=1_000, validator=_between(0, 600_000))
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -215,6 +227,10 @@ def _default_cerebras() -> ProviderConfig:
         tokens_per_day=19_200_000,
         max_completion_tokens_cap=16_384,
         context_window=131_072,
+        # Cerebras announced Qwen3-Coder 480B at about 2,000 tokens/s; first tokens come in
+        # well under a second.
+        output_tokens_per_second=2_000.0,
+        time_to_first_token_ms=300,
         adaptation=Adaptation(
             drop_fields=("store", "top_k", "min_p"),
             drop_false_parallel_tool_calls=True,
@@ -230,6 +246,9 @@ def _default_chutes() -> ProviderConfig:
         base_url="https://llm.chutes.ai/v1",
         model="Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8",
         request_stream_usage=True,
+        # A GPU deployment shared by many users: tens of tokens/s, first tokens after seconds.
+        output_tokens_per_second=50.0,
+        time_to_first_token_ms=2_000,
     )
 
 
@@ -278,6 +297,10 @@ class Config:
     operator_api_keys: tuple[str, ...] = field(default=(), repr=False)
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)
+    # Patience: a request the preferred provider has no quota for right now waits for it, in
+    # arrival order, when that is expected to finish sooner than the next provider's answer,
+    # but never longer than this. 0 turns patience off (fall back at once, as before).
+    max_wait_ms: int = field(default=10_000, validator=_between(0, 300_000))
     # Further OpenAI-compatible providers, added by configuration alone ([[extra_providers]]).
     extra_providers: tuple[ProviderConfig, ...] = ()
     # Order of preference by name; providers it does not name follow, in file order.
@@ -398,6 +421,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "STATE_FILE": (("state_file",), str),
     "REDIS_URL": (("redis_url",), str),
+    "MAX_WAIT_MS": (("max_wait_ms",), int),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
     "OPERATOR_API_KEYS": (("operator_api_keys",), tuple),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),

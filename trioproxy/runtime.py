@@ -16,6 +16,7 @@ from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.backends import open_ledger
 from .quota.contract import Ledger
+from .quota.ledger import QuotaLedger
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
@@ -101,14 +102,21 @@ async def build_runtime(
             if name in health:
                 health[name] = state
     cooldowns = CooldownTimers(nursery, ledger)
+    # Patience asks the ledger, without booking, when quota returns; the shared (Redis) ledger
+    # cannot tell that yet, so with it requests fall back at once, as with max_wait_ms = 0.
+    max_wait_seconds = config.max_wait_ms / 1000 if isinstance(ledger, QuotaLedger) else 0.0
+    if config.max_wait_ms and not max_wait_seconds:
+        log.warning("max_wait_ms is ignored with quota_backend = \"redis\": patience needs the memory ledger")
     routers = {
         name: Router(ups, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
-                     config.honour_retry_after, health, name)
+                     config.honour_retry_after, health, name, max_wait_seconds)
         for name, ups in routes.items()
     }
     if previous is not None:
         for name, router in routers.items():
-            router.estimator.ratio = previous.routers.get(name, previous.router).estimator.ratio
+            before = previous.routers.get(name, previous.router)
+            router.estimator.ratio = before.estimator.ratio
+            router.patience.carry_over(before.patience)
     wanted: dict[str, list[str]] = {}
     for ups in routes.values():
         for u in ups:

@@ -321,22 +321,27 @@ class AccountQuota:
             self.cooldown_until, self.cooldown_reason = -math.inf, ""
             self.half_open, self.probe_in_flight = True, False
 
-    def _amounts(self, tokens: int) -> dict[str, int]:
-        return {"rpm": 1, "rpd": 1, "tpm": tokens, "tpd": tokens}
+    def _amounts(self, tokens: int, requests: int = 1) -> dict[str, int]:
+        return {"rpm": requests, "rpd": requests, "tpm": tokens, "tpd": tokens}
 
     def refusal(self, now: float, tokens: int) -> Refusal | None:
+        return next(iter(self.refusals(now, tokens)), None)
+
+    def refusals(self, now: float, tokens: int, requests: int = 1) -> list[Refusal]:
+        """Every reason `requests` requests of `tokens` in all would be refused now."""
         self.end_cooldown_if_due(now)
         if now < self.cooldown_until:
-            return Refusal("cooldown", self.cooldown_until)
+            return [Refusal("cooldown", self.cooldown_until)]
         if self.half_open and self.probe_in_flight:
-            return Refusal("probe", now + 1)
-        for name, amount in self._amounts(tokens).items():
+            return [Refusal("probe", now + 1)]
+        found = []
+        for name, amount in self._amounts(tokens, requests).items():
             window = self.windows[name]
             if not window.fits(now, amount):
-                return Refusal(name, now + window.seconds_until_fits(now, amount))
-            if self.provider_remaining(name, now) < amount:
-                return Refusal(name, self.synced[name].valid_until)
-        return None
+                found.append(Refusal(name, now + window.seconds_until_fits(now, amount)))
+            elif self.provider_remaining(name, now) < amount:
+                found.append(Refusal(name, self.synced[name].valid_until))
+        return found
 
     def provider_remaining(self, name: str, now: float) -> float:
         """What the provider last said remains, less what we booked since; inf if unknown."""
@@ -537,6 +542,19 @@ class QuotaLedger:
             refusal = account.refusal(now, 1)
             times.append(now if refusal is None else refusal.retry_at)
         return min(times)
+
+    def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
+        """Without booking: when `requests` requests of `tokens` in all could go to `provider`
+        (its soonest account, once every limit has room) and the limit that holds them
+        longest; None if they could now."""
+        now = self._clock()
+        latest = []
+        for account in self._by_provider[provider]:
+            refusals = account.refusals(now, tokens, requests)
+            if not refusals:
+                return None
+            latest.append(max(refusals, key=lambda r: r.retry_at))
+        return min(latest, key=lambda r: r.retry_at)
 
     def in_cooldown(self, provider: str) -> bool:
         """True when every account of `provider` is cooling down."""

@@ -33,6 +33,8 @@ class RouteRecord:
     completion_tokens: int | None = None
     prompt_estimate: int = 0  # the raw estimate, so usage can teach the estimator
     upstream_seconds: float = 0.0  # time spent waiting on providers, to tell the proxy's own overhead
+    waited_seconds: float = 0.0  # time patience held the request for a provider's quota
+    waited_why: str = ""  # e.g. "patience: rpm 1.8 s"
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from ..providers.ratelimit import backoff_for, quota_figures
 from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
+from .patience import Pace, Patience
 from .relay import OpenStream, StreamRelay
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
@@ -56,6 +57,7 @@ class Router:
         honour_retry_after: bool = True,
         health: dict[str, ProviderHealth] | None = None,
         route: str = "",
+        max_wait_seconds: float = 0.0,
     ) -> None:
         self.route = route  # the client-visible model this router serves
         self.upstreams = upstreams
@@ -66,6 +68,11 @@ class Router:
         self._cooldown_seconds = cooldown_seconds
         self._capacity_backoff_seconds = capacity_backoff_seconds
         self._honour_retry_after = honour_retry_after
+        starting = {
+            u.quota_key: Pace(u.config.time_to_first_token_ms / 1000, u.config.output_tokens_per_second)
+            for u in upstreams
+        }
+        self.patience = Patience(ledger, starting, max_wait_seconds)
 
     async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers."""
@@ -157,7 +164,8 @@ class Router:
         self._refuse_if_no_provider_offers_the_model()
         why_not_previous: str | None = None
         last_failure: UpstreamFailure | None = None
-        for upstream, skipped_because in self._in_order():
+        order = self._in_order()
+        for position, (upstream, skipped_because) in enumerate(order):
             why_not_previous = skipped_because or why_not_previous
             try:
                 body = adapt_request(request.body, upstream.config, request.stream)
@@ -169,7 +177,8 @@ class Router:
             if window is not None and cost > window:
                 why_not_previous = "fallback: context"
                 continue
-            reservation = await self.ledger.reserve(upstream.quota_key, cost, floor=prompt_estimate)
+            later = [other for other, _ in order[position + 1 :]]
+            reservation = await self.patience.reserve(upstream, cost, body, later, record, floor=prompt_estimate)
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", REQUEST_ID.get(), upstream.name, reservation.reason)
@@ -177,8 +186,12 @@ class Router:
             record.provider, record.account = upstream.name, reservation.account
             record.reason = why_not_previous or "preferred"
             succeeded = False
+            timer = self.patience.timer(upstream)
             try:
-                result = await attempt(upstream, body, Settlement(self.ledger, self.estimator, reservation, record))
+                settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage)
+                result = await attempt(upstream, body, settlement)
+                if request.stream:
+                    timer.first_event()
                 succeeded = True
                 return result
             except UpstreamFailure as failure:

@@ -1,5 +1,6 @@
 """Settling one reservation: from the provider's usage when it comes, from an estimate when not."""
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define
@@ -26,6 +27,7 @@ class Settlement:
     estimator: PromptEstimator
     reservation: Reservation
     record: RouteRecord
+    on_usage: Callable[[int], None] | None = None  # told the completion tokens, to learn speeds
     settled: bool = False
 
     async def from_usage(self, document: dict[str, Any]) -> bool:
@@ -36,6 +38,8 @@ class Settlement:
         self.record.prompt_tokens, self.record.completion_tokens = usage
         await self.ledger.settle(self.reservation, sum(usage))
         self.estimator.learn(self.record.prompt_estimate, usage[0])
+        if self.on_usage is not None:
+            self.on_usage(usage[1])
         self.settled = True
         return True
 

@@ -31,7 +31,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     router = runtime.routers.get(served.model, runtime.router)
     quota = " ".join(filter(None, (ledger.summary(upstream.quota_key) for upstream in router.upstreams)))
     log.info(
-        "request %s api=%s provider=%s reason=%r route=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f quota: %s",
+        "request %s api=%s provider=%s reason=%r route=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s quota: %s",
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
@@ -42,5 +42,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
         route.prompt_tokens if route.prompt_tokens is not None else "-",
         route.completion_tokens if route.completion_tokens is not None else "-",
         latency * 1000,
+        route.waited_seconds * 1000,
+        f" waited_for={route.waited_why!r}" if route.waited_why else "",
         quota or "-",
     )

@@ -24,4 +24,4 @@ class ServedRequest:
 
     def overhead_seconds(self, until: float) -> float:
         """Time up to `until` that the proxy, not a provider, spent on this request."""
-        return until - self.started - self.route.upstream_seconds
+        return until - self.started - self.route.upstream_seconds - self.route.waited_seconds

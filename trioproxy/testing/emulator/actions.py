@@ -36,6 +36,7 @@ class Stream:
     events: list[Json]
     headers: list[tuple[str, str]] = Factory(list)
     delay: float = 0.0
+    first_delay: float = 0.0  # before the first event (time to first token)
     reset_after_first: bool = False
     finish: Callable[[], None] | None = None  # runs before the last event (which holds usage)
 

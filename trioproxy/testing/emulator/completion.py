@@ -47,6 +47,7 @@ def completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: i
         action = stream_action(meta, answer, usage, body, faults, provider.words_per_chunk)
         # A stream's headers leave before the model runs: they still show the reservation.
         with_limit_headers(provider, action)
+        action.first_delay = provider.first_token_seconds
         if generation > 0:
             if action.delay <= 0:  # the events after the first one spread over the generation
                 action.delay = generation / max(1, len(action.events) - 1)
@@ -61,8 +62,8 @@ def completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: i
         finish()
         with_limit_headers(provider, reply)
 
-    if generation > 0:
-        reply.wait, reply.finish = generation, finish_reply
+    if generation + provider.first_token_seconds > 0:
+        reply.wait, reply.finish = provider.first_token_seconds + generation, finish_reply
     else:
         finish_reply()
     return reply

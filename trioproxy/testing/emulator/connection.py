@@ -80,6 +80,8 @@ class HttpConnection:
                 paced = stream.finish is None or i <= last_event
                 if i and stream.delay > 0 and paced:
                     await trio.sleep(stream.delay)
+                if i == 0 and stream.first_delay > 0:
+                    await trio.sleep(stream.first_delay)
                 if i == last_event and stream.finish is not None:
                     stream.finish()
                 await self._send(h11.Data(data=f"data: {payload}\n\n".encode()))

@@ -69,6 +69,7 @@ class EmulatedProvider:
       `tokens_per_second` makes the model take time: the reservation stays taken while the
       completion is generated (a plain answer comes after that time, a stream's chunks are
       spread over it) and is settled just before the answer's usage is sent; None = instant.
+      `first_token_seconds` delays the first token too (a plain answer waits it as well).
     - `usage_log`: every completion's usage when it was settled (streams with injected faults
       included: the quota counted them). `quota_refusals`: every quota 429 (Cerebras).
     - A chat request naming another model than `model` or one of `more_models` gets the
@@ -96,6 +97,7 @@ class EmulatedProvider:
     completion_words: int | Callable[[Json], int] | None = None
     words_per_chunk: int = 1
     tokens_per_second: float | None = None
+    first_token_seconds: float = 0.0  # a completion's first token comes this long after admission
     echo_key_in_401: bool = False  # say the wrong key back, as OpenAI-style providers do
     usage_log: list[Usage] = Factory(list)
     quota_refusals: list[QuotaRefusal] = Factory(list)

@@ -1,0 +1,198 @@
+"""Patience: wait for the preferred provider's quota when that is expected to finish sooner.
+
+A request the preferred provider cannot take now is compared by expected finish time:
+the time until the provider has quota for it, plus its time to first token, plus the
+expected completion length over its output speed, against the same for the providers it
+would otherwise go to. When waiting wins and stays within `max_wait`, the request joins
+that provider's queue, unless the quota is contested: when requests were passed over the
+provider often enough that one of them would have taken the returning quota at no wait, a
+wait only adds time (someone uses the quota either way), so the request goes on at once.
+Only the head of a queue asks the ledger for quota, and it wakes the
+next one when it leaves, so waiters are served in arrival order as quota returns, not as a
+stampede. A new request also queues behind them rather than taking the quota they wait for.
+"""
+
+import math
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import trio
+from attrs import define, field
+
+from ..providers.upstream import Upstream
+from ..quota.ledger import QuotaLedger, Refusal, Reservation
+from .request import RouteRecord
+from .tokens import requested_completion_tokens
+
+# Weight of the newest observation in the moving averages.
+SMOOTHING = 0.2
+# Before any answer was seen: a typical coding-agent answer is a few hundred tokens.
+STARTING_COMPLETION_TOKENS = 500
+# How far back requests passed over a provider count towards its contention.
+CONTENTION_WINDOW = 60.0
+
+
+def _moving(average: float, observed: float) -> float:
+    return average + SMOOTHING * (observed - average)
+
+
+@define
+class Pace:
+    """How fast one provider answers, learned from its real answers (moving averages)."""
+
+    first_token_seconds: float
+    tokens_per_second: float
+
+    def seconds_for(self, completion_tokens: float) -> float:
+        """Expected time from sending to the last token of a completion this long."""
+        return self.first_token_seconds + completion_tokens / self.tokens_per_second
+
+
+@define
+class AnswerTimer:
+    """Times one attempt and teaches its provider's pace (and the completion average)."""
+
+    pace: Pace
+    learn_completion: Callable[[int], None]
+    sent_at: float = field(factory=trio.current_time)
+    first_event_at: float | None = None
+
+    def first_event(self) -> None:
+        """A stream's first event arrived: that is the time to first token."""
+        self.first_event_at = trio.current_time()
+        self.pace.first_token_seconds = _moving(self.pace.first_token_seconds, self.first_event_at - self.sent_at)
+
+    def usage(self, completion_tokens: int) -> None:
+        """The answer's usage arrived with its last token: its speed can be told."""
+        now = trio.current_time()
+        if self.first_event_at is not None:
+            generating = now - self.first_event_at
+        else:  # a plain answer: everything arrived at once, so take off the expected first token
+            generating = now - self.sent_at - self.pace.first_token_seconds
+        if completion_tokens > 0 and generating > 0:
+            self.pace.tokens_per_second = _moving(self.pace.tokens_per_second, completion_tokens / generating)
+        self.learn_completion(completion_tokens)
+
+
+@define(eq=False)
+class _Waiter:
+    tokens: int
+    turn: trio.Event = field(factory=trio.Event)  # set when it reaches the head of its queue
+
+
+class Patience:
+    """Decides, per request, whether to wait for a provider's quota, and keeps the queues."""
+
+    def __init__(self, ledger: QuotaLedger, starting: Mapping[str, Pace], max_wait_seconds: float) -> None:
+        self._ledger = ledger
+        self.paces = dict(starting)
+        self.max_wait = max_wait_seconds
+        self.completion_tokens = float(STARTING_COMPLETION_TOKENS)
+        self._queues: dict[str, deque[_Waiter]] = {name: deque() for name in starting}
+        self._passed_over: dict[str, deque[float]] = {name: deque() for name in starting}
+
+    def carry_over(self, previous: "Patience") -> None:
+        """Keep what a previous configuration learned (a reload) for providers still here."""
+        self.completion_tokens = previous.completion_tokens
+        for name, pace in previous.paces.items():
+            if name in self.paces:
+                self.paces[name] = Pace(pace.first_token_seconds, pace.tokens_per_second)
+
+    def timer(self, upstream: Upstream) -> AnswerTimer:
+        return AnswerTimer(self.paces[upstream.quota_key], self._learn_completion)
+
+    def _learn_completion(self, tokens: int) -> None:
+        self.completion_tokens = _moving(self.completion_tokens, tokens)
+
+    async def reserve(
+        self, upstream: Upstream, tokens: int, body: dict[str, Any], later: Sequence[Upstream], record: RouteRecord,
+        floor: int = 0,
+    ) -> Reservation | Refusal:
+        """The ledger's reservation, after waiting in line for it if that finishes sooner.
+
+        Providers are known by their quota key (provider account and model), as the ledger knows them."""
+        name = upstream.quota_key
+        queue = self._queues[name]
+        if not queue or self.max_wait <= 0:
+            got = await self._ledger.reserve(name, tokens, floor=floor)
+            if isinstance(got, Reservation) or self.max_wait <= 0:
+                return got
+            refusal = self._ledger.refusal(name, tokens) or got  # the limit that holds it longest
+        else:  # others wait already: this one's turn comes after theirs
+            ahead = sum(waiter.tokens for waiter in queue)
+            refusal = self._ledger.refusal(name, ahead + tokens, len(queue) + 1) or Refusal(
+                "queue", self._ledger.now()
+            )
+        wait = max(0.0, refusal.retry_at - self._ledger.now())
+        if self._worth_waiting(upstream, wait, tokens, body, later):
+            got = await self._wait_in_line(name, queue, tokens, refusal, record, floor)
+        elif queue and self._ledger.refusal(name, queue[0].tokens) is not None:
+            # It will not wait, and what is free now is too little for the head of the line:
+            # taking it costs the waiters nothing they could use now, and leaves none unused.
+            got = await self._ledger.reserve(name, tokens, floor=floor)
+        else:
+            got = refusal
+        if isinstance(got, Reservation):
+            return got
+        refusal = got
+        self._passed_over[name].append(self._ledger.now())
+        return refusal
+
+    def _contention(self, provider: str) -> float:
+        """Requests per second passed over `provider` for quota lately."""
+        passed_over, horizon = self._passed_over[provider], self._ledger.now() - CONTENTION_WINDOW
+        while passed_over and passed_over[0] <= horizon:
+            passed_over.popleft()
+        return len(passed_over) / CONTENTION_WINDOW
+
+    def _worth_waiting(
+        self, upstream: Upstream, wait: float, tokens: int, body: dict[str, Any], later: Sequence[Upstream]
+    ) -> bool:
+        if wait > self.max_wait:
+            return False
+        completion = min(requested_completion_tokens(body) or math.inf, self.completion_tokens)
+        elsewhere = min((self._finish_on(other, tokens, completion) for other in later), default=math.inf)
+        if elsewhere == math.inf:
+            return True  # the last provider: a wait beats the client's 429
+        if self._contention(upstream.quota_key) * wait >= 1:
+            return False
+        return wait + self.paces[upstream.quota_key].seconds_for(completion) < elsewhere
+
+    def _finish_on(self, upstream: Upstream, tokens: int, completion: float) -> float:
+        refusal = self._ledger.refusal(upstream.quota_key, tokens)
+        wait = 0.0 if refusal is None else max(0.0, refusal.retry_at - self._ledger.now())
+        return wait + self.paces[upstream.quota_key].seconds_for(completion)
+
+    async def _wait_in_line(
+        self, name: str, queue: deque[_Waiter], tokens: int, refusal: Refusal, record: RouteRecord, floor: int
+    ) -> Reservation | Refusal:
+        """Queue up; at the head, take quota as it returns. Leaves the queue however it ends,
+        a client's disconnect (cancellation) included, and hands the turn to the next."""
+        started = self._ledger.now()
+        deadline = started + self.max_wait
+        waiter = _Waiter(tokens)
+        queue.append(waiter)
+        if len(queue) == 1:
+            waiter.turn.set()
+        reason = refusal.reason
+        try:
+            with trio.move_on_at(deadline):
+                await waiter.turn.wait()
+                while True:
+                    got = await self._ledger.reserve(name, tokens, floor=floor)
+                    if isinstance(got, Reservation):
+                        return got
+                    refusal, reason = got, got.reason
+                    if got.retry_at > deadline:
+                        return got  # quota returns too late: go elsewhere now
+                    # At least a millisecond: a bucket a rounding error short must not spin.
+                    await trio.sleep_until(max(got.retry_at, self._ledger.now() + 0.001))
+            return refusal
+        finally:
+            waited = self._ledger.now() - started
+            record.waited_seconds += waited
+            record.waited_why = f"patience: {reason} {waited:.1f} s"
+            queue.remove(waiter)
+            if queue:
+                queue[0].turn.set()
