@@ -252,7 +252,7 @@ def start_demo(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
                                    stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
-        found = re.search(r"serving \S+ at (http://127\.0\.0\.1:\d+/v1)", log_path.read_text())
+        found = re.search(r"serving at (http://127\.0\.0\.1:\d+/v1)", log_path.read_text())
         if found:
             return process, found.group(1)
         time.sleep(0.2)
