@@ -17,8 +17,9 @@ from .responses_stream import ResponseStream, incomplete_details, response_usage
 
 API = "responses"
 _SAMPLING = ("temperature", "top_p", "parallel_tool_calls", "user")
-# Fields that only steer OpenAI's own service (caching, tiers, telemetry): nothing to forward.
-_IGNORED = frozenset({"include", "reasoning", "metadata", "client_metadata", "prompt_cache_key", "prompt_cache_retention",
+# Every field the door accepts: those it translates, and those that only steer OpenAI's own
+# service (caching, tiers, telemetry, reasoning settings), which have nothing to forward.
+_ACCEPTED = frozenset({"include", "reasoning", "metadata", "client_metadata", "prompt_cache_key", "prompt_cache_retention",
                       "safety_identifier", "service_tier", "stream_options", "truncation", "top_logprobs",
                       "max_tool_calls", "store", "instructions", "input", "model", "stream", "tools",
                       "tool_choice", "text", "max_output_tokens", *_SAMPLING})
@@ -48,7 +49,7 @@ def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
     if body.get("store") is True:
         raise ProxyError(400, "trioproxy keeps no conversation state: send `store: false` (or leave it out).",
                          code="unsupported_feature", param="store")
-    unknown = sorted(key for key in body if key not in _IGNORED)
+    unknown = sorted(key for key in body if key not in _ACCEPTED)
     if unknown:
         raise _bad(f"Unsupported parameter: `{unknown[0]}`.", unknown[0])
     chat: dict[str, Any] = {"model": body["model"], "messages": _messages(body)}
