@@ -86,10 +86,6 @@ class WorkerPool:
         self._stopping = True
         self.signal_all(signal.SIGTERM)
 
-    @property
-    def pids(self) -> list[int]:
-        return [process.pid for process in self._processes.values()]
-
 
 async def _wait_shielded(process: trio.Process) -> int:
     """A worker outlives a cancelled supervisor task: it is stopped by signal, never orphaned."""

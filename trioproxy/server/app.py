@@ -21,6 +21,7 @@ from ..logs import REQUEST_ID
 from ..runtime import Runtime
 from . import operator_views as operator
 from .accounting import finish_request
+from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
 from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
@@ -30,11 +31,6 @@ from .request_id import request_id_from
 from .served import STATUS_CLIENT_CLOSED, ServedRequest
 
 log = logging.getLogger("trioproxy.request")
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 MODELS_PATH = "/v1/models"
 STATUS_PATH = "/v1/status"
@@ -56,12 +52,6 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache
 
 class ClientDisconnected(Exception):
     """The client closed its connection before we were done."""
-
-
-def _json_headers(extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
-    headers = [(b"content-type", b"application/json")]
-    headers.extend((k.encode(), v.encode()) for k, v in (extra or {}).items())
-    return headers
 
 
 def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
@@ -105,12 +95,12 @@ class ProxyApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        request_id = request_id_from(_header(scope, b"x-request-id"))
+        request_id = request_id_from(header(scope, b"x-request-id"))
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         runtime = self.runtime
         try:
-            authorization, x_api_key = _header(scope, b"authorization"), _header(scope, b"x-api-key")
+            authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
             if path.startswith("/v1/") and path != STATUS_PATH:
                 runtime.client_keys.check(authorization, x_api_key)
             door = DOORS.get(path)
@@ -148,11 +138,7 @@ class ProxyApp:
             await _send_error(send, _error_shape(path), error, extra)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
-        body = self.metrics.render()
-        headers = [(b"content-type", CONTENT_TYPE.encode())]
-        headers.extend((k.encode(), v.encode()) for k, v in extra.items())
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_response(send, 200, self.metrics.render(), CONTENT_TYPE, extra)
 
     async def _door(self, door: Door, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         """One request through a front door: parse, route, answer; accounted for once at the end."""
@@ -187,8 +173,7 @@ class ProxyApp:
         async with router.stream(request, served.route) as relay:
             served.status = 200
             served.first_byte_at = trio.current_time()
-            headers = [(OVERHEAD_HEADER.encode(), _overhead_ms(served).encode()), *_SSE_HEADERS,
-                       *((k.encode(), v.encode()) for k, v in extra.items())]
+            headers = [*encode_headers({OVERHEAD_HEADER: _overhead_ms(served)}), *_SSE_HEADERS, *encode_headers(extra)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             failure: ProxyError | None = None
             with self.drain.stream() as relaying:
@@ -205,7 +190,7 @@ class ProxyApp:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         max_body_bytes = self.runtime.config.max_body_bytes
-        declared = _header(scope, b"content-length")
+        declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             raise _too_large(max_body_bytes)
         chunks: list[bytes] = []
@@ -278,17 +263,8 @@ async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Se
         raise refused
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
 async def _send_json(send: Send, status: int, document: Any, extra: dict[str, str] | None = None) -> None:
-    body = dump_json(document)
-    await send({"type": "http.response.start", "status": status, "headers": _json_headers(extra)})
-    await send({"type": "http.response.body", "body": body})
+    await send_response(send, status, dump_json(document), "application/json", extra)
 
 
 async def _send_error(send: Send, shape: Callable[[ProxyError], dict[str, Any]], error: ProxyError,

@@ -4,12 +4,13 @@ The page, its script, styles and the vendored chart library are public (they hol
 the state endpoint needs a client key when the proxy requires one, as the API does.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
-from ..doors.chat import ProxyError
+from ..errors import ProxyError
 from ..jsoncodec import dump_json
+from .asgi import Send, send_response
 from .auth import ClientKeys
 from .history import TrafficHistory
 
@@ -36,7 +37,6 @@ _PAGE_HEADERS = {
     "cache-control": "no-cache",
 }
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def _load_assets() -> dict[str, tuple[bytes, str]]:
@@ -76,18 +76,13 @@ class Dashboard:
         if path == STATE_PATH:
             self._client_keys().check(authorization, x_api_key)
             state = {"keys_required": self._client_keys().required, **self._status(), "traffic": self._history.snapshot()}
-            await _send(send, dump_json(state), "application/json", {"cache-control": "no-store", **extra})
+            await send_response(send, 200, dump_json(state), "application/json", {"cache-control": "no-store", **extra})
             return
         name = "dashboard.html" if path in PAGE_PATHS else path.removeprefix(ASSETS_PREFIX)
         asset = self._assets.get(name) if path in PAGE_PATHS or path.startswith(ASSETS_PREFIX) else None
         if asset is None:
             raise ProxyError(404, f"Unknown path {path}.", code="not_found")
         body, content_type = asset
-        await _send(send, body, content_type, {**_PAGE_HEADERS, **extra})
+        await send_response(send, 200, body, content_type, {**_PAGE_HEADERS, **extra})
 
 
-async def _send(send: Send, body: bytes, content_type: str, headers: dict[str, str]) -> None:
-    encoded = [(b"content-type", content_type.encode())]
-    encoded.extend((k.encode(), v.encode()) for k, v in headers.items())
-    await send({"type": "http.response.start", "status": 200, "headers": encoded})
-    await send({"type": "http.response.body", "body": body})

@@ -17,16 +17,10 @@ import trio
 from ..doors.chat import error_body
 from ..errors import ProxyError
 from ..jsoncodec import dump_json
+from .asgi import Scope, header
 from .request_id import request_id_from
 
 log = logging.getLogger("trioproxy.request")
-
-Scope = dict[str, Any]
-
-
-def _has(scope: Scope, name: bytes) -> bool:
-    return any(key == name for key, _ in scope["headers"])
-
 
 def origin_form(scope: Scope) -> Scope:
     """The scope with an absolute-form target (`http://host/path?q`) turned into `/path?q`."""
@@ -47,14 +41,14 @@ class HttpEdges:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if _has(scope, b"content-length") and _has(scope, b"transfer-encoding"):
+        if header(scope, b"content-length") is not None and header(scope, b"transfer-encoding") is not None:
             await self._refuse_ambiguous_framing(scope, send)
             return
         await self.app(origin_form(scope), receive, send)
 
     @staticmethod
     async def _refuse_ambiguous_framing(scope: Scope, send: Any) -> None:
-        request_id = request_id_from(next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None))
+        request_id = request_id_from(header(scope, b"x-request-id"))
         error = ProxyError(
             400,
             "A request may not carry both Content-Length and Transfer-Encoding (RFC 9112, 6.3).",

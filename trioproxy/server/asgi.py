@@ -1,0 +1,29 @@
+"""ASGI plumbing the server's handlers share: the callable types, request headers, whole responses."""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of request header `name` (lower case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(key.encode(), value.encode()) for key, value in headers.items()]
+
+
+async def send_response(send: Send, status: int, body: bytes, content_type: str,
+                        headers: dict[str, str] | None = None) -> None:
+    """A whole response in one body message."""
+    encoded = [(b"content-type", content_type.encode()), *encode_headers(headers or {})]
+    await send({"type": "http.response.start", "status": status, "headers": encoded})
+    await send({"type": "http.response.body", "body": body})
