@@ -16,7 +16,7 @@ import cattrs
 from attrs import field, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-LOG_LEVELS = ("ERROR", "WARN", "INFO", "DEBUG")
+from trioproxy.logs import FORMATS, LEVELS
 
 
 class ConfigError(Exception):
@@ -58,8 +58,8 @@ def _port(instance: object, attribute: attrs.Attribute, value: int) -> None:
 
 
 def _log_level(instance: object, attribute: attrs.Attribute, value: str) -> None:
-    if value not in LOG_LEVELS:
-        raise _InvalidValue(attribute, f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    if value not in LEVELS:
+        raise _InvalidValue(attribute, f"must be one of {', '.join(LEVELS)}, got {value!r}")
 
 
 def _one_of(*choices: str) -> Callable[[object, attrs.Attribute, str], None]:
@@ -258,7 +258,7 @@ class Config:
     port: int = field(default=3000, validator=_port)
     log_level: str = field(default="INFO", converter=_normalize_level, validator=_log_level)
     # "text" lines for people, "json" lines for log collectors.
-    log_format: str = field(default="text", validator=_one_of("text", "json"))
+    log_format: str = field(default="text", validator=_one_of(*FORMATS))
     proxy_model_name: str = "qwen-3-coder"
     # Other model names clients may ask for, served as proxy_model_name: exact names or globs
     # such as "claude-*" (Claude Code asks for its own model names unless told otherwise).
