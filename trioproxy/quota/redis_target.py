@@ -114,18 +114,18 @@ def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
         with _reading("redis_tls_key", key):
             Path(key).read_bytes()
     if cert:
-        with _reading("redis_tls_cert", cert):
+        with _reading("redis_tls_cert", cert, f"{cert!r} with redis_tls_key {key!r} is not a usable PEM certificate and key"):
             context.load_cert_chain(cert, key or None)
     return context
 
 
 @contextmanager
-def _reading(setting: str, path: str) -> Iterator[None]:
+def _reading(setting: str, path: str, unusable: str = "") -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
         raise TlsFileError(setting, f"no such file {path!r}") from None
     except ssl.SSLError as error:
-        raise TlsFileError(setting, f"{path!r} is not usable PEM ({error.reason or error})") from None
+        raise TlsFileError(setting, f"{unusable or f'{path!r} is not usable PEM'} ({error.reason or error})") from None
     except OSError as error:
         raise TlsFileError(setting, f"cannot read {path!r} ({error.strerror or error})") from None
