@@ -36,7 +36,7 @@ class Deployment:
 
 
 def _cli(port: int, *command: str) -> str:
-    """A command through redis-cli on a plain TCP port; its output, or "" if it failed."""
+    """A command through redis-cli (TLS options first, if any); its output, or "" if it failed."""
     done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *command], capture_output=True, timeout=10, check=False)
     return done.stdout.decode() if done.returncode == 0 else ""
 
@@ -78,10 +78,16 @@ def _start(stack: ExitStack, folder: Path, *args: str) -> subprocess.Popen[bytes
     return process
 
 
-@contextmanager
-def tls_redis(folder: Path) -> Iterator[Deployment]:
-    """A server on a TLS port only, with a certificate for 127.0.0.1 from a private CA; it asks
-    clients for a certificate too (Redis's default), so the client's pair comes from that CA."""
+@define
+class Certificates:
+    """A private CA's files: the server's pair (for 127.0.0.1), the client's, and a stranger CA."""
+
+    client: TlsFiles
+    wrong_ca: str
+    server_args: list[str]  # redis-server's TLS options; it asks clients for a certificate (its default)
+
+
+def _certificates(folder: Path) -> Certificates:
     ca, stranger = trustme.CA(), trustme.CA()
     files = {name: folder / f"{name}.pem" for name in ("ca", "wrong-ca", "server", "server-key", "client", "client-key")}
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,13 +96,34 @@ def tls_redis(folder: Path) -> Iterator[Deployment]:
     for name, cert in (("server", ca.issue_cert("127.0.0.1", "localhost")), ("client", ca.issue_cert("trioproxy-client"))):
         cert.cert_chain_pems[0].write_to_path(files[name])
         cert.private_key_pem.write_to_path(files[f"{name}-key"])
+    server_args = ["--tls-cert-file", str(files["server"]), "--tls-key-file", str(files["server-key"]),
+                   "--tls-ca-cert-file", str(files["ca"])]
+    return Certificates(TlsFiles(str(files["ca"]), str(files["client"]), str(files["client-key"])), str(files["wrong-ca"]), server_args)
+
+
+def _listening(certificates: Certificates, tls: bool) -> tuple[Callable[[int], list[str]], list[str], TlsFiles]:
+    """redis-server's options to listen on a port (TLS only, and TLS to its peers, with `tls`),
+    redis-cli's options to talk to it, and the client's TLS files."""
+    client = certificates.client
+    if not tls:
+        return (lambda port: ["--port", str(port)]), [], TlsFiles()
+    return (
+        lambda port: ["--port", "0", "--tls-port", str(port), "--tls-replication", "yes", "--tls-cluster", "yes", *certificates.server_args],
+        ["--tls", "--cacert", client.ca, "--cert", client.cert, "--key", client.key],
+        client,
+    )
+
+
+@contextmanager
+def tls_redis(folder: Path) -> Iterator[Deployment]:
+    """A server on a TLS port only, with a certificate for 127.0.0.1 from a private CA; it asks
+    clients for a certificate too (Redis's default), so the client's pair comes from that CA."""
+    certificates = _certificates(folder / "certificates")
     port = free_port()
     with ExitStack() as stack:
-        process = _start(stack, folder, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(files["server"]),
-                         "--tls-key-file", str(files["server-key"]), "--tls-ca-cert-file", str(files["ca"]))
+        process = _start(stack, folder, "--port", "0", "--tls-port", str(port), *certificates.server_args)
         _wait_until(lambda: _accepts(("127.0.0.1", port)), "redis-server on a TLS port")
-        tls = TlsFiles(str(files["ca"]), str(files["client"]), str(files["client-key"]))
-        yield Deployment(f"rediss://127.0.0.1:{port}/0", tls, str(files["wrong-ca"]), {"server": process}, {"server": port})
+        yield Deployment(f"rediss://127.0.0.1:{port}/0", certificates.client, certificates.wrong_ca, {"server": process}, {"server": port})
 
 
 @contextmanager
@@ -112,50 +139,55 @@ def unix_socket_redis(folder: Path) -> Iterator[Deployment]:
 
 
 @contextmanager
-def sentinel_redis(folder: Path) -> Iterator[Deployment]:
+def sentinel_redis(folder: Path, tls: bool = False) -> Iterator[Deployment]:
     """A primary, its replica, and one sentinel that watches them (a quorum of one, so it alone
-    can fail over: it marks the primary down after 500 ms without an answer)."""
+    can fail over: it marks the primary down after 500 ms without an answer); with `tls`, all
+    three speak TLS only, to clients and to each other."""
     primary, replica, sentinel = free_port(), free_port(), free_port()
+    listen, cli, client = _listening(certificates := _certificates(folder / "certificates"), tls)
     config = folder / "sentinel" / "sentinel.conf"
     config.parent.mkdir(parents=True)
     config.write_text(
-        f"port {sentinel}\nsentinel monitor {SERVICE} 127.0.0.1 {primary} 1\n"
+        f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 1\n"
         f"sentinel down-after-milliseconds {SERVICE} 500\nsentinel failover-timeout {SERVICE} 5000\n"
     )
     with ExitStack() as stack:
         processes = {
             # A replica's first sync starts at once, not after the default 5 s of waiting for others.
-            "primary": _start(stack, folder / "primary", "--port", str(primary), "--repl-diskless-sync-delay", "0"),
-            "replica": _start(stack, folder / "replica", "--port", str(replica), "--replicaof", "127.0.0.1", str(primary)),
+            "primary": _start(stack, folder / "primary", *listen(primary), "--repl-diskless-sync-delay", "0"),
+            "replica": _start(stack, folder / "replica", *listen(replica), "--replicaof", "127.0.0.1", str(primary)),
         }
         # Started once the replica is linked, the sentinel finds it at its first look at the
         # primary rather than at its next, up to 10 s later.
-        _wait_until(lambda: "master_link_status:up" in _cli(replica, "info", "replication"), "the replica's link to its primary")
-        processes["sentinel"] = _start(stack, config.parent, str(config), "--sentinel")
-        _wait_until(lambda: f"{replica}" in _cli(sentinel, "sentinel", "replicas", SERVICE), "the sentinel's view of the replica")
-        yield Deployment(f"redis+sentinel://127.0.0.1:{sentinel}/{SERVICE}/0", processes=processes,
-                         ports={"primary": primary, "replica": replica, "sentinel": sentinel})
+        _wait_until(lambda: "master_link_status:up" in _cli(replica, *cli, "info", "replication"), "the replica's link to its primary")
+        processes["sentinel"] = _start(stack, config.parent, str(config), "--sentinel", *listen(sentinel))
+        _wait_until(lambda: f"{replica}" in _cli(sentinel, *cli, "sentinel", "replicas", SERVICE), "the sentinel's view of the replica")
+        yield Deployment(f"{'rediss' if tls else 'redis'}+sentinel://127.0.0.1:{sentinel}/{SERVICE}/0", client,
+                         certificates.wrong_ca, processes, {"primary": primary, "replica": replica, "sentinel": sentinel})
 
 
 @contextmanager
-def redis_cluster(folder: Path) -> Iterator[Deployment]:
-    """Three primaries sharing the 16,384 slots, joined by redis-cli --cluster create."""
+def redis_cluster(folder: Path, tls: bool = False) -> Iterator[Deployment]:
+    """Three primaries sharing the 16,384 slots, joined by redis-cli --cluster create; with
+    `tls`, clients and the cluster bus speak TLS only (certificates as for tls_redis)."""
     ports = [_cluster_port() for _ in range(3)]
+    certificates = _certificates(folder / "certificates")
+    listen, cli, client = _listening(certificates, tls)
     with ExitStack() as stack:
         processes = {
-            f"node{i}": _start(stack, folder / f"node{i}", "--port", str(port), "--cluster-enabled", "yes",
+            f"node{i}": _start(stack, folder / f"node{i}", *listen(port), "--cluster-enabled", "yes",
                                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
             for i, port in enumerate(ports)
         }
         for port in ports:
             _wait_until(lambda: _accepts(("127.0.0.1", port)), f"cluster node on port {port}")
         nodes = [f"127.0.0.1:{port}" for port in ports]
-        subprocess.run(["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+        subprocess.run(["redis-cli", *cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
                        capture_output=True, timeout=60, check=True)
         for port in ports:
-            _wait_until(lambda: "cluster_state:ok" in _cli(port, "cluster", "info"), f"cluster node on port {port}")
-        yield Deployment(f"redis+cluster://{nodes[0]},{nodes[1]}", processes=processes,
-                         ports={f"node{i}": port for i, port in enumerate(ports)})
+            _wait_until(lambda: "cluster_state:ok" in _cli(port, *cli, "cluster", "info"), f"cluster node on port {port}")
+        yield Deployment(f"{'rediss' if tls else 'redis'}+cluster://{nodes[0]},{nodes[1]}", client, certificates.wrong_ca,
+                         processes, {f"node{i}": port for i, port in enumerate(ports)})
 
 
 def _cluster_port() -> int:
@@ -193,4 +225,6 @@ def primary_of(sentinel: int) -> int:
 
 DEPLOYMENTS: dict[str, Callable[[Path], AbstractContextManager[Deployment]]] = {
     "tls": tls_redis, "unix": unix_socket_redis, "sentinel": sentinel_redis, "cluster": redis_cluster,
+    "tls-cluster": lambda folder: redis_cluster(folder, tls=True),
+    "tls-sentinel": lambda folder: sentinel_redis(folder, tls=True),
 }

@@ -109,8 +109,9 @@ async def test_the_ledger_follows_a_sentinel_failover_and_keeps_the_bookings(nur
                 while not replica.store.connected:
                     await trio.sleep(0.05)
         granted = [await replica.reserve("cerebras", 10) for replica in (b, a, b)]
-        assert [isinstance(r, SharedReservation) for r in granted] == [True, True, False]  # 4 + 2 = the 6 a minute
-        assert a.store.outages >= 1 and b.store.outages >= 1
+        # 4 + 2 = the 6 a minute. (Whether a ledger counted an outage depends on timing: one
+        # whose connection was seen closed before its next call just reconnects through the sentinel.)
+        assert [isinstance(r, SharedReservation) for r in granted] == [True, True, False]
 
 
 async def test_tls_with_the_wrong_ca_refuses_to_start_in_one_line(tmp_path: Path) -> None:
