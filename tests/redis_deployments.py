@@ -203,6 +203,11 @@ def _cluster_port() -> int:
             continue
 
 
+def slot_of(port: int, key: str) -> int:
+    """The cluster slot Redis puts `key` in (CLUSTER KEYSLOT)."""
+    return int(_cli(port, "cluster", "keyslot", key))
+
+
 def keys_on(port: int) -> int:
     """How many keys one server holds."""
     return int(_cli(port, "dbsize").strip() or 0)

@@ -12,7 +12,9 @@ import pytest
 import trio
 
 from conftest import Providers, StartProxy
-from redis_deployments import DEPLOYMENTS, Deployment, keys_on, primary_of, redis_cluster, replicated, sentinel_redis, tls_redis
+from redis_deployments import (
+    DEPLOYMENTS, Deployment, keys_on, primary_of, redis_cluster, replicated, sentinel_redis, slot_of, tls_redis,
+)
 from test_redis_ledger import Clock, _start_unwrapped, cerebras
 from test_redis_proxies import alternate
 from trioproxy.config import Config, ProviderConfig
@@ -88,6 +90,9 @@ async def test_a_cluster_spreads_the_providers_over_its_primaries(nursery: trio.
         for provider in providers:
             assert isinstance(await replica.reserve(provider.name, 10), SharedReservation)
         assert [keys_on(port) > 0 for port in cluster.ports.values()] == [True, True, True]
+        port = cluster.ports["node0"]
+        slots = {provider.name: {slot_of(port, key) for key in replica._keys[provider.name]} for provider in providers}
+        assert [len(provider_slots) for provider_slots in slots.values()] == [1, 1, 1]  # the keys of every call
 
 
 async def test_the_ledger_follows_a_sentinel_failover_and_keeps_the_bookings(nursery: trio.Nursery, tmp_path: Path) -> None:
