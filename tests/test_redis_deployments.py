@@ -2,6 +2,7 @@
 private CA and client certificates, a unix socket, Sentinel (with a failover), a Redis Cluster."""
 
 import os
+import uuid
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,23 +33,30 @@ def other(name: str, **limits: Any) -> ProviderConfig:
 
 
 async def ledger(nursery: trio.Nursery, deployment: Deployment, providers: list[ProviderConfig], clock: Clock | None,
-                 name: str, *, tls: TlsFiles | None = None, policy: str = "local") -> RedisLedger:
+                 name: str, *, tls: TlsFiles | None = None, policy: str = "local", prefix: str = "deploy:") -> RedisLedger:
     store = QuotaStore(deployment.url, 10.0, allow_start_without=policy == "local", clock=clock,
                        tls=deployment.tls if tls is None else tls)
     await nursery.start(store.run)
-    return RedisLedger(providers, store, prefix="deploy:", outage_policy=policy, replicas=2, lease_seconds=60.0, replica=name)
+    return RedisLedger(providers, store, prefix=prefix, outage_policy=policy, replicas=2, lease_seconds=60.0, replica=name)
 
 
-@pytest.fixture(params=sorted(DEPLOYMENTS))
-def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
-    with DEPLOYMENTS[request.param](tmp_path) as running:
+@pytest.fixture(scope="module", params=sorted(DEPLOYMENTS))
+def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One of each deployment for this module's tests (a cluster takes 2-3 s to join); each test
+    keeps to keys of its own (`prefix`)."""
+    with DEPLOYMENTS[request.param](tmp_path_factory.mktemp(request.param)) as running:
         yield running
 
 
-async def test_concurrent_reservations_from_two_ledgers_never_overshoot(nursery: trio.Nursery, deployment: Deployment) -> None:
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}:"
+
+
+async def test_concurrent_reservations_from_two_ledgers_never_overshoot(nursery: trio.Nursery, deployment: Deployment, prefix: str) -> None:
     clock = Clock()
     providers = [cerebras(requests_per_minute=10), other("fireworks", requests_per_minute=4), other("together", requests_per_minute=3)]
-    a, b = [await ledger(nursery, deployment, providers, clock, name) for name in ("a", "b")]
+    a, b = [await ledger(nursery, deployment, providers, clock, name, prefix=prefix) for name in ("a", "b")]
     results: dict[str, list[Reservation | Refusal]] = {p.name: [] for p in providers}
 
     async def ask(replica: RedisLedger, provider: str) -> None:
@@ -64,10 +72,10 @@ async def test_concurrent_reservations_from_two_ledgers_never_overshoot(nursery:
     assert a.store.connected and b.store.connected
 
 
-async def test_header_figures_and_cooldowns_reach_the_other_ledger(nursery: trio.Nursery, deployment: Deployment) -> None:
+async def test_header_figures_and_cooldowns_reach_the_other_ledger(nursery: trio.Nursery, deployment: Deployment, prefix: str) -> None:
     clock = Clock()
     providers = [cerebras(tokens_per_minute=100_000), other("together")]
-    a, b = [await ledger(nursery, deployment, providers, clock, name) for name in ("a", "b")]
+    a, b = [await ledger(nursery, deployment, providers, clock, name, prefix=prefix) for name in ("a", "b")]
     first = await a.reserve("cerebras", 1_000)
     assert isinstance(first, SharedReservation)
     await a.sync(first, {"tpm": (2_000.0, 30.0)})  # the provider says far less is left
@@ -150,13 +158,13 @@ async def test_a_cluster_that_does_not_answer_at_start_stops_it_in_one_line() ->
 
 
 async def test_two_proxies_spend_one_key_through_each_deployment(
-    providers: Providers, start_proxy: StartProxy, deployment: Deployment
+    providers: Providers, start_proxy: StartProxy, deployment: Deployment, prefix: str
 ) -> None:
     """From the settings (redis_url and the TLS files) to the served answers."""
     providers.cerebras.requests_per_minute = 6
     tls = {f"redis_tls_{name}": getattr(deployment.tls, name) for name in ("ca", "cert", "key")}
     shared = {"quota_backend": "redis", "redis_url": deployment.url, "redis_timeout_ms": 10_000, **tls}
-    proxies = [await start_proxy(**shared, redis_key_prefix="e2e:", cerebras={"requests_per_minute": 6}) for _ in range(2)]
+    proxies = [await start_proxy(**shared, redis_key_prefix=prefix, cerebras={"requests_per_minute": 6}) for _ in range(2)]
     assert await alternate(proxies, 12) == [200] * 12
     assert providers.cerebras.served == 6
     assert len(providers.cerebras.received) == 6  # no request wasted on a 429
