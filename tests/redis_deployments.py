@@ -167,10 +167,11 @@ def sentinel_redis(folder: Path, tls: bool = False) -> Iterator[Deployment]:
 
 
 @contextmanager
-def redis_cluster(folder: Path, tls: bool = False) -> Iterator[Deployment]:
-    """Three primaries sharing the 16,384 slots, joined by redis-cli --cluster create; with
-    `tls`, clients and the cluster bus speak TLS only (certificates as for tls_redis)."""
-    ports = [_cluster_port() for _ in range(3)]
+def redis_cluster(folder: Path, tls: bool = False, ports: list[int] | None = None) -> Iterator[Deployment]:
+    """Three primaries sharing the 16,384 slots (on `ports`, or free ones), joined by redis-cli
+    --cluster create; with `tls`, clients and the cluster bus speak TLS only (certificates as
+    for tls_redis)."""
+    ports = ports or cluster_ports()
     certificates = _certificates(folder / "certificates")
     listen, cli, client = _listening(certificates, tls)
     with ExitStack() as stack:
@@ -190,8 +191,12 @@ def redis_cluster(folder: Path, tls: bool = False) -> Iterator[Deployment]:
                          processes, {f"node{i}": port for i, port in enumerate(ports)})
 
 
+def cluster_ports() -> list[int]:
+    """Three free ports whose cluster bus ports (10,000 above) are free and port numbers too."""
+    return [_cluster_port() for _ in range(3)]
+
+
 def _cluster_port() -> int:
-    """A free port whose cluster bus port (10,000 above it) is free and a port number too."""
     while True:
         port = random.randint(20_000, 45_000)
         try:

@@ -14,7 +14,7 @@ import trio
 
 from conftest import Providers, StartProxy
 from redis_deployments import (
-    DEPLOYMENTS, Deployment, keys_on, primary_of, redis_cluster, replicated, sentinel_redis, slot_of, tls_redis,
+    DEPLOYMENTS, Deployment, cluster_ports, keys_on, primary_of, redis_cluster, replicated, sentinel_redis, slot_of, tls_redis,
 )
 from test_redis_ledger import Clock, _start_unwrapped, cerebras
 from test_redis_proxies import alternate
@@ -127,14 +127,17 @@ async def test_the_ledger_follows_a_sentinel_failover_and_keeps_the_bookings(nur
         assert [isinstance(r, SharedReservation) for r in granted] == [True, True, False]
 
 
-async def test_tls_with_the_wrong_ca_refuses_to_start_in_one_line(tmp_path: Path) -> None:
-    with tls_redis(tmp_path) as deployment:
+@pytest.mark.parametrize("kind", ["tls", "tls-cluster"])
+async def test_tls_with_the_wrong_ca_refuses_to_start_in_one_line(tmp_path: Path, kind: str) -> None:
+    with DEPLOYMENTS[kind](tmp_path) as deployment:
         wrong = attrs.evolve(deployment.tls, ca=deployment.wrong_ca)
         with pytest.raises(QuotaStoreError) as refused:
             await _start_unwrapped(QuotaStore(deployment.url, 10.0, allow_start_without=False, tls=wrong))
     message = str(refused.value)
-    assert message.startswith(f"redis_url: cannot reach Redis at {deployment.url} (its TLS certificate is not trusted:")
-    assert "redis_tls_ca must name the CA that signed it" in message and "\n" not in message
+    where = f"Redis at {deployment.url}" if kind == "tls" else "the Redis Cluster at 127.0.0.1:"
+    assert message.startswith(f"redis_url: cannot reach {where}")
+    assert "(its TLS certificate is not trusted: self-signed certificate in certificate chain; " in message
+    assert message.endswith("redis_tls_ca must name the CA that signed it)") and "\n" not in message
 
 
 async def test_tls_with_the_wrong_ca_starts_on_local_buckets_with_a_loud_warning(
@@ -150,11 +153,28 @@ async def test_tls_with_the_wrong_ca_starts_on_local_buckets_with_a_loud_warning
     assert any(w.startswith("QUOTA IS NOT SHARED") and "TLS certificate is not trusted" in w for w in warnings)
 
 
-async def test_a_cluster_that_does_not_answer_at_start_stops_it_in_one_line() -> None:
-    """Even with the "local" policy: a cluster client must learn the layout when it opens."""
-    down = QuotaStore(f"redis+cluster://127.0.0.1:{free_port()}", 10.0, allow_start_without=True)
-    with pytest.raises(QuotaStoreError, match=r"^redis_url: cannot reach the Redis Cluster at 127\.0\.0\.1:\d+ \(.+\); "):
+async def test_a_cluster_that_does_not_answer_at_start_stops_it_in_one_line_with_the_refuse_policy() -> None:
+    down = QuotaStore(f"redis+cluster://127.0.0.1:{free_port()}", 10.0, allow_start_without=False)
+    with pytest.raises(QuotaStoreError, match=r"^redis_url: cannot reach the Redis Cluster at 127\.0\.0\.1:\d+ \(.+\)$"):
         await _start_unwrapped(down)
+
+
+async def test_with_the_local_policy_ledgers_start_before_their_cluster_and_share_once_it_answers(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ports = cluster_ports()
+    early = Deployment(f"redis+cluster://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}")
+    clock = Clock()
+    a, b = [await ledger(nursery, early, [cerebras(requests_per_minute=4)], clock, name) for name in ("a", "b")]
+    local = await a.reserve("cerebras", 10)
+    assert isinstance(local, Reservation) and not isinstance(local, SharedReservation)
+    assert any(r.getMessage().startswith("QUOTA IS NOT SHARED: cannot reach Redis at redis+cluster://") for r in caplog.records)
+    with redis_cluster(tmp_path, ports=ports):
+        with trio.fail_after(30):
+            while not (a.store.connected and b.store.connected):
+                await trio.sleep(0.05)
+        granted = [await replica.reserve("cerebras", 10) for replica in (a, b, a, b, a)]
+    assert [isinstance(r, SharedReservation) for r in granted] == [True, True, True, True, False]
 
 
 async def test_two_proxies_spend_one_key_through_each_deployment(

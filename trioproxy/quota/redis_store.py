@@ -88,7 +88,7 @@ class QuotaStore:
 
     async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.CancelScope(shield=True):
-            async with open_redis(self.url, self.tls, self._timeout) as client:
+            async with open_redis(self.url, self.tls, self._timeout, self._allow_start_without) as client:
                 self._client, self._script = client, client.register_script(SCRIPT)
                 await self._first_contact()
                 with self._tasks:
