@@ -51,7 +51,7 @@ async def open_redis(url: str, tls: TlsFiles, timeout: float, allow_start_withou
     encryption = {"ssl_context": tls_context(tls.ca, tls.cert, tls.key)} if target.tls else {}
     nodes = [TCPLocation(host, port) for host, port in target.nodes]
     if target.topology == "cluster":
-        cluster: Client = coredis.RedisCluster(startup_nodes=nodes, **options, **encryption)
+        cluster: coredis.RedisCluster[str] = coredis.RedisCluster(startup_nodes=nodes, **options, **encryption)
         async with trio.open_nursery() as nursery:
             await nursery.start(_keep_cluster_open, cluster, nodes, allow_start_without)
             yield cluster
