@@ -16,7 +16,8 @@ import cattrs
 from attrs import field, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
-from trioproxy.logs import FORMATS, LEVELS
+from .logs import FORMATS, LEVELS
+from .quota.redis_target import TlsFileError, parse_redis_url, tls_context
 
 
 class ConfigError(Exception):
@@ -79,15 +80,15 @@ def _normalize_level(value: str) -> str:
 def _redis_url(instance: object, attribute: attrs.Attribute, value: str) -> None:
     if value == "":
         return  # checked against quota_backend in Config
-    parsed = urllib.parse.urlsplit(value)
-    if parsed.scheme not in ("redis", "rediss", "unix"):
-        raise _InvalidValue(attribute, "must start with redis://, rediss:// or unix://")
     try:
-        parsed.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise _InvalidValue(attribute, "has a port that is not a number") from None
-    if not (parsed.path if parsed.scheme == "unix" else parsed.hostname):
-        raise _InvalidValue(attribute, "names no host" if parsed.scheme != "unix" else "names no socket path")
+        parse_redis_url(value)
+    except ValueError as error:
+        raise _InvalidValue(attribute, str(error)) from None
+
+
+def _no_braces(instance: object, attribute: attrs.Attribute, value: str) -> None:
+    if "{" in value or "}" in value:
+        raise _InvalidValue(attribute, "must not contain { or }: each key's {provider} is its Redis Cluster hash tag")
 
 
 def _url(instance: object, attribute: attrs.Attribute, value: str) -> None:
@@ -314,7 +315,12 @@ class Config:
     # "refuse" treats every provider with limits as out of quota until Redis is back.
     redis_outage: str = field(default="local", validator=_one_of("local", "refuse"))
     replicas: int = field(default=1, validator=_positive)  # processes sharing the quota, for "local"
-    redis_key_prefix: str = "trioproxy:"
+    # rediss:// only: the PEM file of a private CA that signed the server's certificate (else the
+    # system's CAs), and a client certificate and key for servers that ask for one.
+    redis_tls_ca: str = ""
+    redis_tls_cert: str = ""
+    redis_tls_key: str = ""
+    redis_key_prefix: str = field(default="trioproxy:", validator=_no_braces)
     # An unsettled reservation (its process died) gives back all but its prompt after this long.
     redis_lease_ttl_ms: int = field(default=120_000, validator=_positive)
     workers: int = field(default=1, validator=_positive)  # processes serving the one port
@@ -325,6 +331,7 @@ class Config:
     def __attrs_post_init__(self) -> None:
         if self.quota_backend == "redis" and not self.redis_url:
             raise _InvalidKey("redis_url", "must be set when quota_backend is \"redis\" (e.g. redis://127.0.0.1:6379/0)")
+        _check_redis_tls(self)
         names = [p.name for p in (self.cerebras, self.chutes, *self.extra_providers)]
         if self.cerebras.name != "cerebras" or self.chutes.name != "chutes":
             raise _InvalidKey("cerebras.name", "the [cerebras] and [chutes] tables keep their own names")
@@ -355,6 +362,22 @@ class Config:
         """The route's providers that have a key, in its order, with its model and overrides."""
         everyone = {p.name: p for p in self.providers}
         return [entry.applied_to(everyone[entry.provider]) for entry in route.providers if everyone[entry.provider].keys]
+
+
+def _check_redis_tls(config: Config) -> None:
+    """TLS files are for rediss:// URLs, come as a certificate with its key, and must load."""
+    given = [name for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key") if getattr(config, name)]
+    if not given:
+        return
+    if not config.redis_url or not parse_redis_url(config.redis_url).tls:
+        raise _InvalidKey(given[0], "is only read with a TLS redis_url (rediss://, rediss+cluster://, rediss+sentinel://)")
+    if bool(config.redis_tls_cert) != bool(config.redis_tls_key):
+        raise _InvalidKey("redis_tls_key" if config.redis_tls_cert else "redis_tls_cert",
+                          "must be set too: a client certificate goes with its private key")
+    try:
+        tls_context(config.redis_tls_ca, config.redis_tls_cert, config.redis_tls_key)
+    except TlsFileError as error:
+        raise _InvalidKey(error.setting, str(error)) from None
 
 
 def _check_routes(config: Config) -> None:

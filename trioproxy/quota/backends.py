@@ -10,6 +10,7 @@ from ..config import Config, ProviderConfig
 from .contract import Ledger
 from .ledger import QuotaLedger
 from .redis_ledger import RedisLedger
+from .redis_client import TlsFiles
 from .redis_store import QuotaStore
 
 log = logging.getLogger("trioproxy.quota")
@@ -37,12 +38,15 @@ async def open_ledger(
         return previous
     if config.quota_backend == "memory":
         return QuotaLedger(providers)
-    if isinstance(previous, RedisLedger) and previous.store.url == config.redis_url:
+    tls = TlsFiles(config.redis_tls_ca, config.redis_tls_cert, config.redis_tls_key)
+    if isinstance(previous, RedisLedger) and (previous.store.url, previous.store.tls) == (config.redis_url, tls):
         store = previous.store
     else:
         if isinstance(previous, RedisLedger):
             previous.store.close()
-        store = QuotaStore(config.redis_url, config.redis_timeout_ms / 1000, allow_start_without=config.redis_outage == "local")
+        store = QuotaStore(
+            config.redis_url, config.redis_timeout_ms / 1000, allow_start_without=config.redis_outage == "local", tls=tls
+        )
         await nursery.start(store.run)
     return RedisLedger(
         providers,

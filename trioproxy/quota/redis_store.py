@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
-import coredis
 import trio
 from coredis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
-from coredis.retry import NoRetryPolicy
+
+from .redis_client import Client, QuotaStoreError, TlsFiles, explain, open_redis
 
 log = logging.getLogger("trioproxy.quota")
 
@@ -31,10 +31,6 @@ FLUSH_SECONDS = 2.0  # at shutdown, how long queued operations may take to reach
 
 Reply = dict[str, Any]
 Pending = tuple[str, Sequence[str], Sequence[Any], Callable[[Reply], None]]
-
-
-class QuotaStoreError(Exception):
-    """Redis cannot be used at start; the message is one line naming the setting."""
 
 
 def redacted_url(url: str) -> str:
@@ -56,12 +52,14 @@ class QuotaStore:
         timeout: float,
         allow_start_without: bool,
         clock: Callable[[], float] | None = None,
+        tls: TlsFiles = TlsFiles(),
     ) -> None:
         self.url = url
+        self.tls = tls
         self._timeout = timeout
         self._allow_start_without = allow_start_without
         self._clock = clock if clock is not None else STORE_CLOCK.get()  # None: Redis's TIME
-        self._client: coredis.Redis[str] | None = None
+        self._client: Client | None = None
         self._script: Any = None
         self.connected = False
         self.outages = 0
@@ -89,15 +87,8 @@ class QuotaStore:
                 self._tasks.cancel()  # _serve flushes the queue, closes the client and returns
 
     async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
-        client = coredis.Redis.from_url(
-            self.url,
-            decode_responses=True,
-            connect_timeout=self._timeout,
-            stream_timeout=self._timeout,
-            retry_policy=NoRetryPolicy(),
-        )
         with trio.CancelScope(shield=True):
-            async with client:
+            async with open_redis(self.url, self.tls, self._timeout, self._allow_start_without) as client:
                 self._client, self._script = client, client.register_script(SCRIPT)
                 await self._first_contact()
                 with self._tasks:
@@ -122,7 +113,7 @@ class QuotaStore:
         except ResponseError as error:  # Redis answered, but not as a ledger needs (too old?)
             raise QuotaStoreError(f"redis_url: Redis refused the ledger script ({error})") from None
         except (RedisError, OSError, trio.TooSlowError) as error:
-            reason = str(error) or "no answer in time"
+            reason = explain(error)
             if not self._allow_start_without:
                 raise QuotaStoreError(f"redis_url: cannot reach Redis at {redacted_url(self.url)} ({reason})") from None
             log.warning(
