@@ -33,6 +33,9 @@ SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 STORE_CLOCK: contextvars.ContextVar[Callable[[], float] | None] = contextvars.ContextVar("store_clock", default=None)
 QUEUE_SIZE = 10_000  # answers-not-needed operations waiting; past that they are dropped and counted
 BATCH_SIZE = 64  # operations in one call at most: a script call holds Redis for its whole run
+# How long queued operations may wait for a call someone waits for (a reservation) to ride
+# with, instead of costing a round trip of their own that the next reservation would queue behind.
+RIDE_SECONDS = 0.01
 MAX_BACKOFF = 5.0
 FLUSH_SECONDS = 2.0  # at shutdown, how long queued operations may take to reach Redis
 
@@ -64,7 +67,14 @@ class _Pending:
 @define(eq=False)
 class _LaneState:
     pending: list[_Pending] = field(factory=list)
-    wake: trio.Event = field(factory=trio.Event)
+    wake: trio.Event = field(factory=trio.Event)  # something is pending
+    urgent: trio.Event = field(factory=trio.Event)  # someone waits for an answer
+
+    def signal(self) -> None:
+        if self.pending:
+            self.wake.set()
+        if any(not pending.queued for pending in self.pending):
+            self.urgent.set()
 
 
 class QuotaStoreError(Exception):
@@ -203,16 +213,21 @@ class QuotaStore:
             self._nursery.start_soon(self._send_lane, lane, state)
         state.pending.append(pending)
         state.wake.set()
+        if not pending.queued:
+            state.urgent.set()
         return pending
 
     async def _send_lane(self, lane: Lane, state: _LaneState) -> None:
-        """One call of the script at a time for the lane, taking whatever waits when it starts."""
+        """One call of the script at a time for the lane, taking whatever waits when it starts;
+        queued operations alone wait a little for a reservation to ride with."""
         while True:
             await state.wake.wait()
-            state.wake = trio.Event()
-            while state.pending:
-                with trio.CancelScope(shield=True):  # taken off the lane: finish it (_run has a timeout)
-                    await self._run(lane, state)
+            with trio.move_on_after(RIDE_SECONDS):
+                await state.urgent.wait()
+            state.wake, state.urgent = trio.Event(), trio.Event()
+            with trio.CancelScope(shield=True):  # taken off the lane: finish it (_evaluate has a timeout)
+                await self._run(lane, state)
+            state.signal()  # what is left beyond one batch
 
     async def _run(self, lane: Lane, state: _LaneState) -> None:
         """Send the next batch of the lane in one call and hand each operation its answer."""
