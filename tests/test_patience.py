@@ -9,6 +9,7 @@ expected in 10.55 s from Cerebras after a 10 s wait, in 12 s from Chutes.
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -28,12 +29,14 @@ PACES = {
 
 
 async def patient_proxy(
-    providers: Providers, start_proxy: StartProxy, max_wait_ms: int = 30_000, **chutes: Any
+    providers: Providers, start_proxy: StartProxy, max_wait_ms: int = 30_000, settings: Mapping[str, Any] = {},
+    **chutes: Any,
 ) -> Proxy:
-    """Both providers answer 500 tokens (cut by a smaller max_tokens), as the proxy expects."""
+    """Both providers answer 500 tokens (cut by a smaller max_tokens), as the proxy expects.
+    `settings`: more of the proxy's settings (a shared ledger's)."""
     providers.cerebras.completion_words = providers.chutes.completion_words = 500
     return await start_proxy(
-        max_wait_ms=max_wait_ms, cerebras=PACES["cerebras"], chutes={**PACES["chutes"], **chutes}
+        max_wait_ms=max_wait_ms, cerebras=PACES["cerebras"], chutes={**PACES["chutes"], **chutes}, **settings
     )
 
 
@@ -65,13 +68,16 @@ def task_order(providers: Providers) -> list[str]:
 
 async def after_the_bucket_is_empty(
     providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture, body: dict[str, Any],
-    max_wait_ms: int = 30_000,
+    max_wait_ms: int = 30_000, settings: Mapping[str, Any] = {}, replicas: int = 1,
 ) -> tuple[float, str]:
     """Send `body` once Cerebras's bucket is empty: seconds until its response headers came
-    (the first-chunk gate: after any wait), and its request log line."""
+    (the first-chunk gate: after any wait), and its request log line. With `replicas` > 1,
+    that many proxies (sharing a ledger through `settings`): the first empties the bucket, the
+    last sends `body`."""
     caplog.set_level(logging.INFO, logger="trioproxy.request")
-    proxy = await patient_proxy(providers, start_proxy, max_wait_ms=max_wait_ms)
-    await empty_cerebras_bucket(proxy)
+    proxies = [await patient_proxy(providers, start_proxy, max_wait_ms=max_wait_ms, settings=settings) for _ in range(replicas)]
+    await empty_cerebras_bucket(proxies[0])
+    proxy = proxies[-1]
     began = trio.current_time()
     async with client_for(proxy) as client:
         client.timeout = 60.0

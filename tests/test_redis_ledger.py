@@ -181,6 +181,34 @@ async def test_cooldowns_are_shared_the_later_deadline_wins_and_one_replica_prob
     assert isinstance(normal, SharedReservation) and not normal.probe
 
 
+async def test_a_refusal_check_books_nothing_and_names_the_limit_that_holds_longest(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    a, b = await replicas(nursery, redis, [cerebras(requests_per_minute=2, tokens_per_minute=1_000)], clock, count=2)
+    assert await b.refusal("cerebras", 500) is None
+    assert await b.refusal("cerebras", 500) is None  # asking booked nothing
+    assert isinstance(await a.reserve("cerebras", 900), SharedReservation)
+    one = await b.refusal("cerebras", 500)  # 100 tokens left: 400 more at 1,000 a minute
+    assert isinstance(one, Refusal) and one.reason == "tpm"
+    assert one.retry_at - b.now() == pytest.approx(24.0, abs=0.5)
+    two = await b.refusal("cerebras", 500, requests=2)  # and one request left: the 2nd in 30 s
+    assert isinstance(two, Refusal) and two.reason == "rpm"
+    assert two.retry_at - b.now() == pytest.approx(30.0, abs=0.5)
+    assert await b.refusal("cerebras", 100) is None
+
+
+async def test_a_reservation_whose_caller_left_comes_back_whole(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Cancelled while its call was on the way: nothing was sent on it, so nothing stays
+    booked (its lease would otherwise hold the tokens until it expires)."""
+    clock = Clock()
+    (ledger,) = await replicas(nursery, redis, [cerebras(tokens_per_minute=1_000)], clock, count=1)
+    with trio.move_on_after(0):
+        await ledger.reserve("cerebras", 900, floor=500)
+        pytest.fail("the reservation should have been cancelled")
+    with trio.fail_after(5):
+        while not isinstance(await ledger.reserve("cerebras", 1_000), SharedReservation):
+            await trio.sleep(0.01)
+
+
 async def test_several_keys_spread_over_accounts_in_any_order(nursery: trio.Nursery, redis: RedisServer) -> None:
     """Replicas that list the same keys in another order still share each key's quota."""
     clock = Clock()

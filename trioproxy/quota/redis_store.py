@@ -191,10 +191,12 @@ class QuotaStore:
         if pending is None:
             return None
         try:
-            with trio.move_on_after(self._timeout):
+            with trio.move_on_after(self._timeout) as waiting:
                 await pending.done.wait()
         finally:
             pending.left = not pending.done.is_set()
+        if waiting.cancelled_caught:  # this request waited as long as it may: Redis is too slow
+            self._went_down(f"no answer within {self._timeout * 1000:.0f} ms")
         return pending.reply
 
     def submit(self, lane: Lane, op: str, index: int, args: Sequence[Any]) -> None:
