@@ -93,7 +93,10 @@ async def test_patience_waits_for_a_refill_that_finishes_sooner(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     body = task("patient", 500) | {"stream": True}
-    headers_after, line = await after_the_bucket_is_empty(providers, start_proxy, caplog, body)
+    waited_for_the_refill(providers, *await after_the_bucket_is_empty(providers, start_proxy, caplog, body))
+
+
+def waited_for_the_refill(providers: Providers, headers_after: float, line: str) -> None:
     assert 9.9 <= headers_after <= 10.5
     assert providers.cerebras.served == 7 and providers.chutes.served == 0
     assert "provider=cerebras" in line and "reason='preferred'" in line
@@ -106,7 +109,10 @@ async def test_patience_falls_back_when_waiting_is_longer_than_the_slow_answer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """100 tokens: Chutes needs 4 s, Cerebras 10.35 s after its wait: no waiting."""
-    headers_after, line = await after_the_bucket_is_empty(providers, start_proxy, caplog, task("short", 100))
+    fell_back_at_once(providers, *await after_the_bucket_is_empty(providers, start_proxy, caplog, task("short", 100)))
+
+
+def fell_back_at_once(providers: Providers, headers_after: float, line: str) -> None:
     assert headers_after < 0.5
     assert providers.chutes.served == 1 and providers.cerebras.served == 6
     assert "provider=chutes" in line and "reason='fallback: rpm'" in line
