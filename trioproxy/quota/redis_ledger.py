@@ -15,7 +15,7 @@ limit / replicas; with "refuse", providers that have limits count as out of quot
 import functools
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs

@@ -47,7 +47,6 @@ Lane = tuple[tuple[str, ...], tuple[Any, ...]]
 class Reply:
     """One operation's answer, and what the call it went in also told."""
 
-    now: float  # the store's time of the call
     result: list[Any]
     shared: dict[str, Any] | None  # every account's figures, when an operation of the call asked
 
@@ -223,9 +222,11 @@ class QuotaStore:
         """One call of the script at a time for the lane, taking whatever waits when it starts;
         queued operations alone wait a little for a reservation to ride with."""
         while True:
-            await state.wake.wait()
-            with trio.move_on_after(RIDE_SECONDS):
-                await state.urgent.wait()
+            if not state.wake.is_set():  # (a set Event's wait() would still cost a scheduler pass)
+                await state.wake.wait()
+            if not state.urgent.is_set():
+                with trio.move_on_after(RIDE_SECONDS):
+                    await state.urgent.wait()
             state.wake, state.urgent = trio.Event(), trio.Event()
             with trio.CancelScope(shield=True):  # taken off the lane: finish it (_evaluate has a timeout)
                 await self._run(lane, state)
@@ -268,7 +269,7 @@ class QuotaStore:
                 self._went_down(str(error))
                 return [None] * count
             self.offset = now - (started + trio.current_time()) / 2
-            return [Reply(now, list(result), shared) for result in results]
+            return [Reply(list(result), shared) for result in results]
         self._went_down(f"no answer within {self._timeout * 1000:.0f} ms")
         return [None] * count
 
