@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import coredis
 import pytest
 import trio
 
@@ -76,6 +77,32 @@ async def test_concurrent_reservations_from_three_replicas_never_overshoot(nurse
     assert {r.reason for r in results if isinstance(r, Refusal)} == {"rpm"}
     assert all(isinstance(r, SharedReservation) for r in granted)
     assert sorted(r.seq for r in granted) == list(range(1, 11))  # one booking order, across replicas
+
+
+async def test_a_burst_of_reservations_and_their_settlements_costs_one_call_or_two(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Requests arriving together wait for one call between them, not one call each."""
+    clock = Clock()
+    (ledger,) = await replicas(nursery, redis, [cerebras(requests_per_minute=100)], clock, count=1)
+    calls_before = await script_calls(redis)
+    granted: list[Reservation | Refusal] = []
+
+    async def ask() -> None:
+        granted.append(reservation := await ledger.reserve("cerebras", 10))
+        assert isinstance(reservation, SharedReservation)
+        await ledger.settle(reservation, 5)
+
+    async with trio.open_nursery() as burst:
+        for _ in range(16):
+            burst.start_soon(ask)
+    await ledger.store.drained()
+    assert sorted(r.seq for r in granted) == list(range(1, 17))
+    assert await script_calls(redis) - calls_before <= 3  # the 16 reservations, their 16 settlements (and a view)
+
+
+async def script_calls(redis: RedisServer) -> int:
+    async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
+        stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))  # absent before the first
 
 
 async def test_tokens_per_minute_bind_across_replicas_and_settling_refunds(nursery: trio.Nursery, redis: RedisServer) -> None:
