@@ -7,9 +7,11 @@
 In one Trio process: a memory ledger and a Redis ledger (a redis-server of its own on
 127.0.0.1, Debian's package) with Cerebras's limits set far above what the run spends. Each
 cell times `reserve()` (the one Redis call a request waits for) from `tasks` concurrent tasks,
-each reservation then settled (queued: it is sent after the answer, off the critical path).
-Shown: the median over rounds of each round's p50 and p99, in microseconds. `bench/overhead.py
---redis` measures the same from the client's side, through HTTP.
+each reservation then settled (queued: it goes with the next call to Redis, off the critical path).
+Shown: the median over rounds of each round's p50 and p99 in microseconds, the reservations
+per second the cell sustained, and Redis's own time per reservation, its settle included
+(`INFO commandstats`: the script's total time over the reservations made through Redis).
+`bench/overhead.py --redis` measures the same from the client's side, through HTTP.
 """
 
 import argparse
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import attrs
+import coredis
 import trio
 
 from trioproxy.config import Config, ProviderConfig
@@ -37,9 +40,11 @@ def provider() -> ProviderConfig:
     return attrs.evolve(Config().cerebras, api_key="csk-bench", requests_per_minute=BIG, tokens_per_minute=BIG, tokens_per_day=BIG)
 
 
-async def cell(ledger: Ledger, tasks: int, count: int) -> list[float]:
-    """Seconds each of `count` reservations took, from `tasks` tasks at once."""
+async def cell(ledger: Ledger, tasks: int, count: int) -> tuple[list[float], float]:
+    """Seconds each of `count` reservations took, from `tasks` tasks at once, and the seconds
+    the whole cell took."""
     durations: list[float] = []
+    began = time.perf_counter()
 
     async def worker(share: int) -> None:
         for _ in range(share):
@@ -52,7 +57,7 @@ async def cell(ledger: Ledger, tasks: int, count: int) -> list[float]:
     async with trio.open_nursery() as nursery:
         for _ in range(tasks):
             nursery.start_soon(worker, count // tasks)
-    return durations
+    return durations, time.perf_counter() - began
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -60,8 +65,18 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-async def measure(redis_url: str, rounds: int, count: int) -> dict[tuple[str, int], list[tuple[float, float]]]:
-    figures: dict[tuple[str, int], list[tuple[float, float]]] = {}
+Figures = dict[tuple[str, int], list[tuple[float, float, float]]]  # (ledger, tasks) -> (p50, p99, per second) a round
+
+
+async def script_microseconds(url: str) -> float:
+    """Redis's own time in the script so far (INFO commandstats)."""
+    async with coredis.Redis.from_url(url, decode_responses=True) as client:
+        stats = await client.info("commandstats")
+    return float(stats.get("cmdstat_evalsha", {}).get("usec", 0.0))
+
+
+async def measure(redis_url: str, rounds: int, count: int) -> tuple[Figures, float]:
+    figures: Figures = {}
     async with trio.open_nursery() as nursery:
         store = QuotaStore(redis_url, 5.0, allow_start_without=False)  # latency, not outages, is measured
         await nursery.start(store.run)
@@ -73,12 +88,15 @@ async def measure(redis_url: str, rounds: int, count: int) -> dict[tuple[str, in
         for round_ in range(rounds):
             for tasks in TASKS:
                 for name in (("memory", "redis") if round_ % 2 == 0 else ("redis", "memory")):
-                    durations = await cell(ledgers[name], tasks, count)
-                    figures.setdefault((name, tasks), []).append((percentile(durations, 0.5), percentile(durations, 0.99)))
+                    durations, seconds = await cell(ledgers[name], tasks, count)
                     await store.drained()
+                    figures.setdefault((name, tasks), []).append(
+                        (percentile(durations, 0.5), percentile(durations, 0.99), len(durations) / seconds)
+                    )
         assert store.connected and store.dropped == 0, store.status()
         nursery.cancel_scope.cancel()
-    return figures
+    reservations = rounds * len(TASKS) * count
+    return figures, await script_microseconds(redis_url) / reservations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,13 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, count = (1, 320) if args.quick else (5, 2_000)
     with tempfile.TemporaryDirectory(prefix="ledger-latency-") as folder, running_redis(Path(folder)) as server:
-        figures = trio.run(measure, server.url, rounds, count)
-    print(f"reserve() latency, median of {rounds} rounds x {count} reservations (microseconds)")
-    print(f"{'tasks':>5}  {'memory p50':>10} {'memory p99':>10}  {'redis p50':>9} {'redis p99':>9}  {'redis added p50':>15}")
+        figures, script_us = trio.run(measure, server.url, rounds, count)
+    print(f"reserve() latency, median of {rounds} rounds x {count} reservations (microseconds), and reservations/s")
+    print(f"{'tasks':>5}  {'memory p50':>10} {'memory p99':>10}  {'redis p50':>9} {'redis p99':>9}  "
+          f"{'redis added p50':>15}  {'memory/s':>9} {'redis/s':>8}")
     for tasks in TASKS:
-        memory = [statistics.median(f[i] for f in figures[("memory", tasks)]) * 1e6 for i in (0, 1)]
-        redis = [statistics.median(f[i] for f in figures[("redis", tasks)]) * 1e6 for i in (0, 1)]
-        print(f"{tasks:>5}  {memory[0]:>10.1f} {memory[1]:>10.1f}  {redis[0]:>9.1f} {redis[1]:>9.1f}  {redis[0] - memory[0]:>15.1f}")
+        memory = [statistics.median(f[i] for f in figures[("memory", tasks)]) for i in (0, 1, 2)]
+        redis = [statistics.median(f[i] for f in figures[("redis", tasks)]) for i in (0, 1, 2)]
+        print(f"{tasks:>5}  {memory[0] * 1e6:>10.1f} {memory[1] * 1e6:>10.1f}  {redis[0] * 1e6:>9.1f} {redis[1] * 1e6:>9.1f}  "
+              f"{(redis[0] - memory[0]) * 1e6:>15.1f}  {memory[2]:>9.0f} {redis[2]:>8.0f}")
+    print(f"Redis's own time per reservation, its settle included: {script_us:.1f} us")
     return 0
 
 

@@ -612,6 +612,13 @@ def shared_ledger_lines(results: dict, workers_target: str) -> list[str]:
             lines.append(f"{mode:<6} {conc:>4}  {fmt(redis['p50_ms'] - memory['p50_ms'], 3):>18} "
                          f"{fmt(redis['rps'] / memory['rps'] if memory['rps'] else float('nan')):>18} "
                          f"{fmt(workers['rps'] / redis['rps'] if redis['rps'] else float('nan')):>20}")
+    added = results[("plain", 1, "redis")]["p50_ms"] - results[("plain", 1, "trioproxy")]["p50_ms"]
+    lines += ["", "issue 10 targets:",
+              f"  [{'PASS' if added < 0.3 else 'MISS'}] Redis ledger's added p50 at concurrency 1 (plain) < 0.3 ms: {added:.3f} ms"]
+    for mode in MODES:
+        redis, workers = (results[(mode, 64, t)]["rps"] for t in ("redis", workers_target))
+        lines.append(f"  [info] {mode} req/s at concurrency 64 on the Redis ledger: {redis:.0f} with 1 process, "
+                     f"{workers:.0f} with {workers_target} ({fmt(workers / redis if redis else float('nan'))}x)")
     return lines
 
 

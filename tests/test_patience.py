@@ -9,6 +9,7 @@ expected in 10.55 s from Cerebras after a 10 s wait, in 12 s from Chutes.
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -28,12 +29,14 @@ PACES = {
 
 
 async def patient_proxy(
-    providers: Providers, start_proxy: StartProxy, max_wait_ms: int = 30_000, **chutes: Any
+    providers: Providers, start_proxy: StartProxy, max_wait_ms: int = 30_000, settings: Mapping[str, Any] = {},
+    **chutes: Any,
 ) -> Proxy:
-    """Both providers answer 500 tokens (cut by a smaller max_tokens), as the proxy expects."""
+    """Both providers answer 500 tokens (cut by a smaller max_tokens), as the proxy expects.
+    `settings`: more of the proxy's settings (a shared ledger's)."""
     providers.cerebras.completion_words = providers.chutes.completion_words = 500
     return await start_proxy(
-        max_wait_ms=max_wait_ms, cerebras=PACES["cerebras"], chutes={**PACES["chutes"], **chutes}
+        max_wait_ms=max_wait_ms, cerebras=PACES["cerebras"], chutes={**PACES["chutes"], **chutes}, **settings
     )
 
 
@@ -65,13 +68,16 @@ def task_order(providers: Providers) -> list[str]:
 
 async def after_the_bucket_is_empty(
     providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture, body: dict[str, Any],
-    max_wait_ms: int = 30_000,
+    max_wait_ms: int = 30_000, settings: Mapping[str, Any] = {}, replicas: int = 1,
 ) -> tuple[float, str]:
     """Send `body` once Cerebras's bucket is empty: seconds until its response headers came
-    (the first-chunk gate: after any wait), and its request log line."""
+    (the first-chunk gate: after any wait), and its request log line. With `replicas` > 1,
+    that many proxies (sharing a ledger through `settings`): the first empties the bucket, the
+    last sends `body`."""
     caplog.set_level(logging.INFO, logger="trioproxy.request")
-    proxy = await patient_proxy(providers, start_proxy, max_wait_ms=max_wait_ms)
-    await empty_cerebras_bucket(proxy)
+    proxies = [await patient_proxy(providers, start_proxy, max_wait_ms=max_wait_ms, settings=settings) for _ in range(replicas)]
+    await empty_cerebras_bucket(proxies[0])
+    proxy = proxies[-1]
     began = trio.current_time()
     async with client_for(proxy) as client:
         client.timeout = 60.0
@@ -87,7 +93,10 @@ async def test_patience_waits_for_a_refill_that_finishes_sooner(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     body = task("patient", 500) | {"stream": True}
-    headers_after, line = await after_the_bucket_is_empty(providers, start_proxy, caplog, body)
+    waited_for_the_refill(providers, *await after_the_bucket_is_empty(providers, start_proxy, caplog, body))
+
+
+def waited_for_the_refill(providers: Providers, headers_after: float, line: str) -> None:
     assert 9.9 <= headers_after <= 10.5
     assert providers.cerebras.served == 7 and providers.chutes.served == 0
     assert "provider=cerebras" in line and "reason='preferred'" in line
@@ -100,7 +109,10 @@ async def test_patience_falls_back_when_waiting_is_longer_than_the_slow_answer(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """100 tokens: Chutes needs 4 s, Cerebras 10.35 s after its wait: no waiting."""
-    headers_after, line = await after_the_bucket_is_empty(providers, start_proxy, caplog, task("short", 100))
+    fell_back_at_once(providers, *await after_the_bucket_is_empty(providers, start_proxy, caplog, task("short", 100)))
+
+
+def fell_back_at_once(providers: Providers, headers_after: float, line: str) -> None:
     assert headers_after < 0.5
     assert providers.chutes.served == 1 and providers.cerebras.served == 6
     assert "provider=chutes" in line and "reason='fallback: rpm'" in line

@@ -99,7 +99,7 @@ async def test_a_cluster_spreads_the_providers_over_its_primaries(nursery: trio.
             assert isinstance(await replica.reserve(provider.name, 10), SharedReservation)
         assert [keys_on(port) > 0 for port in cluster.ports.values()] == [True, True, True]
         port = cluster.ports["node0"]
-        slots = {provider.name: {slot_of(port, key) for key in replica._keys[provider.name]} for provider in providers}
+        slots = {provider.name: {slot_of(port, key) for key in replica._lanes[provider.name][0]} for provider in providers}
         assert [len(provider_slots) for provider_slots in slots.values()] == [1, 1, 1]  # the keys of every call
 
 

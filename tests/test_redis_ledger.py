@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import coredis
 import pytest
 import trio
 
@@ -76,6 +77,32 @@ async def test_concurrent_reservations_from_three_replicas_never_overshoot(nurse
     assert {r.reason for r in results if isinstance(r, Refusal)} == {"rpm"}
     assert all(isinstance(r, SharedReservation) for r in granted)
     assert sorted(r.seq for r in granted) == list(range(1, 11))  # one booking order, across replicas
+
+
+async def test_a_burst_of_reservations_and_their_settlements_costs_one_call_or_two(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Requests arriving together wait for one call between them, not one call each."""
+    clock = Clock()
+    (ledger,) = await replicas(nursery, redis, [cerebras(requests_per_minute=100)], clock, count=1)
+    calls_before = await script_calls(redis)
+    granted: list[Reservation | Refusal] = []
+
+    async def ask() -> None:
+        granted.append(reservation := await ledger.reserve("cerebras", 10))
+        assert isinstance(reservation, SharedReservation)
+        await ledger.settle(reservation, 5)
+
+    async with trio.open_nursery() as burst:
+        for _ in range(16):
+            burst.start_soon(ask)
+    await ledger.store.drained()
+    assert sorted(r.seq for r in granted) == list(range(1, 17))
+    assert await script_calls(redis) - calls_before <= 3  # the 16 reservations, their 16 settlements (and a view)
+
+
+async def script_calls(redis: RedisServer) -> int:
+    async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
+        stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))  # absent before the first
 
 
 async def test_tokens_per_minute_bind_across_replicas_and_settling_refunds(nursery: trio.Nursery, redis: RedisServer) -> None:
@@ -179,6 +206,34 @@ async def test_cooldowns_are_shared_the_later_deadline_wins_and_one_replica_prob
     await b.store.drained()
     normal = await a.reserve("cerebras", 10)
     assert isinstance(normal, SharedReservation) and not normal.probe
+
+
+async def test_a_refusal_check_books_nothing_and_names_the_limit_that_holds_longest(nursery: trio.Nursery, redis: RedisServer) -> None:
+    clock = Clock()
+    a, b = await replicas(nursery, redis, [cerebras(requests_per_minute=2, tokens_per_minute=1_000)], clock, count=2)
+    assert await b.refusal("cerebras", 500) is None
+    assert await b.refusal("cerebras", 500) is None  # asking booked nothing
+    assert isinstance(await a.reserve("cerebras", 900), SharedReservation)
+    one = await b.refusal("cerebras", 500)  # 100 tokens left: 400 more at 1,000 a minute
+    assert isinstance(one, Refusal) and one.reason == "tpm"
+    assert one.retry_at - b.now() == pytest.approx(24.0, abs=0.5)
+    two = await b.refusal("cerebras", 500, requests=2)  # and one request left: the 2nd in 30 s
+    assert isinstance(two, Refusal) and two.reason == "rpm"
+    assert two.retry_at - b.now() == pytest.approx(30.0, abs=0.5)
+    assert await b.refusal("cerebras", 100) is None
+
+
+async def test_a_reservation_whose_caller_left_comes_back_whole(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Cancelled while its call was on the way: nothing was sent on it, so nothing stays
+    booked (its lease would otherwise hold the tokens until it expires)."""
+    clock = Clock()
+    (ledger,) = await replicas(nursery, redis, [cerebras(tokens_per_minute=1_000)], clock, count=1)
+    with trio.move_on_after(0):
+        await ledger.reserve("cerebras", 900, floor=500)
+        pytest.fail("the reservation should have been cancelled")
+    with trio.fail_after(5):
+        while not isinstance(await ledger.reserve("cerebras", 1_000), SharedReservation):
+            await trio.sleep(0.01)
 
 
 async def test_several_keys_spread_over_accounts_in_any_order(nursery: trio.Nursery, redis: RedisServer) -> None:

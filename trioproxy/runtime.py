@@ -3,7 +3,6 @@
 Requests already in flight keep the Runtime they started with; new ones get the new one.
 """
 
-import logging
 from collections.abc import Callable
 
 import attrs
@@ -16,13 +15,10 @@ from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.backends import open_ledger
 from .quota.contract import Ledger
-from .quota.ledger import QuotaLedger
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
 from .providers.upstream import Deadlines, ProviderClient, Upstream
-
-log = logging.getLogger("trioproxy")
 
 
 @define
@@ -102,11 +98,7 @@ async def build_runtime(
             if name in health:
                 health[name] = state
     cooldowns = CooldownTimers(nursery, ledger)
-    # Patience asks the ledger, without booking, when quota returns; the shared (Redis) ledger
-    # cannot tell that yet, so with it requests fall back at once, as with max_wait_ms = 0.
-    max_wait_seconds = config.max_wait_ms / 1000 if isinstance(ledger, QuotaLedger) else 0.0
-    if config.max_wait_ms and not max_wait_seconds:
-        log.warning("max_wait_ms is ignored with quota_backend = \"redis\": patience needs the memory ledger")
+    max_wait_seconds = config.max_wait_ms / 1000
     routers = {
         name: Router(ups, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
                      config.honour_retry_after, health, name, max_wait_seconds)

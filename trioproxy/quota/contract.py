@@ -46,6 +46,12 @@ class Ledger(Protocol):
         short (its prompt): a shared ledger's lease that is never settled gives back the rest."""
         ...
 
+    async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
+        """Without booking: when `requests` requests of `tokens` in all could go to `provider`
+        (its soonest account, once every limit has room) and the limit that holds them
+        longest; None if they could now."""
+        ...
+
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         """Replace the reservation's estimate by what the provider really counted."""
         ...

@@ -3,36 +3,38 @@
 -- KEYS[1] leases (sorted set: lease id -> expiry), KEYS[2] lease data (hash: id -> fields),
 -- KEYS[3] leases held per replica (hash), KEYS[4..] one hash per account of the provider, in
 -- key order.
--- ARGV[1] operation, ARGV[2] the time ("" = Redis TIME), ARGV[3..6] the limits of rpm, tpm,
--- rpd and tpd (-1 = none), ARGV[7] the account's index (1-based; 0 where the operation chooses),
--- ARGV[8..] the operation's own arguments. Every call answers a JSON object with the time
--- and a view of each account, so replicas show shared figures without asking again.
+-- ARGV[1] the time ("" = Redis TIME), ARGV[2..5] the limits of rpm, tpm, rpd and tpd (-1 = none),
+-- then one or more operations, run in order, each as: its name, the account's index (1-based;
+-- 0 where the operation chooses), the count of its own arguments, those arguments. Several
+-- replicas' requests arriving together thus cost one call.
+-- The answer: {the time, shared figures, one answer per operation}. Times go as strings (Redis
+-- turns Lua numbers into integers). The shared figures (JSON: a view of each account, and with
+-- `view` who holds leases) come only when an operation wants them; otherwise ''. A reservation
+-- granted is the hot path: it answers a few numbers and writes only the fields that changed.
 
-local op = ARGV[1]
 local now
-if ARGV[2] == '' then
+if ARGV[1] == '' then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 else
-  now = tonumber(ARGV[2])
+  now = tonumber(ARGV[1])
 end
-local LIMIT = {rpm = tonumber(ARGV[3]), tpm = tonumber(ARGV[4]), rpd = tonumber(ARGV[5]), tpd = tonumber(ARGV[6])}
-local INDEX = tonumber(ARGV[7])
+local LIMIT = {rpm = tonumber(ARGV[2]), tpm = tonumber(ARGV[3]), rpd = tonumber(ARGV[4]), tpd = tonumber(ARGV[5])}
 local LEASES, DATA, HOLDERS = KEYS[1], KEYS[2], KEYS[3]
 local SPAN, DAY = 60, 86400
 local WINDOWS = {'rpm', 'rpd', 'tpm', 'tpd'} -- the order in which a refusal is reported
 local BUCKETS = {rpm = true, tpm = true}
 local COUNTER = {rpm = 'seq', rpd = 'seq', tpm = 'cum', tpd = 'cum'} -- what "booked since" counts
 
-local accounts = {}
+local accounts, stored = {}, {} -- index -> the account's fields now, and as read from Redis
 
 local function load(index)
   if accounts[index] == nil then
     local raw = redis.call('HGETALL', KEYS[3 + index])
-    local a = {}
-    for i = 1, #raw, 2 do a[raw[i]] = raw[i + 1] end
+    local a, was = {}, {}
+    for i = 1, #raw, 2 do a[raw[i]], was[raw[i]] = raw[i + 1], raw[i + 1] end
     for _, name in ipairs({'seq', 'cum', 'rpd_u', 'tpd_u', 'half_open'}) do a[name] = tonumber(a[name] or 0) end
-    accounts[index] = a
+    accounts[index], stored[index] = a, was
   end
   return accounts[index]
 end
@@ -84,37 +86,46 @@ local function provider_remaining(a, w)
   return number(a, 'syn_' .. w .. '_rem') - math.max(0, a[COUNTER[w]] - number(a, 'syn_' .. w .. '_base'))
 end
 
-local function amount(w, tokens) if w == 'rpm' or w == 'rpd' then return 1 end return tokens end
+-- What `requests` requests of `tokens` in all take from window `w`.
+local function amount(w, tokens, requests) if w == 'rpm' or w == 'rpd' then return requests end return tokens end
 
 local function probe_in_flight(a)
   return a.half_open == 1 and (a.probe or '') ~= '' and (number(a, 'probe_until') or 0) > now
 end
 
--- {reason, retry_at} when the account cannot take `tokens` now, else nil.
-local function refusal(a, tokens)
+-- {reason, retry_at} of one window that cannot take `need` now, else nil.
+local function window_refusal(a, w, need)
+  local limit = LIMIT[w]
+  if limit >= 0 and BUCKETS[w] then
+    local l = level(a, w)
+    if l < need then
+      local wait = SPAN
+      if need <= limit then wait = (need - l) * SPAN / limit end
+      return {w, now + wait}
+    end
+  elseif limit >= 0 and a[w .. '_u'] + need > limit then
+    return {w, a.day_end}
+  end
+  local left = provider_remaining(a, w)
+  if left ~= nil and left < need then return {w, number(a, 'syn_' .. w .. '_until')} end
+  return nil
+end
+
+-- {reason, retry_at} when the account cannot take `requests` requests of `tokens` in all now,
+-- else nil: the first reason found, or with `latest` the one that holds them longest.
+local function refusal(a, tokens, requests, latest)
   roll_day(a)
   end_cooldown_if_due(a, 0)
   local deadline = number(a, 'cd_until')
   if deadline ~= nil then return {'cooldown', deadline} end
   if probe_in_flight(a) then return {'probe', now + 1} end
+  local found = nil
   for _, w in ipairs(WINDOWS) do
-    local need, limit = amount(w, tokens), LIMIT[w]
-    if limit >= 0 then
-      if BUCKETS[w] then
-        local l = level(a, w)
-        if l < need then
-          local wait = SPAN
-          if need <= limit then wait = (need - l) * SPAN / limit end
-          return {w, now + wait}
-        end
-      elseif a[w .. '_u'] + need > limit then
-        return {w, a.day_end}
-      end
-    end
-    local left = provider_remaining(a, w)
-    if left ~= nil and left < need then return {w, number(a, 'syn_' .. w .. '_until')} end
+    local r = window_refusal(a, w, amount(w, tokens, requests))
+    if r ~= nil and not latest then return r end
+    if r ~= nil and (found == nil or r[2] > found[2]) then found = r end
   end
-  return nil
+  return found
 end
 
 -- The smallest share left of any limited window (1 = untouched), for choosing between keys.
@@ -165,26 +176,29 @@ local function view(a)
     v.u[w] = used(a, w)
     v.pr[w] = provider_remaining(a, w)
   end
-  local r = refusal(a, 1)
+  local r = refusal(a, 1, 1, false)
   if r ~= nil then v.av = r[2] end
   v.cd, v.why, v.ho = number(a, 'cd_until') or 0, a.cd_reason or '', a.half_open
   return v
 end
 
-local function save_all()
+local function save_changed()
   for index, a in pairs(accounts) do
-    local flat = {}
+    local flat, was = {}, stored[index]
     for k, value in pairs(a) do
-      flat[#flat + 1] = k
-      flat[#flat + 1] = tostring(value)
+      local text = tostring(value)
+      if was[k] ~= text then
+        flat[#flat + 1] = k
+        flat[#flat + 1] = text
+      end
     end
-    redis.call('HSET', KEYS[3 + index], unpack(flat))
+    if #flat > 0 then redis.call('HSET', KEYS[3 + index], unpack(flat)) end
   end
 end
 
 local function book(a, tokens)
   for _, w in ipairs({'rpm', 'tpm'}) do
-    local need = amount(w, tokens)
+    local need = amount(w, tokens, 1)
     if LIMIT[w] >= 0 then
       a[w .. '_l'] = level(a, w) - need
     else
@@ -197,17 +211,31 @@ local function book(a, tokens)
   a.seq, a.cum = a.seq + 1, a.cum + tokens
 end
 
-local result = {}
-local n = #KEYS - 3
 
-if op == 'reserve' then
-  -- ARGV[8] tokens, [9] floor, [10] lease id, [11] lease seconds, [12] replica
-  local tokens, floor, id, ttl = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
-  expire_leases()
+local function text(x) return string.format('%.17g', x) end
+
+local n = #KEYS - 3
+local want_views, holders = false, nil
+local leases_expired = false
+local function expire_leases_once()
+  if not leases_expired then
+    leases_expired = true
+    expire_leases()
+  end
+end
+
+-- Each operation: (the account's index, its own arguments) -> its answer.
+local OPS = {}
+
+-- tokens, floor, lease id, lease seconds, replica ->
+-- {1, index, seq, cum, day's end, probe 0|1} or, refused, {0, reason, retry at}
+function OPS.reserve(_, args)
+  local tokens, floor, id, ttl, replica = tonumber(args[1]), tonumber(args[2]), args[3], tonumber(args[4]), args[5]
+  expire_leases_once()
   local best, best_room, soonest = nil, -1, nil
   for i = 1, n do
     local a = load(i)
-    local r = refusal(a, tokens)
+    local r = refusal(a, tokens, 1, false)
     if r == nil then
       local room = headroom(a)
       if room > best_room then best, best_room = i, room end
@@ -216,21 +244,36 @@ if op == 'reserve' then
     end
   end
   if best == nil then
-    result.refused = soonest
-  else
-    local a = load(best)
-    book(a, tokens)
-    local probe = a.half_open == 1
-    if probe then a.probe, a.probe_until = id, now + ttl end
-    redis.call('ZADD', LEASES, now + ttl, id)
-    redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day_end, r = ARGV[12]}))
-    redis.call('HINCRBY', HOLDERS, ARGV[12], 1)
-    result.granted = {best, a.seq, a.cum, a.day_end, probe}
+    want_views = true -- off the hot path: the router's Retry-After and status read them
+    return {0, soonest[1], text(soonest[2])}
   end
-elseif op == 'settle' then
-  -- ARGV[8] lease id, [9] actual tokens, [10] reserved, [11] floor, [12] its day's end
-  local a = load(INDEX)
-  local id, actual, reserved, floor = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+  local a = load(best)
+  book(a, tokens)
+  local probe = 0
+  if a.half_open == 1 then probe, a.probe, a.probe_until = 1, id, now + ttl end
+  redis.call('ZADD', LEASES, now + ttl, id)
+  redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day_end, r = replica}))
+  redis.call('HINCRBY', HOLDERS, replica, 1)
+  return {1, best, a.seq, a.cum, text(a.day_end), probe}
+end
+
+-- Without booking, when `requests` requests of `tokens` in all could go (tokens, requests) ->
+-- {0} if now, else {1, reason, retry at} of the soonest account and the limit that holds it longest
+function OPS.refusal(_, args)
+  local tokens, requests = tonumber(args[1]), tonumber(args[2])
+  local soonest = nil
+  for i = 1, n do
+    local r = refusal(load(i), tokens, requests, true)
+    if r == nil then return {0} end
+    if soonest == nil or r[2] < soonest[2] then soonest = r end
+  end
+  return {1, soonest[1], text(soonest[2])}
+end
+
+-- lease id, actual tokens, reserved, floor, its day's end
+function OPS.settle(index, args)
+  local a = load(index)
+  local id, actual, reserved, floor = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   local back = floor - actual -- the lease expired already: it kept its floor
   local raw = redis.call('HGET', DATA, id)
   if raw then
@@ -239,14 +282,17 @@ elseif op == 'settle' then
     redis.call('HINCRBY', HOLDERS, cjson.decode(raw).r, -1)
   end
   redis.call('ZREM', LEASES, id)
-  give_back(a, back, ARGV[12])
-elseif op == 'sync' then
-  -- ARGV[8] the reservation's seq, [9] its cum, then (window, remaining, seconds to reset)...
-  local a = load(INDEX)
-  local base = {seq = tonumber(ARGV[8]), cum = tonumber(ARGV[9])}
+  give_back(a, back, args[5])
+  return {}
+end
+
+-- the reservation's seq, its cum, then (window, remaining, seconds to reset)...
+function OPS.sync(index, args)
+  local a = load(index)
+  local base = {seq = tonumber(args[1]), cum = tonumber(args[2])}
   roll_day(a)
-  for i = 10, #ARGV, 3 do
-    local w, remaining, reset = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  for i = 3, #args, 3 do
+    local w, remaining, reset = args[i], tonumber(args[i + 1]), tonumber(args[i + 2])
     if w == 'rpd' or w == 'tpd' then a.day_end = now + reset end -- one provider day for both
     if (number(a, 'fseq_' .. w) or -1) <= base.seq then -- a later request's figure wins
       a['fseq_' .. w] = base.seq
@@ -261,41 +307,66 @@ elseif op == 'sync' then
       end
     end
   end
-elseif op == 'cooldown' then
-  -- ARGV[8] seconds, [9] reason. The later deadline wins.
-  local a = load(INDEX)
-  local deadline = now + tonumber(ARGV[8])
+  return {}
+end
+
+-- seconds, reason -> {1 if started}. The later deadline wins.
+function OPS.cooldown(index, args)
+  local a = load(index)
+  local deadline = now + tonumber(args[1])
   a.probe = ''
-  if (number(a, 'cd_until') or -1) >= deadline then
-    result.started = false
-  else
-    a.cd_until, a.cd_reason = deadline, ARGV[9]
-    result.started = true
-  end
-elseif op == 'end_cooldown' then
-  -- a timer's end: a little early is fine, its clock and Redis's differ by a round trip
-  result.ended = end_cooldown_if_due(load(INDEX), 0.05)
-elseif op == 'probe' then
-  -- ARGV[8] lease id, [9] 1 if it succeeded
-  local a = load(INDEX)
-  if a.probe == ARGV[8] then
+  want_views = true
+  if (number(a, 'cd_until') or -1) >= deadline then return {0} end
+  a.cd_until, a.cd_reason = deadline, args[2]
+  return {1}
+end
+
+-- -> {1 if ended}. A timer's end: a little early is fine, its clock and Redis's differ by a round trip.
+function OPS.end_cooldown(index, _)
+  want_views = true
+  if end_cooldown_if_due(load(index), 0.05) then return {1} end
+  return {0}
+end
+
+-- lease id, 1 if it succeeded
+function OPS.probe(index, args)
+  local a = load(index)
+  if a.probe == args[1] then
     a.probe = ''
-    if ARGV[9] == '1' then a.half_open = 0 end
+    if args[2] == '1' then a.half_open = 0 end
   end
-elseif op == 'view' then
-  expire_leases()
-  local holders = {}
+  return {}
+end
+
+-- For operators: every account's figures and who holds leases.
+function OPS.view(_, _)
+  expire_leases_once()
+  holders, want_views = {}, true
   local raw = redis.call('HGETALL', HOLDERS)
   for i = 1, #raw, 2 do
     if tonumber(raw[i + 1]) > 0 then holders[raw[i]] = tonumber(raw[i + 1]) else redis.call('HDEL', HOLDERS, raw[i]) end
   end
-  result.leases = holders
-else
-  return redis.error_reply('unknown operation ' .. op)
+  return {}
 end
 
-result.now = now
-result.views = {}
-for i = 1, n do result.views[i] = view(load(i)) end
-save_all()
-return cjson.encode(result)
+-- Read every operation before running any: a bad one changes nothing.
+local calls = {}
+local i = 6
+while i <= #ARGV do
+  local run, index, count = OPS[ARGV[i]], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  if run == nil then return redis.error_reply('unknown operation ' .. ARGV[i]) end
+  local args = {}
+  for j = 1, count do args[j] = ARGV[i + 2 + j] end
+  calls[#calls + 1] = {run, index, args}
+  i = i + 3 + count
+end
+
+local reply = {text(now), ''}
+for _, call in ipairs(calls) do reply[#reply + 1] = call[1](call[2], call[3]) end
+if want_views then
+  local views = {}
+  for j = 1, n do views[j] = view(load(j)) end
+  reply[2] = cjson.encode({views = views, leases = holders})
+end
+save_changed()
+return reply

@@ -543,7 +543,7 @@ class QuotaLedger:
             times.append(now if refusal is None else refusal.retry_at)
         return min(times)
 
-    def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
+    async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
         """Without booking: when `requests` requests of `tokens` in all could go to `provider`
         (its soonest account, once every limit has room) and the limit that holds them
         longest; None if they could now."""

@@ -1,19 +1,21 @@
 """The shared quota ledger: the contract of `contract.Ledger` kept in Redis, for several workers
 and replicas spending the same keys.
 
-Admission is one call of the ledger script (`ledger.lua`): it checks and books a request on
-all of an account's windows at once and picks the account with most headroom. A booking is a
-lease that expires by itself if its process dies. Settling, header figures and probe results
-are queued and sent after the client has its answer. The last figures each call returned
-serve the synchronous views (status, logs, Retry-After) without asking Redis again.
+Admission is one operation of the ledger script (`ledger.lua`): it checks and books a request
+on all of an account's windows at once and picks the account with most headroom. A booking is
+a lease that expires by itself if its process dies. Settling, header figures and probe results
+are queued and sent after the client has its answer. The shared figures (refreshed every
+second, and by refusals and cooldowns) serve the synchronous views (status, logs,
+Retry-After) without asking Redis again.
 
 While Redis is unreachable, a local ledger stands in: with the "local" policy at
 limit / replicas; with "refuse", providers that have limits count as out of quota.
 """
 
+import functools
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -23,7 +25,7 @@ from attrs import define
 from ..config import ProviderConfig
 from .contract import WINDOW_NAMES, Refusal, Reservation, summary_line
 from .ledger import QuotaLedger, account_name
-from .redis_store import QuotaStore, Reply
+from .redis_store import Lane, QuotaStore, Reply
 
 OUTAGE_RETRY_SECONDS = 1.0  # what a "refuse" refusal tells the router about trying again
 
@@ -92,17 +94,18 @@ class RedisLedger:
             _per_replica(p, replicas) if outage_policy == "local" else p for p in self._providers.values()
         )
         self._names: dict[str, list[str]] = {}
-        self._keys: dict[str, list[str]] = {}
+        self._lanes: dict[str, Lane] = {}
         self._where: dict[str, tuple[str, int]] = {}  # account -> (provider, index from 1)
         for name, provider in self._providers.items():
             keys = provider.keys or ("",)
             self._names[name] = [account_name(name, i, len(keys)) for i in range(len(keys))]
-            self._keys[name] = [
+            keys_of = (
                 f"{prefix}{{{name}}}:leases",
                 f"{prefix}{{{name}}}:lease-data",
                 f"{prefix}{{{name}}}:lease-holders",
                 *(account_key(prefix, name, key) for key in keys),
-            ]
+            )
+            self._lanes[name] = (keys_of, tuple(_limits(provider)))
             self._where.update((account, (name, i + 1)) for i, account in enumerate(self._names[name]))
         self._views: dict[str, dict[str, Any]] = {}  # account -> the script's last view of it
         self._leases: dict[str, dict[str, int]] = {}  # provider -> replica -> leases held
@@ -122,44 +125,65 @@ class RedisLedger:
     def accounts(self) -> list[str]:
         return list(self._where)
 
-    def _args(self, provider: str, index: int, *extra: Any) -> list[Any]:
-        return [*_limits(self._providers[provider]), index, *extra]
-
     def _absorb(self, provider: str, reply: Reply) -> None:
-        for account, view in zip(self._names[provider], reply["views"]):
+        if reply.shared is None:
+            return
+        for account, view in zip(self._names[provider], reply.shared["views"]):
             self._views[account] = view
-
-    def _absorber(self, provider: str) -> Callable[[Reply], None]:
-        return lambda reply: self._absorb(provider, reply)
+        if "leases" in reply.shared:
+            self._leases[provider] = reply.shared["leases"]
 
     async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
         lease = f"{self._replica}/{next(self._lease_numbers)}"
         floor = min(floor, tokens)
-        args = self._args(provider, 0, tokens, floor, lease, self._lease_seconds, self._replica)
-        reply = await self.store.call("reserve", self._keys[provider], args)
+        args = (tokens, floor, lease, self._lease_seconds, self._replica)
+        abandoned = functools.partial(self._give_back_unused, provider, tokens, lease)
+        reply = await self.store.call(self._lanes[provider], "reserve", 0, args, abandoned)
         if reply is None:
             return await self._reserve_locally(provider, tokens)
         self._absorb(provider, reply)
-        if (refused := reply.get("refused")) is not None:
-            return Refusal(refused[0], self.store.to_trio(refused[1]))
-        index, seq, cum, day_end, probe = reply["granted"]
+        if reply.result[0] == 0:
+            return Refusal(reply.result[1], self.store.to_trio(float(reply.result[2])))
+        _, index, seq, cum, day_end, probe = reply.result
         account = self._names[provider][index - 1]
         return SharedReservation(
-            account, provider, index - 1, tokens, seq, probe, index=index, lease=lease, cum=cum, floor=floor, day_end=day_end
+            account, provider, index - 1, tokens, seq, bool(probe), index=index, lease=lease, cum=cum, floor=floor,
+            day_end=float(day_end),
         )
+
+    def _give_back_unused(self, provider: str, tokens: int, lease: str, reply: Reply) -> None:
+        """A reservation granted after its caller stopped waiting (it went local, or its client
+        left): nothing was sent on it, so all of it comes back, and its probe turn too."""
+        if reply.result[0] == 0:
+            return
+        _, index, _, _, day_end, probe = reply.result
+        lane = self._lanes[provider]
+        self.store.submit(lane, "settle", index, (lease, 0, tokens, 0, day_end))
+        if probe:
+            self.store.submit(lane, "probe", index, (lease, 0))
 
     async def _reserve_locally(self, provider: str, tokens: int) -> Reservation | Refusal:
         if self._policy == "refuse" and _has_limits(self._providers[provider]):
             return Refusal("redis", self.now() + OUTAGE_RETRY_SECONDS)
         return await self._fallback.reserve(provider, tokens)
 
+    async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
+        reply = await self.store.call(self._lanes[provider], "refusal", 0, (tokens, requests))
+        if reply is None:
+            if self._policy == "refuse" and _has_limits(self._providers[provider]):
+                return Refusal("redis", self.now() + OUTAGE_RETRY_SECONDS)
+            return await self._fallback.refusal(provider, tokens, requests)
+        if reply.result[0] == 0:
+            return None
+        return Refusal(reply.result[1], self.store.to_trio(float(reply.result[2])))
+
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         if not isinstance(reservation, SharedReservation):
             await self._fallback.settle(reservation, actual_tokens)
             return
         r = reservation
-        args = self._args(r.provider, r.index, r.lease, actual_tokens, r.tokens, r.floor, repr(r.day_end))
-        self.store.submit("settle", self._keys[r.provider], args, self._absorber(r.provider))
+        args = (r.lease, actual_tokens, r.tokens, r.floor, repr(r.day_end))
+        self.store.submit(self._lanes[r.provider], "settle", r.index, args)
         # A second settle corrects this one: the lease is gone by then, and its floor is this figure.
         r.tokens = r.floor = actual_tokens
 
@@ -169,43 +193,40 @@ class RedisLedger:
             return
         r = reservation
         flat = [item for name, (remaining, reset) in figures.items() for item in (name, remaining, reset)]
-        args = self._args(r.provider, r.index, r.seq, r.cum, *flat)
-        self.store.submit("sync", self._keys[r.provider], args, self._absorber(r.provider))
+        self.store.submit(self._lanes[r.provider], "sync", r.index, (r.seq, r.cum, *flat))
 
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         started_here = await self._fallback.start_cooldown(account, until, reason)
         provider, index = self._where[account]
-        reply = await self.store.call("cooldown", self._keys[provider], self._args(provider, index, until - self.now(), reason))
+        reply = await self.store.call(self._lanes[provider], "cooldown", index, (until - self.now(), reason))
         if reply is None:
             return started_here
         self._absorb(provider, reply)
-        return bool(reply["started"])
+        return bool(reply.result[0])
 
     async def end_cooldown(self, account: str, until: float) -> bool:
         ended_here = await self._fallback.end_cooldown(account, until)
         provider, index = self._where[account]
-        reply = await self.store.call("end_cooldown", self._keys[provider], self._args(provider, index))
+        reply = await self.store.call(self._lanes[provider], "end_cooldown", index, ())
         if reply is None:
             return ended_here
         self._absorb(provider, reply)
-        return bool(reply["ended"])
+        return bool(reply.result[0])
 
     def finish_probe(self, reservation: Reservation, succeeded: bool) -> None:
         if not isinstance(reservation, SharedReservation):
             self._fallback.finish_probe(reservation, succeeded)
         elif reservation.probe:
             r = reservation
-            args = self._args(r.provider, r.index, r.lease, int(succeeded))
-            self.store.submit("probe", self._keys[r.provider], args, self._absorber(r.provider))
+            self.store.submit(self._lanes[r.provider], "probe", r.index, (r.lease, int(succeeded)))
 
     async def refresh(self) -> None:
         """Read every provider's shared figures and who holds leases (for operators)."""
         for provider in self._providers:
-            reply = await self.store.call("view", self._keys[provider], self._args(provider, 0))
+            reply = await self.store.call(self._lanes[provider], "view", 0, ())
             if reply is None:
                 return
             self._absorb(provider, reply)
-            self._leases[provider] = reply["leases"]
 
     def _shared(self, accounts: Iterable[str]) -> bool:
         """Whether the shared figures are the ones in force (else the local stand-in's are)."""

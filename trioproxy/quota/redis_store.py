@@ -1,11 +1,15 @@
 """The connection to the Redis that holds the shared quota: one Lua script, called by SHA, under
 a timeout; outages noticed once, counted, and ended by reconnecting with backoff.
 
-Operations that need no answer (settling, header figures, probe results) go through a queue
-that one task empties, so they never hold up a client's answer.
+Operations on one provider's accounts share a lane: one call of the script in flight at a
+time, and whatever arrives meanwhile (reservations of concurrent requests, settlements, header
+figures, probe results) goes together in the next call, run in arrival order. Concurrent
+requests thus cost one round trip between them, not one each. Operations that need no answer
+are only queued on their lane, so they never hold up a client's answer.
 """
 
 import contextvars
+import hashlib
 import json
 import logging
 import math
@@ -15,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 import trio
+from attrs import define, field, frozen
 from coredis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
 from .redis_client import Client, QuotaStoreError, TlsFiles, explain, open_redis
@@ -22,15 +27,53 @@ from .redis_client import Client, QuotaStoreError, TlsFiles, explain, open_redis
 log = logging.getLogger("trioproxy.quota")
 
 SCRIPT = resources.files(__package__).joinpath("ledger.lua").read_text()
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # A simulation on Trio's MockClock sets this for the stores it starts: their time then comes
 # from that clock instead of Redis's TIME (buckets refill in simulated time).
 STORE_CLOCK: contextvars.ContextVar[Callable[[], float] | None] = contextvars.ContextVar("store_clock", default=None)
 QUEUE_SIZE = 10_000  # answers-not-needed operations waiting; past that they are dropped and counted
+BATCH_SIZE = 64  # operations in one call at most: a script call holds Redis for its whole run
+# How long queued operations may wait for a call someone waits for (a reservation) to ride
+# with, instead of costing a round trip of their own that the next reservation would queue behind.
+RIDE_SECONDS = 0.01
 MAX_BACKOFF = 5.0
 FLUSH_SECONDS = 2.0  # at shutdown, how long queued operations may take to reach Redis
 
-Reply = dict[str, Any]
-Pending = tuple[str, Sequence[str], Sequence[Any], Callable[[Reply], None]]
+# A lane: one provider's keys, and the arguments every operation on them starts with (its limits).
+Lane = tuple[tuple[str, ...], tuple[Any, ...]]
+
+
+@frozen
+class Reply:
+    """One operation's answer, and what the call it went in also told."""
+
+    result: list[Any]
+    shared: dict[str, Any] | None  # every account's figures, when an operation of the call asked
+
+
+@define(eq=False)
+class _Pending:
+    op: str
+    index: int
+    args: Sequence[Any]
+    queued: bool  # nobody waits for the answer
+    abandoned: Callable[[Reply], None] | None = None  # for an answer that came after its caller left
+    left: bool = False  # its caller stopped waiting (timed out or cancelled)
+    reply: Reply | None = None
+    done: trio.Event = field(factory=trio.Event)
+
+
+@define(eq=False)
+class _LaneState:
+    pending: list[_Pending] = field(factory=list)
+    wake: trio.Event = field(factory=trio.Event)  # something is pending
+    urgent: trio.Event = field(factory=trio.Event)  # someone waits for an answer
+
+    def signal(self) -> None:
+        if self.pending:
+            self.wake.set()
+        if any(not pending.queued for pending in self.pending):
+            self.urgent.set()
 
 
 def redacted_url(url: str) -> str:
@@ -60,14 +103,14 @@ class QuotaStore:
         self._allow_start_without = allow_start_without
         self._clock = clock if clock is not None else STORE_CLOCK.get()  # None: Redis's TIME
         self._client: Client | None = None
-        self._script: Any = None
+        self._lanes: dict[Lane, _LaneState] = {}
+        self._nursery: trio.Nursery | None = None  # where each lane's sender runs
         self.connected = False
         self.outages = 0
         self.dropped = 0
         self._queued = 0
         self._down_since = 0.0
         self._lost = trio.Event()
-        self._send, self._receive = trio.open_memory_channel[Pending](QUEUE_SIZE)
         self._tasks = trio.CancelScope()
         self._closing = trio.Event()
         self.offset = 0.0  # add to a Trio time to get the store's time
@@ -89,11 +132,11 @@ class QuotaStore:
     async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.CancelScope(shield=True):
             async with open_redis(self.url, self.tls, self._timeout, self._allow_start_without) as client:
-                self._client, self._script = client, client.register_script(SCRIPT)
+                self._client = client
                 await self._first_contact()
                 with self._tasks:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._empty_queue)
+                        self._nursery = nursery
                         nursery.start_soon(self._reconnect)
                         nursery.start_soon(self._refresh_views)
                         task_status.started()
@@ -128,47 +171,98 @@ class QuotaStore:
     def _time_arg(self) -> str:
         return "" if self._clock is None else repr(self._clock())
 
-    async def call(self, op: str, keys: Sequence[str], args: Sequence[Any]) -> Reply | None:
-        """Run one operation of the script; None when Redis is down or does not answer in time."""
-        if not self.connected:
+    async def call(
+        self, lane: Lane, op: str, index: int, args: Sequence[Any], abandoned: Callable[[Reply], None] | None = None
+    ) -> Reply | None:
+        """Run one operation of the script (with whatever else is bound for its lane); None when
+        Redis is down or does not answer in time. `abandoned` gets an answer that came too late
+        for its caller (timed out or cancelled), to undo what it booked."""
+        pending = self._enqueue(lane, _Pending(op, index, args, queued=False, abandoned=abandoned))
+        if pending is None:
             return None
+        try:
+            with trio.move_on_after(self._timeout) as waiting:
+                await pending.done.wait()
+        finally:
+            pending.left = not pending.done.is_set()
+        if waiting.cancelled_caught:  # this request waited as long as it may: Redis is too slow
+            self._went_down(f"no answer within {self._timeout * 1000:.0f} ms")
+        return pending.reply
+
+    def submit(self, lane: Lane, op: str, index: int, args: Sequence[Any]) -> None:
+        """Queue an operation whose answer nobody waits for."""
+        if self._queued >= QUEUE_SIZE or self._enqueue(lane, _Pending(op, index, args, queued=True)) is None:
+            self.dropped += 1
+            return
+        self._queued += 1
+
+    def _enqueue(self, lane: Lane, pending: _Pending) -> _Pending | None:
+        if not self.connected or self._nursery is None:
+            return None
+        state = self._lanes.get(lane)
+        if state is None:
+            state = self._lanes[lane] = _LaneState()
+            self._nursery.start_soon(self._send_lane, lane, state)
+        state.pending.append(pending)
+        state.wake.set()
+        if not pending.queued:
+            state.urgent.set()
+        return pending
+
+    async def _send_lane(self, lane: Lane, state: _LaneState) -> None:
+        """One call of the script at a time for the lane, taking whatever waits when it starts;
+        queued operations alone wait a little for a reservation to ride with."""
+        while True:
+            if not state.wake.is_set():  # (a set Event's wait() would still cost a scheduler pass)
+                await state.wake.wait()
+            if not state.urgent.is_set():
+                with trio.move_on_after(RIDE_SECONDS):
+                    await state.urgent.wait()
+            state.wake, state.urgent = trio.Event(), trio.Event()
+            with trio.CancelScope(shield=True):  # taken off the lane: finish it (_evaluate has a timeout)
+                await self._run(lane, state)
+            state.signal()  # what is left beyond one batch
+
+    async def _run(self, lane: Lane, state: _LaneState) -> None:
+        """Send the next batch of the lane in one call and hand each operation its answer."""
+        batch, state.pending = state.pending[:BATCH_SIZE], state.pending[BATCH_SIZE:]
+        keys, head = lane
+        args: list[Any] = [self._time_arg(), *head]
+        for pending in batch:
+            args += [pending.op, pending.index, len(pending.args), *pending.args]
+        replies = await self._evaluate(list(keys), args, len(batch))
+        for pending, reply in zip(batch, replies):
+            pending.reply = reply
+            pending.done.set()
+            if pending.queued:
+                self._queued -= 1
+                self.dropped += reply is None
+            elif pending.left and reply is not None and pending.abandoned is not None:
+                pending.abandoned(reply)
+
+    async def _evaluate(self, keys: list[str], args: list[Any], count: int) -> list[Reply | None]:
+        """One call of the script: `count` answers, or as many Nones when Redis failed or is down."""
+        if not self.connected:
+            return [None] * count
         started = trio.current_time()
         with trio.move_on_after(self._timeout):
             try:
                 try:
-                    raw = await self._script(keys=keys, args=[op, self._time_arg(), *args])
+                    raw = await self._client.evalsha(SCRIPT_SHA, keys=keys, args=args)  # type: ignore[union-attr]
                 except NoScriptError:  # Redis restarted, or SCRIPT FLUSH: load it again
                     await self._load_script()
-                    raw = await self._script(keys=keys, args=[op, self._time_arg(), *args])
-                reply: Reply = json.loads(raw)
-            except (RedisError, OSError, ValueError) as error:  # ValueError: not the script's answer
+                    raw = await self._client.evalsha(SCRIPT_SHA, keys=keys, args=args)  # type: ignore[union-attr]
+                now, shared = float(raw[0]), json.loads(raw[1]) if raw[1] else None
+                results = raw[2:]
+                if len(results) != count:
+                    raise ValueError(f"{len(results)} answers to {count} operations")
+            except (RedisError, OSError, ValueError, TypeError, IndexError) as error:  # not the script's answer
                 self._went_down(str(error))
-                return None
-            self.offset = reply["now"] - (started + trio.current_time()) / 2
-            return reply
+                return [None] * count
+            self.offset = now - (started + trio.current_time()) / 2
+            return [Reply(list(result), shared) for result in results]
         self._went_down(f"no answer within {self._timeout * 1000:.0f} ms")
-        return None
-
-    def submit(self, op: str, keys: Sequence[str], args: Sequence[Any], on_reply: Callable[[Reply], None]) -> None:
-        """Queue an operation whose answer nobody waits for."""
-        if not self.connected:
-            self.dropped += 1
-            return
-        try:
-            self._send.send_nowait((op, keys, args, on_reply))
-            self._queued += 1
-        except trio.WouldBlock:
-            self.dropped += 1
-
-    async def _empty_queue(self) -> None:
-        async for op, keys, args, on_reply in self._receive:
-            with trio.CancelScope(shield=True):  # taken off the queue: finish it (call() has a timeout)
-                reply = await self.call(op, keys, args)
-            self._queued -= 1
-            if reply is None:
-                self.dropped += 1
-            else:
-                on_reply(reply)
+        return [None] * count
 
     async def drained(self) -> None:
         """Wait until every queued operation has reached Redis (or been dropped)."""
@@ -177,15 +271,11 @@ class QuotaStore:
 
     async def _flush(self) -> None:
         """At shutdown, what is queued still reaches Redis (briefly: a dead Redis cannot hold us)."""
+        self._nursery = None
         with trio.move_on_after(FLUSH_SECONDS):
-            while True:
-                try:
-                    op, keys, args, on_reply = self._receive.receive_nowait()
-                except trio.WouldBlock:
-                    return
-                reply = await self.call(op, keys, args)
-                if reply is not None:
-                    on_reply(reply)
+            for lane, state in self._lanes.items():
+                while state.pending and self.connected:
+                    await self._run(lane, state)
 
     def _went_down(self, reason: str = "") -> None:
         was_connected = self.connected

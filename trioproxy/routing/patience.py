@@ -21,7 +21,7 @@ import trio
 from attrs import define, field
 
 from ..providers.upstream import Upstream
-from ..quota.ledger import QuotaLedger, Refusal, Reservation
+from ..quota.contract import Ledger, Refusal, Reservation
 from .request import RouteRecord
 from .tokens import requested_completion_tokens
 
@@ -84,7 +84,7 @@ class _Waiter:
 class Patience:
     """Decides, per request, whether to wait for a provider's quota, and keeps the queues."""
 
-    def __init__(self, ledger: QuotaLedger, starting: Mapping[str, Pace], max_wait_seconds: float) -> None:
+    def __init__(self, ledger: Ledger, starting: Mapping[str, Pace], max_wait_seconds: float) -> None:
         self._ledger = ledger
         self.paces = dict(starting)
         self.max_wait = max_wait_seconds
@@ -118,16 +118,16 @@ class Patience:
             got = await self._ledger.reserve(name, tokens, floor=floor)
             if isinstance(got, Reservation) or self.max_wait <= 0:
                 return got
-            refusal = self._ledger.refusal(name, tokens) or got  # the limit that holds it longest
+            refusal = await self._ledger.refusal(name, tokens) or got  # the limit that holds it longest
         else:  # others wait already: this one's turn comes after theirs
             ahead = sum(waiter.tokens for waiter in queue)
-            refusal = self._ledger.refusal(name, ahead + tokens, len(queue) + 1) or Refusal(
+            refusal = await self._ledger.refusal(name, ahead + tokens, len(queue) + 1) or Refusal(
                 "queue", self._ledger.now()
             )
         wait = max(0.0, refusal.retry_at - self._ledger.now())
-        if self._worth_waiting(upstream, wait, tokens, body, later):
+        if await self._worth_waiting(upstream, wait, tokens, body, later):
             got = await self._wait_in_line(name, queue, tokens, refusal, record, floor)
-        elif queue and self._ledger.refusal(name, queue[0].tokens) is not None:
+        elif queue and await self._ledger.refusal(name, queue[0].tokens) is not None:
             # It will not wait, and what is free now is too little for the head of the line:
             # taking it costs the waiters nothing they could use now, and leaves none unused.
             got = await self._ledger.reserve(name, tokens, floor=floor)
@@ -146,21 +146,21 @@ class Patience:
             passed_over.popleft()
         return len(passed_over) / CONTENTION_WINDOW
 
-    def _worth_waiting(
+    async def _worth_waiting(
         self, upstream: Upstream, wait: float, tokens: int, body: dict[str, Any], later: Sequence[Upstream]
     ) -> bool:
         if wait > self.max_wait:
             return False
         completion = min(requested_completion_tokens(body) or math.inf, self.completion_tokens)
-        elsewhere = min((self._finish_on(other, tokens, completion) for other in later), default=math.inf)
+        elsewhere = min([await self._finish_on(other, tokens, completion) for other in later], default=math.inf)
         if elsewhere == math.inf:
             return True  # the last provider: a wait beats the client's 429
         if self._contention(upstream.quota_key) * wait >= 1:
             return False
         return wait + self.paces[upstream.quota_key].seconds_for(completion) < elsewhere
 
-    def _finish_on(self, upstream: Upstream, tokens: int, completion: float) -> float:
-        refusal = self._ledger.refusal(upstream.quota_key, tokens)
+    async def _finish_on(self, upstream: Upstream, tokens: int, completion: float) -> float:
+        refusal = await self._ledger.refusal(upstream.quota_key, tokens)
         wait = 0.0 if refusal is None else max(0.0, refusal.retry_at - self._ledger.now())
         return wait + self.paces[upstream.quota_key].seconds_for(completion)
 
