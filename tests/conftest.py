@@ -76,6 +76,13 @@ async def proxy(start_proxy: StartProxy) -> Proxy:
 
 
 @pytest.fixture
+def patient_clock() -> trio.testing.MockClock:
+    """Trio's mock clock for tests that talk to a real Redis: it jumps only after 0.3 s in which
+    nothing happened, so waiting on Redis's socket does not move it."""
+    return trio.testing.MockClock(autojump_threshold=0.3)
+
+
+@pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A real redis-server of this test's own (scripts/test installs Debian's package)."""
     with running_redis(tmp_path) as server:

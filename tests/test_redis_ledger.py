@@ -8,12 +8,13 @@ import attrs
 import coredis
 import pytest
 import trio
+import trio.testing
 
 from trioproxy.testing.redis_server import RedisServer, free_port, running_redis
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
-from trioproxy.quota.redis_store import QuotaStore, QuotaStoreError
+from trioproxy.quota.redis_store import IDLE_LANE_SECONDS, QuotaStore, QuotaStoreError
 
 START = 1_800_000_000.0  # a store time (seconds since the epoch) well before a UTC midnight
 
@@ -327,3 +328,27 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
             yield from _leaves(inner)
     else:
         yield error
+
+
+async def test_a_reload_that_changes_the_limits_leaves_no_idle_sender_behind(
+    nursery: trio.Nursery, redis: RedisServer, patient_clock: trio.testing.MockClock
+) -> None:
+    """Each provider's lane has one sender task; the lane of the limits a reload replaced ends."""
+    store = QuotaStore(redis.url, 10.0, allow_start_without=False)
+    await nursery.start(store.run)
+
+    def senders() -> int:
+        return len(store._nursery.child_tasks)  # type: ignore[union-attr]
+
+    idle = senders()
+    def reloaded(limit: int) -> RedisLedger:  # a reload builds a new ledger on the same store
+        return RedisLedger([cerebras(requests_per_minute=limit)], store, prefix="test:", outage_policy="local",
+                           replicas=1, lease_seconds=10.0, replica="r1")
+
+    for limit in (10, 20):
+        assert isinstance(await reloaded(limit).reserve("cerebras", 10), SharedReservation)
+    assert senders() == idle + 2
+    await trio.sleep(IDLE_LANE_SECONDS + 1)
+    assert senders() == idle + 1  # the current ledger's lane stays: its figures are read every second
+    assert isinstance(await reloaded(10).reserve("cerebras", 10), SharedReservation)  # a lane used again starts again
+    assert senders() == idle + 2

@@ -18,11 +18,6 @@ from trioproxy.quota.redis_store import STORE_CLOCK
 from trioproxy.testing.redis_server import RedisServer
 
 
-@pytest.fixture
-def patient_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.3)
-
-
 def shared_ledger(redis: RedisServer) -> dict[str, Any]:
     STORE_CLOCK.set(trio.current_time)  # the proxies started from here keep Redis's time on the mock clock
     return {"quota_backend": "redis", "redis_url": redis.url, "redis_timeout_ms": 10_000, "redis_key_prefix": "patience:"}

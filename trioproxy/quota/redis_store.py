@@ -38,6 +38,8 @@ BATCH_SIZE = 64  # operations in one call at most: a script call holds Redis for
 RIDE_SECONDS = 0.01
 MAX_BACKOFF = 5.0
 FLUSH_SECONDS = 2.0  # at shutdown, how long queued operations may take to reach Redis
+# A lane unused this long ends its sender: a reload may have retired its keys or limits.
+IDLE_LANE_SECONDS = 60.0
 
 # A lane: one provider's keys, and the arguments every operation on them starts with (its limits).
 Lane = tuple[tuple[str, ...], tuple[Any, ...]]
@@ -214,7 +216,11 @@ class QuotaStore:
         queued operations alone wait a little for a reservation to ride with."""
         while True:
             if not state.wake.is_set():  # (a set Event's wait() would still cost a scheduler pass)
-                await state.wake.wait()
+                with trio.move_on_after(IDLE_LANE_SECONDS):
+                    await state.wake.wait()
+                if not state.wake.is_set():  # idle; no checkpoint until it is gone, so nothing joins it
+                    del self._lanes[lane]
+                    return
             if not state.urgent.is_set():
                 with trio.move_on_after(RIDE_SECONDS):
                     await state.urgent.wait()
