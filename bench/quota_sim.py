@@ -539,8 +539,12 @@ SETUPS = (
 def proxy_config(setup: Setup, cerebras_url: str, cerebras_key: str, chutes_url: str,
                  chutes_key: str) -> Config:
     # A plain answer of 8,000 tokens from Chutes takes minutes: no timeout may cut it here.
+    # A plain answer sends its status line only when it is complete: the first-event and
+    # answer deadlines must not cut it either.
+    patient = int(CLIENT_TIMEOUT * 1000)
     base = Config(port=0, cooldown_period_ms=300_000, honour_retry_after=setup.honour_retry_after,
-                  max_wait_ms=setup.max_wait_ms, request_timeout_ms=int(CLIENT_TIMEOUT * 1000))
+                  max_wait_ms=setup.max_wait_ms, request_timeout_ms=patient,
+                  first_event_timeout_ms=patient, answer_timeout_ms=patient)
     if "state_file" in attrs.fields_dict(Config):
         base = attrs.evolve(base, state_file="")  # never read or write the user's state
     cerebras = attrs.evolve(
