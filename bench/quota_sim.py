@@ -196,6 +196,10 @@ class Workload(DayPlan):
     def completion_words(self) -> Callable[[dict[str, Any]], int]:
         return completion_words(self)
 
+    def completion_of(self, index: int) -> int:
+        """The completion tokens request `index` gets from either provider."""
+        return completion_words(self)({"messages": [{"role": "user", "content": f"Task {index}:"}]})
+
     def headline(self, requests: int) -> list[str]:
         return [f"quota_sim: {self.minutes:g} simulated minutes, seed {self.seed}, {requests} "
                 f"requests (Poisson, {self.arrivals_per_second:g}/s), {_day_line(self)}"]
@@ -431,13 +435,15 @@ class TraceWorkload(DayPlan):
 
         return words
 
+    def completion_of(self, index: int) -> int:
+        """The completion tokens request `index` gets: its row's, cut by the budget."""
+        completion = max(1, self.selection.rows[index].completion)
+        return completion if self.budget is None else min(completion, self.budget)
+
     def expected(self, request: TraceRequest) -> tuple[int, int]:
         """(prompt, completion) tokens the providers report for a row: the trace's, raised
         to the floors (a chat body's smallest prompt, one word of answer), cut by the budget."""
-        completion = max(1, request.row.completion)
-        if self.budget is not None:
-            completion = min(completion, self.budget)
-        return request.prompt_tokens, completion
+        return request.prompt_tokens, self.completion_of(request.index)
 
     def headline(self, requests: int) -> list[str]:
         s = self.selection
@@ -533,8 +539,12 @@ SETUPS = (
 def proxy_config(setup: Setup, cerebras_url: str, cerebras_key: str, chutes_url: str,
                  chutes_key: str) -> Config:
     # A plain answer of 8,000 tokens from Chutes takes minutes: no timeout may cut it here.
+    # A plain answer sends its status line only when it is complete: the first-event and
+    # answer deadlines must not cut it either.
+    patient = int(CLIENT_TIMEOUT * 1000)
     base = Config(port=0, cooldown_period_ms=300_000, honour_retry_after=setup.honour_retry_after,
-                  max_wait_ms=setup.max_wait_ms, request_timeout_ms=int(CLIENT_TIMEOUT * 1000))
+                  max_wait_ms=setup.max_wait_ms, request_timeout_ms=patient,
+                  first_event_timeout_ms=patient, answer_timeout_ms=patient)
     if "state_file" in attrs.fields_dict(Config):
         base = attrs.evolve(base, state_file="")  # never read or write the user's state
     cerebras = attrs.evolve(
@@ -832,8 +842,7 @@ async def run_setup(setup: Setup, workload: AnyWorkload, requests: Sequence[AnyR
                              first_token_seconds=speeds.chutes_first_token)
 
     def chutes_seconds(request_id: str) -> float:
-        index = request_id.rsplit("-", 1)[-1]
-        tokens = words({"messages": [{"role": "user", "content": f"Task {index}:"}]})
+        tokens = workload.completion_of(int(request_id.rsplit("-", 1)[-1]))
         return speeds.chutes_first_token + tokens / speeds.chutes_tokens_per_second
 
     needs: dict[str, tuple[int, int | None]] = {}
@@ -1007,6 +1016,34 @@ def rpm_ceiling(arrivals: Sequence[float]) -> int:
     return sent
 
 
+def best_mean_times(completions: Sequence[int], served: int, speeds: Speeds) -> tuple[float, float]:
+    """The lowest mean request time an admission policy could reach if Cerebras answered
+    `served` of these requests and Chutes the rest: (knowing every answer's length in advance,
+    not knowing them).
+
+    A request takes its provider's first token plus its length over the provider's speed; on
+    Cerebras it saves the difference, which grows with the length. Knowing the lengths, the best
+    is to give Cerebras's answers to the longest ones. Not knowing them, any choice of `served`
+    requests saves `served` times the mean saving on average (the lengths here do not depend
+    on anything a proxy sees before the answer). Both are optimistic: no request waits for
+    its slot and tokens never bind, so no policy of the proxy can do better."""
+    if not completions:
+        return 0.0, 0.0
+
+    def chutes(tokens: int) -> float:
+        return speeds.chutes_first_token + tokens / speeds.chutes_tokens_per_second
+
+    def cerebras(tokens: int) -> float:
+        return speeds.cerebras_first_token + tokens / speeds.cerebras_tokens_per_second
+
+    savings = sorted((chutes(t) - cerebras(t) for t in completions), reverse=True)
+    served = min(served, len(completions))
+    all_chutes = sum(chutes(t) for t in completions)
+    known = (all_chutes - sum(savings[:served])) / len(completions)
+    blind = (all_chutes - served * sum(savings) / len(savings)) / len(completions)
+    return known, blind
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
@@ -1063,6 +1100,14 @@ def report(results: Sequence[RunResult], deployment: Deployment = Deployment(),
     row("Request time: mean / p50 / p95", lambda r: " / ".join(
         f"{r.request_time(s):.1f} s" for s in ("mean", "p50", "p95")))
     row("Total agent time (sum of request times)", lambda r: f"{sum(r.request_times) / 3600:.2f} h")
+    completions = [completion for _, completion in results[0].answers.values()]
+    pace = speeds or Speeds()
+    row("Best mean any policy could reach, lengths",
+        lambda r: f"known / unknown (Cerebras answers {r.cerebras_served})")
+    row("  with this run's Cerebras answers", lambda r: "{0:.1f} s / {1:.1f} s".format(
+        *best_mean_times(completions, r.cerebras_served, pace)))
+    row(f"  with the most requests/minute allows ({ceiling})", lambda r: "{0:.1f} s / {1:.1f} s".format(
+        *best_mean_times(completions, ceiling, pace)))
     row("Requests patience held / mean wait", lambda r: f"{len(r.waits)} / "
         + (f"{sum(r.waits) / len(r.waits):.1f} s" if r.waits else "-"))
     row("Wall time", lambda r: f"{r.wall_seconds:.1f} s")
@@ -1075,6 +1120,7 @@ def report(results: Sequence[RunResult], deployment: Deployment = Deployment(),
 
     passed = True
     for i, r in enumerate(results):
+        bounds: list[str] = []
         checks = [
             (r.binding() >= TARGET_UTILISATION,
              f"binding-limit utilisation {_pct(r.binding())} >= {_pct(TARGET_UTILISATION)}"
@@ -1092,6 +1138,7 @@ def report(results: Sequence[RunResult], deployment: Deployment = Deployment(),
             checks.append((cut >= TARGET_PATIENCE_CUT,
                            f"mean request time {mean:.1f} s is {_pct(cut)} below {results[1].setup.key}'s "
                            f"{without:.1f} s (target >= {_pct(TARGET_PATIENCE_CUT)})"))
+            bounds = _reachable_cuts(completions, results[1], ceiling, pace)
         counted = r.setup.key != "B"  # the original design is there for comparison only
         title = "Targets" if counted else "Same targets, for comparison only"
         lines.append(f"{title} ({r.setup.key}: {r.setup.title}):")
@@ -1099,12 +1146,26 @@ def report(results: Sequence[RunResult], deployment: Deployment = Deployment(),
             lines.append(f"  {'PASS' if ok else 'FAIL'}  {text}")
             if counted:
                 passed = passed and ok
+        lines.extend(bounds)
         lines.append("")
 
     lines.append("Diagnosis")
     for r in results:
         lines.extend(_diagnosis(r))
     return "\n".join(lines), passed
+
+
+def _reachable_cuts(completions: Sequence[int], without: RunResult, ceiling: int, speeds: Speeds) -> list[str]:
+    """What share of the patience target any admission policy could reach (best_mean_times)."""
+    mean = without.request_time("mean")
+    lines = [f"  The cut of the mean any admission policy could reach against {without.setup.key}'s "
+             f"{mean:.1f} s (optimistic: no waits, tokens never bind):"]
+    for label, served in ((f"{without.cerebras_served} Cerebras answers as in {without.setup.key}", without.cerebras_served),
+                          (f"{ceiling} Cerebras answers, the most requests/minute allows", ceiling)):
+        known, blind = best_mean_times(completions, served, speeds)
+        lines.append(f"    with {label}: {_pct(1 - known / mean)} knowing every answer's length in "
+                     f"advance, {_pct(1 - blind / mean)} not knowing them (on average)")
+    return lines
 
 
 def _diagnosis(r: RunResult) -> list[str]:

@@ -7,7 +7,7 @@ import httpx
 import trio.testing
 
 from conftest import Providers, StartProxy
-from test_routing import chat, client_for
+from test_routing import PROXY_MODEL, chat, client_for
 from trioproxy.routing.request import RouteRecord
 from trioproxy.server.served import ServedRequest
 from trioproxy.server.history import MINUTES, RECENT_REQUESTS, TrafficHistory
@@ -77,7 +77,9 @@ async def test_state_shows_quota_traffic_errors_and_recent_requests(
     traffic = state["traffic"]
     assert [r["request_id"] for r in traffic["recent"]] == ["four", "three", "two", "one"]
     one = traffic["recent"][-1]
-    assert (one["api"], one["provider"], one["reason"], one["status"], one["stream"]) == ("chat", "cerebras", "preferred", 200, False)
+    assert (one["api"], one["route"], one["provider"], one["reason"], one["status"], one["stream"]) == (
+        "chat", PROXY_MODEL, "cerebras", "preferred", 200, False)
+    assert traffic["recent"][0]["route"] == "-"  # refused before a route was chosen
     assert one["prompt_tokens"] > 0 and one["latency_ms"] > 0
     for view in (traffic["last_hour"], traffic["since_start"]):
         assert view["requests"] == {"cerebras": 1, "chutes": 2, "-": 1}

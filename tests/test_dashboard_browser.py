@@ -11,7 +11,8 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from live_proxy import LiveProxy, chromium, live_proxy
-from test_routing import chat
+from test_routes import CEREBRAS_OSS, CHUTES_OSS, OSS, QWEN, ROUTES
+from test_routing import PROXY_MODEL, chat
 from trioproxy.testing.emulator import Faults
 
 expect.set_options(timeout=10_000)
@@ -63,9 +64,10 @@ def test_page_shows_providers_and_a_request_within_seconds(proxy: LiveProxy, pag
 
     row = recent_row(page, "first-request-1")
     expect(row).to_have_count(1)
-    expect(row.locator("td").nth(3)).to_have_text("cerebras")
-    expect(row.locator("td").nth(5)).to_have_text("yes")
-    expect(row.locator("td").nth(6)).to_have_text("200")
+    expect(row.locator("td").nth(3)).to_have_text(PROXY_MODEL)
+    expect(row.locator("td").nth(4)).to_have_text("cerebras")
+    expect(row.locator("td").nth(6)).to_have_text("yes")
+    expect(row.locator("td").nth(7)).to_have_text("200")
     expect(page.locator("#totals tr", has_text="cerebras").locator("td").first).to_have_text("1")
     expect(page.locator('article[data-provider="cerebras"] .gauge').first).to_contain_text("1 / 12")
     assert page.locator("#chart-requests canvas").count() == 1  # uPlot drew the chart
@@ -88,7 +90,7 @@ def test_forced_cerebras_429_shows_a_cooldown_counting_down(proxy: LiveProxy, pa
     expect(cooldown).to_contain_text("429")
     shown = cooldown.text_content()
     expect(cooldown).not_to_have_text(shown or "")  # a second later it shows less
-    expect(recent_row(page, "rerouted-by-429").locator("td").nth(3)).to_have_text("chutes")
+    expect(recent_row(page, "rerouted-by-429").locator("td").nth(4)).to_have_text("chutes")
     expect(page.locator("#reroutes")).to_contain_text("failover: 429")
     expect(page.locator('article[data-provider="cerebras"] .badge').first).to_have_text("not usable")
 
@@ -145,3 +147,33 @@ def test_the_page_reconnects_after_losing_the_connection(proxy: LiveProxy, page:
     expect(page.locator("#connection")).to_have_text("live")
     expect(recent_row(page, "sent-while-offline")).to_have_count(1)
 
+
+
+def test_every_route_shows_its_providers_per_model_windows_and_a_missing_model(page: Page) -> None:
+    """Two routes on one Cerebras key: a block per route with its own per-model quota windows and
+    its requests; when Cerebras stops listing one route's model, that route's Cerebras card says
+    the model is missing while the other route's Cerebras stays up."""
+    with live_proxy(models=ROUTES, health_check_interval_ms=100) as proxy:
+        proxy.call(proxy.providers.cerebras.more_models.append, CEREBRAS_OSS)
+        proxy.call(proxy.providers.chutes.more_models.append, CHUTES_OSS)
+        page.goto(proxy.root_url + "/")
+        qwen, oss = (page.locator(f'section.route[data-route="{name}"]') for name in (QWEN, OSS))
+        expect(page.locator("#model")).to_have_text(f"models {QWEN}, {OSS}")
+        expect(oss.locator('article[data-provider="cerebras"] .badge')).to_have_text("up")  # the prober lists it
+        expect(oss).to_contain_text("aliases: oss, gpt-oss-*")
+
+        for request_id, model in (("qwen-1", QWEN), ("qwen-2", QWEN), ("oss-1", OSS)):
+            send(proxy, request_id, model=model)
+
+        expect(qwen.locator('[data-account="cerebras"] .gauge').first).to_contain_text("2 / 12")
+        expect(oss.locator(f'[data-account="cerebras:{CEREBRAS_OSS}"] .gauge').first).to_contain_text("1 / 12")
+        expect(oss.locator(".route-head")).to_contain_text("1 served since start")
+        expect(recent_row(page, "oss-1").locator("td").nth(3)).to_have_text(OSS)
+        expect(qwen.locator(".route-head")).to_contain_text("2 served since start")
+
+        proxy.call(proxy.providers.cerebras.more_models.remove, CEREBRAS_OSS)
+        missing = oss.locator('article[data-provider="cerebras"]')
+        expect(missing.locator(".badge")).to_have_text("model missing")
+        expect(missing).to_contain_text(f"model {CEREBRAS_OSS}: not offered here")
+        expect(oss.locator('article[data-provider="chutes"] .badge')).to_have_text("up")
+        expect(qwen.locator('article[data-provider="cerebras"] .badge')).to_have_text("up")

@@ -114,3 +114,29 @@ def test_request_times_are_measured_and_patience_waits(results: list[quota_sim.R
         assert 0 < r.request_time("p50") <= r.request_time("p95")
     assert patient.waits and all(0 < w <= patient.setup.max_wait_ms / 1000 + 0.01 for w in patient.waits)
     assert not without.waits and not original.waits
+
+
+def test_best_mean_times_give_cerebras_answers_to_the_longest_or_to_any() -> None:
+    """Chutes 1 s + 10 tokens/s, Cerebras instant at 1,000 tokens/s; answers 100, 10, 0 and 0
+    tokens: Chutes alone takes 11 + 2 + 1 + 1 = 15 s; one Cerebras answer saves 10.9 s given
+    to the 100-token one, and a quarter of all four savings (14.89 s) on average otherwise."""
+    speeds = quota_sim.Speeds(cerebras_tokens_per_second=1000, cerebras_first_token=0,
+                              chutes_tokens_per_second=10, chutes_first_token=1)
+    completions = [0, 100, 0, 10]
+    known, blind = quota_sim.best_mean_times(completions, 1, speeds)
+    assert known == pytest.approx((15 - 10.9) / 4)
+    assert blind == pytest.approx((15 - 14.89 / 4) / 4)
+    assert quota_sim.best_mean_times(completions, 0, speeds) == pytest.approx((15 / 4, 15 / 4))
+    everything = (0.1 + 0.01) / 4  # all on Cerebras, however many slots beyond the four
+    assert quota_sim.best_mean_times(completions, 9, speeds) == pytest.approx((everything, everything))
+
+
+def test_report_says_what_cut_any_policy_could_reach(results: list[quota_sim.RunResult]) -> None:
+    """Beside P's patience target: the cut with lengths known and unknown, from the run's figures."""
+    text, _ = quota_sim.report(results)
+    completions = [completion for _, completion in results[0].answers.values()]
+    known, blind = quota_sim.best_mean_times(completions, results[1].cerebras_served, quota_sim.Speeds())
+    mean = results[1].request_time("mean")
+    assert (f"with {results[1].cerebras_served} Cerebras answers as in A: {100 * (1 - known / mean):.1f} % knowing "
+            f"every answer's length in advance, {100 * (1 - blind / mean):.1f} % not knowing them (on average)") in text
+    assert known < blind

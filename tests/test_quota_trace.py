@@ -188,6 +188,7 @@ def test_replay_answers_every_row_once_with_its_tokens(small_path: Path) -> None
         # Over quota: both providers serve, and Cerebras never more than 15 a minute allows.
         assert 0 < r.cerebras_served <= quota_sim.REAL_RPM * (r.minutes + 1)
         assert r.chutes_served == len(SMALL) - r.cerebras_served
+        assert len(r.chutes_latencies) == r.chutes_served  # the proxy's log line was read for each
         assert workload.checks(r) == [(True, workload.checks(r)[0][1])]
     # No router sends Cerebras more than its requests/minute bucket allows on these arrivals.
     ceiling = quota_sim.rpm_ceiling([q.at for q in requests])

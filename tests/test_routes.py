@@ -148,6 +148,25 @@ async def test_a_model_gone_from_the_list_is_skipped_without_a_request_and_retur
     assert models_received(two_models.cerebras)[-1] == CEREBRAS_OSS
 
 
+async def test_a_provider_that_dropped_the_model_gets_no_request_even_when_the_other_fails(
+    two_models: Providers, start_proxy: StartProxy, mock_clock: trio.testing.MockClock
+) -> None:
+    """Cerebras stopped listing gpt-oss and Chutes fails: the gpt-oss route returns Chutes's error
+    without asking Cerebras (not even as a last resort), while the Qwen route still uses Cerebras."""
+    proxy = await start_routes(start_proxy)
+    two_models.cerebras.more_models.remove(CEREBRAS_OSS)
+    await advance(mock_clock, PROBE_INTERVAL_MS / 1000)
+    two_models.chutes.faults.status = 500
+    async with client_for(proxy) as client:
+        failed = [await post(client, chat(model=OSS)) for _ in range(3)]
+        stream_failed = await post(client, chat(model=OSS, stream=True))
+        assert (await post(client, chat(model=QWEN))).status_code == 200
+    assert [r.status_code for r in failed + [stream_failed]] == [502] * 4
+    assert OSS not in failed[0].json()["error"]["message"]  # the provider's error, not the route's 503
+    assert models_received(two_models.cerebras) == ["qwen-3-coder-480b"]
+    assert models_received(two_models.chutes) == [CHUTES_OSS] * 4
+
+
 async def test_a_404_saying_the_model_does_not_exist_marks_it_missing_at_once(
     two_models: Providers, start_proxy: StartProxy, mock_clock: trio.testing.MockClock
 ) -> None:

@@ -40,7 +40,7 @@ class ProviderHealth:
         return self.up and self.offers(model) is not False
 
     def why_not(self, model: str) -> str:
-        return "down" if not self.up else "model_missing"
+        return "model_missing" if self.offers(model) is False else "down"
 
     def mark_missing(self, provider: str, model: str) -> None:
         if model not in self.missing:

@@ -161,10 +161,11 @@ class Router:
     ) -> T:
         """Run `attempt` on each provider in turn until one delivers; raise ProxyError if none does."""
         record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
-        self._refuse_if_no_provider_offers_the_model()
+        order = self._in_order()
+        if not order:
+            raise self._model_unavailable()
         why_not_previous: str | None = None
         last_failure: UpstreamFailure | None = None
-        order = self._in_order()
         for position, (upstream, skipped_because) in enumerate(order):
             why_not_previous = skipped_because or why_not_previous
             try:
@@ -205,27 +206,34 @@ class Router:
         raise self._final_error(last_failure)
 
     def _in_order(self) -> list[tuple[Upstream, str | None]]:
-        """Providers by preference, those the prober found down or without the model last.
+        """Providers to try by preference: those without the route's model not at all, those the
+        prober found down last.
 
-        They stay as a last resort: a prober can be wrong, and an attempt beats a sure error.
-        Each comes with the reason the ones before it were passed over, if any.
+        A provider whose own model list lacks the model (or that said the model does not exist)
+        would only answer "no such model": a request there is spent for a sure error. A provider
+        whose probe failed is another matter: `GET /models` failing does not mean chat fails, so
+        it stays a last resort, where an attempt beats a sure error.
+        Each comes with the reason the ones before it in preference were passed over, if any.
         """
-        usable = [u for u in self.upstreams if self._health_of(u).usable_for(u.config.model)]
-        deferred = [u for u in self.upstreams if u not in usable]
+        offering = [u for u in self.upstreams if self._health_of(u).offers(u.config.model) is not False]
+        up = [u for u in offering if self._health_of(u).up]
         order: list[tuple[Upstream, str | None]] = []
-        for upstream in usable:
-            passed_over = [u for u in deferred if self.upstreams.index(u) < self.upstreams.index(upstream)]
-            why = f"fallback: {self._health_of(passed_over[0]).why_not(passed_over[0].config.model)}" if passed_over else None
+        for upstream in up + [u for u in offering if u not in up]:
+            tried = [u for u, _ in order]
+            passed_over = [u for u in self.upstreams[: self.upstreams.index(upstream)] if u not in tried]
+            # A last resort after failures keeps the failure as its reason.
+            why = None
+            if passed_over and (not order or upstream in up):
+                skipped = passed_over[0]
+                why = f"fallback: {self._health_of(skipped).why_not(skipped.config.model)}"
             order.append((upstream, why))
-        return order + [(upstream, None) for upstream in deferred]
+        return order
 
     def _health_of(self, upstream: Upstream) -> ProviderHealth:
         return self.health[upstream.name]
 
-    def _refuse_if_no_provider_offers_the_model(self) -> None:
+    def _model_unavailable(self) -> ProxyError:
         """A 503 naming the route when no provider offers its model: nothing to try, nothing to spend."""
-        if any(self._health_of(u).offers(u.config.model) is not False for u in self.upstreams):
-            return
         error = ProxyError(
             503,
             f"No provider offers the model of `{self.route}` today ("
@@ -237,7 +245,7 @@ class Router:
         probes = [at for u in self.upstreams if (at := self._health_of(u).next_probe_at) is not None]
         if probes:
             error.headers["retry-after"] = str(max(1, math.ceil(min(probes) - trio.current_time())))
-        raise error
+        return error
 
     async def _after_failure(
         self, upstream: Upstream, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord

@@ -35,6 +35,7 @@ class RecentRequest(NamedTuple):
     time: float  # wall clock, seconds
     request_id: str
     api: str
+    route: str  # the model route the client's model name resolved to, or "-"
     provider: str  # the account that served it, e.g. cerebras#2, or "-"
     reason: str
     stream: bool
@@ -157,7 +158,7 @@ class TrafficHistory:
         for tally in (slot, self._total):
             tally.add(route.provider, tokens, reroute, error, latency_bucket, first_byte_bucket)
         self._recent.append(RecentRequest(
-            now, served.request_id[:REQUEST_ID_CHARS], served.api, route.account if route.account != "-" else route.provider,
+            now, served.request_id[:REQUEST_ID_CHARS], served.api, served.model, route.account if route.account != "-" else route.provider,
             reason, served.stream, served.status, route.prompt_tokens, route.completion_tokens,
             round(latency * 1000, 1), None if first_byte is None else round(first_byte * 1000, 1),
         ))

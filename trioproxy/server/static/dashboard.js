@@ -135,16 +135,27 @@ function gauge(name, window) {
   return box;
 }
 
+// A provider's state for one route: a missing model is the route's problem, not the provider's.
+function providerBadge(provider) {
+  if (provider.model_offered === false) return ["model missing", "bad"];
+  if (provider.usable) return ["up", "ok"];
+  return [provider.up ? "not usable" : "down", "bad"];
+}
+
 function providerCard(provider, receivedAt) {
   const card = el("article", null, "card");
   card.dataset.provider = provider.name;
   const head = el("div", null, "card-head");
   head.append(el("h3", provider.name));
-  const up = provider.usable ? "up" : provider.up ? "not usable" : "down";
-  head.append(el("span", up, "badge " + (provider.usable ? "ok" : "bad")));
+  const [badge, kind] = providerBadge(provider);
+  head.append(el("span", badge, "badge " + kind));
   card.append(head);
-  const offered = provider.model_offered === false ? " (not offered)" : provider.model_offered ? " (offered)" : "";
-  card.append(el("p", `model ${provider.model}${offered}`, "muted"));
+  if (provider.model_offered === false) {
+    card.dataset.missing = "";
+    card.append(el("p", `model ${provider.model}: not offered here, requests for this route skip ${provider.name}`, "error missing"));
+  } else {
+    card.append(el("p", `model ${provider.model}${provider.model_offered ? " (offered)" : ""}`, "muted"));
+  }
   if (provider.last_error) card.append(el("p", `last error: ${provider.last_error}`, "error"));
   for (const [account, state] of Object.entries(provider.accounts)) {
     const section = el("div", null, "account");
@@ -168,10 +179,23 @@ function providerCard(provider, receivedAt) {
   return card;
 }
 
-function renderProviders(providers) {
+function routeBlock(route, receivedAt) {
+  const block = el("section", null, "route");
+  block.dataset.route = route.name;
+  const head = el("div", null, "route-head");
+  head.append(el("h3", route.name));
+  if (route.aliases.length) head.append(el("span", `aliases: ${route.aliases.join(", ")}`, "muted"));
+  head.append(el("span", `${fmt(route.served_since_start)} served since start`, "muted"));
+  const cards = el("div", null, "cards");
+  cards.append(...route.providers.map((p) => providerCard(p, receivedAt)));
+  block.append(head, cards);
+  return block;
+}
+
+function renderRoutes(routes) {
   countdowns = [];
   const receivedAt = performance.now();
-  $("providers").replaceChildren(...providers.map((p) => providerCard(p, receivedAt)));
+  $("routes").replaceChildren(...routes.map((r) => routeBlock(r, receivedAt)));
   tickCountdowns();
 }
 
@@ -248,7 +272,7 @@ function renderRecent(recent) {
   const rows = recent.map((r) => {
     const tr = row([
       new Date(r.time * 1000).toLocaleTimeString(),
-      r.request_id, r.api, r.provider, r.reason, r.stream ? "yes" : "no", r.status,
+      r.request_id, r.api, r.route, r.provider, r.reason, r.stream ? "yes" : "no", r.status,
       `${fmt(r.prompt_tokens)} / ${fmt(r.completion_tokens)}`, fmt(r.latency_ms), fmt(r.first_byte_ms),
     ], "data");
     if (r.status !== 200) tr.className = "failed";
@@ -260,10 +284,11 @@ function renderRecent(recent) {
 function render(state) {
   $("key-panel").hidden = true;
   $("content").hidden = false;
-  $("model").textContent = `model ${state.model}`;
+  const names = state.routes.map((r) => r.name);
+  $("model").textContent = `${names.length > 1 ? "models" : "model"} ${names.join(", ")}`;
   $("access").textContent = state.keys_required ? "client key required" : "open: no client keys set";
   $("uptime").textContent = `up ${duration(state.traffic.now - state.traffic.started)}`;
-  renderProviders(state.providers);
+  renderRoutes(state.routes);
   renderTraffic(state.traffic);
   renderRecent(state.traffic.recent);
 }
