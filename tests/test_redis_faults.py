@@ -2,6 +2,7 @@
 redis-server that is killed and started again, or frozen, under a bounded load."""
 
 import hashlib
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -37,10 +38,10 @@ ROOMY_CEREBRAS = {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_0
 
 
 @asynccontextmanager
-async def two_proxies(
-    providers: Providers, redis: RedisServer, tmp_path: Path, nursery: trio.Nursery, policies: tuple[str, str], **settings: Any
+async def proxies_on(
+    providers: Providers, redis: RedisServer, tmp_path: Path, nursery: trio.Nursery, policies: tuple[str, ...], **settings: Any
 ) -> AsyncIterator[list[ProxyProcess]]:
-    """Two trioproxy processes sharing `redis`, one per outage policy, serving."""
+    """trioproxy processes sharing `redis`, one per outage policy, serving."""
     async with AsyncExitStack() as stack:
         proxies = []
         for number, policy in enumerate(policies):
@@ -91,7 +92,7 @@ async def test_redis_killed_and_started_again_under_load(
     back by itself (loading the script into the new server) and books on the shared figures
     again; with the data kept, what was booked before the restart still counts. One process
     has the "local" outage policy (Cerebras keeps serving), the other "refuse" (Chutes serves)."""
-    async with two_proxies(providers, redis, tmp_path, nursery, ("local", "refuse")) as proxies:
+    async with proxies_on(providers, redis, tmp_path, nursery, ("local", "refuse")) as proxies:
         load = Load([p.root for p in proxies], concurrency=4, limit=10_000)
         nursery.start_soon(load.run)
         await until(lambda: len(load.outcomes) >= 20, "20 requests before the restart")
@@ -145,7 +146,7 @@ async def test_a_frozen_redis_holds_no_request_longer_than_the_timeout(
     so, checked loosely); "local" keeps Cerebras serving, "refuse" sends its requests to Chutes;
     after SIGCONT both come back by themselves, the outage counted and logged once."""
     timeout, pause = 0.4, 4.0
-    async with two_proxies(providers, redis, tmp_path, nursery, ("local", "refuse"), redis_timeout_ms=int(timeout * 1000)) as proxies:
+    async with proxies_on(providers, redis, tmp_path, nursery, ("local", "refuse"), redis_timeout_ms=int(timeout * 1000)) as proxies:
         load = Load([p.root for p in proxies], concurrency=4, limit=10_000)
         nursery.start_soon(load.run)
         await until(lambda: len(load.outcomes) >= 20, "20 requests before the pause")
@@ -176,3 +177,24 @@ async def test_a_frozen_redis_holds_no_request_longer_than_the_timeout(
         assert not proxies[0].log.matching(FALLBACK_FOR_REDIS)
         assert proxies[1].log.matching(FALLBACK_FOR_REDIS)
         await both_book_on_the_shared_figures(proxies, await requests_today(proxies[0]))
+
+
+@pytest.mark.parametrize("fault", ["frozen", "gone"])
+async def test_a_proxy_stops_promptly_while_redis_is_frozen_or_gone(
+    providers: Providers, redis: RedisServer, tmp_path: Path, nursery: trio.Nursery, fault: str
+) -> None:
+    """SIGTERM with settlements queued for a Redis that does not answer: the queue gets its
+    short flush, the client is closed, and the process exits 0 well within the grace period."""
+    async with proxies_on(providers, redis, tmp_path, nursery, ("local",), redis_timeout_ms=300, shutdown_grace_ms=30_000) as proxies:
+        load = Load([proxies[0].root], concurrency=2, limit=20)
+        await load.run()
+        assert load.errors() == []
+        redis.pause() if fault == "frozen" else redis.stop()
+        try:
+            async with client(proxies[0].root) as c:  # noticed, and its settlement queued for nobody
+                assert (await c.post("/v1/chat/completions", json=chat(max_tokens=5))).status_code == 200
+            proxies[0].process.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                assert await proxies[0].process.wait() == 0
+        finally:
+            redis.resume() if fault == "frozen" else None

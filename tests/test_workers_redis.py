@@ -38,8 +38,7 @@ def replica(pid: int) -> str:
 
 async def leases(root: str) -> dict[str, int]:
     """Who holds Cerebras leases, as /v1/status shows the shared ledger."""
-    held = (await get_json(root, "/v1/status"))["quota_store"]["leases"].get("cerebras", {})
-    return {holder: count for holder, count in held.items() if count}
+    return (await get_json(root, "/v1/status"))["quota_store"]["leases"].get("cerebras", {})
 
 
 async def test_a_worker_killed_mid_stream_leaves_no_lease_and_no_double_count(
@@ -216,3 +215,19 @@ async def test_a_daemon_whose_workers_cannot_start_says_why(providers: Providers
     assert started.returncode == 1
     assert "the daemon did not start: redis_url: cannot reach Redis at" in started.stderr
     await until(lambda: not pidfile.exists(), "the pidfile is removed")
+
+
+async def test_a_reload_while_the_workers_start_does_not_end_them(
+    providers: Providers, redis: RedisServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """SIGHUP to the supervisor before its workers serve: a worker that has not yet set up its
+    signal handling would die of it; those read the new settings as they start anyway."""
+    port = free_port()
+    settings = write_settings(tmp_path / "w.toml", providers, port=port, quota_backend="redis", redis_url=redis.url)
+    async with proxy_process(nursery, ["--config", str(settings), "--workers", "2"], environment(providers), port) as proxy:
+        await proxy.log.wait_for(r"worker 2 started")  # the workers are importing Python still
+        proxy.process.send_signal(signal.SIGHUP)
+        await proxy.log.wait_for(r"supervising 2 workers")
+        assert not proxy.log.matching("exited with"), proxy.log.text()
+        async with client(proxy.root) as c:
+            assert (await c.post("/v1/chat/completions", json=chat(max_tokens=5))).status_code == 200

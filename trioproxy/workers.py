@@ -61,6 +61,7 @@ class WorkerPool:
         self._command = list(command)
         self._listen_fd = listen_fd
         self._processes: dict[int, trio.Process] = {}
+        self._serving: set[int] = set()  # the workers whose process has said it serves
         self._stopped = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -68,17 +69,18 @@ class WorkerPool:
         last one has exited. Raises WorkerStartError if a first worker cannot serve."""
         async with trio.open_nursery() as nursery:
             serving = [trio.Event() for _ in range(self._count)]
-            for number, event in enumerate(serving, 1):
-                nursery.start_soon(self._keep_alive, number, event)
+            for number, event in enumerate(serving, 1):  # spawned in order, started side by side
+                await nursery.start(self._keep_alive, number, event)
             for event in serving:
                 await event.wait()
             task_status.started()
 
-    async def _keep_alive(self, number: int, serving: trio.Event) -> None:
+    async def _keep_alive(self, number: int, serving: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
         backoff = 0.5
         while True:
             started = trio.current_time()
-            pid, report, code = await self._run_worker(number, serving)
+            pid, report, code = await self._run_worker(number, serving, task_status)
+            task_status = trio.TASK_STATUS_IGNORED
             if self._stopped.is_set():
                 log.info("worker %d (pid %d) stopped", number, pid)
                 serving.set()  # stopped before it served, maybe: the pool need not wait for it
@@ -97,7 +99,9 @@ class WorkerPool:
             if self._stopped.is_set():
                 return
 
-    async def _run_worker(self, number: int, serving: trio.Event) -> tuple[int, bytes, int]:
+    async def _run_worker(
+        self, number: int, serving: trio.Event, task_status: trio.TaskStatus[None]
+    ) -> tuple[int, bytes, int]:
         """One worker process from start to exit (`serving` is set when it says it serves): its
         pid, its report (READY/FAILED, or b"" if it died first) and its exit code. A cancelled
         supervisor stops it by signal, never orphans it."""
@@ -115,12 +119,14 @@ class WorkerPool:
             os.close(write_end)
         self._processes[number] = process
         log.info("worker %d started (pid %d)", number, process.pid)
+        task_status.started()
         try:
             async with trio.lowlevel.FdStream(read_end) as reports:
                 report = b""
                 while chunk := await reports.receive_some():  # until it reports or exits
                     report += chunk
             if report.startswith(READY):
+                self._serving.add(number)
                 serving.set()
             return process.pid, report, await process.wait()
         except BaseException:
@@ -131,10 +137,17 @@ class WorkerPool:
             raise
         finally:
             del self._processes[number]
+            self._serving.discard(number)
 
     def signal_all(self, signum: int) -> None:
         for process in self._processes.values():
             process.send_signal(signum)
+
+    def reload(self) -> None:
+        """SIGHUP to each worker that serves; one still starting reads the new settings anyway,
+        and before its handler is in place SIGHUP would end it."""
+        for number in self._serving:
+            self._processes[number].send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         """Drain: each worker finishes its requests and streams, then exits."""
@@ -177,7 +190,7 @@ async def _relay_signals(signals: AsyncIterator[int], pool: WorkerPool) -> None:
     async for signum in signals:
         if signum == signal.SIGHUP:
             log.info("received SIGHUP, reloading every worker")
-            pool.signal_all(signal.SIGHUP)
+            pool.reload()
             continue
         stops += 1
         if stops == 1:
