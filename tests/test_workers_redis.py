@@ -24,12 +24,21 @@ from proxy_processes import (
 from test_cli import run
 from test_routing import chat, sized_messages
 from test_workers import alive
+from trioproxy.daemon import running_pid
 from trioproxy.testing.redis_server import RedisServer, free_port
 
 PROMPT_TOKENS = 100  # what a killed request surely cost: its lease keeps this much (the floor)
 STREAMS = 8
 LATE_STREAMS = 2  # started on the surviving worker right after the kill
 LEASE_SECONDS = 3.0
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is alive and not a zombie (an orphan's may wait for a container's init)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def replica(pid: int) -> str:
@@ -212,9 +221,13 @@ async def test_a_daemon_whose_workers_cannot_start_says_why(providers: Providers
     pidfile = tmp_path / "trioproxy.pid"
     arguments = ["--config", str(settings), "--workers", "2", "--daemon", "--pidfile", str(pidfile), "--log-file", str(tmp_path / "log")]
     started = await run(arguments, tmp_path, environment(providers))
-    assert started.returncode == 1
-    assert "the daemon did not start: redis_url: cannot reach Redis at" in started.stderr
-    await until(lambda: not pidfile.exists(), "the pidfile is removed")
+    try:
+        assert started.returncode == 1
+        assert "the daemon did not start: redis_url: cannot reach Redis at" in started.stderr
+        await until(lambda: not pidfile.exists(), "the pidfile is removed")
+    finally:
+        if (left := running_pid(pidfile)) is not None:  # a daemon that claimed to run
+            os.kill(left, signal.SIGKILL)
 
 
 async def test_a_reload_while_the_workers_start_does_not_end_them(
@@ -231,3 +244,23 @@ async def test_a_reload_while_the_workers_start_does_not_end_them(
         assert not proxy.log.matching("exited with"), proxy.log.text()
         async with client(proxy.root) as c:
             assert (await c.post("/v1/chat/completions", json=chat(max_tokens=5))).status_code == 200
+
+
+async def test_workers_drain_and_exit_when_their_supervisor_is_killed(
+    providers: Providers, redis: RedisServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """kill -9 of the supervisor: its workers do not serve on, orphaned, holding the port (a
+    daemon's pidfile would name a dead process and `trioproxy stop` could not end them)."""
+    port = free_port()
+    settings = write_settings(tmp_path / "w.toml", providers, port=port, quota_backend="redis", redis_url=redis.url)
+    async with proxy_process(nursery, ["--config", str(settings), "--workers", "2"], environment(providers), port) as proxy:
+        await proxy.log.wait_for(r"supervising 2 workers")
+        workers = [int(m[1]) for m in proxy.log.matching(r"worker \d started \(pid (\d+)\)")]
+        try:
+            proxy.process.kill()
+            await until(lambda: not any(running(pid) for pid in workers), "the workers exit", 20)
+            await proxy.log.wait_for("the supervisor is gone; this worker drains and exits", 2)
+        finally:
+            for pid in workers:
+                if running(pid):
+                    os.kill(pid, signal.SIGKILL)

@@ -1,6 +1,7 @@
 """Command line: parse arguments, load settings, and run the supervisor. Exit codes: 0 ok, 2 usage/config."""
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ from .quota.persist import default_state_path
 from .quota.redis_store import QuotaStoreError
 from .status_table import fetch_status, render_table
 from .supervisor import supervise
-from .workers import WorkerStartError, supervise_workers
+from .workers import WorkerStartError, serve_as_worker, supervise_workers
 
 EXIT_USAGE = 2
 
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=_positive_int, metavar="N", help="serve the port with N worker processes (needs quota_backend = \"redis\")")
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker of --workers
     parser.add_argument("--report-fd", type=int, help=argparse.SUPPRESS)  # where a worker says it serves
+    parser.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)  # EOF: a worker's supervisor is gone
     parser.add_argument("--version", action="version", version=f"trioproxy {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="print a running proxy's providers, keys and quota as a table")
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         banner = _demo_banner(config, report is not None, pidfile) if args.demo else None
         if workers > 1:
             return _serve_workers(config, workers, args.config, report)
-        return _serve(config, banner, report, lambda: _load(args), args.listen_fd)
+        return _serve(config, banner, report, lambda: _load(args), args.listen_fd, args.lifeline_fd)
     finally:
         if pidfile is not None:
             daemon.release_pidfile(pidfile)
@@ -231,11 +233,16 @@ def _serve(
     report: Callable[[bytes], None] | None,
     reload: Callable[[], Config],
     listen_fd: int | None,
+    lifeline_fd: int | None,
 ) -> int:
-    return _run_reporting(
-        config, banner, report, lambda ready: trio.run(supervise, config, banner is not None, ready, reload, listen_fd),
-        say_failure=listen_fd is None,
-    )
+    def run(ready: Callable[[str], None]) -> None:
+        serve = functools.partial(supervise, config, banner is not None, ready, reload, listen_fd)
+        if lifeline_fd is None:
+            trio.run(serve)
+        else:  # a worker of --workers
+            trio.run(serve_as_worker, serve, lifeline_fd)
+
+    return _run_reporting(config, banner, report, run, say_failure=listen_fd is None)
 
 
 def _run_reporting(

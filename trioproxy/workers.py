@@ -8,7 +8,8 @@ worker that dies is started again. The workers share quota through the Redis led
 Each worker reports on a pipe of its own, as a daemon reports to its parent, that it serves or
 why it cannot: the supervisor is ready once every worker serves, and settings that stop the
 first workers (Redis refusing them, say) stop the supervisor with that reason instead of a
-restart loop.
+restart loop. A worker also holds the read end of a pipe its supervisor keeps open: when
+the supervisor is gone (kill -9), the worker drains and exits instead of serving on, orphaned.
 """
 
 import logging
@@ -16,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
@@ -106,17 +107,21 @@ class WorkerPool:
         pid, its report (READY/FAILED, or b"" if it died first) and its exit code. A cancelled
         supervisor stops it by signal, never orphans it."""
         read_end, write_end = os.pipe()
+        lifeline, held_here = os.pipe()  # held_here closes with this process, however it ends
         try:
             # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
             # then stops each worker once (a second signal would cut its drain short).
             process = await trio.lowlevel.open_process(
-                [*self._command, "--report-fd", str(write_end)], pass_fds=(self._listen_fd, write_end), process_group=0
+                [*self._command, "--report-fd", str(write_end), "--lifeline-fd", str(lifeline)],
+                pass_fds=(self._listen_fd, write_end, lifeline), process_group=0,
             )
         except BaseException:
             os.close(read_end)
+            os.close(held_here)
             raise
         finally:
             os.close(write_end)
+            os.close(lifeline)
         self._processes[number] = process
         log.info("worker %d started (pid %d)", number, process.pid)
         task_status.started()
@@ -136,6 +141,7 @@ class WorkerPool:
                 await process.wait()
             raise
         finally:
+            os.close(held_here)
             del self._processes[number]
             self._serving.discard(number)
 
@@ -153,6 +159,22 @@ class WorkerPool:
         """Drain: each worker finishes its requests and streams, then exits."""
         self._stopped.set()
         self.signal_all(signal.SIGTERM)
+
+
+async def serve_as_worker(serve: Callable[[], Awaitable[None]], lifeline_fd: int) -> None:
+    """A worker's whole run: `serve`, and a drain (SIGTERM to itself) if its supervisor dies."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_drain_when_orphaned, lifeline_fd)
+        await serve()
+        nursery.cancel_scope.cancel()
+
+
+async def _drain_when_orphaned(lifeline_fd: int) -> None:
+    async with trio.lowlevel.FdStream(lifeline_fd) as lifeline:
+        while await lifeline.receive_some():  # the supervisor never writes: this waits for EOF
+            pass
+    log.warning("the supervisor is gone; this worker drains and exits")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _exit_text(code: int) -> str:
