@@ -3,7 +3,7 @@ redis-server that is killed and started again, or frozen, under a bounded load."
 
 import hashlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,23 @@ async def connected(proxy: ProxyProcess) -> bool:
     return (await get_json(proxy.root, "/healthz"))["quota_store"]["connected"]
 
 
+async def agreed_requests_today(proxies: list[ProxyProcess]) -> int:
+    """The day's Cerebras requests once every process shows the same figure: the count only
+    grows, so then each has seen every booking (a view is refreshed every second)."""
+    figures: list[int] = []
+
+    async def agree() -> bool:
+        figures[:] = [await requests_today(p) for p in proxies]
+        return len(set(figures)) == 1
+
+    await until(agree, "every process shows the same requests today")
+    return figures[0]
+
+
+async def _equals(figure: Awaitable[int], expected: int) -> bool:
+    return await figure == expected
+
+
 async def disconnected(proxy: ProxyProcess) -> bool:
     return not await connected(proxy)
 
@@ -120,14 +137,14 @@ async def test_redis_killed_and_started_again_under_load(
         assert not proxies[0].log.matching(FALLBACK_FOR_REDIS)  # "local": its own share of the limits
         assert proxies[1].log.matching(FALLBACK_FOR_REDIS)  # "refuse": Chutes served meanwhile
 
-        today = await requests_today(proxies[0])
         if data == "kept":
-            assert today >= booked_before
-        await both_book_on_the_shared_figures(proxies, today)
+            assert await agreed_requests_today(proxies) >= booked_before
+        await both_book_on_the_shared_figures(proxies)
 
 
-async def both_book_on_the_shared_figures(proxies: list[ProxyProcess], today: int) -> None:
+async def both_book_on_the_shared_figures(proxies: list[ProxyProcess]) -> None:
     """One request through each process: both land on the one shared count, and each shows it."""
+    today = await agreed_requests_today(proxies)
     for proxy in proxies:
         async with client(proxy.root) as c:
             assert (await c.post("/v1/chat/completions", json=chat(max_tokens=5))).status_code == 200
@@ -176,7 +193,7 @@ async def test_a_frozen_redis_holds_no_request_longer_than_the_timeout(
             await outage_shown_everywhere(proxy, 1)
         assert not proxies[0].log.matching(FALLBACK_FOR_REDIS)
         assert proxies[1].log.matching(FALLBACK_FOR_REDIS)
-        await both_book_on_the_shared_figures(proxies, await requests_today(proxies[0]))
+        await both_book_on_the_shared_figures(proxies)
 
 
 @pytest.mark.parametrize("fault", ["frozen", "gone"])
@@ -198,3 +215,25 @@ async def test_a_proxy_stops_promptly_while_redis_is_frozen_or_gone(
                 assert await proxies[0].process.wait() == 0
         finally:
             redis.resume() if fault == "frozen" else None
+
+
+async def test_a_redis_absent_at_start_is_used_once_it_appears(
+    providers: Providers, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """With "local", a Redis that is not there yet: a loud warning, the local buckets, and the
+    shared ledger as soon as it answers, without a restart."""
+    redis = RedisServer(free_port(), tmp_path)
+    try:
+        async with proxies_on(providers, redis, tmp_path, nursery, ("local",)) as (proxy,):
+            assert len(proxy.log.matching(r"QUOTA IS NOT SHARED: cannot reach Redis")) == 1
+            assert await disconnected(proxy)
+            async with client(proxy.root) as c:
+                assert (await c.post("/v1/chat/completions", json=chat(max_tokens=5))).status_code == 200
+            redis.start()
+            await until(lambda: connected(proxy), "the shared ledger once Redis answers")
+            assert len(proxy.log.matching(BACK)) == 1
+            # The local request is not Redis's: the shared figure shows once read (every second).
+            await until(lambda: _equals(requests_today(proxy), 0), "the shared figure")
+            await both_book_on_the_shared_figures([proxy])
+    finally:
+        redis.stop()
