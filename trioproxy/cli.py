@@ -1,12 +1,13 @@
 """Command line: parse arguments, load settings, and run the supervisor. Exit codes: 0 ok, 2 usage/config."""
 
 import argparse
+import functools
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import httpx
 import trio
@@ -20,7 +21,7 @@ from .quota.persist import default_state_path
 from .quota.redis_store import QuotaStoreError
 from .status_table import fetch_status, render_table
 from .supervisor import supervise
-from .workers import supervise_workers
+from .workers import WorkerStartError, serve_as_worker, supervise_workers
 
 EXIT_USAGE = 2
 
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-file", type=Path, metavar="PATH", help=f"append logs here (default with --daemon: {default_log_file()})")
     parser.add_argument("--workers", type=_positive_int, metavar="N", help="serve the port with N worker processes (needs quota_backend = \"redis\")")
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker of --workers
+    parser.add_argument("--report-fd", type=int, help=argparse.SUPPRESS)  # where a worker says it serves
+    parser.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)  # EOF: a worker's supervisor is gone
     parser.add_argument("--version", action="version", version=f"trioproxy {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="print a running proxy's providers, keys and quota as a table")
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log_file = args.log_file or (default_log_file() if args.daemon else None)
     report = daemon.detach(log_file) if args.daemon and log_file is not None else None
+    if args.report_fd is not None:
+        report = daemon.reporter(args.report_fd)
     if pidfile is not None:
         daemon.claim_pidfile(pidfile)
     log_stream = open(log_file, "a", buffering=1) if log_file is not None and report is None else sys.stderr
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         banner = _demo_banner(config, report is not None, pidfile) if args.demo else None
         if workers > 1:
             return _serve_workers(config, workers, args.config, report)
-        return _serve(config, banner, report, lambda: _load(args), args.listen_fd)
+        return _serve(config, banner, report, lambda: _load(args), args.listen_fd, args.lifeline_fd)
     finally:
         if pidfile is not None:
             daemon.release_pidfile(pidfile)
@@ -228,10 +233,16 @@ def _serve(
     report: Callable[[bytes], None] | None,
     reload: Callable[[], Config],
     listen_fd: int | None,
+    lifeline_fd: int | None,
 ) -> int:
-    return _run_reporting(
-        config, banner, report, lambda ready: trio.run(supervise, config, banner is not None, ready, reload, listen_fd)
-    )
+    def run(ready: Callable[[str], None]) -> None:
+        serve = functools.partial(supervise, config, banner is not None, ready, reload, listen_fd)
+        if lifeline_fd is None:
+            trio.run(serve)
+        else:  # a worker of --workers
+            trio.run(serve_as_worker, serve, lifeline_fd)
+
+    return _run_reporting(config, banner, report, run, say_failure=listen_fd is None)
 
 
 def _run_reporting(
@@ -239,9 +250,12 @@ def _run_reporting(
     banner: Callable[[str], None] | None,
     report: Callable[[bytes], None] | None,
     run: Callable[[Callable[[str], None]], None],
+    *,
+    say_failure: bool = True,
 ) -> int:
     """Run until shut down (with the demo's emulators when `banner` is given); with `report`
-    (daemon mode), tell the waiting parent how start-up went."""
+    (daemon mode, or a worker of --workers), tell the waiting parent how start-up went. A
+    worker leaves saying a failure to its supervisor (`say_failure`), so it is said once."""
 
     def ready(base_url: str) -> None:
         if banner is not None:
@@ -251,32 +265,41 @@ def _run_reporting(
 
     try:
         run(ready)
-    except (OSError, QuotaStoreError, BaseExceptionGroup) as error:
-        if (store_error := _quota_store_error_in(error)) is not None:
-            if report is not None:
-                report(daemon.FAILED + str(store_error).encode())
-            print(f"trioproxy: {store_error}", file=sys.stderr)
-            return EXIT_USAGE
-        bind_error = _os_error_in(error)
-        if bind_error is None:
+    except (OSError, QuotaStoreError, WorkerStartError, BaseExceptionGroup) as error:
+        failure = _start_failure(config, error)
+        if failure is None:
             if report is not None:
                 report(daemon.FAILED + b"an internal error; see the log file")
             raise
-        # e.g. the port is taken: one line, not a traceback
-        message = f"cannot serve on {config.host}:{config.port}: {bind_error.strerror or bind_error}"
+        message, exit_code = failure
         if report is not None:
             report(daemon.FAILED + message.encode())
-        print(f"trioproxy: {message}", file=sys.stderr)
-        return 1
+        if say_failure:
+            print(f"trioproxy: {message}", file=sys.stderr)
+        return exit_code
     return 0
 
 
-def _quota_store_error_in(error: BaseException) -> QuotaStoreError | None:
-    """The shared ledger's refusal to start, however deep in task groups it arrives."""
-    if isinstance(error, QuotaStoreError):
+E = TypeVar("E", bound=BaseException)
+
+
+def _start_failure(config: Config, error: BaseException) -> tuple[str, int] | None:
+    """Why serving could not start, in one line, and the exit code; None for anything else."""
+    if (store_error := _found_in(error, QuotaStoreError)) is not None:
+        return str(store_error), EXIT_USAGE
+    if (worker_error := _found_in(error, WorkerStartError)) is not None:
+        return str(worker_error), worker_error.exit_code
+    if (bind_error := _os_error_in(error)) is not None:  # e.g. the port is taken
+        return f"cannot serve on {config.host}:{config.port}: {bind_error.strerror or bind_error}", 1
+    return None
+
+
+def _found_in(error: BaseException, kind: type[E]) -> E | None:
+    """An error of `kind`, however deep in task groups it arrives."""
+    if isinstance(error, kind):
         return error
     if isinstance(error, BaseExceptionGroup):
-        return next(filter(None, map(_quota_store_error_in, error.exceptions)), None)
+        return next(filter(None, (_found_in(inner, kind) for inner in error.exceptions)), None)
     return None
 
 

@@ -64,6 +64,12 @@ def detach(log_file: Path) -> Callable[[bytes], None]:
     if os.fork() > 0:
         os._exit(0)
     _redirect_stdio(log_file)
+    return reporter(write_end)
+
+
+def reporter(write_end: int) -> Callable[[bytes], None]:
+    """Report `READY <url>` or `FAILED <reason>` once on `write_end` (to a waiting daemon
+    parent, or to the supervisor of `--workers`), then close it."""
     reported = False
 
     def report(message: bytes) -> None:

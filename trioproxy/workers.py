@@ -4,17 +4,25 @@ The supervisor binds the port once and hands the socket to each worker (hypercor
 `fd://`), so the kernel spreads connections over them and a restarted worker serves the same
 port at once. SIGTERM/SIGINT drain every worker, SIGHUP makes each re-read the settings, and a
 worker that dies is started again. The workers share quota through the Redis ledger.
+
+Each worker reports on a pipe of its own, as a daemon reports to its parent, that it serves or
+why it cannot: the supervisor is ready once every worker serves, and settings that stop the
+first workers (Redis refusing them, say) stop the supervisor with that reason instead of a
+restart loop. A worker also holds the read end of a pipe its supervisor keeps open: when
+the supervisor is gone (kill -9), the worker drains and exits instead of serving on, orphaned.
 """
 
 import logging
+import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
 from .config import Config
+from .daemon import FAILED, READY
 
 log = logging.getLogger("trioproxy")
 
@@ -33,6 +41,14 @@ def bind_listener(config: Config) -> socket.socket:
     return listener
 
 
+class WorkerStartError(Exception):
+    """The first workers could not start: the message is for the user, `exit_code` theirs."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def worker_command(listen_fd: int, config_path: str | None) -> list[str]:
     command = [sys.executable, "-m", "trioproxy", "--listen-fd", str(listen_fd)]
     return command + (["--config", config_path] if config_path else [])
@@ -46,56 +62,119 @@ class WorkerPool:
         self._command = list(command)
         self._listen_fd = listen_fd
         self._processes: dict[int, trio.Process] = {}
-        self._stopping = False
+        self._serving: set[int] = set()  # the workers whose process has said it serves
+        self._stopped = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep `count` workers alive until `stop()`; returns when the last one has exited."""
+        """Keep `count` workers alive until `stop()`; ready once each serves; returns when the
+        last one has exited. Raises WorkerStartError if a first worker cannot serve."""
         async with trio.open_nursery() as nursery:
-            for number in range(1, self._count + 1):
-                await nursery.start(self._keep_alive, number)
+            serving = [trio.Event() for _ in range(self._count)]
+            for number, event in enumerate(serving, 1):  # spawned in order, started side by side
+                await nursery.start(self._keep_alive, number, event)
+            for event in serving:
+                await event.wait()
             task_status.started()
 
-    async def _keep_alive(self, number: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _keep_alive(self, number: int, serving: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
         backoff = 0.5
         while True:
-            # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
-            # then stops each worker once (a second signal would cut its drain short).
-            process = await trio.lowlevel.open_process(self._command, pass_fds=(self._listen_fd,), process_group=0)
-            self._processes[number] = process
             started = trio.current_time()
-            log.info("worker %d started (pid %d)", number, process.pid)
-            task_status.started()
+            pid, report, code = await self._run_worker(number, serving, task_status)
             task_status = trio.TASK_STATUS_IGNORED
-            code = await _wait_shielded(process)
-            del self._processes[number]
-            if self._stopping:
-                log.info("worker %d (pid %d) stopped", number, process.pid)
+            if self._stopped.is_set():
+                log.info("worker %d (pid %d) stopped", number, pid)
+                serving.set()  # stopped before it served, maybe: the pool need not wait for it
                 return
+            if not serving.is_set():  # its first start: settings it cannot serve stop everything
+                reason = report.removeprefix(FAILED).decode(errors="replace")
+                raise WorkerStartError(
+                    reason or f"worker {number} exited with {_exit_text(code)} before serving", 2 if code == 2 else 1
+                )
             ran = trio.current_time() - started
             backoff = 0.5 if ran >= STEADY_SECONDS else min(backoff * 2, RESTART_BACKOFF_MAX)
             pause = 0.0 if ran >= STEADY_SECONDS else backoff
-            log.error("worker %d (pid %d) exited with %s; restarting in %.1f s", number, process.pid, _exit_text(code), pause)
-            await trio.sleep(pause)
+            log.error("worker %d (pid %d) exited with %s; restarting in %.1f s", number, pid, _exit_text(code), pause)
+            with trio.move_on_after(pause):
+                await self._stopped.wait()  # a stop during the pause: no new worker
+            if self._stopped.is_set():
+                return
+
+    async def _run_worker(
+        self, number: int, serving: trio.Event, task_status: trio.TaskStatus[None]
+    ) -> tuple[int, bytes, int]:
+        """One worker process from start to exit (`serving` is set when it says it serves): its
+        pid, its report (READY/FAILED, or b"" if it died first) and its exit code. A cancelled
+        supervisor stops it by signal, never orphans it."""
+        read_end, write_end = os.pipe()
+        lifeline, held_here = os.pipe()  # held_here closes with this process, however it ends
+        try:
+            # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
+            # then stops each worker once (a second signal would cut its drain short).
+            process = await trio.lowlevel.open_process(
+                [*self._command, "--report-fd", str(write_end), "--lifeline-fd", str(lifeline)],
+                pass_fds=(self._listen_fd, write_end, lifeline), process_group=0,
+            )
+        except BaseException:
+            os.close(read_end)
+            os.close(held_here)
+            raise
+        finally:
+            os.close(write_end)
+            os.close(lifeline)
+        self._processes[number] = process
+        log.info("worker %d started (pid %d)", number, process.pid)
+        task_status.started()
+        try:
+            async with trio.lowlevel.FdStream(read_end) as reports:
+                report = b""
+                while chunk := await reports.receive_some():  # until it reports or exits
+                    report += chunk
+            if report.startswith(READY):
+                self._serving.add(number)
+                serving.set()
+            return process.pid, report, await process.wait()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+                await process.wait()
+            raise
+        finally:
+            os.close(held_here)
+            del self._processes[number]
+            self._serving.discard(number)
 
     def signal_all(self, signum: int) -> None:
         for process in self._processes.values():
             process.send_signal(signum)
 
+    def reload(self) -> None:
+        """SIGHUP to each worker that serves; one still starting reads the new settings anyway,
+        and before its handler is in place SIGHUP would end it."""
+        for number in self._serving:
+            self._processes[number].send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         """Drain: each worker finishes its requests and streams, then exits."""
-        self._stopping = True
+        self._stopped.set()
         self.signal_all(signal.SIGTERM)
 
 
-async def _wait_shielded(process: trio.Process) -> int:
-    """A worker outlives a cancelled supervisor task: it is stopped by signal, never orphaned."""
-    try:
-        return await process.wait()
-    except trio.Cancelled:
-        with trio.CancelScope(shield=True):
-            process.send_signal(signal.SIGTERM)
-            await process.wait()
-        raise
+async def serve_as_worker(serve: Callable[[], Awaitable[None]], lifeline_fd: int) -> None:
+    """A worker's whole run: `serve`, and a drain (SIGTERM to itself) if its supervisor dies."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_drain_when_orphaned, lifeline_fd)
+        await serve()
+        nursery.cancel_scope.cancel()
+
+
+async def _drain_when_orphaned(lifeline_fd: int) -> None:
+    async with trio.lowlevel.FdStream(lifeline_fd) as lifeline:
+        while await lifeline.receive_some():  # the supervisor never writes: this waits for EOF
+            pass
+    log.warning("the supervisor is gone; this worker drains and exits")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _exit_text(code: int) -> str:
@@ -118,11 +197,11 @@ async def supervise_workers(
                     await pool.run(task_status=task_status)
                     nursery.cancel_scope.cancel()  # every worker has drained and exited
 
+                nursery.start_soon(_relay_signals, signals, pool)  # a stop may come while they start
                 await nursery.start(run_pool)
                 log.info("trioproxy supervising %d workers at %s", count, base_url)
                 if on_ready is not None:
                     on_ready(base_url)
-                nursery.start_soon(_relay_signals, signals, pool)
     finally:
         listener.close()
 
@@ -133,7 +212,7 @@ async def _relay_signals(signals: AsyncIterator[int], pool: WorkerPool) -> None:
     async for signum in signals:
         if signum == signal.SIGHUP:
             log.info("received SIGHUP, reloading every worker")
-            pool.signal_all(signal.SIGHUP)
+            pool.reload()
             continue
         stops += 1
         if stops == 1:
