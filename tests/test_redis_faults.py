@@ -114,6 +114,10 @@ async def test_redis_killed_and_started_again_under_load(
         nursery.start_soon(load.run)
         await until(lambda: len(load.outcomes) >= 20, "20 requests before the restart")
         if data == "kept":
+            async def shows_bookings() -> bool:  # the shared figures a process shows are read every second
+                return await requests_today(proxies[0]) > 0
+
+            await until(shows_bookings, "the shared figures show the bookings")
             booked_before = await requests_today(proxies[0])  # at most what the SAVE below keeps
             assert booked_before > 0 and await redis_cli(redis, "SAVE") == "OK"
         redis.stop()  # kill -9

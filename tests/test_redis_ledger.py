@@ -278,9 +278,13 @@ async def test_outage_with_refuse_policy_sends_limited_providers_away(nursery: t
     assert isinstance(await ledger.reserve("chutes", 10), Reservation)  # no limits: nothing to share
 
 
-async def test_a_paused_redis_costs_a_request_no_more_than_the_timeout(nursery: trio.Nursery, redis: RedisServer) -> None:
+async def test_a_paused_redis_costs_a_request_no_more_than_the_timeout_and_books_nothing(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    """The reservation a frozen Redis answers after it wakes is not booked: it was served elsewhere."""
     (ledger,) = await replicas(nursery, redis, [cerebras(requests_per_minute=9)], None, count=1, timeout=0.2)
-    assert isinstance(await ledger.reserve("cerebras", 10), SharedReservation)
+    first = await ledger.reserve("cerebras", 10)
+    assert isinstance(first, SharedReservation)
     redis.pause()
     try:
         started = trio.current_time()
@@ -292,7 +296,8 @@ async def test_a_paused_redis_costs_a_request_no_more_than_the_timeout(nursery: 
     with trio.fail_after(15):
         while not ledger.store.connected:
             await trio.sleep(0.05)
-    assert isinstance(await ledger.reserve("cerebras", 10), SharedReservation)
+    after = await ledger.reserve("cerebras", 10)
+    assert isinstance(after, SharedReservation) and after.seq == first.seq + 1  # the frozen call booked nothing
 
 
 async def test_wrong_password_stops_the_start_naming_the_setting(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -20,6 +20,11 @@ class Refusal:
     reason: str  # a window name, "cooldown", "probe" or "redis" (the shared ledger is unreachable)
     retry_at: float
 
+    @property
+    def foreseen(self) -> bool:
+        """Whether `retry_at` is known from the quota, not a guess (when Redis will be back is not)."""
+        return self.reason != "redis"
+
 
 @define
 class Reservation:

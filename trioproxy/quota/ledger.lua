@@ -227,10 +227,13 @@ end
 -- Each operation: (the account's index, its own arguments) -> its answer.
 local OPS = {}
 
--- tokens, floor, lease id, lease seconds, replica ->
+-- tokens, floor, lease id, lease seconds, replica, book by ('' = no deadline) ->
 -- {1, index, seq, cum, day's end, probe 0|1} or, refused, {0, reason, retry at}
 function OPS.reserve(_, args)
   local tokens, floor, id, ttl, replica = tonumber(args[1]), tonumber(args[2]), args[3], tonumber(args[4]), args[5]
+  -- A call that reaches Redis after its caller stopped waiting (Redis was frozen or slow) books
+  -- nothing: that request went elsewhere, and its give-back could not reach a Redis thought down.
+  if args[6] ~= '' and now > tonumber(args[6]) then return {0, 'late', text(now)} end
   expire_leases_once()
   local best, best_room, soonest = nil, -1, nil
   for i = 1, n do

@@ -136,10 +136,10 @@ class RedisLedger:
     async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
         lease = f"{self._replica}/{next(self._lease_numbers)}"
         floor = min(floor, tokens)
-        args = (tokens, floor, lease, self._lease_seconds, self._replica)
+        args = (tokens, floor, lease, self._lease_seconds, self._replica, self.store.deadline())
         abandoned = functools.partial(self._give_back_unused, provider, tokens, lease)
         reply = await self.store.call(self._lanes[provider], "reserve", 0, args, abandoned)
-        if reply is None:
+        if reply is None or reply.result[:2] == [0, "late"]:  # late: booked nothing, as if Redis were down
             return await self._reserve_locally(provider, tokens)
         self._absorb(provider, reply)
         if reply.result[0] == 0:

@@ -116,6 +116,7 @@ class QuotaStore:
         self._tasks = trio.CancelScope()
         self._closing = trio.Event()
         self.offset = 0.0  # add to a Trio time to get the store's time
+        self._offset_known = False
         self.refresh: Callable[[], Awaitable[None]] | None = None  # the current ledger's view update
 
     async def run(self, *, task_status: trio.TaskStatus["QuotaStore"] = trio.TASK_STATUS_IGNORED) -> None:
@@ -265,7 +266,7 @@ class QuotaStore:
             except (RedisError, OSError, ValueError, TypeError, IndexError) as error:  # not the script's answer
                 self._went_down(str(error))
                 return [None] * count
-            self.offset = now - (started + trio.current_time()) / 2
+            self.offset, self._offset_known = now - (started + trio.current_time()) / 2, True
             return [Reply(list(result), shared) for result in results]
         self._went_down(f"no answer within {self._timeout * 1000:.0f} ms")
         return [None] * count
@@ -336,6 +337,13 @@ class QuotaStore:
             "down_seconds": 0 if self.connected else round(trio.current_time() - self._down_since, 1),
             "dropped_updates": self.dropped,
         }
+
+    def deadline(self) -> str:
+        """The store's time at which a call made now has nobody waiting for its answer any more
+        ('' while Redis's time is not known yet: no answer has told it)."""
+        if self._clock is not None:
+            return repr(self._clock() + self._timeout)
+        return repr(trio.current_time() + self.offset + self._timeout) if self._offset_known else ""
 
     def to_trio(self, store_time: float) -> float:
         return store_time - self.offset if store_time not in (math.inf, -math.inf) else store_time

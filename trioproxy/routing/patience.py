@@ -125,7 +125,7 @@ class Patience:
                 "queue", self._ledger.now()
             )
         wait = max(0.0, refusal.retry_at - self._ledger.now())
-        if await self._worth_waiting(upstream, wait, tokens, body, later):
+        if refusal.foreseen and await self._worth_waiting(upstream, wait, tokens, body, later):
             got = await self._wait_in_line(name, queue, tokens, refusal, record, floor)
         elif queue and await self._ledger.refusal(name, queue[0].tokens) is not None:
             # It will not wait, and what is free now is too little for the head of the line:
@@ -184,8 +184,8 @@ class Patience:
                     if isinstance(got, Reservation):
                         return got
                     refusal, reason = got, got.reason
-                    if got.retry_at > deadline:
-                        return got  # quota returns too late: go elsewhere now
+                    if got.retry_at > deadline or not got.foreseen:
+                        return got  # quota returns too late, or Redis is gone: go elsewhere now
                     # At least a millisecond: a bucket a rounding error short must not spin.
                     await trio.sleep_until(max(got.retry_at, self._ledger.now() + 0.001))
             return refusal
