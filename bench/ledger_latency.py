@@ -10,7 +10,8 @@ cell times `reserve()` (the one Redis call a request waits for) from `tasks` con
 each reservation then settled (queued: it goes with the next call to Redis, off the critical path).
 Shown: the median over rounds of each round's p50 and p99 in microseconds, the reservations
 per second the cell sustained, and Redis's own time per reservation, its settle included
-(`INFO commandstats`: the script's total time over the reservations made through Redis).
+(`INFO commandstats`: the script's total time over the reservations made through Redis), and
+a bare coredis PING's p50 in the same rounds: the floor under any call to Redis from here.
 `bench/overhead.py --redis` measures the same from the client's side, through HTTP.
 """
 
@@ -75,8 +76,20 @@ async def script_microseconds(url: str) -> float:
     return float(stats.get("cmdstat_evalsha", {}).get("usec", 0.0))
 
 
-async def measure(redis_url: str, rounds: int, count: int) -> tuple[Figures, float]:
+async def ping_p50(url: str, count: int) -> float:
+    """A bare coredis PING's p50: the floor under any call to Redis from Trio through coredis."""
+    durations: list[float] = []
+    async with coredis.Redis.from_url(url, decode_responses=True) as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            await client.ping()
+            durations.append(time.perf_counter() - started)
+    return percentile(durations, 0.5)
+
+
+async def measure(redis_url: str, rounds: int, count: int) -> tuple[Figures, float, float]:
     figures: Figures = {}
+    pings: list[float] = []
     async with trio.open_nursery() as nursery:
         store = QuotaStore(redis_url, 5.0, allow_start_without=False)  # latency, not outages, is measured
         await nursery.start(store.run)
@@ -86,6 +99,7 @@ async def measure(redis_url: str, rounds: int, count: int) -> tuple[Figures, flo
                                  replicas=1, lease_seconds=60, replica="bench"),
         }
         for round_ in range(rounds):
+            pings.append(await ping_p50(redis_url, count))
             for tasks in TASKS:
                 for name in (("memory", "redis") if round_ % 2 == 0 else ("redis", "memory")):
                     durations, seconds = await cell(ledgers[name], tasks, count)
@@ -96,7 +110,7 @@ async def measure(redis_url: str, rounds: int, count: int) -> tuple[Figures, flo
         assert store.connected and store.dropped == 0, store.status()
         nursery.cancel_scope.cancel()
     reservations = rounds * len(TASKS) * count
-    return figures, await script_microseconds(redis_url) / reservations
+    return figures, await script_microseconds(redis_url) / reservations, statistics.median(pings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, count = (1, 320) if args.quick else (5, 2_000)
     with tempfile.TemporaryDirectory(prefix="ledger-latency-") as folder, running_redis(Path(folder)) as server:
-        figures, script_us = trio.run(measure, server.url, rounds, count)
+        figures, script_us, ping = trio.run(measure, server.url, rounds, count)
     print(f"reserve() latency, median of {rounds} rounds x {count} reservations (microseconds), and reservations/s")
     print(f"{'tasks':>5}  {'memory p50':>10} {'memory p99':>10}  {'redis p50':>9} {'redis p99':>9}  "
           f"{'redis added p50':>15}  {'memory/s':>9} {'redis/s':>8}")
@@ -115,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tasks:>5}  {memory[0] * 1e6:>10.1f} {memory[1] * 1e6:>10.1f}  {redis[0] * 1e6:>9.1f} {redis[1] * 1e6:>9.1f}  "
               f"{(redis[0] - memory[0]) * 1e6:>15.1f}  {memory[2]:>9.0f} {redis[2]:>8.0f}")
     print(f"Redis's own time per reservation, its settle included: {script_us:.1f} us")
+    print(f"A bare coredis PING from Trio, one task (the floor under any Redis call): p50 {ping * 1e6:.1f} us")
     return 0
 
 
