@@ -178,6 +178,10 @@ def _value_for(name: str, kind: type, variant: int) -> str:
         return ("json", "text")[variant]
     if name == "REDIS_URL":
         return f"redis://10.0.0.{variant + 1}:6379/0"
+    if name == "QUOTA_BACKEND":
+        return ("redis", "memory")[variant]
+    if name == "REDIS_OUTAGE":
+        return ("refuse", "local")[variant]
     if name.endswith("_BASE_URL"):
         return f"http://10.0.0.{variant + 1}:8{variant}/v1"
     if kind is int:
@@ -203,7 +207,10 @@ def test_every_env_var_overrides_the_file(tmp_path: Path, name: str) -> None:
     """Each documented environment variable wins over the same key set in the TOML file."""
     path, kind = ENV_VARS[name]
     file_raw, env_raw = _value_for(name, kind, 0), _value_for(name, kind, 1)
-    toml = _toml(_nested(path, _parsed(file_raw, kind)))
+    tree = _nested(path, _parsed(file_raw, kind))
+    if name == "QUOTA_BACKEND":
+        tree["redis_url"] = "redis://10.0.0.9:6379/0"  # "redis" needs one
+    toml = _toml(tree)
     assert _get(load(tmp_path, toml), path) == _as_read(_parsed(file_raw, kind)), "the file value should apply alone"
     config = load(tmp_path, toml, environ={name: env_raw})
     assert _get(config, path) == _as_read(_parsed(env_raw, kind))

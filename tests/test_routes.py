@@ -319,6 +319,7 @@ def _route(name: str, providers: str = '{ provider = "cerebras" }', aliases: str
         ('model_aliases = ["claude-*"]\n' + _route("a"), "model_aliases", "own `aliases`"),
         (_route("a", '{ provider = "cerebras", requests_per_minute = 0 }'), "models.0.providers.0.requests_per_minute", "greater than 0"),
         (_route("a", '{ provider = "cerebras", modle = "x" }'), "models.0.providers.0.modle", "unknown key"),
+        (_route("a", '"cerebras"'), "models.0.providers.0", "expected a table, got a string"),
     ],
 )
 def test_route_mistakes_are_refused_in_one_line_naming_the_key(tmp_path: Path, toml: str, key: str, words: str) -> None:

@@ -443,7 +443,9 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "STATE_FILE": (("state_file",), str),
+    "QUOTA_BACKEND": (("quota_backend",), str),
     "REDIS_URL": (("redis_url",), str),
+    "REDIS_OUTAGE": (("redis_outage",), str),
     "MAX_WAIT_MS": (("max_wait_ms",), int),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
     "OPERATOR_API_KEYS": (("operator_api_keys",), tuple),
@@ -585,10 +587,15 @@ def _first_error(exc: BaseException, path: tuple[str, ...] = ()) -> tuple[tuple[
             return _first_error(sub, path + ((attr,) if attr else ()))
     if isinstance(exc, _InvalidValue):
         return path + (exc.key,), str(exc)
+    if isinstance(exc, AttributeError) and exc.name == "keys":  # cattrs read a table's keys from a non-table
+        return path, f"expected a table, got {_TOML_NAMES.get(type(exc.obj), type(exc.obj).__name__)}"
     if isinstance(exc, KeyError):
         key = str(exc.args[0])
         return (path if path[-1:] == (key,) else path + (key,)), "missing required value"
     return path, str(exc)
+
+
+_TOML_NAMES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "an array"}
 
 
 def _attribute_from_note(note: str) -> str | None:
