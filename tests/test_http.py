@@ -20,6 +20,7 @@ from conftest import Providers, Proxy, proxy_config
 from trioproxy.config import Config
 from trioproxy.testing.emulator import Faults, completion_text
 from trioproxy.logs import REDACTED, RedactingFormatter
+from trioproxy.providers.sanitize import Sanitizer
 from trioproxy.supervisor import run_proxy
 
 MODEL = "qwen-3-coder"
@@ -445,6 +446,18 @@ def test_redacting_formatter_via_handler() -> None:
         logger.removeHandler(handler)
     assert "cpk_live_key" not in stream.getvalue()
     assert "Bearer [redacted] to chutes" in stream.getvalue()
+
+
+
+def test_a_short_secret_is_redacted_as_a_whole_token_and_leaves_words_alone() -> None:
+    """A test key such as "x" would otherwise cut every word that holds the letter."""
+    formatter = RedactingFormatter(["x"])
+    record = logging.LogRecord("trioproxy.test", logging.INFO, __file__, 1, "trioproxy sent Bearer %s; key=%s", ("x", "x"), None)
+    text = formatter.format(record)
+    assert "trioproxy sent Bearer [redacted]; key=[redacted]" in text
+    assert Sanitizer(["x"]).text("Incorrect API key provided: x. It expired.") == (
+        "Incorrect API key provided: [redacted]. It expired."
+    )
 
 
 REQUEST_LINE = re.compile(r"request (?P<id>\S+) api=(?P<api>\w+) provider=(?P<provider>\S+) reason='(?P<reason>[^']*)'")

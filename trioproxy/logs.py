@@ -9,9 +9,10 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import TextIO
 
+from .providers.sanitize import REDACTED, SECRET_RUN, short_secrets_pattern
+
 LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "INFO": logging.INFO, "DEBUG": logging.DEBUG}
 FORMATS = ("text", "json")
-REDACTED = "[redacted]"
 
 # Libraries that log at DEBUG/INFO what a proxy must not print: hpack and h2 log header blocks
 # (Authorization included), httpx and httpcore every request. They stay at WARNING.
@@ -61,12 +62,14 @@ class _Redacting(logging.Formatter):
 
     def __init__(self, secrets: Iterable[str], fmt: str | None = None) -> None:
         super().__init__(fmt, "%Y-%m-%d %H:%M:%S")
-        self._secrets = tuple(s for s in secrets if s)
+        secrets = tuple(s for s in secrets if s)
+        self._secrets = tuple(s for s in secrets if len(s) >= SECRET_RUN)
+        self._short = short_secrets_pattern(secrets)
 
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
-        return text
+        return self._short.sub(REDACTED, text) if self._short is not None else text
 
 
 class RedactingFormatter(_Redacting):

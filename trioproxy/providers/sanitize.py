@@ -6,6 +6,7 @@ they were sent ("Incorrect API key provided: csk-..."), and some answer an error
 The upstream boundary passes every such text through a `Sanitizer` before it goes anywhere.
 """
 
+import re
 from collections.abc import Iterable
 
 REDACTED = "[redacted]"
@@ -18,13 +19,21 @@ MAX_MESSAGE_CHARS = 2000
 SECRET_RUN = 8
 
 
+def short_secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """Secrets shorter than a run (a test key such as "x") matched as whole tokens only:
+    replaced wherever they occur, they would cut up every word that holds them."""
+    short = sorted({s for s in secrets if s and len(s) < SECRET_RUN}, key=len, reverse=True)
+    if not short:
+        return None
+    return re.compile(r"(?<![\w-])(?:" + "|".join(map(re.escape, short)) + r")(?![\w-])")
+
+
 class Sanitizer:
     """Replaces secrets, whole or any run of `SECRET_RUN` characters of them, and cuts text short."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         present = {secret for secret in secrets if secret}
-        # Secrets shorter than a run can only be recognised whole.
-        self._short = sorted((s for s in present if len(s) < SECRET_RUN), key=len, reverse=True)
+        self._short = short_secrets_pattern(present)  # shorter than a run: recognised whole only
         self._runs = frozenset(
             secret[start : start + SECRET_RUN]
             for secret in present
@@ -40,8 +49,8 @@ class Sanitizer:
 
     def redact(self, text: str) -> str:
         """`text` with every stretch that holds a run of a secret replaced by `REDACTED`."""
-        for secret in self._short:
-            text = text.replace(secret, REDACTED)
+        if self._short is not None:
+            text = self._short.sub(REDACTED, text)
         if not self._runs or len(text) < SECRET_RUN:
             return text
         covered_until = -1  # end of the secret stretch being collected
