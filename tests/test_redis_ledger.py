@@ -119,6 +119,23 @@ async def test_tokens_per_minute_bind_across_replicas_and_settling_refunds(nurse
     assert isinstance(await b.reserve("cerebras", 300), Refusal)
 
 
+
+async def test_settling_refunds_the_days_tokens_after_the_provider_named_its_day(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """The provider's reset figure moves the day's end a little with every answer; the
+    reservation's unused tokens still come back to the day's count."""
+    clock = Clock()
+    a, b = await replicas(nursery, redis, [cerebras(tokens_per_day=1_000)], clock, count=2)
+    first = await a.reserve("cerebras", 800)
+    assert isinstance(first, SharedReservation)
+    clock.time += 0.5
+    await a.sync(first, {"tpd": (99_000.0, 3_600.3)})  # a day's end 0.5 s later than at booking
+    await a.settle(first, 200)  # 600 come back
+    await a.store.drained()
+    assert isinstance(await b.reserve("cerebras", 800), SharedReservation)
+    refused = await b.reserve("cerebras", 1)
+    assert isinstance(refused, Refusal) and refused.reason == "tpd"
+
+
 async def test_settlements_queued_at_shutdown_still_reach_redis(nursery: trio.Nursery, redis: RedisServer) -> None:
     clock = Clock()
     limits = [cerebras(tokens_per_minute=1_000)]

@@ -33,7 +33,7 @@ local function load(index)
     local raw = redis.call('HGETALL', KEYS[3 + index])
     local a, was = {}, {}
     for i = 1, #raw, 2 do a[raw[i]], was[raw[i]] = raw[i + 1], raw[i + 1] end
-    for _, name in ipairs({'seq', 'cum', 'rpd_u', 'tpd_u', 'half_open'}) do a[name] = tonumber(a[name] or 0) end
+    for _, name in ipairs({'seq', 'cum', 'rpd_u', 'tpd_u', 'half_open', 'day'}) do a[name] = tonumber(a[name] or 0) end
     accounts[index], stored[index] = a, was
   end
   return accounts[index]
@@ -52,11 +52,13 @@ local function level(a, w)
 end
 
 -- Daily counters empty at the provider's day boundary (UTC midnight until its headers say).
+-- `day` counts the boundaries passed: a lease names its day by it, since `day_end` moves a
+-- little with every reset figure the provider sends.
 local function roll_day(a)
   local ends = number(a, 'day_end') or (math.floor(now / DAY) + 1) * DAY
   if now >= ends then
     ends = ends + (math.floor((now - ends) / DAY) + 1) * DAY
-    a.rpd_u, a.tpd_u = 0, 0
+    a.rpd_u, a.tpd_u, a.day = 0, 0, a.day + 1
   end
   a.day_end = ends
 end
@@ -143,12 +145,12 @@ local function headroom(a)
   return share
 end
 
--- Give back `tokens` booked by a lease of the day ending at `day_end` (negative: take more).
-local function give_back(a, tokens, day_end)
+-- Give back `tokens` booked by a lease of day number `day` (negative: take more).
+local function give_back(a, tokens, day)
   if LIMIT.tpm >= 0 then a.tpm_l = math.min(LIMIT.tpm, level(a, 'tpm') + tokens) end
   a.cum = a.cum - tokens
   roll_day(a)
-  if math.abs(a.day_end - tonumber(day_end)) < 0.01 then a.tpd_u = math.max(0, a.tpd_u - tokens) end
+  if a.day == tonumber(day) then a.tpd_u = math.max(0, a.tpd_u - tokens) end
 end
 
 -- Leases past their expiry belong to a replica that died or lost Redis: keep their floor
@@ -228,7 +230,7 @@ end
 local OPS = {}
 
 -- tokens, floor, lease id, lease seconds, replica, book by ('' = no deadline) ->
--- {1, index, seq, cum, day's end, probe 0|1} or, refused, {0, reason, retry at}
+-- {1, index, seq, cum, day number, probe 0|1} or, refused, {0, reason, retry at}
 function OPS.reserve(_, args)
   local tokens, floor, id, ttl, replica = tonumber(args[1]), tonumber(args[2]), args[3], tonumber(args[4]), args[5]
   -- A call that reaches Redis after its caller stopped waiting (Redis was frozen or slow) books
@@ -255,9 +257,9 @@ function OPS.reserve(_, args)
   local probe = 0
   if a.half_open == 1 then probe, a.probe, a.probe_until = 1, id, now + ttl end
   redis.call('ZADD', LEASES, now + ttl, id)
-  redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day_end, r = replica}))
+  redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day, r = replica}))
   redis.call('HINCRBY', HOLDERS, replica, 1)
-  return {1, best, a.seq, a.cum, text(a.day_end), probe}
+  return {1, best, a.seq, a.cum, a.day, probe}
 end
 
 -- Without booking, when `requests` requests of `tokens` in all could go (tokens, requests) ->
@@ -273,7 +275,7 @@ function OPS.refusal(_, args)
   return {1, soonest[1], text(soonest[2])}
 end
 
--- lease id, actual tokens, reserved, floor, its day's end
+-- lease id, actual tokens, reserved, floor, its day number
 function OPS.settle(index, args)
   local a = load(index)
   local id, actual, reserved, floor = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])

@@ -36,7 +36,7 @@ class SharedReservation(Reservation):
     lease: str = ""
     cum: int = 0  # the account's tokens booked up to this one, to tell what a provider figure includes
     floor: int = 0
-    day_end: float = 0.0
+    day: int = 0  # the account's day number when booked: tokens per day are refunded within that day only
 
 
 def _limits(provider: ProviderConfig) -> list[int]:
@@ -144,11 +144,11 @@ class RedisLedger:
         self._absorb(provider, reply)
         if reply.result[0] == 0:
             return Refusal(reply.result[1], self.store.to_trio(float(reply.result[2])))
-        _, index, seq, cum, day_end, probe = reply.result
+        _, index, seq, cum, day, probe = reply.result
         account = self._names[provider][index - 1]
         return SharedReservation(
             account, provider, index - 1, tokens, seq, bool(probe), index=index, lease=lease, cum=cum, floor=floor,
-            day_end=float(day_end),
+            day=day,
         )
 
     def _give_back_unused(self, provider: str, tokens: int, lease: str, reply: Reply) -> None:
@@ -156,9 +156,9 @@ class RedisLedger:
         left): nothing was sent on it, so all of it comes back, and its probe turn too."""
         if reply.result[0] == 0:
             return
-        _, index, _, _, day_end, probe = reply.result
+        _, index, _, _, day, probe = reply.result
         lane = self._lanes[provider]
-        self.store.submit(lane, "settle", index, (lease, 0, tokens, 0, day_end))
+        self.store.submit(lane, "settle", index, (lease, 0, tokens, 0, day))
         if probe:
             self.store.submit(lane, "probe", index, (lease, 0))
 
@@ -182,7 +182,7 @@ class RedisLedger:
             await self._fallback.settle(reservation, actual_tokens)
             return
         r = reservation
-        args = (r.lease, actual_tokens, r.tokens, r.floor, repr(r.day_end))
+        args = (r.lease, actual_tokens, r.tokens, r.floor, r.day)
         self.store.submit(self._lanes[r.provider], "settle", r.index, args)
         # A second settle corrects this one: the lease is gone by then, and its floor is this figure.
         r.tokens = r.floor = actual_tokens
