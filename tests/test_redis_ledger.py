@@ -100,6 +100,28 @@ async def test_a_burst_of_reservations_and_their_settlements_costs_one_call_or_t
     assert await script_calls(redis) - calls_before <= 3  # the 16 reservations, their 16 settlements (and a view)
 
 
+
+async def test_a_backlog_of_settlements_never_holds_up_a_reservation(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """200 settlements queued, then a reservation: it rides the very next call, not the fourth
+    (a batch carries 64 operations)."""
+    clock = Clock()
+    (ledger,) = await replicas(nursery, redis, [cerebras(requests_per_minute=1_000)], clock, count=1)
+    reservations: list[Reservation | Refusal] = []
+
+    async def ask() -> None:
+        reservations.append(await ledger.reserve("cerebras", 10))
+
+    async with trio.open_nursery() as burst:
+        for _ in range(200):
+            burst.start_soon(ask)
+    calls_before = await script_calls(redis)
+    for reservation in reservations:
+        assert isinstance(reservation, SharedReservation)
+        await ledger.settle(reservation, 5)
+    assert isinstance(await ledger.reserve("cerebras", 10), SharedReservation)
+    assert await script_calls(redis) - calls_before <= 2  # that call (and the once-a-second view, if it fell here)
+
+
 async def script_calls(redis: RedisServer) -> int:
     async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
         stats = await client.info("commandstats")

@@ -266,6 +266,7 @@ end
 -- {0} if now, else {1, reason, retry at} of the soonest account and the limit that holds it longest
 function OPS.refusal(_, args)
   local tokens, requests = tonumber(args[1]), tonumber(args[2])
+  expire_leases_once() -- a dead replica's quota counts as back, as it does for a reservation
   local soonest = nil
   for i = 1, n do
     local r = refusal(load(i), tokens, requests, true)

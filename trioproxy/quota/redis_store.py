@@ -130,6 +130,7 @@ class QuotaStore:
             try:
                 await self._closing.wait()
             finally:
+                self._nursery = None  # from now on operations find Redis gone, not a closed nursery
                 self._tasks.cancel()  # _serve flushes the queue, closes the client and returns
 
     async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -232,7 +233,9 @@ class QuotaStore:
 
     async def _run(self, lane: Lane, state: _LaneState) -> None:
         """Send the next batch of the lane in one call and hand each operation its answer."""
-        batch, state.pending = state.pending[:BATCH_SIZE], state.pending[BATCH_SIZE:]
+        batch = self._next_batch(state)
+        if not batch:
+            return
         keys, head = lane
         args: list[Any] = [self._time_arg(), *head]
         for pending in batch:
@@ -246,6 +249,18 @@ class QuotaStore:
                 self.dropped += reply is None
             elif pending.left and reply is not None and pending.abandoned is not None:
                 pending.abandoned(reply)
+
+    @staticmethod
+    def _next_batch(state: _LaneState) -> list[_Pending]:
+        """Every operation someone waits for (a batch at most), after as many queued ones as
+        fit: settlements go first, so their refunds count, yet a backlog of them never holds up
+        a reservation. An operation whose caller left before it was sent is not sent at all."""
+        state.pending = [p for p in state.pending if p.queued or not p.left]
+        waited = [p for p in state.pending if not p.queued][:BATCH_SIZE]
+        batch = [p for p in state.pending if p.queued][: BATCH_SIZE - len(waited)] + waited
+        chosen = set(batch)
+        state.pending = [p for p in state.pending if p not in chosen]
+        return batch
 
     async def _evaluate(self, keys: list[str], args: list[Any], count: int) -> list[Reply | None]:
         """One call of the script: `count` answers, or as many Nones when Redis failed or is down."""
@@ -278,7 +293,6 @@ class QuotaStore:
 
     async def _flush(self) -> None:
         """At shutdown, what is queued still reaches Redis (briefly: a dead Redis cannot hold us)."""
-        self._nursery = None
         with trio.move_on_after(FLUSH_SECONDS):
             for lane, state in self._lanes.items():
                 while state.pending and self.connected:
