@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from conftest import Providers, Proxy, StartProxy, proxy_config
-from trioproxy.testing.redis_server import RedisServer, running_redis
+from trioproxy.testing.redis_server import RedisServer, free_port, running_redis
 from test_routing import chat, client_for, post
 from trioproxy.config import Config
 from trioproxy.status_table import render_table
@@ -116,3 +116,25 @@ async def test_a_reload_keeps_the_quota_backend_until_a_restart(
             assert (await post(client, chat(max_tokens=5))).status_code == 200
         shutdown.set()
     assert f'reload: quota_backend = "{after}" takes effect after a restart' in caplog.text
+
+
+async def test_a_reload_to_a_redis_that_cannot_be_used_is_refused_and_the_proxy_serves_on(
+    providers: Providers, redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With "refuse", a new redis_url nobody answers at stops a start; on a reload it must not
+    stop the running proxy: the reload is refused and the shared ledger it had keeps serving."""
+    config = proxy_config(providers, quota_backend="redis", redis_url=redis.url, redis_outage="refuse")
+    send_reloads, receive_reloads = trio.open_memory_channel[Config](1)
+    async with trio.open_nursery() as nursery:
+        shutdown = trio.Event()
+        proxy = Proxy(await nursery.start(run_proxy, config, shutdown, receive_reloads), config, shutdown)
+        async with client_for(proxy) as client:
+            await send_reloads.send(attrs.evolve(config, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+            with trio.fail_after(10):
+                while "reload refused" not in caplog.text:
+                    await trio.sleep(0.02)
+            status = (await client.get("/status")).json()["quota_store"]
+            assert status["url"] == redis.url and status["connected"]
+            assert (await post(client, chat(max_tokens=5))).status_code == 200
+        shutdown.set()
+    assert "redis_url: cannot reach Redis" in caplog.text

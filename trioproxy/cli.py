@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 import httpx
 import trio
@@ -16,6 +16,7 @@ from . import __version__, daemon
 from . import catalogue
 from .config import Config, ConfigError, keyless_route, load_config, redacted, secrets
 from .demo import show_demo_banner
+from .errors import found_in
 from .logs import configure_logging
 from .quota.persist import default_state_path
 from .quota.redis_store import QuotaStoreError
@@ -280,26 +281,14 @@ def _run_reporting(
     return 0
 
 
-E = TypeVar("E", bound=BaseException)
-
-
 def _start_failure(config: Config, error: BaseException) -> tuple[str, int] | None:
     """Why serving could not start, in one line, and the exit code; None for anything else."""
-    if (store_error := _found_in(error, QuotaStoreError)) is not None:
+    if (store_error := found_in(error, QuotaStoreError)) is not None:
         return str(store_error), EXIT_USAGE
-    if (worker_error := _found_in(error, WorkerStartError)) is not None:
+    if (worker_error := found_in(error, WorkerStartError)) is not None:
         return str(worker_error), worker_error.exit_code
     if (bind_error := _os_error_in(error)) is not None:  # e.g. the port is taken
         return f"cannot serve on {config.host}:{config.port}: {bind_error.strerror or bind_error}", 1
-    return None
-
-
-def _found_in(error: BaseException, kind: type[E]) -> E | None:
-    """An error of `kind`, however deep in task groups it arrives."""
-    if isinstance(error, kind):
-        return error
-    if isinstance(error, BaseExceptionGroup):
-        return next(filter(None, (_found_in(inner, kind) for inner in error.exceptions)), None)
     return None
 
 

@@ -5,6 +5,10 @@ Each front door renders it in its own protocol (OpenAI's `{"error": ...}`, Anthr
 vocabulary (`invalid_request_error`, `rate_limit_error`, `api_error`, ...) as the neutral one.
 """
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class ProxyError(Exception):
     """A request the proxy answers with an error status."""
@@ -36,3 +40,12 @@ def default_type(status: int) -> str:
     if status >= 500:
         return "api_error"
     return "invalid_request_error"
+
+
+def found_in(error: BaseException, kind: type[E]) -> E | None:
+    """An error of `kind`, however deep in (Trio's) exception groups it arrives."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        return next(filter(None, (found_in(inner, kind) for inner in error.exceptions)), None)
+    return None

@@ -17,6 +17,8 @@ from .demo import DemoProviders, start_demo_providers
 from .server.drain import Drain
 from .logs import LEVELS
 from .quota.persist import StatePersister, resolve_state_path
+from .errors import found_in
+from .quota.redis_client import QuotaStoreError
 from .runtime import ClientPool, build_runtime, serving_providers
 
 log = logging.getLogger("trioproxy")
@@ -110,7 +112,13 @@ async def _apply_reloads(
         if (config.host, config.port) != (current.config.host, current.config.port):
             log.warning("reload: host and port changes take effect only after a restart")
         _warn_if_open(config)
-        app.runtime = await build_runtime(config, pool, nursery, previous=current)
+        try:
+            app.runtime = await build_runtime(config, pool, nursery, previous=current)
+        except (QuotaStoreError, BaseExceptionGroup) as error:  # a new Redis store that cannot start
+            if (refused := found_in(error, QuotaStoreError)) is None:
+                raise
+            log.error("reload refused: %s; keeping the running configuration", refused)
+            continue
         current.prober_scope.cancel()
         logging.getLogger().setLevel(LEVELS[config.log_level])
         log.info("configuration reloaded: %s", _describe(config))

@@ -39,15 +39,15 @@ async def open_ledger(
     if config.quota_backend == "memory":
         return QuotaLedger(providers)
     tls = TlsFiles(config.redis_tls_ca, config.redis_tls_cert, config.redis_tls_key)
-    if isinstance(previous, RedisLedger) and (previous.store.url, previous.store.tls) == (config.redis_url, tls):
+    timeout = config.redis_timeout_ms / 1000
+    if isinstance(previous, RedisLedger) and previous.store.reaches(config.redis_url, tls, timeout):
         store = previous.store
     else:
+        # The new store starts first: one that cannot (QuotaStoreError) leaves the old one serving.
+        store = QuotaStore(config.redis_url, timeout, allow_start_without=config.redis_outage == "local", tls=tls)
+        await nursery.start(store.run)
         if isinstance(previous, RedisLedger):
             previous.store.close()
-        store = QuotaStore(
-            config.redis_url, config.redis_timeout_ms / 1000, allow_start_without=config.redis_outage == "local", tls=tls
-        )
-        await nursery.start(store.run)
     return RedisLedger(
         providers,
         store,

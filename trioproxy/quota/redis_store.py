@@ -149,6 +149,10 @@ class QuotaStore:
     def close(self) -> None:
         self._closing.set()
 
+    def reaches(self, url: str, tls: TlsFiles, timeout: float) -> bool:
+        """Whether this store is the one these settings ask for (a reload then keeps it)."""
+        return (self.url, self.tls, self._timeout) == (url, tls, timeout)
+
     async def _first_contact(self) -> None:
         """Reach Redis once: a refused password stops the start; an absent Redis too, unless
         the outage policy can serve without it."""
