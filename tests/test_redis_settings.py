@@ -8,6 +8,7 @@ import trustme
 
 from test_config import load, refusal
 from trioproxy.quota.redis_target import RedisTarget, parse_redis_url
+from trioproxy.quota.redis_store import redacted_url
 
 
 def settings(url: str, **extra: str) -> str:
@@ -23,6 +24,7 @@ def settings(url: str, **extra: str) -> str:
         ("redis+cluster://10.0.0.1:7000,10.0.0.2:7001", RedisTarget("cluster", False, (("10.0.0.1", 7000), ("10.0.0.2", 7001)))),
         ("rediss+sentinel://:pw@s1,s2:26380/quota/1",
          RedisTarget("sentinel", True, (("s1", 26379), ("s2", 26380)), db=1, password="pw", service="quota")),
+        ("redis://:a/b?c#d@10.0.0.5:6380/1", RedisTarget("server", False, (("10.0.0.5", 6380),), db=1, password="a/b?c#d")),
     ],
 )
 def test_every_form_of_redis_url_loads(tmp_path: Path, url: str, target: RedisTarget) -> None:
@@ -41,7 +43,8 @@ def test_every_form_of_redis_url_loads(tmp_path: Path, url: str, target: RedisTa
         ("redis+sentinel://10.0.0.1:26379", "names no service: redis+sentinel://host:port[,host:port]/service_name[/db]"),
         ("redis+sentinel://10.0.0.1:x/quota", "has a port that is not a number"),
         ("redis://10.0.0.1/zero", "names database 'zero'; a database is a number (e.g. /0)"),
-        ("rediss://10.0.0.1/0?ssl_cert_reqs=none", "has query parameters other than db (ssl_cert_reqs)"),
+        ("rediss://10.0.0.1/0?ssl_cert_reqs=none", "has query parameters other than db; TLS files go in redis_tls_ca"),
+        ("redis://:pass?word@10.0.0.1/0?x=1", "has query parameters other than db; TLS files"),  # nothing of the password
     ],
 )
 def test_a_redis_url_that_does_not_parse_is_refused_naming_it(tmp_path: Path, url: str, reason: str) -> None:
@@ -88,3 +91,16 @@ def test_a_key_prefix_with_braces_is_refused(tmp_path: Path) -> None:
     assert refusal(tmp_path, 'redis_key_prefix = "app{1}:"\n').startswith(
         "redis_key_prefix: must not contain { or }: each key's {provider} is its Redis Cluster hash tag"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@10.0.0.5/2", "redis://:***@10.0.0.5/2"),
+        ("rediss://app:a/b?c#d@redis.internal:6380/0", "rediss://app:***@redis.internal:6380/0"),
+        ("redis+sentinel://:pw@s1,s2:26380/quota", "redis+sentinel://:***@s1,s2:26380/quota"),
+        ("redis://10.0.0.5:6379/0", "redis://10.0.0.5:6379/0"),
+    ],
+)
+def test_logs_and_status_show_the_redis_url_without_its_password(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
@@ -79,13 +78,14 @@ class _LaneState:
 
 
 def redacted_url(url: str) -> str:
-    """The URL without its password, for logs and status."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
+    """The URL without its password, for logs and status (credentials end at the last "@", as
+    `parse_redis_url` reads them: a password may hold "/" or "#" unencoded)."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, located = rest.rpartition("@")
+    username, colon, _ = credentials.partition(":")
+    if not colon:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
+    return f"{scheme}://{username}:***{at}{located}"
 
 
 class QuotaStore:

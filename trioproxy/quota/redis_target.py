@@ -47,12 +47,15 @@ def parse_redis_url(url: str) -> RedisTarget:
     topology, tls = TOPOLOGIES[scheme]
     if not rest.strip("/"):
         raise ValueError("names no socket path (unix:///path/to/redis.sock)" if topology == "socket" else "names no host")
-    parts = urllib.parse.urlsplit("//" + rest)
-    credentials, _, hosts = parts.netloc.rpartition("@")
+    # Credentials end at the last "@": a password holding "/", "?" or "#" unencoded must never
+    # be read as a path or query, whose text an error would repeat.
+    credentials, _, located = rest.rpartition("@")
     username, _, password = credentials.partition(":")
+    parts = urllib.parse.urlsplit("//" + located)
+    hosts = parts.netloc
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
     if set(query) - {"db"}:
-        raise ValueError(f"has query parameters other than db ({', '.join(sorted(set(query) - {'db'}))}); "
+        raise ValueError("has query parameters other than db; "
                          "TLS files go in redis_tls_ca, redis_tls_cert and redis_tls_key")
     path = [segment for segment in parts.path.split("/") if segment]
     fields = {
