@@ -86,15 +86,18 @@ class WorkerPool:
                 log.info("worker %d (pid %d) stopped", number, pid)
                 serving.set()  # stopped before it served, maybe: the pool need not wait for it
                 return
+            reason = report.removeprefix(FAILED).decode(errors="replace") if report.startswith(FAILED) else ""
             if not serving.is_set():  # its first start: settings it cannot serve stop everything
-                reason = report.removeprefix(FAILED).decode(errors="replace")
                 raise WorkerStartError(
                     reason or f"worker {number} exited with {_exit_text(code)} before serving", 2 if code == 2 else 1
                 )
             ran = trio.current_time() - started
             backoff = 0.5 if ran >= STEADY_SECONDS else min(backoff * 2, RESTART_BACKOFF_MAX)
             pause = 0.0 if ran >= STEADY_SECONDS else backoff
-            log.error("worker %d (pid %d) exited with %s; restarting in %.1f s", number, pid, _exit_text(code), pause)
+            log.error(
+                "worker %d (pid %d) exited with %s%s; restarting in %.1f s",
+                number, pid, _exit_text(code), f" ({reason})" if reason else "", pause,
+            )
             with trio.move_on_after(pause):
                 await self._stopped.wait()  # a stop during the pause: no new worker
             if self._stopped.is_set():
