@@ -3,9 +3,11 @@ a timeout; outages noticed once, counted, and ended by reconnecting with backoff
 
 Operations on one provider's accounts share a lane: one call of the script in flight at a
 time, and whatever arrives meanwhile (reservations of concurrent requests, settlements, header
-figures, probe results) goes together in the next call, run in arrival order. Concurrent
-requests thus cost one round trip between them, not one each. Operations that need no answer
-are only queued on their lane, so they never hold up a client's answer.
+figures, probe results) goes together in the next call: queued operations first, so their
+refunds count, then every operation someone waits for. Concurrent requests thus cost one round
+trip between them, not one each, and a backlog of operations that need no answer never holds
+a client's answer beyond that one call. (After a reload that changed a provider's limits, its
+old lane lives on until it has been idle for a minute.)
 """
 
 import contextvars
