@@ -330,6 +330,7 @@ async def test_a_paused_redis_costs_a_request_no_more_than_the_timeout_and_books
         fallback = await ledger.reserve("cerebras", 10)
         assert trio.current_time() - started < 2.0  # the timeout (0.2 s), not a hang; margin for a busy machine
         assert isinstance(fallback, Reservation) and not isinstance(fallback, SharedReservation)
+        await trio.sleep_until(started + 1.0)  # Redis wakes past the reservation's book-by time (2 x 0.2 s)
     finally:
         redis.resume()
     with trio.fail_after(15):

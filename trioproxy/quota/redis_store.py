@@ -359,11 +359,13 @@ class QuotaStore:
         }
 
     def deadline(self) -> str:
-        """The store's time at which a call made now has nobody waiting for its answer any more
-        ('' while Redis's time is not known yet: no answer has told it)."""
+        """The store's time after which a call made now surely has nobody waiting for its answer
+        ('' while Redis's time is not known yet: no answer has told it). Twice the timeout: the
+        store's time is known here only to within half a round trip, and a caller still waiting
+        must never be told "late"."""
         if self._clock is not None:
-            return repr(self._clock() + self._timeout)
-        return repr(trio.current_time() + self.offset + self._timeout) if self._offset_known else ""
+            return repr(self._clock() + 2 * self._timeout)
+        return repr(trio.current_time() + self.offset + 2 * self._timeout) if self._offset_known else ""
 
     def to_trio(self, store_time: float) -> float:
         return store_time - self.offset if store_time not in (math.inf, -math.inf) else store_time
