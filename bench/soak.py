@@ -32,7 +32,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import trio
 from trioproxy.testing import emulator
 from trioproxy.config import ENV_VARS
 from trioproxy.testing.emulator import Faults
+from trioproxy.testing.ports import free_port
 
 MODEL = "qwen-3-coder"
 REQUEST_TIMEOUT_MS = 2_000  # the proxy's: a stalled provider costs this much before failover
@@ -86,12 +86,6 @@ def open_fds(pid: int) -> int:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return -1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- bookkeeping

@@ -19,7 +19,7 @@ import trustme
 from attrs import Factory, define
 
 from trioproxy.quota.redis_client import TlsFiles
-from trioproxy.testing.redis_server import free_port
+from trioproxy.testing.ports import free_port
 
 NO_PERSISTENCE = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 SERVICE = "ledger"  # the sentinel's name for the primary

@@ -1,7 +1,6 @@
 """The health prober: providers that are down or no longer offer the model are passed over."""
 
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -12,12 +11,7 @@ import trio.testing
 from conftest import Providers, Proxy, StartProxy
 from test_routing import chat, client_for, health, post
 from trioproxy.testing import emulator
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from trioproxy.testing.ports import free_port
 
 
 async def wait_for_health(proxy: Proxy, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis_client import TlsFiles
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
 from trioproxy.quota.redis_store import QuotaStore, QuotaStoreError
-from trioproxy.testing.redis_server import free_port
+from trioproxy.testing.ports import free_port
 
 
 def other(name: str, **limits: Any) -> ProviderConfig:

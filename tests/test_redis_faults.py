@@ -27,7 +27,8 @@ from proxy_processes import (
 )
 from test_routing import chat
 from trioproxy.quota.redis_store import SCRIPT
-from trioproxy.testing.redis_server import RedisServer, free_port
+from trioproxy.testing.ports import free_port
+from trioproxy.testing.redis_server import RedisServer
 
 UNREACHABLE = r"Redis at \S+ unreachable"
 BACK = r"Redis at \S+ is back after"

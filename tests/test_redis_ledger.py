@@ -10,7 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from trioproxy.testing.redis_server import RedisServer, free_port, running_redis
+from trioproxy.testing.ports import free_port
+from trioproxy.testing.redis_server import RedisServer, running_redis
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation

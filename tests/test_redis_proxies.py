@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from conftest import Providers, Proxy, StartProxy, proxy_config
-from trioproxy.testing.redis_server import RedisServer, free_port, running_redis
+from trioproxy.testing.ports import free_port
+from trioproxy.testing.redis_server import RedisServer, running_redis
 from test_routing import chat, client_for, post
 from trioproxy.config import Config
 from trioproxy.status_table import render_table

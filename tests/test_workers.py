@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from conftest import Providers
-from trioproxy.testing.redis_server import RedisServer, free_port
+from trioproxy.testing.ports import free_port
+from trioproxy.testing.redis_server import RedisServer
 from test_routing import CLIENT_KEY, chat
 
 

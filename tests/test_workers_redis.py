@@ -25,7 +25,8 @@ from test_cli import run
 from test_routing import chat, sized_messages
 from test_workers import alive
 from trioproxy.daemon import running_pid
-from trioproxy.testing.redis_server import RedisServer, free_port
+from trioproxy.testing.ports import free_port
+from trioproxy.testing.redis_server import RedisServer
 
 PROMPT_TOKENS = 100  # what a killed request surely cost: its lease keeps this much (the floor)
 STREAMS = 8

@@ -12,11 +12,7 @@ from pathlib import Path
 
 import attrs
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from .ports import free_port
 
 
 @attrs.define
