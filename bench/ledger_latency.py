@@ -4,9 +4,11 @@
     python bench/ledger_latency.py              # 5 rounds of 2,000 reservations per cell
     python bench/ledger_latency.py --quick      # 1 round of 300
 
-In one Trio process: a memory ledger and a Redis ledger (a redis-server of its own on
-127.0.0.1, Debian's package) with Cerebras's limits set far above what the run spends. Each
-cell times `reserve()` (the one Redis call a request waits for) from `tasks` concurrent tasks,
+In one Trio process: a memory ledger and two Redis ledgers (a redis-server of its own on
+127.0.0.1, Debian's package) with Cerebras's limits set far above what the run spends: one as
+configured by default, admitting from shares booked ahead ("redis"), and one with
+`redis_shares = false`, booking every request on its own as near a limit ("single"). Each
+cell times `reserve()` (the Redis call a request may wait for) from `tasks` concurrent tasks,
 each reservation then settled (queued: it goes with the next call to Redis, off the critical path).
 Shown: the median over rounds of each round's p50 and p99 in microseconds, the reservations
 per second the cell sustained, and Redis's own time per reservation, its settle included
@@ -35,6 +37,7 @@ from trioproxy.testing.redis_server import running_redis
 
 BIG = 10**12
 TASKS = (1, 16)
+LEDGERS = ("memory", "redis", "single")
 
 
 def provider() -> ProviderConfig:
@@ -95,13 +98,14 @@ async def measure(redis_url: str, rounds: int, count: int) -> tuple[Figures, flo
         await nursery.start(store.run)
         ledgers: dict[str, Ledger] = {
             "memory": QuotaLedger([provider()]),
-            "redis": RedisLedger([provider()], store, prefix="bench:", outage_policy="local",
-                                 replicas=1, lease_seconds=60, replica="bench"),
+            **{name: RedisLedger([provider()], store, prefix=f"bench-{name}:", outage_policy="local", replicas=1,
+                                 lease_seconds=60, replica="bench", shares=name == "redis")
+               for name in ("redis", "single")},
         }
         for round_ in range(rounds):
             pings.append(await ping_p50(redis_url, count))
             for tasks in TASKS:
-                for name in (("memory", "redis") if round_ % 2 == 0 else ("redis", "memory")):
+                for name in LEDGERS if round_ % 2 == 0 else LEDGERS[::-1]:
                     durations, seconds = await cell(ledgers[name], tasks, count)
                     await store.drained()
                     figures.setdefault((name, tasks), []).append(
@@ -109,7 +113,7 @@ async def measure(redis_url: str, rounds: int, count: int) -> tuple[Figures, flo
                     )
         assert store.connected and store.dropped == 0, store.status()
         nursery.cancel_scope.cancel()
-    reservations = rounds * len(TASKS) * count
+    reservations = rounds * len(TASKS) * count * 2
     return figures, await script_microseconds(redis_url) / reservations, statistics.median(pings)
 
 
@@ -120,15 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     rounds, count = (1, 320) if args.quick else (5, 2_000)
     with tempfile.TemporaryDirectory(prefix="ledger-latency-") as folder, running_redis(Path(folder)) as server:
         figures, script_us, ping = trio.run(measure, server.url, rounds, count)
-    print(f"reserve() latency, median of {rounds} rounds x {count} reservations (microseconds), and reservations/s")
-    print(f"{'tasks':>5}  {'memory p50':>10} {'memory p99':>10}  {'redis p50':>9} {'redis p99':>9}  "
-          f"{'redis added p50':>15}  {'memory/s':>9} {'redis/s':>8}")
+    print(f"reserve() latency, median of {rounds} rounds x {count} reservations (microseconds), and reservations/s;")
+    print("redis: shares on (the default), single: every request booked on its own (as near a limit)")
+    print(f"{'ledger':>6} {'tasks':>5}  {'p50':>7} {'p99':>7}  {'added p50':>9}  {'per s':>7}")
     for tasks in TASKS:
-        memory = [statistics.median(f[i] for f in figures[("memory", tasks)]) for i in (0, 1, 2)]
-        redis = [statistics.median(f[i] for f in figures[("redis", tasks)]) for i in (0, 1, 2)]
-        print(f"{tasks:>5}  {memory[0] * 1e6:>10.1f} {memory[1] * 1e6:>10.1f}  {redis[0] * 1e6:>9.1f} {redis[1] * 1e6:>9.1f}  "
-              f"{(redis[0] - memory[0]) * 1e6:>15.1f}  {memory[2]:>9.0f} {redis[2]:>8.0f}")
-    print(f"Redis's own time per reservation, its settle included: {script_us:.1f} us")
+        memory = statistics.median(f[0] for f in figures[("memory", tasks)])
+        for name in LEDGERS:
+            p50, p99, rate = (statistics.median(f[i] for f in figures[(name, tasks)]) for i in (0, 1, 2))
+            added = f"{(p50 - memory) * 1e6:9.1f}" if name != "memory" else ""
+            print(f"{name:>6} {tasks:>5}  {p50 * 1e6:7.1f} {p99 * 1e6:7.1f}  {added:>9}  {rate:7.0f}")
+    print(f"Redis's own time per reservation (both Redis ledgers), its settle included: {script_us:.1f} us")
     print(f"A bare coredis PING from Trio, one task (the floor under any Redis call): p50 {ping * 1e6:.1f} us")
     return 0
 

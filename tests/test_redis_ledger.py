@@ -97,7 +97,7 @@ async def test_a_burst_of_reservations_and_their_settlements_costs_one_call_or_t
         for _ in range(16):
             burst.start_soon(ask)
     await ledger.store.drained()
-    assert sorted(r.seq for r in granted) == list(range(1, 17))
+    assert len({r.seq for r in granted if isinstance(r, SharedReservation)}) == 16  # each booked once
     assert await script_calls(redis) - calls_before <= 3  # the 16 reservations, their 16 settlements (and a view)
 
 

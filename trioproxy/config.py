@@ -323,6 +323,9 @@ class Config:
     redis_key_prefix: str = field(default="trioproxy:", validator=_no_braces)
     # An unsettled reservation (its process died) gives back all but its prompt after this long.
     redis_lease_ttl_ms: int = field(default=120_000, validator=_positive)
+    # Far from the limits, each process admits from a share booked ahead (no round trip per
+    # request); false books every request in Redis before it is sent.
+    redis_shares: bool = True
     workers: int = field(default=1, validator=_positive)  # processes serving the one port
     # Model routes ([[models]]). Without any, one route serves proxy_model_name (and
     # model_aliases) from every provider in provider_order, as the original design did.

@@ -48,6 +48,8 @@ async def open_ledger(
         await nursery.start(store.run)
         if isinstance(previous, RedisLedger):
             previous.store.close()
+    if isinstance(previous, RedisLedger):
+        previous.retire()  # its shares go back; requests still in flight settle through its store
     return RedisLedger(
         providers,
         store,
@@ -55,5 +57,6 @@ async def open_ledger(
         outage_policy=config.redis_outage,
         replicas=config.replicas,
         lease_seconds=config.redis_lease_ttl_ms / 1000,
+        shares=config.redis_shares,
         replica=replica_name(),
     )

@@ -7,9 +7,10 @@
 -- then one or more operations, run in order, each as: its name, the account's index (1-based;
 -- 0 where the operation chooses), the count of its own arguments, those arguments. Several
 -- replicas' requests arriving together thus cost one call.
--- The answer: {the time, shared figures, one answer per operation}. Times go as strings (Redis
--- turns Lua numbers into integers). The shared figures (JSON: a view of each account, and with
--- `view` who holds leases) come only when an operation wants them; otherwise ''. A reservation
+-- The answer: {the time, shared figures, revisions, one answer per operation}. Times go as
+-- strings (Redis turns Lua numbers into integers). The shared figures (JSON: a view of each
+-- account, and with `view` who holds leases) come only when an operation wants them; otherwise
+-- ''. Revisions: each account's (see `share`), -1 for one the call did not read. A reservation
 -- granted is the hot path: it answers a few numbers and writes only the fields that changed.
 
 local now
@@ -33,7 +34,7 @@ local function load(index)
     local raw = redis.call('HGETALL', KEYS[3 + index])
     local a, was = {}, {}
     for i = 1, #raw, 2 do a[raw[i]], was[raw[i]] = raw[i + 1], raw[i + 1] end
-    for _, name in ipairs({'seq', 'cum', 'rpd_u', 'tpd_u', 'half_open', 'day'}) do a[name] = tonumber(a[name] or 0) end
+    for _, name in ipairs({'seq', 'cum', 'rpd_u', 'tpd_u', 'half_open', 'day', 'rev', 'sh_r', 'sh_t'}) do a[name] = tonumber(a[name] or 0) end
     accounts[index], stored[index] = a, was
   end
   return accounts[index]
@@ -145,12 +146,34 @@ local function headroom(a)
   return share
 end
 
+-- Give back `amount` of window `w` (minute, or day `w_day`) booked on day number `day`.
+local function give_back_window(a, minute, daily, amount, day)
+  if LIMIT[minute] >= 0 then
+    a[minute .. '_l'] = math.min(LIMIT[minute], level(a, minute) + amount)
+  elseif number(a, minute .. '_min') == math.floor(now / SPAN) then -- this minute's count, for operators
+    a[minute .. '_n'] = math.max(0, number(a, minute .. '_n') - amount)
+  end
+  roll_day(a)
+  if a.day == tonumber(day) then a[daily .. '_u'] = math.max(0, a[daily .. '_u'] - amount) end
+end
+
 -- Give back `tokens` booked by a lease of day number `day` (negative: take more).
 local function give_back(a, tokens, day)
-  if LIMIT.tpm >= 0 then a.tpm_l = math.min(LIMIT.tpm, level(a, 'tpm') + tokens) end
+  give_back_window(a, 'tpm', 'tpd', tokens, day)
   a.cum = a.cum - tokens
-  roll_day(a)
-  if a.day == tonumber(day) then a.tpd_u = math.max(0, a.tpd_u - tokens) end
+end
+
+-- Give back requests booked but never sent (a share's unspent part). `seq` stays: it orders
+-- the provider's figures, and counting a returned request as booked only makes them stricter.
+local function give_back_requests(a, requests, day)
+  give_back_window(a, 'rpm', 'rpd', requests, day)
+end
+
+-- A share ends (returned, or its replica died): what it had not handed out comes back.
+local function end_share(a, share)
+  give_back_requests(a, share.n, share.d)
+  give_back(a, share.t, share.d)
+  a.sh_r, a.sh_t = a.sh_r - share.n, a.sh_t - share.t
 end
 
 -- Leases past their expiry belong to a replica that died or lost Redis: keep their floor
@@ -162,10 +185,14 @@ local function expire_leases()
     if raw then
       local lease = cjson.decode(raw)
       local a = load(lease.i)
-      give_back(a, lease.t - lease.f, lease.d)
+      if lease.n then -- a share: what it had not handed out
+        end_share(a, lease)
+      else
+        give_back(a, lease.t - lease.f, lease.d)
+        redis.call('HINCRBY', HOLDERS, lease.r, -1)
+      end
       if a.probe == id then a.probe = '' end
       redis.call('HDEL', DATA, id)
-      redis.call('HINCRBY', HOLDERS, lease.r, -1)
     end
     redis.call('ZREM', LEASES, id)
   end
@@ -181,6 +208,7 @@ local function view(a)
   local r = refusal(a, 1, 1, false)
   if r ~= nil then v.av = r[2] end
   v.cd, v.why, v.ho = number(a, 'cd_until') or 0, a.cd_reason or '', a.half_open
+  v.sh = {a.sh_r, a.sh_t} -- booked in shares out: not all of it handed out yet
   return v
 end
 
@@ -198,9 +226,9 @@ local function save_changed()
   end
 end
 
-local function book(a, tokens)
+local function book(a, tokens, requests)
   for _, w in ipairs({'rpm', 'tpm'}) do
-    local need = amount(w, tokens, 1)
+    local need = amount(w, tokens, requests)
     if LIMIT[w] >= 0 then
       a[w .. '_l'] = level(a, w) - need
     else
@@ -209,8 +237,8 @@ local function book(a, tokens)
       a[w .. '_n'] = number(a, w .. '_n') + need
     end
   end
-  a.rpd_u, a.tpd_u = a.rpd_u + 1, a.tpd_u + tokens
-  a.seq, a.cum = a.seq + 1, a.cum + tokens
+  a.rpd_u, a.tpd_u = a.rpd_u + requests, a.tpd_u + tokens
+  a.seq, a.cum = a.seq + requests, a.cum + tokens
 end
 
 
@@ -226,6 +254,37 @@ local function expire_leases_once()
   end
 end
 
+-- The account that can take `requests` requests of `tokens` in all now with most headroom
+-- (one half-open only if `probing`), else nil and the soonest refusal.
+local function roomiest(tokens, requests, probing)
+  local best, best_room, soonest = nil, -1, nil
+  for i = 1, n do
+    local a = load(i)
+    local r = refusal(a, tokens, requests, false)
+    if r == nil and (probing or a.half_open == 0) then
+      local room = headroom(a)
+      if room > best_room then best, best_room = i, room end
+    elseif r ~= nil and (soonest == nil or r[2] < soonest[2]) then
+      soonest = r
+    end
+  end
+  return best, soonest
+end
+
+-- What a share may take from window `w`: what is left above the half kept for single
+-- reservations, and a sixteenth of the limit at most (several replicas hold shares). nil: no
+-- bound (no limit and no provider figure).
+local KEEP, SHARE = 0.5, 1 / 16
+local function spare(a, w)
+  local base, left = LIMIT[w], nil
+  if base >= 0 then left = base - used(a, w) end
+  local theirs = provider_remaining(a, w)
+  if theirs ~= nil and (left == nil or theirs < left) then left = theirs end
+  if left == nil then return nil end
+  if base < 0 then base = left end
+  return math.floor(math.min(left - base * KEEP, base * SHARE))
+end
+
 -- Each operation: (the account's index, its own arguments) -> its answer.
 local OPS = {}
 
@@ -237,29 +296,83 @@ function OPS.reserve(_, args)
   -- nothing: that request went elsewhere, and its give-back could not reach a Redis thought down.
   if args[6] ~= '' and now > tonumber(args[6]) then return {0, 'late', text(now)} end
   expire_leases_once()
-  local best, best_room, soonest = nil, -1, nil
-  for i = 1, n do
-    local a = load(i)
-    local r = refusal(a, tokens, 1, false)
-    if r == nil then
-      local room = headroom(a)
-      if room > best_room then best, best_room = i, room end
-    elseif soonest == nil or r[2] < soonest[2] then
-      soonest = r
-    end
-  end
+  local best, soonest = roomiest(tokens, 1, true)
   if best == nil then
     want_views = true -- off the hot path: the router's Retry-After and status read them
     return {0, soonest[1], text(soonest[2])}
   end
   local a = load(best)
-  book(a, tokens)
+  book(a, tokens, 1)
   local probe = 0
   if a.half_open == 1 then probe, a.probe, a.probe_until = 1, id, now + ttl end
   redis.call('ZADD', LEASES, now + ttl, id)
   redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day, r = replica}))
   redis.call('HINCRBY', HOLDERS, replica, 1)
   return {1, best, a.seq, a.cum, a.day, probe}
+end
+
+-- A share: a block of requests and tokens booked at once for one replica to hand out without
+-- waiting on Redis, while the account has room to spare. Each request handed out is then
+-- moved into a lease of its own (`draw`, queued), so that a replica that dies leaves what its
+-- requests surely cost and gives back the rest, as with reservations; the share's lease keeps
+-- only what is not handed out yet, and gives it back when it ends.
+-- requests wanted, tokens wanted, at least tokens, share id, lease seconds, book by ->
+-- {1, index, seq, cum, day number, requests, tokens, revision} or {0} when there is no room to
+-- spare. A share is spent only while its account's revision stays: a cooldown or a provider
+-- figure below half a limit moves it, and every answer tells each account's revision.
+function OPS.share(_, args)
+  local want_r, want_t, least_t = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  local id, ttl = args[4], tonumber(args[5])
+  if args[6] ~= '' and now > tonumber(args[6]) then return {0} end
+  expire_leases_once()
+  local best = roomiest(least_t, 2, false)
+  if best == nil then return {0} end
+  local a = load(best)
+  local r, t = want_r, want_t
+  for _, w in ipairs(WINDOWS) do
+    local s = spare(a, w)
+    if s ~= nil and (w == 'rpm' or w == 'rpd') then r = math.min(r, s) elseif s ~= nil then t = math.min(t, s) end
+  end
+  if r < 2 or t < least_t then return {0} end
+  book(a, t, r)
+  a.sh_r, a.sh_t = a.sh_r + r, a.sh_t + t
+  redis.call('ZADD', LEASES, now + ttl, id)
+  redis.call('HSET', DATA, id, cjson.encode({i = best, n = r, t = t, d = a.day}))
+  return {1, best, a.seq, a.cum, a.day, r, t, a.rev}
+end
+
+-- A request handed out from a share gets its lease: share id, lease id, tokens, floor, lease
+-- seconds, replica. (If the share ended already, what it gave back is booked again: the
+-- request went.)
+function OPS.draw(index, args)
+  local a = load(index)
+  local tokens = tonumber(args[3])
+  local raw, day = redis.call('HGET', DATA, args[1]), nil
+  if raw then
+    local share = cjson.decode(raw)
+    share.n, share.t, day = share.n - 1, share.t - tokens, share.d
+    a.sh_r, a.sh_t = a.sh_r - 1, a.sh_t - tokens
+    redis.call('HSET', DATA, args[1], cjson.encode(share))
+  else
+    roll_day(a)
+    book(a, tokens, 1)
+    day = a.day
+  end
+  redis.call('ZADD', LEASES, now + tonumber(args[5]), args[2])
+  redis.call('HSET', DATA, args[2], cjson.encode({i = index, t = tokens, f = tonumber(args[4]), d = day, r = args[6]}))
+  redis.call('HINCRBY', HOLDERS, args[6], 1)
+  return {}
+end
+
+-- share id: what it has not handed out comes back (nothing if it expired: that gave it back)
+function OPS.unshare(index, args)
+  local raw = redis.call('HGET', DATA, args[1])
+  if raw then
+    end_share(load(index), cjson.decode(raw))
+    redis.call('HDEL', DATA, args[1])
+  end
+  redis.call('ZREM', LEASES, args[1])
+  return {}
 end
 
 -- Without booking, when `requests` requests of `tokens` in all could go (tokens, requests) ->
@@ -303,14 +416,23 @@ function OPS.sync(index, args)
     if (number(a, 'fseq_' .. w) or -1) <= base.seq then -- a later request's figure wins
       a['fseq_' .. w] = base.seq
       local left = remaining - math.max(0, a[COUNTER[w]] - base[COUNTER[w]])
+      local lowered = false
       if BUCKETS[w] and LIMIT[w] >= 0 then
+        -- Shares out may still be spent, and the provider has not seen what they hand out
+        -- (what comes back of them goes back into the bucket).
+        if w == 'rpm' then left = left - a.sh_r else left = left - a.sh_t end
+        lowered = left < level(a, w)
         a[w .. '_l'] = math.min(level(a, w), left) -- lower, never raise; it refills from there
       else
         local ours = provider_remaining(a, w)
         if ours == nil or left < ours then
+          lowered = true
           a['syn_' .. w .. '_rem'], a['syn_' .. w .. '_base'], a['syn_' .. w .. '_until'] = remaining, base[COUNTER[w]], now + reset
         end
       end
+      -- The provider knows of less than we do, and little is left (or it names no limit we
+      -- know): shares out stop handing out.
+      if lowered and (LIMIT[w] < 0 or (spare(a, w) or 0) < 0) then a.rev = a.rev + 1 end
     end
   end
   return {}
@@ -323,7 +445,7 @@ function OPS.cooldown(index, args)
   a.probe = ''
   want_views = true
   if (number(a, 'cd_until') or -1) >= deadline then return {0} end
-  a.cd_until, a.cd_reason = deadline, args[2]
+  a.cd_until, a.cd_reason, a.rev = deadline, args[2], a.rev + 1 -- shares out stop handing out
   return {1}
 end
 
@@ -367,12 +489,13 @@ while i <= #ARGV do
   i = i + 3 + count
 end
 
-local reply = {text(now), ''}
+local reply = {text(now), '', {}}
 for _, call in ipairs(calls) do reply[#reply + 1] = call[1](call[2], call[3]) end
 if want_views then
   local views = {}
   for j = 1, n do views[j] = view(load(j)) end
   reply[2] = cjson.encode({views = views, leases = holders})
 end
+for j = 1, n do reply[3][j] = accounts[j] and accounts[j].rev or -1 end -- -1: not read by this call
 save_changed()
 return reply

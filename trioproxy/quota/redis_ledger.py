@@ -3,8 +3,10 @@ and replicas spending the same keys.
 
 Admission is one operation of the ledger script (`ledger.lua`): it checks and books a request
 on all of an account's windows at once and picks the account with most headroom. A booking is
-a lease that expires by itself if its process dies. Settling, header figures and probe results
-are queued and sent after the client has its answer. The shared figures (refreshed every
+a lease that expires by itself if its process dies. Far from the limits, a process holds a
+share (`shares.py`): a block booked at once, from which requests are admitted without a round
+trip, asked for again in the background when half spent. Settling, header figures, probe
+results and returned shares are queued and sent after the client has its answer. The shared figures (refreshed every
 second, and by refusals and cooldowns) serve the synchronous views (status, logs,
 Retry-After) without asking Redis again.
 
@@ -26,6 +28,7 @@ from ..config import ProviderConfig
 from .contract import WINDOW_NAMES, Refusal, Reservation, summary_line
 from .ledger import QuotaLedger, account_name
 from .redis_store import Lane, QuotaStore, Reply
+from .shares import SHARE_SECONDS, Share, ShareBook
 
 OUTAGE_RETRY_SECONDS = 1.0  # what a "refuse" refusal tells the router about trying again
 
@@ -82,6 +85,7 @@ class RedisLedger:
         replicas: int,
         lease_seconds: float,
         replica: str,
+        shares: bool = True,
     ) -> None:
         self.store = store
         self._prefix = prefix
@@ -90,6 +94,7 @@ class RedisLedger:
         self._replicas = replicas
         self._lease_seconds = lease_seconds
         self._replica = replica
+        self._use_shares = shares
         self._fallback = QuotaLedger(
             _per_replica(p, replicas) if outage_policy == "local" else p for p in self._providers.values()
         )
@@ -110,13 +115,17 @@ class RedisLedger:
         self._views: dict[str, dict[str, Any]] = {}  # account -> the script's last view of it
         self._leases: dict[str, dict[str, int]] = {}  # provider -> replica -> leases held
         self._lease_numbers = itertools.count(1)
+        self._shares = {name: ShareBook() for name in self._providers}
         store.refresh = self.refresh
+        store.before_close = self.retire
+        store.revised = self._return_revoked
 
     def with_providers(self, providers: Iterable[ProviderConfig]) -> "RedisLedger":
         """The same shared ledger for other provider settings (a reload)."""
+        self.retire()
         return RedisLedger(
             providers, self.store, prefix=self._prefix, outage_policy=self._policy, replicas=self._replicas,
-            lease_seconds=self._lease_seconds, replica=self._replica,
+            lease_seconds=self._lease_seconds, replica=self._replica, shares=self._use_shares,
         )
 
     def now(self) -> float:
@@ -134,8 +143,11 @@ class RedisLedger:
             self._leases[provider] = reply.shared["leases"]
 
     async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
-        lease = f"{self._replica}/{next(self._lease_numbers)}"
         floor = min(floor, tokens)
+        from_share = self._from_share(provider, tokens, floor)
+        if from_share is not None:
+            return from_share
+        lease = self._new_lease()
         args = (tokens, floor, lease, self._lease_seconds, self._replica, self.store.deadline())
         abandoned = functools.partial(self._give_back_unused, provider, tokens, lease)
         reply = await self.store.call(self._lanes[provider], "reserve", 0, args, abandoned)
@@ -150,6 +162,73 @@ class RedisLedger:
             account, provider, index - 1, tokens, seq, bool(probe), index=index, lease=lease, cum=cum, floor=floor,
             day=day,
         )
+
+    def _new_lease(self) -> str:
+        return f"{self._replica}/{next(self._lease_numbers)}"
+
+    def _from_share(self, provider: str, tokens: int, floor: int) -> SharedReservation | None:
+        """Admit from this process's share when it can take the request (no round trip); ask
+        for the next share in the background when this one is half spent or gone."""
+        if not self._use_shares or not self.store.connected:
+            return None
+        book, now = self._shares[provider], self.now()
+        book.note(tokens)
+        self._return(provider, book.expired(now))
+        share = book.current
+        taken = share.take(tokens, now) if share is not None and self._open(provider, share) else None
+        if book.should_ask(now):
+            self._ask_share(provider, book, tokens)
+        if taken is None or share is None:
+            return None
+        seq, cum = taken
+        lease = self._new_lease()
+        args = (share.lease, lease, tokens, floor, self._lease_seconds, self._replica)
+        self.store.submit(self._lanes[provider], "draw", share.index, args)
+        account = self._names[provider][share.index - 1]
+        return SharedReservation(
+            account, provider, share.index - 1, tokens, seq, index=share.index, lease=lease, cum=cum, floor=floor,
+            day=share.day,
+        )
+
+    def _open(self, provider: str, share: Share) -> bool:
+        """Whether the share may still be spent: no answer since told its account changed
+        (a cooldown, or a provider figure below half a limit)."""
+        return self.store.revision(self._lanes[provider], share.index) == share.revision
+
+    def _ask_share(self, provider: str, book: ShareBook, tokens: int) -> None:
+        requests, total, least = book.ask(tokens)
+        lease = self._new_lease()
+        args = (requests, total, least, lease, self._lease_seconds, self.store.deadline())
+
+        def answered(reply: Reply | None) -> None:
+            share = None
+            if reply is not None and reply.result[0] == 1:
+                _, index, seq, cum, day, granted, granted_tokens, revision = reply.result
+                share = Share(
+                    index, lease, day, granted, granted_tokens, seq, cum, self.now() + SHARE_SECONDS, revision
+                )
+            self._return(provider, book.granted(share, self.now()))
+
+        if not self.store.submit(self._lanes[provider], "share", 0, args, answered):
+            book.granted(None, self.now())
+
+    def _return(self, provider: str, share: Share | None) -> None:
+        """Give back what a share did not hand out (Redis knows: each request handed out was
+        moved into a lease of its own)."""
+        if share is not None:
+            self.store.submit(self._lanes[provider], "unshare", share.index, (share.lease,))
+
+    def _return_revoked(self) -> None:
+        """Return at once the shares whose account changed (see `_open`)."""
+        for provider, book in self._shares.items():
+            if book.current is not None and not self._open(provider, book.current):
+                self._return(provider, book.retire(book.current))
+
+    def retire(self) -> None:
+        """Return every share: this ledger stops serving (shutdown or reload)."""
+        for provider, book in self._shares.items():
+            if book.current is not None:
+                self._return(provider, book.retire(book.current))
 
     def _give_back_unused(self, provider: str, tokens: int, lease: str, reply: Reply) -> None:
         """A reservation granted after its caller stopped waiting (it went local, or its client
@@ -168,6 +247,10 @@ class RedisLedger:
         return await self._fallback.reserve(provider, tokens)
 
     async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
+        share = self._shares[provider].current
+        if self.store.connected and share is not None and self._open(provider, share):
+            if share.fits(tokens, requests, self.now()):
+                return None
         reply = await self.store.call(self._lanes[provider], "refusal", 0, (tokens, requests))
         if reply is None:
             if self._policy == "refuse" and _has_limits(self._providers[provider]):
@@ -198,6 +281,9 @@ class RedisLedger:
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         started_here = await self._fallback.start_cooldown(account, until, reason)
         provider, index = self._where[account]
+        book = self._shares[provider]
+        if book.current is not None and book.current.index == index:  # its requests would meet the cooldown
+            self._return(provider, book.retire(book.current))
         reply = await self.store.call(self._lanes[provider], "cooldown", index, (until - self.now(), reason))
         if reply is None:
             return started_here
@@ -221,7 +307,10 @@ class RedisLedger:
             self.store.submit(self._lanes[r.provider], "probe", r.index, (r.lease, int(succeeded)))
 
     async def refresh(self) -> None:
-        """Read every provider's shared figures and who holds leases (for operators)."""
+        """Read every provider's shared figures and who holds leases (for operators); return
+        shares that outlived their second unused."""
+        for provider, book in self._shares.items():
+            self._return(provider, book.expired(self.now()))
         for provider in self._providers:
             reply = await self.store.call(self._lanes[provider], "view", 0, ())
             if reply is None:
@@ -252,6 +341,9 @@ class RedisLedger:
             state[name] = {"used": view["u"][name], "limit": None if limit < 0 else limit}
             if name in view["pr"]:
                 state[name]["provider_remaining"] = int(view["pr"][name])
+            held = view["sh"][name in ("tpm", "tpd")]
+            if held and limit >= 0:
+                state[name]["in_shares"] = held  # part of "used": booked for a process to hand out
         left = self.store.to_trio(view["cd"]) - self.now() if view["cd"] else 0.0
         state["cooldown_seconds"] = round(left, 1) if left > 0 else 0
         state["cooldown_reason"] = view["why"] if left > 0 else ""
@@ -275,4 +367,15 @@ class RedisLedger:
             "replicas": self._replicas,
             "replica": self._replica,
             "leases": self._leases,
+            "shares": self._share_status(),
         }
+
+    def _share_status(self) -> dict[str, dict[str, int]]:
+        """What this process's live shares have left to hand out, by provider."""
+        now, status = self.now(), {}
+        for provider, book in self._shares.items():
+            share = book.current
+            if share is not None and not share.returned and now < share.expires:
+                requests, tokens = share.unspent
+                status[provider] = {"requests": requests, "tokens": tokens}
+        return status

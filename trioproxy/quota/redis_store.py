@@ -61,6 +61,7 @@ class _Pending:
     args: Sequence[Any]
     queued: bool  # nobody waits for the answer
     abandoned: Callable[[Reply], None] | None = None  # for an answer that came after its caller left
+    answered: Callable[[Reply | None], None] | None = None  # a queued operation's answer (None: failed)
     left: bool = False  # its caller stopped waiting (timed out or cancelled)
     reply: Reply | None = None
     done: trio.Event = field(factory=trio.Event)
@@ -108,6 +109,7 @@ class QuotaStore:
         self._clock = clock if clock is not None else STORE_CLOCK.get()  # None: Redis's TIME
         self._client: Client | None = None
         self._lanes: dict[Lane, _LaneState] = {}
+        self._revisions: dict[tuple[str, ...], list[int]] = {}  # by a lane's keys: each account's revision
         self._nursery: trio.Nursery | None = None  # where each lane's sender runs
         self.connected = False
         self.outages = 0
@@ -120,6 +122,8 @@ class QuotaStore:
         self.offset = 0.0  # add to a Trio time to get the store's time
         self._offset_known = False
         self.refresh: Callable[[], Awaitable[None]] | None = None  # the current ledger's view update
+        self.before_close: Callable[[], None] | None = None  # the current ledger's last queued operations
+        self.revised: Callable[[], None] | None = None  # the current ledger's, when an account's revision moved
 
     async def run(self, *, task_status: trio.TaskStatus["QuotaStore"] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or closed; then what is queued still reaches Redis (briefly).
@@ -132,6 +136,8 @@ class QuotaStore:
             try:
                 await self._closing.wait()
             finally:
+                if self.before_close is not None:
+                    self.before_close()
                 self._nursery = None  # from now on operations find Redis gone, not a closed nursery
                 self._tasks.cancel()  # _serve flushes the queue, closes the client and returns
 
@@ -199,12 +205,17 @@ class QuotaStore:
             self._went_down(f"no answer within {self._timeout * 1000:.0f} ms")
         return pending.reply
 
-    def submit(self, lane: Lane, op: str, index: int, args: Sequence[Any]) -> None:
-        """Queue an operation whose answer nobody waits for."""
-        if self._queued >= QUEUE_SIZE or self._enqueue(lane, _Pending(op, index, args, queued=True)) is None:
+    def submit(
+        self, lane: Lane, op: str, index: int, args: Sequence[Any], answered: Callable[[Reply | None], None] | None = None
+    ) -> bool:
+        """Queue an operation whose answer nobody waits for (`answered` gets it, or None if the
+        call failed); False when it cannot even be queued (Redis is down, or the queue is full)."""
+        pending = _Pending(op, index, args, queued=True, answered=answered)
+        if self._queued >= QUEUE_SIZE or self._enqueue(lane, pending) is None:
             self.dropped += 1
-            return
+            return False
         self._queued += 1
+        return True
 
     def _enqueue(self, lane: Lane, pending: _Pending) -> _Pending | None:
         if not self.connected or self._nursery is None:
@@ -253,6 +264,8 @@ class QuotaStore:
             if pending.queued:
                 self._queued -= 1
                 self.dropped += reply is None
+                if pending.answered is not None:
+                    pending.answered(reply)
             elif pending.left and reply is not None and pending.abandoned is not None:
                 pending.abandoned(reply)
 
@@ -281,7 +294,8 @@ class QuotaStore:
                     await self._load_script()
                     raw = await self._client.evalsha(SCRIPT_SHA, keys=keys, args=args)  # type: ignore[union-attr]
                 now, shared = float(raw[0]), json.loads(raw[1]) if raw[1] else None
-                results = raw[2:]
+                self._note_revisions(tuple(keys), raw[2])
+                results = raw[3:]
                 if len(results) != count:
                     raise ValueError(f"{len(results)} answers to {count} operations")
             except (RedisError, OSError, ValueError, TypeError, IndexError) as error:  # not the script's answer
@@ -291,6 +305,20 @@ class QuotaStore:
             return [Reply(list(result), shared) for result in results]
         self._went_down(f"no answer within {self._timeout * 1000:.0f} ms")
         return [None] * count
+
+    def _note_revisions(self, keys: tuple[str, ...], revisions: Sequence[int]) -> None:
+        known = self._revisions.setdefault(keys, [-1] * len(revisions))
+        moved = False
+        for index, revision in enumerate(revisions):
+            if revision >= 0 and revision != known[index]:  # (a Redis that lost its data starts again at 0)
+                known[index], moved = int(revision), True
+        if moved and self.revised is not None:
+            self.revised()
+
+    def revision(self, lane: Lane, index: int) -> int:
+        """The last revision of the lane's account `index` (from 1) an answer told; -1: none yet."""
+        known = self._revisions.get(lane[0])
+        return known[index - 1] if known is not None and index <= len(known) else -1
 
     async def drained(self) -> None:
         """Wait until every queued operation has reached Redis (or been dropped)."""
