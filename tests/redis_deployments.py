@@ -1,6 +1,7 @@
 """Real Redis deployments for tests, each of its own on 127.0.0.1 in its own folder and killed at
 the end: a TLS server whose certificates come from a private CA (trustme), a server on a unix
-socket, a primary with a replica watched by a sentinel, and a Redis Cluster of three primaries.
+socket, a primary with a replica watched by a sentinel (optionally each with a password: the
+data nodes one, the sentinel another), and a Redis Cluster of three primaries.
 Debian's redis-server runs them all (a sentinel is `redis-server --sentinel`); redis-cli, which
 comes with it (redis-tools), joins the cluster."""
 
@@ -15,21 +16,24 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
+import attrs
 import trustme
 from attrs import Factory, define
 
-from trioproxy.quota.redis_client import TlsFiles
+from trioproxy.quota.redis_client import RedisAccess
 from trioproxy.testing.ports import free_port
 
 NO_PERSISTENCE = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 SERVICE = "ledger"  # the sentinel's name for the primary
+DATA_PASSWORD = "data-nodes-secret"  # with `passwords`: the primary's and replica's (in redis_url)
+SENTINEL_PASSWORD = "sentinel-secret"  # and the sentinel's own (redis_sentinel_password)
 START_SECONDS = 20.0  # a cluster's join takes about 2 s; a busy machine may take longer
 
 
 @define
 class Deployment:
     url: str
-    tls: TlsFiles = TlsFiles()
+    access: RedisAccess = RedisAccess()  # TLS files, the sentinels' password
     wrong_ca: str = ""  # a CA that did not sign the server's certificate
     processes: dict[str, subprocess.Popen[bytes]] = Factory(dict)  # by role: "primary", "replica", ...
     ports: dict[str, int] = Factory(dict)
@@ -82,7 +86,7 @@ def _start(stack: ExitStack, folder: Path, *args: str) -> subprocess.Popen[bytes
 class Certificates:
     """A private CA's files: the server's pair (for 127.0.0.1), the client's, and a stranger CA."""
 
-    client: TlsFiles
+    client: RedisAccess
     wrong_ca: str
     server_args: list[str]  # redis-server's TLS options; it asks clients for a certificate (its default)
 
@@ -98,15 +102,15 @@ def _certificates(folder: Path) -> Certificates:
         cert.private_key_pem.write_to_path(files[f"{name}-key"])
     server_args = ["--tls-cert-file", str(files["server"]), "--tls-key-file", str(files["server-key"]),
                    "--tls-ca-cert-file", str(files["ca"])]
-    return Certificates(TlsFiles(str(files["ca"]), str(files["client"]), str(files["client-key"])), str(files["wrong-ca"]), server_args)
+    return Certificates(RedisAccess(str(files["ca"]), str(files["client"]), str(files["client-key"])), str(files["wrong-ca"]), server_args)
 
 
-def _listening(certificates: Certificates, tls: bool) -> tuple[Callable[[int], list[str]], list[str], TlsFiles]:
+def _listening(certificates: Certificates, tls: bool) -> tuple[Callable[[int], list[str]], list[str], RedisAccess]:
     """redis-server's options to listen on a port (TLS only, and TLS to its peers, with `tls`),
     redis-cli's options to talk to it, and the client's TLS files."""
     client = certificates.client
     if not tls:
-        return (lambda port: ["--port", str(port)]), [], TlsFiles()
+        return (lambda port: ["--port", str(port)]), [], RedisAccess()
     return (
         lambda port: ["--port", "0", "--tls-port", str(port), "--tls-replication", "yes", "--tls-cluster", "yes", *certificates.server_args],
         ["--tls", "--cacert", client.ca, "--cert", client.cert, "--key", client.key],
@@ -139,31 +143,42 @@ def unix_socket_redis(folder: Path) -> Iterator[Deployment]:
 
 
 @contextmanager
-def sentinel_redis(folder: Path, tls: bool = False) -> Iterator[Deployment]:
+def sentinel_redis(folder: Path, tls: bool = False, passwords: bool = False) -> Iterator[Deployment]:
     """A primary, its replica, and one sentinel that watches them (a quorum of one, so it alone
     can fail over: it marks the primary down after 500 ms without an answer); with `tls`, all
-    three speak TLS only, to clients and to each other."""
+    three speak TLS only, to clients and to each other; with `passwords`, the data nodes ask for
+    DATA_PASSWORD and the sentinel for SENTINEL_PASSWORD (requirepass)."""
     primary, replica, sentinel = free_port(), free_port(), free_port()
     listen, cli, client = _listening(certificates := _certificates(folder / "certificates"), tls)
+    data_auth = ["--requirepass", DATA_PASSWORD, "--masterauth", DATA_PASSWORD] if passwords else []
+    cli_data, cli_sentinel = _auth(cli, DATA_PASSWORD if passwords else ""), _auth(cli, SENTINEL_PASSWORD if passwords else "")
     config = folder / "sentinel" / "sentinel.conf"
     config.parent.mkdir(parents=True)
     config.write_text(
         f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 1\n"
         f"sentinel down-after-milliseconds {SERVICE} 500\nsentinel failover-timeout {SERVICE} 5000\n"
+        + (f"sentinel auth-pass {SERVICE} {DATA_PASSWORD}\nrequirepass {SENTINEL_PASSWORD}\n" if passwords else "")
     )
     with ExitStack() as stack:
         processes = {
             # A replica's first sync starts at once, not after the default 5 s of waiting for others.
-            "primary": _start(stack, folder / "primary", *listen(primary), "--repl-diskless-sync-delay", "0"),
-            "replica": _start(stack, folder / "replica", *listen(replica), "--replicaof", "127.0.0.1", str(primary)),
+            "primary": _start(stack, folder / "primary", *listen(primary), *data_auth, "--repl-diskless-sync-delay", "0"),
+            "replica": _start(stack, folder / "replica", *listen(replica), *data_auth, "--replicaof", "127.0.0.1", str(primary)),
         }
         # Started once the replica is linked, the sentinel finds it at its first look at the
         # primary rather than at its next, up to 10 s later.
-        _wait_until(lambda: "master_link_status:up" in _cli(replica, *cli, "info", "replication"), "the replica's link to its primary")
+        _wait_until(lambda: "master_link_status:up" in _cli(replica, *cli_data, "info", "replication"), "the replica's link to its primary")
         processes["sentinel"] = _start(stack, config.parent, str(config), "--sentinel", *listen(sentinel))
-        _wait_until(lambda: f"{replica}" in _cli(sentinel, *cli, "sentinel", "replicas", SERVICE), "the sentinel's view of the replica")
-        yield Deployment(f"{'rediss' if tls else 'redis'}+sentinel://127.0.0.1:{sentinel}/{SERVICE}/0", client,
+        _wait_until(lambda: f"{replica}" in _cli(sentinel, *cli_sentinel, "sentinel", "replicas", SERVICE), "the sentinel's view of the replica")
+        credentials = f":{DATA_PASSWORD}@" if passwords else ""
+        access = attrs.evolve(client, sentinel_password=SENTINEL_PASSWORD) if passwords else client
+        yield Deployment(f"{'rediss' if tls else 'redis'}+sentinel://{credentials}127.0.0.1:{sentinel}/{SERVICE}/0", access,
                          certificates.wrong_ca, processes, {"primary": primary, "replica": replica, "sentinel": sentinel})
+
+
+def _auth(cli: list[str], password: str) -> list[str]:
+    """redis-cli's options with the password, if any (and without its warning about one on the command line)."""
+    return [*cli, "--no-auth-warning", "-a", password] if password else cli
 
 
 @contextmanager
@@ -218,23 +233,25 @@ def keys_on(port: int) -> int:
     return int(_cli(port, "dbsize").strip() or 0)
 
 
-def replicated(primary: int, replica: int) -> bool:
+def replicated(primary: int, replica: int, password: str = "") -> bool:
     """Whether the replica has every write the primary has taken."""
 
     def offset(port: int, field: str) -> str:
-        lines = dict(line.split(":", 1) for line in _cli(port, "info", "replication").split() if ":" in line)
+        info = _cli(port, *_auth([], password), "info", "replication")
+        lines = dict(line.split(":", 1) for line in info.split() if ":" in line)
         return lines.get(field, "?")
 
     return offset(primary, "master_repl_offset") == offset(replica, "slave_repl_offset")
 
 
-def primary_of(sentinel: int) -> int:
+def primary_of(sentinel: int, password: str = "") -> int:
     """The port the sentinel currently names as the primary."""
-    return int(_cli(sentinel, "sentinel", "get-master-addr-by-name", SERVICE).split()[1])
+    return int(_cli(sentinel, *_auth([], password), "sentinel", "get-master-addr-by-name", SERVICE).split()[1])
 
 
 DEPLOYMENTS: dict[str, Callable[[Path], AbstractContextManager[Deployment]]] = {
     "tls": tls_redis, "unix": unix_socket_redis, "sentinel": sentinel_redis, "cluster": redis_cluster,
     "tls-cluster": lambda folder: redis_cluster(folder, tls=True),
     "tls-sentinel": lambda folder: sentinel_redis(folder, tls=True),
+    "sentinel-passwords": lambda folder: sentinel_redis(folder, passwords=True),
 }

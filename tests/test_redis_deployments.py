@@ -14,13 +14,13 @@ import trio
 
 from conftest import Providers, StartProxy
 from redis_deployments import (
-    DEPLOYMENTS, Deployment, cluster_ports, keys_on, primary_of, redis_cluster, replicated, sentinel_redis, slot_of, tls_redis,
+    DATA_PASSWORD, DEPLOYMENTS, Deployment, cluster_ports, keys_on, primary_of, redis_cluster, replicated, sentinel_redis, slot_of, tls_redis,
 )
 from test_redis_ledger import Clock, _start_unwrapped, cerebras
 from test_redis_proxies import alternate
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
-from trioproxy.quota.redis_client import TlsFiles
+from trioproxy.quota.redis_client import RedisAccess
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
 from trioproxy.quota.redis_store import QuotaStore, QuotaStoreError
 from trioproxy.testing.ports import free_port
@@ -33,9 +33,9 @@ def other(name: str, **limits: Any) -> ProviderConfig:
 
 
 async def ledger(nursery: trio.Nursery, deployment: Deployment, providers: list[ProviderConfig], clock: Clock | None,
-                 name: str, *, tls: TlsFiles | None = None, policy: str = "local", prefix: str = "deploy:") -> RedisLedger:
+                 name: str, *, access: RedisAccess | None = None, policy: str = "local", prefix: str = "deploy:") -> RedisLedger:
     store = QuotaStore(deployment.url, 10.0, allow_start_without=policy == "local", clock=clock,
-                       tls=deployment.tls if tls is None else tls)
+                       tls=deployment.access if access is None else access)
     await nursery.start(store.run)
     return RedisLedger(providers, store, prefix=prefix, outage_policy=policy, replicas=2, lease_seconds=60.0, replica=name)
 
@@ -103,19 +103,22 @@ async def test_a_cluster_spreads_the_providers_over_its_primaries(nursery: trio.
         assert [len(provider_slots) for provider_slots in slots.values()] == [1, 1, 1]  # the keys of every call
 
 
-async def test_the_ledger_follows_a_sentinel_failover_and_keeps_the_bookings(nursery: trio.Nursery, tmp_path: Path) -> None:
-    with sentinel_redis(tmp_path) as deployment:
+@pytest.mark.parametrize("passwords", [False, True], ids=["open", "passwords"])
+async def test_the_ledger_follows_a_sentinel_failover_and_keeps_the_bookings(nursery: trio.Nursery, tmp_path: Path, passwords: bool) -> None:
+    """With `passwords`, the data nodes and the sentinel each have their own: after the failover
+    the client asks the sentinel again (its password) and reaches the promoted replica (the URL's)."""
+    with sentinel_redis(tmp_path, passwords=passwords) as deployment:
         clock = Clock()
         a, b = [await ledger(nursery, deployment, [cerebras(requests_per_minute=6)], clock, name) for name in ("a", "b")]
         for replica in (a, b, a, b):
             assert isinstance(await replica.reserve("cerebras", 10), SharedReservation)
         ports = deployment.ports
         with trio.fail_after(10):
-            while not replicated(ports["primary"], ports["replica"]):
+            while not replicated(ports["primary"], ports["replica"], DATA_PASSWORD if passwords else ""):
                 await trio.sleep(0.02)
         deployment.processes["primary"].kill()  # kill -9: the sentinel promotes the replica
         with trio.fail_after(30):
-            while primary_of(ports["sentinel"]) != ports["replica"]:
+            while primary_of(ports["sentinel"], deployment.access.sentinel_password) != ports["replica"]:
                 await trio.sleep(0.1)
             for replica in (a, b):
                 await replica.refresh()  # notices the dead primary, if no request has yet
@@ -130,7 +133,7 @@ async def test_the_ledger_follows_a_sentinel_failover_and_keeps_the_bookings(nur
 @pytest.mark.parametrize("kind", ["tls", "tls-cluster"])
 async def test_tls_with_the_wrong_ca_refuses_to_start_in_one_line(tmp_path: Path, kind: str) -> None:
     with DEPLOYMENTS[kind](tmp_path) as deployment:
-        wrong = attrs.evolve(deployment.tls, ca=deployment.wrong_ca)
+        wrong = attrs.evolve(deployment.access, ca=deployment.wrong_ca)
         with pytest.raises(QuotaStoreError) as refused:
             await _start_unwrapped(QuotaStore(deployment.url, 10.0, allow_start_without=False, tls=wrong))
     message = str(refused.value)
@@ -144,8 +147,8 @@ async def test_tls_with_the_wrong_ca_starts_on_local_buckets_with_a_loud_warning
     nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with tls_redis(tmp_path) as deployment:
-        wrong = attrs.evolve(deployment.tls, ca=deployment.wrong_ca)
-        replica = await ledger(nursery, deployment, [cerebras(requests_per_minute=6)], None, "a", tls=wrong)
+        wrong = attrs.evolve(deployment.access, ca=deployment.wrong_ca)
+        replica = await ledger(nursery, deployment, [cerebras(requests_per_minute=6)], None, "a", access=wrong)
         local = await replica.reserve("cerebras", 10)
     assert isinstance(local, Reservation) and not isinstance(local, SharedReservation)
     assert not replica.store.connected
@@ -180,10 +183,11 @@ async def test_with_the_local_policy_ledgers_start_before_their_cluster_and_shar
 async def test_two_proxies_spend_one_key_through_each_deployment(
     providers: Providers, start_proxy: StartProxy, deployment: Deployment, prefix: str
 ) -> None:
-    """From the settings (redis_url and the TLS files) to the served answers."""
+    """From the settings (redis_url, the TLS files, the sentinels' password) to the served answers."""
     providers.cerebras.requests_per_minute = 6
-    tls = {f"redis_tls_{name}": getattr(deployment.tls, name) for name in ("ca", "cert", "key")}
-    shared = {"quota_backend": "redis", "redis_url": deployment.url, "redis_timeout_ms": 10_000, **tls}
+    tls = {f"redis_tls_{name}": getattr(deployment.access, name) for name in ("ca", "cert", "key")}
+    shared = {"quota_backend": "redis", "redis_url": deployment.url, "redis_timeout_ms": 10_000,
+              "redis_sentinel_password": deployment.access.sentinel_password, **tls}
     proxies = [await start_proxy(**shared, redis_key_prefix=prefix, cerebras={"requests_per_minute": 6}) for _ in range(2)]
     assert await alternate(proxies, 12) == [200] * 12
     assert providers.cerebras.served == 6
@@ -196,7 +200,7 @@ async def test_a_wrong_tls_ca_stops_the_start_in_one_line(tmp_path: Path) -> Non
         settings = tmp_path / "tls.toml"
         settings.write_text(
             'quota_backend = "redis"\nredis_outage = "refuse"\nstate_file = ""\nport = 0\n'
-            f'redis_tls_ca = "{deployment.wrong_ca}"\nredis_tls_cert = "{deployment.tls.cert}"\nredis_tls_key = "{deployment.tls.key}"\n'
+            f'redis_tls_ca = "{deployment.wrong_ca}"\nredis_tls_cert = "{deployment.access.cert}"\nredis_tls_key = "{deployment.access.key}"\n'
         )
         env = {**os.environ, "CEREBRAS_API_KEY": "csk-start-test", "REDIS_URL": deployment.url}
         command = [sys.executable, "-m", "trioproxy", "--config", str(settings)]

@@ -7,6 +7,7 @@ import pytest
 import trustme
 
 from test_config import load, refusal
+from trioproxy.config import redacted, secrets
 from trioproxy.quota.redis_target import RedisTarget, parse_redis_url
 from trioproxy.quota.redis_store import redacted_url
 
@@ -45,6 +46,9 @@ def test_every_form_of_redis_url_loads(tmp_path: Path, url: str, target: RedisTa
         ("redis://10.0.0.1/zero", "names database 'zero'; a database is a number (e.g. /0)"),
         ("rediss://10.0.0.1/0?ssl_cert_reqs=none", "has query parameters other than db; TLS files go in redis_tls_ca"),
         ("redis://:pass?word@10.0.0.1/0?x=1", "has query parameters other than db; TLS files"),  # nothing of the password
+        ("redis+sentinel://10.0.0.1/quota?sentinel_password=pw",
+         "has query parameters other than db; TLS files go in redis_tls_ca, redis_tls_cert and redis_tls_key, "
+         "the sentinels' own password in redis_sentinel_password"),
     ],
 )
 def test_a_redis_url_that_does_not_parse_is_refused_naming_it(tmp_path: Path, url: str, reason: str) -> None:
@@ -85,6 +89,24 @@ def test_tls_files_that_cannot_serve_are_refused_naming_the_setting(
 ) -> None:
     paths = {key: pem.get(name, str(tmp_path / f"{name}.pem")) for key, name in files.items()}
     assert refusal(tmp_path, settings(url, **paths)).startswith(message)
+
+
+def test_the_sentinels_password_comes_from_its_own_setting_and_stays_secret(tmp_path: Path) -> None:
+    url = "redis+sentinel://:data-pw@10.0.0.1,10.0.0.2/quota"
+    from_file = load(tmp_path, settings(url, redis_sentinel_password="sentinel-pw"))
+    from_env = load(tmp_path, settings(url), environ={"REDIS_SENTINEL_PASSWORD": "sentinel-pw"})
+    assert from_file.redis_sentinel_password == from_env.redis_sentinel_password == "sentinel-pw"
+    assert redacted(from_file)["redis_sentinel_password"] == "<set>"  # --check-config
+    assert "sentinel-pw" not in repr(from_file)
+    assert {"sentinel-pw", "data-pw"} <= set(secrets(from_file))  # the log filter hides both
+
+
+@pytest.mark.parametrize("url", ["redis://10.0.0.1/0", "redis+cluster://10.0.0.1:7000", ""])
+def test_a_sentinel_password_without_sentinels_is_refused_naming_it(tmp_path: Path, url: str) -> None:
+    text = settings(url, redis_sentinel_password="pw") if url else 'redis_sentinel_password = "pw"\n'
+    assert refusal(tmp_path, text).startswith(
+        "redis_sentinel_password: is only read with a sentinel redis_url (redis+sentinel://, rediss+sentinel://)"
+    )
 
 
 def test_a_key_prefix_with_braces_is_refused(tmp_path: Path) -> None:

@@ -320,6 +320,8 @@ class Config:
     redis_tls_ca: str = ""
     redis_tls_cert: str = ""
     redis_tls_key: str = ""
+    # redis+sentinel:// only: the sentinels' own password (requirepass); the URL's is the data nodes'.
+    redis_sentinel_password: str = field(default="", repr=False)
     redis_key_prefix: str = field(default="trioproxy:", validator=_no_braces)
     # An unsettled reservation (its process died) gives back all but its prompt after this long.
     redis_lease_ttl_ms: int = field(default=120_000, validator=_positive)
@@ -335,6 +337,8 @@ class Config:
         if self.quota_backend == "redis" and not self.redis_url:
             raise _InvalidKey("redis_url", "must be set when quota_backend is \"redis\" (e.g. redis://127.0.0.1:6379/0)")
         _check_redis_tls(self)
+        if self.redis_sentinel_password and (not self.redis_url or parse_redis_url(self.redis_url).topology != "sentinel"):
+            raise _InvalidKey("redis_sentinel_password", "is only read with a sentinel redis_url (redis+sentinel://, rediss+sentinel://)")
         names = [p.name for p in (self.cerebras, self.chutes, *self.extra_providers)]
         if self.cerebras.name != "cerebras" or self.chutes.name != "chutes":
             raise _InvalidKey("cerebras.name", "the [cerebras] and [chutes] tables keep their own names")
@@ -448,6 +452,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "STATE_FILE": (("state_file",), str),
     "QUOTA_BACKEND": (("quota_backend",), str),
     "REDIS_URL": (("redis_url",), str),
+    "REDIS_SENTINEL_PASSWORD": (("redis_sentinel_password",), str),
     "REDIS_OUTAGE": (("redis_outage",), str),
     "MAX_WAIT_MS": (("max_wait_ms",), int),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
@@ -465,7 +470,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "CHUTES_MODEL_NAME": (("chutes", "model"), str),
 }
 
-SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys", "operator_api_keys", "redis_url"})
+SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys", "operator_api_keys", "redis_url", "redis_sentinel_password"})
 
 
 def _strict_converter() -> cattrs.Converter:
@@ -672,4 +677,5 @@ def secrets(config: Config) -> tuple[str, ...]:
     """Every secret value in the settings, for the log redaction filter."""
     provider_keys = tuple(key for provider in config.providers for key in provider.keys)
     redis_password = urllib.parse.urlsplit(config.redis_url).password if config.redis_url else None
-    return provider_keys + config.client_api_keys + config.operator_api_keys + ((redis_password,) if redis_password else ())
+    redis_passwords = tuple(password for password in (redis_password, config.redis_sentinel_password) if password)
+    return provider_keys + config.client_api_keys + config.operator_api_keys + redis_passwords

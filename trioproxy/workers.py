@@ -63,6 +63,7 @@ class WorkerPool:
         self._listen_fd = listen_fd
         self._processes: dict[int, trio.Process] = {}
         self._serving: set[int] = set()  # the workers whose process has said it serves
+        self._reload_when_serving: set[int] = set()  # still starting when a reload was asked
         self._stopped = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -136,6 +137,9 @@ class WorkerPool:
             if report.startswith(READY):
                 self._serving.add(number)
                 serving.set()
+                if number in self._reload_when_serving:
+                    self._reload_when_serving.discard(number)
+                    self._hang_up(process)
             return process.pid, report, await process.wait()
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -147,16 +151,26 @@ class WorkerPool:
             os.close(held_here)
             del self._processes[number]
             self._serving.discard(number)
+            self._reload_when_serving.discard(number)  # its successor reads the settings afresh
 
     def signal_all(self, signum: int) -> None:
         for process in self._processes.values():
             process.send_signal(signum)
 
     def reload(self) -> None:
-        """SIGHUP to each worker that serves; one still starting reads the new settings anyway,
-        and before its handler is in place SIGHUP would end it."""
-        for number in self._serving:
-            self._processes[number].send_signal(signal.SIGHUP)
+        """SIGHUP to each worker that serves. One still starting may have read the settings
+        before they changed, but SIGHUP before its handler is in place would end it: it gets
+        its SIGHUP once it says it serves."""
+        for number, process in self._processes.items():
+            if number in self._serving:
+                self._hang_up(process)
+            else:
+                self._reload_when_serving.add(number)
+
+    def _hang_up(self, process: trio.Process) -> None:
+        """SIGHUP, unless the workers drain: a draining worker no longer handles it and would die of it."""
+        if not self._stopped.is_set():
+            process.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         """Drain: each worker finishes its requests and streams, then exits."""
@@ -214,6 +228,9 @@ async def _relay_signals(signals: AsyncIterator[int], pool: WorkerPool) -> None:
     stops = 0
     async for signum in signals:
         if signum == signal.SIGHUP:
+            if stops:
+                log.info("received SIGHUP while the workers drain; nothing to reload")
+                continue
             log.info("received SIGHUP, reloading every worker")
             pool.reload()
             continue

@@ -10,7 +10,7 @@ from ..config import Config, ProviderConfig
 from .contract import Ledger
 from .ledger import QuotaLedger
 from .redis_ledger import RedisLedger
-from .redis_client import TlsFiles
+from .redis_client import RedisAccess
 from .redis_store import QuotaStore
 
 log = logging.getLogger("trioproxy.quota")
@@ -38,13 +38,13 @@ async def open_ledger(
         return previous
     if config.quota_backend == "memory":
         return QuotaLedger(providers)
-    tls = TlsFiles(config.redis_tls_ca, config.redis_tls_cert, config.redis_tls_key)
+    access = RedisAccess(config.redis_tls_ca, config.redis_tls_cert, config.redis_tls_key, config.redis_sentinel_password)
     timeout = config.redis_timeout_ms / 1000
-    if isinstance(previous, RedisLedger) and previous.store.reaches(config.redis_url, tls, timeout):
+    if isinstance(previous, RedisLedger) and previous.store.reaches(config.redis_url, access, timeout):
         store = previous.store
     else:
         # The new store starts first: one that cannot (QuotaStoreError) leaves the old one serving.
-        store = QuotaStore(config.redis_url, timeout, allow_start_without=config.redis_outage == "local", tls=tls)
+        store = QuotaStore(config.redis_url, timeout, allow_start_without=config.redis_outage == "local", tls=access)
         await nursery.start(store.run)
         if isinstance(previous, RedisLedger):
             previous.store.close()

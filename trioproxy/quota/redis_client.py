@@ -10,9 +10,9 @@ from typing import Any
 
 import coredis
 import trio
-from attrs import frozen
+from attrs import field, frozen
 from coredis.connection import TCPLocation
-from coredis.exceptions import RedisClusterError, RedisError, ResponseError
+from coredis.exceptions import AuthenticationError, AuthenticationRequiredError, RedisClusterError, RedisError, ResponseError
 from coredis.retry import NoRetryPolicy
 
 from .redis_target import parse_redis_url, tls_context
@@ -28,16 +28,22 @@ class QuotaStoreError(Exception):
 
 
 @frozen
-class TlsFiles:
-    """PEM files for rediss:// (settings redis_tls_ca, redis_tls_cert, redis_tls_key)."""
+class RedisAccess:
+    """What reaching Redis takes besides `redis_url`: PEM files for rediss:// (settings
+    redis_tls_ca, redis_tls_cert, redis_tls_key) and the sentinels' own password
+    (redis_sentinel_password; the URL's password is the data nodes')."""
 
     ca: str = ""
     cert: str = ""
     key: str = ""
+    sentinel_password: str = field(default="", repr=False)
+
+
+TlsFiles = RedisAccess  # its name in redis_store.py until that file is next edited
 
 
 @asynccontextmanager
-async def open_redis(url: str, tls: TlsFiles, timeout: float, allow_start_without: bool) -> AsyncIterator[Client]:
+async def open_redis(url: str, access: RedisAccess, timeout: float, allow_start_without: bool) -> AsyncIterator[Client]:
     """The client, open for the duration of the block."""
     target = parse_redis_url(url)  # the settings checked it already; this cannot fail here
     options: dict[str, Any] = {
@@ -48,7 +54,7 @@ async def open_redis(url: str, tls: TlsFiles, timeout: float, allow_start_withou
         "username": target.username,
         "password": target.password,
     }
-    encryption = {"ssl_context": tls_context(tls.ca, tls.cert, tls.key)} if target.tls else {}
+    encryption = {"ssl_context": tls_context(access.ca, access.cert, access.key)} if target.tls else {}
     nodes = [TCPLocation(host, port) for host, port in target.nodes]
     if target.topology == "cluster":
         cluster: coredis.RedisCluster[str] = coredis.RedisCluster(startup_nodes=nodes, **options, **encryption)
@@ -59,10 +65,12 @@ async def open_redis(url: str, tls: TlsFiles, timeout: float, allow_start_withou
         return
     async with AsyncExitStack() as stack:
         if target.topology == "sentinel":
-            # The sentinels answer on their own ports without the data nodes' password.
-            sentinel_options = {"connect_timeout": timeout, "stream_timeout": timeout, **encryption}
+            # The sentinels answer on their own ports, with a password of their own if any.
+            sentinel_options = {"connect_timeout": timeout, "stream_timeout": timeout,
+                                "password": access.sentinel_password or None, **encryption}
             sentinel = coredis.Sentinel(nodes, sentinel_kwargs=sentinel_options, db=target.db, **options, **encryption)
             await stack.enter_async_context(sentinel)
+            await _check_sentinel_password(sentinel, target.service, nodes, timeout)
             client = sentinel.primary_for(target.service)
         elif target.topology == "socket":
             client = coredis.Redis(unix_socket_path=target.socket, db=target.db, **options)
@@ -70,6 +78,23 @@ async def open_redis(url: str, tls: TlsFiles, timeout: float, allow_start_withou
             client = coredis.Redis(nodes[0].host, nodes[0].port, target.db, **options, **encryption)
         await stack.enter_async_context(client)
         yield client
+
+
+async def _check_sentinel_password(sentinel: coredis.Sentinel[str], service: str, nodes: list[TCPLocation], timeout: float) -> None:
+    """Ask the sentinels once for the primary, so that one refusing its password stops the start
+    in one line naming redis_sentinel_password (the client would report it as the data nodes'
+    credentials). Every other failure is the store's to judge, as Redis being unreachable."""
+    where = ", ".join(map(str, nodes))
+    with trio.move_on_after(timeout):
+        try:
+            await sentinel.discover_primary(service)
+        except AuthenticationRequiredError:
+            raise QuotaStoreError(f"redis_sentinel_password: the sentinels at {where} ask for a password; "
+                                  "set redis_sentinel_password (or REDIS_SENTINEL_PASSWORD)") from None
+        except AuthenticationError as error:
+            raise QuotaStoreError(f"redis_sentinel_password: the sentinels at {where} refused it ({error})") from None
+        except (RedisError, OSError):
+            pass
 
 
 async def _keep_cluster_open(

@@ -6,7 +6,8 @@ Parsing only (no client library), so loading settings stays fast:
 - a Redis Cluster: `redis+cluster://[user:password@]host:port[,host:port...]` (seed nodes; the
   rest is learnt from the cluster), `rediss+cluster://` over TLS;
 - a service behind Redis Sentinel: `redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`
-  (the sentinels; they name the current primary), `rediss+sentinel://` over TLS to both.
+  (the sentinels; they name the current primary), `rediss+sentinel://` over TLS to both. The
+  password is the data nodes'; sentinels with one of their own take redis_sentinel_password.
 """
 
 import ssl
@@ -55,8 +56,8 @@ def parse_redis_url(url: str) -> RedisTarget:
     hosts = parts.netloc
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
     if set(query) - {"db"}:
-        raise ValueError("has query parameters other than db; "
-                         "TLS files go in redis_tls_ca, redis_tls_cert and redis_tls_key")
+        raise ValueError("has query parameters other than db; TLS files go in redis_tls_ca, redis_tls_cert "
+                         "and redis_tls_key, the sentinels' own password in redis_sentinel_password")
     path = [segment for segment in parts.path.split("/") if segment]
     fields = {
         "username": urllib.parse.unquote(username) or None,
