@@ -35,7 +35,7 @@ def other(name: str, **limits: Any) -> ProviderConfig:
 async def ledger(nursery: trio.Nursery, deployment: Deployment, providers: list[ProviderConfig], clock: Clock | None,
                  name: str, *, access: RedisAccess | None = None, policy: str = "local", prefix: str = "deploy:") -> RedisLedger:
     store = QuotaStore(deployment.url, 10.0, allow_start_without=policy == "local", clock=clock,
-                       tls=deployment.access if access is None else access)
+                       access=deployment.access if access is None else access)
     await nursery.start(store.run)
     return RedisLedger(providers, store, prefix=prefix, outage_policy=policy, replicas=2, lease_seconds=60.0, replica=name)
 
@@ -135,7 +135,7 @@ async def test_tls_with_the_wrong_ca_refuses_to_start_in_one_line(tmp_path: Path
     with DEPLOYMENTS[kind](tmp_path) as deployment:
         wrong = attrs.evolve(deployment.access, ca=deployment.wrong_ca)
         with pytest.raises(QuotaStoreError) as refused:
-            await _start_unwrapped(QuotaStore(deployment.url, 10.0, allow_start_without=False, tls=wrong))
+            await _start_unwrapped(QuotaStore(deployment.url, 10.0, allow_start_without=False, access=wrong))
     message = str(refused.value)
     where = f"Redis at {deployment.url}" if kind == "tls" else "the Redis Cluster at 127.0.0.1:"
     assert message.startswith(f"redis_url: cannot reach {where}")

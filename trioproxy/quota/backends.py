@@ -44,7 +44,7 @@ async def open_ledger(
         store = previous.store
     else:
         # The new store starts first: one that cannot (QuotaStoreError) leaves the old one serving.
-        store = QuotaStore(config.redis_url, timeout, allow_start_without=config.redis_outage == "local", tls=access)
+        store = QuotaStore(config.redis_url, timeout, allow_start_without=config.redis_outage == "local", access=access)
         await nursery.start(store.run)
         if isinstance(previous, RedisLedger):
             previous.store.close()

@@ -39,7 +39,6 @@ class RedisAccess:
     sentinel_password: str = field(default="", repr=False)
 
 
-TlsFiles = RedisAccess  # its name in redis_store.py until that file is next edited
 
 
 @asynccontextmanager

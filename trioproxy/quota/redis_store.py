@@ -23,7 +23,7 @@ import trio
 from attrs import define, field, frozen
 from coredis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
-from .redis_client import Client, QuotaStoreError, TlsFiles, explain, open_redis
+from .redis_client import Client, QuotaStoreError, RedisAccess, explain, open_redis
 
 log = logging.getLogger("trioproxy.quota")
 
@@ -100,10 +100,10 @@ class QuotaStore:
         timeout: float,
         allow_start_without: bool,
         clock: Callable[[], float] | None = None,
-        tls: TlsFiles = TlsFiles(),
+        access: RedisAccess = RedisAccess(),
     ) -> None:
         self.url = url
-        self.tls = tls
+        self.access = access
         self._timeout = timeout
         self._allow_start_without = allow_start_without
         self._clock = clock if clock is not None else STORE_CLOCK.get()  # None: Redis's TIME
@@ -143,7 +143,7 @@ class QuotaStore:
 
     async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
         with trio.CancelScope(shield=True):
-            async with open_redis(self.url, self.tls, self._timeout, self._allow_start_without) as client:
+            async with open_redis(self.url, self.access, self._timeout, self._allow_start_without) as client:
                 self._client = client
                 await self._first_contact()
                 with self._tasks:
@@ -157,9 +157,9 @@ class QuotaStore:
     def close(self) -> None:
         self._closing.set()
 
-    def reaches(self, url: str, tls: TlsFiles, timeout: float) -> bool:
+    def reaches(self, url: str, access: RedisAccess, timeout: float) -> bool:
         """Whether this store is the one these settings ask for (a reload then keeps it)."""
-        return (self.url, self.tls, self._timeout) == (url, tls, timeout)
+        return (self.url, self.access, self._timeout) == (url, access, timeout)
 
     async def _first_contact(self) -> None:
         """Reach Redis once: a refused password stops the start; an absent Redis too, unless
