@@ -267,12 +267,12 @@ async def test_a_refusal_check_books_nothing_and_names_the_limit_that_holds_long
 async def test_a_reservation_whose_caller_left_comes_back_whole(nursery: trio.Nursery, redis: RedisServer) -> None:
     """Cancelled while its call was on the way: nothing was sent on it, so nothing stays
     booked (its lease would otherwise hold the tokens until it expires)."""
-    clock = Clock()
-    (ledger,) = await replicas(nursery, redis, [cerebras(tokens_per_minute=1_000)], clock, count=1)
+    clock = Clock()  # (it stands still: nothing refills)
+    (ledger,) = await replicas(nursery, redis, [cerebras(requests_per_minute=1, tokens_per_minute=1_000)], clock, count=1)
     with trio.move_on_after(0):
         await ledger.reserve("cerebras", 900, floor=500)
         pytest.fail("the reservation should have been cancelled")
-    with trio.fail_after(5):
+    with trio.fail_after(5):  # its tokens and its request come back
         while not isinstance(await ledger.reserve("cerebras", 1_000), SharedReservation):
             await trio.sleep(0.01)
 

@@ -389,7 +389,7 @@ function OPS.refusal(_, args)
   return {1, soonest[1], text(soonest[2])}
 end
 
--- lease id, actual tokens, reserved, floor, its day number
+-- lease id, actual tokens, reserved, floor, its day number[, requests to give back (never sent)]
 function OPS.settle(index, args)
   local a = load(index)
   local id, actual, reserved, floor = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
@@ -402,6 +402,7 @@ function OPS.settle(index, args)
   end
   redis.call('ZREM', LEASES, id)
   give_back(a, back, args[5])
+  if args[6] then give_back_requests(a, tonumber(args[6]), args[5]) end -- it was never sent
   return {}
 end
 

@@ -237,7 +237,7 @@ class RedisLedger:
             return
         _, index, _, _, day, probe = reply.result
         lane = self._lanes[provider]
-        self.store.submit(lane, "settle", index, (lease, 0, tokens, 0, day))
+        self.store.submit(lane, "settle", index, (lease, 0, tokens, 0, day, 1))
         if probe:
             self.store.submit(lane, "probe", index, (lease, 0))
 
