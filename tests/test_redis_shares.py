@@ -206,3 +206,18 @@ def test_a_refused_ask_or_an_idle_share_means_single_reservations_for_a_while() 
     assert idle is not None and idle.returned and book.demand == 0
     assert not book.should_ask(7.0 + 0.5)
     assert book.should_ask(7.0 + 1.0)
+
+
+async def test_a_reload_returns_the_old_settings_shares_and_they_ask_for_no_more(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    clock = Clock()
+    (old,) = await replicas(nursery, redis, [cerebras(**ROOMY)], clock, count=1)
+    await holding_a_share(old)
+    new = old.with_providers([cerebras(**{**ROOMY, "tokens_per_day": 200_000_000})])
+    in_flight = await old.reserve("cerebras", 100)  # a request that began on the old settings
+    assert isinstance(in_flight, SharedReservation)
+    await old.store.drained()
+    assert old.store_status()["shares"] == {}
+    figures = await shared_figures(new)
+    assert "in_shares" not in figures["rpm"] and figures["rpm"]["used"] == 2

@@ -94,7 +94,7 @@ class RedisLedger:
         self._replicas = replicas
         self._lease_seconds = lease_seconds
         self._replica = replica
-        self._use_shares = shares
+        self._use_shares = shares  # False also once retired: a reload's old ledger asks for none
         self._fallback = QuotaLedger(
             _per_replica(p, replicas) if outage_policy == "local" else p for p in self._providers.values()
         )
@@ -122,11 +122,12 @@ class RedisLedger:
 
     def with_providers(self, providers: Iterable[ProviderConfig]) -> "RedisLedger":
         """The same shared ledger for other provider settings (a reload)."""
-        self.retire()
-        return RedisLedger(
+        successor = RedisLedger(
             providers, self.store, prefix=self._prefix, outage_policy=self._policy, replicas=self._replicas,
             lease_seconds=self._lease_seconds, replica=self._replica, shares=self._use_shares,
         )
+        self.retire()
+        return successor
 
     def now(self) -> float:
         return trio.current_time()
@@ -226,6 +227,7 @@ class RedisLedger:
 
     def retire(self) -> None:
         """Return every share: this ledger stops serving (shutdown or reload)."""
+        self._use_shares = False
         for provider, book in self._shares.items():
             if book.current is not None:
                 self._return(provider, book.retire(book.current))
