@@ -230,7 +230,7 @@ end
 local OPS = {}
 
 -- tokens, floor, lease id, lease seconds, replica, book by ('' = no deadline) ->
--- {1, index, seq, cum, day number, probe 0|1} or, refused, {0, reason, retry at}
+-- {1, index, seq, cum, day number, probe 0|1} or, refused, {0, reason, retry at} as `refusal` answers
 function OPS.reserve(_, args)
   local tokens, floor, id, ttl, replica = tonumber(args[1]), tonumber(args[2]), args[3], tonumber(args[4]), args[5]
   -- A call that reaches Redis after its caller stopped waiting (Redis was frozen or slow) books
@@ -240,7 +240,7 @@ function OPS.reserve(_, args)
   local best, best_room, soonest = nil, -1, nil
   for i = 1, n do
     local a = load(i)
-    local r = refusal(a, tokens, 1, false)
+    local r = refusal(a, tokens, 1, true)
     if r == nil then
       local room = headroom(a)
       if room > best_room then best, best_room = i, room end
