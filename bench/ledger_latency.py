@@ -22,7 +22,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import attrs
 import coredis
@@ -35,6 +37,7 @@ from trioproxy.quota.redis_ledger import RedisLedger
 from trioproxy.quota.redis_store import QuotaStore
 from trioproxy.testing.redis_server import running_redis
 
+T = TypeVar("T")
 BIG = 10**12
 TASKS = (1, 16)
 LEDGERS = ("memory", "redis", "single")
@@ -72,11 +75,12 @@ def percentile(values: list[float], share: float) -> float:
 Figures = dict[tuple[str, int], list[tuple[float, float, float]]]  # (ledger, tasks) -> (p50, p99, per second) a round
 
 
-async def script_microseconds(url: str) -> float:
-    """Redis's own time in the script so far (INFO commandstats)."""
+async def script_stat(url: str, name: str) -> float:
+    """One of Redis's figures for the ledger script so far (INFO commandstats): "calls", or
+    "usec", its own time in them."""
     async with coredis.Redis.from_url(url, decode_responses=True) as client:
         stats = await client.info("commandstats")
-    return float(stats.get("cmdstat_evalsha", {}).get("usec", 0.0))
+    return float(stats.get("cmdstat_evalsha", {}).get(name, 0.0))
 
 
 async def ping_p50(url: str, count: int) -> float:
@@ -113,8 +117,14 @@ async def measure(redis_url: str, rounds: int, count: int) -> tuple[Figures, flo
                     )
         assert store.connected and store.dropped == 0, store.status()
         nursery.cancel_scope.cancel()
-    reservations = rounds * len(TASKS) * count * 2
-    return figures, await script_microseconds(redis_url) / reservations, statistics.median(pings)
+    reservations = rounds * len(TASKS) * count * 2  # both Redis ledgers
+    return figures, await script_stat(redis_url, "usec") / reservations, statistics.median(pings)
+
+
+def run_on_own_redis(measure: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`measure(url of the Redis, *args)` in Trio, against a redis-server of its own."""
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as folder, running_redis(Path(folder)) as server:
+        return trio.run(measure, server.url, *args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 round of 300 reservations per cell")
     args = parser.parse_args(argv)
     rounds, count = (1, 320) if args.quick else (5, 2_000)
-    with tempfile.TemporaryDirectory(prefix="ledger-latency-") as folder, running_redis(Path(folder)) as server:
-        figures, script_us, ping = trio.run(measure, server.url, rounds, count)
+    figures, script_us, ping = run_on_own_redis(measure, rounds, count)
     print(f"reserve() latency, median of {rounds} rounds x {count} reservations (microseconds), and reservations/s;")
     print("redis: shares on (the default), single: every request booked on its own (as near a limit)")
     print(f"{'ledger':>6} {'tasks':>5}  {'p50':>7} {'p99':>7}  {'added p50':>9}  {'per s':>7}")

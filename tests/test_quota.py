@@ -62,6 +62,16 @@ async def test_each_limit_refuses_with_its_own_reason(mock_clock: trio.testing.M
     assert isinstance(await ledger.reserve("cerebras", 700), Reservation)
 
 
+async def test_a_refusal_names_the_limit_that_holds_the_request_longest(mock_clock: trio.testing.MockClock) -> None:
+    """No requests left this minute (one back in 30 s) and 5 tokens (900 back in 53.7 s): the
+    refusal says tokens, as the check without booking does, so a caller need not ask again."""
+    ledger = QuotaLedger([cerebras(requests_per_minute=2, tokens_per_minute=1_000)])
+    assert isinstance(await ledger.reserve("cerebras", 990), Reservation)
+    assert isinstance(await ledger.reserve("cerebras", 5), Reservation)
+    refused = await ledger.reserve("cerebras", 900)
+    assert refused == Refusal("tpm", pytest.approx(53.7)) == await ledger.refusal("cerebras", 900)
+
+
 async def test_settle_replaces_the_estimate_with_the_real_count(mock_clock: trio.testing.MockClock) -> None:
     """A request estimated high frees the difference once usage arrives."""
     ledger = QuotaLedger([cerebras(tokens_per_minute=1000)])

@@ -264,6 +264,19 @@ async def test_a_refusal_check_books_nothing_and_names_the_limit_that_holds_long
     assert await b.refusal("cerebras", 100) is None
 
 
+async def test_a_refused_reservation_names_the_limit_that_holds_it_longest(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """No requests left this minute (one back in 30 s) and 5 tokens (900 back in 53.7 s): the
+    refusal says tokens, as the check without booking does, so a caller need not ask again."""
+    clock = Clock()
+    a, b = await replicas(nursery, redis, [cerebras(requests_per_minute=2, tokens_per_minute=1_000)], clock, count=2)
+    assert isinstance(await a.reserve("cerebras", 990), SharedReservation)
+    assert isinstance(await a.reserve("cerebras", 5), SharedReservation)
+    refused = await b.reserve("cerebras", 900)
+    assert isinstance(refused, Refusal) and refused.reason == "tpm"
+    assert refused.retry_at - b.now() == pytest.approx(53.7, abs=0.5)
+    assert await b.refusal("cerebras", 900) == Refusal("tpm", pytest.approx(refused.retry_at, abs=0.01))
+
+
 async def test_a_reservation_whose_caller_left_comes_back_whole(nursery: trio.Nursery, redis: RedisServer) -> None:
     """Cancelled while its call was on the way: nothing was sent on it, so nothing stays
     booked (its lease would otherwise hold the tokens until it expires)."""

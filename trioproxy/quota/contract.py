@@ -47,8 +47,10 @@ class Ledger(Protocol):
 
     async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
         """Check and book one request of `tokens` on the provider's account with most headroom,
-        atomically over all its windows. `floor` is what the request costs even if it is cut
-        short (its prompt): a shared ledger's lease that is never settled gives back the rest."""
+        atomically over all its windows. Refused, it says what `refusal(provider, tokens)` would
+        at that moment (the soonest account, the limit that holds it longest), so a caller need
+        not ask again. `floor` is what the request costs even if it is cut short (its prompt):
+        a shared ledger's lease that is never settled gives back the rest."""
         ...
 
     async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:

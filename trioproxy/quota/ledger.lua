@@ -255,12 +255,13 @@ local function expire_leases_once()
 end
 
 -- The account that can take `requests` requests of `tokens` in all now with most headroom
--- (one half-open only if `probing`), else nil and the soonest refusal.
+-- (one half-open only if `probing`), else nil and the soonest refusal (by the limit that
+-- holds its account longest).
 local function roomiest(tokens, requests, probing)
   local best, best_room, soonest = nil, -1, nil
   for i = 1, n do
     local a = load(i)
-    local r = refusal(a, tokens, requests, false)
+    local r = refusal(a, tokens, requests, true)
     if r == nil and (probing or a.half_open == 0) then
       local room = headroom(a)
       if room > best_room then best, best_room = i, room end
@@ -289,7 +290,7 @@ end
 local OPS = {}
 
 -- tokens, floor, lease id, lease seconds, replica, book by ('' = no deadline) ->
--- {1, index, seq, cum, day number, probe 0|1} or, refused, {0, reason, retry at}
+-- {1, index, seq, cum, day number, probe 0|1} or, refused, {0, reason, retry at} as `refusal` answers
 function OPS.reserve(_, args)
   local tokens, floor, id, ttl, replica = tonumber(args[1]), tonumber(args[2]), args[3], tonumber(args[4]), args[5]
   -- A call that reaches Redis after its caller stopped waiting (Redis was frozen or slow) books

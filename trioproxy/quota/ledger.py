@@ -327,6 +327,11 @@ class AccountQuota:
     def refusal(self, now: float, tokens: int) -> Refusal | None:
         return next(iter(self.refusals(now, tokens)), None)
 
+    def longest_refusal(self, now: float, tokens: int, requests: int = 1) -> Refusal | None:
+        """The limit that holds `requests` requests of `tokens` in all longest, None if none does."""
+        found = self.refusals(now, tokens, requests)
+        return max(found, key=lambda r: r.retry_at) if found else None
+
     def refusals(self, now: float, tokens: int, requests: int = 1) -> list[Refusal]:
         """Every reason `requests` requests of `tokens` in all would be refused now."""
         self.end_cooldown_if_due(now)
@@ -411,14 +416,15 @@ class QuotaLedger:
         return list(self._accounts)
 
     async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
-        """Book one request of `tokens` on the provider's account with the most headroom.
+        """Book one request of `tokens` on the provider's account with the most headroom; refused,
+        the soonest account's limit that holds it longest.
 
         `floor` is for leases of a shared ledger; a reservation here lives as long as the process."""
         now = self._clock()
         refusals: list[Refusal] = []
         best: AccountQuota | None = None
         for account in self._by_provider[provider]:
-            refusal = account.refusal(now, tokens)
+            refusal = account.longest_refusal(now, tokens)
             if refusal is not None:
                 refusals.append(refusal)
             elif best is None or account.headroom(now) > best.headroom(now):
@@ -550,10 +556,10 @@ class QuotaLedger:
         now = self._clock()
         latest = []
         for account in self._by_provider[provider]:
-            refusals = account.refusals(now, tokens, requests)
-            if not refusals:
+            refusal = account.longest_refusal(now, tokens, requests)
+            if refusal is None:
                 return None
-            latest.append(max(refusals, key=lambda r: r.retry_at))
+            latest.append(refusal)
         return min(latest, key=lambda r: r.retry_at)
 
     def in_cooldown(self, provider: str) -> bool:

@@ -114,11 +114,12 @@ class Patience:
         Providers are known by their quota key (provider account and model), as the ledger knows them."""
         name = upstream.quota_key
         queue = self._queues[name]
-        if not queue or self.max_wait <= 0:
+        alone = not queue  # whether the refusal below is about this request alone
+        if alone or self.max_wait <= 0:
             got = await self._ledger.reserve(name, tokens, floor=floor)
             if isinstance(got, Reservation) or self.max_wait <= 0:
                 return got
-            refusal = await self._ledger.refusal(name, tokens) or got  # the limit that holds it longest
+            refusal = got  # names the limit that holds it longest (the ledger contract)
         else:  # others wait already: this one's turn comes after theirs
             ahead = sum(waiter.tokens for waiter in queue)
             refusal = await self._ledger.refusal(name, ahead + tokens, len(queue) + 1) or Refusal(
@@ -126,10 +127,11 @@ class Patience:
             )
         wait = max(0.0, refusal.retry_at - self._ledger.now())
         if refusal.foreseen and await self._worth_waiting(upstream, wait, tokens, body, later):
-            got = await self._wait_in_line(name, queue, tokens, refusal, record, floor)
-        elif queue and await self._ledger.refusal(name, queue[0].tokens) is not None:
+            got = await self._wait_in_line(name, queue, tokens, refusal, alone, record, floor)
+        elif queue and queue[0].tokens > tokens and await self._ledger.refusal(name, queue[0].tokens) is not None:
             # It will not wait, and what is free now is too little for the head of the line:
             # taking it costs the waiters nothing they could use now, and leaves none unused.
+            # (What is too little for the head is too little for a request as large: no need to ask.)
             got = await self._ledger.reserve(name, tokens, floor=floor)
         else:
             got = refusal
@@ -151,12 +153,12 @@ class Patience:
     ) -> bool:
         if wait > self.max_wait:
             return False
-        completion = min(requested_completion_tokens(body) or math.inf, self.completion_tokens)
-        elsewhere = min([await self._finish_on(other, tokens, completion) for other in later], default=math.inf)
-        if elsewhere == math.inf:
+        if not later:
             return True  # the last provider: a wait beats the client's 429
         if self._contention(upstream.quota_key) * wait >= 1:
-            return False
+            return False  # told before asking the ledger about the others
+        completion = min(requested_completion_tokens(body) or math.inf, self.completion_tokens)
+        elsewhere = min([await self._finish_on(other, tokens, completion) for other in later])
         return wait + self.paces[upstream.quota_key].seconds_for(completion) < elsewhere
 
     async def _finish_on(self, upstream: Upstream, tokens: int, completion: float) -> float:
@@ -165,14 +167,19 @@ class Patience:
         return wait + self.paces[upstream.quota_key].seconds_for(completion)
 
     async def _wait_in_line(
-        self, name: str, queue: deque[_Waiter], tokens: int, refusal: Refusal, record: RouteRecord, floor: int
+        self, name: str, queue: deque[_Waiter], tokens: int, refusal: Refusal, alone: bool, record: RouteRecord,
+        floor: int,
     ) -> Reservation | Refusal:
         """Queue up; at the head, take quota as it returns. Leaves the queue however it ends,
-        a client's disconnect (cancellation) included, and hands the turn to the next."""
+        a client's disconnect (cancellation) included, and hands the turn to the next.
+
+        `alone`: `refusal` was about this request alone. If it is also first in line, it asks
+        the ledger again only when that refusal said, as it does after each refusal of its own."""
         started = self._ledger.now()
         deadline = started + self.max_wait
         waiter = _Waiter(tokens)
         queue.append(waiter)
+        told = alone and len(queue) == 1
         if len(queue) == 1:
             waiter.turn.set()
         reason = refusal.reason
@@ -180,14 +187,14 @@ class Patience:
             with trio.move_on_at(deadline):
                 await waiter.turn.wait()
                 while True:
+                    if told:  # at least a millisecond: a bucket a rounding error short must not spin
+                        await trio.sleep_until(max(refusal.retry_at, self._ledger.now() + 0.001))
                     got = await self._ledger.reserve(name, tokens, floor=floor)
                     if isinstance(got, Reservation):
                         return got
-                    refusal, reason = got, got.reason
+                    refusal, reason, told = got, got.reason, True
                     if got.retry_at > deadline or not got.foreseen:
                         return got  # quota returns too late, or Redis is gone: go elsewhere now
-                    # At least a millisecond: a bucket a rounding error short must not spin.
-                    await trio.sleep_until(max(got.retry_at, self._ledger.now() + 0.001))
             return refusal
         finally:
             waited = self._ledger.now() - started
