@@ -170,10 +170,24 @@ local function give_back_requests(a, requests, day)
 end
 
 -- A share ends (returned, or its replica died): what it had not handed out comes back.
-local function end_share(a, share)
-  give_back_requests(a, share.n, share.d)
-  give_back(a, share.t, share.d)
+-- The ids of an account's shares out (a few at most: one per process that holds one).
+local function shares_out(a)
+  if (a.shares or '') == '' then return {} end
+  return cjson.decode(a.shares)
+end
+
+local function set_shares_out(a, ids)
+  if #ids == 0 then a.shares = '' else a.shares = cjson.encode(ids) end
+end
+
+-- Share `id` ends: `requests` and `tokens` of it come back (what it had not handed out).
+local function end_share(a, id, share, requests, tokens)
+  give_back_requests(a, requests, share.d)
+  give_back(a, tokens, share.d)
   a.sh_r, a.sh_t = a.sh_r - share.n, a.sh_t - share.t
+  local ids = {}
+  for _, other in ipairs(shares_out(a)) do if other ~= id then ids[#ids + 1] = other end end
+  set_shares_out(a, ids)
 end
 
 -- Leases past their expiry belong to a replica that died or lost Redis: keep their floor
@@ -186,7 +200,7 @@ local function expire_leases()
       local lease = cjson.decode(raw)
       local a = load(lease.i)
       if lease.n then -- a share: what it had not handed out
-        end_share(a, lease)
+        end_share(a, id, lease, lease.n, lease.t)
       else
         give_back(a, lease.t - lease.f, lease.d)
         redis.call('HINCRBY', HOLDERS, lease.r, -1)
@@ -286,6 +300,19 @@ local function spare(a, w)
   return math.floor(math.min(left - base * KEEP, base * SHARE))
 end
 
+-- What shares booked at or before booking number `seq` still hold.
+local function held_before(a, seq)
+  local held = {requests = 0, tokens = 0}
+  for _, id in ipairs(shares_out(a)) do
+    local raw = redis.call('HGET', DATA, id)
+    if raw then
+      local share = cjson.decode(raw)
+      if share.s <= seq then held.requests, held.tokens = held.requests + share.n, held.tokens + share.t end
+    end
+  end
+  return held
+end
+
 -- Each operation: (the account's index, its own arguments) -> its answer.
 local OPS = {}
 
@@ -337,39 +364,49 @@ function OPS.share(_, args)
   if r < 2 or t < least_t then return {0} end
   book(a, t, r)
   a.sh_r, a.sh_t = a.sh_r + r, a.sh_t + t
+  local ids = shares_out(a)
+  ids[#ids + 1] = id
+  set_shares_out(a, ids)
   redis.call('ZADD', LEASES, now + ttl, id)
-  redis.call('HSET', DATA, id, cjson.encode({i = best, n = r, t = t, d = a.day}))
+  -- n, t: what it still holds; n0, t0: its size; s: the account's seq once it was booked
+  redis.call('HSET', DATA, id, cjson.encode({i = best, n = r, t = t, n0 = r, t0 = t, s = a.seq, d = a.day}))
   return {1, best, a.seq, a.cum, a.day, r, t, a.rev}
 end
 
 -- A request handed out from a share gets its lease: share id, lease id, tokens, floor, lease
 -- seconds, replica. (If the share ended already, what it gave back is booked again: the
--- request went.)
+-- request went. After the provider's day ended, the request counts in the new day.)
 function OPS.draw(index, args)
   local a = load(index)
   local tokens = tonumber(args[3])
-  local raw, day = redis.call('HGET', DATA, args[1]), nil
+  local raw = redis.call('HGET', DATA, args[1])
+  roll_day(a)
   if raw then
     local share = cjson.decode(raw)
-    share.n, share.t, day = share.n - 1, share.t - tokens, share.d
-    a.sh_r, a.sh_t = a.sh_r - 1, a.sh_t - tokens
+    local n, t = math.max(0, share.n - 1), math.max(0, share.t - tokens)
+    a.sh_r, a.sh_t = a.sh_r - (share.n - n), a.sh_t - (share.t - t)
+    share.n, share.t = n, t
     redis.call('HSET', DATA, args[1], cjson.encode(share))
+    if share.d ~= a.day then a.rpd_u, a.tpd_u = a.rpd_u + 1, a.tpd_u + tokens end
   else
-    roll_day(a)
     book(a, tokens, 1)
-    day = a.day
   end
   redis.call('ZADD', LEASES, now + tonumber(args[5]), args[2])
-  redis.call('HSET', DATA, args[2], cjson.encode({i = index, t = tokens, f = tonumber(args[4]), d = day, r = args[6]}))
+  redis.call('HSET', DATA, args[2], cjson.encode({i = index, t = tokens, f = tonumber(args[4]), d = a.day, r = args[6]}))
   redis.call('HINCRBY', HOLDERS, args[6], 1)
   return {}
 end
 
--- share id: what it has not handed out comes back (nothing if it expired: that gave it back)
-function OPS.unshare(index, args)
+-- share id, requests and tokens it handed out: the rest comes back. (What it handed out
+-- stays booked even where a request's `draw` never arrived: that request went. Nothing
+-- happens if the share expired: that gave back what it still held.)
+function OPS.unshare(_, args)
   local raw = redis.call('HGET', DATA, args[1])
   if raw then
-    end_share(load(index), cjson.decode(raw))
+    local share = cjson.decode(raw)
+    local requests = math.max(0, math.min(share.n, share.n0 - tonumber(args[2])))
+    local tokens = math.max(0, math.min(share.t, share.t0 - tonumber(args[3])))
+    end_share(load(share.i), args[1], share, requests, tokens)
     redis.call('HDEL', DATA, args[1])
   end
   redis.call('ZREM', LEASES, args[1])
@@ -420,9 +457,10 @@ function OPS.sync(index, args)
       local left = remaining - math.max(0, a[COUNTER[w]] - base[COUNTER[w]])
       local lowered = false
       if BUCKETS[w] and LIMIT[w] >= 0 then
-        -- Shares out may still be spent, and the provider has not seen what they hand out
-        -- (what comes back of them goes back into the bucket).
-        if w == 'rpm' then left = left - a.sh_r else left = left - a.sh_t end
+        -- What shares booked before that request still hold may yet be sent, and the
+        -- provider has not counted it (what comes back of them goes back into the bucket).
+        local held = held_before(a, base.seq)
+        if w == 'rpm' then left = left - held.requests else left = left - held.tokens end
         lowered = left < level(a, w)
         a[w .. '_l'] = math.min(level(a, w), left) -- lower, never raise; it refills from there
       else
@@ -432,9 +470,13 @@ function OPS.sync(index, args)
           a['syn_' .. w .. '_rem'], a['syn_' .. w .. '_base'], a['syn_' .. w .. '_until'] = remaining, base[COUNTER[w]], now + reset
         end
       end
-      -- The provider knows of less than we do, and little is left (or it names no limit we
-      -- know): shares out stop handing out.
-      if lowered and (LIMIT[w] < 0 or (spare(a, w) or 0) < 0) then a.rev = a.rev + 1 end
+      -- The provider knows of less than we do, and little is left: less than half the limit,
+      -- or (no limit set) less than twice what shares still hold. Shares out stop handing out.
+      local held = a.sh_t
+      if w == 'rpm' or w == 'rpd' then held = a.sh_r end
+      if lowered and held > 0 and ((LIMIT[w] < 0 and left < 2 * held) or (LIMIT[w] >= 0 and (spare(a, w) or 0) < 0)) then
+        a.rev = a.rev + 1
+      end
     end
   end
   return {}

@@ -28,7 +28,7 @@ from ..config import ProviderConfig
 from .contract import WINDOW_NAMES, Refusal, Reservation, summary_line
 from .ledger import QuotaLedger, account_name
 from .redis_store import Lane, QuotaStore, Reply
-from .shares import SHARE_SECONDS, Share, ShareBook
+from .shares import SHARE_LEASE_SECONDS, SHARE_SECONDS, Share, ShareBook
 
 OUTAGE_RETRY_SECONDS = 1.0  # what a "refuse" refusal tells the router about trying again
 
@@ -116,6 +116,7 @@ class RedisLedger:
         self._leases: dict[str, dict[str, int]] = {}  # provider -> replica -> leases held
         self._lease_numbers = itertools.count(1)
         self._shares = {name: ShareBook() for name in self._providers}
+        self._unreturned: list[tuple[str, str, int, int]] = []  # shares Redis has not heard end of
         store.refresh = self.refresh
         store.before_close = self.retire
         store.revised = self._return_revoked
@@ -170,7 +171,7 @@ class RedisLedger:
     def _from_share(self, provider: str, tokens: int, floor: int) -> SharedReservation | None:
         """Admit from this process's share when it can take the request (no round trip); ask
         for the next share in the background when this one is half spent or gone."""
-        if not self._use_shares or not self.store.connected:
+        if not self._use_shares or not self.store.can_queue():  # (each request handed out is queued)
             return None
         book, now = self._shares[provider], self.now()
         book.note(tokens)
@@ -199,25 +200,43 @@ class RedisLedger:
     def _ask_share(self, provider: str, book: ShareBook, tokens: int) -> None:
         requests, total, least = book.ask(tokens)
         lease = self._new_lease()
-        args = (requests, total, least, lease, self._lease_seconds, self.store.deadline())
+        # Its lease outlives the share by far: a request handed out late must still find it.
+        args = (requests, total, least, lease, max(self._lease_seconds, SHARE_LEASE_SECONDS), self.store.deadline())
 
         def answered(reply: Reply | None) -> None:
+            if reply is None:  # Redis may have booked it all the same
+                self._unreturned.append((provider, lease, 0, 0))
+                book.granted(None, self.now())
+                return
             share = None
-            if reply is not None and reply.result[0] == 1:
+            if reply.result[0] == 1:
                 _, index, seq, cum, day, granted, granted_tokens, revision = reply.result
                 share = Share(
                     index, lease, day, granted, granted_tokens, seq, cum, self.now() + SHARE_SECONDS, revision
                 )
             self._return(provider, book.granted(share, self.now()))
+            if share is not None and (not self._use_shares or not self._open(provider, share)):
+                self._return(provider, book.retire(share))  # retired or revoked meanwhile
 
         if not self.store.submit(self._lanes[provider], "share", 0, args, answered):
             book.granted(None, self.now())
 
     def _return(self, provider: str, share: Share | None) -> None:
-        """Give back what a share did not hand out (Redis knows: each request handed out was
-        moved into a lease of its own)."""
+        """Give back what a share did not hand out."""
         if share is not None:
-            self.store.submit(self._lanes[provider], "unshare", share.index, (share.lease,))
+            self._unshare(provider, share.lease, share.given_requests, share.given_tokens)
+
+    def _unshare(self, provider: str, lease: str, requests: int, tokens: int) -> None:
+        """Tell Redis share `lease` ended, having handed out `requests` of `tokens` in all;
+        until it has heard, ask again every second (a share held in vain until its lease
+        expires would idle quota for minutes)."""
+
+        def answered(reply: Reply | None) -> None:
+            if reply is None:
+                self._unreturned.append((provider, lease, requests, tokens))
+
+        if not self.store.submit(self._lanes[provider], "unshare", 0, (lease, requests, tokens), answered):
+            self._unreturned.append((provider, lease, requests, tokens))
 
     def _return_revoked(self) -> None:
         """Return at once the shares whose account changed (see `_open`)."""
@@ -313,6 +332,9 @@ class RedisLedger:
         shares that outlived their second unused."""
         for provider, book in self._shares.items():
             self._return(provider, book.expired(self.now()))
+        unreturned, self._unreturned = self._unreturned, []
+        for provider, lease, requests, tokens in unreturned:
+            self._unshare(provider, lease, requests, tokens)
         for provider in self._providers:
             reply = await self.store.call(self._lanes[provider], "view", 0, ())
             if reply is None:

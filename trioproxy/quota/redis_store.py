@@ -217,11 +217,17 @@ class QuotaStore:
         self._queued += 1
         return True
 
+    def can_queue(self) -> bool:
+        """Whether an operation submitted now would be queued for Redis."""
+        return self.connected and self._queued < QUEUE_SIZE
+
     def _enqueue(self, lane: Lane, pending: _Pending) -> _Pending | None:
-        if not self.connected or self._nursery is None:
+        if not self.connected:
             return None
         state = self._lanes.get(lane)
-        if state is None:
+        if state is None:  # (at shutdown, after the senders, only lanes that exist still flush)
+            if self._nursery is None:
+                return None
             state = self._lanes[lane] = _LaneState()
             self._nursery.start_soon(self._send_lane, lane, state)
         state.pending.append(pending)
@@ -257,7 +263,9 @@ class QuotaStore:
         args: list[Any] = [self._time_arg(), *head]
         for pending in batch:
             args += [pending.op, pending.index, len(pending.args), *pending.args]
-        replies = await self._evaluate(list(keys), args, len(batch))
+        replies, revisions = await self._evaluate(list(keys), args, len(batch))
+        if revisions is not None:  # first: a share answered in this batch is judged by them
+            self._note_revisions(keys, revisions)
         for pending, reply in zip(batch, replies):
             pending.reply = reply
             pending.done.set()
@@ -281,10 +289,14 @@ class QuotaStore:
         state.pending = [p for p in state.pending if p not in chosen]
         return batch
 
-    async def _evaluate(self, keys: list[str], args: list[Any], count: int) -> list[Reply | None]:
-        """One call of the script: `count` answers, or as many Nones when Redis failed or is down."""
+    async def _evaluate(
+        self, keys: list[str], args: list[Any], count: int
+    ) -> tuple[list[Reply | None], list[int] | None]:
+        """One call of the script: `count` answers (or as many Nones when Redis failed or is
+        down) and the accounts' revisions it told."""
+        failed: tuple[list[Reply | None], None] = ([None] * count, None)
         if not self.connected:
-            return [None] * count
+            return failed
         started = trio.current_time()
         with trio.move_on_after(self._timeout):
             try:
@@ -293,18 +305,17 @@ class QuotaStore:
                 except NoScriptError:  # Redis restarted, or SCRIPT FLUSH: load it again
                     await self._load_script()
                     raw = await self._client.evalsha(SCRIPT_SHA, keys=keys, args=args)  # type: ignore[union-attr]
-                now, shared = float(raw[0]), json.loads(raw[1]) if raw[1] else None
-                self._note_revisions(tuple(keys), raw[2])
+                now, shared, revisions = float(raw[0]), json.loads(raw[1]) if raw[1] else None, list(raw[2])
                 results = raw[3:]
                 if len(results) != count:
                     raise ValueError(f"{len(results)} answers to {count} operations")
             except (RedisError, OSError, ValueError, TypeError, IndexError) as error:  # not the script's answer
                 self._went_down(str(error))
-                return [None] * count
+                return failed
             self.offset, self._offset_known = now - (started + trio.current_time()) / 2, True
-            return [Reply(list(result), shared) for result in results]
+            return [Reply(list(result), shared) for result in results], revisions
         self._went_down(f"no answer within {self._timeout * 1000:.0f} ms")
-        return [None] * count
+        return failed
 
     def _note_revisions(self, keys: tuple[str, ...], revisions: Sequence[int]) -> None:
         known = self._revisions.setdefault(keys, [-1] * len(revisions))

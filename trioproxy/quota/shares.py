@@ -16,6 +16,7 @@ import math
 from attrs import define
 
 SHARE_SECONDS = 1.0  # a share's life: the most that booking can run ahead of sending
+SHARE_LEASE_SECONDS = 10.0  # its lease in Redis at least: a request handed out late still finds it
 FIRST_ASK = 8  # requests asked for when nothing tells this process's demand yet
 MOST_ASKED = 4096
 # A refused or idle share means demand or room is low: single reservations until this long after.
