@@ -221,16 +221,18 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
 
 def start_trioproxy(python: str, upstream_port: int, log_level: str, logfile: Path,
                     state_file: str | None = None, redis_port: int | None = None,
-                    workers: int = 1) -> tuple[subprocess.Popen, int]:
+                    workers: int = 1, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     """trioproxy on the proxy core; with `redis_port`, on the shared ledger there, and with
-    `workers` > 1 as that many processes, on every core (they need more than one)."""
-    check = subprocess.run([python, "-c", "import trioproxy"], capture_output=True, text=True, timeout=60)
+    `workers` > 1 as that many processes, on every core (they need more than one). `env` adds to
+    its environment (bench/ab.py puts a checkout on PYTHONPATH)."""
+    env = {**os.environ, **(env or {})}
+    check = subprocess.run([python, "-c", "import trioproxy"], capture_output=True, text=True, timeout=60, env=env)
     if check.returncode != 0:
         raise SystemExit(f"{python} cannot import trioproxy (use --python): {check.stderr.strip()[-300:]}")
     port = free_port()
     upstream = f"http://{HOST}:{upstream_port}/v1"
     big = str(10**12)
-    env = {**os.environ, "HOST": HOST, "PORT": str(port), "LOG_LEVEL": log_level,
+    env = {**env, "HOST": HOST, "PORT": str(port), "LOG_LEVEL": log_level,
            "CEREBRAS_API_KEY": "csk-bench", "CEREBRAS_BASE_URL": upstream,
            "CHUTES_API_KEY": "cpk-bench", "CHUTES_BASE_URL": upstream,
            "CEREBRAS_REQUESTS_PER_MINUTE": big, "CEREBRAS_TOKENS_PER_MINUTE": big,
