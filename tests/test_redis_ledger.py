@@ -13,6 +13,7 @@ import trio.testing
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer, running_redis
 from trioproxy.config import Config, ProviderConfig
+from trioproxy.quota.backends import open_ledger
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
 from trioproxy.quota.redis_store import IDLE_LANE_SECONDS, QuotaStore, QuotaStoreError
@@ -411,3 +412,11 @@ async def test_a_reload_that_changes_the_limits_leaves_no_idle_sender_behind(
     assert senders() == idle + 1  # the current ledger's lane stays: its figures are read every second
     assert isinstance(await reloaded(10).reserve("cerebras", 10), SharedReservation)  # a lane used again starts again
     assert senders() == idle + 2
+
+
+async def test_a_new_ledger_shows_the_shared_figures_at_once(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Not the local stand-in's (at limit / replicas) until the first once-a-second refresh."""
+    provider = cerebras(requests_per_minute=12)
+    config = attrs.evolve(Config(), quota_backend="redis", redis_url=redis.url, replicas=2, cerebras=provider)
+    ledger = await open_ledger(config, [provider], nursery, None)
+    assert ledger.snapshot("cerebras")["rpm"] == {"used": 0, "limit": 12}

@@ -160,8 +160,10 @@ async def test_stopping_gives_back_what_shares_did_not_hand_out(nursery: trio.Nu
     async with trio.open_nursery() as lifetime:
         stopping = await replica(lifetime, redis.url, [cerebras(**ROOMY)], clock, name="stopping")
         await holding_a_share(stopping)
-        held = (await shared_figures(watching))["rpm"]
+        figures = await shared_figures(watching)
+        held = figures["rpm"]
         assert held["in_shares"] > 0 and held["used"] == 1 + held["in_shares"]
+        assert figures["rpd"]["in_shares"] == held["in_shares"]  # shown also where no limit is set
         assert isinstance(await stopping.reserve("cerebras", 100), SharedReservation)
         stopping.store.close()
     assert (await shared_figures(watching))["rpm"] == {"used": 2, "limit": 10_000}

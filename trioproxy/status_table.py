@@ -60,4 +60,8 @@ def _quota_store_line(store: dict[str, Any]) -> str:
     for held in store.get("leases", {}).values():
         leases.update(held)
     held = ", ".join(f"{replica} x{count}" for replica, count in sorted(leases.items())) or "none"
-    return f"quota: shared in Redis {store['url']}, {state}, outages {store['outages']}; leases: {held}"
+    shares = ", ".join(
+        f"{provider} {left['requests']} requests" for provider, left in sorted(store.get("shares", {}).items())
+    )
+    line = f"quota: shared in Redis {store['url']}, {state}, outages {store['outages']}; leases: {held}"
+    return f"{line}; this process's shares: {shares}" if shares else line

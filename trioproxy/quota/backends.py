@@ -50,7 +50,7 @@ async def open_ledger(
             previous.store.close()
     if isinstance(previous, RedisLedger):
         previous.retire()  # its shares go back; requests still in flight settle through its store
-    return RedisLedger(
+    ledger = RedisLedger(
         providers,
         store,
         prefix=config.redis_key_prefix,
@@ -60,3 +60,5 @@ async def open_ledger(
         shares=config.redis_shares,
         replica=replica_name(),
     )
+    await ledger.refresh()  # the shared figures from the start, not the local stand-in's until the first refresh
+    return ledger

@@ -366,8 +366,8 @@ class RedisLedger:
             if name in view["pr"]:
                 state[name]["provider_remaining"] = int(view["pr"][name])
             held = view["sh"][name in ("tpm", "tpd")]
-            if held and limit >= 0:
-                state[name]["in_shares"] = held  # part of "used": booked for a process to hand out
+            if held:
+                state[name]["in_shares"] = held  # booked in shares, not handed out yet
         left = self.store.to_trio(view["cd"]) - self.now() if view["cd"] else 0.0
         state["cooldown_seconds"] = round(left, 1) if left > 0 else 0
         state["cooldown_reason"] = view["why"] if left > 0 else ""
