@@ -297,7 +297,7 @@ async def test_a_share_granted_after_its_ledger_retired_comes_back_at_once(nurse
     old, watching = await replicas(nursery, redis, [cerebras(**ROOMY)], clock, count=2)
     nursery.start_soon(old.reserve, "cerebras", 100)  # asks for a share, and books itself
     with trio.fail_after(5):
-        while not old._shares["cerebras"].asking:
+        while not old._shares._books["cerebras"].asking:  # (the ask is queued, not yet sent)
             await trio.sleep(0)
     old.with_providers([cerebras(**ROOMY)])
     await old.store.drained()

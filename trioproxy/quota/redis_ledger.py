@@ -28,7 +28,7 @@ from ..config import ProviderConfig
 from .contract import WINDOW_NAMES, Refusal, Reservation, summary_line
 from .ledger import QuotaLedger, account_name
 from .redis_store import Lane, QuotaStore, Reply
-from .shares import SHARE_LEASE_SECONDS, SHARE_SECONDS, Share, ShareBook
+from .share_keeper import ShareKeeper
 
 OUTAGE_RETRY_SECONDS = 1.0  # what a "refuse" refusal tells the router about trying again
 
@@ -94,7 +94,6 @@ class RedisLedger:
         self._replicas = replicas
         self._lease_seconds = lease_seconds
         self._replica = replica
-        self._use_shares = shares  # False also once retired: a reload's old ledger asks for none
         self._fallback = QuotaLedger(
             _per_replica(p, replicas) if outage_policy == "local" else p for p in self._providers.values()
         )
@@ -115,17 +114,18 @@ class RedisLedger:
         self._views: dict[str, dict[str, Any]] = {}  # account -> the script's last view of it
         self._leases: dict[str, dict[str, int]] = {}  # provider -> replica -> leases held
         self._lease_numbers = itertools.count(1)
-        self._shares = {name: ShareBook() for name in self._providers}
-        self._unreturned: list[tuple[str, str, int, int]] = []  # shares Redis has not heard end of
+        self._shares = ShareKeeper(
+            store, self._lanes, self._new_lease, lease_seconds=lease_seconds, replica=replica, enabled=shares
+        )
         store.refresh = self.refresh
-        store.before_close = self.retire
-        store.revised = self._return_revoked
+        store.before_close = self._shares.retire
+        store.revised = self._shares.return_revoked
 
     def with_providers(self, providers: Iterable[ProviderConfig]) -> "RedisLedger":
         """The same shared ledger for other provider settings (a reload)."""
         successor = RedisLedger(
             providers, self.store, prefix=self._prefix, outage_policy=self._policy, replicas=self._replicas,
-            lease_seconds=self._lease_seconds, replica=self._replica, shares=self._use_shares,
+            lease_seconds=self._lease_seconds, replica=self._replica, shares=self._shares.enabled,
         )
         self.retire()
         return successor
@@ -146,9 +146,12 @@ class RedisLedger:
 
     async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
         floor = min(floor, tokens)
-        from_share = self._from_share(provider, tokens, floor)
-        if from_share is not None:
-            return from_share
+        handed = self._shares.hand_out(provider, tokens, floor, self.now())
+        if handed is not None:
+            return SharedReservation(
+                self._names[provider][handed.index - 1], provider, handed.index - 1, tokens, handed.seq,
+                index=handed.index, lease=handed.lease, cum=handed.cum, floor=floor, day=handed.day,
+            )
         lease = self._new_lease()
         args = (tokens, floor, lease, self._lease_seconds, self._replica, self.store.deadline())
         abandoned = functools.partial(self._give_back_unused, provider, tokens, lease)
@@ -168,89 +171,6 @@ class RedisLedger:
     def _new_lease(self) -> str:
         return f"{self._replica}/{next(self._lease_numbers)}"
 
-    def _from_share(self, provider: str, tokens: int, floor: int) -> SharedReservation | None:
-        """Admit from this process's share when it can take the request (no round trip); ask
-        for the next share in the background when this one is half spent or gone."""
-        if not self._use_shares or not self.store.can_queue():  # (each request handed out is queued)
-            return None
-        book, now = self._shares[provider], self.now()
-        book.note(tokens)
-        self._return(provider, book.expired(now))
-        share = book.current
-        taken = share.take(tokens, now) if share is not None and self._open(provider, share) else None
-        if book.should_ask(now):
-            self._ask_share(provider, book, tokens)
-        if taken is None or share is None:
-            return None
-        seq, cum = taken
-        lease = self._new_lease()
-        args = (share.lease, lease, tokens, floor, self._lease_seconds, self._replica)
-        self.store.submit(self._lanes[provider], "draw", share.index, args)
-        account = self._names[provider][share.index - 1]
-        return SharedReservation(
-            account, provider, share.index - 1, tokens, seq, index=share.index, lease=lease, cum=cum, floor=floor,
-            day=share.day,
-        )
-
-    def _open(self, provider: str, share: Share) -> bool:
-        """Whether the share may still be spent: no answer since told its account changed
-        (a cooldown, or a provider figure below half a limit)."""
-        return self.store.revision(self._lanes[provider], share.index) == share.revision
-
-    def _ask_share(self, provider: str, book: ShareBook, tokens: int) -> None:
-        requests, total, least = book.ask(tokens)
-        lease = self._new_lease()
-        # Its lease outlives the share by far: a request handed out late must still find it.
-        args = (requests, total, least, lease, max(self._lease_seconds, SHARE_LEASE_SECONDS), self.store.deadline())
-
-        def answered(reply: Reply | None) -> None:
-            if reply is None:  # Redis may have booked it all the same
-                self._unreturned.append((provider, lease, 0, 0))
-                book.granted(None, self.now())
-                return
-            share = None
-            if reply.result[0] == 1:
-                _, index, seq, cum, day, granted, granted_tokens, revision = reply.result
-                share = Share(
-                    index, lease, day, granted, granted_tokens, seq, cum, self.now() + SHARE_SECONDS, revision
-                )
-            self._return(provider, book.granted(share, self.now()))
-            if share is not None and (not self._use_shares or not self._open(provider, share)):
-                self._return(provider, book.retire(share))  # retired or revoked meanwhile
-
-        if not self.store.submit(self._lanes[provider], "share", 0, args, answered):
-            book.granted(None, self.now())
-
-    def _return(self, provider: str, share: Share | None) -> None:
-        """Give back what a share did not hand out."""
-        if share is not None:
-            self._unshare(provider, share.lease, share.given_requests, share.given_tokens)
-
-    def _unshare(self, provider: str, lease: str, requests: int, tokens: int) -> None:
-        """Tell Redis share `lease` ended, having handed out `requests` of `tokens` in all;
-        until it has heard, ask again every second (a share held in vain until its lease
-        expires would idle quota for minutes)."""
-
-        def answered(reply: Reply | None) -> None:
-            if reply is None:
-                self._unreturned.append((provider, lease, requests, tokens))
-
-        if not self.store.submit(self._lanes[provider], "unshare", 0, (lease, requests, tokens), answered):
-            self._unreturned.append((provider, lease, requests, tokens))
-
-    def _return_revoked(self) -> None:
-        """Return at once the shares whose account changed (see `_open`)."""
-        for provider, book in self._shares.items():
-            if book.current is not None and not self._open(provider, book.current):
-                self._return(provider, book.retire(book.current))
-
-    def retire(self) -> None:
-        """Return every share: this ledger stops serving (shutdown or reload)."""
-        self._use_shares = False
-        for provider, book in self._shares.items():
-            if book.current is not None:
-                self._return(provider, book.retire(book.current))
-
     def _give_back_unused(self, provider: str, tokens: int, lease: str, reply: Reply) -> None:
         """A reservation granted after its caller stopped waiting (it went local, or its client
         left): nothing was sent on it, so all of it comes back, and its probe turn too."""
@@ -268,10 +188,8 @@ class RedisLedger:
         return await self._fallback.reserve(provider, tokens)
 
     async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
-        share = self._shares[provider].current
-        if self.store.connected and share is not None and self._open(provider, share):
-            if share.fits(tokens, requests, self.now()):
-                return None
+        if self._shares.fits(provider, tokens, requests, self.now()):
+            return None
         reply = await self.store.call(self._lanes[provider], "refusal", 0, (tokens, requests))
         if reply is None:
             if self._policy == "refuse" and _has_limits(self._providers[provider]):
@@ -302,9 +220,7 @@ class RedisLedger:
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         started_here = await self._fallback.start_cooldown(account, until, reason)
         provider, index = self._where[account]
-        book = self._shares[provider]
-        if book.current is not None and book.current.index == index:  # its requests would meet the cooldown
-            self._return(provider, book.retire(book.current))
+        self._shares.return_on(provider, index)  # its requests would meet the cooldown
         reply = await self.store.call(self._lanes[provider], "cooldown", index, (until - self.now(), reason))
         if reply is None:
             return started_here
@@ -330,11 +246,7 @@ class RedisLedger:
     async def refresh(self) -> None:
         """Read every provider's shared figures and who holds leases (for operators); return
         shares that outlived their second unused."""
-        for provider, book in self._shares.items():
-            self._return(provider, book.expired(self.now()))
-        unreturned, self._unreturned = self._unreturned, []
-        for provider, lease, requests, tokens in unreturned:
-            self._unshare(provider, lease, requests, tokens)
+        self._shares.refresh(self.now())
         for provider in self._providers:
             reply = await self.store.call(self._lanes[provider], "view", 0, ())
             if reply is None:
@@ -391,15 +303,9 @@ class RedisLedger:
             "replicas": self._replicas,
             "replica": self._replica,
             "leases": self._leases,
-            "shares": self._share_status(),
+            "shares": self._shares.status(self.now()),
         }
 
-    def _share_status(self) -> dict[str, dict[str, int]]:
-        """What this process's live shares have left to hand out, by provider."""
-        now, status = self.now(), {}
-        for provider, book in self._shares.items():
-            share = book.current
-            if share is not None and not share.returned and now < share.expires:
-                requests, tokens = share.unspent
-                status[provider] = {"requests": requests, "tokens": tokens}
-        return status
+    def retire(self) -> None:
+        """Return every share and ask for none again: this ledger stops serving (a reload)."""
+        self._shares.retire()

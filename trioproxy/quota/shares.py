@@ -8,7 +8,7 @@ costs is timing: it is booked before its requests are sent. A share therefore li
 most, then its unspent part goes back; near a limit there are no shares and every request is
 booked on its own, as without them.
 
-This module is the bookkeeping of one process, without I/O; `redis_ledger` asks and returns.
+This module is the bookkeeping of one process, without I/O; `share_keeper` asks and returns.
 """
 
 import math
