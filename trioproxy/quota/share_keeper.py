@@ -98,10 +98,14 @@ class ShareKeeper:
                 share = Share(index, lease, day, granted, granted_tokens, seq, cum, granted_at + SHARE_SECONDS, revision)
             self._return(provider, book.granted(share, granted_at))
             if share is not None and (not self.enabled or not self._open(provider, share)):
-                self._return(provider, book.retire(share))  # retired or revoked meanwhile
+                self._end(provider, share)  # retired or revoked meanwhile
 
         if not self._store.submit(self._lanes[provider], "share", 0, args, answered):
             book.granted(None, now)
+
+    def _end(self, provider: str, share: Share) -> None:
+        """Stop handing out from `share` and give back what it did not hand out."""
+        self._return(provider, self._books[provider].retire(share))
 
     def _return(self, provider: str, share: Share | None) -> None:
         """Give back what a share did not hand out."""
@@ -124,13 +128,13 @@ class ShareKeeper:
         """Return at once the shares whose account changed (see `_open`)."""
         for provider, book in self._books.items():
             if book.current is not None and not self._open(provider, book.current):
-                self._return(provider, book.retire(book.current))
+                self._end(provider, book.current)
 
     def return_on(self, provider: str, index: int) -> None:
         """Return the provider's share if it is on account `index` (a cooldown starts there)."""
-        book = self._books[provider]
-        if book.current is not None and book.current.index == index:
-            self._return(provider, book.retire(book.current))
+        share = self._books[provider].current
+        if share is not None and share.index == index:
+            self._end(provider, share)
 
     def refresh(self, now: float) -> None:
         """Once a second: return shares that outlived their second, and tell Redis again of
@@ -146,7 +150,7 @@ class ShareKeeper:
         self.enabled = False
         for provider, book in self._books.items():
             if book.current is not None:
-                self._return(provider, book.retire(book.current))
+                self._end(provider, book.current)
 
     def status(self, now: float) -> dict[str, dict[str, int]]:
         """What this process's live shares have left to hand out, by provider."""

@@ -45,9 +45,7 @@ class Share:
     def take(self, tokens: int, now: float) -> tuple[int, int] | None:
         """Hand out one request of `tokens`: the `(seq, cum)` it is booked at, or None if the
         share cannot take it (spent, expired or returned)."""
-        if self.returned or now >= self.expires or self.given_requests >= self.requests:
-            return None
-        if self.given_tokens + tokens > self.tokens:
+        if not self.fits(tokens, 1, now):
             return None
         self.given_requests += 1
         self.given_tokens += tokens
@@ -57,6 +55,7 @@ class Share:
         )
 
     def fits(self, tokens: int, requests: int, now: float) -> bool:
+        """Whether it could hand out `requests` requests of `tokens` in all now."""
         return (
             not self.returned
             and now < self.expires
