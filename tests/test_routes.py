@@ -55,11 +55,20 @@ async def providers(nursery: trio.Nursery) -> Providers:
                      await nursery.start(emulator.serve, chutes))
 
 
-def qwen_config(providers: Providers, **overrides: Any) -> Config:
-    """`proxy_config` with the Qwen3-Coder ids as the providers' own models."""
+def list_only(provider: emulator.EmulatedProvider, model: str, *more: str) -> None:
+    """Make an emulator list (and serve) exactly these models."""
+    provider.model, provider.more_models = model, list(more)
+
+
+def qwen_settings(**overrides: Any) -> dict[str, Any]:
+    """`proxy_config` overrides with the Qwen3-Coder ids as the providers' own models."""
     for name, model in (("cerebras", CEREBRAS_QWEN), ("chutes", CHUTES_QWEN)):
         overrides[name] = {"model": model, **overrides.get(name, {})}
-    return proxy_config(providers, **overrides)
+    return overrides
+
+
+def qwen_config(providers: Providers, **overrides: Any) -> Config:
+    return proxy_config(providers, **qwen_settings(**overrides))
 
 
 @pytest.fixture
