@@ -175,6 +175,12 @@ async def test_model_list_gives_each_route_its_limits(start_proxy: StartProxy) -
     assert "generateContent" in one.supported_actions and "countTokens" in one.supported_actions
 
 
+async def test_a_provider_without_a_cap_makes_the_output_limit_the_window(proxy: Proxy) -> None:
+    one = await sdk(lambda: client(proxy).models.get(model=MODEL))  # Chutes has no cap by default
+
+    assert (one.input_token_limit, one.output_token_limit) == (131_072, 131_072)
+
+
 async def test_openai_model_list_keeps_its_shape_on_the_shared_path(proxy: Proxy) -> None:
     async with httpx.AsyncClient(base_url=proxy.base_url) as http:
         listed = (await http.get("/models")).json()
@@ -227,6 +233,16 @@ async def test_stream_without_alt_sse_is_one_json_array(proxy: Proxy) -> None:
     assert "".join(part.get("text", "") for doc in documents for part in doc["candidates"][0]["content"]["parts"]) \
         == completion_text("cerebras")
     assert documents[-1]["candidates"][0]["finishReason"] == "STOP" and "usageMetadata" in documents[-1]
+
+
+async def test_a_json_array_stream_that_fails_ends_with_the_error_element(proxy: Proxy, providers: Providers) -> None:
+    providers.cerebras.faults = Faults(reset_mid_stream=True, remaining=1)
+    async with httpx.AsyncClient(base_url=root(proxy)) as http:
+        response = await http.post(f"/v1beta/models/{MODEL}:streamGenerateContent", json=HI)
+
+    documents = json.loads(response.content)
+    assert response.status_code == 200 and all("candidates" in document for document in documents[:-1])
+    assert documents[-1]["error"]["code"] >= 500 and documents[-1]["error"]["status"]
 
 
 async def test_snake_case_fields_are_read_as_google_reads_them(proxy: Proxy, providers: Providers) -> None:

@@ -31,7 +31,7 @@ _METHODS = (GENERATE, STREAM, COUNT)
 # path is a client's mistake (or a probe), answered before any lookup.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
-__all__ = ["API", "GeminiCall", "count_tokens", "error_body", "model_card", "models_list", "parse"]
+__all__ = ["API", "GeminiCall", "count_tokens", "error_body", "gemini_call", "model_card", "models_list", "owns", "parse"]
 
 
 @frozen
@@ -46,21 +46,24 @@ class GeminiCall:
         return "POST" if self.method else "GET"
 
 
-def gemini_call(path: str, google_key: bool) -> GeminiCall | None:
-    """The call a path makes if it is Gemini's, else None.
+def owns(path: str, google_key: bool) -> bool:
+    """Whether a path is Gemini's. Everything under `/v1beta/` is. Under `/v1/`, model paths with
+    a `:method` are; the model list and model paths are shared with OpenAI's, so they are Gemini's
+    when a Google key (`x-goog-api-key` or `?key=`) came with them, as it does from Google's SDKs."""
+    if path.startswith("/v1beta/"):
+        return True
+    if not path.startswith("/v1/models"):
+        return False
+    rest = path[len("/v1/models"):]
+    if rest.startswith("/") and ":" in rest:
+        return True
+    return google_key and (rest == "" or rest.startswith("/"))
 
-    Everything under `/v1beta/` is Gemini's. Under `/v1/`, paths with a `:method` are; the model
-    list and model paths are shared with OpenAI's, so they are Gemini's when a Google key
-    (`x-goog-api-key` or `?key=`) came with them, as it does from Google's SDKs.
-    Raises a 404 or 400 (in Google's shape, by the caller) for a Gemini path that names nothing.
-    """
-    version = next((prefix for prefix in VERSIONS if path.startswith(prefix)), None)
-    if version is None:
-        return None
+
+def gemini_call(path: str) -> GeminiCall:
+    """The call a path of Gemini's (see `owns`) makes; a 404 or 400 when it names none."""
+    version = next(prefix for prefix in VERSIONS if path.startswith(prefix))
     rest = path[len(version):]
-    if version == "/v1/" and not (rest.startswith("models/") and ":" in rest) and not (
-            google_key and (rest == "models" or rest.startswith("models/"))):
-        return None
     if rest == "models":
         return GeminiCall(None, None)
     if not rest.startswith("models/"):

@@ -152,7 +152,8 @@ class Conversation:
                 kind = next(key for key in _PART_DATA if key in part)
                 raise bad(f"contents[{index}].parts[{position}]: a model turn cannot hold `{kind}` parts.")
         self._open_calls = [(call["id"], call["function"]["name"]) for call in calls]
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+        # No content is null only beside calls: an assistant message of thoughts alone stays a message.
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or (None if calls else "")}
         if calls:
             message["tool_calls"] = calls
         return message

@@ -57,12 +57,9 @@ class ClientDisconnected(Exception):
 
 
 def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
-    """Errors on Anthropic's paths in Anthropic's shape, on Gemini's in Google's; elsewhere in OpenAI's."""
-    if path.startswith("/v1/messages"):
-        return messages.error_body
-    if path.startswith("/v1beta/") or (path.startswith(MODELS_PATH + "/") and ":" in path):
-        return gemini.error_body
-    return chat.error_body
+    """Errors on Anthropic's paths in Anthropic's shape; everywhere else in OpenAI's (Gemini's
+    paths are told apart before anything can fail)."""
+    return messages.error_body if path.startswith("/v1/messages") else chat.error_body
 
 
 class ProxyApp:
@@ -109,10 +106,9 @@ class ProxyApp:
         try:
             query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
             google_key = header(scope, b"x-goog-api-key")
-            call = gemini.gemini_call(path, google_key is not None or "key" in query)
-            if call is not None:
+            if gemini.owns(path, google_key is not None or "key" in query):
                 shape = gemini.error_body
-                await self._gemini(call, scope, query, google_key, receive, send, request_id)
+                await self._gemini(scope, query, google_key, receive, send, request_id)
                 return
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
             if path.startswith("/v1/") and path != STATUS_PATH:
@@ -152,8 +148,8 @@ class ProxyApp:
             log_refusal(request_id, api, method, path, error)
             await _send_error(send, shape, error, extra)
 
-    async def _gemini(self, call: gemini.GeminiCall, scope: Scope, query: dict[str, list[str]], google_key: str | None,
-                      receive: Receive, send: Send, request_id: str) -> None:
+    async def _gemini(self, scope: Scope, query: dict[str, list[str]], google_key: str | None, receive: Receive,
+                      send: Send, request_id: str) -> None:
         """Gemini's paths: the key from `x-goog-api-key` or `?key=` (one of them), then the call."""
         runtime = self.runtime
         extra = {"x-request-id": request_id}
@@ -163,6 +159,7 @@ class ProxyApp:
                              "parameter, not both.", code="invalid_argument")
         presented = google_key or next(iter(query_keys), None) or header(scope, b"x-api-key")
         runtime.client_keys.check(header(scope, b"authorization"), presented)
+        call = gemini.gemini_call(scope["path"])
         if scope["method"] != call.http_method:
             raise ProxyError(405, f"Method {scope['method']} is not allowed on {scope['path']}; use {call.http_method}.",
                              code="method_not_allowed", headers={"allow": call.http_method})
