@@ -12,6 +12,8 @@ import trio
 
 from conftest import Providers, Proxy, StartProxy
 from test_cli import run, scrubbed_env
+from test_gemini_door import client as gemini_client
+from test_gemini_door import sdk
 from test_health import wait_for_health
 from test_routing import assert_openai_error, chat, client_for, post
 from trioproxy.config import CEREBRAS_MODELS, CHUTES_MODELS, Config, load_config
@@ -25,7 +27,7 @@ PROXY_MODEL = "qwen-3-coder"
 
 async def test_a_fresh_start_with_keys_answers_on_every_door(providers: Providers, proxy: Proxy) -> None:
     """Emulators listing only today's ids, default settings but keys and URLs: Chat Completions,
-    Responses and Messages all answer, from Cerebras's first candidate it lists."""
+    Responses, Messages and Gemini all answer, from Cerebras's first candidate it lists."""
     assert not set(CEREBRAS_MODELS[:1]) & set(emulator.CEREBRAS_RETIRED)
     base = proxy.base_url
     chat_answer = await openai.AsyncOpenAI(base_url=base, api_key="k", max_retries=0).chat.completions.create(
@@ -34,11 +36,13 @@ async def test_a_fresh_start_with_keys_answers_on_every_door(providers: Provider
         model=PROXY_MODEL, input="hi")
     message = await anthropic.AsyncAnthropic(base_url=base.removesuffix("/v1"), api_key="k", max_retries=0).messages.create(
         model=PROXY_MODEL, max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+    gemini = await sdk(lambda: gemini_client(proxy).models.generate_content(model=PROXY_MODEL, contents="hi"))
     text = completion_text("cerebras")
+    assert gemini.text == text
     assert chat_answer.choices[0].message.content == text and chat_answer.model == PROXY_MODEL
     assert response.output_text == text
     assert message.content[0].text == text  # type: ignore[union-attr]
-    assert [body["model"] for body in providers.cerebras.received] == [emulator.CEREBRAS_MODEL] * 3
+    assert [body["model"] for body in providers.cerebras.received] == [emulator.CEREBRAS_MODEL] * 4
     assert providers.chutes.received == []
 
 
