@@ -130,6 +130,24 @@ async def test_calls_without_ids_get_ids_from_their_place_and_pair_by_name(proxy
     assert first[3] == {"role": "tool", "tool_call_id": ids[0], "content": "Error: denied"}
 
 
+async def test_images_a_function_returns_follow_its_tool_message(proxy: Proxy, providers: Providers) -> None:
+    image = {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}
+    contents = [
+        {"role": "user", "parts": [{"text": "Look at logo.png"}]},
+        {"role": "model", "parts": [{"functionCall": {"id": "c1", "name": "read_file", "args": {"path": "logo.png"}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"id": "c1", "name": "read_file", "response": {"output": "read"},
+                                                         "parts": [image]}}]},
+    ]
+    async with httpx.AsyncClient(base_url=root(proxy)) as http:
+        response = await http.post(MODEL_PATH, json={"contents": contents})
+
+    assert response.status_code == 200, response.text
+    sent = providers.cerebras.received[-1]["messages"]
+    assert sent[2] == {"role": "tool", "tool_call_id": "c1", "content": "read"}
+    assert sent[3] == {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}
+
+
 async def test_tool_config_any_with_one_allowed_name_forces_that_function(proxy: Proxy, providers: Providers) -> None:
     other = types.FunctionDeclaration(name="list_dir", parameters_json_schema={"type": "object", "properties": {}})
     config = types.GenerateContentConfig(
