@@ -184,6 +184,8 @@ def _value_for(name: str, kind: type, variant: int) -> str:
         return ("refuse", "local")[variant]
     if name == "CEREBRAS_PLAN":
         return ("code-max", "free")[variant]
+    if name == "HOSTED_TOOLS":
+        return ("refuse", "drop")[variant]
     if name.endswith("_BASE_URL"):
         return f"http://10.0.0.{variant + 1}:8{variant}/v1"
     if kind is int:

@@ -22,8 +22,8 @@ READ_FILE = types.FunctionDeclaration(
     name="read_file", description="Read a file from the workspace",
     parameters=types.Schema(type=types.Type.OBJECT, properties={"path": types.Schema(type=types.Type.STRING)},
                             required=["path"]))
-
-
+HI = {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
+MODEL_PATH = f"/v1beta/models/{MODEL}:generateContent"
 T = TypeVar("T")
 _CLIENTS: list[genai.Client] = []
 
@@ -130,6 +130,24 @@ async def test_calls_without_ids_get_ids_from_their_place_and_pair_by_name(proxy
     assert first[3] == {"role": "tool", "tool_call_id": ids[0], "content": "Error: denied"}
 
 
+async def test_images_a_function_returns_follow_its_tool_message(proxy: Proxy, providers: Providers) -> None:
+    image = {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}
+    contents = [
+        {"role": "user", "parts": [{"text": "Look at logo.png"}]},
+        {"role": "model", "parts": [{"functionCall": {"id": "c1", "name": "read_file", "args": {"path": "logo.png"}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"id": "c1", "name": "read_file", "response": {"output": "read"},
+                                                         "parts": [image]}}]},
+    ]
+    async with httpx.AsyncClient(base_url=root(proxy)) as http:
+        response = await http.post(MODEL_PATH, json={"contents": contents})
+
+    assert response.status_code == 200, response.text
+    sent = providers.cerebras.received[-1]["messages"]
+    assert sent[2] == {"role": "tool", "tool_call_id": "c1", "content": "read"}
+    assert sent[3] == {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}
+
+
 async def test_tool_config_any_with_one_allowed_name_forces_that_function(proxy: Proxy, providers: Providers) -> None:
     other = types.FunctionDeclaration(name="list_dir", parameters_json_schema={"type": "object", "properties": {}})
     config = types.GenerateContentConfig(
@@ -155,6 +173,32 @@ async def test_json_output_and_images_are_forwarded(proxy: Proxy, providers: Pro
     parts = sent["messages"][-1]["content"]
     assert parts[0]["type"] == "image_url" and parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert parts[1] == {"type": "text", "text": "What is this?"}
+
+
+async def test_google_schemas_become_json_schema(proxy: Proxy, providers: Providers) -> None:
+    schema = {"type": "OBJECT", "propertyOrdering": ["n", "tags"], "required": ["tags"], "properties": {
+        "n": {"type": "INTEGER", "nullable": True, "description": "a count"},
+        "tags": {"type": "ARRAY", "items": {"type": "STRING", "enum": ["a", "b"]}, "minItems": "1"}}}
+    body = {**HI, "generationConfig": {"responseMimeType": "application/json", "responseSchema": schema}}
+    async with httpx.AsyncClient(base_url=root(proxy)) as http:
+        response = await http.post(MODEL_PATH, json=body)
+
+    assert response.status_code == 200, response.text
+    assert providers.cerebras.received[-1]["response_format"]["json_schema"]["schema"] == {
+        "type": "object", "required": ["tags"], "properties": {
+            "n": {"type": ["integer", "null"], "description": "a count"},
+            "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}, "minItems": 1}}}
+
+
+async def test_count_tokens_of_a_whole_request_counts_its_tools_too(proxy: Proxy) -> None:
+    tools = [{"functionDeclarations": [{"name": f"tool_{i}", "description": "x" * 400} for i in range(4)]}]
+    async with httpx.AsyncClient(base_url=root(proxy)) as http:
+        bare = await http.post(f"/v1beta/models/{MODEL}:countTokens", json=HI)
+        whole = await http.post(f"/v1beta/models/{MODEL}:countTokens",
+                                json={"generateContentRequest": {"model": f"models/{MODEL}", **HI, "tools": tools}})
+
+    assert bare.status_code == whole.status_code == 200
+    assert whole.json()["totalTokens"] >= bare.json()["totalTokens"] + 400
 
 
 async def test_count_tokens_asks_no_provider(proxy: Proxy, providers: Providers) -> None:
@@ -280,9 +324,6 @@ async def test_the_model_path_goes_through_aliases(start_proxy: StartProxy) -> N
 
     assert response.text == completion_text("cerebras") and response.model_version == "gemini-2.5-pro"
 
-
-HI = {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
-MODEL_PATH = f"/v1beta/models/{MODEL}:generateContent"
 
 
 @pytest.mark.parametrize(

@@ -170,7 +170,7 @@ class Conversation:
                 if not part.get("thought"):
                     content.append({"type": "text", "text": part["text"]})
             elif "functionResponse" in part:
-                results.append(self._result(part["functionResponse"], where))
+                results.append(self._result(part["functionResponse"], where, content))
             elif "inlineData" in part:
                 content.append(_image(part["inlineData"], where))
             elif "fileData" in part:
@@ -185,9 +185,17 @@ class Conversation:
             return [*results, {"role": "user", "content": "\n".join(part["text"] for part in content)}]
         return [*results, {"role": "user", "content": content}]
 
-    def _result(self, response: Any, where: str) -> dict[str, Any]:
+    def _result(self, response: Any, where: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+        """The tool message of a functionResponse; images among its `parts` join the user message
+        that follows the tool messages (a tool message carries text only)."""
         named = fields(response, f"{where}.function_response",
                        frozenset({"id", "name", "response", "parts", "willContinue", "scheduling"}))
+        attached = named.get("parts") or []
+        if not isinstance(attached, list):
+            raise bad(f"{where}.function_response.parts must be an array.")
+        for position, part in enumerate(attached):
+            blob = fields(part, f"{where}.function_response.parts", frozenset({"inlineData"})).get("inlineData")
+            content.append(_image(blob, f"{where}.function_response.parts[{position}]"))
         name, call_id = named.get("name"), named.get("id")
         match = next((open_call for open_call in self._open_calls if call_id and open_call[0] == call_id), None)
         match = match or next((open_call for open_call in self._open_calls if open_call[1] == name), None)
