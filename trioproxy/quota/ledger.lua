@@ -3,9 +3,10 @@
 -- KEYS[1] leases (sorted set: lease id -> expiry), KEYS[2] lease data (hash: id -> fields),
 -- KEYS[3] leases held per replica (hash), KEYS[4..] one hash per account of the provider, in
 -- key order.
--- ARGV[1] the time ("" = Redis TIME), ARGV[2..5] the starting limits of rpm, tpm, rpd and tpd
--- (-1 = none), ARGV[6..9] their configured ceilings (-1 = none): an account's limit is the one
--- the provider stated (`learn`), under the ceiling, else the starting one. Then one or more operations, run in order, each as: its name, the account's index (1-based;
+-- ARGV[1] the time ("" = Redis TIME), ARGV[2] the number of windows k, then k triples: the
+-- window's name, its starting limit and its configured ceiling (-1 = none). An account's limit
+-- is the one the provider stated (`learn`), under the ceiling, else the starting one. Then one
+-- or more operations, run in order, each as: its name, the account's index (1-based;
 -- 0 where the operation chooses), the count of its own arguments, those arguments. Several
 -- replicas' requests arriving together thus cost one call.
 -- The answer: {the time, shared figures, revisions, one answer per operation}. Times go as
@@ -21,8 +22,12 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
-local START = {rpm = tonumber(ARGV[2]), tpm = tonumber(ARGV[3]), rpd = tonumber(ARGV[4]), tpd = tonumber(ARGV[5])}
-local CEILING = {rpm = tonumber(ARGV[6]), tpm = tonumber(ARGV[7]), rpd = tonumber(ARGV[8]), tpd = tonumber(ARGV[9])}
+local START, CEILING = {}, {}
+local WINDOW_COUNT = tonumber(ARGV[2])
+for j = 0, WINDOW_COUNT - 1 do
+  local w = ARGV[3 + 3 * j]
+  START[w], CEILING[w] = tonumber(ARGV[4 + 3 * j]), tonumber(ARGV[5 + 3 * j])
+end
 local LEASES, DATA, HOLDERS = KEYS[1], KEYS[2], KEYS[3]
 local SPAN, DAY = 60, 86400
 local WINDOWS = {'rpm', 'rpd', 'tpm', 'tpd'} -- the order in which a refusal is reported
@@ -554,7 +559,7 @@ end
 
 -- Read every operation before running any: a bad one changes nothing.
 local calls = {}
-local i = 10
+local i = 3 + 3 * WINDOW_COUNT
 while i <= #ARGV do
   local run, index, count = OPS[ARGV[i]], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if run == nil then return redis.error_reply('unknown operation ' .. ARGV[i]) end

@@ -44,15 +44,18 @@ class SharedReservation(Reservation):
     day: int = 0  # the account's day number when booked: tokens per day are refunded within that day only
 
 
-def _limits(provider: ProviderConfig) -> list[int]:
-    """The script's limit arguments: starting limits, then configured ceilings (-1 = none)."""
+def _limits(provider: ProviderConfig) -> list[int | str]:
+    """The script's limit arguments: the number of windows, then per window its name, starting
+    limit and configured ceiling (-1 = none)."""
     starting, ceilings = starting_limits(provider), configured_limits(provider)
-    figures = [starting[w][0] for w in WINDOW_NAMES] + [ceilings[w] for w in WINDOW_NAMES]
-    return [-1 if limit is None else limit for limit in figures]
+    figures: list[int | str] = [len(starting)]
+    for window, (start, _) in starting.items():
+        figures += [window, -1 if start is None else start, -1 if ceilings[window] is None else ceilings[window]]
+    return figures
 
 
 def _has_limits(provider: ProviderConfig) -> bool:
-    return any(limit >= 0 for limit in _limits(provider))
+    return any(start is not None for start, _ in starting_limits(provider).values())
 
 
 def _per_replica(provider: ProviderConfig, replicas: int) -> ProviderConfig:
