@@ -59,8 +59,7 @@ class ClientDisconnected(Exception):
 
 
 def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
-    """Errors on Anthropic's paths in Anthropic's shape; everywhere else in OpenAI's (Gemini's
-    paths are told apart before anything can fail)."""
+    """Errors on Anthropic's paths in Anthropic's shape; everywhere else (but Gemini's) in OpenAI's."""
     return messages.error_body if path.startswith("/v1/messages") else chat.error_body
 
 
@@ -123,12 +122,13 @@ class ProxyApp:
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         runtime = self.runtime
-        shape = _error_shape(path)
+        query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
+        google_key = header(scope, b"x-goog-api-key")
+        # Known before anything can fail, so that every error on Gemini's paths has Google's shape.
+        is_gemini = gemini.owns(path, google_key is not None or "key" in query)
+        shape = gemini.error_body if is_gemini else _error_shape(path)
         try:
-            query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
-            google_key = header(scope, b"x-goog-api-key")
-            if gemini.owns(path, google_key is not None or "key" in query):
-                shape = gemini.error_body
+            if is_gemini:
                 await self._gemini(scope, query, google_key, receive, send, request_id)
                 return
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
