@@ -1243,6 +1243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="start the window this many minutes after the first row")
     trace.add_argument("--budget", type=int, metavar="N", default=None,
                        help="the max_tokens every request names (default: none)")
+    parser.add_argument("--agents", action="store_true",
+                        help="the coding-agent sessions workload against the dual-bucket Cerebras "
+                             "(bench/agent_sessions.py; --minutes default 10, --seed, --replicas, --backend)")
     parser.add_argument("--replicas", type=int, default=1, help="trioproxy processes sharing the key (default 1)")
     parser.add_argument("--backend", choices=("memory", "redis"), default="memory",
                         help="their quota ledger; redis starts a redis-server of its own (default memory)")
@@ -1261,6 +1264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("speeds must be positive and times to first token not negative")
     if not 0 <= args.stream_share <= 1:
         parser.error("--stream-share must lie in [0, 1]")
+    if args.agents:
+        return _agents(args, speeds)
     try:
         workload = _trace_workload(args, parser) if args.trace else _generated_workload(args, parser)
     except llm_trace.TraceError as exc:
@@ -1275,6 +1280,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         deployment = Deployment(args.replicas, args.backend, redis_url)
         results = simulate(workload, deployment=deployment, speeds=speeds)
     text, passed = report(results, deployment, speeds)
+    print(text)
+    print(f"\ntotal wall time {time.perf_counter() - wall:.1f} s")
+    return 0 if passed else 1
+
+
+def _agents(args: argparse.Namespace, speeds: Speeds) -> int:
+    import agent_sessions  # (it builds on this module)
+
+    workload = agent_sessions.AgentWorkload(minutes=args.minutes or 10.0, seed=args.seed)
+    wall = time.perf_counter()
+    with ExitStack() as stack:
+        redis_url = ""
+        if args.backend == "redis":
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="quota-sim-redis-"))
+            redis_url = stack.enter_context(running_redis(Path(folder))).url
+        deployment = Deployment(args.replicas, args.backend, redis_url)
+        results = agent_sessions.simulate(workload, deployment, speeds)
+    text, passed = agent_sessions.report(results, deployment)
     print(text)
     print(f"\ntotal wall time {time.perf_counter() - wall:.1f} s")
     return 0 if passed else 1
