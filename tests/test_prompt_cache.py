@@ -19,7 +19,7 @@ from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.routing.prompt_cache import PromptMemory, PromptPrefix
 from trioproxy.routing.request import RouteRecord
 from trioproxy.routing.settlement import Settlement
-from trioproxy.routing.tokens import PromptEstimator
+from trioproxy.routing.tokens import PromptEstimator, estimate_prompt_tokens
 from trioproxy.testing import emulator
 from trioproxy.testing.redis_server import RedisServer
 
@@ -38,7 +38,7 @@ def turn(count: int, size: int = 400) -> list[dict[str, Any]]:
 
 
 def prefix(messages: list[dict[str, Any]], **body: Any) -> PromptPrefix:
-    return PromptPrefix.of({"messages": messages, **body})
+    return PromptPrefix.of({"messages": messages, **body})[0]
 
 
 # --------------------------------------------------------------------------- prefix memory
@@ -90,9 +90,17 @@ def test_the_table_is_bounded_and_the_oldest_leave_first() -> None:
 
 
 def test_a_body_without_messages_or_with_odd_ones_has_a_prefix_all_the_same() -> None:
-    assert len(PromptPrefix.of({}).digests) == 1
-    assert len(PromptPrefix.of({"messages": "not a list"}).digests) == 1
-    assert len(PromptPrefix.of({"messages": [1, None, "x"]}).digests) == 4
+    assert len(prefix([]).digests) == 1 and len(PromptPrefix.of({})[0].digests) == 1
+    assert PromptPrefix.of({"messages": "not a list"})[1] is None
+    odd, dumped = PromptPrefix.of({"messages": [1, None, "x"]})
+    assert len(odd.digests) == 4 and dumped == b'[1,null,"x"]'
+
+
+def test_the_estimate_from_the_prefix_dump_is_the_estimate_from_the_body() -> None:
+    body = {"messages": [*turn(5), {"role": "user", "content": "日本語のテキスト \u2028 \"quoted\""}],
+            "tools": [{"type": "function", "function": {"name": "f"}}]}
+    _, dumped = PromptPrefix.of(body)
+    assert estimate_prompt_tokens(body, dumped) == estimate_prompt_tokens(body)
 
 
 # --------------------------------------------------------------------------- the memory ledger

@@ -4,11 +4,12 @@ A provider such as Cerebras caches prompt prefixes per organisation (API key) fo
 and counts only the uncached part against its uncached-token limit. Coding agents resend the
 whole conversation every turn, so most of each prompt is the previous turn's prompt. A prompt
 is known here by its message prefix: a chain of digests, one after each leading message (the
-tool definitions first), each keyed by the one before, so the digests of every prefix cost one
-pass over the prompt. No prompt text is kept, only digests and token counts.
+tool definitions first), each of the one before and the message, so the digests of every
+prefix cost one pass over the prompt. No prompt text is kept, only digests and token counts.
+The digests are Python's own 64-bit hashes (SipHash, seeded per process): 20 times faster
+than a cryptographic digest, and the memory that keeps them lives in this process only.
 """
 
-import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,31 +19,34 @@ from attrs import frozen
 
 from ..jsoncodec import dump_json
 
-DIGEST_BYTES = 16
-
-
 @frozen
 class PromptPrefix:
-    """The digests of a prompt's prefixes: `digests[i]` covers the tools and messages before
-    `i` (`digests[0]` the tools alone); `chars[i]` is that prefix's length in JSON."""
+    """The digests of a prompt's prefixes: `digests[i]` covers the tools and the first `i`
+    messages (`digests[0]` the tools alone); `chars[i]` is that prefix's length in JSON."""
 
-    digests: tuple[bytes, ...]
+    digests: tuple[int, ...]
     chars: tuple[int, ...]
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> "PromptPrefix":
+    def of(cls, body: dict[str, Any]) -> tuple["PromptPrefix", bytes | None]:
+        """The body's prefix, and its messages as compact JSON (each message is dumped once
+        here; the estimate reads the same bytes), None when `messages` is not a list."""
         tools = body.get("tools") or body.get("functions") or []
         part = dump_json(tools)
-        digest = hashlib.blake2b(part, digest_size=DIGEST_BYTES).digest()
+        digest = hash(part)
         digests, chars, total = [digest], [len(part)], len(part)
         messages = body.get("messages")
-        for message in messages if isinstance(messages, list) else ():
+        if not isinstance(messages, list):
+            return cls(tuple(digests), tuple(chars)), None
+        parts = []
+        for message in messages:
             part = dump_json(message)
-            digest = hashlib.blake2b(part, digest_size=DIGEST_BYTES, key=digest).digest()
+            parts.append(part)
+            digest = hash((digest, part))
             total += len(part)
             digests.append(digest)
             chars.append(total)
-        return cls(tuple(digests), tuple(chars))
+        return cls(tuple(digests), tuple(chars)), b"[" + b",".join(parts) + b"]"
 
 
 class _KeyMemory:
@@ -51,7 +55,7 @@ class _KeyMemory:
 
     def __init__(self, entries: int) -> None:
         self.entries = entries
-        self.table: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        self.table: OrderedDict[int, tuple[int, float]] = OrderedDict()
 
     def drop_expired(self, now: float) -> None:
         while self.table:
@@ -60,7 +64,7 @@ class _KeyMemory:
                 return
             del self.table[digest]
 
-    def put(self, digest: bytes, tokens: int, until: float) -> None:
+    def put(self, digest: int, tokens: int, until: float) -> None:
         self.table[digest] = (tokens, until)
         self.table.move_to_end(digest)
         while len(self.table) > self.entries:

@@ -171,8 +171,8 @@ class Router:
         attempt: Callable[[Upstream, dict[str, Any], Settlement], Awaitable[T]],
     ) -> T:
         """Run `attempt` on each provider in turn until one delivers; raise ProxyError if none does."""
-        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
-        prefix = PromptPrefix.of(request.body) if self.prompt_memory else None
+        prefix, messages_json = PromptPrefix.of(request.body) if self.prompt_memory else (None, None)
+        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
         order = self._in_order()
         if not order:
             raise self._model_unavailable()
