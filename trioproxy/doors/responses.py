@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import ProxyError
 from ..routing.models import ModelNames
 from ..routing.request import ChatRequest
-from .body import json_object_body, optional_bool, sse_events
+from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool, sse_events
 from .chunks import first_choice
 from .responses_stream import ResponseStream, incomplete_details, response_usage
 
@@ -221,6 +221,8 @@ def _response_format(text: Any) -> dict[str, Any] | None:
 
 class ResponsesExchange:
     """One Responses request: the chat request it became, and the response object it turns into."""
+
+    stream_content_type = SSE_CONTENT_TYPE
 
     def __init__(self, request: ChatRequest, echo: dict[str, Any]) -> None:
         self.request = request
