@@ -233,7 +233,7 @@ async def run_column(column: Column, workload: AgentWorkload, planned: Sequence[
         shutdown = trio.Event()
         async with trio.open_nursery() as proxies:
             urls = [await proxies.start(run_proxy, config, shutdown) for _ in range(deployment.replicas)]
-            await _drive(urls, planned, workload, result, cerebras, chutes)
+            await _drive(urls, planned, workload, result, cerebras, chutes, deployment.sticky)
             shutdown.set()
         nursery.cancel_scope.cancel()
     result.cerebras_received += len(cerebras.received)
@@ -246,9 +246,11 @@ async def run_column(column: Column, workload: AgentWorkload, planned: Sequence[
 
 
 async def _drive(urls: list[str], planned: Sequence[Session], workload: AgentWorkload, result: AgentResult,
-                 cerebras: emulator.EmulatedProvider, chutes: emulator.EmulatedProvider) -> None:
+                 cerebras: emulator.EmulatedProvider, chutes: emulator.EmulatedProvider, sticky: bool) -> None:
     """`concurrent` agents, each working through sessions one after the other until time is up;
-    a turn is sent only after the previous one's answer (and the tool's time)."""
+    a turn is sent only after the previous one's answer (and the tool's time). With several
+    replicas each turn goes to the next one (a round-robin balancer), or with `sticky` each
+    agent stays on one (a balancer with session affinity)."""
     end = trio.current_time() + workload.seconds
     queue = iter(planned)
     sent = 0
@@ -256,7 +258,7 @@ async def _drive(urls: list[str], planned: Sequence[Session], workload: AgentWor
         clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT))
                    for url in urls]
 
-        async def agent() -> None:
+        async def agent(number: int) -> None:
             nonlocal sent
             for session in queue:
                 conversation = Conversation.start(session)
@@ -268,7 +270,7 @@ async def _drive(urls: list[str], planned: Sequence[Session], workload: AgentWor
                     for provider in (cerebras, chutes):
                         provider.received.clear()
                         provider.received_headers.clear()
-                    client = clients[sent % len(clients)]  # replicas take turns, as behind a balancer
+                    client = clients[(number if sticky else sent) % len(clients)]
                     sent += 1
                     await _turn(client, conversation.body(index), index % 2 == 1, result)
                     conversation.answered(index)
@@ -276,8 +278,8 @@ async def _drive(urls: list[str], planned: Sequence[Session], workload: AgentWor
                 result.sessions_done += 1
 
         async with trio.open_nursery() as agents:
-            for _ in range(workload.concurrent):
-                agents.start_soon(agent)
+            for number in range(workload.concurrent):
+                agents.start_soon(agent, number)
 
 
 async def _turn(client: httpx.AsyncClient, body: bytes, streamed: bool, result: AgentResult) -> None:

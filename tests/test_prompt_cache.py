@@ -12,6 +12,7 @@ import trio.testing
 from conftest import Providers, StartProxy
 from test_emulator import FakeClock, start, stream_events
 from test_redis_ledger import Clock, cerebras as redis_cerebras, replica
+from trioproxy.quota.redis_ledger import SharedReservation
 from test_routing import client_for, post, stream
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
@@ -293,3 +294,13 @@ async def test_booking_every_prompt_token_as_uncached_sends_the_same_conversatio
     await converse(proxy, range(1, 5))
     assert providers.cerebras.served == 1 and providers.chutes.served == 3
     assert not providers.cerebras.quota_refusals
+
+
+async def test_ledgers_of_one_replica_name_never_share_a_lease_id(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """A reload's new ledger (or several in one process) counts leases from 1 again: its ids
+    must not meet those of leases still out, or settling one would end the other's."""
+    provider = redis_cerebras(tokens_per_minute=100_000, uncached_tokens_per_minute=50_000)
+    one, two = [await replica(nursery, redis.url, [provider], Clock(), name="same") for _ in range(2)]
+    first, second = await one.reserve("cerebras", 1_000, floor=500), await two.reserve("cerebras", 1_000, floor=500)
+    assert isinstance(first, SharedReservation) and isinstance(second, SharedReservation)
+    assert first.lease != second.lease

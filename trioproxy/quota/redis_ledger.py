@@ -17,6 +17,7 @@ limit / replicas; with "refuse", providers that have limits count as out of quot
 import functools
 import hashlib
 import itertools
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -122,6 +123,9 @@ class RedisLedger:
         self._views: dict[str, dict[str, Any]] = {}  # account -> the script's last view of it
         self._leases: dict[str, dict[str, int]] = {}  # provider -> replica -> leases held
         self._lease_numbers = itertools.count(1)
+        # Lease ids name this ledger too: the ledger a reload builds, or several in one process,
+        # count from 1 again while leases of the one before may still be out under that name.
+        self._lease_prefix = f"{replica}/{secrets.token_hex(4)}"
         self._shares = ShareKeeper(
             store, self._lanes, self._new_lease, lease_seconds=lease_seconds, replica=replica, enabled=shares
         )
@@ -183,7 +187,7 @@ class RedisLedger:
         )
 
     def _new_lease(self) -> str:
-        return f"{self._replica}/{next(self._lease_numbers)}"
+        return f"{self._lease_prefix}/{next(self._lease_numbers)}"
 
     def _give_back_unused(self, provider: str, tokens: int, lease: str, reply: Reply) -> None:
         """A reservation granted after its caller stopped waiting (it went local, or its client
