@@ -98,31 +98,16 @@ def codex_command(run: Run) -> tuple[list[str], dict[str, str]]:
     (codex_home / "config.toml").write_text(f'''\
 model = "{MODEL}"
 model_provider = "trioproxy"
-approval_policy = "never"
-sandbox_mode = "workspace-write"
-check_for_update_on_startup = false
-# The hosted web_search tool is OpenAI's own; trioproxy refuses hosted tools.
-web_search = "disabled"
-
-[analytics]
-enabled = false
-
-[feedback]
-enabled = false
-
-[history]
-persistence = "none"
 
 [model_providers.trioproxy]
-name = "trioproxy demo"
+name = "trioproxy"
 base_url = "{run.base_url}"
-wire_api = "responses"
 env_key = "TRIOPROXY_API_KEY"
-request_max_retries = 0
-stream_max_retries = 0
+wire_api = "responses"
 ''')
-    argv = ["exec", "--json", "--skip-git-repo-check", "--ephemeral", PROMPT]
-    return argv, {"CODEX_HOME": str(codex_home), "TRIOPROXY_API_KEY": "sk-demo"}
+    # The README's one-shot command, word for word.
+    argv = ["exec", "--json", "--skip-git-repo-check", "-s", "workspace-write", PROMPT]
+    return argv, {"CODEX_HOME": str(codex_home), "TRIOPROXY_API_KEY": "anything"}
 
 
 def codex_judge(events: list[dict[str, Any]]) -> Outcome:

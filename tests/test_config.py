@@ -184,6 +184,8 @@ def _value_for(name: str, kind: type, variant: int) -> str:
         return ("redis", "memory")[variant]
     if name == "REDIS_OUTAGE":
         return ("refuse", "local")[variant]
+    if name == "HOSTED_TOOLS":
+        return ("refuse", "drop")[variant]
     if name.endswith("_BASE_URL"):
         return f"http://10.0.0.{variant + 1}:8{variant}/v1"
     if kind is int:

@@ -340,6 +340,9 @@ class Config:
     state_file: str = "auto"
     state_save_interval_ms: int = field(default=5_000, validator=_positive)
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
+    # Tools only OpenAI's own service runs (web_search, file_search, ...) in a Responses request:
+    # "drop" leaves them out (named in the x-trioproxy-dropped-tools header), "refuse" answers 400.
+    hosted_tools: str = field(default="drop", validator=_one_of("drop", "refuse"))
     # On SIGTERM/SIGINT, requests and streams in flight get this long to finish; streams still
     # running then end with an SSE error event and [DONE].
     shutdown_grace_ms: int = field(default=30_000, validator=_positive)
@@ -510,6 +513,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "REDIS_SENTINEL_PASSWORD": (("redis_sentinel_password",), str),
     "REDIS_OUTAGE": (("redis_outage",), str),
     "MAX_WAIT_MS": (("max_wait_ms",), int),
+    "HOSTED_TOOLS": (("hosted_tools",), str),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
     "OPERATOR_API_KEYS": (("operator_api_keys",), tuple),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),

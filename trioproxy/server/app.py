@@ -17,6 +17,7 @@ import trio
 
 from ..doors import chat, gemini, messages, responses
 from ..doors.exchange import Door, Exchange
+from ..doors.responses_tools import refuse_hosted_tools
 from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
@@ -49,6 +50,7 @@ DOORS = {
 _ALLOWED = {**{path: "POST" for path in DOORS}, COUNT_TOKENS_PATH: "POST", MODELS_PATH: "GET",
             STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
 OVERHEAD_HEADER = "x-trioproxy-overhead-ms"
+DROPPED_TOOLS_HEADER = "x-trioproxy-dropped-tools"  # hosted tools left out of what went upstream
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -57,8 +59,7 @@ class ClientDisconnected(Exception):
 
 
 def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
-    """Errors on Anthropic's paths in Anthropic's shape; everywhere else in OpenAI's (Gemini's
-    paths are told apart before anything can fail)."""
+    """Errors on Anthropic's paths in Anthropic's shape; everywhere else (but Gemini's) in OpenAI's."""
     return messages.error_body if path.startswith("/v1/messages") else chat.error_body
 
 
@@ -82,9 +83,27 @@ class ProxyApp:
             with self.drain.request():
                 await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
-            # Closing before accepting makes Hypercorn answer the upgrade with 403.
-            await receive()
-            await send({"type": "websocket.close", "code": 1008})
+            await self._refuse_websocket(scope, receive, send)
+
+    async def _refuse_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a WebSocket handshake with 426 and an error body: trioproxy speaks HTTP only.
+
+        Codex CLI (with `supports_websockets`) tries `GET /v1/responses` with an Upgrade first; on
+        426 it falls back to HTTP at once, where a 403 costs it five retries (about 6 s).
+        """
+        await receive()  # websocket.connect
+        request_id = request_id_from(header(scope, b"x-request-id"))
+        REQUEST_ID.set(request_id)
+        path = scope["path"]
+        error = ProxyError(426, "trioproxy speaks HTTP only: send this request as an HTTP POST, not over a WebSocket.",
+                           code="websocket_not_supported")
+        log_refusal(request_id, "none", "GET", path, error)
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})  # the server can only answer 403
+            return
+        await send({"type": "websocket.http.response.start", "status": error.status,
+                    "headers": encode_headers({"content-type": "application/json", "x-request-id": request_id})})
+        await send({"type": "websocket.http.response.body", "body": dump_json(_error_shape(path)(error))})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Hypercorn's Trio worker expects a lifespan answer; the supervisor owns real start-up.
@@ -102,12 +121,13 @@ class ProxyApp:
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         runtime = self.runtime
-        shape = _error_shape(path)
+        query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
+        google_key = header(scope, b"x-goog-api-key")
+        # Known before anything can fail, so that every error on Gemini's paths has Google's shape.
+        is_gemini = gemini.owns(path, google_key is not None or "key" in query)
+        shape = gemini.error_body if is_gemini else _error_shape(path)
         try:
-            query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
-            google_key = header(scope, b"x-goog-api-key")
-            if gemini.owns(path, google_key is not None or "key" in query):
-                shape = gemini.error_body
+            if is_gemini:
                 await self._gemini(scope, query, google_key, receive, send, request_id)
                 return
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
@@ -187,6 +207,11 @@ class ProxyApp:
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
             served.stream, served.model = exchange.request.stream, exchange.request.route
+            if dropped := exchange.request.dropped_tools:
+                if runtime.config.hosted_tools == "refuse":
+                    raise refuse_hosted_tools(list(dropped))
+                served.dropped_tools = dropped
+                extra[DROPPED_TOOLS_HEADER] = ", ".join(dropped)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
             await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))
