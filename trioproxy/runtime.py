@@ -15,6 +15,7 @@ from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.backends import open_ledger
 from .quota.contract import Ledger
+from .routing.limits import route_limits
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
@@ -30,6 +31,7 @@ class Runtime:
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
+    sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
 
     @property
     def router(self) -> Router:
@@ -109,6 +111,9 @@ async def build_runtime(
             before = previous.routers.get(name, previous.router)
             router.estimator.ratio = before.estimator.ratio
             router.patience.carry_over(before.patience)
+            for quota_key, memory in router.prompt_memory.items():
+                if quota_key in before.prompt_memory:
+                    memory.carry_over(before.prompt_memory[quota_key])
     wanted: dict[str, list[tuple[str, ...]]] = {}
     for ups in routes.values():
         for u in ups:
@@ -123,6 +128,10 @@ async def build_runtime(
             await prober.run()
 
     nursery.start_soon(probe)
-    models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
+    models = ModelNames(tuple(
+        ServedModel(route.name, route.aliases, route_limits((u.config for u in routes[route.name]), route.context_window,
+                                                           route.max_output_tokens))
+        for route in config.routes))
     client_keys = ClientKeys(config.client_api_keys)
-    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope)
+    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope,
+                   Sanitizer(secrets(config)))
