@@ -8,10 +8,10 @@ import time
 import uuid
 from typing import Any
 
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from ..routing.models import ModelNames
 from ..routing.request import ChatRequest
-from .body import json_object_body, optional_bool, sse_events
+from .body import check_function_tools, json_object_body, optional_bool, sse_events
 from .chunks import first_choice
 from .responses_stream import ResponseStream, incomplete_details, response_usage
 
@@ -51,7 +51,7 @@ def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
                          code="unsupported_feature", param="store")
     unknown = sorted(key for key in body if key not in _ACCEPTED)
     if unknown:
-        raise _bad(f"Unsupported parameter: `{unknown[0]}`.", unknown[0])
+        raise _bad(f"Unsupported parameter: `{quoted(unknown[0])}`.", quoted(unknown[0]))
     chat: dict[str, Any] = {"model": body["model"], "messages": _messages(body)}
     if not chat["messages"]:
         raise _bad("`input` must hold at least one message.", "input")
@@ -65,6 +65,7 @@ def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
         chat["max_completion_tokens"] = budget
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
+        check_function_tools(chat["tools"])
     if body.get("tool_choice") is not None:
         chat["tool_choice"] = _tool_choice(body["tool_choice"])
     if (response_format := _response_format(body.get("text"))) is not None:
@@ -138,7 +139,7 @@ def _append_item(messages: list[dict[str, Any]], item: dict[str, Any], index: in
         raise ProxyError(400, "trioproxy keeps no conversation state: `item_reference` items cannot be resolved; send the items themselves.",
                          code="unsupported_feature", param="input")
     else:
-        raise ProxyError(400, f"`input[{index}]` is a `{kind}` item, which trioproxy cannot forward: it supports messages, function calls and their outputs.",
+        raise ProxyError(400, f"`input[{index}]` is a `{quoted(kind)}` item, which trioproxy cannot forward: it supports messages, function calls and their outputs.",
                          code="unsupported_feature", param="input")
 
 
@@ -166,7 +167,7 @@ def _content(content: Any, index: int) -> str | list[dict[str, Any]]:
             image = {"url": part["image_url"], **({"detail": part["detail"]} if part.get("detail") else {})}
             parts.append({"type": "image_url", "image_url": image})
         else:
-            raise ProxyError(400, f"`input[{index}]` has a content part trioproxy cannot forward ({kind!r}); "
+            raise ProxyError(400, f"`input[{index}]` has a content part trioproxy cannot forward ({quoted(repr(kind))}); "
                              "it supports input_text, output_text and input_image with an image_url.",
                              code="unsupported_feature", param="input")
     return parts
@@ -188,7 +189,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
             converted += _tools(tool.get("tools") or [])
             continue
         if kind != "function":
-            raise ProxyError(400, f"trioproxy forwards function tools only; `{kind}` is a hosted tool the provider does not run.",
+            raise ProxyError(400, f"trioproxy forwards function tools only; `{quoted(kind)}` is a hosted tool the provider does not run.",
                              code="unsupported_feature", param="tools")
         if not isinstance(tool.get("name"), str):
             raise _bad("Every function tool needs a `name`.", "tools")

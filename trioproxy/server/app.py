@@ -15,7 +15,7 @@ import trio
 
 from ..doors import chat, messages, responses
 from ..doors.exchange import Door, Exchange
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
 from ..runtime import Runtime
@@ -130,12 +130,15 @@ class ProxyApp:
                 await self.dashboard.handle(path, method, authorization, x_api_key, send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
-                raise ProxyError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
+                raise ProxyError(405, f"Method {method} is not allowed on {quoted(path)}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
             else:
-                raise ProxyError(404, f"Unknown path {path}.", code="not_found")
+                raise ProxyError(404, f"Unknown path {quoted(path)}.", code="not_found")
         except ProxyError as error:
             log_refusal(request_id, DOORS[path].api if path in DOORS else "none", method, path, error)
             await _send_error(send, _error_shape(path), error, extra)
+        except Exception:
+            log.exception("request %s failed inside trioproxy", request_id)
+            await _send_error(send, _error_shape(path), internal_error(request_id), extra)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         await send_response(send, 200, self.metrics.render(), CONTENT_TYPE, extra)
@@ -145,12 +148,20 @@ class ProxyApp:
         runtime = self.runtime  # a reload mid-request does not change what serves it
         served = ServedRequest(request_id, door.api)
         extra = {"x-request-id": request_id}
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
             served.stream, served.model = exchange.request.stream, exchange.request.route
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
-            await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))
+            await _cancel_on_disconnect(receive, tracking_send,
+                                        lambda send: self._serve(runtime, exchange, served, send, extra))
         except ProxyError as error:
             served.status = error.status
             if served.route.provider == "-":  # refused before any provider was asked
@@ -158,6 +169,11 @@ class ProxyApp:
             await _send_error(send, door.error_body, error, extra)
         except ClientDisconnected:
             served.status = STATUS_CLIENT_CLOSED
+        except Exception:  # a bug of ours: a 500 in the door's shape, the traceback in the log, once
+            log.exception("request %s failed inside trioproxy", request_id)
+            if not started:
+                served.status = 500
+                await _send_error(send, door.error_body, internal_error(request_id), extra)
         finally:
             finish_request(served, runtime, self.metrics, self.history)
 
@@ -184,6 +200,9 @@ class ProxyApp:
                                 await send({"type": "http.response.body", "body": events, "more_body": True})
                 except ProxyError as error:
                     failure = error
+                except Exception:  # after the 200: the stream ends with the door's error event
+                    log.exception("request %s failed inside trioproxy mid-stream", served.request_id)
+                    failure = internal_error(served.request_id)
             if relaying.cancelled_caught:  # shutdown's grace period is over: end it cleanly
                 failure = SHUTDOWN_ERROR
             await send({"type": "http.response.body", "body": exchange.stream_end(failure), "more_body": False})
@@ -221,6 +240,12 @@ def _overhead_ms(served: ServedRequest) -> str:
 def _tool_parameters(body: dict[str, Any]) -> str:
     keys = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
     return json.dumps({key: body[key] for key in keys if key in body})
+
+
+def internal_error(request_id: str) -> ProxyError:
+    """What a client is told when trioproxy itself failed: the id to find the log's traceback by."""
+    return ProxyError(500, f"trioproxy failed on this request (request id {request_id}); its log has the details.",
+                      type="api_error", code="internal_error")
 
 
 def _too_large(limit: int) -> ProxyError:

@@ -1,0 +1,212 @@
+"""What nothing may get through: bodies nested too deep, failures that leave quota booked, echoes
+of huge names, malformed tools, and a provider refusing the proxy's own key.
+
+Every door is driven through real HTTP against the emulated providers; the ledger is read back
+through /v1/status, the counts through /metrics.
+"""
+
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from conftest import Providers, Proxy, StartProxy
+from test_routing import assert_openai_error
+from trioproxy.doors.body import MAX_NESTING
+from trioproxy.providers.upstream import Upstream
+from trioproxy.testing.emulator import Faults
+
+MODEL = "qwen-3-coder"
+USER = [{"role": "user", "content": "Say hello."}]
+LIMITED = {"requests_per_day": 1_000, "tokens_per_day": 10_000_000}
+
+
+def nested_body(body: Any, stream: bool, levels: int) -> bytes:
+    """`body` with `levels` objects nested in one another ({"a": {"a": ... 1}}) as its value,
+    written as text: too deep for `json.dumps` to write."""
+    return json.dumps(body("VALUE", stream)).encode().replace(b'"VALUE"', b'{"a":' * levels + b"1" + b"}" * levels)
+
+
+def depth(raw: bytes) -> int:
+    """How deep containers nest in `raw` (whose strings hold no brackets): its own count, not the proxy's."""
+    deepest = level = 0
+    for byte in raw:
+        level += byte in b"{[" or -(byte in b"}]")
+        deepest = max(deepest, level)
+    return deepest
+
+
+# Where each door carries a client's JSON schema or free JSON, as (path, body around `value`).
+PLACES: dict[str, tuple[str, Any]] = {
+    "chat tool parameters": ("/chat/completions", lambda value, stream: {
+        "model": MODEL, "messages": USER, "stream": stream,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "x": value}}}]}),
+    "chat unknown field": ("/chat/completions", lambda value, stream: {
+        "model": MODEL, "messages": USER, "stream": stream, "x_extra": value}),
+    "responses tool parameters": ("/responses", lambda value, stream: {
+        "model": MODEL, "input": "Say hello.", "stream": stream, "store": False,
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "x": value}}]}),
+    "responses text format schema": ("/responses", lambda value, stream: {
+        "model": MODEL, "input": "Say hello.", "stream": stream, "store": False,
+        "text": {"format": {"type": "json_schema", "name": "s", "schema": {"type": "object", "x": value}}}}),
+    "messages input_schema": ("/messages", lambda value, stream: {
+        "model": MODEL, "max_tokens": 64, "messages": USER, "stream": stream,
+        "tools": [{"name": "f", "input_schema": {"type": "object", "x": value}}]}),
+    "messages content": ("/messages", lambda value, stream: {
+        "model": MODEL, "max_tokens": 64, "stream": stream,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "x": value}]}]}),
+    "count_tokens": ("/messages/count_tokens", lambda value, stream: {
+        "model": MODEL, "messages": USER, "tools": [{"name": "f", "input_schema": {"type": "object", "x": value}}]}),
+}
+
+
+def is_door_error(path: str, document: Any) -> bool:
+    if path.startswith("/messages"):
+        return document.get("type") == "error" and document["error"]["type"] == "invalid_request_error"
+    return assert_openai_error(document)["code"] == "invalid_json"
+
+
+async def cerebras_booked(client: httpx.AsyncClient) -> tuple[int, int]:
+    account = (await client.get("/status")).json()["providers"][0]["accounts"]["cerebras"]
+    return account["rpd"]["used"], account["tpd"]["used"]
+
+
+async def test_nesting_past_the_limit_is_a_400_on_every_door_and_books_nothing(start_proxy: StartProxy) -> None:
+    """Depths around the limit and around the interpreter's (where re-encoding used to fail
+    after the reservation) on every door, streamed and not: past the limit a 400 in the door's
+    shape, and the ledger shows nothing booked; at the limit the request is served."""
+    proxy = await start_proxy(cerebras=LIMITED)
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=20) as client:
+        for name, (path, body) in PLACES.items():
+            for stream in (False, True):
+                base = depth(nested_body(body, stream, 100)) - 100
+                for total in (MAX_NESTING + 1, MAX_NESTING + 2, 974, 975, 980):
+                    raw = nested_body(body, stream, total - base)
+                    assert depth(raw) == total
+                    with trio.fail_after(10):
+                        response = await client.post(path, content=raw, headers={"content-type": "application/json"})
+                    assert response.status_code == 400, (name, stream, total, response.text[:300])
+                    assert is_door_error(path, response.json()), (name, response.text[:300])
+        assert await cerebras_booked(client) == (0, 0)
+        for name, (path, body) in PLACES.items():
+            base = depth(nested_body(body, False, 100)) - 100
+            raw = nested_body(body, False, MAX_NESTING - base)
+            assert depth(raw) == MAX_NESTING
+            response = await client.post(path, content=raw, headers={"content-type": "application/json"})
+            assert response.status_code == 200, (name, response.text[:300])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_failure_of_ours_after_the_reservation_is_a_500_and_settles_the_quota(
+    start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    """A bug between booking and sending: the client gets a 500 in its door's shape naming the
+    request id, the log one traceback, /metrics the status 500; the booking is given back."""
+
+    async def broken(self: Upstream, body: dict[str, Any], api_key: str) -> httpx.Response:
+        raise RuntimeError("a bug after the reservation")
+
+    monkeypatch.setattr(Upstream, "open_chat", broken)
+    proxy = await start_proxy(cerebras=LIMITED)
+    caplog.set_level(logging.INFO)
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
+        for path, body in (("/chat/completions", {"model": MODEL, "messages": USER, "stream": stream}),
+                           ("/messages", {"model": MODEL, "max_tokens": 64, "messages": USER, "stream": stream})):
+            with trio.fail_after(10):
+                response = await client.post(path, json=body, headers={"x-request-id": "req-bug-1"})
+            assert response.status_code == 500, response.text
+            assert response.headers["x-request-id"] == "req-bug-1"
+            document = response.json()
+            message = document["error"]["message"]
+            assert "req-bug-1" in message and "a bug" not in message
+            if path == "/messages":
+                assert document["type"] == "error" and document["error"]["type"] == "api_error"
+            else:
+                assert assert_openai_error(document)["code"] == "internal_error"
+        rpd, tpd = await cerebras_booked(client)
+        assert (rpd, tpd) == (2, 0)  # the requests counted, their tokens given back
+        metrics = (await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")).text
+    assert 'status="500"' in metrics and 'status="0"' not in metrics
+    tracebacks = [r for r in caplog.records
+                  if r.exc_info and "a bug after the reservation" in logging.Formatter().formatException(r.exc_info)]
+    assert len(tracebacks) == 2, [r.getMessage() for r in caplog.records]
+
+
+async def test_a_failure_of_ours_mid_stream_ends_the_stream_with_the_door_error_event(
+    start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trioproxy.doors.chat import ChatExchange
+
+    calls = 0
+    original = ChatExchange.stream_events
+
+    def breaks_on_the_second(self: ChatExchange, documents: list[dict[str, Any]]) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("a bug mid-stream")
+        return original(self, documents)
+
+    monkeypatch.setattr(ChatExchange, "stream_events", breaks_on_the_second)
+    proxy = await start_proxy(cerebras=LIMITED)
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
+        with trio.fail_after(10):
+            response = await client.post("/chat/completions", json={"model": MODEL, "messages": USER, "stream": True})
+        assert response.status_code == 200
+        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "internal_error"
+        # Settled from what was spent, not the whole budget, once the stream is closed behind the client.
+        with trio.fail_after(5):
+            while (booked := await cerebras_booked(client))[1] > 1_000:
+                await trio.sleep(0.01)
+        assert booked[0] == 1
+
+
+async def test_a_huge_model_name_is_not_echoed_whole(proxy: Proxy) -> None:
+    name = "m" * 5_000_000
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=20) as client:
+        for path, body in (("/chat/completions", {"model": name, "messages": USER}),
+                           ("/messages", {"model": name, "max_tokens": 5, "messages": USER}),
+                           ("/responses", {"model": name, "input": "hi"})):
+            response = await client.post(path, json=body)
+            assert response.status_code == 404
+            assert len(response.content) < 2_000
+        response = await client.post("/responses", json={"model": MODEL, "input": "hi", "k" * 100_000: 1})
+        assert response.status_code == 400 and len(response.content) < 2_000
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/chat/completions", {"model": MODEL, "messages": USER, "tools": True}),
+    ("/chat/completions", {"model": MODEL, "messages": USER, "tools": [1]}),
+    ("/chat/completions", {"model": MODEL, "messages": USER, "tools": [{"type": "function", "function": {"name": 3}}]}),
+    ("/chat/completions", {"model": MODEL, "messages": USER,
+                           "tools": [{"type": "function", "function": {"name": "f", "parameters": True}}]}),
+    ("/responses", {"model": MODEL, "input": "hi", "tools": True}),
+    ("/responses", {"model": MODEL, "input": "hi", "tools": [{"type": "function", "name": "f", "parameters": []}]}),
+    ("/messages", {"model": MODEL, "max_tokens": 5, "messages": USER, "tools": True}),
+    ("/messages", {"model": MODEL, "max_tokens": 5, "messages": USER, "tools": [{"name": "f", "input_schema": 1}]}),
+])
+async def test_malformed_tools_are_a_400_on_every_door(providers: Providers, proxy: Proxy, path: str,
+                                                        body: dict[str, Any]) -> None:
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
+        response = await client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert providers.cerebras.served == providers.chutes.served == 0
+
+
+async def test_every_provider_refusing_its_key_is_a_provider_failure(providers: Providers, proxy: Proxy) -> None:
+    """A 401 from every provider is the proxy's keys refused, not the client's: a 502 that says so."""
+    for provider in (providers.cerebras, providers.chutes):
+        provider.faults = Faults(status=401)
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
+        response = await client.post("/chat/completions", json={"model": MODEL, "messages": USER})
+        anthropic = await client.post("/messages", json={"model": MODEL, "max_tokens": 5, "messages": USER})
+    assert response.status_code == 502, response.text
+    error = assert_openai_error(response.json())
+    assert error["type"] == "api_error" and error["code"] == "provider_key_refused"
+    assert "trioproxy's API key" in error["message"] and "Incorrect API key provided" not in error["message"]
+    assert anthropic.status_code == 502 and anthropic.json()["error"]["type"] == "api_error"
