@@ -210,3 +210,155 @@ async def test_every_provider_refusing_its_key_is_a_provider_failure(providers: 
     assert error["type"] == "api_error" and error["code"] == "provider_key_refused"
     assert "trioproxy's API key" in error["message"] and "Incorrect API key provided" not in error["message"]
     assert anthropic.status_code == 502 and anthropic.json()["error"]["type"] == "api_error"
+
+
+# --------------------------------------------------------------------------- web pages
+
+DOORS = [
+    ("/chat/completions", {"model": MODEL, "messages": USER}),
+    ("/responses", {"model": MODEL, "input": "hi"}),
+    ("/messages", {"model": MODEL, "max_tokens": 5, "messages": USER}),
+    ("/messages/count_tokens", {"model": MODEL, "messages": USER}),
+]
+
+
+def root(proxy: Proxy) -> str:
+    return proxy.base_url.removesuffix("/v1")
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "text/plain;charset=UTF-8",
+                                          "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"])
+async def test_a_post_that_is_not_declared_json_is_a_415_in_the_door_shape(
+    providers: Providers, start_proxy: StartProxy, content_type: str | None
+) -> None:
+    """What a page may send without a CORS preflight never reaches a provider."""
+    proxy = await start_proxy(cerebras=LIMITED)
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
+        for path, body in DOORS:
+            headers = {"content-type": content_type} if content_type else {}
+            request = client.build_request("POST", path, content=json.dumps(body).encode(), headers=headers)
+            request.headers.pop("content-type", None)
+            if content_type is not None:
+                request.headers["content-type"] = content_type
+            response = await client.send(request)
+            assert response.status_code == 415, (path, response.text)
+            if path.startswith("/messages"):
+                assert response.json()["type"] == "error"
+            else:
+                assert assert_openai_error(response.json())["code"] == "unsupported_media_type"
+        assert await cerebras_booked(client) == (0, 0)
+        for content_type in ("application/json", "application/json; charset=utf-8", "Application/JSON"):
+            response = await client.post("/chat/completions", content=json.dumps(DOORS[0][1]),
+                                         headers={"content-type": content_type})
+            assert response.status_code == 200, response.text
+    assert providers.cerebras.served == 3
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:3000", "localhost.evil.example", "127.0.0.1.nip.io"])
+async def test_a_host_not_allowed_reads_nothing_and_spends_nothing(
+    providers: Providers, proxy: Proxy, host: str
+) -> None:
+    """After DNS rebinding a page is same-origin with the proxy, but it names its own host."""
+    async with httpx.AsyncClient(base_url=root(proxy), timeout=10, headers={"host": host}) as client:
+        for method, path in (("GET", "/v1/status"), ("GET", "/v1/models"), ("GET", "/"), ("GET", "/dashboard"),
+                             ("GET", "/metrics"), ("POST", "/v1/chat/completions")):
+            response = await client.request(method, path, json=DOORS[0][1])
+            assert response.status_code == 403, (path, response.text)
+            assert "allowed_hosts" in response.json()["error"]["message"]
+            assert "data" not in response.json()
+    assert providers.cerebras.served == providers.chutes.served == 0
+
+
+async def test_allowed_hosts_loopback_names_and_addresses_are_served(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(allowed_hosts=("proxy.lan", ".corp.example"))
+    port = root(proxy).rpartition(":")[2]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", "api.localhost", "[::1]:3000", "10.1.2.3",
+                 "proxy.lan", f"proxy.lan:{port}", "corp.example", "a.corp.example"):
+        async with httpx.AsyncClient(base_url=root(proxy), timeout=10, headers={"host": host}) as client:
+            assert (await client.get("/v1/models")).status_code == 200, host
+    async with httpx.AsyncClient(base_url=root(proxy), timeout=10, headers={"host": "proxy.lan.evil"}) as client:
+        assert (await client.get("/v1/models")).status_code == 403
+
+
+async def test_a_page_of_another_origin_is_refused_and_gets_no_cors_headers(providers: Providers, proxy: Proxy) -> None:
+    port = root(proxy).rpartition(":")[2]
+    async with httpx.AsyncClient(base_url=root(proxy), timeout=10) as client:
+        for origin in ("http://evil.example", f"http://127.0.0.1:{int(port) + 1}", "null", f"https://localhost:{port}"):
+            for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/status"), ("OPTIONS", "/v1/chat/completions")):
+                response = await client.request(method, path, json=DOORS[0][1], headers={"origin": origin})
+                assert response.status_code == 403, (origin, path, response.text)
+                assert not any(name.startswith("access-control-") for name in response.headers)
+        # The proxy's own pages (the dashboard) send its own origin.
+        own = await client.post("/v1/chat/completions", json=DOORS[0][1], headers={"origin": f"http://127.0.0.1:{port}"})
+        assert own.status_code == 200
+        assert not any(name.startswith("access-control-") for name in own.headers)
+    assert providers.cerebras.served == 1
+
+
+async def test_allowed_origins_get_cors_headers_and_a_preflight(providers: Providers, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(allowed_origins=("http://app.example", "vscode-webview://*"))
+    async with httpx.AsyncClient(base_url=root(proxy), timeout=10) as client:
+        for origin in ("http://app.example", "vscode-webview://abc123"):
+            preflight = await client.options("/v1/chat/completions", headers={
+                "origin": origin, "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type"})
+            assert preflight.status_code == 204
+            assert preflight.headers["access-control-allow-origin"] == origin
+            assert "POST" in preflight.headers["access-control-allow-methods"]
+            assert preflight.headers["access-control-allow-headers"] == "authorization, content-type"
+            response = await client.post("/v1/chat/completions", json=DOORS[0][1], headers={"origin": origin})
+            assert response.status_code == 200
+            assert response.headers["access-control-allow-origin"] == origin
+        refused = await client.post("/v1/chat/completions", json=DOORS[0][1], headers={"origin": "http://other.example"})
+        assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
+
+
+# --------------------------------------------------------------------------- the HTTP edge
+
+AMBIGUOUS = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+             b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+
+
+async def read_all(stream: trio.SocketStream, seconds: float = 5) -> bytes:
+    data = b""
+    with trio.fail_after(seconds):
+        try:
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+        except trio.BrokenResourceError:  # a reset: what arrived before it is what the client got
+            pass
+    return data
+
+
+def port_of(proxy: Proxy) -> int:
+    return int(root(proxy).rpartition(":")[2])
+
+
+async def test_a_refused_framing_answer_arrives_whole_with_a_pipelined_request_behind_it(proxy: Proxy) -> None:
+    """The 400 for Content-Length plus Transfer-Encoding, then the close: the pipelined bytes that
+    arrive meanwhile neither cut the answer short nor reset it away."""
+    for attempt in range(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(proxy))
+        await stream.send_all(AMBIGUOUS)
+        await trio.sleep(0.002)  # the pipelined bytes arrive after the proxy read the request
+        try:
+            await stream.send_all(b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n" * 50)
+        except trio.BrokenResourceError:
+            pass
+        data = await read_all(stream)
+        await stream.aclose()
+        assert data.startswith(b"HTTP/1.1 400 ") and data.endswith(b"}"), (attempt, data[:300])
+        assert b"ambiguous_framing" in data and data.count(b"HTTP/1.1 ") == 1
+
+
+@pytest.mark.parametrize("size", [17 * 1024, 40 * 1024, 63 * 1024])
+async def test_a_request_head_over_16_kib_is_a_431(proxy: Proxy, size: int) -> None:
+    """README: a request line and headers over 16 KiB get a 431, however they arrive."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port_of(proxy))
+    await stream.send_all(b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: " + b"a" * size + b"\r\n\r\n")
+    data = await read_all(stream)
+    assert data.startswith(b"HTTP/1.1 431 "), data[:200]
+    stream = await trio.open_tcp_stream("127.0.0.1", port_of(proxy))
+    await stream.send_all(b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\nx-big: "
+                          + b"a" * 15_000 + b"\r\n\r\n")
+    assert (await read_all(stream)).startswith(b"HTTP/1.1 200 ")

@@ -6,10 +6,9 @@ import signal
 from collections.abc import Callable
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from .server.app import ProxyApp
+from .server.connections import ServerConfig, serve
 from .server.auth import is_loopback
 from .server.edges import HttpEdges
 from .config import Config, ConfigError, keyless_route
@@ -24,9 +23,10 @@ from .runtime import ClientPool, build_runtime, serving_providers
 log = logging.getLogger("trioproxy")
 
 
-def _hypercorn_config(config: Config, listen_fd: int | None) -> HypercornConfig:
-    hyper = HypercornConfig()
+def _hypercorn_config(config: Config, listen_fd: int | None) -> ServerConfig:
+    hyper = ServerConfig()
     hyper.graceful_timeout = config.shutdown_grace_ms / 1000
+    hyper.client_stall_seconds = config.client_stall_timeout_ms / 1000
     host = f"[{config.host}]" if ":" in config.host else config.host
     # A worker of --workers serves the socket its supervisor bound.
     hyper.bind = [f"fd://{listen_fd}"] if listen_fd is not None else [f"{host}:{config.port}"]

@@ -22,6 +22,7 @@ from ..runtime import Runtime
 from . import operator_views as operator
 from .accounting import finish_request
 from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
+from .browser_guard import check_json_body
 from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
@@ -99,7 +100,16 @@ class ProxyApp:
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         runtime = self.runtime
+        host, origin = header(scope, b"host"), header(scope, b"origin")
+        if origin is not None and (cors := runtime.guard.cors_headers(origin, host)):
+            send = _with_headers(send, cors)
+            if method == "OPTIONS":  # a preflight from an allowed origin
+                await send_response(send, 204, b"", "text/plain", {**extra, **runtime.guard.preflight_headers(
+                    header(scope, b"access-control-request-headers"))})
+                return
         try:
+            if (refused := runtime.guard.refusal(host, origin)) is not None:
+                raise refused
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
             if path.startswith("/v1/") and path != STATUS_PATH:
                 runtime.client_keys.check(authorization, x_api_key)
@@ -208,6 +218,9 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": exchange.stream_end(failure), "more_body": False})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body of a request, which must be declared JSON (what a web page cannot send
+        unasked), within max_body_bytes and request_timeout_ms."""
+        check_json_body(header(scope, b"content-type"))
         max_body_bytes = self.runtime.config.max_body_bytes
         declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
@@ -286,6 +299,18 @@ async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Se
         raise ClientDisconnected()
     if refused is not None:
         raise refused
+
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    """`send` adding `headers` to the response's start."""
+    encoded = encode_headers(headers)
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *encoded]}
+        await send(message)
+
+    return sending
 
 
 async def _send_json(send: Send, status: int, document: Any, extra: dict[str, str] | None = None) -> None:
