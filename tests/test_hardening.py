@@ -7,13 +7,15 @@ through /v1/status, the counts through /metrics.
 
 import json
 import logging
+import socket
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 
-from conftest import Providers, Proxy, StartProxy
+from conftest import Providers, Proxy, StartProxy, proxy_config
 from test_routing import assert_openai_error
 from trioproxy.doors.body import MAX_NESTING
 from trioproxy.providers.upstream import Upstream
@@ -362,3 +364,120 @@ async def test_a_request_head_over_16_kib_is_a_431(proxy: Proxy, size: int) -> N
     await stream.send_all(b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\nx-big: "
                           + b"a" * 15_000 + b"\r\n\r\n")
     assert (await read_all(stream)).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_reload_that_moves_host_or_port_says_it_needs_a_restart(
+    providers: Providers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The socket stays where it was bound: the log says so, and says nothing of the new address
+    as if the proxy listened there (no "LISTENING ON 0.0.0.0 WITHOUT CLIENT KEYS")."""
+    from test_reload import reloadable_proxy
+
+    caplog.set_level(logging.INFO)
+    config = proxy_config(providers)
+    async with reloadable_proxy(config) as (proxy, send_reloads):
+        await send_reloads.send(attrs.evolve(config, host="0.0.0.0", port=3999))
+        with trio.fail_after(5):
+            while "configuration reloaded" not in caplog.text:
+                await trio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
+            assert (await client.get("/models")).status_code == 200
+    reloaded = next(r.getMessage() for r in caplog.records if "configuration reloaded" in r.getMessage())
+    assert "need a restart: still listening on 127.0.0.1:0, not 0.0.0.0:3999" in reloaded
+    assert any("only after a restart" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert "LISTENING ON 0.0.0.0" not in caplog.text
+
+
+# --------------------------------------------------------------------------- answers bounded
+
+BOUND = 20_000
+
+
+def big_answer(size: int) -> bytes:
+    return json.dumps({"id": "x", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "y" * size}, "finish_reason": "stop"}]}).encode()
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_an_answer_over_max_answer_bytes_fails_over_then_is_a_502(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, declared: bool
+) -> None:
+    """A provider's 200 larger than the bound is not read whole: the next provider serves, and
+    when none can, the client gets a 502 in its door's shape."""
+    from test_robustness import _send_then_close, json_head, start_fault_server
+
+    body = big_answer(BOUND * 3)
+    head = json_head(200, len(body)) if declared else (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n")
+    server = await start_fault_server(nursery, lambda s: _send_then_close(s, head, body))
+    proxy = await start_proxy(max_answer_bytes=BOUND, cerebras={"base_url": server.url})
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
+        with trio.fail_after(10):
+            served = await client.post("/chat/completions", json={"model": MODEL, "messages": USER})
+        assert served.status_code == 200 and providers.chutes.served == 1
+        proxy2 = await start_proxy(max_answer_bytes=BOUND, cerebras={"base_url": server.url},
+                                   chutes={"base_url": server.url})
+        with trio.fail_after(10):
+            refused = await client.post(proxy2.base_url + "/messages",
+                                        json={"model": MODEL, "max_tokens": 5, "messages": USER})
+    assert refused.status_code == 502
+    assert refused.json()["type"] == "error" and f"limit of {BOUND} bytes" in refused.json()["error"]["message"]
+
+
+async def test_a_stream_event_over_max_stream_event_bytes_ends_the_stream(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy
+) -> None:
+    """An event that never ends (no blank line) is not buffered without bound."""
+    from test_robustness import HELLO, ROLE, SSE_HEAD, _send_then_hold, start_fault_server
+
+    endless = b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"z" * (BOUND * 3)
+    server = await start_fault_server(nursery, lambda s: _send_then_hold(s, SSE_HEAD, ROLE, HELLO, endless))
+    proxy = await start_proxy(max_stream_event_bytes=BOUND, cerebras={"base_url": server.url})
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
+        with trio.fail_after(10):
+            response = await client.post("/chat/completions", json={"model": MODEL, "messages": USER, "stream": True})
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert f"limit of {BOUND} bytes" in json.loads(events[-2])["error"]["message"]
+    with trio.fail_after(5):
+        while server.open:  # the provider's connection is closed behind the failure
+            await trio.sleep(0.01)
+
+
+# --------------------------------------------------------------------------- a client that stops reading
+
+
+async def test_a_client_that_stops_reading_a_stream_loses_it_and_the_provider_stream_closes(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy
+) -> None:
+    """Hypercorn's writes wait, unbounded and uncancellable, for a client whose socket takes no
+    bytes; a stall of client_stall_timeout_ms closes the connection and the provider's stream
+    behind it. (Real time: the kernel's socket buffers must fill first.)"""
+    from test_robustness import ROLE, SSE_HEAD, start_fault_server
+
+    chunk = json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
+                        "choices": [{"index": 0, "delta": {"content": "w" * 4000}}]}).encode()
+    sent = 0
+
+    async def endless(stream: trio.SocketStream) -> None:
+        nonlocal sent
+        await stream.send_all(SSE_HEAD + ROLE)
+        for _ in range(20_000):  # 80 MB at most: far more than every buffer on the way holds
+            await stream.send_all(b"data: " + chunk + b"\n\n")
+            sent += 1
+
+    server = await start_fault_server(nursery, endless)
+    proxy = await start_proxy(client_stall_timeout_ms=500, cerebras={"base_url": server.url})
+    client = trio.socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await client.connect(("127.0.0.1", port_of(proxy)))
+    body = json.dumps({"model": MODEL, "messages": USER, "stream": True}).encode()
+    await client.send(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                      b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    with trio.fail_after(30):
+        while server.requests == 0 or server.open:  # never reading, the client holds it until cut off
+            await trio.sleep(0.05)
+    assert 0 < sent < 20_000
+    client.close()
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as http:  # still serving
+        assert (await http.get("/models")).status_code == 200

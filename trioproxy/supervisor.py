@@ -5,6 +5,7 @@ import logging
 import signal
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from .server.app import ProxyApp
@@ -109,8 +110,14 @@ async def _apply_reloads(
         if (keyless := keyless_route(config)) is not None:
             log.error("reload refused: %s; keeping the running configuration", keyless)
             continue
-        if (config.host, config.port) != (current.config.host, current.config.port):
-            log.warning("reload: host and port changes take effect only after a restart")
+        bound = current.guard.bound_host, current.config.port
+        restart = ""
+        if (config.host, config.port) != bound:
+            restart = (f"; host and port need a restart: still listening on {bound[0]}:{bound[1]}, "
+                       f"not {config.host}:{config.port}")
+            log.warning("reload: host and port changes take effect only after a restart (still listening on %s:%s)",
+                        *bound)
+            config = attrs.evolve(config, host=bound[0], port=bound[1])  # what runs says where it listens
         _warn_if_open(config)
         try:
             app.runtime = await build_runtime(config, pool, nursery, previous=current)
@@ -121,7 +128,7 @@ async def _apply_reloads(
             continue
         current.prober_scope.cancel()
         logging.getLogger().setLevel(LEVELS[config.log_level])
-        log.info("configuration reloaded: %s", _describe(config))
+        log.info("configuration reloaded: %s%s", _describe(config), restart)
 
 
 async def _end_streams_at_grace_end(shutdown: trio.Event, drain: Drain, grace: float) -> None:
