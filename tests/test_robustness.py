@@ -234,7 +234,7 @@ def raw_request(method: str, target: str, body: bytes | None = None, *, version:
     extra = {k.lower(): v for k, v in (headers or {}).items()}
     if body is not None and "content-length" not in extra and "transfer-encoding" not in extra:
         extra["content-length"] = str(len(body))
-    if body is not None and "content-type" not in extra:
+    if (body is not None or method == "POST") and "content-type" not in extra:
         extra["content-type"] = "application/json"
     if close and version == "HTTP/1.1":
         extra.setdefault("connection", "close")

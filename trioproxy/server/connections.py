@@ -33,6 +33,7 @@ from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
 log = logging.getLogger("trioproxy.request")
 
+_CLOSING = (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 LINGER_SECONDS = 2.0  # how long a closing connection reads on for the client's own close
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
 
@@ -47,6 +48,16 @@ class ProxyConnection(TCPServer):
     """One client connection: Hypercorn's, with bounded writes and a lingering close."""
 
     config: ServerConfig
+    _reader: trio.lowlevel.Task | None = None  # the task in `_read_data`, while it reads
+    _read_done: trio.Event
+
+    async def _read_data(self) -> None:
+        self._reader, self._read_done = trio.lowlevel.current_task(), trio.Event()
+        try:
+            await super()._read_data()
+        finally:
+            self._reader = None
+            self._read_done.set()
 
     async def protocol_send(self, event: Event) -> None:
         if not isinstance(event, RawData):
@@ -70,25 +81,30 @@ class ProxyConnection(TCPServer):
         except (*_GONE, AttributeError):  # gone already, or TLS (which has no half-close)
             pass
         else:
-            await self._discard_input()
+            # Read on until the client closes (or LINGER_SECONDS pass), so our answer is not
+            # reset away. Only one task may read a socket: the reading task, if another runs it.
+            with trio.move_on_after(LINGER_SECONDS):
+                if self._reader is None or self._reader is trio.lowlevel.current_task():
+                    await self._discard_input()
+                else:
+                    await self._read_done.wait()
         await self.stream.aclose()
 
     async def _discard_input(self) -> None:
-        """Read until the client closes (or LINGER_SECONDS pass), so our answer is not reset."""
-        with trio.move_on_after(LINGER_SECONDS):
-            try:
-                while await self.stream.receive_some(MAX_RECV):
-                    pass
-            except _GONE:  # the reading task has it, or the client reset it
+        try:
+            while await self.stream.receive_some(MAX_RECV):
                 pass
+        except _GONE:  # the client reset it
+            pass
 
 
 class ProxyH11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol, dropping what a client sends after we said `connection: close`."""
+    """Hypercorn's HTTP/1.1 protocol, dropping what a client sends once the connection is closing
+    (after we said `connection: close`, or a protocol error): none of it will be served."""
 
     async def handle(self, event: Event) -> None:
-        if (isinstance(event, RawData) and event.data
-                and isinstance(self.connection, h11.Connection) and self.connection.their_state is h11.MUST_CLOSE):
+        if (isinstance(event, RawData) and event.data and isinstance(self.connection, h11.Connection)
+                and (self.connection.their_state in _CLOSING or self.connection.our_state in _CLOSING)):
             return
         await super().handle(event)
 
