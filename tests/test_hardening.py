@@ -43,36 +43,41 @@ def depth(raw: bytes) -> int:
 
 # Where each door carries a client's JSON schema or free JSON, as (path, body around `value`).
 PLACES: dict[str, tuple[str, Any]] = {
-    "chat tool parameters": ("/chat/completions", lambda value, stream: {
+    "chat tool parameters": ("/v1/chat/completions", lambda value, stream: {
         "model": MODEL, "messages": USER, "stream": stream,
         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "x": value}}}]}),
-    "chat unknown field": ("/chat/completions", lambda value, stream: {
+    "chat unknown field": ("/v1/chat/completions", lambda value, stream: {
         "model": MODEL, "messages": USER, "stream": stream, "x_extra": value}),
-    "responses tool parameters": ("/responses", lambda value, stream: {
+    "responses tool parameters": ("/v1/responses", lambda value, stream: {
         "model": MODEL, "input": "Say hello.", "stream": stream, "store": False,
         "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "x": value}}]}),
-    "responses text format schema": ("/responses", lambda value, stream: {
+    "responses text format schema": ("/v1/responses", lambda value, stream: {
         "model": MODEL, "input": "Say hello.", "stream": stream, "store": False,
         "text": {"format": {"type": "json_schema", "name": "s", "schema": {"type": "object", "x": value}}}}),
-    "messages input_schema": ("/messages", lambda value, stream: {
+    "messages input_schema": ("/v1/messages", lambda value, stream: {
         "model": MODEL, "max_tokens": 64, "messages": USER, "stream": stream,
         "tools": [{"name": "f", "input_schema": {"type": "object", "x": value}}]}),
-    "messages content": ("/messages", lambda value, stream: {
+    "messages content": ("/v1/messages", lambda value, stream: {
         "model": MODEL, "max_tokens": 64, "stream": stream,
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "x": value}]}]}),
-    "count_tokens": ("/messages/count_tokens", lambda value, stream: {
+    "count_tokens": ("/v1/messages/count_tokens", lambda value, stream: {
         "model": MODEL, "messages": USER, "tools": [{"name": "f", "input_schema": {"type": "object", "x": value}}]}),
+    "gemini functionDeclarations": (f"/v1beta/models/{MODEL}:generateContent", lambda value, stream: {
+        "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "tools": [{"functionDeclarations": [{"name": "f", "parameters": {"type": "object", "x": value}}]}]}),
 }
 
 
 def is_door_error(path: str, document: Any) -> bool:
-    if path.startswith("/messages"):
+    if path.startswith("/v1beta"):
+        return document["error"]["status"] == "INVALID_ARGUMENT"
+    if path.startswith("/v1/messages"):
         return document.get("type") == "error" and document["error"]["type"] == "invalid_request_error"
     return assert_openai_error(document)["code"] == "invalid_json"
 
 
 async def cerebras_booked(client: httpx.AsyncClient) -> tuple[int, int]:
-    account = (await client.get("/status")).json()["providers"][0]["accounts"]["cerebras"]
+    account = (await client.get(str(client.base_url).rstrip("/").removesuffix("/v1") + "/v1/status")).json()["providers"][0]["accounts"]["cerebras"]
     return account["rpd"]["used"], account["tpd"]["used"]
 
 
@@ -81,7 +86,7 @@ async def test_nesting_past_the_limit_is_a_400_on_every_door_and_books_nothing(s
     after the reservation) on every door, streamed and not: past the limit a 400 in the door's
     shape, and the ledger shows nothing booked; at the limit the request is served."""
     proxy = await start_proxy(cerebras=LIMITED)
-    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=20) as client:
+    async with httpx.AsyncClient(base_url=root(proxy), timeout=20) as client:
         for name, (path, body) in PLACES.items():
             for stream in (False, True):
                 base = depth(nested_body(body, stream, 100)) - 100
@@ -217,10 +222,12 @@ async def test_every_provider_refusing_its_key_is_a_provider_failure(providers: 
 # --------------------------------------------------------------------------- web pages
 
 DOORS = [
-    ("/chat/completions", {"model": MODEL, "messages": USER}),
-    ("/responses", {"model": MODEL, "input": "hi"}),
-    ("/messages", {"model": MODEL, "max_tokens": 5, "messages": USER}),
-    ("/messages/count_tokens", {"model": MODEL, "messages": USER}),
+    ("/v1/chat/completions", {"model": MODEL, "messages": USER}),
+    ("/v1/responses", {"model": MODEL, "input": "hi"}),
+    ("/v1/messages", {"model": MODEL, "max_tokens": 5, "messages": USER}),
+    ("/v1/messages/count_tokens", {"model": MODEL, "messages": USER}),
+    (f"/v1beta/models/{MODEL}:generateContent", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+    (f"/v1beta/models/{MODEL}:countTokens", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
 ]
 
 
@@ -235,7 +242,7 @@ async def test_a_post_that_is_not_declared_json_is_a_415_in_the_door_shape(
 ) -> None:
     """What a page may send without a CORS preflight never reaches a provider."""
     proxy = await start_proxy(cerebras=LIMITED)
-    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
+    async with httpx.AsyncClient(base_url=root(proxy), timeout=10) as client:
         for path, body in DOORS:
             headers = {"content-type": content_type} if content_type else {}
             request = client.build_request("POST", path, content=json.dumps(body).encode(), headers=headers)
@@ -244,13 +251,15 @@ async def test_a_post_that_is_not_declared_json_is_a_415_in_the_door_shape(
                 request.headers["content-type"] = content_type
             response = await client.send(request)
             assert response.status_code == 415, (path, response.text)
-            if path.startswith("/messages"):
+            if path.startswith("/v1beta"):
+                assert response.json()["error"]["code"] == 415
+            elif path.startswith("/v1/messages"):
                 assert response.json()["type"] == "error"
             else:
                 assert assert_openai_error(response.json())["code"] == "unsupported_media_type"
         assert await cerebras_booked(client) == (0, 0)
         for content_type in ("application/json", "application/json; charset=utf-8", "Application/JSON"):
-            response = await client.post("/chat/completions", content=json.dumps(DOORS[0][1]),
+            response = await client.post(DOORS[0][0], content=json.dumps(DOORS[0][1]),
                                          headers={"content-type": content_type})
             assert response.status_code == 200, response.text
     assert providers.cerebras.served == 3
