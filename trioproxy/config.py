@@ -227,6 +227,11 @@ class ModelRoute:
     providers: tuple[RouteProvider, ...]
     # Exact names or globs (`claude-*`) that also select this route.
     aliases: tuple[str, ...] = ()
+    # What the model lists tell agents of the model's size (they compact and size answers by it);
+    # unset: derived from the route's providers' `context_window` and `max_completion_tokens_cap`
+    # (routing/limits.py).
+    context_window: int | None = field(default=None, validator=_positive)
+    max_output_tokens: int | None = field(default=None, validator=_positive)
 
 
 def quota_name(provider: ProviderConfig, models: tuple[str, ...]) -> str:
@@ -305,6 +310,11 @@ class Config:
     # Other model names clients may ask for, served as proxy_model_name: exact names or globs
     # such as "claude-*" (Claude Code asks for its own model names unless told otherwise).
     model_aliases: tuple[str, ...] = ()
+    # The one route's context window and output limit as the model lists give them (a
+    # [[models]] route has its own `context_window` and `max_output_tokens`); unset: derived
+    # from the providers' `context_window` and `max_completion_tokens_cap`.
+    model_context_window: int | None = field(default=None, validator=_positive)
+    model_max_output_tokens: int | None = field(default=None, validator=_positive)
     request_timeout_ms: int = field(default=30_000, validator=_positive)
     # request_timeout_ms bounds each wait for bytes; a provider that trickles bytes passes it.
     # These bound the whole: from sending to the status line and a stream's first event (a
@@ -419,7 +429,8 @@ class Config:
         if self.models:
             return self.models
         providers = tuple(RouteProvider(provider=p.name) for p in self.providers)
-        return (ModelRoute(self.proxy_model_name, providers, self.model_aliases),)
+        return (ModelRoute(self.proxy_model_name, providers, self.model_aliases, self.model_context_window,
+                           self.model_max_output_tokens),)
 
     def route_providers(self, route: ModelRoute) -> list[ProviderConfig]:
         """The route's providers that have a key, in its order, with its model and overrides."""
@@ -499,6 +510,8 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "LOG_FORMAT": (("log_format",), str),
     "PROXY_MODEL_NAME": (("proxy_model_name",), str),
     "MODEL_ALIASES": (("model_aliases",), tuple),
+    "MODEL_CONTEXT_WINDOW": (("model_context_window",), int),
+    "MODEL_MAX_OUTPUT_TOKENS": (("model_max_output_tokens",), int),
     "REQUEST_TIMEOUT": (("request_timeout_ms",), int),
     "FIRST_EVENT_TIMEOUT": (("first_event_timeout_ms",), int),
     "ANSWER_TIMEOUT": (("answer_timeout_ms",), int),

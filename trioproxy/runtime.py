@@ -16,6 +16,7 @@ from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.backends import open_ledger
 from .quota.contract import Ledger
+from .routing.limits import route_limits
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
@@ -31,7 +32,8 @@ class Runtime:
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
-    guard: BrowserGuard  # Host, Origin and content type, checked before anything else
+    sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
+    guard: BrowserGuard  # Host and Origin, checked before anything else
 
     @property
     def router(self) -> Router:
@@ -127,9 +129,13 @@ async def build_runtime(
             await prober.run()
 
     nursery.start_soon(probe)
-    models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
+    models = ModelNames(tuple(
+        ServedModel(route.name, route.aliases, route_limits((u.config for u in routes[route.name]), route.context_window,
+                                                           route.max_output_tokens))
+        for route in config.routes))
     client_keys = ClientKeys(config.client_api_keys)
     # The socket stays where it was bound until a restart, whatever a reload says.
     bound_host = previous.guard.bound_host if previous is not None else config.host
     guard = BrowserGuard(bound_host, config.allowed_hosts, config.allowed_origins)
-    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope, guard)
+    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope,
+                   Sanitizer(secrets(config)), guard)
