@@ -84,7 +84,7 @@ async def test_refusals_and_errors_are_counted_by_status(start_proxy: StartProxy
     assert status["refusals"]["refused"] == {"400": 1, "404": 2}
     assert status["refusals"]["failed"] == {"502": 1}
     table = render_table(status)
-    assert "refused by the proxy: 400 x1, 404 x2; errors after a provider was asked: 502 x1" in table
+    assert "refused by the proxy: 400 x1, 404 x2; other errors: 502 x1" in table
     assert "unknown paths: HEAD /api/* x1" in table
     assert "last: 404 refused: not_found: Unknown path /api/hello." in table
 

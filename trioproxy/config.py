@@ -163,7 +163,10 @@ class PerModel:
     """
 
     requests_per_minute: int | None = field(default=None, validator=_positive)
+    # Every token of a request: its whole prompt and completion (Cerebras's total bucket).
     tokens_per_minute: int | None = field(default=None, validator=_positive)
+    # Prompt tokens the provider's prompt cache did not hold (Cerebras's uncached bucket).
+    uncached_tokens_per_minute: int | None = field(default=None, validator=_positive)
     requests_per_day: int | None = field(default=None, validator=_positive)
     tokens_per_day: int | None = field(default=None, validator=_positive)
     # Cerebras books max_completion_tokens against tokens/minute before running a request, so
@@ -192,6 +195,13 @@ class ProviderConfig(PerModel):
     # the provider writes a completion, and how long until its first token arrives.
     output_tokens_per_second: float = field(default=100.0, validator=_between(0.1, 100_000))
     time_to_first_token_ms: int = field(default=1_000, validator=_between(0, 600_000))
+    # The provider's prompt cache, as admission predicts it: how long a prefix it saw stays
+    # cached (0 = no prediction: every prompt token is booked as uncached), the most it may
+    # miss of a remembered prefix (its cache works in blocks), and how many prefixes each
+    # key's memory holds (the oldest leave first).
+    prompt_cache_seconds: float = field(default=0.0, validator=_between(0, 86_400))
+    prompt_cache_block_tokens: int = field(default=600, validator=_between(0, 100_000))
+    prompt_cache_entries: int = field(default=4096, validator=_between(1, 1_000_000))
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -272,6 +282,7 @@ def _default_cerebras() -> ProviderConfig:
         requests_per_minute=12,
         tokens_per_minute=132_000,
         tokens_per_day=19_200_000,
+        prompt_cache_seconds=300.0,
         max_completion_tokens_cap=16_384,
         context_window=131_072,
         # Cerebras serves its large models at about 2,000 tokens/s or more; first tokens come in
@@ -484,7 +495,10 @@ def _check_routes(config: Config) -> None:
 
 
 def _quota_settings(provider: ProviderConfig) -> tuple[int | None, ...]:
-    return (provider.requests_per_minute, provider.tokens_per_minute, provider.requests_per_day, provider.tokens_per_day)
+    return (
+        provider.requests_per_minute, provider.tokens_per_minute, provider.uncached_tokens_per_minute,
+        provider.requests_per_day, provider.tokens_per_day,
+    )
 
 
 def keyless_route(config: Config) -> str | None:
@@ -535,6 +549,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "CEREBRAS_MODEL_NAME": (("cerebras", "model"), tuple),  # one id or a comma list of candidates
     "CEREBRAS_REQUESTS_PER_MINUTE": (("cerebras", "requests_per_minute"), int),
     "CEREBRAS_TOKENS_PER_MINUTE": (("cerebras", "tokens_per_minute"), int),
+    "CEREBRAS_UNCACHED_TOKENS_PER_MINUTE": (("cerebras", "uncached_tokens_per_minute"), int),
     "CEREBRAS_TOKENS_PER_DAY": (("cerebras", "tokens_per_day"), int),
     "CHUTES_API_KEY": (("chutes", "api_key"), str),
     "CHUTES_API_KEYS": (("chutes", "api_keys"), tuple),

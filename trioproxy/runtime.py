@@ -115,6 +115,9 @@ async def build_runtime(
             before = previous.routers.get(name, previous.router)
             router.estimator.ratio = before.estimator.ratio
             router.patience.carry_over(before.patience)
+            for quota_key, memory in router.prompt_memory.items():
+                if quota_key in before.prompt_memory:
+                    memory.carry_over(before.prompt_memory[quota_key])
     wanted: dict[str, list[tuple[str, ...]]] = {}
     for ups in routes.values():
         for u in ups:

@@ -68,7 +68,7 @@ def _refusal_lines(refusals: dict[str, Any]) -> list[str]:
     def counts(by_status: dict[str, int]) -> str:
         return ", ".join(f"{status} x{count}" for status, count in by_status.items()) or "none"
 
-    lines = ["", f"refused by the proxy: {counts(refusals['refused'])}; errors after a provider was asked: "
+    lines = ["", f"refused by the proxy: {counts(refusals['refused'])}; other errors: "
                  f"{counts(refusals['failed'])}"]
     if refusals["unknown_paths"]:
         lines.append("unknown paths: " + ", ".join(f"{entry['method']} {entry['path']} x{entry['count']}"

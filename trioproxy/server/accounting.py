@@ -30,7 +30,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     history.observe(served, reason, latency, first_byte)
     if served.status != 200:
         refusals.observe(served.request_id, served.api, "POST", "", served.status, reason, served.message,
-                         provider_asked=route.provider != "-")
+                         refused=bool(served.refusal))
     if not log.isEnabledFor(logging.INFO):
         return
     ledger = runtime.ledger

@@ -220,7 +220,7 @@ class ProxyApp:
         if error.code == "not_found":
             self.metrics.unknown_path(*self.refusals.unknown_path(method, path))
         self.refusals.observe(request_id, api, method, path, error.status, refusal_reason(error), message,
-                              provider_asked=False)
+                              refused=True)
         log_refusal(request_id, api, method, path, error, message)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:

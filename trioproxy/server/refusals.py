@@ -57,9 +57,9 @@ class Refusal(NamedTuple):
 class Refusals:
     """Counts of error answers by status, the last few with their message, unknown paths.
 
-    `refused` counts what the proxy answered itself (bad input, unknown model or path, a missing
-    key); `failed`, errors after a provider was asked (none could serve, timeouts, a client that
-    left: 499).
+    `refused` counts the requests the proxy turned down itself (bad input, unknown model or path, a
+    missing key); `failed`, the other error answers (no provider could serve, timeouts, a client
+    that left: 499).
     """
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -70,8 +70,9 @@ class Refusals:
         self._recent: deque[Refusal] = deque(maxlen=RECENT_REFUSALS)
 
     def observe(self, request_id: str, api: str, method: str, path: str, status: int, reason: str, message: str,
-                provider_asked: bool) -> None:
-        (self.failed if provider_asked else self.refused)[status] += 1
+                refused: bool) -> None:
+        """Count one error answer: `refused` when the proxy turned the request down itself."""
+        (self.refused if refused else self.failed)[status] += 1
         self._recent.append(Refusal(self._clock(), request_id[:80], api, method[:16], path[:120], status, reason,
                                     message))
 
