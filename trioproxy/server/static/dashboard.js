@@ -10,6 +10,12 @@ const FETCH_TIMEOUT_MS = 10000;
 const KEY_STORAGE = "trioproxy.dashboard.key";
 const WINDOWS = ["rpm", "tpm", "rpd", "tpd"];
 const WINDOW_LABELS = { rpm: "requests / min", tpm: "tokens / min", rpd: "requests / day", tpd: "tokens / day" };
+
+// A declared window's name, `requests_4h` or `tokens_30d_fixed`, as `requests / 4h (fixed)`.
+function windowLabel(name) {
+  const [, kind, length, metering] = name.match(/^(.*)_(\d+[smhd])(?:_(\w+))?$/) || [null, name, "", ""];
+  return `${kind.replace("_", " ")} / ${length}${metering ? ` (${metering})` : ""}`;
+}
 const COLOURS = ["#e8590c", "#1c7ed6", "#2f9e44", "#ae3ec9", "#f08c00", "#0c8599"];
 
 const $ = (id) => document.getElementById(id);
@@ -127,7 +133,7 @@ function gauge(name, window, source) {
   const box = el("div", null, "gauge");
   const limit = window.limit;
   const remaining = window.provider_remaining;
-  box.append(el("span", WINDOW_LABELS[name], "gauge-name"));
+  box.append(el("span", WINDOW_LABELS[name] || windowLabel(name), "gauge-name"));
   const meter = document.createElement("meter");
   meter.min = 0;
   meter.max = limit || 1;
@@ -180,7 +186,7 @@ function providerCard(provider, receivedAt) {
       cooldown.textContent = state.half_open ? "cooldown over, next request probes" : "no cooldown";
     }
     section.append(cooldown);
-    for (const name of WINDOWS) section.append(gauge(name, state[name], (state.limit_sources || {})[name]));
+    for (const name of [...WINDOWS, ...(state.other_windows || [])]) section.append(gauge(name, state[name], (state.limit_sources || {})[name]));
     const reset = new Date(Date.now() + state.day_resets_seconds * 1000);
     section.append(el("p",
       `today: ${fmt(state.tpd.used)} tokens, ${fmt(state.rpd.used)} requests; day resets in ` +

@@ -1,0 +1,143 @@
+"""Quota windows of any length: declared per provider or route, metered rolling, as a bucket or
+fixed, kept by both ledgers and the state file, shown to operators."""
+
+from pathlib import Path
+
+import attrs
+import trio
+import trio.testing
+
+from conftest import Providers, StartProxy
+from test_cli import lines, run, scrubbed_env
+from test_routing import chat, client_for, post
+from trioproxy.config import Config, ModelRoute, QuotaWindow, RouteProvider
+from trioproxy.quota.state_file import decode_state, encode_state
+from trioproxy.quota.ledger import QuotaLedger, Reservation
+from trioproxy.status_table import render_table
+from trioproxy.testing.emulator.windows import RollingCount
+
+FOUR_HOURS = 4 * 3600
+
+
+def four_hour_window(limit: int) -> tuple[QuotaWindow]:
+    return (QuotaWindow(kind="requests", seconds=FOUR_HOURS, limit=limit),)
+
+
+async def test_a_four_hour_window_stops_chutes_before_its_429_and_reopens_when_it_rolls(
+    providers: Providers, start_proxy: StartProxy, mock_clock: trio.testing.MockClock
+) -> None:
+    """Chutes's plan allows 3 requests in 4 hours (its emulator's plan window on); with the same
+    window declared, the proxy sends it 3 and the rest to Cerebras, never meeting Chutes's 429.
+    4 hours after the first, Chutes takes requests again."""
+    providers.chutes.plan_windows = [RollingCount(FOUR_HOURS, 3)]
+    proxy = await start_proxy(provider_order=("chutes", "cerebras"), chutes={"windows": four_hour_window(3)})
+    async with client_for(proxy) as client:
+        for _ in range(5):
+            assert (await post(client, chat())).status_code == 200
+        assert (providers.chutes.served, providers.cerebras.served) == (3, 2)
+        assert len(providers.chutes.received) == 3  # no request met Chutes's 429
+        status = (await client.get(proxy.base_url.removesuffix("/v1") + "/v1/status")).json()
+        mock_clock.jump(FOUR_HOURS)
+        assert (await post(client, chat())).status_code == 200
+    assert (providers.chutes.served, len(providers.chutes.received)) == (4, 4)
+    chutes = next(p for p in status["providers"] if p["name"] == "chutes")
+    account = chutes["accounts"]["chutes"]
+    assert account["other_windows"] == ["requests_4h"]
+    assert account["requests_4h"] == {"used": 3, "limit": 3}
+    assert account["limit_sources"]["requests_4h"] == {"source": "configured"}
+    assert "requests_4h 3/3 [configured]" in render_table(status)
+
+
+async def test_without_the_window_the_same_traffic_meets_chutes_429(
+    providers: Providers, start_proxy: StartProxy, mock_clock: trio.testing.MockClock
+) -> None:
+    """The control for the test above: undeclared, the fourth request reaches Chutes and is refused."""
+    providers.chutes.plan_windows = [RollingCount(FOUR_HOURS, 3)]
+    proxy = await start_proxy(provider_order=("chutes", "cerebras"))
+    async with client_for(proxy) as client:
+        for _ in range(4):
+            assert (await post(client, chat())).status_code == 200
+    assert (providers.chutes.served, len(providers.chutes.received)) == (3, 4)
+
+
+async def test_a_route_with_only_a_full_window_answers_429_with_the_window_retry_after(
+    providers: Providers, start_proxy: StartProxy, mock_clock: trio.testing.MockClock
+) -> None:
+    """A route provider declares its own window; when it is full and nothing else serves the
+    route, the client is told to come back when the oldest request leaves the 4 hours."""
+    providers.chutes.plan_windows = [RollingCount(FOUR_HOURS, 2)]
+    route = ModelRoute("qwen-3-coder", (RouteProvider(provider="chutes", windows=four_hour_window(2)),))
+    proxy = await start_proxy(models=(route,))
+    async with client_for(proxy) as client:
+        assert [(await post(client, chat())).status_code for _ in range(2)] == [200, 200]
+        mock_clock.jump(600)
+        refused = await post(client, chat())
+    assert refused.status_code == 429 and len(providers.chutes.received) == 2
+    assert FOUR_HOURS - 600 - 300 <= int(refused.headers["retry-after"]) <= FOUR_HOURS - 600 + 300  # a bin late at most
+
+
+def chutes_with(*windows: QuotaWindow) -> Config:
+    """Settings with a keyed Chutes that declares `windows`."""
+    base = Config(state_file="")
+    return attrs.evolve(base, chutes=attrs.evolve(base.chutes, api_key="cpk-x", windows=windows))
+
+
+async def test_a_fixed_window_empties_at_its_boundary(mock_clock: trio.testing.MockClock) -> None:
+    """An hourly fixed window of 2 requests, 10 minutes before the hour: full after 2, refused
+    until the hour (not an hour after the first), open again on it."""
+    wall = 1_000 * 3600 + 50 * 60  # 50 minutes past an hour
+    config = chutes_with(QuotaWindow(kind="requests", seconds=3600, limit=2, metering="fixed"))
+    ledger = QuotaLedger(config.providers, wall_clock=lambda: wall)
+    for _ in range(2):
+        assert isinstance(await ledger.reserve("chutes", 10), Reservation)
+    refusal = await ledger.reserve("chutes", 10)
+    assert not isinstance(refusal, Reservation)
+    assert (refusal.reason, refusal.retry_at - trio.current_time()) == ("requests_1h_fixed", 600)
+    mock_clock.jump(599)
+    assert not isinstance(await ledger.reserve("chutes", 10), Reservation)
+    mock_clock.jump(1)
+    assert isinstance(await ledger.reserve("chutes", 10), Reservation)
+    assert ledger.snapshot("chutes")["requests_1h_fixed"]["used"] == 1
+
+
+async def test_token_windows_settle_and_survive_the_state_file(mock_clock: trio.testing.MockClock) -> None:
+    """A rolling 30-day token window counts what usage settles; a fixed day of tokens and a
+    bucket too. Saved and restored, a fresh ledger holds the same figures."""
+    windows = (
+        QuotaWindow(kind="tokens", seconds=30 * 86_400, limit=10_000),
+        QuotaWindow(kind="tokens", seconds=2 * 3600, limit=10_000, metering="fixed"),
+        QuotaWindow(kind="requests", seconds=3600, limit=100, metering="bucket"),
+    )
+    config = chutes_with(*windows)
+    ledger = QuotaLedger(config.providers, wall_clock=lambda: 5_000.0)
+    booked = await ledger.reserve("chutes", 3_000)
+    assert isinstance(booked, Reservation)
+    await ledger.settle(booked, 1_200)
+    names = ["tokens_30d", "tokens_2h_fixed", "requests_1h_bucket"]
+    used = {name: ledger.snapshot("chutes")[name]["used"] for name in names}
+    assert used == {"tokens_30d": 1_200, "tokens_2h_fixed": 1_200, "requests_1h_bucket": 1}
+    offset = 5_000.0 - trio.current_time()  # the wall clock's lead, as persistence computes it
+    saved = decode_state(encode_state(ledger.export_state(wall_offset=offset)), wall_now=5_000.0)
+    fresh = QuotaLedger(config.providers, wall_clock=lambda: 5_000.0)
+    assert fresh.import_state(saved, trio_offset=-offset) == 2  # cerebras's account and chutes's
+    assert {name: fresh.snapshot("chutes")[name]["used"] for name in names} == used
+    assert not isinstance(await fresh.reserve("chutes", 8_900), Reservation)  # 1 200 + 8 900 > 10 000
+
+
+async def test_bad_windows_exit_2_naming_the_field(tmp_path: Path) -> None:
+    """Zero or negative lengths and limits, and an unknown metering, are refused with one line
+    naming the window's field."""
+    cases = {
+        "seconds = 0, limit = 5": "chutes.windows.0.seconds",
+        "seconds = -60, limit = 5": "chutes.windows.0.seconds",
+        "seconds = 60, limit = 0": "chutes.windows.0.limit",
+        "seconds = 60, limit = -1": "chutes.windows.0.limit",
+        'seconds = 60, limit = 5, metering = "sliding"': "chutes.windows.0.metering",
+    }
+    for fields, key in cases.items():
+        config = tmp_path / "bad.toml"
+        config.write_text(f'[chutes]\nwindows = [{{ kind = "requests", {fields} }}]\n')
+        result = await run(["--config", str(config), "--check-config"], tmp_path, scrubbed_env(CHUTES_API_KEY="cpk-x"))
+        assert result.returncode == 2, (fields, result.stderr)
+        stderr = lines(result.stderr)
+        assert len(stderr) == 1 and stderr[0].startswith(f"trioproxy: {key}: "), (fields, result.stderr)
