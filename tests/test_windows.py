@@ -4,17 +4,22 @@ fixed, kept by both ledgers and the state file, shown to operators."""
 from pathlib import Path
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
 from conftest import Providers, StartProxy
+from test_redis_ledger import Clock, replicas
 from test_cli import lines, run, scrubbed_env
 from test_routing import chat, client_for, post
-from trioproxy.config import Config, ModelRoute, QuotaWindow, RouteProvider
+from trioproxy.config import Config, ModelRoute, ProviderConfig, QuotaWindow, RouteProvider
+from trioproxy.quota.contract import Refusal
+from trioproxy.quota.redis_ledger import SharedReservation
 from trioproxy.quota.state_file import decode_state, encode_state
 from trioproxy.quota.ledger import QuotaLedger, Reservation
 from trioproxy.status_table import render_table
 from trioproxy.testing.emulator.windows import RollingCount
+from trioproxy.testing.redis_server import RedisServer
 
 FOUR_HOURS = 4 * 3600
 
@@ -141,3 +146,49 @@ async def test_bad_windows_exit_2_naming_the_field(tmp_path: Path) -> None:
         assert result.returncode == 2, (fields, result.stderr)
         stderr = lines(result.stderr)
         assert len(stderr) == 1 and stderr[0].startswith(f"trioproxy: {key}: "), (fields, result.stderr)
+
+
+def chutes_account(*windows: QuotaWindow) -> ProviderConfig:
+    return attrs.evolve(Config().chutes, api_key="cpk-one", windows=windows)
+
+
+async def test_the_redis_ledger_keeps_a_rolling_window_across_replicas(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Two replicas share a 4-hour window of 3 requests: the fourth is refused on either until
+    4 hours after the first (a bin late at most), and the shared view shows the window."""
+    clock = Clock()
+    a, b = await replicas(nursery, redis, [chutes_account(*four_hour_window(3))], clock, count=2)
+    for ledger in (a, b, a):
+        assert isinstance(await ledger.reserve("chutes", 10), SharedReservation)
+    refused = await b.reserve("chutes", 10)
+    assert isinstance(refused, Refusal) and refused.reason == "requests_4h"
+    assert FOUR_HOURS <= refused.retry_at - b.now() <= FOUR_HOURS + FOUR_HOURS / 60
+    await a.refresh()
+    assert a.snapshot("chutes")["requests_4h"] == {"used": 3, "limit": 3}
+    assert a.snapshot("chutes")["other_windows"] == ["requests_4h"]
+    clock.time += FOUR_HOURS + FOUR_HOURS / 60
+    assert isinstance(await b.reserve("chutes", 10), SharedReservation)
+
+
+async def test_the_redis_ledger_settles_token_windows_and_empties_fixed_ones_at_the_boundary(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    """A rolling day of tokens gets back what a settle does not use; an hourly fixed window of
+    requests is full until the hour, then empty."""
+    clock = Clock()  # START is a whole hour: the fixed window's period starts now
+    windows = (QuotaWindow(kind="tokens", seconds=86_400, limit=1_000),
+               QuotaWindow(kind="requests", seconds=3600, limit=2, metering="fixed"))
+    a, b = await replicas(nursery, redis, [chutes_account(*windows)], clock, count=2)
+    first = await a.reserve("chutes", 800, floor=100)
+    assert isinstance(first, SharedReservation)
+    assert (await b.reserve("chutes", 300)).reason == "tokens_1d"  # type: ignore[union-attr]
+    await a.settle(first, 150)  # 650 come back
+    await a.store.drained()
+    assert isinstance(await b.reserve("chutes", 600), SharedReservation)
+    clock.time += 1_800
+    refused = await a.reserve("chutes", 10)
+    assert isinstance(refused, Refusal) and refused.reason == "requests_1h_fixed"
+    assert refused.retry_at - a.now() == pytest.approx(1_800, abs=1)
+    clock.time += 1_800
+    assert isinstance(await a.reserve("chutes", 10), SharedReservation)
+    await a.refresh()
+    assert a.snapshot("chutes")["requests_1h_fixed"]["used"] == 1
