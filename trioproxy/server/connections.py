@@ -3,8 +3,8 @@
 1. **A client that stops reading.** Hypercorn writes every response chunk with `send_all` in a
    shielded scope, so once the client's socket buffers are full the application's `send` waits
    for as long as the client stays connected, and no cancel reaches it; the provider's stream
-   stays open behind it, spending tokens nobody reads. Here a write that cannot finish within
-   `client_stall_seconds` closes the connection: Hypercorn tells the application
+   stays open behind it, spending tokens nobody reads. Here a write that makes no progress
+   (256 KiB) within `client_stall_seconds` closes the connection: Hypercorn tells the application
    `http.disconnect`, which cancels the provider's stream at once and settles the quota.
 2. **Lingering close.** Closing a socket that still holds unread input makes the kernel send a
    reset, which destroys an answer still on its way to the client (a 400 for ambiguous framing
@@ -34,7 +34,8 @@ from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 log = logging.getLogger("trioproxy.request")
 
 _CLOSING = (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
-LINGER_SECONDS = 2.0  # how long a closing connection reads on for the client's own close
+LINGER_SECONDS = 2.0
+_WRITE_PIECE = 256 * 1024  # bytes written under one stall deadline  # how long a closing connection reads on for the client's own close
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
 
 
@@ -66,14 +67,23 @@ class ProxyConnection(TCPServer):
         async with self.send_lock:
             try:
                 with trio.CancelScope(shield=True):  # as Hypercorn's: a cancel must not cut a write
-                    with trio.move_on_after(self.config.client_stall_seconds) as write:
-                        await self.stream.send_all(event.data)
-                if write.cancelled_caught:
+                    stalled = await self._send_all(memoryview(event.data))
+                if stalled:
                     log.info("a client took no bytes for %g s: connection closed", self.config.client_stall_seconds)
                     await trio.aclose_forcefully(self.stream)  # a half-written chunk: nothing can follow it
                     await self.protocol.handle(Closed())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
+
+    async def _send_all(self, data: memoryview) -> bool:
+        """Send `data`; whether a piece of it waited out client_stall_seconds. Pieces, so that a
+        large answer to a slow but reading client is bounded by its progress, not its size."""
+        for start in range(0, len(data), _WRITE_PIECE):
+            with trio.move_on_after(self.config.client_stall_seconds) as write:
+                await self.stream.send_all(data[start : start + _WRITE_PIECE])
+            if write.cancelled_caught:
+                return True
+        return False
 
     async def _close(self) -> None:
         try:
