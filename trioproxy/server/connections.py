@@ -66,8 +66,10 @@ class ProxyConnection(TCPServer):
             return
         async with self.send_lock:
             try:
-                with trio.CancelScope(shield=True):  # as Hypercorn's: a cancel must not cut a write
-                    stalled = await self._send_all(memoryview(event.data))
+                if len(event.data) <= _WRITE_PIECE:  # nearly always: one scope, as Hypercorn's own
+                    stalled = await self._send_piece(event.data)
+                else:
+                    stalled = await self._send_pieces(memoryview(event.data))
                 if stalled:
                     log.info("a client took no bytes for %g s: connection closed", self.config.client_stall_seconds)
                     await trio.aclose_forcefully(self.stream)  # a half-written chunk: nothing can follow it
@@ -75,13 +77,18 @@ class ProxyConnection(TCPServer):
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
 
-    async def _send_all(self, data: memoryview) -> bool:
-        """Send `data`; whether a piece of it waited out client_stall_seconds. Pieces, so that a
-        large answer to a slow but reading client is bounded by its progress, not its size."""
+    async def _send_piece(self, data: bytes | memoryview) -> bool:
+        """Send `data`; whether it waited out client_stall_seconds. Shielded as Hypercorn's own
+        write is (a cancel must not cut a write short); only its own deadline ends it."""
+        with trio.CancelScope(deadline=trio.current_time() + self.config.client_stall_seconds, shield=True) as write:
+            await self.stream.send_all(data)
+        return write.cancelled_caught
+
+    async def _send_pieces(self, data: memoryview) -> bool:
+        """A large answer in pieces, so that a slow but reading client is bounded by its
+        progress, not by the answer's size."""
         for start in range(0, len(data), _WRITE_PIECE):
-            with trio.move_on_after(self.config.client_stall_seconds) as write:
-                await self.stream.send_all(data[start : start + _WRITE_PIECE])
-            if write.cancelled_caught:
+            if await self._send_piece(data[start : start + _WRITE_PIECE]):
                 return True
         return False
 
