@@ -13,10 +13,13 @@ from pathlib import Path
 
 import attrs
 import httpx
+import pytest
 import trio
 
 from trioproxy import __version__
 from trioproxy.config import ENV_VARS
+
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see conftest)
 
 COMMAND = [sys.executable, "-m", "trioproxy"]
 RUN_TIMEOUT = 20  # seconds for a command that should exit by itself

@@ -30,6 +30,8 @@ from trioproxy.quota.redis_store import SCRIPT
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
 
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see conftest)
+
 UNREACHABLE = r"Redis at \S+ unreachable"
 BACK = r"Redis at \S+ is back after"
 FALLBACK_FOR_REDIS = r"provider=chutes reason='fallback: redis'"

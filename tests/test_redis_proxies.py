@@ -75,6 +75,7 @@ async def test_metrics_and_healthz_show_the_quota_store(providers: Providers, st
                 await trio.sleep(0.05)
 
 
+@pytest.mark.xdist_group("processes")
 async def test_a_refused_redis_password_stops_the_start_in_one_line_without_the_password(tmp_path: Path) -> None:
     with running_redis(tmp_path, password="the-right-one") as server:
         env = {**os.environ, "CEREBRAS_API_KEY": "csk-start-test", "REDIS_URL": server.url.replace("the-right-one", "a-wrong-secret")}
@@ -88,6 +89,7 @@ async def test_a_refused_redis_password_stops_the_start_in_one_line_without_the_
     assert "a-wrong-secret" not in message
 
 
+@pytest.mark.xdist_group("processes")
 async def test_a_redis_url_that_does_not_parse_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
     env = {**os.environ, "CEREBRAS_API_KEY": "csk-start-test", "REDIS_URL": "redis://127.0.0.1:notaport/0"}
     settings = tmp_path / "shared.toml"

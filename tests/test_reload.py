@@ -9,6 +9,7 @@ from pathlib import Path
 
 import attrs
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -75,6 +76,7 @@ async def test_a_reload_settles_reservations_in_flight_into_the_ledger_that_serv
     assert status["providers"][0]["accounts"]["cerebras"]["tpd"] == {"used": spent, "limit": 2_000_000}
 
 
+@pytest.mark.xdist_group("processes")
 async def test_sighup_rereads_the_file_and_refuses_a_bad_one(tmp_path: Path) -> None:
     """End to end with the real command: a good file applies, a broken one is logged and ignored."""
     settings = tmp_path / "config.toml"

@@ -336,6 +336,7 @@ def test_a_route_without_a_keyed_provider_is_named(tmp_path: Path) -> None:
     assert keyless_route(Config()) is not None and keyless_route(load(tmp_path, environ={"CHUTES_API_KEY": "k"})) is None
 
 
+@pytest.mark.xdist_group("processes")
 async def test_the_command_refuses_a_keyless_route_with_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(_route("a") + _route("b", '{ provider = "chutes" }'))
@@ -345,11 +346,13 @@ async def test_the_command_refuses_a_keyless_route_with_exit_2(tmp_path: Path) -
     assert str(config) in result.stderr
 
 
+@pytest.mark.xdist_group("processes")
 async def test_probe_goes_with_check_config(tmp_path: Path) -> None:
     result = await run(["--probe"], tmp_path)
     assert result.returncode == 2 and "--probe goes with --check-config" in result.stderr
 
 
+@pytest.mark.xdist_group("processes")
 async def test_check_config_probe_says_which_providers_offer_each_routes_model(
     two_models: Providers, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ import re
 import sys
 
 import httpx
+import pytest
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +33,7 @@ async def test_status_reports_quota_traffic_and_reroutes(providers: Providers, s
     assert "fallback: rpm x1" in table
 
 
+@pytest.mark.xdist_group("processes")
 async def test_status_command_prints_the_table(start_proxy: StartProxy) -> None:
     """`trioproxy status --url` against a running proxy prints one row per account."""
     proxy = await start_proxy()

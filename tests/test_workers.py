@@ -16,6 +16,8 @@ from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
 from test_routing import CLIENT_KEY, chat
 
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see conftest)
+
 
 class Output:
     """The supervisor's log, read as it comes, for lines the test waits for (bounded in time)."""

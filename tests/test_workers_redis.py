@@ -7,6 +7,7 @@ import signal
 import socket
 from pathlib import Path
 
+import pytest
 import trio
 
 from conftest import Providers
@@ -27,6 +28,8 @@ from test_workers import alive
 from trioproxy.daemon import running_pid
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
+
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see conftest)
 
 PROMPT_TOKENS = 100  # what a killed request surely cost: its lease keeps this much (the floor)
 STREAMS = 8

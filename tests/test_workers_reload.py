@@ -5,6 +5,7 @@ they drain (when they would die of it)."""
 import signal
 from pathlib import Path
 
+import pytest
 import trio
 
 from conftest import Providers
@@ -12,6 +13,8 @@ from proxy_processes import Outcome, client, environment, get_json, proxy_proces
 from test_routing import chat
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
+
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see conftest)
 
 STREAMS = 4
 
