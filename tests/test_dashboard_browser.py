@@ -10,9 +10,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from live_proxy import LiveProxy, browser_context, chromium_browser, live_proxy
-from test_routes import CEREBRAS_OSS, CHUTES_OSS, OSS, QWEN, ROUTES
-from test_routing import PROXY_MODEL, chat
+from support.chat import PROXY_MODEL, chat
+from support.live_proxy import LiveProxy, browser_context, chromium_browser, live_proxy
+from support.routes import CEREBRAS_OSS, CHUTES_OSS, OSS, QWEN, ROUTES
 from trioproxy.testing.emulator import Faults
 
 expect.set_options(timeout=10_000)

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 from attrs import define
 
+from support.emulator_http import post, start, stream_events
 from trioproxy.testing.emulator import (
     DEFAULT_RESERVED_COMPLETION,
     EmulatedProvider,
@@ -19,7 +20,6 @@ from trioproxy.testing.emulator import (
     chutes,
     completion_text,
     prompt_tokens,
-    serve,
 )
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
@@ -45,32 +45,8 @@ class FakeClock:
         return self.now
 
 
-async def start(nursery: trio.Nursery, provider: EmulatedProvider) -> httpx.AsyncClient:
-    """Serve `provider` and return a client authorised for it (the caller closes it)."""
-    base_url = await nursery.start(serve, provider)
-    return httpx.AsyncClient(base_url=base_url, timeout=5.0,
-                             headers={"authorization": f"Bearer {provider.api_key}"})
-
-
 def chat_body(provider: EmulatedProvider, **extra: Any) -> dict[str, Any]:
     return {"model": provider.model, "messages": MESSAGES, **extra}
-
-
-async def post(client: httpx.AsyncClient, body: dict[str, Any]) -> httpx.Response:
-    return await client.post("/chat/completions", json=body)
-
-
-async def stream_events(client: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:
-    """The parsed `data:` payloads of a stream; "[DONE]" stays a string."""
-    events: list[Any] = []
-    async with client.stream("POST", "/chat/completions", json=body) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "text/event-stream"
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                data = line[len("data: "):]
-                events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 # --------------------------------------------------------------------------- models, auth

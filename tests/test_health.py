@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, StartProxy
-from test_routing import chat, client_for, health, post
+from support.chat import chat, client_for, health, post
+from support.proxies import Providers, Proxy, StartProxy
 from trioproxy.testing import emulator
 from trioproxy.testing.ports import free_port
 

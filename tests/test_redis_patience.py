@@ -14,9 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_patience import after_the_bucket_is_empty, fell_back_at_once, task, waited_for_the_refill
-from test_redis_ledger import cerebras, chutes, replica, script_calls
+from support.patience import after_the_bucket_is_empty, fell_back_at_once, task, waited_for_the_refill
+from support.proxies import Providers, StartProxy
+from support.redis_ledgers import cerebras, chutes, replica, script_calls
 from trioproxy.providers.sanitize import Sanitizer
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.contract import Refusal, Reservation

@@ -2,27 +2,20 @@
 
 import os
 import sys
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
 
-from conftest import Providers, Proxy, StartProxy, proxy_config
-from trioproxy.testing.ports import free_port
-from trioproxy.testing.redis_server import RedisServer, running_redis
-from test_routing import chat, client_for, post
+from support.chat import chat, client_for, post
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
+from support.redis_ledgers import alternate
 from trioproxy.config import Config
 from trioproxy.status_table import render_table
 from trioproxy.supervisor import run_proxy
-
-
-async def alternate(proxies: list[Proxy], count: int) -> list[int]:
-    """`count` small requests, sent to each proxy in turn, one after the other."""
-    async with AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(client_for(proxy)) for proxy in proxies]
-        return [(await post(clients[i % len(clients)], chat(max_tokens=10))).status_code for i in range(count)]
+from trioproxy.testing.ports import free_port
+from trioproxy.testing.redis_server import RedisServer, running_redis
 
 
 async def test_two_proxies_on_one_redis_never_meet_a_429_where_one_would_not(

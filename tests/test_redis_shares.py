@@ -3,11 +3,10 @@ requests from a block booked ahead, without waiting on Redis, and the figures st
 
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
-from test_redis_ledger import Clock, cerebras, replica, replicas, script_calls
+from support.redis_ledgers import Clock, cerebras, replica, replicas, script_calls
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
 from trioproxy.quota.shares import FIRST_ASK, SHARE_SECONDS, Share, ShareBook

@@ -3,8 +3,6 @@
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -13,21 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, proxy_config
-from test_cli import COMMAND, scrubbed_env
-from test_routing import chat, client_for, post
-from trioproxy.config import Config
-from trioproxy.supervisor import run_proxy
-
-
-@asynccontextmanager
-async def reloadable_proxy(config: Config) -> AsyncIterator[tuple[Proxy, trio.MemorySendChannel[Config]]]:
-    """A proxy serving `config`, and the channel that reloads it; stopped on the way out."""
-    send_reloads, receive_reloads = trio.open_memory_channel[Config](1)
-    async with trio.open_nursery() as nursery:
-        shutdown = trio.Event()
-        yield Proxy(await nursery.start(run_proxy, config, shutdown, receive_reloads), config, shutdown), send_reloads
-        shutdown.set()
+from support.chat import chat, client_for, post
+from support.command import COMMAND, scrubbed_env
+from support.proxies import Providers, proxy_config
+from support.reload import reloadable_proxy
 
 
 async def test_reload_applies_new_limits_and_keys_and_keeps_the_ledger(providers: Providers) -> None:

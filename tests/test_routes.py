@@ -11,30 +11,19 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, StartProxy, proxy_config
-from test_cli import run, scrubbed_env
-from test_config import load, refusal
-from test_reload import reloadable_proxy
-from test_routing import advance, assert_openai_error, chat, client_for, health, post, stream
-from trioproxy.config import Config, ModelRoute, RouteProvider, keyless_route
+from support.chat import advance, assert_openai_error, chat, client_for, health, post, stream
+from support.command import run, scrubbed_env
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
+from support.reload import reloadable_proxy
+from support.routes import CEREBRAS_OSS, CHUTES_OSS, OSS, QWEN, ROUTES, on
+from support.settings import load, refusal
+from trioproxy.config import Config, ModelRoute, keyless_route
 from trioproxy.errors import ProxyError
 from trioproxy.providers.upstream import UpstreamFailure
 from trioproxy.status_table import render_table
 
-QWEN = "qwen-3-coder"
-OSS = "gpt-oss-120b"
-CEREBRAS_OSS = "gpt-oss-120b"
-CHUTES_OSS = "openai/gpt-oss-120b"
 PROBE_INTERVAL_MS = 60_000
 
-def on(provider: str, model: str | None = None, **overrides: Any) -> RouteProvider:
-    return RouteProvider(provider=provider, model=model, **overrides)
-
-
-ROUTES = (
-    ModelRoute(QWEN, (on("cerebras"), on("chutes")), aliases=("claude-*",)),
-    ModelRoute(OSS, (on("cerebras", CEREBRAS_OSS), on("chutes", CHUTES_OSS)), aliases=("oss", "gpt-oss-*")),
-)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Providers, StartProxy
-from test_routing import chat, client_for, post, stream
+from support.chat import chat, client_for, post, stream
+from support.proxies import Providers, StartProxy
 from trioproxy.status_table import render_table
 
 

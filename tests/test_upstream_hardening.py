@@ -14,9 +14,10 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, StartProxy, proxy_config
-from test_robustness import FINISH, HELLO, ROLE, SSE_HEAD, Behaviour, eventually, json_head, start_fault_server
-from test_routing import chat, stream_text
+from support.chat import chat, stream_text
+from support.fault_server import FINISH, HELLO, ROLE, Behaviour, eventually, start_fault_server
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
+from support.raw_http import SSE_HEAD, json_head
 from trioproxy.config import ConfigError, load_config
 from trioproxy.providers.sanitize import MAX_MESSAGE_CHARS, REDACTED, SECRET_RUN, Sanitizer
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream

@@ -14,7 +14,7 @@ import attrs
 import trio
 from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
-from conftest import Providers, proxy_config
+from support.proxies import Providers, proxy_config
 from trioproxy.supervisor import run_proxy
 from trioproxy.testing import emulator
 
