@@ -20,7 +20,7 @@ from support.proxies import Providers, Proxy, proxy_config
 from support.raw_http import root_of
 from trioproxy.config import Config
 from trioproxy.logs import REDACTED, RedactingFormatter
-from trioproxy.providers.sanitize import Sanitizer
+from trioproxy.secrets import Sanitizer
 from trioproxy.supervisor import run_proxy
 from trioproxy.testing.emulator import Faults, completion_text
 

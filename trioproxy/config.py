@@ -17,7 +17,7 @@ from attrs import field, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .logs import FORMATS, LEVELS
-from .quota.redis_target import TlsFileError, parse_redis_url, tls_context
+from .redis_target import TlsFileError, parse_redis_url, tls_context
 
 
 class ConfigError(Exception):

@@ -17,7 +17,7 @@ from .quota.backends import open_ledger
 from .quota.contract import Ledger
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
-from .providers.sanitize import Sanitizer
+from .secrets import Sanitizer
 from .providers.upstream import Deadlines, ProviderClient, Upstream
 
 
