@@ -21,11 +21,18 @@ def _window(state: dict[str, Any]) -> str:
     return f"{text} ({remaining} left)" if remaining is not None else text
 
 
+def _model(provider: dict[str, Any]) -> str:
+    """The model serving, or which candidates are all missing."""
+    if provider.get("model"):
+        return str(provider["model"])
+    return "none of " + ", ".join(provider.get("candidates") or ["-"])
+
+
 def render_table(status: dict[str, Any]) -> str:
     """One row per provider account, columns aligned; a route column first when there are several."""
     routes = status.get("routes") or [{"name": status.get("model", "-"), "providers": status["providers"]}]
     several = len(routes) > 1
-    header = ("provider", "account", "usable", "cooldown", "rpm", "tpm", "rpd", "tpd", "served", "last error")
+    header = ("provider", "model", "account", "usable", "cooldown", "rpm", "tpm", "rpd", "tpd", "served", "last error")
     header = ("route", *header) if several else header
     rows = [header]
     for route in routes:
@@ -34,6 +41,7 @@ def render_table(status: dict[str, Any]) -> str:
                 cooldown = f"{state['cooldown_seconds']}s {state['cooldown_reason']}" if state["cooldown_seconds"] else "-"
                 row = (
                     provider["name"],
+                    _model(provider),
                     account,
                     "yes" if provider["usable"] else "no",
                     cooldown,
@@ -50,7 +58,25 @@ def render_table(status: dict[str, Any]) -> str:
     if reroutes:
         lines.append("")
         lines.append("reroutes: " + ", ".join(f"{reason} x{count}" for reason, count in sorted(reroutes.items())))
+    if refusals := status.get("refusals"):
+        lines.extend(_refusal_lines(refusals))
     return "\n".join(lines)
+
+
+def _refusal_lines(refusals: dict[str, Any]) -> list[str]:
+    """Error answers by status, unknown paths, and the last refusal's message."""
+    def counts(by_status: dict[str, int]) -> str:
+        return ", ".join(f"{status} x{count}" for status, count in by_status.items()) or "none"
+
+    lines = ["", f"refused by the proxy: {counts(refusals['refused'])}; other errors: "
+                 f"{counts(refusals['failed'])}"]
+    if refusals["unknown_paths"]:
+        lines.append("unknown paths: " + ", ".join(f"{entry['method']} {entry['path']} x{entry['count']}"
+                                                   for entry in refusals["unknown_paths"]))
+    if refusals["recent"]:
+        last = refusals["recent"][0]
+        lines.append(f"last: {last['status']} {last['reason']}: {last['message']}")
+    return lines
 
 
 def _quota_store_line(store: dict[str, Any]) -> str:

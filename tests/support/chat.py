@@ -4,7 +4,7 @@ client key, streams read to their end, OpenAI's error shape, and the mock clock 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -111,3 +111,14 @@ async def advance(mock_clock: trio.testing.MockClock, seconds: float) -> None:
     """Move the frozen clock and let every timer that fell due (cooldowns, keep-alives) run."""
     mock_clock.jump(seconds)
     await trio.testing.wait_all_tasks_blocked()
+
+
+async def wait_for_health(proxy: Proxy, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll /healthz until `condition` holds for its cerebras entry (bounded: 5 s)."""
+    with trio.fail_after(5):
+        async with client_for(proxy) as client:
+            while True:
+                state = (await health(client, proxy))["providers"]["cerebras"]
+                if condition(state):
+                    return state
+                await trio.sleep(0.01)

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import trio
 import trio.testing
+from attrs import define
 
 from trioproxy.testing.emulator import (
     EmulatedProvider,
@@ -37,3 +38,13 @@ async def stream_events(client: httpx.AsyncClient, body: dict[str, Any]) -> list
                 data = line[len("data: "):]
                 events.append(data if data == "[DONE]" else json.loads(data))
     return events
+
+
+@define
+class FakeClock:
+    """A clock tests advance by hand."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

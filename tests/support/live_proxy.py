@@ -88,10 +88,11 @@ def live_proxy(**overrides: Any) -> Iterator[LiveProxy]:
 
 
 @contextmanager
-def chromium_browser() -> Iterator[Browser]:
-    """Debian's headless chromium, launched once for many pages; never downloads a browser."""
+def chromium_browser(*extra_args: str) -> Iterator[Browser]:
+    """Debian's headless chromium with `extra_args` on its command line, launched once for many
+    pages; never downloads a browser."""
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser
         finally:
@@ -109,7 +110,7 @@ def browser_context(browser: Browser, **context_options: Any) -> Iterator[Browse
 
 
 @contextmanager
-def chromium(**context_options: Any) -> Iterator[BrowserContext]:
-    """A headless chromium of its own with one fresh context, for a script that needs one page."""
-    with chromium_browser() as browser, browser_context(browser, **context_options) as context:
+def chromium(*extra_args: str, **context_options: Any) -> Iterator[BrowserContext]:
+    """A headless chromium of its own (`extra_args` on its command line) with one fresh context."""
+    with chromium_browser(*extra_args) as browser, browser_context(browser, **context_options) as context:
         yield context

@@ -1,5 +1,6 @@
 """The routing policy: which provider serves a request, and when to fail over to the next."""
 
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -18,6 +19,7 @@ from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failu
 from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
 from .patience import Pace, Patience
+from .prompt_cache import PromptMemory, PromptPrefix
 from .relay import OpenStream, StreamRelay
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
@@ -73,6 +75,15 @@ class Router:
             for u in upstreams
         }
         self.patience = Patience(ledger, starting, max_wait_seconds)
+        # Per provider model whose prompt cache admission predicts: what each key sent lately.
+        self.prompt_memory = {
+            u.quota_key: PromptMemory(
+                len(u.config.keys) or 1, u.config.prompt_cache_seconds, u.config.prompt_cache_block_tokens,
+                u.config.prompt_cache_entries, ledger.now,
+            )
+            for u in upstreams
+            if u.config.prompt_cache_seconds > 0
+        }
 
     async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers."""
@@ -160,7 +171,8 @@ class Router:
         attempt: Callable[[Upstream, dict[str, Any], Settlement], Awaitable[T]],
     ) -> T:
         """Run `attempt` on each provider in turn until one delivers; raise ProxyError if none does."""
-        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
+        prefix, messages_json = PromptPrefix.of(request.body) if self.prompt_memory else (None, None)
+        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
         order = self._in_order()
         if not order:
             raise self._model_unavailable()
@@ -168,8 +180,11 @@ class Router:
         last_failure: UpstreamFailure | None = None
         for position, (upstream, skipped_because) in enumerate(order):
             why_not_previous = skipped_because or why_not_previous
+            model = self._health_of(upstream).choose(upstream.config.model)
+            if model is None:  # a failure just now said the last candidate does not exist
+                continue
             try:
-                body = adapt_request(request.body, upstream.config, request.stream)
+                body = adapt_request(request.body, upstream.config, model, request.stream)
             except Unsupported as unsupported:
                 why_not_previous = f"fallback: {unsupported.field}"
                 continue
@@ -179,7 +194,13 @@ class Router:
                 why_not_previous = "fallback: context"
                 continue
             later = [other for other, _ in order[position + 1 :]]
-            reservation = await self.patience.reserve(upstream, cost, body, later, record, floor=prompt_estimate)
+            memory = self.prompt_memory.get(upstream.quota_key)
+            uncached = None
+            if memory is not None and prefix is not None:
+                uncached = [prompt_estimate - cached for cached in memory.cached(prefix, prompt_estimate)]
+            reservation = await self.patience.reserve(
+                upstream, cost, body, later, record, floor=prompt_estimate, uncached=uncached
+            )
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", REQUEST_ID.get(), upstream.name, reservation.reason)
@@ -188,8 +209,11 @@ class Router:
             record.reason = why_not_previous or "preferred"
             succeeded = False
             timer = self.patience.timer(upstream)
+            remember = None
+            if memory is not None and prefix is not None:
+                remember = functools.partial(memory.remember, reservation.key_index, prefix)
+            settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, remember)
             try:
-                settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage)
                 result = await attempt(upstream, body, settlement)
                 if request.stream:
                     timer.first_event()
@@ -197,10 +221,14 @@ class Router:
                 return result
             except UpstreamFailure as failure:
                 last_failure = failure
-                await self._after_failure(upstream, failure, reservation, record)
+                await self._after_failure(upstream, model, failure, reservation, record)
                 if not is_retryable(failure):
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
+            except BaseException as error:  # a client gone (Cancelled), or a bug: no answer follows
+                with trio.CancelScope(shield=True):
+                    await settlement.abandon(cancelled=isinstance(error, trio.Cancelled))
+                raise
             finally:
                 self.ledger.finish_probe(reservation, succeeded)
         raise self._final_error(last_failure)
@@ -215,7 +243,7 @@ class Router:
         it stays a last resort, where an attempt beats a sure error.
         Each comes with the reason the ones before it in preference were passed over, if any.
         """
-        offering = [u for u in self.upstreams if self._health_of(u).offers(u.config.model) is not False]
+        offering = [u for u in self.upstreams if self._health_of(u).choose(u.config.model) is not None]
         up = [u for u in offering if self._health_of(u).up]
         order: list[tuple[Upstream, str | None]] = []
         for upstream in up + [u for u in offering if u not in up]:
@@ -233,11 +261,12 @@ class Router:
         return self.health[upstream.name]
 
     def _model_unavailable(self) -> ProxyError:
-        """A 503 naming the route when no provider offers its model: nothing to try, nothing to spend."""
+        """A 503 naming the route and its candidates when no provider offers any of them:
+        nothing to try, nothing to spend."""
         error = ProxyError(
             503,
-            f"No provider offers the model of `{self.route}` today ("
-            + ", ".join(f"{u.name}: {u.config.model}" for u in self.upstreams)
+            f"No provider offers a model of `{self.route}` today ("
+            + "; ".join(f"{u.name}: {', '.join(u.config.model)}" for u in self.upstreams)
             + "); trioproxy checks their model lists again shortly.",
             type="api_error",
             code="model_unavailable",
@@ -248,16 +277,19 @@ class Router:
         return error
 
     async def _after_failure(
-        self, upstream: Upstream, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord
+        self, upstream: Upstream, model: str, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord
     ) -> None:
         log.warning(
             "request %s: %s failed (%s): %s", REQUEST_ID.get(), upstream.name, failure.label, failure.error.message
         )
-        if failure.model_missing:
-            self._health_of(upstream).mark_missing(upstream.name, upstream.config.model)
-        if failure.status is not None and failure.status < 500:
+        missing = failure.model_missing
+        if missing:
+            self._health_of(upstream).mark_missing(upstream.name, model)
+        if missing or (failure.status is not None and failure.status < 500):
             # A refused request ran nothing; only the request itself counts, not its tokens.
             await self.ledger.settle(reservation, 0)
+        if missing:
+            return  # no cooldown: the key is fine, and the next candidate may serve at once
         backoff = backoff_for(
             failure, self._cooldown_seconds, self._capacity_backoff_seconds, self._honour_retry_after
         )
@@ -273,6 +305,15 @@ class Router:
                 "Every provider is out of quota or cooling down; try again later.",
                 type="rate_limit_error",
                 code="rate_limit_exceeded",
+            )
+        elif last_failure.status in (401, 403):
+            # The provider refused trioproxy's own key: the client's key is not in question.
+            error = ProxyError(
+                502,
+                f"{last_failure.provider} refused trioproxy's API key for it ({last_failure.status}: "
+                f"{last_failure.error.message}); the operator must check the provider keys in its settings.",
+                type="api_error",
+                code="provider_key_refused",
             )
         else:
             error = last_failure.error

@@ -150,11 +150,15 @@ function providerCard(provider, receivedAt) {
   const [badge, kind] = providerBadge(provider);
   head.append(el("span", badge, "badge " + kind));
   card.append(head);
+  const candidates = provider.candidates || [provider.model];
   if (provider.model_offered === false) {
     card.dataset.missing = "";
-    card.append(el("p", `model ${provider.model}: not offered here, requests for this route skip ${provider.name}`, "error missing"));
+    card.append(el("p", `models ${candidates.join(", ")}: none offered here, requests for this route skip ${provider.name}`, "error missing"));
   } else {
-    card.append(el("p", `model ${provider.model}${provider.model_offered ? " (offered)" : ""}`, "muted"));
+    // The model serving now; the other candidates would take over if the catalogue drops it.
+    const others = candidates.filter((model) => model !== provider.model);
+    const rest = others.length ? `; candidates: ${others.join(", ")}` : "";
+    card.append(el("p", `model ${provider.model}${provider.model_offered ? " (offered)" : ""}${rest}`, "muted"));
   }
   if (provider.last_error) card.append(el("p", `last error: ${provider.last_error}`, "error"));
   for (const [account, state] of Object.entries(provider.accounts)) {
@@ -274,6 +278,7 @@ function renderRecent(recent) {
       new Date(r.time * 1000).toLocaleTimeString(),
       r.request_id, r.api, r.route, r.provider, r.reason, r.stream ? "yes" : "no", r.status,
       `${fmt(r.prompt_tokens)} / ${fmt(r.completion_tokens)}`, fmt(r.latency_ms), fmt(r.first_byte_ms),
+      r.message || "",
     ], "data");
     if (r.status !== 200) tr.className = "failed";
     return tr;
@@ -291,6 +296,8 @@ function render(state) {
   renderRoutes(state.routes);
   renderTraffic(state.traffic);
   renderRecent(state.traffic.recent);
+  fillTable("unknown-paths", ["method", "path", "requests"],
+    state.refusals.unknown_paths.map((p) => [p.method, p.path, fmt(p.count)]), "none");
 }
 
 poll();

@@ -10,10 +10,17 @@ from attrs import Factory, define, field, frozen
 
 from .actions import Json
 from .faults import Faults
+from .prompt_cache import PromptCache
 from .windows import Bucket, Day
 
-CEREBRAS_MODEL = "qwen-3-coder-480b"
-CHUTES_MODEL = "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
+# Today's catalogues (PROVIDERS.md, late 2026): what `GET /models` lists by default. The first
+# id is `model`, the others `more_models`.
+CEREBRAS_MODELS = ("gpt-oss-120b", "qwen-3.8-27b")
+CHUTES_MODELS = ("Qwen/Qwen3-Coder-Next-TEE", "Qwen/Qwen3.5-397B-A17B-TEE", "Qwen/Qwen3.8-27B-TEE")
+CEREBRAS_MODEL, CHUTES_MODEL = CEREBRAS_MODELS[0], CHUTES_MODELS[0]
+# Ids Cerebras retired (its deprecation pages): a request naming one gets 503, not 404.
+CEREBRAS_RETIRED = ("qwen-3-coder-480b", "zai-glm-4.6", "llama-3.3-70b", "qwen-3-32b",
+                    "qwen-3-235b-a22b-instruct-2507", "llama3.1-8b", "zai-glm-4.7")
 # What Cerebras reserves against tokens/minute when a request names no completion cap.
 DEFAULT_RESERVED_COMPLETION = 8192
 
@@ -29,6 +36,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     admitted_at: float
+    cached_tokens: int = 0
 
 
 @frozen
@@ -36,11 +44,12 @@ class QuotaRefusal:
     """One quota 429 (Cerebras): which limit refused and what the request needed."""
 
     at: float
-    limit: Literal["rpm", "tpm", "rpd", "tpd"]
+    limit: Literal["rpm", "tpm", "utpm", "rpd", "tpd"]
     prompt_tokens: int
     reserved: int  # prompt + completion cap (DEFAULT_RESERVED_COMPLETION without one)
-    available: float | None  # tokens/minute bucket level (tpm) or tokens left today (tpd)
+    available: float | None  # the refusing bucket's level (tpm, utpm) or tokens left today (tpd)
     request: int  # index of the request in `received`
+    cached_tokens: int = 0  # of the prompt, what the prompt cache held
 
 
 @define
@@ -60,6 +69,12 @@ class EmulatedProvider:
       completion is composed. Daily counters restart every 86400 s of `clock` time from when
       `serve` starts; tokens/day refuses a request whose prompt no longer fits. Requests
       rejected by validation or answered by a fault consume nothing.
+    - Cerebras's two token buckets: `tokens_per_minute` is the total one (every prompt token
+      plus the completion reservation), `uncached_tokens_per_minute` takes the prompt tokens
+      the key's `prompt_cache` did not hold (see `prompt_cache.PromptCache`: prefix blocks, a
+      TTL on `clock`; `prompt_cache.ttl = 0` turns it off). Usage reports the cached part as
+      `prompt_tokens_details.cached_tokens`; a 429 of the uncached bucket says "uncached".
+      The x-ratelimit-*-tokens-minute headers report the total bucket.
     - Simulation knobs, for benchmarks: `day_started_at` places the day on `clock` (the next
       boundary is 86400 s after it; None = the day starts when `serve` starts) and
       `day_tokens_used` counts tokens as already used that day when `serve` starts.
@@ -73,16 +88,20 @@ class EmulatedProvider:
     - `usage_log`: every completion's usage when it was settled (streams with injected faults
       included: the quota counted them). `quota_refusals`: every quota 429 (Cerebras).
     - A chat request naming another model than `model` or one of `more_models` gets the
-      provider's 404. `/models` lists exactly those; tests change either at run time (a
-      model the provider retires, or adds). The limits are shared by every model.
+      provider's 404, or 503 when it names one of `retired_models` (Cerebras). `/models`
+      lists exactly `model` and `more_models`; tests change either at run time (a model the
+      provider retires, or adds). The limits are shared by every model.
     """
 
     flavor: Flavor
     api_key: str
     model: str
     more_models: list[str] = Factory(list)
+    retired_models: tuple[str, ...] = ()
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    uncached_tokens_per_minute: int | None = None
+    prompt_cache: PromptCache = Factory(PromptCache)
     tokens_per_day: int | None = None
     requests_per_day: int | None = None
     context_window: int | None = None
@@ -104,6 +123,7 @@ class EmulatedProvider:
     # Live quota state, kept by `limits` and `serve`.
     rpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
     tpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
+    utpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
     today: Day = field(init=False, factory=Day, repr=False)
     _counter: int = field(init=False, default=0, repr=False)
 
@@ -123,22 +143,31 @@ class EmulatedProvider:
         self.today.roll(now)
         rpm, tpm, rpd, tpd = (self.requests_per_minute, self.tokens_per_minute,
                               self.requests_per_day, self.tokens_per_day)
+        utpm = self.uncached_tokens_per_minute
         return {
             "rpm": None if rpm is None else self.rpm_bucket.refill(rpm, now),
             "tpm": None if tpm is None else self.tpm_bucket.refill(tpm, now),
+            "utpm": None if utpm is None else self.utpm_bucket.refill(utpm, now),
             "rpd": None if rpd is None else rpd - self.today.requests,
             "tpd": None if tpd is None else tpd - self.today.tokens,
         }
 
 
 def cerebras(api_key: str = "csk-emulated", **kw: Any) -> EmulatedProvider:
-    """An emulated Cerebras serving Qwen3-Coder 480B with the paid 131,072-token window."""
+    """An emulated Cerebras with today's catalogue (retired ids answer 503) and the paid
+    131,072-token window. Given `model` alone, it lists only that model."""
+    if "model" not in kw:
+        kw.setdefault("more_models", list(CEREBRAS_MODELS[1:]))
     kw.setdefault("model", CEREBRAS_MODEL)
+    kw.setdefault("retired_models", CEREBRAS_RETIRED)
     kw.setdefault("context_window", 131072)
     return EmulatedProvider(flavor="cerebras", api_key=api_key, **kw)
 
 
 def chutes(api_key: str = "cpk_emulated", **kw: Any) -> EmulatedProvider:
-    """An emulated Chutes (vLLM) serving Qwen3-Coder 480B FP8."""
+    """An emulated Chutes (vLLM) with today's catalogue; unknown ids answer 404. Given `model`
+    alone, it lists only that model."""
+    if "model" not in kw:
+        kw.setdefault("more_models", list(CHUTES_MODELS[1:]))
     kw.setdefault("model", CHUTES_MODEL)
     return EmulatedProvider(flavor="chutes", api_key=api_key, **kw)
