@@ -556,3 +556,21 @@ async def test_client_gone_mid_stall_does_not_break_server(nursery: trio.Nursery
         provider.faults = Faults()
         response = await post(client, chat_body(provider))
     assert response.status_code == 200 and provider.connections == 2
+
+
+async def test_chutes_plan_windows_when_enabled_refuse_without_a_reset_time(nursery: trio.Nursery) -> None:
+    """A rolling 4-hour window of 2 requests and a 30-day one of 3: the third request in 4 hours
+    gets Chutes's 429 (no Retry-After, no rate-limit headers); 4 hours later one more fits, then
+    the month is full. Off by default."""
+    clock = FakeClock()
+    provider = chutes(plan_windows={4 * 3600: 2, 30 * 86400: 3}, clock=clock)
+    async with await start(nursery, provider) as client:
+        codes = [(await post(client, chat_body(provider))).status_code for _ in range(3)]
+        clock.now += 4 * 3600
+        later = [(await post(client, chat_body(provider))).status_code for _ in range(2)]
+        clock.now += 4 * 3600
+        refused = await post(client, chat_body(provider))
+    assert codes == [200, 200, 429] and later == [200, 429] and refused.status_code == 429
+    assert "detail" in refused.json() and "retry-after" not in refused.headers
+    assert not any(name.startswith("x-ratelimit") for name in refused.headers)
+    assert chutes().plan_windows == []
