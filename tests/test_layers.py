@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("runtime", {"runtime"}),
     ("routing", {"routing"}),
     ("providers/quota", {"providers", "quota"}),
-    ("config", {"config", "redis_target", "logs"}),
+    ("config", {"config", "redis_target", "plans", "logs"}),
     ("testing", {"testing"}),
     ("errors/secrets", {"__init__", "errors", "secrets", "jsoncodec"}),
 ]
