@@ -8,14 +8,25 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
-from live_proxy import LiveProxy, chromium, live_proxy
-from test_routes import CEREBRAS_OSS, CEREBRAS_QWEN, CHUTES_OSS, CHUTES_QWEN, OSS, QWEN, ROUTES, list_only, qwen_settings
-from test_routing import PROXY_MODEL, chat
+from support.chat import PROXY_MODEL, chat
+from support.live_proxy import LiveProxy, browser_context, chromium_browser, live_proxy
+from support.routes import (
+    CEREBRAS_OSS,
+    CEREBRAS_QWEN,
+    CHUTES_OSS,
+    CHUTES_QWEN,
+    OSS,
+    QWEN,
+    ROUTES,
+    list_only,
+    qwen_settings,
+)
 from trioproxy.testing.emulator import Faults
 
 expect.set_options(timeout=10_000)
+pytestmark = pytest.mark.xdist_group("browser")  # one worker, so one chromium for them all
 CLIENT_KEY = "sk-dashboard-test-key"
 
 
@@ -25,9 +36,16 @@ def proxy() -> Iterator[LiveProxy]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One chromium for the module (one xdist worker runs them all): each test gets a fresh context."""
+    with chromium_browser() as running:
+        yield running
+
+
 @pytest.fixture
-def page() -> Iterator[Page]:
-    with chromium(viewport={"width": 1280, "height": 1000}) as context:
+def page(browser: Browser) -> Iterator[Page]:
+    with browser_context(browser, viewport={"width": 1280, "height": 1000}) as context:
         yield context.new_page()
 
 

@@ -18,7 +18,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from .logs import FORMATS, LEVELS
 from .plans import PLANS
-from .quota.redis_target import TlsFileError, parse_redis_url, tls_context
+from .redis_target import TlsFileError, parse_redis_url, tls_context
 
 
 class ConfigError(Exception):
