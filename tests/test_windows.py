@@ -8,10 +8,11 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_redis_ledger import Clock, replicas
-from test_cli import lines, run, scrubbed_env
-from test_routing import chat, client_for, post
+from support.chat import chat, client_for, post
+from support.command import run, scrubbed_env
+from support.metrics import sample_values
+from support.proxies import Providers, StartProxy
+from support.redis_ledgers import Clock, replicas
 from trioproxy.config import Config, ModelRoute, ProviderConfig, QuotaWindow, RouteProvider
 from trioproxy.quota.contract import Refusal
 from trioproxy.quota.redis_ledger import SharedReservation
@@ -42,6 +43,7 @@ async def test_a_four_hour_window_stops_chutes_before_its_429_and_reopens_when_i
         assert (providers.chutes.served, providers.cerebras.served) == (3, 2)
         assert len(providers.chutes.received) == 3  # no request met Chutes's 429
         status = (await client.get(proxy.base_url.removesuffix("/v1") + "/v1/status")).json()
+        metrics = (await client.get(proxy.base_url.removesuffix("/v1") + "/metrics")).text
         mock_clock.jump(FOUR_HOURS)
         assert (await post(client, chat())).status_code == 200
     assert (providers.chutes.served, len(providers.chutes.received)) == (4, 4)
@@ -51,6 +53,9 @@ async def test_a_four_hour_window_stops_chutes_before_its_429_and_reopens_when_i
     assert account["requests_4h"] == {"used": 3, "limit": 3}
     assert account["limit_sources"]["requests_4h"] == {"source": "configured"}
     assert "requests_4h 3/3 [configured]" in render_table(status)
+    _, values = sample_values(metrics)
+    labels = frozenset({"provider": "chutes", "account": "chutes", "window": "requests_4h"}.items())
+    assert values[("trioproxy_quota_remaining", labels)] == 0
 
 
 async def test_without_the_window_the_same_traffic_meets_chutes_429(
@@ -144,7 +149,7 @@ async def test_bad_windows_exit_2_naming_the_field(tmp_path: Path) -> None:
         config.write_text(f'[chutes]\nwindows = [{{ kind = "requests", {fields} }}]\n')
         result = await run(["--config", str(config), "--check-config"], tmp_path, scrubbed_env(CHUTES_API_KEY="cpk-x"))
         assert result.returncode == 2, (fields, result.stderr)
-        stderr = lines(result.stderr)
+        stderr = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(stderr) == 1 and stderr[0].startswith(f"trioproxy: {key}: "), (fields, result.stderr)
 
 
