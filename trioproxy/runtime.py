@@ -19,7 +19,7 @@ from .quota.contract import Ledger
 from .routing.limits import route_limits
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
-from .providers.sanitize import Sanitizer
+from .secrets import Sanitizer
 from .providers.upstream import AnswerBounds, Deadlines, ProviderClient, Upstream
 
 
