@@ -9,11 +9,12 @@ import attrs
 import trio
 from attrs import define
 
-from .server.auth import ClientKeys, operator_keys
+from .server.auth import ClientKeys, client_keys, operator_keys
 from .config import Config, ProviderConfig, quota_name, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.backends import open_ledger
+from .quota.clients import ClientBook
 from .quota.contract import Ledger
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
@@ -30,6 +31,7 @@ class Runtime:
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
+    clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
 
     @property
     def router(self) -> Router:
@@ -123,5 +125,10 @@ async def build_runtime(
 
     nursery.start_soon(probe)
     models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
-    client_keys = ClientKeys(config.client_api_keys)
-    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope)
+    if previous is not None:
+        clients = previous.clients
+        clients.budgets.reconfigure(config.clients)
+    else:
+        clients = ClientBook.for_clients(config.clients)
+    return Runtime(config, models, routers, ledger, client_keys(config), operator_keys(config), prober_scope,
+                   clients)

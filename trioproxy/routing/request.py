@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import trio
-from attrs import define
+from attrs import define, field
 
 
 @define
@@ -20,6 +20,9 @@ class ChatRequest:
     # The route (client-visible model) it resolved to, which picks the providers; every door
     # sets it. The router does not read it: each route has its own router.
     route: str = ""
+    # Who sent it (a client's name, never its key) and its weight in the fast provider's fair share.
+    client: str = "anonymous"
+    weight: float = 1.0
 
 
 @define
@@ -31,10 +34,12 @@ class RouteRecord:
     reason: str = "-"  # why this provider: preferred, fallback: rpm, failover: 503, ...
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # the part of the prompt the provider read from its cache
     prompt_estimate: int = 0  # the raw estimate, so usage can teach the estimator
     upstream_seconds: float = 0.0  # time spent waiting on providers, to tell the proxy's own overhead
     waited_seconds: float = 0.0  # time patience held the request for a provider's quota
     waited_why: str = ""  # e.g. "patience: rpm 1.8 s"
+    failed_over: list[str] = field(factory=list)  # providers that failed it before the next was tried
 
 
 @contextmanager

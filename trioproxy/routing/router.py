@@ -201,6 +201,7 @@ class Router:
                 if not is_retryable(failure):
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
+                record.failed_over.append(upstream.name)
             finally:
                 self.ledger.finish_probe(reservation, succeeded)
         raise self._final_error(last_failure)

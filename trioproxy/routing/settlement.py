@@ -21,6 +21,13 @@ def usage_tokens(document: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
+def cached_tokens(document: dict[str, Any]) -> int | None:
+    """The cached part of the prompt, where the usage states it (`prompt_tokens_details`)."""
+    details = document["usage"].get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) else None
+
+
 @define
 class Settlement:
     ledger: Ledger
@@ -36,6 +43,7 @@ class Settlement:
         if usage is None:
             return False
         self.record.prompt_tokens, self.record.completion_tokens = usage
+        self.record.cached_tokens = cached_tokens(document)
         await self.ledger.settle(self.reservation, sum(usage))
         self.estimator.learn(self.record.prompt_estimate, usage[0])
         if self.on_usage is not None:

@@ -21,6 +21,8 @@ from ..logs import REQUEST_ID
 from ..runtime import Runtime
 from . import operator_views as operator
 from .accounting import finish_request
+from .admission import admit_client
+from .auth import ANYONE, Client
 from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
 from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain
@@ -101,11 +103,12 @@ class ProxyApp:
         runtime = self.runtime
         try:
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
+            client = ANYONE
             if path.startswith("/v1/") and path != STATUS_PATH:
-                runtime.client_keys.check(authorization, x_api_key)
+                client = runtime.client_keys.identify(authorization, x_api_key)
             door = DOORS.get(path)
             if door is not None and method == "POST":
-                await self._door(door, scope, receive, send, request_id)
+                await self._door(door, client, scope, receive, send, request_id)
             elif path == COUNT_TOKENS_PATH and method == "POST":
                 raw = await self._read_body(scope, receive)
                 counted = messages.count_tokens(raw, runtime.models, lambda route: runtime.routers[route].estimator)
@@ -140,14 +143,16 @@ class ProxyApp:
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         await send_response(send, 200, self.metrics.render(), CONTENT_TYPE, extra)
 
-    async def _door(self, door: Door, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _door(self, door: Door, client: Client, scope: Scope, receive: Receive, send: Send,
+                    request_id: str) -> None:
         """One request through a front door: parse, route, answer; accounted for once at the end."""
         runtime = self.runtime  # a reload mid-request does not change what serves it
-        served = ServedRequest(request_id, door.api)
+        served = ServedRequest(request_id, door.api, client=client.name)
         extra = {"x-request-id": request_id}
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
             served.stream, served.model = exchange.request.stream, exchange.request.route
+            admit_client(runtime, client, exchange.request, served)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
             await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))

@@ -21,6 +21,8 @@ class ServedRequest:
     started: float = field(factory=trio.current_time)
     first_byte_at: float | None = None  # streams: when the client's 200 went out
     refusal: str = ""  # why it was refused before any provider was asked (bad body, unknown model, ...)
+    client: str = "anonymous"  # who sent it: a client's name, never its key
+    over_budget: bool = False  # refused because the client had spent one of its own budgets
 
     def overhead_seconds(self, until: float) -> float:
         """Time up to `until` that the proxy, not a provider, spent on this request."""

@@ -1,0 +1,194 @@
+"""Clients' own quota: the budgets an operator gives each client, and what each one used.
+
+A budget is the client's own limit, over every provider that serves it: requests and tokens per
+minute (sliding windows) and per day (to the next UTC midnight), for all its routes together
+(scope `*`) or for one route. A request is admitted while every window that applies has room for
+one more request and tokens are left; its tokens are booked when its usage is known, so one
+request may take a tokens budget past its figure, and the next waits until it is back below.
+
+Usage is counted per client, route and provider (the one that served, or `-`), since the
+state was first saved: requests, prompt tokens (and the cached part), completion tokens,
+failovers (counted against the provider that failed) and requests refused over budget.
+"""
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import trio
+from attrs import define, field
+
+from ..config import Budget, ClientConfig
+from .contract import Refusal
+from .ledger import MINUTE, DailyWindow, SlidingWindow, Window, seconds_until_utc_midnight
+
+ALL_ROUTES = "*"
+USAGE_FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "failovers", "over_budget")
+_REQUEST_WINDOWS = ("rpm", "rpd")
+_TOKEN_WINDOWS = ("tpm", "tpd")
+
+
+def _windows(budget: Budget, day_ends_at: float) -> dict[str, Window]:
+    windows: dict[str, Window] = {}
+    for name, limit in budget.limits().items():
+        windows[name] = SlidingWindow(limit, span=MINUTE) if name in ("rpm", "tpm") else DailyWindow(limit, day_ends_at=day_ends_at)
+    return windows
+
+
+def _scopes(client: ClientConfig) -> dict[str, Budget]:
+    scopes = {route: budget for route, budget in client.route_budgets.items() if budget.limits()}
+    if client.budget.limits():
+        scopes[ALL_ROUTES] = client.budget
+    return scopes
+
+
+class ClientBudgets:
+    """Every client's budget windows, by client and scope, in this process.
+
+    Synchronous methods without checkpoints: admitting checks and books at once (Trio), so two
+    requests of a client cannot both take its last request of the minute.
+    """
+
+    def __init__(self, clients: Sequence[ClientConfig], clock: Callable[[], float] = trio.current_time,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._windows: dict[str, dict[str, dict[str, Window]]] = {}  # client -> scope -> window name -> window
+        self.reconfigure(clients)
+
+    def reconfigure(self, clients: Sequence[ClientConfig]) -> None:
+        """Take new budgets (a reload); a window that stays keeps what it counted."""
+        now = self._clock()
+        day_ends_at = now + seconds_until_utc_midnight(self._wall_clock())
+        fresh: dict[str, dict[str, dict[str, Window]]] = {}
+        for client in clients:
+            for scope, budget in _scopes(client).items():
+                kept = self._windows.get(client.name, {}).get(scope, {})
+                windows = _windows(budget, day_ends_at)
+                for name, window in windows.items():
+                    if name in kept:
+                        kept[name].set_limit(now, window.limit)
+                        windows[name] = kept[name]
+                fresh.setdefault(client.name, {})[scope] = windows
+        self._windows = fresh
+
+    def _applying(self, client: str, route: str) -> Iterable[dict[str, Window]]:
+        scopes = self._windows.get(client)
+        if not scopes:
+            return ()
+        return [windows for scope, windows in scopes.items() if scope in (ALL_ROUTES, route)]
+
+    def admit(self, client: str, route: str) -> Refusal | None:
+        """Book one request of `client` on `route`, or say which of its budgets holds it longest
+        and until when (nothing booked)."""
+        applying = self._applying(client, route)
+        if not applying:
+            return None
+        now = self._clock()
+        refusals = [
+            Refusal(name, now + window.seconds_until_fits(now, 1))
+            for windows in applying for name, window in windows.items() if not window.fits(now, 1)
+        ]
+        if refusals:
+            return max(refusals, key=lambda refusal: refusal.retry_at)
+        for windows in applying:
+            for name in _REQUEST_WINDOWS:
+                if name in windows:
+                    windows[name].add(now, 1)
+        return None
+
+    def spend(self, client: str, route: str, tokens: int) -> None:
+        """Book the tokens a request of `client` on `route` used."""
+        if tokens <= 0:
+            return
+        now = self._clock()
+        for windows in self._applying(client, route):
+            for name in _TOKEN_WINDOWS:
+                if name in windows:
+                    windows[name].add(now, tokens)
+
+    def snapshot(self, client: str) -> dict[str, dict[str, dict[str, int | None]]]:
+        """`{scope: {window: {used, limit}}}` of a client's budgets."""
+        now = self._clock()
+        return {
+            scope: {name: {"used": window.used(now), "limit": window.limit} for name, window in windows.items()}
+            for scope, windows in self._windows.get(client, {}).items()
+        }
+
+    def export_state(self, wall_offset: float) -> dict[str, Any]:
+        now = self._clock()
+        return {
+            client: {scope: {name: window.export(now, wall_offset) for name, window in windows.items()}
+                     for scope, windows in scopes.items()}
+            for client, scopes in self._windows.items()
+        }
+
+    def import_state(self, state: Mapping[str, Any], trio_offset: float) -> None:
+        """Restore what `export_state` saved, for the budgets that still exist."""
+        now = self._clock()
+        for client, scopes in state.items():
+            for scope, windows in scopes.items():
+                for name, saved in windows.items():
+                    window = self._windows.get(client, {}).get(scope, {}).get(name)
+                    if window is not None:
+                        window.restore(now, saved, trio_offset)
+
+
+@define
+class ClientUsage:
+    """What each client used, by route and provider: counters that only grow."""
+
+    _counts: dict[tuple[str, str, str], list[int]] = field(factory=dict)
+
+    def count(self, client: str, route: str, provider: str, **amounts: int) -> None:
+        """Add `amounts` (named as USAGE_FIELDS) to the client's row for `route` and `provider`."""
+        row = self._counts.get((client, route, provider))
+        if row is None:
+            row = self._counts[(client, route, provider)] = [0] * len(USAGE_FIELDS)
+        for name, amount in amounts.items():
+            row[USAGE_FIELDS.index(name)] += amount
+
+    def rows(self) -> dict[tuple[str, str, str], list[int]]:
+        return self._counts
+
+    def view(self, rows: Mapping[tuple[str, str, str], Sequence[int]] | None = None) -> dict[str, Any]:
+        """`{client: {"total": {...}, "routes": {route: {provider: {...}}}}}`, fields as USAGE_FIELDS."""
+        clients: dict[str, Any] = {}
+        for (client, route, provider), row in sorted((self._counts if rows is None else rows).items()):
+            entry = clients.setdefault(client, {"total": dict.fromkeys(USAGE_FIELDS, 0), "routes": {}})
+            entry["routes"].setdefault(route, {})[provider] = dict(zip(USAGE_FIELDS, row))
+            for name, amount in zip(USAGE_FIELDS, row):
+                entry["total"][name] += amount
+        return clients
+
+    def export_state(self) -> list[list[Any]]:
+        return [[client, route, provider, *row] for (client, route, provider), row in self._counts.items()]
+
+    def import_state(self, saved: Iterable[Sequence[Any]]) -> None:
+        for client, route, provider, *row in saved:
+            self.count(str(client), str(route), str(provider), **dict(zip(USAGE_FIELDS, map(int, row))))
+
+
+@define
+class ClientBook:
+    """Budgets and usage of every client: carried over a reload, saved with the ledger's state."""
+
+    budgets: ClientBudgets
+    usage: ClientUsage = field(factory=ClientUsage)
+
+    @classmethod
+    def for_clients(cls, clients: Sequence[ClientConfig]) -> "ClientBook":
+        return cls(ClientBudgets(clients))
+
+    def export_state(self, wall_offset: float) -> dict[str, Any]:
+        return {"budgets": self.budgets.export_state(wall_offset), "usage": self.usage.export_state()}
+
+    def import_state(self, state: Mapping[str, Any], trio_offset: float) -> None:
+        self.budgets.import_state(state["budgets"], trio_offset)
+        self.usage.import_state(state["usage"])
+
+
+def retry_after_seconds(refusal: Refusal, now: float) -> int:
+    """Whole seconds until a refused request may come back (at least 1)."""
+    return max(1, math.ceil(refusal.retry_at - now))
