@@ -384,6 +384,10 @@ class Config:
     # Named clients ([[clients]]): keys, weights, budgets, allowed routes. `client_api_keys`
     # are clients too, anonymous ones of weight 1.
     clients: tuple[ClientConfig, ...] = ()
+    # While demand for a provider with a fallback (Cerebras) exceeds its quota, each client
+    # active in the last minute gets a part of it in proportion to its weight; false: first
+    # come, first served.
+    fair_share: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.quota_backend == "redis" and not self.redis_url:

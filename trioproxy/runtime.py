@@ -16,6 +16,7 @@ from .providers.health import HealthProber, ProviderHealth
 from .quota.backends import open_ledger
 from .quota.clients import ClientBook
 from .quota.contract import Ledger
+from .routing.fair_share import FairShare
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
@@ -32,6 +33,7 @@ class Runtime:
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
     clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
+    fair_share: FairShare  # the clients' use of each provider with limits; carried over too
 
     @property
     def router(self) -> Router:
@@ -101,9 +103,12 @@ async def build_runtime(
                 health[name] = state
     cooldowns = CooldownTimers(nursery, ledger)
     max_wait_seconds = config.max_wait_ms / 1000
+    fair_share = previous.fair_share if previous is not None else FairShare()
+    fair_share.configure({quota.name: quota for quota in quotas}, ledger)
     routers = {
         name: Router(ups, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
-                     config.honour_retry_after, health, name, max_wait_seconds)
+                     config.honour_retry_after, health, name, max_wait_seconds,
+                     fair_share if config.fair_share else None)
         for name, ups in routes.items()
     }
     if previous is not None:
@@ -131,4 +136,4 @@ async def build_runtime(
     else:
         clients = ClientBook.for_clients(config.clients)
     return Runtime(config, models, routers, ledger, client_keys(config), operator_keys(config), prober_scope,
-                   clients)
+                   clients, fair_share)

@@ -22,6 +22,7 @@ from attrs import define, field
 
 from ..providers.upstream import Upstream
 from ..quota.contract import Ledger, Refusal, Reservation
+from .fair_share import ShareTicket
 from .request import RouteRecord
 from .tokens import requested_completion_tokens
 
@@ -105,18 +106,28 @@ class Patience:
     def _learn_completion(self, tokens: int) -> None:
         self.completion_tokens = _moving(self.completion_tokens, tokens)
 
+    async def _take(self, name: str, tokens: int, floor: int, ticket: ShareTicket | None) -> Reservation | Refusal:
+        """The ledger's reservation, if the client's fair share (`ticket`) allows it first."""
+        if ticket is not None and (beyond := ticket.refusal()) is not None:
+            return beyond
+        got = await self._ledger.reserve(name, tokens, floor=floor)
+        if ticket is not None and isinstance(got, Reservation):
+            ticket.took()
+        return got
+
     async def reserve(
         self, upstream: Upstream, tokens: int, body: dict[str, Any], later: Sequence[Upstream], record: RouteRecord,
-        floor: int = 0,
+        floor: int = 0, ticket: ShareTicket | None = None,
     ) -> Reservation | Refusal:
         """The ledger's reservation, after waiting in line for it if that finishes sooner.
+        A request beyond its client's fair share (`ticket`) is refused as over quota ("share").
 
         Providers are known by their quota key (provider account and model), as the ledger knows them."""
         name = upstream.quota_key
         queue = self._queues[name]
         alone = not queue  # whether the refusal below is about this request alone
         if alone or self.max_wait <= 0:
-            got = await self._ledger.reserve(name, tokens, floor=floor)
+            got = await self._take(name, tokens, floor, ticket)
             if isinstance(got, Reservation) or self.max_wait <= 0:
                 return got
             refusal = got  # names the limit that holds it longest (the ledger contract)
@@ -127,12 +138,12 @@ class Patience:
             )
         wait = max(0.0, refusal.retry_at - self._ledger.now())
         if refusal.foreseen and await self._worth_waiting(upstream, wait, tokens, body, later):
-            got = await self._wait_in_line(name, queue, tokens, refusal, alone, record, floor)
+            got = await self._wait_in_line(name, queue, tokens, refusal, alone, record, floor, ticket)
         elif queue and queue[0].tokens > tokens and await self._ledger.refusal(name, queue[0].tokens) is not None:
             # It will not wait, and what is free now is too little for the head of the line:
             # taking it costs the waiters nothing they could use now, and leaves none unused.
             # (What is too little for the head is too little for a request as large: no need to ask.)
-            got = await self._ledger.reserve(name, tokens, floor=floor)
+            got = await self._take(name, tokens, floor, ticket)
         else:
             got = refusal
         if isinstance(got, Reservation):
@@ -168,7 +179,7 @@ class Patience:
 
     async def _wait_in_line(
         self, name: str, queue: deque[_Waiter], tokens: int, refusal: Refusal, alone: bool, record: RouteRecord,
-        floor: int,
+        floor: int, ticket: ShareTicket | None,
     ) -> Reservation | Refusal:
         """Queue up; at the head, take quota as it returns. Leaves the queue however it ends,
         a client's disconnect (cancellation) included, and hands the turn to the next.
@@ -189,7 +200,7 @@ class Patience:
                 while True:
                     if told:  # at least a millisecond: a bucket a rounding error short must not spin
                         await trio.sleep_until(max(refusal.retry_at, self._ledger.now() + 0.001))
-                    got = await self._ledger.reserve(name, tokens, floor=floor)
+                    got = await self._take(name, tokens, floor, ticket)
                     if isinstance(got, Reservation):
                         return got
                     refusal, reason, told = got, got.reason, True

@@ -17,6 +17,7 @@ from ..providers.ratelimit import backoff_for, quota_figures
 from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
+from .fair_share import FairShare
 from .patience import Pace, Patience
 from .relay import OpenStream, StreamRelay
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
@@ -58,8 +59,10 @@ class Router:
         health: dict[str, ProviderHealth] | None = None,
         route: str = "",
         max_wait_seconds: float = 0.0,
+        fair_share: FairShare | None = None,
     ) -> None:
         self.route = route  # the client-visible model this router serves
+        self._fair_share = fair_share  # None: first come, first served
         self.upstreams = upstreams
         self.ledger = ledger
         self.health = health if health is not None else {u.name: ProviderHealth() for u in upstreams}
@@ -179,7 +182,12 @@ class Router:
                 why_not_previous = "fallback: context"
                 continue
             later = [other for other, _ in order[position + 1 :]]
-            reservation = await self.patience.reserve(upstream, cost, body, later, record, floor=prompt_estimate)
+            # The last provider takes whatever is left: a share only decides who goes elsewhere.
+            ticket = None
+            if self._fair_share is not None and later:
+                ticket = self._fair_share.ticket(upstream.quota_key, request.client, request.weight, cost)
+            reservation = await self.patience.reserve(upstream, cost, body, later, record, floor=prompt_estimate,
+                                                      ticket=ticket)
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", REQUEST_ID.get(), upstream.name, reservation.reason)
