@@ -9,6 +9,7 @@ from conftest import Providers, StartProxy
 from test_clients import status_of
 from trioproxy.config import ClientConfig
 from trioproxy.routing.fair_share import UNIT, water_fill
+from trioproxy.testing.redis_server import RedisServer
 
 MODEL = "qwen-3-coder"
 
@@ -87,3 +88,63 @@ def test_one_active_client_is_never_held_back() -> None:
         share.asked("only", 1.0, UNIT // 10)
         assert share.refusal("only", UNIT // 10) is None
         share.took("only", UNIT // 10)
+
+
+# --- across replicas, on a real redis-server ------------------------------------------------------
+
+
+async def _three_replicas_one_client_each(nursery: trio.Nursery, redis: RedisServer, shared: bool) -> dict[str, int]:
+    """Three replicas on one Redis, each serving one client (sticky connections): heavy asks
+    Cerebras (12 requests a minute) every second, light and double every 2 s, for three
+    minutes; what each got in the last two. With `shared`, the replicas exchange their
+    clients' figures every second, as the proxy does."""
+    from test_redis_ledger import Clock, cerebras, replicas
+
+    from trioproxy.quota.clients import ClientBook
+    from trioproxy.quota.contract import Reservation
+    from trioproxy.routing.client_exchange import ClientExchange
+    from trioproxy.routing.fair_share import FairShare
+
+    store_clock = Clock()
+    now = [0.0]
+    provider = cerebras(requests_per_minute=12)
+    ledgers = await replicas(nursery, redis, [provider], store_clock)
+    clients = (("heavy", 1.0, 1), ("light", 1.0, 2), ("double", 2.0, 2))
+    fairs, exchanges = [], []
+    for index, ledger in enumerate(ledgers):
+        fair = FairShare(clock=lambda: now[0])
+        fair.configure({"cerebras": provider}, ledger)
+        fairs.append(fair)
+        exchanges.append(ClientExchange(ledger.store, "test:", f"r{index}", ClientBook.for_clients(()), fair,
+                                        clock=lambda: now[0]))
+    got = {name: 0 for name, _, _ in clients}
+    for second in range(180):
+        now[0], store_clock.time = float(second), store_clock.time + (1 if second else 0)
+        for ledger in ledgers:
+            await ledger.refresh()
+        if shared:
+            for exchange in exchanges:
+                await exchange.exchange()
+        for (name, weight, every), fair, ledger in zip(clients, fairs, ledgers):
+            if second % every:
+                continue
+            ticket = fair.ticket("cerebras", name, weight, 100)
+            assert ticket is not None
+            if ticket.refusal() is None and isinstance(await ledger.reserve("cerebras", 100), Reservation):
+                ticket.took()
+                got[name] += second >= 60
+    return got
+
+
+async def test_three_replicas_share_the_fast_provider_fairly_through_redis(nursery: trio.Nursery, redis: RedisServer) -> None:
+    got = await _three_replicas_one_client_each(nursery, redis, shared=True)
+    assert 20 <= sum(got.values()) <= 26, got
+    assert got["double"] == pytest.approx(2 * got["light"], abs=3), got
+    assert got["heavy"] == pytest.approx(got["light"], abs=3), got
+
+
+async def test_without_the_exchange_each_replica_sees_one_client_and_the_heavy_one_takes_most(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    got = await _three_replicas_one_client_each(nursery, redis, shared=False)
+    assert got["heavy"] > got["light"] + 3 and got["heavy"] > got["double"], got

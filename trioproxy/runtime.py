@@ -13,9 +13,11 @@ from .server.auth import ClientKeys, client_keys, operator_keys
 from .config import Config, ProviderConfig, quota_name, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
-from .quota.backends import open_ledger
+from .quota.backends import open_ledger, replica_name
 from .quota.clients import ClientBook
+from .quota.redis_ledger import RedisLedger
 from .quota.contract import Ledger
+from .routing.client_exchange import ClientExchange
 from .routing.fair_share import FairShare
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
@@ -31,7 +33,7 @@ class Runtime:
     ledger: Ledger
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
-    prober_scope: trio.CancelScope
+    prober_scope: trio.CancelScope  # ends the prober (and the client exchange) when a reload replaces it
     clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
     fair_share: FairShare  # the clients' use of each provider with limits; carried over too
 
@@ -124,16 +126,23 @@ async def build_runtime(
                           config.health_check_interval_ms / 1000, config.health_check_failures)
     prober_scope = trio.CancelScope()
 
-    async def probe() -> None:
-        with prober_scope:
-            await prober.run()
-
-    nursery.start_soon(probe)
-    models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
     if previous is not None:
         clients = previous.clients
         clients.budgets.reconfigure(config.clients)
     else:
         clients = ClientBook.for_clients(config.clients)
+    exchange = None
+    if isinstance(ledger, RedisLedger):
+        exchange = ClientExchange(ledger.store, config.redis_key_prefix, replica_name(), clients, fair_share)
+
+    async def probe() -> None:
+        with prober_scope:
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(prober.run)
+                if exchange is not None:
+                    tasks.start_soon(exchange.run)
+
+    nursery.start_soon(probe)
+    models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
     return Runtime(config, models, routers, ledger, client_keys(config), operator_keys(config), prober_scope,
                    clients, fair_share)

@@ -55,6 +55,9 @@ class ClientBudgets:
         self._clock = clock
         self._wall_clock = wall_clock
         self._windows: dict[str, dict[str, dict[str, Window]]] = {}  # client -> scope -> window name -> window
+        # What other replicas sharing the quota through Redis last said they counted, by
+        # (client, scope, window); they publish it every second.
+        self.others: dict[tuple[str, str, str], int] = {}
         self.reconfigure(clients)
 
     def reconfigure(self, clients: Sequence[ClientConfig]) -> None:
@@ -73,11 +76,11 @@ class ClientBudgets:
                 fresh.setdefault(client.name, {})[scope] = windows
         self._windows = fresh
 
-    def _applying(self, client: str, route: str) -> Iterable[dict[str, Window]]:
+    def _applying(self, client: str, route: str) -> list[tuple[str, str, dict[str, Window]]]:
         scopes = self._windows.get(client)
         if not scopes:
-            return ()
-        return [windows for scope, windows in scopes.items() if scope in (ALL_ROUTES, route)]
+            return []
+        return [(client, scope, windows) for scope, windows in scopes.items() if scope in (ALL_ROUTES, route)]
 
     def admit(self, client: str, route: str) -> Refusal | None:
         """Book one request of `client` on `route`, or say which of its budgets holds it longest
@@ -87,12 +90,13 @@ class ClientBudgets:
             return None
         now = self._clock()
         refusals = [
-            Refusal(name, now + window.seconds_until_fits(now, 1))
-            for windows in applying for name, window in windows.items() if not window.fits(now, 1)
+            Refusal(name, now + max(1.0, window.seconds_until_fits(now, 1)) if elsewhere else window.seconds_until_fits(now, 1))
+            for client_, scope, windows in applying for name, window in windows.items()
+            if not window.fits(now, 1 + (elsewhere := self.others.get((client_, scope, name), 0)))
         ]
         if refusals:
             return max(refusals, key=lambda refusal: refusal.retry_at)
-        for windows in applying:
+        for _, _, windows in applying:
             for name in _REQUEST_WINDOWS:
                 if name in windows:
                     windows[name].add(now, 1)
@@ -103,18 +107,26 @@ class ClientBudgets:
         if tokens <= 0:
             return
         now = self._clock()
-        for windows in self._applying(client, route):
+        for _, _, windows in self._applying(client, route):
             for name in _TOKEN_WINDOWS:
                 if name in windows:
                     windows[name].add(now, tokens)
 
     def snapshot(self, client: str) -> dict[str, dict[str, dict[str, int | None]]]:
-        """`{scope: {window: {used, limit}}}` of a client's budgets."""
+        """`{scope: {window: {used, limit}}}` of a client's budgets (every replica's use)."""
         now = self._clock()
         return {
-            scope: {name: {"used": window.used(now), "limit": window.limit} for name, window in windows.items()}
+            scope: {name: {"used": window.used(now) + self.others.get((client, scope, name), 0), "limit": window.limit}
+                    for name, window in windows.items()}
             for scope, windows in self._windows.get(client, {}).items()
         }
+
+    def local(self) -> dict[tuple[str, str, str], int]:
+        """What this process counted in each budget window, for the other replicas."""
+        now = self._clock()
+        return {(client, scope, name): window.used(now)
+                for client, scopes in self._windows.items()
+                for scope, windows in scopes.items() for name, window in windows.items()}
 
     def export_state(self, wall_offset: float) -> dict[str, Any]:
         now = self._clock()
@@ -135,27 +147,54 @@ class ClientBudgets:
                         window.restore(now, saved, trio_offset)
 
 
+Row = tuple[str, str, str]  # client, route, provider
+
+
+def _add(rows: dict[Row, list[int]], key: Row, amounts: Mapping[str, int] | Sequence[int]) -> None:
+    row = rows.get(key)
+    if row is None:
+        row = rows[key] = [0] * len(USAGE_FIELDS)
+    pairs = amounts.items() if isinstance(amounts, Mapping) else zip(USAGE_FIELDS, amounts)
+    for name, amount in pairs:
+        row[USAGE_FIELDS.index(name)] += amount
+
+
 @define
 class ClientUsage:
-    """What each client used, by route and provider: counters that only grow."""
+    """What each client used, by route and provider: counters that only grow.
 
-    _counts: dict[tuple[str, str, str], list[int]] = field(factory=dict)
+    Shared through Redis, what this process counted waits in `pending` until it is added to
+    the shared counters, and the view is those (`shared`, as last read) plus what is pending."""
+
+    _counts: dict[Row, list[int]] = field(factory=dict)
+    pending: dict[Row, list[int]] = field(factory=dict)
+    shared: dict[Row, list[int]] | None = None
 
     def count(self, client: str, route: str, provider: str, **amounts: int) -> None:
         """Add `amounts` (named as USAGE_FIELDS) to the client's row for `route` and `provider`."""
-        row = self._counts.get((client, route, provider))
-        if row is None:
-            row = self._counts[(client, route, provider)] = [0] * len(USAGE_FIELDS)
-        for name, amount in amounts.items():
-            row[USAGE_FIELDS.index(name)] += amount
+        _add(self._counts, (client, route, provider), amounts)
+        if self.shared is not None:
+            _add(self.pending, (client, route, provider), amounts)
 
-    def rows(self) -> dict[tuple[str, str, str], list[int]]:
-        return self._counts
+    def take_pending(self) -> dict[Row, list[int]]:
+        """What was counted since the last call, for the shared counters (the caller owns it)."""
+        pending, self.pending = self.pending, {}
+        return pending
 
-    def view(self, rows: Mapping[tuple[str, str, str], Sequence[int]] | None = None) -> dict[str, Any]:
+    def return_pending(self, pending: Mapping[Row, Sequence[int]]) -> None:
+        """Counts that could not reach the shared counters: they go with the next attempt."""
+        for key, row in pending.items():
+            _add(self.pending, key, row)
+
+    def view(self) -> dict[str, Any]:
         """`{client: {"total": {...}, "routes": {route: {provider: {...}}}}}`, fields as USAGE_FIELDS."""
+        rows = self._counts
+        if self.shared is not None:
+            rows = {key: list(row) for key, row in self.shared.items()}
+            for key, row in self.pending.items():
+                _add(rows, key, row)
         clients: dict[str, Any] = {}
-        for (client, route, provider), row in sorted((self._counts if rows is None else rows).items()):
+        for (client, route, provider), row in sorted(rows.items()):
             entry = clients.setdefault(client, {"total": dict.fromkeys(USAGE_FIELDS, 0), "routes": {}})
             entry["routes"].setdefault(route, {})[provider] = dict(zip(USAGE_FIELDS, row))
             for name, amount in zip(USAGE_FIELDS, row):

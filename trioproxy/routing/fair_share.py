@@ -161,8 +161,9 @@ class ShareTicket:
 class FairShare:
     """Every provider's share keeper, by quota key; carried over a reload."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
         self.providers: dict[str, ProviderShare] = {}
+        self._clock = clock
 
     def configure(self, providers: Mapping[str, ProviderConfig], ledger: Ledger) -> None:
         """Keep the record of providers that stay (with the new settings and ledger)."""
@@ -170,7 +171,7 @@ class FairShare:
         for quota_key, provider in providers.items():
             share = self.providers.get(quota_key)
             if share is None:
-                share = ProviderShare(provider, ledger)
+                share = ProviderShare(provider, ledger, self._clock)
             share.provider, share.ledger = provider, ledger
             kept[quota_key] = share
         self.providers = kept

@@ -32,13 +32,13 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     router = runtime.routers.get(served.model, runtime.router)
     quota = " ".join(filter(None, (ledger.summary(upstream.quota_key) for upstream in router.upstreams)))
     log.info(
-        "request %s api=%s provider=%s reason=%r client=%s route=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s quota: %s",
+        "request %s api=%s provider=%s reason=%r route=%s client=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s quota: %s",
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
         reason,
-        served.client,
         served.model,
+        served.client,
         "yes" if served.stream else "no",
         served.status,
         route.prompt_tokens if route.prompt_tokens is not None else "-",
