@@ -276,3 +276,29 @@ async def test_usage_and_budgets_are_saved_with_the_ledgers_state(tmp_path: Path
     await StatePersister(QuotaLedger([]), path, 5.0, clients=restarted).load()
     assert restarted.usage.view() == book.usage.view()
     assert restarted.budgets.snapshot("alice")["*"]["rpd"] == {"used": 1, "limit": 5}
+
+
+async def test_the_gemini_door_knows_the_client_and_answers_its_budget_with_resource_exhausted(
+    providers: Providers, start_proxy: StartProxy
+) -> None:
+    """Google's SDK with Alice's key: served and counted as Alice; past her budget, Google's 429
+    (RESOURCE_EXHAUSTED with RetryInfo) and Retry-After, no provider asked."""
+    from google.genai import errors
+
+    from test_gemini_door import client as gemini_client, sdk
+
+    proxy = await start_proxy(clients=two_clients(budget=Budget(requests_per_minute=1)))
+    await sdk(lambda: gemini_client(proxy, ALICE_KEY).models.generate_content(model=MODEL, contents="hi"))
+    served = providers.cerebras.served + providers.chutes.served
+    with pytest.raises(errors.ClientError) as refused:
+        await sdk(lambda: gemini_client(proxy, ALICE_KEY).models.generate_content(model=MODEL, contents="again"))
+    assert refused.value.code == 429 and refused.value.status == "RESOURCE_EXHAUSTED"
+    assert refused.value.details["error"]["details"][0]["@type"] == "type.googleapis.com/google.rpc.RetryInfo"
+    assert "alice" in refused.value.message
+    assert providers.cerebras.served + providers.chutes.served == served
+    async with httpx.AsyncClient() as http:
+        raw = await http.post(proxy.base_url.removesuffix("/v1") + f"/v1beta/models/{MODEL}:generateContent",
+                              headers={"x-goog-api-key": ALICE_KEY}, json={"contents": [{"parts": [{"text": "x"}]}]})
+    assert raw.status_code == 429 and 1 <= int(raw.headers["retry-after"]) <= 60
+    clients = (await status_of(proxy, BOB_KEY))["clients"]
+    assert clients["alice"]["total"]["requests"] == 1 and clients["alice"]["total"]["over_budget"] == 2

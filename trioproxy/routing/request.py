@@ -23,6 +23,9 @@ class ChatRequest:
     # Who sent it (a client's name, never its key) and its weight in the fast provider's fair share.
     client: str = "anonymous"
     weight: float = 1.0
+    # Tools the door left out because no provider runs them (OpenAI's hosted `web_search`,
+    # ...), by type: named to the client in a response header and in the request's log line.
+    dropped_tools: tuple[str, ...] = ()
 
 
 @define

@@ -23,6 +23,7 @@ class ServedRequest:
     refusal: str = ""  # why it was refused before any provider was asked (bad body, unknown model, ...)
     client: str = "anonymous"  # who sent it: a client's name, never its key
     over_budget: bool = False  # refused because the client had spent one of its own budgets
+    dropped_tools: tuple[str, ...] = ()  # hosted tools the door left out
 
     def overhead_seconds(self, until: float) -> float:
         """Time up to `until` that the proxy, not a provider, spent on this request."""
