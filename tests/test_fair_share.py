@@ -63,7 +63,7 @@ async def test_while_demand_exceeds_the_quota_each_active_client_gets_its_weight
     """A heavy client had Cerebras to itself for a minute; once two more are active, Cerebras's
     24 requests of the next two minutes go 1 : 1 : 2 by weight, the rest to Chutes."""
     got = await _cerebras_by_client(start_proxy, fair_share=True)
-    # (Up to a quarter of the bucket is left at the end: what is over share waits for that much.)
+    # (Part of the bucket is left at the end: requests over their share wait for it to fill up.)
     assert 18 <= sum(got.values()) <= 28, got
     assert got["double"] == pytest.approx(2 * got["light"], abs=3), got
     assert got["heavy"] == pytest.approx(got["light"], abs=3), got

@@ -3,8 +3,9 @@
 Each request a client sends towards a provider that has a fallback costs a part of that
 provider's minute: the larger of one request over its requests/minute and its tokens over its
 tokens/minute (the limit it weighs on most). Over the last minute, what each client asked for
-is its demand and what it was given its use. While the provider's buckets are more than
-SATURATION full, nobody is held back (no one is short of anything); below, each client active
+is its demand and what it was given its use. While the provider has more than SATURATION of
+every limit left (its minute buckets, its day), nobody is held back (no one is short of
+anything); below, each client active
 in the last minute may use the part water-filling gives it: clients asking less than their
 weight's part get all they ask, the rest is split among the others by weight. A request
 beyond its client's part is refused with reason "share", so it goes to the next provider
@@ -21,11 +22,12 @@ import trio
 from attrs import define, field
 
 from ..config import ProviderConfig
-from ..quota.contract import Ledger, Refusal
-from ..quota.ledger import MINUTE, SlidingWindow
+from ..quota.contract import WINDOW_NAMES, Ledger, Refusal
+from ..quota.ledger import MINUTE, SlidingWindow, _Booking
 
-# Below this much left in the provider's minute buckets, demand is taken to exceed its quota.
-SATURATION = 0.25
+# Below this much left of any of the provider's limits, demand is taken to exceed its quota: a
+# fuller bucket would overflow (its refill lost) if the clients over their parts waited.
+SATURATION = 0.8
 # Costs are kept in millionths of a minute's capacity: whole numbers for the windows.
 UNIT = 1_000_000
 ACTIVE_SECONDS = MINUTE
@@ -94,24 +96,30 @@ class ProviderShare:
         use.weight, use.last_asked = weight, now
         use.asked.add(now, cost)
 
-    def took(self, client: str, cost: int) -> None:
-        """A request of `client` got the provider's quota."""
-        self._clients[client].used.add(self._clock(), cost)
+    def took(self, client: str, cost: int) -> _Booking:
+        """A request of `client` got the provider's quota; the booking settles it later."""
+        return self._clients[client].used.add(self._clock(), cost)
+
+    def settle(self, client: str, booking: _Booking, tokens: int) -> None:
+        """Count what the request really took (the provider gives back the rest of a reservation)."""
+        self._clients[client].used.adjust(booking, self.cost(tokens))
 
     def refusal(self, client: str, cost: int) -> Refusal | None:
-        """None if `client` may take `cost` more now; else a "share" refusal with the time its
-        own use will have made room (the others' may change that either way)."""
+        """None if `client` may take a request of `cost` now; else a "share" refusal with the
+        time its own use will be below its part again (the others' may change that either way)."""
         now = self._clock()
         demands = self.demands(now)
         if len(demands) <= 1:
             return None
         part = water_fill({name: (weight, asked) for name, (weight, asked, _) in demands.items()}, UNIT)[client]
         used = demands[client][2]
-        if used + cost <= part or self._headroom() >= SATURATION:
+        # Below its part a client may take one more request, however large: a request larger
+        # than a part would otherwise never go, and the overdraft is repaid before the next.
+        if used < part or self._headroom() >= SATURATION:
             return None
         mine = self._clients[client].used
         mine.limit = max(0, math.floor(part) - (used - mine.used(now)))  # what others' replicas used counts too
-        wait = mine.seconds_until_fits(now, cost)
+        wait = mine.seconds_until_fits(now, 1)
         mine.limit = None
         return Refusal("share", now + max(wait, 0.001))
 
@@ -132,30 +140,39 @@ class ProviderShare:
                 for name, use in self._clients.items() if now - use.last_asked < ACTIVE_SECONDS}
 
     def _headroom(self) -> float:
-        """The most any account of the provider has left of its minute windows (1.0 = full)."""
+        """The most any account of the provider has left of the window it is shortest of (1.0 =
+        untouched): a day almost spent is as short as a minute's bucket almost empty."""
         best = 0.0
         for state in self.ledger.provider_snapshot(self.provider.name).values():
             if state.get("cooldown_seconds"):
                 continue
             shares = [1 - state[window]["used"] / state[window]["limit"]
-                      for window in ("rpm", "tpm") if state[window]["limit"]]
+                      for window in WINDOW_NAMES if state[window]["limit"]]
+            shares += [state[window]["provider_remaining"] / state[window]["limit"]
+                       for window in WINDOW_NAMES if state[window]["limit"] and "provider_remaining" in state[window]]
             best = max(best, min(shares, default=1.0))
         return best
 
 
 @define
 class ShareTicket:
-    """One request's claim on one provider's fair share, handed to patience."""
+    """One request's claim on one provider's fair share: handed to patience, then settled."""
 
     share: ProviderShare
     client: str
     cost: int
+    _booking: _Booking | None = None
 
     def refusal(self) -> Refusal | None:
         return self.share.refusal(self.client, self.cost)
 
     def took(self) -> None:
-        self.share.took(self.client, self.cost)
+        self._booking = self.share.took(self.client, self.cost)
+
+    def settle(self, tokens: int) -> None:
+        """The request's real tokens, once known (its reservation was an estimate)."""
+        if self._booking is not None:
+            self.share.settle(self.client, self._booking, tokens)
 
 
 class FairShare:

@@ -200,7 +200,7 @@ class Router:
             succeeded = False
             timer = self.patience.timer(upstream)
             try:
-                settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage)
+                settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, ticket)
                 result = await attempt(upstream, body, settlement)
                 if request.stream:
                     timer.first_event()

@@ -6,6 +6,7 @@ from typing import Any
 from attrs import define
 
 from ..quota.contract import Ledger, Reservation
+from .fair_share import ShareTicket
 from .request import RouteRecord
 from .tokens import PromptEstimator
 
@@ -35,6 +36,7 @@ class Settlement:
     reservation: Reservation
     record: RouteRecord
     on_usage: Callable[[int], None] | None = None  # told the completion tokens, to learn speeds
+    share: ShareTicket | None = None  # the client's fair share of the provider, settled likewise
     settled: bool = False
 
     async def from_usage(self, document: dict[str, Any]) -> bool:
@@ -45,6 +47,8 @@ class Settlement:
         self.record.prompt_tokens, self.record.completion_tokens = usage
         self.record.cached_tokens = cached_tokens(document)
         await self.ledger.settle(self.reservation, sum(usage))
+        if self.share is not None:
+            self.share.settle(sum(usage))
         self.estimator.learn(self.record.prompt_estimate, usage[0])
         if self.on_usage is not None:
             self.on_usage(usage[1])
@@ -56,4 +60,6 @@ class Settlement:
         if not self.settled:
             prompt = round(self.record.prompt_estimate * self.estimator.ratio)
             await self.ledger.settle(self.reservation, prompt + completion_tokens)
+            if self.share is not None:
+                self.share.settle(prompt + completion_tokens)
             self.settled = True
