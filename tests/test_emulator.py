@@ -124,7 +124,8 @@ async def test_cerebras_completion_shape_and_usage(nursery: trio.Nursery) -> Non
                                 "message": {"role": "assistant", "content": text}}]
     assert text.startswith("Hello from emulated cerebras.")
     assert body["usage"] == {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
-                             "total_tokens": prompt + len(text.split())}
+                             "total_tokens": prompt + len(text.split()),
+                             "prompt_tokens_details": {"cached_tokens": 0}}  # a short prompt: no whole block
     assert "time_info" in body and "system_fingerprint" in body
     assert provider.served == 1 and provider.received == [chat_body(provider)]
 
@@ -411,7 +412,7 @@ async def test_day_can_be_placed_and_preloaded(nursery: trio.Nursery) -> None:
     assert provider.quota_refusals[0].prompt_tokens == prompt_tokens(chat_body(provider))
     assert [u.at for u in provider.usage_log] == [1600.0]
     used = next_day.json()["usage"]["total_tokens"]
-    assert provider.levels() == {"rpm": None, "tpm": None, "rpd": 49, "tpd": 1000 - used}
+    assert provider.levels() == {"rpm": None, "tpm": None, "utpm": None, "rpd": 49, "tpd": 1000 - used}
 
 
 async def test_completion_length_chunking_and_generation_time(

@@ -165,7 +165,10 @@ class PerModel:
     """
 
     requests_per_minute: int | None = field(default=None, validator=_positive)
+    # Every token of a request: its whole prompt and completion (Cerebras's total bucket).
     tokens_per_minute: int | None = field(default=None, validator=_positive)
+    # Prompt tokens the provider's prompt cache did not hold (Cerebras's uncached bucket).
+    uncached_tokens_per_minute: int | None = field(default=None, validator=_positive)
     requests_per_day: int | None = field(default=None, validator=_positive)
     tokens_per_day: int | None = field(default=None, validator=_positive)
     # Cerebras books max_completion_tokens against tokens/minute before running a request, so
@@ -194,6 +197,13 @@ class ProviderConfig(PerModel):
     # the provider writes a completion, and how long until its first token arrives.
     output_tokens_per_second: float = field(default=100.0, validator=_between(0.1, 100_000))
     time_to_first_token_ms: int = field(default=1_000, validator=_between(0, 600_000))
+    # The provider's prompt cache, as admission predicts it: how long a prefix it saw stays
+    # cached (0 = no prediction: every prompt token is booked as uncached), the most it may
+    # miss of a remembered prefix (its cache works in blocks), and how many prefixes each
+    # key's memory holds (the oldest leave first).
+    prompt_cache_seconds: float = field(default=0.0, validator=_between(0, 86_400))
+    prompt_cache_block_tokens: int = field(default=600, validator=_between(0, 100_000))
+    prompt_cache_entries: int = field(default=4096, validator=_between(1, 1_000_000))
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -229,6 +239,11 @@ class ModelRoute:
     providers: tuple[RouteProvider, ...]
     # Exact names or globs (`claude-*`) that also select this route.
     aliases: tuple[str, ...] = ()
+    # What the model lists tell agents of the model's size (they compact and size answers by it);
+    # unset: derived from the route's providers' `context_window` and `max_completion_tokens_cap`
+    # (routing/limits.py).
+    context_window: int | None = field(default=None, validator=_positive)
+    max_output_tokens: int | None = field(default=None, validator=_positive)
 
 
 @frozen(kw_only=True)
@@ -316,6 +331,7 @@ def _default_cerebras() -> ProviderConfig:
         requests_per_minute=12,
         tokens_per_minute=132_000,
         tokens_per_day=19_200_000,
+        prompt_cache_seconds=300.0,
         max_completion_tokens_cap=16_384,
         context_window=131_072,
         # Cerebras serves its large models at about 2,000 tokens/s or more; first tokens come in
@@ -354,6 +370,11 @@ class Config:
     # Other model names clients may ask for, served as proxy_model_name: exact names or globs
     # such as "claude-*" (Claude Code asks for its own model names unless told otherwise).
     model_aliases: tuple[str, ...] = ()
+    # The one route's context window and output limit as the model lists give them (a
+    # [[models]] route has its own `context_window` and `max_output_tokens`); unset: derived
+    # from the providers' `context_window` and `max_completion_tokens_cap`.
+    model_context_window: int | None = field(default=None, validator=_positive)
+    model_max_output_tokens: int | None = field(default=None, validator=_positive)
     request_timeout_ms: int = field(default=30_000, validator=_positive)
     # request_timeout_ms bounds each wait for bytes; a provider that trickles bytes passes it.
     # These bound the whole: from sending to the status line and a stream's first event (a
@@ -464,7 +485,8 @@ class Config:
         if self.models:
             return self.models
         providers = tuple(RouteProvider(provider=p.name) for p in self.providers)
-        return (ModelRoute(self.proxy_model_name, providers, self.model_aliases),)
+        return (ModelRoute(self.proxy_model_name, providers, self.model_aliases, self.model_context_window,
+                           self.model_max_output_tokens),)
 
     def route_providers(self, route: ModelRoute) -> list[ProviderConfig]:
         """The route's providers that have a key, in its order, with its model and overrides."""
@@ -569,7 +591,10 @@ def _check_budget(config: Config, client: ClientConfig, budget: Budget, routes: 
 
 
 def _quota_settings(provider: ProviderConfig) -> tuple[int | None, ...]:
-    return (provider.requests_per_minute, provider.tokens_per_minute, provider.requests_per_day, provider.tokens_per_day)
+    return (
+        provider.requests_per_minute, provider.tokens_per_minute, provider.uncached_tokens_per_minute,
+        provider.requests_per_day, provider.tokens_per_day,
+    )
 
 
 def keyless_route(config: Config) -> str | None:
@@ -595,6 +620,8 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "LOG_FORMAT": (("log_format",), str),
     "PROXY_MODEL_NAME": (("proxy_model_name",), str),
     "MODEL_ALIASES": (("model_aliases",), tuple),
+    "MODEL_CONTEXT_WINDOW": (("model_context_window",), int),
+    "MODEL_MAX_OUTPUT_TOKENS": (("model_max_output_tokens",), int),
     "REQUEST_TIMEOUT": (("request_timeout_ms",), int),
     "FIRST_EVENT_TIMEOUT": (("first_event_timeout_ms",), int),
     "ANSWER_TIMEOUT": (("answer_timeout_ms",), int),
@@ -616,6 +643,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "CEREBRAS_MODEL_NAME": (("cerebras", "model"), tuple),  # one id or a comma list of candidates
     "CEREBRAS_REQUESTS_PER_MINUTE": (("cerebras", "requests_per_minute"), int),
     "CEREBRAS_TOKENS_PER_MINUTE": (("cerebras", "tokens_per_minute"), int),
+    "CEREBRAS_UNCACHED_TOKENS_PER_MINUTE": (("cerebras", "uncached_tokens_per_minute"), int),
     "CEREBRAS_TOKENS_PER_DAY": (("cerebras", "tokens_per_day"), int),
     "CHUTES_API_KEY": (("chutes", "api_key"), str),
     "CHUTES_API_KEYS": (("chutes", "api_keys"), tuple),

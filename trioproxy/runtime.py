@@ -19,6 +19,7 @@ from .quota.redis_ledger import RedisLedger
 from .quota.contract import Ledger
 from .routing.client_exchange import ClientExchange
 from .routing.fair_share import FairShare
+from .routing.limits import route_limits
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
@@ -34,6 +35,7 @@ class Runtime:
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope  # ends the prober (and the client exchange) when a reload replaces it
+    sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
     clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
     fair_share: FairShare  # the clients' use of each provider with limits; carried over too
 
@@ -118,6 +120,9 @@ async def build_runtime(
             before = previous.routers.get(name, previous.router)
             router.estimator.ratio = before.estimator.ratio
             router.patience.carry_over(before.patience)
+            for quota_key, memory in router.prompt_memory.items():
+                if quota_key in before.prompt_memory:
+                    memory.carry_over(before.prompt_memory[quota_key])
     wanted: dict[str, list[tuple[str, ...]]] = {}
     for ups in routes.values():
         for u in ups:
@@ -138,12 +143,17 @@ async def build_runtime(
 
     async def probe() -> None:
         with prober_scope:
+            if exchange is None:
+                await prober.run()
+                return
             async with trio.open_nursery() as tasks:
-                tasks.start_soon(prober.run)
-                if exchange is not None:
-                    tasks.start_soon(exchange.run)
+                tasks.start_soon(exchange.run)
+                await prober.run()
 
     nursery.start_soon(probe)
-    models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
+    models = ModelNames(tuple(
+        ServedModel(route.name, route.aliases, route_limits((u.config for u in routes[route.name]), route.context_window,
+                                                           route.max_output_tokens))
+        for route in config.routes))
     return Runtime(config, models, routers, ledger, client_keys(config), operator_keys(config), prober_scope,
-                   clients, fair_share)
+                   Sanitizer(secrets(config)), clients, fair_share)

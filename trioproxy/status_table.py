@@ -60,7 +60,25 @@ def render_table(status: dict[str, Any]) -> str:
     if reroutes:
         lines.append("")
         lines.append("reroutes: " + ", ".join(f"{reason} x{count}" for reason, count in sorted(reroutes.items())))
+    if refusals := status.get("refusals"):
+        lines.extend(_refusal_lines(refusals))
     return "\n".join(lines)
+
+
+def _refusal_lines(refusals: dict[str, Any]) -> list[str]:
+    """Error answers by status, unknown paths, and the last refusal's message."""
+    def counts(by_status: dict[str, int]) -> str:
+        return ", ".join(f"{status} x{count}" for status, count in by_status.items()) or "none"
+
+    lines = ["", f"refused by the proxy: {counts(refusals['refused'])}; other errors: "
+                 f"{counts(refusals['failed'])}"]
+    if refusals["unknown_paths"]:
+        lines.append("unknown paths: " + ", ".join(f"{entry['method']} {entry['path']} x{entry['count']}"
+                                                   for entry in refusals["unknown_paths"]))
+    if refusals["recent"]:
+        last = refusals["recent"][0]
+        lines.append(f"last: {last['status']} {last['reason']}: {last['message']}")
+    return lines
 
 
 def _quota_store_line(store: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ from attrs import define
 
 from ..errors import ProxyError
 from ..jsoncodec import dump_json
-from ..routing.models import ModelNames
+from ..routing.models import ModelNames, ServedModel
 from ..routing.request import ChatRequest
 from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool
 
@@ -67,8 +67,12 @@ class ChatExchange:
 
 
 def models_list(models: ModelNames, created: int) -> dict[str, Any]:
-    return {"object": "list", "data": [model_card(name, created) for name in models.names]}
+    return {"object": "list", "data": [model_card(model, created) for model in models.models]}
 
 
-def model_card(model: str, created: int) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": created, "owned_by": "trioproxy"}
+def model_card(model: ServedModel, created: int) -> dict[str, Any]:
+    """OpenAI's model object, plus the route's context window and output limit when known
+    (OpenAI's own list has no field for them; these are the names Codex's settings use)."""
+    limits = {"context_window": model.limits.context_window, "max_output_tokens": model.limits.output_tokens}
+    return {"id": model.name, "object": "model", "created": created, "owned_by": "trioproxy",
+            **{key: value for key, value in limits.items() if value is not None}}

@@ -101,8 +101,6 @@ def count_tokens(raw: bytes, models: ModelNames, call: GeminiCall,
         request = {"contents": body["contents"]}
     else:
         raise bad("countTokens needs `contents` or a `generateContentRequest`.")
-    if isinstance(request, dict):
-        request = {key: value for key, value in request.items() if key != "model"}
     return {"totalTokens": estimator(route).estimate(chat_body(request, str(call.model)))[1]}
 
 

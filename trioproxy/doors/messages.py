@@ -1,12 +1,13 @@
 """The Anthropic Messages door (`POST /v1/messages`, what Claude Code speaks), over the chat pipeline."""
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProxyError
 from ..jsoncodec import dump_json
-from ..routing.models import ModelNames
+from ..routing.models import ModelNames, ServedModel
 from ..routing.request import ChatRequest
 from ..routing.tokens import PromptEstimator
 from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool, sse_event, sse_events
@@ -253,3 +254,18 @@ class MessagesExchange:
             return sse_event("error", error_body(error))
         stream = self._stream or MessageStream(self._id, self._model, self._stops)
         return sse_events(stream.end())
+
+
+def models_list(models: ModelNames, created: int) -> dict[str, Any]:
+    """Anthropic's model list (`GET /v1/models` with `anthropic-version`): one page, every route."""
+    cards = [model_card(model, created) for model in models.models]
+    return {"data": cards, "has_more": False, "first_id": cards[0]["id"], "last_id": cards[-1]["id"]}
+
+
+def model_card(model: ServedModel, created: int) -> dict[str, Any]:
+    """Anthropic's model object, with the route's context window (`max_input_tokens`) and output
+    limit (`max_tokens`) when known."""
+    limits = {"max_input_tokens": model.limits.context_window, "max_tokens": model.limits.output_tokens}
+    created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    return {"type": "model", "id": model.name, "display_name": model.name, "created_at": created_at, "lifecycle": "active",
+            **{key: value for key, value in limits.items() if value is not None}}

@@ -20,7 +20,7 @@ class Backoff:
     """How long to leave a provider alone, and a short label for logs and state."""
 
     seconds: float
-    kind: str  # "rpm", "tpm", "rpd", "tpd", "capacity" or "unknown"
+    kind: str  # "rpm", "tpm", "utpm", "rpd", "tpd", "capacity" or "unknown"
     from_provider: bool  # the provider named the time (Retry-After or a reset header)
 
 
@@ -30,6 +30,8 @@ def refusal_kind(failure: UpstreamFailure) -> str:
     if failure.error.code in _CAPACITY_CODES or failure.status == 503 or any(w in message for w in _CAPACITY_WORDS):
         return "capacity"
     per_day = "per day" in message
+    if "uncached" in message and not per_day:
+        return "utpm"
     if "token" in message:
         return "tpd" if per_day else "tpm"
     if "request" in message:

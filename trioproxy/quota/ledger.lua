@@ -3,7 +3,8 @@
 -- KEYS[1] leases (sorted set: lease id -> expiry), KEYS[2] lease data (hash: id -> fields),
 -- KEYS[3] leases held per replica (hash), KEYS[4..] one hash per account of the provider, in
 -- key order.
--- ARGV[1] the time ("" = Redis TIME), ARGV[2..5] the limits of rpm, tpm, rpd and tpd (-1 = none),
+-- ARGV[1] the time ("" = Redis TIME), ARGV[2..6] the limits of rpm, tpm, rpd, tpd and utpm (-1 = none;
+-- utpm: prompt tokens the provider's cache did not hold, tpm and tpd: every token),
 -- then one or more operations, run in order, each as: its name, the account's index (1-based;
 -- 0 where the operation chooses), the count of its own arguments, those arguments. Several
 -- replicas' requests arriving together thus cost one call.
@@ -20,12 +21,13 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
-local LIMIT = {rpm = tonumber(ARGV[2]), tpm = tonumber(ARGV[3]), rpd = tonumber(ARGV[4]), tpd = tonumber(ARGV[5])}
+local LIMIT = {rpm = tonumber(ARGV[2]), tpm = tonumber(ARGV[3]), rpd = tonumber(ARGV[4]), tpd = tonumber(ARGV[5]),
+               utpm = tonumber(ARGV[6])}
 local LEASES, DATA, HOLDERS = KEYS[1], KEYS[2], KEYS[3]
 local SPAN, DAY = 60, 86400
-local WINDOWS = {'rpm', 'rpd', 'tpm', 'tpd'} -- the order in which a refusal is reported
-local BUCKETS = {rpm = true, tpm = true}
-local COUNTER = {rpm = 'seq', rpd = 'seq', tpm = 'cum', tpd = 'cum'} -- what "booked since" counts
+local WINDOWS = {'rpm', 'rpd', 'tpm', 'utpm', 'tpd'} -- the order in which a refusal is reported
+local BUCKETS = {rpm = true, tpm = true, utpm = true}
+local COUNTER = {rpm = 'seq', rpd = 'seq', tpm = 'cum', utpm = 'ucum', tpd = 'cum'} -- what "booked since" counts
 
 local accounts, stored = {}, {} -- index -> the account's fields now, and as read from Redis
 
@@ -34,7 +36,7 @@ local function load(index)
     local raw = redis.call('HGETALL', KEYS[3 + index])
     local a, was = {}, {}
     for i = 1, #raw, 2 do a[raw[i]], was[raw[i]] = raw[i + 1], raw[i + 1] end
-    for _, name in ipairs({'seq', 'cum', 'rpd_u', 'tpd_u', 'half_open', 'day', 'rev', 'sh_r', 'sh_t'}) do a[name] = tonumber(a[name] or 0) end
+    for _, name in ipairs({'seq', 'cum', 'ucum', 'rpd_u', 'tpd_u', 'half_open', 'day', 'rev', 'sh_r', 'sh_t'}) do a[name] = tonumber(a[name] or 0) end
     accounts[index], stored[index] = a, was
   end
   return accounts[index]
@@ -89,8 +91,12 @@ local function provider_remaining(a, w)
   return number(a, 'syn_' .. w .. '_rem') - math.max(0, a[COUNTER[w]] - number(a, 'syn_' .. w .. '_base'))
 end
 
--- What `requests` requests of `tokens` in all take from window `w`.
-local function amount(w, tokens, requests) if w == 'rpm' or w == 'rpd' then return requests end return tokens end
+-- What `requests` requests of `tokens` in all (`uncached` of them uncached) take from window `w`.
+local function amount(w, tokens, requests, uncached)
+  if w == 'rpm' or w == 'rpd' then return requests end
+  if w == 'utpm' then return uncached end
+  return tokens
+end
 
 local function probe_in_flight(a)
   return a.half_open == 1 and (a.probe or '') ~= '' and (number(a, 'probe_until') or 0) > now
@@ -114,9 +120,10 @@ local function window_refusal(a, w, need)
   return nil
 end
 
--- {reason, retry_at} when the account cannot take `requests` requests of `tokens` in all now,
--- else nil: the first reason found, or with `latest` the one that holds them longest.
-local function refusal(a, tokens, requests, latest)
+-- {reason, retry_at} when the account cannot take `requests` requests of `tokens` in all
+-- (`uncached` of them uncached) now, else nil: the first reason found, or with `latest` the
+-- one that holds them longest.
+local function refusal(a, tokens, requests, latest, uncached)
   roll_day(a)
   end_cooldown_if_due(a, 0)
   local deadline = number(a, 'cd_until')
@@ -124,7 +131,7 @@ local function refusal(a, tokens, requests, latest)
   if probe_in_flight(a) then return {'probe', now + 1} end
   local found = nil
   for _, w in ipairs(WINDOWS) do
-    local r = window_refusal(a, w, amount(w, tokens, requests))
+    local r = window_refusal(a, w, amount(w, tokens, requests, uncached or 0))
     if r ~= nil and not latest then return r end
     if r ~= nil and (found == nil or r[2] > found[2]) then found = r end
   end
@@ -161,6 +168,16 @@ end
 local function give_back(a, tokens, day)
   give_back_window(a, 'tpm', 'tpd', tokens, day)
   a.cum = a.cum - tokens
+end
+
+-- Give back `tokens` of the uncached bucket (negative: take more). It has no daily counter.
+local function give_back_uncached(a, tokens)
+  if LIMIT.utpm >= 0 then
+    a.utpm_l = math.min(LIMIT.utpm, level(a, 'utpm') + tokens)
+  elseif number(a, 'utpm_min') == math.floor(now / SPAN) then
+    a.utpm_n = math.max(0, number(a, 'utpm_n') - tokens)
+  end
+  a.ucum = a.ucum - tokens
 end
 
 -- Give back requests booked but never sent (a share's unspent part). `seq` stays: it orders
@@ -219,7 +236,7 @@ local function view(a)
     v.u[w] = used(a, w)
     v.pr[w] = provider_remaining(a, w)
   end
-  local r = refusal(a, 1, 1, false)
+  local r = refusal(a, 1, 1, false, 0)
   if r ~= nil then v.av = r[2] end
   v.cd, v.why, v.ho = number(a, 'cd_until') or 0, a.cd_reason or '', a.half_open
   v.sh = {a.sh_r, a.sh_t} -- booked in shares out: not all of it handed out yet
@@ -240,9 +257,9 @@ local function save_changed()
   end
 end
 
-local function book(a, tokens, requests)
-  for _, w in ipairs({'rpm', 'tpm'}) do
-    local need = amount(w, tokens, requests)
+local function book(a, tokens, requests, uncached)
+  for _, w in ipairs({'rpm', 'tpm', 'utpm'}) do
+    local need = amount(w, tokens, requests, uncached)
     if LIMIT[w] >= 0 then
       a[w .. '_l'] = level(a, w) - need
     else
@@ -252,7 +269,7 @@ local function book(a, tokens, requests)
     end
   end
   a.rpd_u, a.tpd_u = a.rpd_u + requests, a.tpd_u + tokens
-  a.seq, a.cum = a.seq + requests, a.cum + tokens
+  a.seq, a.cum, a.ucum = a.seq + requests, a.cum + tokens, a.ucum + uncached
 end
 
 
@@ -268,17 +285,22 @@ local function expire_leases_once()
   end
 end
 
--- The account that can take `requests` requests of `tokens` in all now with most headroom
--- (one half-open only if `probing`), else nil and the soonest refusal (by the limit that
--- holds its account longest).
-local function roomiest(tokens, requests, probing)
-  local best, best_room, soonest = nil, -1, nil
+-- The account that can take `requests` requests of `tokens` in all now that books the fewest
+-- uncached tokens (`uncached[i]` on account i; none when nil), then has most headroom (one
+-- half-open only if `probing`), else nil and the soonest refusal (by the limit that holds its
+-- account longest).
+local function roomiest(tokens, requests, probing, uncached)
+  local best, best_cost, best_room, soonest = nil, nil, -1, nil
   for i = 1, n do
     local a = load(i)
-    local r = refusal(a, tokens, requests, true)
+    local cost = 0
+    if uncached then cost = uncached[i] end
+    local r = refusal(a, tokens, requests, true, cost)
     if r == nil and (probing or a.half_open == 0) then
       local room = headroom(a)
-      if room > best_room then best, best_room = i, room end
+      if best == nil or cost < best_cost or (cost == best_cost and room > best_room) then
+        best, best_cost, best_room = i, cost, room
+      end
     elseif r ~= nil and (soonest == nil or r[2] < soonest[2]) then
       soonest = r
     end
@@ -316,27 +338,31 @@ end
 -- Each operation: (the account's index, its own arguments) -> its answer.
 local OPS = {}
 
--- tokens, floor, lease id, lease seconds, replica, book by ('' = no deadline) ->
--- {1, index, seq, cum, day number, probe 0|1} or, refused, {0, reason, retry at} as `refusal` answers
+-- tokens, floor, lease id, lease seconds, replica, book by ('' = no deadline), then the
+-- uncached tokens it books on each account (all of floor on each when absent) ->
+-- {1, index, seq, cum, day number, probe 0|1, uncached booked} or, refused, {0, reason, retry at}
+-- as `refusal` answers
 function OPS.reserve(_, args)
   local tokens, floor, id, ttl, replica = tonumber(args[1]), tonumber(args[2]), args[3], tonumber(args[4]), args[5]
   -- A call that reaches Redis after its caller stopped waiting (Redis was frozen or slow) books
   -- nothing: that request went elsewhere, and its give-back could not reach a Redis thought down.
   if args[6] ~= '' and now > tonumber(args[6]) then return {0, 'late', text(now)} end
   expire_leases_once()
-  local best, soonest = roomiest(tokens, 1, true)
+  local uncached = {}
+  for i = 1, n do uncached[i] = tonumber(args[6 + i] or floor) end
+  local best, soonest = roomiest(tokens, 1, true, uncached)
   if best == nil then
     want_views = true -- off the hot path: the router's Retry-After and status read them
     return {0, soonest[1], text(soonest[2])}
   end
   local a = load(best)
-  book(a, tokens, 1)
+  book(a, tokens, 1, uncached[best])
   local probe = 0
   if a.half_open == 1 then probe, a.probe, a.probe_until = 1, id, now + ttl end
   redis.call('ZADD', LEASES, now + ttl, id)
   redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day, r = replica}))
   redis.call('HINCRBY', HOLDERS, replica, 1)
-  return {1, best, a.seq, a.cum, a.day, probe}
+  return {1, best, a.seq, a.cum, a.day, probe, uncached[best]}
 end
 
 -- A share: a block of requests and tokens booked at once for one replica to hand out without
@@ -362,7 +388,7 @@ function OPS.share(_, args)
     if s ~= nil and (w == 'rpm' or w == 'rpd') then r = math.min(r, s) elseif s ~= nil then t = math.min(t, s) end
   end
   if r < 2 or t < least_t then return {0} end
-  book(a, t, r)
+  book(a, t, r, 0)
   a.sh_r, a.sh_t = a.sh_r + r, a.sh_t + t
   local ids = shares_out(a)
   ids[#ids + 1] = id
@@ -389,7 +415,7 @@ function OPS.draw(index, args)
     redis.call('HSET', DATA, args[1], cjson.encode(share))
     if share.d ~= a.day then a.rpd_u, a.tpd_u = a.rpd_u + 1, a.tpd_u + tokens end
   else
-    book(a, tokens, 1)
+    book(a, tokens, 1, 0)
   end
   redis.call('ZADD', LEASES, now + tonumber(args[5]), args[2])
   redis.call('HSET', DATA, args[2], cjson.encode({i = index, t = tokens, f = tonumber(args[4]), d = a.day, r = args[6]}))
@@ -413,21 +439,24 @@ function OPS.unshare(_, args)
   return {}
 end
 
--- Without booking, when `requests` requests of `tokens` in all could go (tokens, requests) ->
--- {0} if now, else {1, reason, retry at} of the soonest account and the limit that holds it longest
+-- Without booking, when `requests` requests of `tokens` in all could go (tokens, requests,
+-- uncached) -> {0} if now, else {1, reason, retry at} of the soonest account and the limit that
+-- holds it longest
 function OPS.refusal(_, args)
-  local tokens, requests = tonumber(args[1]), tonumber(args[2])
+  local tokens, requests, uncached = tonumber(args[1]), tonumber(args[2]), tonumber(args[3] or 0)
   expire_leases_once() -- a dead replica's quota counts as back, as it does for a reservation
   local soonest = nil
   for i = 1, n do
-    local r = refusal(load(i), tokens, requests, true)
+    local r = refusal(load(i), tokens, requests, true, uncached)
     if r == nil then return {0} end
     if soonest == nil or r[2] < soonest[2] then soonest = r end
   end
   return {1, soonest[1], text(soonest[2])}
 end
 
--- lease id, actual tokens, reserved, floor, its day number[, requests to give back (never sent)]
+-- lease id, actual tokens, reserved, floor, its day number[, requests to give back (never sent)
+-- [, actual uncached tokens, uncached booked]]. A lease that expires keeps what it booked as
+-- uncached (that is its prompt's, which surely went): the settle corrects it whenever it comes.
 function OPS.settle(index, args)
   local a = load(index)
   local id, actual, reserved, floor = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
@@ -441,6 +470,7 @@ function OPS.settle(index, args)
   redis.call('ZREM', LEASES, id)
   give_back(a, back, args[5])
   if args[6] then give_back_requests(a, tonumber(args[6]), args[5]) end -- it was never sent
+  if args[8] then give_back_uncached(a, tonumber(args[8]) - tonumber(args[7])) end
   return {}
 end
 
@@ -523,7 +553,7 @@ end
 
 -- Read every operation before running any: a bad one changes nothing.
 local calls = {}
-local i = 6
+local i = 7
 while i <= #ARGV do
   local run, index, count = OPS[ARGV[i]], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if run == nil then return redis.error_reply('unknown operation ' .. ARGV[i]) end

@@ -5,14 +5,14 @@ cooldowns. It implements `contract.Ledger`; `redis_ledger` is the shared impleme
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
 from attrs import define, field, frozen
 
 from ..config import ProviderConfig
-from .contract import WINDOW_NAMES, Refusal, Reservation, summary_line
+from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs
 
 MINUTE = 60.0
 DAY = 86_400.0
@@ -274,7 +274,7 @@ class Synced:
 
 @define
 class MemoryReservation(Reservation):
-    _entries: tuple[tuple[Window, _Booking], ...] = ()  # the token windows, for settling
+    _entries: dict[str, tuple[Window, _Booking]] = field(factory=dict)  # the token windows, for settling
 
 
 def seconds_until_utc_midnight(wall_time: float) -> float:
@@ -306,6 +306,7 @@ class AccountQuota:
         windows: dict[str, Window] = {
             "rpm": RefillingBucket(provider.requests_per_minute, span=MINUTE),
             "tpm": RefillingBucket(provider.tokens_per_minute, span=MINUTE),
+            "utpm": RefillingBucket(provider.uncached_tokens_per_minute, span=MINUTE),
             "rpd": DailyWindow(provider.requests_per_day, day_ends_at=day_ends_at),
             "tpd": DailyWindow(provider.tokens_per_day, day_ends_at=day_ends_at),
         }
@@ -321,26 +322,27 @@ class AccountQuota:
             self.cooldown_until, self.cooldown_reason = -math.inf, ""
             self.half_open, self.probe_in_flight = True, False
 
-    def _amounts(self, tokens: int, requests: int = 1) -> dict[str, int]:
-        return {"rpm": requests, "rpd": requests, "tpm": tokens, "tpd": tokens}
+    def _amounts(self, tokens: int, requests: int = 1, uncached: int = 0) -> dict[str, int]:
+        return {"rpm": requests, "rpd": requests, "tpm": tokens, "utpm": uncached, "tpd": tokens}
 
     def refusal(self, now: float, tokens: int) -> Refusal | None:
         return next(iter(self.refusals(now, tokens)), None)
 
-    def longest_refusal(self, now: float, tokens: int, requests: int = 1) -> Refusal | None:
+    def longest_refusal(self, now: float, tokens: int, requests: int = 1, uncached: int = 0) -> Refusal | None:
         """The limit that holds `requests` requests of `tokens` in all longest, None if none does."""
-        found = self.refusals(now, tokens, requests)
+        found = self.refusals(now, tokens, requests, uncached)
         return max(found, key=lambda r: r.retry_at) if found else None
 
-    def refusals(self, now: float, tokens: int, requests: int = 1) -> list[Refusal]:
-        """Every reason `requests` requests of `tokens` in all would be refused now."""
+    def refusals(self, now: float, tokens: int, requests: int = 1, uncached: int = 0) -> list[Refusal]:
+        """Every reason `requests` requests of `tokens` in all (`uncached` of them prompt tokens
+        not in the provider's cache) would be refused now."""
         self.end_cooldown_if_due(now)
         if now < self.cooldown_until:
             return [Refusal("cooldown", self.cooldown_until)]
         if self.half_open and self.probe_in_flight:
             return [Refusal("probe", now + 1)]
         found = []
-        for name, amount in self._amounts(tokens, requests).items():
+        for name, amount in self._amounts(tokens, requests, uncached).items():
             window = self.windows[name]
             if not window.fits(now, amount):
                 found.append(Refusal(name, now + window.seconds_until_fits(now, amount)))
@@ -415,38 +417,49 @@ class QuotaLedger:
     def accounts(self) -> list[str]:
         return list(self._accounts)
 
-    async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
-        """Book one request of `tokens` on the provider's account with the most headroom; refused,
-        the soonest account's limit that holds it longest.
+    async def reserve(
+        self, provider: str, tokens: int, *, floor: int = 0, uncached: Sequence[int] | None = None
+    ) -> Reservation | Refusal:
+        """Book one request of `tokens` on the provider's account that would book the fewest
+        uncached tokens (`uncached`, per account; None: all of `floor` everywhere), then has the
+        most headroom; refused, the soonest account's limit that holds it longest.
 
-        `floor` is for leases of a shared ledger; a reservation here lives as long as the process."""
+        `floor` is also for leases of a shared ledger; a reservation here lives as long as the process."""
         now = self._clock()
+        accounts = self._by_provider[provider]
+        floor = min(floor, tokens)
+        costs = uncached_costs(uncached, floor, len(accounts))
         refusals: list[Refusal] = []
         best: AccountQuota | None = None
-        for account in self._by_provider[provider]:
-            refusal = account.longest_refusal(now, tokens)
+        for account, cost in zip(accounts, costs):
+            refusal = account.longest_refusal(now, tokens, 1, cost)
             if refusal is not None:
                 refusals.append(refusal)
-            elif best is None or account.headroom(now) > best.headroom(now):
+            elif best is None or (cost, -account.headroom(now)) < (costs[best.key_index], -best.headroom(now)):
                 best = account
         if best is None:
             return min(refusals, key=lambda r: r.retry_at)
         self._seq += 1
-        entries = []
-        for name, amount in best._amounts(tokens).items():
+        cost = costs[best.key_index]
+        entries = {}
+        for name, amount in best._amounts(tokens, 1, cost).items():
             entry = best.windows[name].add(now, amount, self._seq)
-            if name in ("tpm", "tpd"):
-                entries.append((best.windows[name], entry))
+            if name in ("tpm", "tpd", "utpm"):
+                entries[name] = (best.windows[name], entry)
         probe = best.half_open
         best.probe_in_flight = probe
-        return MemoryReservation(best.name, provider, best.key_index, tokens, self._seq, probe, entries=tuple(entries))
+        return MemoryReservation(
+            best.name, provider, best.key_index, tokens, self._seq, probe, cost, entries=entries
+        )
 
-    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+    async def settle(self, reservation: Reservation, actual_tokens: int, uncached_tokens: int | None = None) -> None:
         """Replace a reservation's estimate by what the provider really counted."""
         assert isinstance(reservation, MemoryReservation)
-        for window, entry in reservation._entries:
-            window.adjust(entry, actual_tokens)
-        reservation.tokens = actual_tokens
+        actual_tokens = max(0, actual_tokens)
+        uncached = settled_uncached(reservation, actual_tokens, uncached_tokens)
+        for name, (window, entry) in reservation._entries.items():
+            window.adjust(entry, uncached if name == "utpm" else actual_tokens)
+        reservation.tokens, reservation.uncached = actual_tokens, uncached
 
     async def sync(self, reservation: Reservation, figures: Mapping[str, tuple[float, float]]) -> None:
         """Take the provider's own figures, `{window: (remaining, seconds_to_reset)}`, as truth.
@@ -529,7 +542,8 @@ class QuotaLedger:
             if account is None:
                 continue
             for window in WINDOW_NAMES:
-                account.windows[window].restore(now, saved["windows"][window], trio_offset)  # type: ignore[arg-type]
+                if window in saved["windows"]:  # (state saved before a window existed lacks it)
+                    account.windows[window].restore(now, saved["windows"][window], trio_offset)  # type: ignore[arg-type]
             for window, (remaining, valid_until) in saved["synced"].items():
                 if window in WINDOW_NAMES and now < valid_until + trio_offset:
                     account.synced[window] = Synced(int(remaining), self._seq, valid_until + trio_offset)
@@ -549,14 +563,14 @@ class QuotaLedger:
             times.append(now if refusal is None else refusal.retry_at)
         return min(times)
 
-    async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
+    async def refusal(self, provider: str, tokens: int, requests: int = 1, uncached: int = 0) -> Refusal | None:
         """Without booking: when `requests` requests of `tokens` in all could go to `provider`
         (its soonest account, once every limit has room) and the limit that holds them
         longest; None if they could now."""
         now = self._clock()
         latest = []
         for account in self._by_provider[provider]:
-            refusal = account.longest_refusal(now, tokens, requests)
+            refusal = account.longest_refusal(now, tokens, requests, uncached)
             if refusal is None:
                 return None
             latest.append(refusal)
@@ -606,3 +620,4 @@ class QuotaLedger:
 def account_name(provider: str, index: int, count: int) -> str:
     """`cerebras` for a single key, `cerebras#1`, `cerebras#2`, ... for several."""
     return provider if count == 1 else f"{provider}#{index + 1}"
+

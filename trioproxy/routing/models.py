@@ -6,6 +6,7 @@ from fnmatch import fnmatchcase
 from attrs import field, frozen
 
 from ..errors import ProxyError
+from .limits import RouteLimits
 
 
 @frozen
@@ -14,6 +15,7 @@ class ServedModel:
 
     name: str
     aliases: tuple[str, ...] = ()
+    limits: RouteLimits = RouteLimits(None, None)  # what model lists tell clients of its size
 
 
 def _exact_names(models: Sequence[ServedModel]) -> dict[str, str]:
@@ -43,6 +45,11 @@ class ModelNames:
     @property
     def names(self) -> list[str]:
         return [model.name for model in self.models]
+
+    def card(self, name: object) -> ServedModel:
+        """The route `name` stands for, with what model lists say of it; errors as `resolve`."""
+        route = self.resolve(name)
+        return next(model for model in self.models if model.name == route)
 
     def resolve(self, name: object) -> str:
         """The route `name` stands for; a 404 naming the served models otherwise."""

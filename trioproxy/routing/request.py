@@ -20,12 +20,12 @@ class ChatRequest:
     # The route (client-visible model) it resolved to, which picks the providers; every door
     # sets it. The router does not read it: each route has its own router.
     route: str = ""
-    # Who sent it (a client's name, never its key) and its weight in the fast provider's fair share.
-    client: str = "anonymous"
-    weight: float = 1.0
     # Tools the door left out because no provider runs them (OpenAI's hosted `web_search`,
     # ...), by type: named to the client in a response header and in the request's log line.
     dropped_tools: tuple[str, ...] = ()
+    # Who sent it (a client's name, never its key) and its weight in the fast provider's fair share.
+    client: str = "anonymous"
+    weight: float = 1.0
 
 
 @define
@@ -37,7 +37,7 @@ class RouteRecord:
     reason: str = "-"  # why this provider: preferred, fallback: rpm, failover: 503, ...
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    cached_tokens: int | None = None  # the part of the prompt the provider read from its cache
+    cached_tokens: int | None = None  # of the prompt, what the provider's cache held
     prompt_estimate: int = 0  # the raw estimate, so usage can teach the estimator
     upstream_seconds: float = 0.0  # time spent waiting on providers, to tell the proxy's own overhead
     waited_seconds: float = 0.0  # time patience held the request for a provider's quota

@@ -1,5 +1,6 @@
 """The routing policy: which provider serves a request, and when to fail over to the next."""
 
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -19,6 +20,7 @@ from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
 from .fair_share import FairShare
 from .patience import Pace, Patience
+from .prompt_cache import PromptMemory, PromptPrefix
 from .relay import OpenStream, StreamRelay
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
@@ -76,6 +78,15 @@ class Router:
             for u in upstreams
         }
         self.patience = Patience(ledger, starting, max_wait_seconds)
+        # Per provider model whose prompt cache admission predicts: what each key sent lately.
+        self.prompt_memory = {
+            u.quota_key: PromptMemory(
+                len(u.config.keys) or 1, u.config.prompt_cache_seconds, u.config.prompt_cache_block_tokens,
+                u.config.prompt_cache_entries, ledger.now,
+            )
+            for u in upstreams
+            if u.config.prompt_cache_seconds > 0
+        }
 
     async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers."""
@@ -163,7 +174,8 @@ class Router:
         attempt: Callable[[Upstream, dict[str, Any], Settlement], Awaitable[T]],
     ) -> T:
         """Run `attempt` on each provider in turn until one delivers; raise ProxyError if none does."""
-        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
+        prefix, messages_json = PromptPrefix.of(request.body) if self.prompt_memory else (None, None)
+        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
         order = self._in_order()
         if not order:
             raise self._model_unavailable()
@@ -185,12 +197,17 @@ class Router:
                 why_not_previous = "fallback: context"
                 continue
             later = [other for other, _ in order[position + 1 :]]
+            memory = self.prompt_memory.get(upstream.quota_key)
+            uncached = None
+            if memory is not None and prefix is not None:
+                uncached = [prompt_estimate - cached for cached in memory.cached(prefix, prompt_estimate)]
             # The last provider takes whatever is left: a share only decides who goes elsewhere.
             ticket = None
             if self._fair_share is not None and later:
                 ticket = self._fair_share.ticket(upstream.quota_key, request.client, request.weight, cost)
-            reservation = await self.patience.reserve(upstream, cost, body, later, record, floor=prompt_estimate,
-                                                      ticket=ticket)
+            reservation = await self.patience.reserve(
+                upstream, cost, body, later, record, floor=prompt_estimate, uncached=uncached, ticket=ticket
+            )
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", REQUEST_ID.get(), upstream.name, reservation.reason)
@@ -200,7 +217,11 @@ class Router:
             succeeded = False
             timer = self.patience.timer(upstream)
             try:
-                settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, ticket)
+                remember = None
+                if memory is not None and prefix is not None:
+                    remember = functools.partial(memory.remember, reservation.key_index, prefix)
+                settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, remember,
+                                        ticket)
                 result = await attempt(upstream, body, settlement)
                 if request.stream:
                     timer.first_event()

@@ -17,16 +17,22 @@ def usage_tokens(document: dict[str, Any]) -> tuple[int, int] | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
+    if _count(prompt) and _count(completion):
         return prompt, completion
     return None
 
 
-def cached_tokens(document: dict[str, Any]) -> int | None:
-    """The cached part of the prompt, where the usage states it (`prompt_tokens_details`)."""
+def cached_tokens(document: dict[str, Any], prompt_tokens: int) -> int:
+    """Prompt tokens the provider served from its cache (`prompt_tokens_details.cached_tokens`),
+    within 0..prompt_tokens: a figure that is absent or nonsense counts as none cached, and one
+    above the prompt as all of it."""
     details = document["usage"].get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return cached if isinstance(cached, int) else None
+    return min(prompt_tokens, cached) if _count(cached) else 0
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @define
@@ -36,6 +42,7 @@ class Settlement:
     reservation: Reservation
     record: RouteRecord
     on_usage: Callable[[int], None] | None = None  # told the completion tokens, to learn speeds
+    on_prompt: Callable[[int], None] | None = None  # told the prompt tokens the provider saw (its cache has them now)
     share: ShareTicket | None = None  # the client's fair share of the provider, settled likewise
     settled: bool = False
 
@@ -45,13 +52,15 @@ class Settlement:
         if usage is None:
             return False
         self.record.prompt_tokens, self.record.completion_tokens = usage
-        self.record.cached_tokens = cached_tokens(document)
-        await self.ledger.settle(self.reservation, sum(usage))
+        self.record.cached_tokens = cached_tokens(document, usage[0])
+        await self.ledger.settle(self.reservation, sum(usage), usage[0] - self.record.cached_tokens)
         if self.share is not None:
             self.share.settle(sum(usage))
         self.estimator.learn(self.record.prompt_estimate, usage[0])
         if self.on_usage is not None:
             self.on_usage(usage[1])
+        if self.on_prompt is not None:
+            self.on_prompt(usage[0])
         self.settled = True
         return True
 

@@ -7,13 +7,16 @@ import trio
 from ..runtime import Runtime
 from .history import TrafficHistory
 from .metrics import Metrics
+from .refusals import Refusals
 from .served import ServedRequest
 
 log = logging.getLogger("trioproxy.request")
 
 
-def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, history: TrafficHistory) -> None:
-    """Log the request's one INFO line and count it in the metrics and the dashboard's history."""
+def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, history: TrafficHistory,
+                   refusals: Refusals) -> None:
+    """Log the request's one INFO line and count it in the metrics, the dashboard's history and,
+    when it was answered with an error, the refusals."""
     route = served.route
     reason = served.refusal or route.reason
     now = trio.current_time()
@@ -26,13 +29,16 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     )
     history.observe(served, reason, latency, first_byte)
     _count_for_client(served, runtime, metrics)
+    if served.status != 200:
+        refusals.observe(served.request_id, served.api, "POST", "", served.status, reason, served.message,
+                         refused=bool(served.refusal))
     if not log.isEnabledFor(logging.INFO):
         return
     ledger = runtime.ledger
     router = runtime.routers.get(served.model, runtime.router)
     quota = " ".join(filter(None, (ledger.summary(upstream.quota_key) for upstream in router.upstreams)))
     log.info(
-        "request %s api=%s provider=%s reason=%r route=%s client=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s%s quota: %s",
+        "request %s api=%s provider=%s reason=%r route=%s client=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s%s%s quota: %s",
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
@@ -47,6 +53,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
         route.waited_seconds * 1000,
         f" waited_for={route.waited_why!r}" if route.waited_why else "",
         f" dropped_tools={','.join(served.dropped_tools)}" if served.dropped_tools else "",
+        f" message={served.message!r}" if served.message else "",
         quota or "-",
     )
 

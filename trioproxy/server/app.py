@@ -21,7 +21,7 @@ from ..doors.responses_tools import refuse_hosted_tools
 from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
-from ..routing.limits import RouteLimits, route_limits
+from ..routing.limits import RouteLimits
 from ..runtime import Runtime
 from . import operator_views as operator
 from .accounting import finish_request
@@ -32,7 +32,7 @@ from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
 from .metrics import CONTENT_TYPE, Metrics
-from .refusals import log_refusal, refusal_reason
+from .refusals import MESSAGE_CHARS, Refusals, log_refusal, refusal_reason
 from .request_id import request_id_from
 from .served import STATUS_CLIENT_CLOSED, ServedRequest
 
@@ -61,8 +61,7 @@ class ClientDisconnected(Exception):
 
 
 def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
-    """Errors on Anthropic's paths in Anthropic's shape; everywhere else in OpenAI's (Gemini's
-    paths are told apart before anything can fail)."""
+    """Errors on Anthropic's paths in Anthropic's shape; everywhere else (but Gemini's) in OpenAI's."""
     return messages.error_body if path.startswith("/v1/messages") else chat.error_body
 
 
@@ -75,8 +74,9 @@ class ProxyApp:
         self.metrics = Metrics(live=lambda: operator.live_families(self.runtime))
         self.drain = Drain()
         self.history = TrafficHistory()
+        self.refusals = Refusals()
         # The page shows what /v1/status shows, so it asks for the same (operator) key.
-        self.dashboard = Dashboard(self.history, lambda: operator.status(self.runtime, self.metrics),
+        self.dashboard = Dashboard(self.history, lambda: operator.status(self.runtime, self.metrics, self.refusals),
                                    lambda: self.runtime.operator_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -100,7 +100,7 @@ class ProxyApp:
         path = scope["path"]
         error = ProxyError(426, "trioproxy speaks HTTP only: send this request as an HTTP POST, not over a WebSocket.",
                            code="websocket_not_supported")
-        log_refusal(request_id, "none", "GET", path, error)
+        self._refused(request_id, "none", "GET", path, error)
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008})  # the server can only answer 403
             return
@@ -124,12 +124,13 @@ class ProxyApp:
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         runtime = self.runtime
-        shape = _error_shape(path)
+        query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
+        google_key = header(scope, b"x-goog-api-key")
+        # Known before anything can fail, so that every error on Gemini's paths has Google's shape.
+        is_gemini = gemini.owns(path, google_key is not None or "key" in query)
+        shape = gemini.error_body if is_gemini else _error_shape(path)
         try:
-            query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
-            google_key = header(scope, b"x-goog-api-key")
-            if gemini.owns(path, google_key is not None or "key" in query):
-                shape = gemini.error_body
+            if is_gemini:
                 await self._gemini(scope, query, google_key, receive, send, request_id)
                 return
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
@@ -146,16 +147,18 @@ class ProxyApp:
             elif path.startswith(RESPONSES_PATH + "/"):
                 raise responses.no_stored_responses()
             elif path == MODELS_PATH and method == "GET":
-                await _send_json(send, 200, chat.models_list(runtime.models, self._created), extra)
+                listing = messages if header(scope, b"anthropic-version") else chat  # Anthropic's SDKs send it
+                await _send_json(send, 200, listing.models_list(runtime.models, self._created), extra)
             elif path.startswith(MODELS_PATH + "/") and method == "GET":
-                model = runtime.models.resolve(path[len(MODELS_PATH) + 1 :])
-                await _send_json(send, 200, chat.model_card(model, self._created), extra)
+                model = runtime.models.card(path[len(MODELS_PATH) + 1 :])
+                listing = messages if header(scope, b"anthropic-version") else chat
+                await _send_json(send, 200, listing.model_card(model, self._created), extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
                 code, body = operator.health(runtime, runtime.operator_keys.accepts(authorization, x_api_key))
                 await _send_json(send, code, body, extra)
             elif path == STATUS_PATH and method == "GET":
                 runtime.operator_keys.check(authorization, x_api_key)
-                await _send_json(send, 200, operator.status(runtime, self.metrics), extra)
+                await _send_json(send, 200, operator.status(runtime, self.metrics, self.refusals), extra)
             elif path == METRICS_PATH and method == "GET":
                 runtime.operator_keys.check(authorization, x_api_key)
                 await self._metrics(send, extra)
@@ -168,7 +171,7 @@ class ProxyApp:
                 raise ProxyError(404, f"Unknown path {path}.", code="not_found")
         except ProxyError as error:
             api = gemini.API if shape is gemini.error_body else DOORS[path].api if path in DOORS else "none"
-            log_refusal(request_id, api, method, path, error)
+            self._refused(request_id, api, method, path, error)
             await _send_error(send, shape, error, extra)
 
     async def _gemini(self, scope: Scope, query: dict[str, list[str]], google_key: str | None, receive: Receive,
@@ -199,6 +202,17 @@ class ProxyApp:
             route = runtime.models.resolve(call.model)
             await _send_json(send, 200, gemini.model_card(route, _limits(runtime)(route)), extra)
 
+    def _refused(self, request_id: str, api: str, method: str, path: str, error: ProxyError) -> None:
+        """Log and count a request refused before a front door took it; an unknown path is
+        counted by method and path family too."""
+        scrub = self.runtime.sanitizer.text
+        path, message = scrub(path, MESSAGE_CHARS), scrub(error.message, MESSAGE_CHARS)
+        if error.code == "not_found":
+            self.metrics.unknown_path(*self.refusals.unknown_path(method, path))
+        self.refusals.observe(request_id, api, method, path, error.status, refusal_reason(error), message,
+                              refused=True)
+        log_refusal(request_id, api, method, path, error, message)
+
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         await send_response(send, 200, self.metrics.render(), CONTENT_TYPE, extra)
 
@@ -224,11 +238,12 @@ class ProxyApp:
             served.status = error.status
             if served.route.provider == "-":  # refused before any provider was asked
                 served.refusal = refusal_reason(error)
+            served.message = runtime.sanitizer.text(error.message, MESSAGE_CHARS)
             await _send_error(send, door.error_body, error, extra)
         except ClientDisconnected:
             served.status = STATUS_CLIENT_CLOSED
         finally:
-            finish_request(served, runtime, self.metrics, self.history)
+            finish_request(served, runtime, self.metrics, self.history, self.refusals)
 
     async def _serve(self, runtime: Runtime, exchange: Exchange, served: ServedRequest, send: Send,
                      extra: dict[str, str]) -> None:
@@ -284,8 +299,8 @@ class ProxyApp:
 
 
 def _limits(runtime: Runtime) -> Callable[[str], RouteLimits]:
-    """Each route's limits, from the settings of its providers."""
-    return lambda route: route_limits(upstream.config for upstream in runtime.routers[route].upstreams)
+    """Each route's limits, as every model list gives them."""
+    return lambda route: runtime.models.card(route).limits
 
 
 def _overhead_ms(served: ServedRequest) -> str:

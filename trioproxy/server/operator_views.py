@@ -22,6 +22,7 @@ from ..quota.contract import WINDOW_NAMES
 from ..routing.router import Router
 from ..runtime import Runtime
 from .metrics import Metrics
+from .refusals import Refusals
 
 
 def _provider_state(runtime: Runtime, router: Router, upstream: Upstream) -> dict[str, Any]:
@@ -60,8 +61,9 @@ def _route_providers(runtime: Runtime, router: Router, metrics: Metrics) -> list
     ]
 
 
-def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
-    """Everything an operator asks: per route, provider and key, state, quota, traffic, reroutes."""
+def status(runtime: Runtime, metrics: Metrics, refusals: Refusals) -> dict[str, Any]:
+    """Everything an operator asks: per route, provider and key, state, quota, traffic, reroutes,
+    and the requests answered with an error (counts by status, unknown paths, the last few)."""
     routes = []
     for served in runtime.models.models:
         providers = _route_providers(runtime, runtime.routers[served.name], metrics)
@@ -70,7 +72,7 @@ def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
                        "served_since_start": requests})
     return {"model": runtime.models.served, "providers": routes[0]["providers"], "routes": routes,
             "reroutes": metrics.reroutes(), "quota_store": runtime.ledger.store_status(),
-            "clients": clients(runtime)}
+            "refusals": refusals.view(), "clients": clients(runtime)}
 
 
 def clients(runtime: Runtime) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class ServedRequest:
     client: str = "anonymous"  # who sent it: a client's name, never its key
     over_budget: bool = False  # refused because the client had spent one of its own budgets
     dropped_tools: tuple[str, ...] = ()  # hosted tools the door left out
+    message: str = ""  # an error answer's message, scrubbed and cut short, for logs and views
 
     def overhead_seconds(self, until: float) -> float:
         """Time up to `until` that the proxy, not a provider, spent on this request."""

@@ -299,6 +299,7 @@ function renderRecent(recent) {
       new Date(r.time * 1000).toLocaleTimeString(),
       r.request_id, r.api, r.route, r.provider, r.reason, r.stream ? "yes" : "no", r.status,
       `${fmt(r.prompt_tokens)} / ${fmt(r.completion_tokens)}`, fmt(r.latency_ms), fmt(r.first_byte_ms),
+      r.message || "",
     ], "data");
     if (r.status !== 200) tr.className = "failed";
     return tr;
@@ -317,6 +318,8 @@ function render(state) {
   renderTraffic(state.traffic);
   renderClients(state.clients);
   renderRecent(state.traffic.recent);
+  fillTable("unknown-paths", ["method", "path", "requests"],
+    state.refusals.unknown_paths.map((p) => [p.method, p.path, fmt(p.count)]), "none");
 }
 
 poll();

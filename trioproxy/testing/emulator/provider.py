@@ -10,6 +10,7 @@ from attrs import Factory, define, field, frozen
 
 from .actions import Json
 from .faults import Faults
+from .prompt_cache import PromptCache
 from .windows import Bucket, Day
 
 # Today's catalogues (PROVIDERS.md, late 2026): what `GET /models` lists by default. The first
@@ -35,6 +36,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     admitted_at: float
+    cached_tokens: int = 0
 
 
 @frozen
@@ -42,11 +44,12 @@ class QuotaRefusal:
     """One quota 429 (Cerebras): which limit refused and what the request needed."""
 
     at: float
-    limit: Literal["rpm", "tpm", "rpd", "tpd"]
+    limit: Literal["rpm", "tpm", "utpm", "rpd", "tpd"]
     prompt_tokens: int
     reserved: int  # prompt + completion cap (DEFAULT_RESERVED_COMPLETION without one)
-    available: float | None  # tokens/minute bucket level (tpm) or tokens left today (tpd)
+    available: float | None  # the refusing bucket's level (tpm, utpm) or tokens left today (tpd)
     request: int  # index of the request in `received`
+    cached_tokens: int = 0  # of the prompt, what the prompt cache held
 
 
 @define
@@ -66,6 +69,12 @@ class EmulatedProvider:
       completion is composed. Daily counters restart every 86400 s of `clock` time from when
       `serve` starts; tokens/day refuses a request whose prompt no longer fits. Requests
       rejected by validation or answered by a fault consume nothing.
+    - Cerebras's two token buckets: `tokens_per_minute` is the total one (every prompt token
+      plus the completion reservation), `uncached_tokens_per_minute` takes the prompt tokens
+      the key's `prompt_cache` did not hold (see `prompt_cache.PromptCache`: prefix blocks, a
+      TTL on `clock`; `prompt_cache.ttl = 0` turns it off). Usage reports the cached part as
+      `prompt_tokens_details.cached_tokens`; a 429 of the uncached bucket says "uncached".
+      The x-ratelimit-*-tokens-minute headers report the total bucket.
     - Simulation knobs, for benchmarks: `day_started_at` places the day on `clock` (the next
       boundary is 86400 s after it; None = the day starts when `serve` starts) and
       `day_tokens_used` counts tokens as already used that day when `serve` starts.
@@ -91,6 +100,8 @@ class EmulatedProvider:
     retired_models: tuple[str, ...] = ()
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    uncached_tokens_per_minute: int | None = None
+    prompt_cache: PromptCache = Factory(PromptCache)
     tokens_per_day: int | None = None
     requests_per_day: int | None = None
     context_window: int | None = None
@@ -112,6 +123,7 @@ class EmulatedProvider:
     # Live quota state, kept by `limits` and `serve`.
     rpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
     tpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
+    utpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
     today: Day = field(init=False, factory=Day, repr=False)
     _counter: int = field(init=False, default=0, repr=False)
 
@@ -131,9 +143,11 @@ class EmulatedProvider:
         self.today.roll(now)
         rpm, tpm, rpd, tpd = (self.requests_per_minute, self.tokens_per_minute,
                               self.requests_per_day, self.tokens_per_day)
+        utpm = self.uncached_tokens_per_minute
         return {
             "rpm": None if rpm is None else self.rpm_bucket.refill(rpm, now),
             "tpm": None if tpm is None else self.tpm_bucket.refill(tpm, now),
+            "utpm": None if utpm is None else self.utpm_bucket.refill(utpm, now),
             "rpd": None if rpd is None else rpd - self.today.requests,
             "tpd": None if tpd is None else tpd - self.today.tokens,
         }
