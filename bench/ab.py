@@ -106,7 +106,7 @@ def main() -> int:
     parser.add_argument("--max-minutes", type=float, default=30, help="hard bound on the whole run")
     args = parser.parse_args()
     checkouts = {"base": args.base.resolve(), "head": args.head.resolve()}
-    overhead.CACHE.mkdir(parents=True, exist_ok=True)
+    (overhead.CACHE / "logs").mkdir(parents=True, exist_ok=True)
     for side, path in checkouts.items():
         imported = subprocess.run([args.python, "-c", "import trioproxy; print(trioproxy.__file__)"], text=True,
                                   capture_output=True, timeout=60, cwd=overhead.CACHE,
