@@ -89,6 +89,19 @@ async def test_refusals_and_errors_are_counted_by_status(start_proxy: StartProxy
     assert "last: 404 refused: not_found: Unknown path /api/hello." in table
 
 
+async def test_a_client_that_leaves_is_an_error_not_a_refusal(start_proxy: StartProxy, providers: Providers) -> None:
+    proxy = await start_proxy()
+    providers.cerebras.faults = Faults(latency=5.0, remaining=1)
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as http:
+        with trio.move_on_after(0.5):  # gone before the slow provider answers
+            await http.post("/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        with trio.fail_after(5):  # until the proxy has noticed the client leave
+            while not (status := (await http.get("/status")).json())["refusals"]["failed"]:
+                await trio.sleep(0.05)
+
+    assert status["refusals"]["failed"] == {"499": 1} and status["refusals"]["refused"] == {}
+
+
 async def test_unknown_paths_are_counted_by_method_and_family_in_a_bounded_set(start_proxy: StartProxy) -> None:
     proxy = await start_proxy()
     async with httpx.AsyncClient(base_url=origin(proxy.base_url), timeout=10) as http:

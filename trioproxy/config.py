@@ -399,6 +399,13 @@ class Config:
     state_file: str = "auto"
     state_save_interval_ms: int = field(default=5_000, validator=_positive)
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
+    # Bounds on what a provider sends: a successful non-streamed answer (past it the next
+    # provider is tried, then a 502) and one event of a stream (past it the stream fails).
+    max_answer_bytes: int = field(default=32 * 1024 * 1024, validator=_positive)
+    max_stream_event_bytes: int = field(default=4 * 1024 * 1024, validator=_positive)
+    # A streaming client whose socket takes no bytes for this long has stopped reading: its
+    # stream ends and the provider's is closed (needs a restart to change, like host and port).
+    client_stall_timeout_ms: int = field(default=60_000, validator=_positive)
     # Tools only OpenAI's own service runs (web_search, file_search, ...) in a Responses request:
     # "drop" leaves them out (named in the x-trioproxy-dropped-tools header), "refuse" answers 400.
     hosted_tools: str = field(default="drop", validator=_one_of("drop", "refuse"))
@@ -410,6 +417,11 @@ class Config:
     # Keys for the operator views (/healthz details, /v1/status, /metrics); empty: the client
     # keys serve, and with those empty too the views are open (fine on 127.0.0.1).
     operator_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Web pages: Host names served besides localhost, IP addresses and `host` (".example.com"
+    # adds its subdomains, "*" any: against DNS rebinding), and origins (globs) of pages that
+    # may call the proxy from a browser, with CORS headers; a page of any other origin is refused.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)
     # Patience: a request the preferred provider has no quota for right now waits for it, in
@@ -636,6 +648,8 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "MAX_WAIT_MS": (("max_wait_ms",), int),
     "HOSTED_TOOLS": (("hosted_tools",), str),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
+    "ALLOWED_HOSTS": (("allowed_hosts",), tuple),
+    "ALLOWED_ORIGINS": (("allowed_origins",), tuple),
     "OPERATOR_API_KEYS": (("operator_api_keys",), tuple),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
     "CEREBRAS_API_KEYS": (("cerebras", "api_keys"), tuple),

@@ -10,6 +10,7 @@ import trio
 from attrs import define
 
 from .server.auth import ClientKeys, client_keys, operator_keys
+from .server.browser_guard import BrowserGuard
 from .config import Config, ProviderConfig, quota_name, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
@@ -23,7 +24,7 @@ from .routing.limits import route_limits
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
-from .providers.upstream import Deadlines, ProviderClient, Upstream
+from .providers.upstream import AnswerBounds, Deadlines, ProviderClient, Upstream
 
 
 @define
@@ -36,6 +37,7 @@ class Runtime:
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope  # ends the prober (and the client exchange) when a reload replaces it
     sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
+    guard: BrowserGuard  # Host and Origin, checked before anything else
     clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
     fair_share: FairShare  # the clients' use of each provider with limits; carried over too
 
@@ -76,8 +78,10 @@ def upstream_maker(config: Config, pool: ClientPool) -> Callable[[ProviderConfig
         config.first_event_timeout_ms / 1000, config.answer_timeout_ms / 1000, config.stream_idle_timeout_ms / 1000
     )
 
+    bounds = AnswerBounds(config.max_answer_bytes, config.max_stream_event_bytes)
+
     def upstream(provider: ProviderConfig, quota_key: str | None = None) -> Upstream:
-        return Upstream(provider, pool.client(provider, timeout), sanitizer, deadlines, quota_key)
+        return Upstream(provider, pool.client(provider, timeout), sanitizer, deadlines, quota_key, bounds)
 
     return upstream
 
@@ -155,5 +159,8 @@ async def build_runtime(
         ServedModel(route.name, route.aliases, route_limits((u.config for u in routes[route.name]), route.context_window,
                                                            route.max_output_tokens))
         for route in config.routes))
+    # The socket stays where it was bound until a restart, whatever a reload says.
+    bound_host = previous.guard.bound_host if previous is not None else config.host
+    guard = BrowserGuard(bound_host, config.allowed_hosts, config.allowed_origins)
     return Runtime(config, models, routers, ledger, client_keys(config), operator_keys(config), prober_scope,
-                   Sanitizer(secrets(config)), clients, fair_share)
+                   Sanitizer(secrets(config)), guard, clients, fair_share)

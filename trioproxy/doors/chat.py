@@ -8,7 +8,7 @@ from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from ..routing.models import ModelNames, ServedModel
 from ..routing.request import ChatRequest
-from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool
+from .body import SSE_CONTENT_TYPE, check_function_tools, json_object_body, optional_bool
 
 API = "chat"
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -28,6 +28,8 @@ def parse(raw: bytes, models: ModelNames) -> "ChatExchange":
         raise ProxyError(400, "`messages` is required and must be a non-empty array.", code="invalid_type", param="messages")
     if not all(isinstance(message, dict) for message in messages):
         raise ProxyError(400, "Every entry of `messages` must be an object.", code="invalid_type", param="messages")
+    if body.get("tools") is not None:
+        check_function_tools(body["tools"])
     stream = optional_bool(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):

@@ -5,7 +5,7 @@ from fnmatch import fnmatchcase
 
 from attrs import field, frozen
 
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from .limits import RouteLimits
 
 
@@ -64,7 +64,7 @@ class ModelNames:
         served = ", ".join(f"`{model}`" for model in self.names)
         raise ProxyError(
             404,
-            f"The model `{name}` does not exist. This proxy serves {served}"
+            f"The model `{quoted(name)}` does not exist. This proxy serves {served}"
             " (other names can be mapped to a model with aliases: the `model_aliases` setting,"
             " or `aliases` in a [[models]] route).",
             code="model_not_found",

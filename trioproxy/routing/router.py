@@ -216,12 +216,11 @@ class Router:
             record.reason = why_not_previous or "preferred"
             succeeded = False
             timer = self.patience.timer(upstream)
+            remember = None
+            if memory is not None and prefix is not None:
+                remember = functools.partial(memory.remember, reservation.key_index, prefix)
+            settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, remember, ticket)
             try:
-                remember = None
-                if memory is not None and prefix is not None:
-                    remember = functools.partial(memory.remember, reservation.key_index, prefix)
-                settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, remember,
-                                        ticket)
                 result = await attempt(upstream, body, settlement)
                 if request.stream:
                     timer.first_event()
@@ -234,6 +233,10 @@ class Router:
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
                 record.failed_over.append(upstream.name)
+            except BaseException as error:  # a client gone (Cancelled), or a bug: no answer follows
+                with trio.CancelScope(shield=True):
+                    await settlement.abandon(cancelled=isinstance(error, trio.Cancelled))
+                raise
             finally:
                 self.ledger.finish_probe(reservation, succeeded)
         raise self._final_error(last_failure)
@@ -310,6 +313,15 @@ class Router:
                 "Every provider is out of quota or cooling down; try again later.",
                 type="rate_limit_error",
                 code="rate_limit_exceeded",
+            )
+        elif last_failure.status in (401, 403):
+            # The provider refused trioproxy's own key: the client's key is not in question.
+            error = ProxyError(
+                502,
+                f"{last_failure.provider} refused trioproxy's API key for it ({last_failure.status}: "
+                f"{last_failure.error.message}); the operator must check the provider keys in its settings.",
+                type="api_error",
+                code="provider_key_refused",
             )
         else:
             error = last_failure.error

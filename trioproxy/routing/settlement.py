@@ -64,6 +64,20 @@ class Settlement:
         self.settled = True
         return True
 
+    async def abandon(self, cancelled: bool) -> None:
+        """The attempt ended without an answer for the client: unless usage settled it already,
+        book the estimated prompt when the client left (the provider had it), nothing when our
+        own failure stopped it."""
+        if self.settled:
+            return
+        if cancelled:
+            await self.from_estimate(0)
+        else:
+            await self.ledger.settle(self.reservation, 0)
+            if self.share is not None:
+                self.share.settle(0)
+            self.settled = True
+
     async def from_estimate(self, completion_tokens: int) -> None:
         """Without usage, settle the estimated prompt plus what was seen of the completion."""
         if not self.settled:

@@ -18,7 +18,7 @@ import trio
 from ..doors import chat, gemini, messages, responses
 from ..doors.exchange import Door, Exchange
 from ..doors.responses_tools import refuse_hosted_tools
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
 from ..routing.limits import RouteLimits
@@ -28,6 +28,7 @@ from .accounting import finish_request
 from .admission import admit_client
 from .auth import ANYONE, Client
 from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
+from .browser_guard import check_json_body
 from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
@@ -129,7 +130,16 @@ class ProxyApp:
         # Known before anything can fail, so that every error on Gemini's paths has Google's shape.
         is_gemini = gemini.owns(path, google_key is not None or "key" in query)
         shape = gemini.error_body if is_gemini else _error_shape(path)
+        host, origin = header(scope, b"host"), header(scope, b"origin")
+        if origin is not None and (cors := runtime.guard.cors_headers(origin, host)):
+            send = _with_headers(send, cors)
+            if method == "OPTIONS":  # a preflight from an allowed origin
+                await send_response(send, 204, b"", "text/plain", {**extra, **runtime.guard.preflight_headers(
+                    header(scope, b"access-control-request-headers"))})
+                return
         try:
+            if (refused := runtime.guard.refusal(host, origin)) is not None:
+                raise refused
             if is_gemini:
                 await self._gemini(scope, query, google_key, receive, send, request_id)
                 return
@@ -166,13 +176,16 @@ class ProxyApp:
                 await self.dashboard.handle(path, method, authorization, x_api_key, send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
-                raise ProxyError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
+                raise ProxyError(405, f"Method {method} is not allowed on {quoted(path)}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
             else:
-                raise ProxyError(404, f"Unknown path {path}.", code="not_found")
+                raise ProxyError(404, f"Unknown path {quoted(path)}.", code="not_found")
         except ProxyError as error:
             api = gemini.API if shape is gemini.error_body else DOORS[path].api if path in DOORS else "none"
             self._refused(request_id, api, method, path, error)
             await _send_error(send, shape, error, extra)
+        except Exception:
+            log.exception("request %s failed inside trioproxy", request_id)
+            await _send_error(send, shape, internal_error(request_id), extra)
 
     async def _gemini(self, scope: Scope, query: dict[str, list[str]], google_key: str | None, receive: Receive,
                       send: Send, request_id: str) -> None:
@@ -187,7 +200,7 @@ class ProxyApp:
         client = runtime.client_keys.identify(header(scope, b"authorization"), presented)
         call = gemini.gemini_call(scope["path"])
         if scope["method"] != call.http_method:
-            raise ProxyError(405, f"Method {scope['method']} is not allowed on {scope['path']}; use {call.http_method}.",
+            raise ProxyError(405, f"Method {scope['method']} is not allowed on {quoted(scope['path'])}; use {call.http_method}.",
                              code="method_not_allowed", headers={"allow": call.http_method})
         if call.method in (gemini.GENERATE, gemini.STREAM):
             parse = partial(gemini.parse, call=call, sse=query.get("alt") == ["sse"])
@@ -222,6 +235,13 @@ class ProxyApp:
         runtime = self.runtime  # a reload mid-request does not change what serves it
         served = ServedRequest(request_id, door.api, client=client.name)
         extra = {"x-request-id": request_id}
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
             served.stream, served.model = exchange.request.stream, exchange.request.route
@@ -233,7 +253,8 @@ class ProxyApp:
             admit_client(runtime, client, exchange.request, served)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
-            await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))
+            await _cancel_on_disconnect(receive, tracking_send,
+                                        lambda send: self._serve(runtime, exchange, served, send, extra))
         except ProxyError as error:
             served.status = error.status
             if served.route.provider == "-":  # refused before any provider was asked
@@ -242,6 +263,11 @@ class ProxyApp:
             await _send_error(send, door.error_body, error, extra)
         except ClientDisconnected:
             served.status = STATUS_CLIENT_CLOSED
+        except Exception:  # a bug of ours: a 500 in the door's shape, the traceback in the log, once
+            log.exception("request %s failed inside trioproxy", request_id)
+            if not started:
+                served.status = 500
+                await _send_error(send, door.error_body, internal_error(request_id), extra)
         finally:
             finish_request(served, runtime, self.metrics, self.history, self.refusals)
 
@@ -269,11 +295,17 @@ class ProxyApp:
                                 await send({"type": "http.response.body", "body": events, "more_body": True})
                 except ProxyError as error:
                     failure = error
+                except Exception:  # after the 200: the stream ends with the door's error event
+                    log.exception("request %s failed inside trioproxy mid-stream", served.request_id)
+                    failure = internal_error(served.request_id)
             if relaying.cancelled_caught:  # shutdown's grace period is over: end it cleanly
                 failure = SHUTDOWN_ERROR
             await send({"type": "http.response.body", "body": exchange.stream_end(failure), "more_body": False})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body of a request, which must be declared JSON (what a web page cannot send
+        unasked), within max_body_bytes and request_timeout_ms."""
+        check_json_body(header(scope, b"content-type"))
         max_body_bytes = self.runtime.config.max_body_bytes
         declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
@@ -311,6 +343,12 @@ def _overhead_ms(served: ServedRequest) -> str:
 def _tool_parameters(body: dict[str, Any]) -> str:
     keys = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
     return json.dumps({key: body[key] for key in keys if key in body})
+
+
+def internal_error(request_id: str) -> ProxyError:
+    """What a client is told when trioproxy itself failed: the id to find the log's traceback by."""
+    return ProxyError(500, f"trioproxy failed on this request (request id {request_id}); its log has the details.",
+                      type="api_error", code="internal_error")
 
 
 def _too_large(limit: int) -> ProxyError:
@@ -351,6 +389,18 @@ async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Se
         raise ClientDisconnected()
     if refused is not None:
         raise refused
+
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    """`send` adding `headers` to the response's start."""
+    encoded = encode_headers(headers)
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *encoded]}
+        await send(message)
+
+    return sending
 
 
 async def _send_json(send: Send, status: int, document: Any, extra: dict[str, str] | None = None) -> None:
