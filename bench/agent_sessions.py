@@ -34,7 +34,10 @@ import trio
 import trio.testing
 from attrs import define, field, frozen
 
-from quota_sim import CLIENT_TIMEOUT, REDIS_IDLE_SECONDS, SIM_EPOCH, Deployment, Speeds, _pct
+if __package__:  # imported as bench.agent_sessions (the tests)
+    from .quota_sim import CLIENT_TIMEOUT, REDIS_IDLE_SECONDS, SIM_EPOCH, Deployment, Speeds, _pct
+else:  # run as a script: its folder is on sys.path
+    from quota_sim import CLIENT_TIMEOUT, REDIS_IDLE_SECONDS, SIM_EPOCH, Deployment, Speeds, _pct
 from trioproxy.config import Config
 from trioproxy.quota.redis_store import STORE_CLOCK
 from trioproxy.supervisor import run_proxy

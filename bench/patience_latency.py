@@ -30,7 +30,7 @@ import trio
 
 from ledger_latency import percentile, run_on_own_redis, script_stat
 from trioproxy.config import Config, ProviderConfig
-from trioproxy.providers.sanitize import Sanitizer
+from trioproxy.secrets import Sanitizer
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.contract import Ledger, Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
@@ -48,7 +48,7 @@ BODY = {"messages": [{"role": "user", "content": "task"}], "max_tokens": 100}
 def providers() -> list[ProviderConfig]:
     config = Config()
     return [
-        attrs.evolve(config.cerebras, api_key="csk-bench", requests_per_minute=1, tokens_per_minute=None, tokens_per_day=None),
+        attrs.evolve(config.cerebras, api_key="csk-bench", requests_per_minute=1, tokens_per_minute=None, tokens_per_day=None, plan=None),
         attrs.evolve(config.chutes, api_key="cpk-bench"),
     ]
 

@@ -78,7 +78,10 @@ import trio
 import trio.testing
 from attrs import define, field, frozen
 
-import llm_trace
+if __package__:  # imported as bench.quota_sim (the tests)
+    from . import llm_trace
+else:  # run as a script: its folder is on sys.path
+    import llm_trace
 from trioproxy.testing import emulator
 from trioproxy.config import ClientConfig, Config
 from trioproxy.quota.redis_store import STORE_CLOCK

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import pytest
 
+from support.settings import load, refusal
 from trioproxy.config import (
     ENV_VARS,
     Adaptation,
@@ -61,32 +62,6 @@ def _get(config: Config, path: tuple[str, ...]) -> Any:
     return node
 
 
-def load(
-    tmp_path: Path,
-    toml: str | None = None,
-    environ: Mapping[str, str] | None = None,
-    dotenv: str | None = None,
-) -> Config:
-    """load_config on a TOML text (or no file), explicit environ and .env; never the real environment."""
-    config_path = None
-    if toml is not None:
-        config_path = tmp_path / "config.toml"
-        config_path.write_text(toml)
-    dotenv_path = tmp_path / "test.env"
-    if dotenv is not None:
-        dotenv_path.write_text(dotenv)
-    return load_config(config_path, environ=dict(environ or {}), dotenv_path=dotenv_path)
-
-
-def refusal(tmp_path: Path, toml: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The message of the ConfigError that loading must raise; checks that it is one line."""
-    with pytest.raises(ConfigError) as caught:
-        load(tmp_path, toml, environ)
-    message = str(caught.value)
-    assert "\n" not in message, f"message is not one line: {message!r}"
-    return message
-
-
 # --- defaults -------------------------------------------------------------------------------
 
 
@@ -102,11 +77,9 @@ def test_defaults_equal_the_original_design(tmp_path: Path) -> None:
     # Candidates: today's catalogue first, the original model kept last for accounts that list it.
     assert cerebras.model[0] == "gpt-oss-120b" and cerebras.model[-1] == "qwen-3-coder-480b"
     assert cerebras.base_url == "https://api.cerebras.ai/v1"
-    assert (cerebras.requests_per_minute, cerebras.tokens_per_minute, cerebras.tokens_per_day) == (
-        12,
-        132_000,
-        19_200_000,
-    )
+    # No ceilings: the code plan's figures start the count until Cerebras states its limits.
+    assert (cerebras.requests_per_minute, cerebras.tokens_per_minute, cerebras.tokens_per_day) == (None, None, None)
+    assert cerebras.plan == "code-pro" and chutes.plan is None
     assert cerebras.api_key == ""
     assert chutes.model[0] == "Qwen/Qwen3-Coder-Next-TEE"
     assert chutes.model[-1] == "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
@@ -184,6 +157,8 @@ def _value_for(name: str, kind: type, variant: int) -> str:
         return ("redis", "memory")[variant]
     if name == "REDIS_OUTAGE":
         return ("refuse", "local")[variant]
+    if name == "CEREBRAS_PLAN":
+        return ("code-max", "free")[variant]
     if name == "HOSTED_TOOLS":
         return ("refuse", "drop")[variant]
     if name.endswith("_BASE_URL"):

@@ -8,14 +8,25 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
-from live_proxy import LiveProxy, chromium, live_proxy
-from test_routes import CEREBRAS_OSS, CEREBRAS_QWEN, CHUTES_OSS, CHUTES_QWEN, OSS, QWEN, ROUTES, list_only, qwen_settings
-from test_routing import PROXY_MODEL, chat
+from support.chat import PROXY_MODEL, chat
+from support.live_proxy import LiveProxy, browser_context, chromium_browser, live_proxy
+from support.routes import (
+    CEREBRAS_OSS,
+    CEREBRAS_QWEN,
+    CHUTES_OSS,
+    CHUTES_QWEN,
+    OSS,
+    QWEN,
+    ROUTES,
+    list_only,
+    qwen_settings,
+)
 from trioproxy.testing.emulator import Faults
 
 expect.set_options(timeout=10_000)
+pytestmark = pytest.mark.xdist_group("browser")  # one worker, so one chromium for them all
 CLIENT_KEY = "sk-dashboard-test-key"
 
 
@@ -25,9 +36,16 @@ def proxy() -> Iterator[LiveProxy]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One chromium for the module (one xdist worker runs them all): each test gets a fresh context."""
+    with chromium_browser() as running:
+        yield running
+
+
 @pytest.fixture
-def page() -> Iterator[Page]:
-    with chromium(viewport={"width": 1280, "height": 1000}) as context:
+def page(browser: Browser) -> Iterator[Page]:
+    with browser_context(browser, viewport={"width": 1280, "height": 1000}) as context:
         yield context.new_page()
 
 
@@ -69,7 +87,7 @@ def test_page_shows_providers_and_a_request_within_seconds(proxy: LiveProxy, pag
     expect(row.locator("td").nth(6)).to_have_text("yes")
     expect(row.locator("td").nth(7)).to_have_text("200")
     expect(page.locator("#totals tr", has_text="cerebras").locator("td").first).to_have_text("1")
-    expect(page.locator('article[data-provider="cerebras"] .gauge').first).to_contain_text("1 / 12")
+    expect(page.locator('article[data-provider="cerebras"] .gauge').first).to_contain_text("1 / 15 (preset)")
     assert page.locator("#chart-requests canvas").count() == 1  # uPlot drew the chart
     # /dashboard serves the same page.
     page.goto(proxy.root_url + "/dashboard")
@@ -165,8 +183,8 @@ def test_every_route_shows_its_providers_per_model_windows_and_a_missing_model(p
         for request_id, model in (("qwen-1", QWEN), ("qwen-2", QWEN), ("oss-1", OSS)):
             send(proxy, request_id, model=model)
 
-        expect(qwen.locator('[data-account="cerebras"] .gauge').first).to_contain_text("2 / 12")
-        expect(oss.locator(f'[data-account="cerebras:{CEREBRAS_OSS}"] .gauge').first).to_contain_text("1 / 12")
+        expect(qwen.locator('[data-account="cerebras"] .gauge').first).to_contain_text("2 / 15 (preset)")
+        expect(oss.locator(f'[data-account="cerebras:{CEREBRAS_OSS}"] .gauge').first).to_contain_text("1 / 15 (preset)")
         expect(oss.locator(".route-head")).to_contain_text("1 served since start")
         expect(recent_row(page, "oss-1").locator("td").nth(3)).to_have_text(OSS)
         expect(qwen.locator(".route-head")).to_contain_text("2 served since start")

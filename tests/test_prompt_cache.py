@@ -5,18 +5,18 @@ the emulated Cerebras's cache, and the proxy end to end."""
 from typing import Any
 
 import attrs
-import httpx
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_emulator import FakeClock, start, stream_events
-from test_redis_ledger import Clock, cerebras as redis_cerebras, replica
-from trioproxy.quota.redis_ledger import SharedReservation
-from test_routing import client_for, post, stream
+from support.chat import client_for, post, stream
+from support.emulator_http import FakeClock, start, stream_events
+from support.proxies import Providers, StartProxy
+from support.redis_ledgers import Clock, replica
+from support.redis_ledgers import cerebras as redis_cerebras
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
+from trioproxy.quota.redis_ledger import SharedReservation
 from trioproxy.routing.prompt_cache import PromptMemory, PromptPrefix
 from trioproxy.routing.request import RouteRecord
 from trioproxy.routing.settlement import Settlement

@@ -5,22 +5,20 @@ for a sliding minute to reach them): no client-visible errors, every utilisation
 and the accounting identities between client, proxy and emulated providers.
 """
 
-import sys
 from collections import Counter
-from pathlib import Path
 
 import attrs
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench import quota_sim
 
-import quota_sim  # noqa: E402
+pytestmark = pytest.mark.xdist_group("quota_sim")  # on one worker, so one simulation serves them all
 
 # Still far over Cerebras's quota (about 25,000 tokens a second asked of 2,750).
 WORKLOAD = quota_sim.Workload(minutes=3, seed=7, arrivals_per_second=1.0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # a module's fixture is set up again when the worker runs other tests between
 def results() -> list[quota_sim.RunResult]:
     return quota_sim.simulate(WORKLOAD)
 
@@ -147,7 +145,7 @@ def test_report_says_what_cut_any_policy_could_reach(results: list[quota_sim.Run
 CLIENTS_WORKLOAD = quota_sim.Workload(minutes=3, seed=7, arrivals_per_second=1.0, clients=quota_sim.CLIENTS)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client_results() -> list[quota_sim.RunResult]:
     return quota_sim.simulate(CLIENTS_WORKLOAD, quota_sim.CLIENT_SETUPS)
 

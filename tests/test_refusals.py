@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_status import sample_values
+from support.metrics import sample_values
+from support.proxies import Providers, StartProxy
 from trioproxy.server.refusals import PATH_FAMILIES, path_family
 from trioproxy.status_table import render_table
 from trioproxy.testing.emulator import Faults

@@ -19,7 +19,8 @@ from attrs import field, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .logs import FORMATS, LEVELS
-from .quota.redis_target import TlsFileError, parse_redis_url, tls_context
+from .plans import PLANS
+from .redis_target import TlsFileError, parse_redis_url, tls_context
 
 
 class ConfigError(Exception):
@@ -135,7 +136,11 @@ class RateLimitHeaders:
 
     Each pair is (remaining, seconds until reset); a reset may be seconds (`11.38`) or a
     duration (`1m30s`). Defaults are Cerebras's; a pair left empty is not read.
+    Stated limits are read from every header `limit_prefix` + `{requests,tokens}-{minute,day}`
+    (Cerebras's `x-ratelimit-limit-tokens-minute`); an empty prefix reads none.
     """
+
+    limit_prefix: str = "x-ratelimit-limit-"
 
     remaining_requests_minute: str = ""
     reset_requests_minute: str = ""
@@ -176,6 +181,9 @@ class PerModel:
     max_completion_tokens_cap: int | None = field(default=None, validator=_positive)
     # Requests whose estimated prompt plus completion budget exceed this skip the provider.
     context_window: int | None = field(default=None, validator=_positive)
+    # A plan preset (plans.PLANS) gives the starting figures of the limits not set above, until
+    # the provider's x-ratelimit-limit-* headers state its own; set limits stay ceilings.
+    plan: str | None = field(default=None, validator=attrs.validators.optional(_one_of(*PLANS)))
 
 
 @frozen(kw_only=True)
@@ -328,9 +336,8 @@ def _default_cerebras() -> ProviderConfig:
         name="cerebras",
         base_url="https://api.cerebras.ai/v1",
         model=CEREBRAS_MODELS,
-        requests_per_minute=12,
-        tokens_per_minute=132_000,
-        tokens_per_day=19_200_000,
+        # Starting figures until Cerebras states its own limits (in every answer's headers).
+        plan="code-pro",
         prompt_cache_seconds=300.0,
         max_completion_tokens_cap=16_384,
         context_window=131_072,
@@ -588,25 +595,49 @@ def _check_clients(config: Config) -> None:
 
 
 def _check_budget(config: Config, client: ClientConfig, budget: Budget, routes: list[ModelRoute], key: str) -> None:
-    """A budget is a positive figure no larger than what the routes' providers allow together
-    (a window some provider does not limit allows any figure)."""
+    """A budget is a positive figure no larger than what the routes' providers allow together,
+    as configured or as their plans start (a window some provider does not limit allows any)."""
     everyone = {p.name: p for p in (config.cerebras, config.chutes, *config.extra_providers)}
     for window, limit in budget.limits().items():
         name = _BUDGET_FIELDS[window]
         if limit <= 0:
             raise _InvalidKey(f"{key}.{name}", f"client {client.name!r} must be greater than 0, got {limit}")
         for route in routes:
-            figures = [getattr(entry.applied_to(everyone[entry.provider]), name) for entry in route.providers]
+            figures = [starting_limits(entry.applied_to(everyone[entry.provider]))[window][0] for entry in route.providers]
             if all(figure is not None for figure in figures) and limit > sum(figures):
                 raise _InvalidKey(f"{key}.{name}", f"client {client.name!r} has {limit}, above what the providers "
                                                    f"of route {route.name!r} allow together ({sum(figures)})")
 
 
-def _quota_settings(provider: ProviderConfig) -> tuple[int | None, ...]:
+def _quota_settings(provider: ProviderConfig) -> tuple[int | str | None, ...]:
     return (
         provider.requests_per_minute, provider.tokens_per_minute, provider.uncached_tokens_per_minute,
-        provider.requests_per_day, provider.tokens_per_day,
+        provider.requests_per_day, provider.tokens_per_day, provider.plan,
     )
+
+
+_LIMIT_FIELDS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "utpm": "uncached_tokens_per_minute",
+                 "rpd": "requests_per_day", "tpd": "tokens_per_day"}
+
+
+def configured_limits(provider: ProviderConfig) -> dict[str, int | None]:
+    """`{window: the configured figure}`: the operator's ceilings (None: none set)."""
+    return {window: getattr(provider, name) for window, name in _LIMIT_FIELDS.items()}
+
+
+def starting_limits(provider: ProviderConfig) -> dict[str, tuple[int | None, str]]:
+    """`{window: (limit, source)}` before the provider states any: the configured figure
+    ("configured"), else the plan's ("preset"), else none (None, "")."""
+    preset = PLANS.get(provider.plan or "", {})
+    starting: dict[str, tuple[int | None, str]] = {}
+    for window, configured in configured_limits(provider).items():
+        if configured is not None:
+            starting[window] = (configured, "configured")
+        elif window in preset:
+            starting[window] = (preset[window], "preset")
+        else:
+            starting[window] = (None, "")
+    return starting
 
 
 def keyless_route(config: Config) -> str | None:
@@ -659,6 +690,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "CEREBRAS_TOKENS_PER_MINUTE": (("cerebras", "tokens_per_minute"), int),
     "CEREBRAS_UNCACHED_TOKENS_PER_MINUTE": (("cerebras", "uncached_tokens_per_minute"), int),
     "CEREBRAS_TOKENS_PER_DAY": (("cerebras", "tokens_per_day"), int),
+    "CEREBRAS_PLAN": (("cerebras", "plan"), str),
     "CHUTES_API_KEY": (("chutes", "api_key"), str),
     "CHUTES_API_KEYS": (("chutes", "api_keys"), tuple),
     "CHUTES_BASE_URL": (("chutes", "base_url"), str),

@@ -10,9 +10,9 @@ from .config import Config
 
 log = logging.getLogger("trioproxy")
 
-# The emulated Cerebras enforces the real paid-plan limits, so the proxy's 80 % defaults
-# (or whatever is configured) are exercised against a provider that really says 429.
-REAL_CEREBRAS_LIMITS = {"requests_per_minute": 15, "tokens_per_minute": 165_000, "tokens_per_day": 24_000_000}
+# The emulated Cerebras has a Code Pro key: it enforces that plan's limits and states them in
+# its headers, so the proxy's learned limits are exercised against a provider that says 429.
+DEMO_CEREBRAS_PLAN = "code-pro"
 
 
 @attrs.frozen
@@ -37,7 +37,7 @@ async def start_demo_providers(nursery: trio.Nursery, config: Config) -> DemoPro
     """Start both emulators in `nursery`, listing today's catalogues (and the models `config` asks for)."""
     listed = demo_catalogues(config)
     cerebras = emulator.cerebras(model=listed["cerebras"][0], more_models=listed["cerebras"][1:],
-                                 **REAL_CEREBRAS_LIMITS)
+                                 plan=DEMO_CEREBRAS_PLAN)
     chutes = emulator.chutes(model=listed["chutes"][0], more_models=listed["chutes"][1:])
     cerebras_url = await nursery.start(emulator.serve, cerebras)
     chutes_url = await nursery.start(emulator.serve, chutes)

@@ -23,7 +23,7 @@ from .routing.fair_share import FairShare
 from .routing.limits import route_limits
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
-from .providers.sanitize import Sanitizer
+from .secrets import Sanitizer
 from .providers.upstream import AnswerBounds, Deadlines, ProviderClient, Upstream
 
 

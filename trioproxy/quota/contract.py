@@ -80,6 +80,12 @@ class Ledger(Protocol):
         reservation: they may lower what we believe is left, never raise it."""
         ...
 
+    async def adopt_limits(self, reservation: Reservation, stated: Mapping[str, int]) -> None:
+        """The provider's stated limits `{window: figure}`, as of this reservation's answer,
+        become the sizes of its account's windows (per key and model); a configured figure
+        stays a ceiling: never book above it. Figures may raise a limit as well as lower it."""
+        ...
+
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         """Skip `account` until `until`; False when an existing cooldown lasts longer."""
         ...
@@ -99,7 +105,8 @@ class Ledger(Protocol):
     def in_cooldown(self, provider: str) -> bool: ...
 
     def snapshot(self, account: str) -> dict[str, Any]:
-        """Used and limit of each window, the provider's own figures, and the cooldown."""
+        """Used and limit of each window, the provider's own figures, the cooldown, and in
+        `limit_sources` where each limit in force comes from (`LimitState.view`)."""
         ...
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]: ...

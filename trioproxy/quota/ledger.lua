@@ -3,9 +3,11 @@
 -- KEYS[1] leases (sorted set: lease id -> expiry), KEYS[2] lease data (hash: id -> fields),
 -- KEYS[3] leases held per replica (hash), KEYS[4..] one hash per account of the provider, in
 -- key order.
--- ARGV[1] the time ("" = Redis TIME), ARGV[2..6] the limits of rpm, tpm, rpd, tpd and utpm (-1 = none;
--- utpm: prompt tokens the provider's cache did not hold, tpm and tpd: every token),
--- then one or more operations, run in order, each as: its name, the account's index (1-based;
+-- ARGV[1] the time ("" = Redis TIME), ARGV[2] the number of windows k, then k triples: the
+-- window's name, its starting limit and its configured ceiling (-1 = none). Windows: rpm, tpm,
+-- rpd, tpd and utpm (utpm: prompt tokens the provider's cache did not hold; tpm and tpd: every
+-- token). An account's limit is the one the provider stated (`learn`), under the ceiling, else
+-- the starting one. Then one or more operations, run in order, each as: its name, the account's index (1-based;
 -- 0 where the operation chooses), the count of its own arguments, those arguments. Several
 -- replicas' requests arriving together thus cost one call.
 -- The answer: {the time, shared figures, revisions, one answer per operation}. Times go as
@@ -21,8 +23,12 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
-local LIMIT = {rpm = tonumber(ARGV[2]), tpm = tonumber(ARGV[3]), rpd = tonumber(ARGV[4]), tpd = tonumber(ARGV[5]),
-               utpm = tonumber(ARGV[6])}
+local START, CEILING = {}, {}
+local WINDOW_COUNT = tonumber(ARGV[2])
+for j = 0, WINDOW_COUNT - 1 do
+  local w = ARGV[3 + 3 * j]
+  START[w], CEILING[w] = tonumber(ARGV[4 + 3 * j]), tonumber(ARGV[5 + 3 * j])
+end
 local LEASES, DATA, HOLDERS = KEYS[1], KEYS[2], KEYS[3]
 local SPAN, DAY = 60, 86400
 local WINDOWS = {'rpm', 'rpd', 'tpm', 'utpm', 'tpd'} -- the order in which a refusal is reported
@@ -44,9 +50,17 @@ end
 
 local function number(a, field) return tonumber(a[field] or '') end
 
+-- The limit of window `w` in force on account `a` (-1 = none).
+local function limit_of(a, w)
+  local stated = number(a, 'st_' .. w)
+  if stated == nil then return START[w] end
+  if CEILING[w] >= 0 and CEILING[w] < stated then return CEILING[w] end
+  return stated
+end
+
 -- A refilling bucket starts full and regains `limit` over SPAN seconds.
 local function level(a, w)
-  local limit = LIMIT[w]
+  local limit = limit_of(a, w)
   local l, t = number(a, w .. '_l'), number(a, w .. '_t')
   if l == nil then l, t = limit, now end
   l = math.min(limit, l + math.max(0, now - t) * limit / SPAN)
@@ -76,7 +90,7 @@ local function end_cooldown_if_due(a, slack)
 end
 
 local function used(a, w)
-  if LIMIT[w] >= 0 and BUCKETS[w] then return math.max(0, math.ceil(LIMIT[w] - level(a, w) - 1e-9)) end
+  if limit_of(a, w) >= 0 and BUCKETS[w] then return math.max(0, math.ceil(limit_of(a, w) - level(a, w) - 1e-9)) end
   if BUCKETS[w] then -- no limit: what this minute booked, for operators
     if number(a, w .. '_min') ~= math.floor(now / SPAN) then return 0 end
     return number(a, w .. '_n') or 0
@@ -104,7 +118,7 @@ end
 
 -- {reason, retry_at} of one window that cannot take `need` now, else nil.
 local function window_refusal(a, w, need)
-  local limit = LIMIT[w]
+  local limit = limit_of(a, w)
   if limit >= 0 and BUCKETS[w] then
     local l = level(a, w)
     if l < need then
@@ -142,7 +156,7 @@ end
 local function headroom(a)
   local share = 1
   for _, w in ipairs(WINDOWS) do
-    local limit = LIMIT[w]
+    local limit = limit_of(a, w)
     if limit > 0 then
       local left = limit - used(a, w)
       local theirs = provider_remaining(a, w)
@@ -155,8 +169,8 @@ end
 
 -- Give back `amount` of window `w` (minute, or day `w_day`) booked on day number `day`.
 local function give_back_window(a, minute, daily, amount, day)
-  if LIMIT[minute] >= 0 then
-    a[minute .. '_l'] = math.min(LIMIT[minute], level(a, minute) + amount)
+  if limit_of(a, minute) >= 0 then
+    a[minute .. '_l'] = math.min(limit_of(a, minute), level(a, minute) + amount)
   elseif number(a, minute .. '_min') == math.floor(now / SPAN) then -- this minute's count, for operators
     a[minute .. '_n'] = math.max(0, number(a, minute .. '_n') - amount)
   end
@@ -172,8 +186,8 @@ end
 
 -- Give back `tokens` of the uncached bucket (negative: take more). It has no daily counter.
 local function give_back_uncached(a, tokens)
-  if LIMIT.utpm >= 0 then
-    a.utpm_l = math.min(LIMIT.utpm, level(a, 'utpm') + tokens)
+  if limit_of(a, 'utpm') >= 0 then
+    a.utpm_l = math.min(limit_of(a, 'utpm'), level(a, 'utpm') + tokens)
   elseif number(a, 'utpm_min') == math.floor(now / SPAN) then
     a.utpm_n = math.max(0, number(a, 'utpm_n') - tokens)
   end
@@ -230,11 +244,13 @@ local function expire_leases()
 end
 
 local function view(a)
-  local v = {u = {}, pr = {}, av = now}
+  local v = {u = {}, pr = {}, av = now, lim = {}, st = {}}
   roll_day(a)
   for _, w in ipairs(WINDOWS) do
     v.u[w] = used(a, w)
     v.pr[w] = provider_remaining(a, w)
+    v.lim[w] = limit_of(a, w)
+    if number(a, 'st_' .. w) ~= nil then v.st[w] = {number(a, 'st_' .. w), number(a, 'st_' .. w .. '_at')} end
   end
   local r = refusal(a, 1, 1, false, 0)
   if r ~= nil then v.av = r[2] end
@@ -260,7 +276,7 @@ end
 local function book(a, tokens, requests, uncached)
   for _, w in ipairs({'rpm', 'tpm', 'utpm'}) do
     local need = amount(w, tokens, requests, uncached)
-    if LIMIT[w] >= 0 then
+    if limit_of(a, w) >= 0 then
       a[w .. '_l'] = level(a, w) - need
     else
       local minute = math.floor(now / SPAN)
@@ -313,7 +329,7 @@ end
 -- bound (no limit and no provider figure).
 local KEEP, SHARE = 0.5, 1 / 16
 local function spare(a, w)
-  local base, left = LIMIT[w], nil
+  local base, left = limit_of(a, w), nil
   if base >= 0 then left = base - used(a, w) end
   local theirs = provider_remaining(a, w)
   if theirs ~= nil and (left == nil or theirs < left) then left = theirs end
@@ -486,7 +502,7 @@ function OPS.sync(index, args)
       a['fseq_' .. w] = base.seq
       local left = remaining - math.max(0, a[COUNTER[w]] - base[COUNTER[w]])
       local lowered = false
-      if BUCKETS[w] and LIMIT[w] >= 0 then
+      if BUCKETS[w] and limit_of(a, w) >= 0 then
         -- What shares booked before that request still hold may yet be sent, and the
         -- provider has not counted it (what comes back of them goes back into the bucket).
         local held = held_before(a, base.seq)
@@ -504,11 +520,30 @@ function OPS.sync(index, args)
       -- or (no limit set) less than twice what shares still hold. Shares out stop handing out.
       local held = a.sh_t
       if w == 'rpm' or w == 'rpd' then held = a.sh_r end
-      if lowered and held > 0 and ((LIMIT[w] < 0 and left < 2 * held) or (LIMIT[w] >= 0 and (spare(a, w) or 0) < 0)) then
+      if lowered and held > 0 and ((limit_of(a, w) < 0 and left < 2 * held) or (limit_of(a, w) >= 0 and (spare(a, w) or 0) < 0)) then
         a.rev = a.rev + 1
       end
     end
   end
+  return {}
+end
+
+-- (window, stated limit)... -> {}. The provider's stated limits become the account's, under
+-- the ceilings; a bucket keeps its level (capped by a lower limit, refilling at the new rate).
+function OPS.learn(index, args)
+  local a = load(index)
+  for i = 1, #args, 2 do
+    local w, figure = args[i], tonumber(args[i + 1])
+    if START[w] ~= nil and figure ~= nil and figure >= 1 then
+      local before = limit_of(a, w)
+      if BUCKETS[w] and before >= 0 then level(a, w) end -- settle the level under the old limit first
+      a['st_' .. w], a['st_' .. w .. '_at'] = figure, now
+      local after = limit_of(a, w)
+      -- Shares out were cut from the old limit: a lower one stops them handing out.
+      if (before < 0 or after < before) and (a.sh_r > 0 or a.sh_t > 0) then a.rev = a.rev + 1 end
+    end
+  end
+  want_views = true
   return {}
 end
 
@@ -553,7 +588,7 @@ end
 
 -- Read every operation before running any: a bad one changes nothing.
 local calls = {}
-local i = 7
+local i = 3 + 3 * WINDOW_COUNT
 while i <= #ARGV do
   local run, index, count = OPS[ARGV[i]], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if run == nil then return redis.error_reply('unknown operation ' .. ARGV[i]) end

@@ -13,6 +13,7 @@ from attrs import define, field, frozen
 
 from ..config import ProviderConfig
 from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs
+from .limits import LimitState, limit_states
 
 MINUTE = 60.0
 DAY = 86_400.0
@@ -293,6 +294,7 @@ class AccountQuota:
     provider: str
     key_index: int
     windows: dict[str, Window]
+    limits: dict[str, LimitState] = field(factory=dict)  # where each window's limit comes from
     synced: dict[str, Synced] = field(factory=dict)
     figure_seq: dict[str, int] = field(factory=dict)  # the request whose figure was taken last
     cooldown_until: float = -math.inf
@@ -303,19 +305,34 @@ class AccountQuota:
     @classmethod
     def from_config(cls, name: str, provider: ProviderConfig, key_index: int, now: float, wall: float) -> "AccountQuota":
         day_ends_at = now + seconds_until_utc_midnight(wall)
+        limits = limit_states(provider)
         windows: dict[str, Window] = {
-            "rpm": RefillingBucket(provider.requests_per_minute, span=MINUTE),
-            "tpm": RefillingBucket(provider.tokens_per_minute, span=MINUTE),
-            "utpm": RefillingBucket(provider.uncached_tokens_per_minute, span=MINUTE),
-            "rpd": DailyWindow(provider.requests_per_day, day_ends_at=day_ends_at),
-            "tpd": DailyWindow(provider.tokens_per_day, day_ends_at=day_ends_at),
+            "rpm": RefillingBucket(limits["rpm"].limit, span=MINUTE),
+            "tpm": RefillingBucket(limits["tpm"].limit, span=MINUTE),
+            "utpm": RefillingBucket(limits["utpm"].limit, span=MINUTE),
+            "rpd": DailyWindow(limits["rpd"].limit, day_ends_at=day_ends_at),
+            "tpd": DailyWindow(limits["tpd"].limit, day_ends_at=day_ends_at),
         }
-        return cls(name=name, provider=provider.name, key_index=key_index, windows=windows)
+        return cls(name=name, provider=provider.name, key_index=key_index, windows=windows, limits=limits)
 
     def take_limits(self, fresh: "AccountQuota", now: float) -> None:
-        """Apply the limits of `fresh` (built from new settings), keeping this account's state."""
+        """Apply the limits of `fresh` (built from new settings), keeping this account's state
+        and what the provider stated (under the new ceilings)."""
         for name, window in self.windows.items():
-            window.set_limit(now, fresh.windows[name].limit)
+            kept = self.limits[name]
+            self.limits[name] = state = fresh.limits[name]
+            state.stated, state.stated_at = kept.stated, kept.stated_at
+            window.set_limit(now, state.limit)
+
+    def adopt_limits(self, now: float, stated: Mapping[str, int]) -> None:
+        """Take the provider's stated limits as the windows' sizes, below the configured ceilings."""
+        for name, figure in stated.items():
+            state = self.limits.get(name)
+            if state is None:
+                continue
+            state.stated, state.stated_at = figure, now
+            if state.limit != self.windows[name].limit:
+                self.windows[name].set_limit(now, state.limit)
 
     def end_cooldown_if_due(self, now: float) -> None:
         if self.cooldown_until != -math.inf and now >= self.cooldown_until:
@@ -486,6 +503,11 @@ class QuotaLedger:
             else:
                 account.synced[name] = Synced(int(remaining), reservation.seq, now + reset)
 
+    async def adopt_limits(self, reservation: Reservation, stated: Mapping[str, int]) -> None:
+        """The provider's stated limits `{window: figure}` for the reservation's account become
+        its windows' sizes (never above a configured figure)."""
+        self._accounts[reservation.account].adopt_limits(self._clock(), stated)
+
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         """Skip `account` until `until`. Returns False when an existing cooldown lasts longer."""
         quota = self._accounts[account]
@@ -601,6 +623,7 @@ class QuotaLedger:
         daily = quota.windows["tpd"]
         assert isinstance(daily, DailyWindow)
         state["day_resets_seconds"] = round(daily.day_ends_at - now, 1)  # after used() rolled the day
+        state["limit_sources"] = {name: limit.view(now) for name, limit in quota.limits.items() if limit.limit is not None}
         return state
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:

@@ -25,13 +25,15 @@ import attrs
 import trio
 from attrs import define
 
-from ..config import ProviderConfig
+from ..config import ProviderConfig, configured_limits, starting_limits
 from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs
 from .ledger import QuotaLedger, account_name
+from .limits import limit_states
 from .redis_store import Lane, QuotaStore, Reply
 from .share_keeper import ShareKeeper
 
 OUTAGE_RETRY_SECONDS = 1.0  # what a "refuse" refusal tells the router about trying again
+RESTATE_SECONDS = 60.0  # unchanged stated limits are sent to Redis again after this long
 
 
 @define
@@ -43,35 +45,35 @@ class SharedReservation(Reservation):
     day: int = 0  # the account's day number when booked: tokens per day are refunded within that day only
 
 
-# The windows in the order the ledger script takes their limits.
-SCRIPT_WINDOWS = ("rpm", "tpm", "rpd", "tpd", "utpm")
-
-
-def _limits(provider: ProviderConfig) -> list[int]:
-    limits = (
-        provider.requests_per_minute, provider.tokens_per_minute, provider.requests_per_day, provider.tokens_per_day,
-        provider.uncached_tokens_per_minute,
-    )
-    return [-1 if limit is None else limit for limit in limits]
+def _limits(provider: ProviderConfig) -> list[int | str]:
+    """The script's limit arguments: the number of windows, then per window its name, starting
+    limit and configured ceiling (-1 = none)."""
+    starting, ceilings = starting_limits(provider), configured_limits(provider)
+    figures: list[int | str] = [len(starting)]
+    for window, (start, _) in starting.items():
+        figures += [window, -1 if start is None else start, -1 if ceilings[window] is None else ceilings[window]]
+    return figures
 
 
 def _has_limits(provider: ProviderConfig) -> bool:
-    return any(limit >= 0 for limit in _limits(provider))
+    return any(start is not None for start, _ in starting_limits(provider).values())
 
 
 def _per_replica(provider: ProviderConfig, replicas: int) -> ProviderConfig:
-    """The provider with each limit divided among the replicas, for serving without Redis."""
+    """The provider with each starting limit divided among the replicas, for serving without Redis."""
+    starting = starting_limits(provider)
 
-    def share(limit: int | None) -> int | None:
+    def share(window: str) -> int | None:
+        limit = starting[window][0]
         return None if limit is None else max(1, limit // replicas)
 
     return attrs.evolve(
         provider,
-        requests_per_minute=share(provider.requests_per_minute),
-        tokens_per_minute=share(provider.tokens_per_minute),
-        requests_per_day=share(provider.requests_per_day),
-        tokens_per_day=share(provider.tokens_per_day),
-        uncached_tokens_per_minute=share(provider.uncached_tokens_per_minute),
+        requests_per_minute=share("rpm"),
+        tokens_per_minute=share("tpm"),
+        requests_per_day=share("rpd"),
+        tokens_per_day=share("tpd"),
+        uncached_tokens_per_minute=share("utpm"),
     )
 
 
@@ -121,6 +123,7 @@ class RedisLedger:
             self._lanes[name] = (keys_of, tuple(_limits(provider)))
             self._where.update((account, (name, i + 1)) for i, account in enumerate(self._names[name]))
         self._views: dict[str, dict[str, Any]] = {}  # account -> the script's last view of it
+        self._stated: dict[str, tuple[dict[str, int], float]] = {}  # account -> limits last sent, when
         self._leases: dict[str, dict[str, int]] = {}  # provider -> replica -> leases held
         self._lease_numbers = itertools.count(1)
         # Lease ids name this ledger too: the ledger a reload builds, or several in one process,
@@ -129,9 +132,7 @@ class RedisLedger:
         self._shares = ShareKeeper(
             store, self._lanes, self._new_lease, lease_seconds=lease_seconds, replica=replica, enabled=shares
         )
-        store.refresh = self.refresh
-        store.before_close = self._shares.retire
-        store.revised = self._shares.return_revoked
+        store.listener = self
 
     def with_providers(self, providers: Iterable[ProviderConfig]) -> "RedisLedger":
         """The same shared ledger for other provider settings (a reload)."""
@@ -238,6 +239,19 @@ class RedisLedger:
         flat = [item for name, (remaining, reset) in figures.items() for item in (name, remaining, reset)]
         self.store.submit(self._lanes[r.provider], "sync", r.index, (r.seq, r.cum, *flat))
 
+    async def adopt_limits(self, reservation: Reservation, stated: Mapping[str, int]) -> None:
+        if not isinstance(reservation, SharedReservation):
+            await self._fallback.adopt_limits(reservation, stated)
+            return
+        # Every answer states them: tell Redis when they change, and once a minute to keep
+        # their age honest, not on every request.
+        now, last = self.now(), self._stated.get(reservation.account)
+        if last is not None and last[0] == stated and now - last[1] < RESTATE_SECONDS:
+            return
+        self._stated[reservation.account] = (dict(stated), now)
+        flat = [item for window, figure in stated.items() for item in (window, figure)]
+        self.store.submit(self._lanes[reservation.provider], "learn", reservation.index, flat)
+
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         started_here = await self._fallback.start_cooldown(account, until, reason)
         provider, index = self._where[account]
@@ -294,8 +308,13 @@ class RedisLedger:
             return self._fallback.snapshot(account)
         view, provider = self._views[account], self._providers[self._where[account][0]]
         state: dict[str, Any] = {}
-        for name, limit in zip(SCRIPT_WINDOWS, _limits(provider)):
+        sources = limit_states(provider)
+        for name in WINDOW_NAMES:
+            limit = view["lim"][name]
             state[name] = {"used": view["u"][name], "limit": None if limit < 0 else limit}
+            if name in view["st"]:
+                sources[name].stated, at = view["st"][name]
+                sources[name].stated_at = self.store.to_trio(float(at))
             if name in view["pr"]:
                 state[name]["provider_remaining"] = int(view["pr"][name])
             held = 0 if name == "utpm" else view["sh"][name in ("tpm", "tpd")]  # shares book no uncached tokens
@@ -305,7 +324,9 @@ class RedisLedger:
         state["cooldown_seconds"] = round(left, 1) if left > 0 else 0
         state["cooldown_reason"] = view["why"] if left > 0 else ""
         state["half_open"] = bool(view["ho"])
-        return {name: state[name] for name in (*WINDOW_NAMES, "cooldown_seconds", "cooldown_reason", "half_open")}
+        now = self.now()
+        state["limit_sources"] = {name: limit.view(now) for name, limit in sources.items() if limit.limit is not None}
+        return {name: state[name] for name in (*WINDOW_NAMES, "cooldown_seconds", "cooldown_reason", "half_open", "limit_sources")}
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:
         return {account: self.snapshot(account) for account in self._names[provider]}
@@ -330,3 +351,8 @@ class RedisLedger:
     def retire(self) -> None:
         """Return every share and ask for none again: this ledger stops serving (a reload)."""
         self._shares.retire()
+
+    def revised(self) -> None:
+        """An account's revision moved (another process changed its limits): return the shares
+        taken under the old ones."""
+        self._shares.return_revoked()

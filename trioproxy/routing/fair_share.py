@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 import trio
 from attrs import define, field
 
-from ..config import ProviderConfig
+from ..config import ProviderConfig, starting_limits
 from ..quota.contract import WINDOW_NAMES, Ledger, Refusal
 from ..quota.ledger import MINUTE, SlidingWindow, _Booking
 
@@ -82,9 +82,11 @@ class ProviderShare:
         self.others: dict[str, Published] = {}
 
     def cost(self, tokens: int) -> int:
-        """What a request of `tokens` takes of the provider's minute, in units (0: no limit)."""
-        shares = [1 / limit for limit in (self.provider.requests_per_minute,) if limit]
-        shares += [tokens / limit for limit in (self.provider.tokens_per_minute,) if limit]
+        """What a request of `tokens` takes of the provider's minute, in units (0: no limit):
+        its limits as configured, else as its plan starts them."""
+        limits = starting_limits(self.provider)
+        rpm, tpm = limits["rpm"][0], limits["tpm"][0]
+        shares = ([1 / rpm] if rpm else []) + ([tokens / tpm] if tpm else [])
         return math.ceil(max(shares, default=0.0) * UNIT)
 
     def asked(self, client: str, weight: float, cost: int) -> None:

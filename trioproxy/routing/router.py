@@ -14,7 +14,7 @@ from ..errors import ProxyError
 from ..logs import REQUEST_ID
 from ..providers.health import ProviderHealth
 from ..quota.contract import Ledger, Refusal, Reservation
-from ..providers.ratelimit import backoff_for, quota_figures
+from ..providers.ratelimit import backoff_for, quota_figures, stated_limits
 from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
@@ -151,7 +151,11 @@ class Router:
     async def _sync(self, upstream: Upstream, reservation: Reservation, headers: httpx.Headers) -> None:
         if not upstream.config.sync_rate_limit_headers:
             return
-        figures = quota_figures(headers, upstream.config.rate_limit_headers.pairs())
+        names = upstream.config.rate_limit_headers
+        stated = stated_limits(headers, names.limit_prefix)
+        if stated:  # before the figures: what remains is measured against the stated limit
+            await self.ledger.adopt_limits(reservation, stated)
+        figures = quota_figures(headers, names.pairs())
         if figures:
             await self.ledger.sync(reservation, figures)
 

@@ -32,7 +32,13 @@ def admit(provider: EmulatedProvider, prompt: int, cap: int | None, cached: int 
 
 
 def _admit_chutes(provider: EmulatedProvider) -> Reply | None:
-    """Chutes only has a fuzzy requests/minute limit and no rate-limit headers."""
+    """Chutes has a fuzzy requests/minute limit, and its plans' rolling windows when enabled
+    (`plan_windows`); no rate-limit headers, and its 429s name no reset time."""
+    now = provider.clock()
+    if any(window.full(now) for window in provider.plan_windows):
+        return error("chutes", 429, "Subscription quota exceeded for this usage window.")
+    for window in provider.plan_windows:
+        window.take(now)
     limit = provider.requests_per_minute
     if limit is None:
         return None

@@ -8,10 +8,11 @@ from typing import Any, Literal
 import trio
 from attrs import Factory, define, field, frozen
 
+from ...plans import PLANS
 from .actions import Json
 from .faults import Faults
 from .prompt_cache import PromptCache
-from .windows import Bucket, Day
+from .windows import Bucket, Day, RollingCount
 
 # Today's catalogues (PROVIDERS.md, late 2026): what `GET /models` lists by default. The first
 # id is `model`, the others `more_models`.
@@ -98,6 +99,9 @@ class EmulatedProvider:
     model: str
     more_models: list[str] = Factory(list)
     retired_models: tuple[str, ...] = ()
+    # Chutes: its plans' rolling request windows (PROVIDERS.md: 4 hours and a month), off by
+    # default; `chutes(plan_windows={4 * 3600: 500, 30 * 86400: 5000})` turns them on.
+    plan_windows: list[RollingCount] = Factory(list)
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     uncached_tokens_per_minute: int | None = None
@@ -153,9 +157,17 @@ class EmulatedProvider:
         }
 
 
-def cerebras(api_key: str = "csk-emulated", **kw: Any) -> EmulatedProvider:
+_PLAN_FIELDS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "rpd": "requests_per_day",
+                "tpd": "tokens_per_day"}
+
+
+def cerebras(api_key: str = "csk-emulated", plan: str | None = None, **kw: Any) -> EmulatedProvider:
     """An emulated Cerebras with today's catalogue (retired ids answer 503) and the paid
-    131,072-token window. Given `model` alone, it lists only that model."""
+    131,072-token window. Given `model` alone, it lists only that model. `plan` (a name in
+    `trioproxy.plans.PLANS`) sets the limits a key of that plan has (limits given win), and so
+    the `x-ratelimit-limit-*` headers it states."""
+    for window, figure in (PLANS[plan] if plan is not None else {}).items():
+        kw.setdefault(_PLAN_FIELDS[window], figure)
     if "model" not in kw:
         kw.setdefault("more_models", list(CEREBRAS_MODELS[1:]))
     kw.setdefault("model", CEREBRAS_MODEL)
@@ -164,9 +176,11 @@ def cerebras(api_key: str = "csk-emulated", **kw: Any) -> EmulatedProvider:
     return EmulatedProvider(flavor="cerebras", api_key=api_key, **kw)
 
 
-def chutes(api_key: str = "cpk_emulated", **kw: Any) -> EmulatedProvider:
+def chutes(api_key: str = "cpk_emulated", plan_windows: dict[float, int] | None = None, **kw: Any) -> EmulatedProvider:
     """An emulated Chutes (vLLM) with today's catalogue; unknown ids answer 404. Given `model`
-    alone, it lists only that model."""
+    alone, it lists only that model. `plan_windows` `{seconds: requests}` enables its plan's
+    rolling windows (a 429 without a reset time once one is full)."""
+    kw["plan_windows"] = [RollingCount(span, limit) for span, limit in (plan_windows or {}).items()]
     if "model" not in kw:
         kw.setdefault("more_models", list(CHUTES_MODELS[1:]))
     kw.setdefault("model", CHUTES_MODEL)
