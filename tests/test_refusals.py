@@ -72,7 +72,7 @@ async def test_refusals_and_errors_are_counted_by_status(start_proxy: StartProxy
     async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as http:
         good = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
         assert (await http.post("/chat/completions", json=good)).status_code == 200
-        assert (await http.post("/chat/completions", content=b"{")).status_code == 400
+        assert (await http.post("/chat/completions", content=b"{", headers={"content-type": "application/json"})).status_code == 400
         assert (await http.post("/chat/completions", json={**good, "model": "gpt-9"})).status_code == 404
         providers.cerebras.faults = Faults(status=500, remaining=1)
         providers.chutes.faults = Faults(status=500, remaining=1)

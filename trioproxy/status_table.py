@@ -41,7 +41,11 @@ def render_table(status: dict[str, Any]) -> str:
     """One row per provider account, columns aligned; a route column first when there are several."""
     routes = status.get("routes") or [{"name": status.get("model", "-"), "providers": status["providers"]}]
     several = len(routes) > 1
-    header = ("provider", "model", "account", "usable", "cooldown", "rpm", "tpm", "rpd", "tpd", "served", "last error")
+    accounts = [state for route in routes for provider in route["providers"] for state in provider["accounts"].values()]
+    # The uncached bucket has a column only where some account has a limit on it.
+    windows = ("rpm", "tpm", "utpm", "rpd", "tpd")
+    windows = tuple(w for w in windows if w != "utpm" or any((s.get(w) or {}).get("limit") is not None for s in accounts))
+    header = ("provider", "model", "account", "usable", "cooldown", *windows, "served", "last error")
     header = ("route", *header) if several else header
     rows = [header]
     for route in routes:
@@ -54,7 +58,7 @@ def render_table(status: dict[str, Any]) -> str:
                     account,
                     "yes" if provider["usable"] else "no",
                     cooldown,
-                    *(_window(state[name], state.get("limit_sources", {}).get(name)) for name in ("rpm", "tpm", "rpd", "tpd")),
+                    *(_window(state[name], state.get("limit_sources", {}).get(name)) for name in windows),
                     str(provider["served_since_start"]["requests"]),
                     provider["last_error"] or "-",
                 )

@@ -3,8 +3,8 @@
 1. **A client that stops reading.** Hypercorn writes every response chunk with `send_all` in a
    shielded scope, so once the client's socket buffers are full the application's `send` waits
    for as long as the client stays connected, and no cancel reaches it; the provider's stream
-   stays open behind it, spending tokens nobody reads. Here a write that cannot finish within
-   `client_stall_seconds` closes the connection: Hypercorn tells the application
+   stays open behind it, spending tokens nobody reads. Here a write that makes no progress
+   (256 KiB) within `client_stall_seconds` closes the connection: Hypercorn tells the application
    `http.disconnect`, which cancels the provider's stream at once and settles the quota.
 2. **Lingering close.** Closing a socket that still holds unread input makes the kernel send a
    reset, which destroys an answer still on its way to the client (a 400 for ambiguous framing
@@ -34,7 +34,8 @@ from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 log = logging.getLogger("trioproxy.request")
 
 _CLOSING = (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
-LINGER_SECONDS = 2.0  # how long a closing connection reads on for the client's own close
+LINGER_SECONDS = 2.0
+_WRITE_PIECE = 256 * 1024  # bytes written under one stall deadline  # how long a closing connection reads on for the client's own close
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
 
 
@@ -65,15 +66,31 @@ class ProxyConnection(TCPServer):
             return
         async with self.send_lock:
             try:
-                with trio.CancelScope(shield=True):  # as Hypercorn's: a cancel must not cut a write
-                    with trio.move_on_after(self.config.client_stall_seconds) as write:
-                        await self.stream.send_all(event.data)
-                if write.cancelled_caught:
+                if len(event.data) <= _WRITE_PIECE:  # nearly always: one scope, as Hypercorn's own
+                    stalled = await self._send_piece(event.data)
+                else:
+                    stalled = await self._send_pieces(memoryview(event.data))
+                if stalled:
                     log.info("a client took no bytes for %g s: connection closed", self.config.client_stall_seconds)
                     await trio.aclose_forcefully(self.stream)  # a half-written chunk: nothing can follow it
                     await self.protocol.handle(Closed())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
+
+    async def _send_piece(self, data: bytes | memoryview) -> bool:
+        """Send `data`; whether it waited out client_stall_seconds. Shielded as Hypercorn's own
+        write is (a cancel must not cut a write short); only its own deadline ends it."""
+        with trio.CancelScope(deadline=trio.current_time() + self.config.client_stall_seconds, shield=True) as write:
+            await self.stream.send_all(data)
+        return write.cancelled_caught
+
+    async def _send_pieces(self, data: memoryview) -> bool:
+        """A large answer in pieces, so that a slow but reading client is bounded by its
+        progress, not by the answer's size."""
+        for start in range(0, len(data), _WRITE_PIECE):
+            if await self._send_piece(data[start : start + _WRITE_PIECE]):
+                return True
+        return False
 
     async def _close(self) -> None:
         try:

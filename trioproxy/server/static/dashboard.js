@@ -8,8 +8,12 @@ const POLL_MS = 1000;
 const RETRY_MAX_MS = 8000;
 const FETCH_TIMEOUT_MS = 10000;
 const KEY_STORAGE = "trioproxy.dashboard.key";
-const WINDOWS = ["rpm", "tpm", "rpd", "tpd"];
-const WINDOW_LABELS = { rpm: "requests / min", tpm: "tokens / min", rpd: "requests / day", tpd: "tokens / day" };
+const WINDOWS = ["rpm", "tpm", "utpm", "rpd", "tpd"];
+const WINDOW_LABELS = {
+  rpm: "requests / min", tpm: "tokens / min", utpm: "uncached tokens / min", rpd: "requests / day", tpd: "tokens / day",
+};
+// Shown only where it has a limit: most providers have no uncached bucket.
+const OPTIONAL_WINDOWS = new Set(["utpm"]);
 const COLOURS = ["#e8590c", "#1c7ed6", "#2f9e44", "#ae3ec9", "#f08c00", "#0c8599"];
 
 const $ = (id) => document.getElementById(id);
@@ -180,7 +184,11 @@ function providerCard(provider, receivedAt) {
       cooldown.textContent = state.half_open ? "cooldown over, next request probes" : "no cooldown";
     }
     section.append(cooldown);
-    for (const name of WINDOWS) section.append(gauge(name, state[name], (state.limit_sources || {})[name]));
+    for (const name of WINDOWS) {
+      if (state[name] && (state[name].limit != null || !OPTIONAL_WINDOWS.has(name))) {
+        section.append(gauge(name, state[name], (state.limit_sources || {})[name]));
+      }
+    }
     const reset = new Date(Date.now() + state.day_resets_seconds * 1000);
     section.append(el("p",
       `today: ${fmt(state.tpd.used)} tokens, ${fmt(state.rpd.used)} requests; day resets in ` +
