@@ -410,8 +410,8 @@ class Config:
     # provider is tried, then a 502) and one event of a stream (past it the stream fails).
     max_answer_bytes: int = field(default=32 * 1024 * 1024, validator=_positive)
     max_stream_event_bytes: int = field(default=4 * 1024 * 1024, validator=_positive)
-    # A streaming client whose socket takes no bytes for this long has stopped reading: its
-    # stream ends and the provider's is closed (needs a restart to change, like host and port).
+    # A client that leaves bytes we sent unread (unacknowledged) this long has stopped reading:
+    # its connection ends and with it the provider's stream (needs a restart, like host and port).
     client_stall_timeout_ms: int = field(default=60_000, validator=_positive)
     # Tools only OpenAI's own service runs (web_search, file_search, ...) in a Responses request:
     # "drop" leaves them out (named in the x-trioproxy-dropped-tools header), "refuse" answers 400.
