@@ -67,6 +67,8 @@ def render_table(status: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     if (store := status.get("quota_store") or {}).get("backend") == "redis":
         lines.extend(("", _quota_store_line(store)))
+    if status.get("clients"):
+        lines.extend(("", *_clients_table(status["clients"])))
     reroutes = status.get("reroutes") or {}
     if reroutes:
         lines.append("")
@@ -104,3 +106,28 @@ def _quota_store_line(store: dict[str, Any]) -> str:
     )
     line = f"quota: shared in Redis {store['url']}, {state}, outages {store['outages']}; leases: {held}"
     return f"{line}; this process's shares: {shares}" if shares else line
+
+
+def _clients_table(clients: dict[str, Any]) -> list[str]:
+    """One row per client: weight, usage by provider, tokens, failovers, budgets."""
+    header = ("client", "weight", "requests", "by provider", "prompt", "cached", "completion", "failovers",
+              "over budget", "budgets")
+    rows = [header]
+    for name, client in clients.items():
+        by_provider: Counter[str] = Counter()
+        for providers in client["routes"].values():
+            for provider, usage in providers.items():
+                if provider != "-" and usage["requests"]:
+                    by_provider[provider] += usage["requests"]
+        total = client["total"]
+        budgets = ", ".join(
+            f"{'' if scope == '*' else scope + ' '}{window} {state['used']}/{state['limit']}"
+            for scope, windows in client.get("budgets", {}).items() for window, state in windows.items()
+        )
+        weight = client.get("weight")
+        rows.append((name, "-" if weight is None else f"{weight:g}", str(total["requests"]),
+                     ", ".join(f"{p} {n}" for p, n in sorted(by_provider.items())) or "-",
+                     str(total["prompt_tokens"]), str(total["cached_tokens"]), str(total["completion_tokens"]),
+                     str(total["failovers"]), str(total["over_budget"]), budgets or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

@@ -282,6 +282,27 @@ function renderTraffic(traffic) {
   fillTable("latency", ["p50 / p90 / p99", "last hour", "since start"], latencyRows, "no requests yet");
 }
 
+// One row per client: its weight, requests by provider, tokens, failovers and budgets.
+function renderClients(clients) {
+  const rows = Object.entries(clients || {}).map(([name, c]) => {
+    const byProvider = {};
+    for (const providers of Object.values(c.routes)) {
+      for (const [p, u] of Object.entries(providers)) {
+        if (p !== "-" && u.requests) byProvider[p] = (byProvider[p] || 0) + u.requests;
+      }
+    }
+    const budgets = Object.entries(c.budgets || {}).flatMap(([scope, windows]) =>
+      Object.entries(windows).map(([w, s]) => `${scope === "*" ? "" : scope + " "}${w} ${fmt(s.used)}/${fmt(s.limit)}`));
+    const t = c.total;
+    return [name, c.weight === null ? "-" : c.weight, fmt(t.requests),
+      Object.entries(byProvider).sort().map(([p, n]) => `${p} ${fmt(n)}`).join(", ") || "-",
+      `${fmt(t.prompt_tokens)} (${fmt(t.cached_tokens)} cached) / ${fmt(t.completion_tokens)}`,
+      fmt(t.failovers), fmt(t.over_budget), budgets.join(", ") || "-"];
+  });
+  fillTable("clients", ["client", "weight", "requests", "by provider", "tokens in (cached) / out", "failovers",
+    "over budget", "budgets"], rows, "no clients yet");
+}
+
 let shownRecent = ""; // the newest request shown: an unchanged list is not rebuilt every second
 
 function renderRecent(recent) {
@@ -310,6 +331,7 @@ function render(state) {
   $("uptime").textContent = `up ${duration(state.traffic.now - state.traffic.started)}`;
   renderRoutes(state.routes);
   renderTraffic(state.traffic);
+  renderClients(state.clients);
   renderRecent(state.traffic.recent);
   fillTable("unknown-paths", ["method", "path", "requests"],
     state.refusals.unknown_paths.map((p) => [p.method, p.path, fmt(p.count)]), "none");
