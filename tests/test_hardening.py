@@ -460,8 +460,9 @@ async def test_a_client_that_stops_reading_a_stream_loses_it_and_the_provider_st
     nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy
 ) -> None:
     """Hypercorn's writes wait, unbounded and uncancellable, for a client whose socket takes no
-    bytes; a stall of client_stall_timeout_ms closes the connection and the provider's stream
-    behind it. (Real time: the kernel's socket buffers must fill first.)"""
+    bytes; bytes unacknowledged for client_stall_timeout_ms make the kernel abort the connection
+    (TCP_USER_TIMEOUT), and the provider's stream behind it is closed. (Real time: the kernel's
+    socket buffers must fill first.)"""
 
     chunk = json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
                         "choices": [{"index": 0, "delta": {"content": "w" * 4000}}]}).encode()

@@ -127,7 +127,7 @@ async def test_token_windows_settle_and_survive_the_state_file(mock_clock: trio.
     used = {name: ledger.snapshot("chutes")[name]["used"] for name in names}
     assert used == {"tokens_30d": 1_200, "tokens_2h_fixed": 1_200, "requests_1h_bucket": 1}
     offset = 5_000.0 - trio.current_time()  # the wall clock's lead, as persistence computes it
-    saved = decode_state(encode_state(ledger.export_state(wall_offset=offset)), wall_now=5_000.0)
+    saved, _ = decode_state(encode_state(ledger.export_state(wall_offset=offset)), wall_now=5_000.0)
     fresh = QuotaLedger(config.providers, wall_clock=lambda: 5_000.0)
     assert fresh.import_state(saved, trio_offset=-offset) == 2  # cerebras's account and chutes's
     assert {name: fresh.snapshot("chutes")[name]["used"] for name in names} == used

@@ -15,9 +15,9 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 from attrs import define, field, frozen
@@ -26,6 +26,8 @@ from coredis.exceptions import AuthenticationError, NoScriptError, RedisError, R
 from .redis_client import Client, QuotaStoreError, RedisAccess, explain, open_redis
 
 log = logging.getLogger("trioproxy.quota")
+
+T = TypeVar("T")
 
 SCRIPT = resources.files(__package__).joinpath("ledger.lua").read_text()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
@@ -399,6 +401,18 @@ class QuotaStore:
             await trio.sleep(1.0)
             if self.connected and self.listener is not None:
                 await self.listener.refresh()
+
+    async def commands(self, work: Callable[[Client], Awaitable[T]]) -> T | None:
+        """Run plain Redis commands beside the script (`work` gets the client), under the
+        timeout; None when Redis is down or does not answer in time (an outage is noted)."""
+        if not self.connected or self._client is None:
+            return None
+        try:
+            with trio.fail_after(self._timeout):
+                return await work(self._client)
+        except (RedisError, OSError, trio.TooSlowError) as error:
+            self._went_down(explain(error))
+            return None
 
     def status(self) -> dict[str, Any]:
         return {
