@@ -197,3 +197,22 @@ async def test_the_redis_ledger_settles_token_windows_and_empties_fixed_ones_at_
     assert isinstance(await a.reserve("chutes", 10), SharedReservation)
     await a.refresh()
     assert a.snapshot("chutes")["requests_1h_fixed"]["used"] == 1
+
+
+async def test_shares_book_declared_windows_and_give_back_what_they_did_not_hand_out(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    """Far from a 4-hour window's limit a replica takes a share of it; what the share did not
+    hand out comes back to the window when it is returned."""
+    clock = Clock()
+    (ledger,) = await replicas(nursery, redis, [chutes_account(*four_hour_window(1_000))], clock, count=1)
+    for _ in range(3):
+        assert isinstance(await ledger.reserve("chutes", 10), SharedReservation)
+    await ledger.store.drained()
+    await ledger.refresh()
+    window = ledger.snapshot("chutes")["requests_4h"]
+    assert window["used"] > 3 and window["in_shares"] == window["used"] - 3  # a share was booked
+    ledger.retire()
+    await ledger.store.drained()
+    await ledger.refresh()
+    assert ledger.snapshot("chutes")["requests_4h"] == {"used": 3, "limit": 1_000}
