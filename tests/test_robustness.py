@@ -1231,8 +1231,8 @@ async def test_emulator_faults_at_both_providers(
 async def test_emulator_reset_mid_stream_ends_with_error_event(
     providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A TCP reset after the first event: the client gets an error event and [DONE]."""
-    providers.cerebras.faults = Faults(reset_mid_stream=True, remaining=1)
+    """A TCP reset after the first content: the client gets an error event and [DONE]."""
+    providers.cerebras.faults = Faults(break_after_events=2, remaining=1)
     proxy = await start_proxy(request_timeout_ms=FAULT_TIMEOUT_MS)
     async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
         status, _, body = await stream_chat(client, chat_body())

@@ -24,8 +24,24 @@ class OpenStream:
     upstream: Upstream
     response: httpx.Response
     batches: AsyncIterator[list[str]]
-    first: dict[str, Any]
-    pending: list[str]  # events that arrived in the same read as the first
+    opening: list[dict[str, Any]]  # the events up to the first with content
+    pending: list[str]  # events that arrived in the same read as the first content
+
+
+def carries_content(document: dict[str, Any]) -> bool:
+    """Whether a chunk says anything beyond announcing the assistant's role: text, a tool call,
+    a finish reason or usage. Before such a chunk a failure can still be hidden."""
+    if document.get("usage"):
+        return True
+    for choice in document.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("finish_reason"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and any(value for key, value in delta.items() if key != "role"):
+            return True
+    return False
 
 
 class StreamRelay:
@@ -44,7 +60,7 @@ class StreamRelay:
         failure is raised as a ProxyError; each door ends its stream with its error event.
         """
         done = False
-        first = [self._stream.first]
+        first = list(self._stream.opening)
         try:
             async with aclosing(self._reads()) as reads:
                 async for batch in reads:

@@ -18,7 +18,7 @@ from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failu
 from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
 from .patience import Pace, Patience
-from .relay import OpenStream, StreamRelay
+from .relay import OpenStream, StreamRelay, carries_content
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
 from .tokens import PromptEstimator, requested_completion_tokens
@@ -101,13 +101,13 @@ class Router:
                 batches = upstream.event_batches(response)
                 try:
                     with waiting_on_upstream(record):
-                        first, pending = await self._first_event(upstream, batches)
+                        opening, pending = await self._first_event(upstream, batches)
                 except BaseException:
                     with trio.CancelScope(shield=True):
                         await batches.aclose()  # type: ignore[attr-defined]
                         await response.aclose()
                     raise
-            return StreamRelay(OpenStream(upstream, response, batches, first, pending), settlement)
+            return StreamRelay(OpenStream(upstream, response, batches, opening, pending), settlement)
 
         relay = await self._route(request, record, attempt)
         try:
@@ -144,14 +144,22 @@ class Router:
     @staticmethod
     async def _first_event(
         upstream: Upstream, batches: AsyncIterator[list[str]]
-    ) -> tuple[dict[str, Any], list[str]]:
-        """The first event (an error there fails over) and the rest of its read."""
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The events up to the first that carries content, and the rest of its read.
+
+        Events before content (a role announcement) are held back with it: an error event
+        among them raises, and the next provider serves as after a status.
+        """
+        opening: list[dict[str, Any]] = []
         async for batch in batches:
-            data, rest = batch[0], batch[1:]
-            if data.strip() == DONE:
-                break
-            return upstream.event(data), rest  # an error event raises: the next provider serves
-        raise protocol_failure(upstream.name, "stream ended before its first event")
+            for position, data in enumerate(batch):
+                if data.strip() == DONE:
+                    raise protocol_failure(upstream.name, "stream ended before its first content")
+                document = upstream.event(data)  # an error event raises: the next provider serves
+                opening.append(document)
+                if carries_content(document):
+                    return opening, batch[position + 1 :]
+        raise protocol_failure(upstream.name, "stream ended before its first content")
 
     async def _route(
         self,
