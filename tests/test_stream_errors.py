@@ -68,8 +68,9 @@ async def test_a_server_error_event_before_content_does_not_cool_down(
 async def test_an_error_event_after_content_ends_with_the_doors_error_event(
     providers: Providers, start_proxy: StartProxy, door: str, kind: str
 ) -> None:
+    """With continuation off, nothing hides a failure once content went out."""
     providers.cerebras.faults = Faults(error_after_events=3, stream_error=kind, remaining=1)
-    proxy = await start_proxy()
+    proxy = await start_proxy(max_continuations=0)
 
     answer = await door_answer(door, proxy)
 

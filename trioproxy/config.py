@@ -20,6 +20,9 @@ from .logs import FORMATS, LEVELS
 from .quota.redis_target import TlsFileError, parse_redis_url, tls_context
 
 
+CONTINUATIONS = ("prefill-vllm", "prefix", "restart", "off")  # how a provider finishes a broken stream
+
+
 class ConfigError(Exception):
     """A setting is wrong; the message is one line naming the key and its source."""
 
@@ -173,6 +176,11 @@ class ProviderConfig(PerModel):
     # the provider writes a completion, and how long until its first token arrives.
     output_tokens_per_second: float = field(default=100.0, validator=_between(0.1, 100_000))
     time_to_first_token_ms: int = field(default=1_000, validator=_between(0, 600_000))
+    # How this provider finishes an answer another provider broke off mid-stream: given the
+    # partial answer as a final assistant message it continues it ("prefill-vllm": vLLM/SGLang's
+    # continue_final_message; "prefix": DeepSeek/Mistral's prefix flag), it answers again and
+    # only what extends the sent text passes ("restart"), or it does not ("off").
+    continuation: str = field(default="restart", validator=_one_of(*CONTINUATIONS))
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -272,6 +280,9 @@ class Config:
     first_event_timeout_ms: int = field(default=60_000, validator=_positive)
     answer_timeout_ms: int = field(default=600_000, validator=_positive)
     stream_idle_timeout_ms: int = field(default=60_000, validator=_positive)
+    # How many times one stream may be finished by another provider after its own broke off
+    # with content already sent (0: never; the stream ends with the door's error event).
+    max_continuations: int = field(default=2, validator=_between(0, 10))
     cooldown_period_ms: int = field(default=300_000, validator=_positive)
     # Backoff after a "busy right now" refusal (Cerebras queue_exceeded, Chutes at capacity or
     # without instances) that names no time of its own: not a quota matter, so short.
@@ -447,6 +458,7 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "FIRST_EVENT_TIMEOUT": (("first_event_timeout_ms",), int),
     "ANSWER_TIMEOUT": (("answer_timeout_ms",), int),
     "STREAM_IDLE_TIMEOUT": (("stream_idle_timeout_ms",), int),
+    "MAX_CONTINUATIONS": (("max_continuations",), int),
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "STATE_FILE": (("state_file",), str),

@@ -101,7 +101,7 @@ async def build_runtime(
     max_wait_seconds = config.max_wait_ms / 1000
     routers = {
         name: Router(ups, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
-                     config.honour_retry_after, health, name, max_wait_seconds)
+                     config.honour_retry_after, health, name, max_wait_seconds, config.max_continuations)
         for name, ups in routes.items()
     }
     if previous is not None:

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import trio
-from attrs import define
+from attrs import Factory, define
 
 
 @define
@@ -35,6 +35,8 @@ class RouteRecord:
     upstream_seconds: float = 0.0  # time spent waiting on providers, to tell the proxy's own overhead
     waited_seconds: float = 0.0  # time patience held the request for a provider's quota
     waited_why: str = ""  # e.g. "patience: rpm 1.8 s"
+    # Streams another provider finished: (the provider that broke off, why), in order.
+    continuations: list[tuple[str, str]] = Factory(list)
 
 
 @contextmanager

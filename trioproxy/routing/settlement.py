@@ -28,24 +28,28 @@ class Settlement:
     reservation: Reservation
     record: RouteRecord
     on_usage: Callable[[int], None] | None = None  # told the completion tokens, to learn speeds
-    settled: bool = False
+    settled: tuple[int, int] | None = None  # the (prompt, completion) tokens booked, once settled
+    usage: dict[str, Any] | None = None  # the provider's usage block, when it sent one
 
     async def from_usage(self, document: dict[str, Any]) -> bool:
         """Settle and teach the estimator if `document` carries usage; whether it did."""
         usage = usage_tokens(document)
         if usage is None:
             return False
+        self.usage = document["usage"]
         self.record.prompt_tokens, self.record.completion_tokens = usage
         await self.ledger.settle(self.reservation, sum(usage))
         self.estimator.learn(self.record.prompt_estimate, usage[0])
         if self.on_usage is not None:
             self.on_usage(usage[1])
-        self.settled = True
+        self.settled = usage
         return True
 
-    async def from_estimate(self, completion_tokens: int) -> None:
-        """Without usage, settle the estimated prompt plus what was seen of the completion."""
-        if not self.settled:
+    async def from_estimate(self, completion_tokens: int) -> tuple[int, int]:
+        """Without usage, settle the estimated prompt plus what was seen of the completion; the
+        (prompt, completion) tokens booked either way."""
+        if self.settled is None:
             prompt = round(self.record.prompt_estimate * self.estimator.ratio)
             await self.ledger.settle(self.reservation, prompt + completion_tokens)
-            self.settled = True
+            self.settled = (prompt, completion_tokens)
+        return self.settled
