@@ -458,7 +458,6 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "FIRST_EVENT_TIMEOUT": (("first_event_timeout_ms",), int),
     "ANSWER_TIMEOUT": (("answer_timeout_ms",), int),
     "STREAM_IDLE_TIMEOUT": (("stream_idle_timeout_ms",), int),
-    "MAX_CONTINUATIONS": (("max_continuations",), int),
     "COOLDOWN_PERIOD": (("cooldown_period_ms",), int),
     "MAX_BODY_BYTES": (("max_body_bytes",), int),
     "STATE_FILE": (("state_file",), str),

@@ -24,6 +24,8 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
         served.model, route.provider, served.stream, served.status, reason,
         route.prompt_tokens, route.completion_tokens, latency, first_byte, overhead,
     )
+    for broke_off, why in route.continuations:
+        metrics.continued(broke_off, why)
     history.observe(served, reason, latency, first_byte)
     if not log.isEnabledFor(logging.INFO):
         return
@@ -31,7 +33,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     router = runtime.routers.get(served.model, runtime.router)
     quota = " ".join(filter(None, (ledger.summary(upstream.quota_key) for upstream in router.upstreams)))
     log.info(
-        "request %s api=%s provider=%s reason=%r route=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s quota: %s",
+        "request %s api=%s provider=%s reason=%r route=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s%s quota: %s",
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
@@ -44,5 +46,6 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
         latency * 1000,
         route.waited_seconds * 1000,
         f" waited_for={route.waited_why!r}" if route.waited_why else "",
+        f" continued_from={','.join(name for name, _ in route.continuations)}" if route.continuations else "",
         quota or "-",
     )
