@@ -1,6 +1,6 @@
 """Real coding-agent CLIs, one-shot, against `trioproxy --demo`: does each get through a tool step?
 
-Installs Codex CLI, Claude Code, Qwen Code and opencode with npm under a temporary folder,
+Installs Codex CLI, Claude Code, Gemini CLI, Qwen Code and opencode with npm under a temporary folder,
 starts `python -m trioproxy --demo` on a free port, and runs each CLI once, non-interactively,
 in a fresh working folder (one small file in it) with a fresh HOME, asking it to list the files.
 The demo's emulated model calls the first tool the CLI offers, with arguments that satisfy the
@@ -14,14 +14,15 @@ answer was; trioproxy's request log lines say what the proxy served meanwhile. O
 
 `ok` means: exit status 0 within the timeout, at least one tool result went back to the model,
 a final text answer, no error event, and at least two requests served by the proxy with none
-refused. Codex CLI talks the Responses API (`/v1/responses`) and Claude Code the Anthropic
-Messages API (`/v1/messages`); they fail until trioproxy serves those paths.
+refused. Codex CLI talks the Responses API (`/v1/responses`), Claude Code the Anthropic
+Messages API (`/v1/messages`) and Gemini CLI Google's Gemini API
+(`/v1beta/models/...:streamGenerateContent`).
 
 Traffic stays on loopback: the CLIs get telemetry, update checks and error reporting switched
 off, and HTTP(S)_PROXY points at a closed local port (NO_PROXY lets 127.0.0.1 through), so a
 CLI that still tries to reach the internet fails fast instead. Not run in CI.
 
-    .venv/bin/python bench/agents.py                       # all four, latest versions
+    .venv/bin/python bench/agents.py                       # all five, latest versions
     .venv/bin/python bench/agents.py --only qwen,opencode  # a subset
     .venv/bin/python bench/agents.py --version codex=0.171.0 --keep   # pin; keep the folder
 """
@@ -97,31 +98,16 @@ def codex_command(run: Run) -> tuple[list[str], dict[str, str]]:
     (codex_home / "config.toml").write_text(f'''\
 model = "{MODEL}"
 model_provider = "trioproxy"
-approval_policy = "never"
-sandbox_mode = "workspace-write"
-check_for_update_on_startup = false
-# The hosted web_search tool is OpenAI's own; trioproxy refuses hosted tools.
-web_search = "disabled"
-
-[analytics]
-enabled = false
-
-[feedback]
-enabled = false
-
-[history]
-persistence = "none"
 
 [model_providers.trioproxy]
-name = "trioproxy demo"
+name = "trioproxy"
 base_url = "{run.base_url}"
-wire_api = "responses"
 env_key = "TRIOPROXY_API_KEY"
-request_max_retries = 0
-stream_max_retries = 0
+wire_api = "responses"
 ''')
-    argv = ["exec", "--json", "--skip-git-repo-check", "--ephemeral", PROMPT]
-    return argv, {"CODEX_HOME": str(codex_home), "TRIOPROXY_API_KEY": "sk-demo"}
+    # The README's one-shot command, word for word.
+    argv = ["exec", "--json", "--skip-git-repo-check", "-s", "workspace-write", PROMPT]
+    return argv, {"CODEX_HOME": str(codex_home), "TRIOPROXY_API_KEY": "anything"}
 
 
 def codex_judge(events: list[dict[str, Any]]) -> Outcome:
@@ -186,6 +172,34 @@ def stream_json_judge(events: list[dict[str, Any]]) -> Outcome:
     return Outcome(tools, final, errors)
 
 
+def gemini_command(run: Run) -> tuple[list[str], dict[str, str]]:
+    """Gemini CLI with its API-key sign-in pointed at trioproxy, as the README sets it up."""
+    settings = run.home / ".gemini" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"security": {"auth": {"selectedType": "gemini-api-key"}}}))
+    env = {"GOOGLE_GEMINI_BASE_URL": run.base_url.removesuffix("/v1"), "GEMINI_API_KEY": "sk-demo",
+           "GEMINI_MODEL": MODEL, "GEMINI_CLI_TRUST_WORKSPACE": "true"}
+    return ["-p", PROMPT, "--output-format", "stream-json"], env
+
+
+def gemini_judge(events: list[dict[str, Any]]) -> Outcome:
+    """Gemini CLI's `stream-json`: tool_use / tool_result by tool_id, assistant text deltas, a result."""
+    names: dict[str, str] = {}
+    tools, final, errors = [], "", []
+    for event in events:
+        kind = event.get("type")
+        if kind == "tool_use":
+            names[event.get("tool_id", "")] = event.get("tool_name", "?")
+        elif kind == "tool_result":
+            tools.append(names.get(event.get("tool_id", ""), "?"))
+            final = ""  # the answer is the text after the last tool step
+        elif kind == "message" and event.get("role") == "assistant":
+            final += event.get("content") or ""
+        elif kind == "error" or (kind == "result" and event.get("status") != "success"):
+            errors.append(json.dumps(event.get("error") or event)[:300])
+    return Outcome(tools, final, errors)
+
+
 def opencode_command(run: Run) -> tuple[list[str], dict[str, str]]:
     """opencode with an OpenAI-compatible provider (bundled @ai-sdk/openai-compatible)."""
     config = {"$schema": "https://opencode.ai/config.json", "autoupdate": False,
@@ -221,6 +235,7 @@ AGENTS = {
     "codex": Agent("codex", "@openai/codex", "codex", codex_command, codex_judge),
     "claude": Agent("claude-code", "@anthropic-ai/claude-code", "claude", claude_command,
                     stream_json_judge),
+    "gemini": Agent("gemini-cli", "@google/gemini-cli", "gemini", gemini_command, gemini_judge),
     "qwen": Agent("qwen-code", "@qwen-code/qwen-code", "qwen", qwen_command, stream_json_judge),
     "opencode": Agent("opencode", "opencode-ai", "opencode", opencode_command, opencode_judge),
 }

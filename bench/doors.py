@@ -1,5 +1,6 @@
 """The cost of each front door's translation: the same small request through Chat Completions,
-the Responses API and the Messages API, one after the other at concurrency 1 (used by overhead.py).
+the Responses API, the Messages API and the Gemini API, one after the other at concurrency 1
+(used by overhead.py).
 
 The upstream answers every door's request with the same chat completion or stream, so what
 differs between rows is the door's parsing and its re-framing of the answer.
@@ -33,17 +34,27 @@ def _messages(stream: bool) -> dict:
             "system": SYSTEM, "messages": [{"role": "user", "content": USER}]}
 
 
-# door -> (path, body builder, what the end of a complete stream contains)
-DOORS: dict[str, tuple[str, Callable[[bool], dict], bytes]] = {
-    "chat": ("/v1/chat/completions", _chat, b"data: [DONE]"),
-    "responses": ("/v1/responses", _responses, b"event: response.completed"),
-    "messages": ("/v1/messages", _messages, b"event: message_stop"),
+def _gemini(stream: bool) -> dict:
+    return {"systemInstruction": {"parts": [{"text": SYSTEM}]}, "contents": [{"role": "user", "parts": [{"text": USER}]}],
+            "generationConfig": {"maxOutputTokens": 512, "temperature": 0.2}}
+
+
+def _gemini_path(stream: bool) -> str:
+    return "/v1beta/models/qwen-3-coder:" + ("streamGenerateContent?alt=sse" if stream else "generateContent")
+
+
+# door -> (path for plain or stream, body builder, what the end of a complete stream contains)
+DOORS: dict[str, tuple[Callable[[bool], str], Callable[[bool], dict], bytes]] = {
+    "chat": (lambda stream: "/v1/chat/completions", _chat, b"data: [DONE]"),
+    "responses": (lambda stream: "/v1/responses", _responses, b"event: response.completed"),
+    "messages": (lambda stream: "/v1/messages", _messages, b"event: message_stop"),
+    "gemini": (_gemini_path, _gemini, b'"finishReason"'),
 }
 
 
 def _p50_ms(host: str, port: int, door: str, stream: bool, duration: float, api_key: str) -> tuple[float, int]:
     path, body, end = DOORS[door]
-    result = asyncio.run(loadgen.run_load(host, port, path, json.dumps(body(stream)).encode(), api_key=api_key,
+    result = asyncio.run(loadgen.run_load(host, port, path(stream), json.dumps(body(stream)).encode(), api_key=api_key,
                                           stream=stream, concurrency=1, duration=duration, stream_end=end))
     return loadgen.percentile(result.latencies, 50) * 1000, result.errors
 
@@ -55,7 +66,7 @@ def measure(host: str, port: int, rounds: int, duration: float, api_key: str) ->
     names = list(DOORS)
     for round_ in range(rounds):
         for stream in (False, True):
-            for door in names[round_ % 3:] + names[:round_ % 3]:
+            for door in names[round_ % len(names):] + names[:round_ % len(names)]:
                 p50, failed = _p50_ms(host, port, door, stream, duration, api_key)
                 samples.setdefault((door, stream), []).append(p50)
                 errors += failed

@@ -674,7 +674,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--litellm-streams", action="store_true",
                         help="also measure LiteLLM's RSS with the open streams (slow)")
     parser.add_argument("--no-doors", action="store_true",
-                        help="skip the per-door rows (Chat Completions, Responses, Messages at concurrency 1)")
+                        help="skip the per-door rows (Chat Completions, Responses, Messages, Gemini at concurrency 1)")
     parser.add_argument("--dashboard", nargs="?", const="chromium", choices=("chromium", "poll"),
                         help=f"add the target {DASHBOARD_TARGET}: trioproxy with its dashboard open in headless "
                              "chromium, or (poll) only polled once a second as the page does")

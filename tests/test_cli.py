@@ -128,7 +128,7 @@ async def test_check_config_prints_redacted_json(tmp_path: Path) -> None:
     assert settings["port"] == 4567
     assert settings["host"] == "0.0.0.0"
     assert settings["chutes"]["requests_per_minute"] == 40
-    assert settings["cerebras"]["model"] == "qwen-3-coder-480b"
+    assert settings["cerebras"]["model"][0] == "gpt-oss-120b"  # candidates, today's first
     assert settings["cerebras"]["api_key"] == "<set>"
     assert settings["chutes"]["api_key"] != "<set>"
 
@@ -345,7 +345,7 @@ async def test_status_finds_the_proxy_from_the_settings(tmp_path: Path, start_pr
     port = proxy.base_url.rsplit(":", 1)[1].removesuffix("/v1")  # type: ignore[attr-defined]
     from_env = await run(["status"], tmp_path, scrubbed_env(PORT=port, HOST="0.0.0.0", PROXY_API_KEYS="client-secret"))
     assert from_env.returncode == 0, from_env.stderr
-    assert from_env.stdout.splitlines()[0].split()[:2] == ["provider", "account"]
+    assert from_env.stdout.splitlines()[0].split()[:2] == ["provider", "model"]
     config = tmp_path / "config.toml"
     config.write_text(f'port = {port}\nclient_api_keys = ["client-secret"]\n')
     from_file = await run(["--config", str(config), "status", "--json"], tmp_path)

@@ -99,7 +99,8 @@ def test_defaults_equal_the_original_design(tmp_path: Path) -> None:
     assert config.request_timeout_ms == 30_000
     assert config.cooldown_period_ms == 300_000
     cerebras, chutes = config.cerebras, config.chutes
-    assert cerebras.model == "qwen-3-coder-480b"
+    # Candidates: today's catalogue first, the original model kept last for accounts that list it.
+    assert cerebras.model[0] == "gpt-oss-120b" and cerebras.model[-1] == "qwen-3-coder-480b"
     assert cerebras.base_url == "https://api.cerebras.ai/v1"
     assert (cerebras.requests_per_minute, cerebras.tokens_per_minute, cerebras.tokens_per_day) == (
         12,
@@ -107,7 +108,8 @@ def test_defaults_equal_the_original_design(tmp_path: Path) -> None:
         19_200_000,
     )
     assert cerebras.api_key == ""
-    assert chutes.model == "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
+    assert chutes.model[0] == "Qwen/Qwen3-Coder-Next-TEE"
+    assert chutes.model[-1] == "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
     assert chutes.base_url == "https://llm.chutes.ai/v1"
     assert chutes.api_key == ""
     assert [p.name for p in config.providers] == ["cerebras", "chutes"]
@@ -154,7 +156,7 @@ def test_toml_values_apply(tmp_path: Path) -> None:
     assert config.proxy_model_name == "coder"
     assert (config.request_timeout_ms, config.cooldown_period_ms, config.max_body_bytes) == (5000, 60000, 1024)
     assert config.cerebras.base_url == "http://cerebras.internal/v1"
-    assert config.cerebras.model == "qwen-3-coder-other"
+    assert config.cerebras.model == ("qwen-3-coder-other",)
     assert (config.cerebras.requests_per_minute, config.cerebras.tokens_per_minute) == (3, 1000)
     assert config.cerebras.tokens_per_day == 50000
     assert config.cerebras.adaptation.drop_fields == ("store",)
@@ -162,7 +164,7 @@ def test_toml_values_apply(tmp_path: Path) -> None:
     assert config.cerebras.adaptation.strip_tool_strict is True
     assert config.cerebras.adaptation.allowed_tool_choice == ("auto", "none")
     assert config.chutes.base_url == "https://chutes.example/v1"
-    assert config.chutes.model == "Qwen/Other"
+    assert config.chutes.model == ("Qwen/Other",)
     assert config.chutes.requests_per_minute == 30
     assert config.chutes.request_stream_usage is True
 
@@ -182,6 +184,8 @@ def _value_for(name: str, kind: type, variant: int) -> str:
         return ("redis", "memory")[variant]
     if name == "REDIS_OUTAGE":
         return ("refuse", "local")[variant]
+    if name == "HOSTED_TOOLS":
+        return ("refuse", "drop")[variant]
     if name.endswith("_BASE_URL"):
         return f"http://10.0.0.{variant + 1}:8{variant}/v1"
     if kind is int:
@@ -240,6 +244,21 @@ def test_env_var_names_of_the_original_design() -> None:
         assert ENV_VARS[name][0] == path, name
 
 
+def test_model_settings_take_one_id_or_a_list_of_candidates(tmp_path: Path) -> None:
+    """`model` is one id or candidates in order, in the file (providers and route providers) and
+    in the original environment names (a comma list); an empty list or id is refused by key."""
+    config = load(tmp_path, toml='[cerebras]\nmodel = ["a", "b"]\n[[models]]\nname = "m"\n'
+                                 'providers = [{ provider = "chutes", model = "c" }, { provider = "cerebras" }]\n')
+    assert config.cerebras.model == ("a", "b")
+    assert [entry.model for entry in config.models[0].providers] == [("c",), None]
+    assert load(tmp_path, environ={"CEREBRAS_MODEL_NAME": "x, y"}).cerebras.model == ("x", "y")
+    assert load(tmp_path, environ={"CHUTES_MODEL_NAME": "Qwen/One"}).chutes.model == ("Qwen/One",)
+    for toml, key in (('[chutes]\nmodel = []\n', "chutes.model"), ('[chutes]\nmodel = [""]\n', "chutes.model"),
+                      ('[chutes]\nmodel = [1]\n', "chutes.model")):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: "):
+            load(tmp_path, toml=toml)
+
+
 def test_precedence_file_then_dotenv_then_environment(tmp_path: Path) -> None:
     """A key set in all three places takes the environment's value; .env beats the file."""
     toml = 'port = 1111\nhost = "10.1.1.1"\nproxy_model_name = "from-file"\n'
@@ -265,7 +284,7 @@ def test_dotenv_is_read_with_quotes_export_and_comments(tmp_path: Path) -> None:
     assert config.cerebras.api_key == "csk-dotenv-key"
     assert config.chutes.api_key == "cpk_dotenv key with spaces"
     assert config.port == 4545
-    assert config.chutes.model == "Qwen/From-Dotenv"
+    assert config.chutes.model == ("Qwen/From-Dotenv",)
     assert config.log_level == "DEBUG"
 
 
@@ -441,7 +460,7 @@ def test_redacted_never_contains_key_values(tmp_path: Path) -> None:
     assert tree["cerebras"]["api_key"] == "<set>"
     assert tree["chutes"]["api_key"] == "<set>"
     assert tree["port"] == config.port
-    assert tree["cerebras"]["model"] == config.cerebras.model
+    assert tuple(tree["cerebras"]["model"]) == config.cerebras.model
     unset = redacted(load(tmp_path))
     assert unset["cerebras"]["api_key"] != "<set>"
     assert unset["chutes"]["api_key"] != "<set>"

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from live_proxy import LiveProxy, chromium, live_proxy
-from test_routes import CEREBRAS_OSS, CHUTES_OSS, OSS, QWEN, ROUTES
+from test_routes import CEREBRAS_OSS, CEREBRAS_QWEN, CHUTES_OSS, CHUTES_QWEN, OSS, QWEN, ROUTES, list_only, qwen_settings
 from test_routing import PROXY_MODEL, chat
 from trioproxy.testing.emulator import Faults
 
@@ -153,9 +153,9 @@ def test_every_route_shows_its_providers_per_model_windows_and_a_missing_model(p
     """Two routes on one Cerebras key: a block per route with its own per-model quota windows and
     its requests; when Cerebras stops listing one route's model, that route's Cerebras card says
     the model is missing while the other route's Cerebras stays up."""
-    with live_proxy(models=ROUTES, health_check_interval_ms=100) as proxy:
-        proxy.call(proxy.providers.cerebras.more_models.append, CEREBRAS_OSS)
-        proxy.call(proxy.providers.chutes.more_models.append, CHUTES_OSS)
+    with live_proxy(models=ROUTES, health_check_interval_ms=100, **qwen_settings()) as proxy:
+        proxy.call(list_only, proxy.providers.cerebras, CEREBRAS_QWEN, CEREBRAS_OSS)
+        proxy.call(list_only, proxy.providers.chutes, CHUTES_QWEN, CHUTES_OSS)
         page.goto(proxy.root_url + "/")
         qwen, oss = (page.locator(f'section.route[data-route="{name}"]') for name in (QWEN, OSS))
         expect(page.locator("#model")).to_have_text(f"models {QWEN}, {OSS}")
@@ -174,6 +174,6 @@ def test_every_route_shows_its_providers_per_model_windows_and_a_missing_model(p
         proxy.call(proxy.providers.cerebras.more_models.remove, CEREBRAS_OSS)
         missing = oss.locator('article[data-provider="cerebras"]')
         expect(missing.locator(".badge")).to_have_text("model missing")
-        expect(missing).to_contain_text(f"model {CEREBRAS_OSS}: not offered here")
+        expect(missing).to_contain_text(f"models {CEREBRAS_OSS}: none offered here")
         expect(oss.locator('article[data-provider="chutes"] .badge')).to_have_text("up")
         expect(qwen.locator('article[data-provider="cerebras"] .badge')).to_have_text("up")

@@ -12,6 +12,9 @@ import trio.testing
 from attrs import define
 
 from trioproxy.testing.emulator import (
+    CEREBRAS_MODEL,
+    CEREBRAS_MODELS,
+    CHUTES_MODELS,
     DEFAULT_RESERVED_COMPLETION,
     EmulatedProvider,
     Faults,
@@ -83,7 +86,7 @@ async def test_models_lists_the_model_and_needs_auth(nursery: trio.Nursery) -> N
         unauthorised = await client.get("/models", headers={"authorization": "Bearer nope"})
         missing = await client.get("/nowhere")
     assert listing["object"] == "list"
-    assert [m["id"] for m in listing["data"]] == ["Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"]
+    assert [m["id"] for m in listing["data"]] == list(CHUTES_MODELS)  # today's catalogue
     assert "supported_features" in listing["data"][0]
     assert unauthorised.status_code == 401 and "detail" in unauthorised.json()
     assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
@@ -99,7 +102,7 @@ async def test_cerebras_wrong_key_gives_flat_401(nursery: trio.Nursery) -> None:
     assert response.status_code == 401
     assert response.json() == {"message": "Wrong API Key", "type": "invalid_request_error",
                                "param": "api_key", "code": "wrong_api_key"}
-    assert models["data"][0]["id"] == "qwen-3-coder-480b"
+    assert [m["id"] for m in models["data"]] == list(CEREBRAS_MODELS)
     assert provider.received_headers[0]["authorization"] == "Bearer csk-wrong"
     assert provider.served == 0
 
@@ -116,7 +119,7 @@ async def test_cerebras_completion_shape_and_usage(nursery: trio.Nursery) -> Non
     prompt = max(1, len(json.dumps(MESSAGES, separators=(",", ":"))) // 4)
     assert response.status_code == 200
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
-    assert body["model"] == "qwen-3-coder-480b"
+    assert body["model"] == CEREBRAS_MODEL
     assert body["choices"] == [{"index": 0, "finish_reason": "stop",
                                 "message": {"role": "assistant", "content": text}}]
     assert text.startswith("Hello from emulated cerebras.")
@@ -249,7 +252,7 @@ async def test_cerebras_rejects_and_chutes_accepts(nursery: trio.Nursery, param:
 
 async def test_cerebras_rejects_lone_surrogate_and_bad_json(nursery: trio.Nursery) -> None:
     provider = cerebras()
-    raw = ('{"model": "qwen-3-coder-480b", "messages": '
+    raw = ('{"model": "gpt-oss-120b", "messages": '
            '[{"role": "user", "content": "broken \\ud800 text"}]}')
     async with await start(nursery, provider) as client:
         surrogate = await client.post("/chat/completions", content=raw,
@@ -276,11 +279,19 @@ async def test_cerebras_context_length_exceeded(nursery: trio.Nursery) -> None:
     assert fits.status_code == 200
 
 
-async def test_unknown_model_is_404(nursery: trio.Nursery) -> None:
-    provider = cerebras()
+async def test_unknown_model_is_404_and_a_retired_one_503_on_cerebras(nursery: trio.Nursery) -> None:
+    """Cerebras answers a retired id with 503 (as it did for qwen-3-coder-480b), an id it never
+    had with 404; Chutes answers both with its 404."""
+    provider, other = cerebras(), chutes()
     async with await start(nursery, provider) as client:
-        response = await post(client, {"model": "llama-3.3-70b", "messages": MESSAGES})
-    assert response.status_code == 404 and response.json()["code"] == "model_not_found"
+        unknown = await post(client, {"model": "no-such-model", "messages": MESSAGES})
+        retired = await post(client, {"model": "qwen-3-coder-480b", "messages": MESSAGES})
+    async with await start(nursery, other) as client:
+        gone = await post(client, {"model": "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8", "messages": MESSAGES})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "model_not_found"
+    assert retired.status_code == 503 and "qwen-3-coder-480b" in retired.json()["message"]
+    assert gone.status_code == 404 and gone.json() == {"detail": "model not found: Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"}
+    assert provider.served == other.served == 0
 
 
 # --------------------------------------------------------------------------- limits

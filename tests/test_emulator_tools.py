@@ -117,15 +117,31 @@ async def offered_arguments(nursery: trio.Nursery, parameters: dict[str, Any]) -
 
 async def test_every_offered_schema_gets_arguments_it_accepts(nursery: trio.Nursery) -> None:
     provider = chutes()
+    tools = [tool(name, schema) for name, schema in SCHEMAS.items()]
+    async with await start(nursery, provider) as client:
+        for name, schema in SCHEMAS.items():
+            body = {"model": provider.model, "messages": [{"role": "user", "content": "Do it."}], "tools": tools,
+                    "tool_choice": {"type": "function", "function": {"name": name}}}
+            [call] = (await post(client, body)).json()["choices"][0]["message"]["tool_calls"]
+            assert call["function"]["name"] == name
+            assert_valid(call["function"]["arguments"], schema)
+
+
+@pytest.mark.parametrize(("parallel", "called"), [
+    pytest.param(None, ["shell"], id="first-tool"),
+    pytest.param(False, ["shell"], id="no-parallel-first-tool"),
+    pytest.param(True, ["shell", "types"], id="parallel-first-two"),
+])
+async def test_which_offered_tools_are_called(nursery: trio.Nursery, parallel: bool | None, called: list[str]) -> None:
+    """One tool, the first offered; the first two when parallel calls are allowed, never every
+    one (an agent offering a dozen tools would get a dozen calls at once)."""
+    provider = chutes()
     body = {"model": provider.model, "messages": [{"role": "user", "content": "Do it all."}],
             "tools": [tool(name, schema) for name, schema in SCHEMAS.items()],
-            "parallel_tool_calls": True}
+            **({} if parallel is None else {"parallel_tool_calls": parallel})}
     async with await start(nursery, provider) as client:
-        response = (await post(client, body)).json()
-    calls = response["choices"][0]["message"]["tool_calls"]
-    assert [call["function"]["name"] for call in calls] == list(SCHEMAS)
-    for call in calls:
-        assert_valid(call["function"]["arguments"], SCHEMAS[call["function"]["name"]])
+        calls = (await post(client, body)).json()["choices"][0]["message"]["tool_calls"]
+    assert [call["function"]["name"] for call in calls] == called
 
 
 @pytest.mark.parametrize(("parameters", "expected"), [

@@ -28,9 +28,10 @@ async def wait_for_health(proxy: Proxy, condition: Callable[[dict[str, Any]], bo
 async def test_a_model_the_provider_stopped_listing_is_skipped(
     providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """When Cerebras no longer lists its model, requests go to Chutes and no chat is wasted on it."""
+    """When Cerebras lists none of its candidate models, requests go to Chutes and no chat is
+    wasted on it; when it lists one again, it serves."""
     caplog.set_level(logging.INFO)
-    providers.cerebras.model = "some-other-model"
+    providers.cerebras.model, providers.cerebras.more_models = "some-other-model", []
     proxy = await start_proxy(health_check_interval_ms=20)
     state = await wait_for_health(proxy, lambda s: s["model_offered"] is False)
     assert state["usable"] is False and "not listed" in state["last_error"]
@@ -39,7 +40,7 @@ async def test_a_model_the_provider_stopped_listing_is_skipped(
     assert providers.cerebras.received == [] and providers.chutes.served == 1
     await trio.testing.wait_all_tasks_blocked()  # the request line is written after the response
     assert "reason='fallback: model_missing'" in caplog.text
-    providers.cerebras.model = proxy.config.cerebras.model
+    providers.cerebras.model = proxy.config.cerebras.model[-1]  # the last candidate is as good
     await wait_for_health(proxy, lambda s: s["model_offered"] is True and s["usable"])
     async with client_for(proxy) as client:
         assert (await post(client, chat())).status_code == 200
@@ -101,7 +102,7 @@ async def test_a_provider_without_the_model_gets_no_request_even_when_the_other_
     """Its own list says it lacks the model: a request there is a sure "no such model", so when
     Chutes fails the client gets Chutes's error and Cerebras is never asked."""
     caplog.set_level(logging.INFO)
-    providers.cerebras.model = "some-other-model"
+    providers.cerebras.model, providers.cerebras.more_models = "some-other-model", []
     proxy = await start_proxy(health_check_interval_ms=20)
     await wait_for_health(proxy, lambda s: s["model_offered"] is False)
     providers.chutes.faults.status = 500  # a failure that sets no cooldown: each request reaches Chutes

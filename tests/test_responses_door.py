@@ -136,7 +136,6 @@ async def test_a_failure_after_the_first_byte_ends_in_response_failed(start_prox
         pytest.param({"model": MODEL, "input": "hi", "previous_response_id": "resp_1"}, 400, "no conversation state", id="previous-response"),
         pytest.param({"model": MODEL, "input": "hi", "store": True}, 400, "store", id="store-true"),
         pytest.param({"model": MODEL, "input": "hi", "background": True}, 400, "background", id="background"),
-        pytest.param({"model": MODEL, "input": "hi", "tools": [{"type": "web_search"}]}, 400, "hosted tool", id="hosted-tool"),
         pytest.param({"model": MODEL, "input": [{"type": "item_reference", "id": "x"}]}, 400, "item_reference", id="item-reference"),
         pytest.param({"model": MODEL}, 400, "input", id="input-missing"),
         pytest.param({"model": MODEL, "input": 3}, 400, "input", id="input-number"),

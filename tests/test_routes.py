@@ -2,6 +2,7 @@
 catalogue that moves (models the provider stops listing are skipped, and come back)."""
 
 import logging
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from trioproxy.config import Config, ModelRoute, RouteProvider, keyless_route
 from trioproxy.errors import ProxyError
 from trioproxy.providers.upstream import UpstreamFailure
 from trioproxy.status_table import render_table
+from trioproxy.supervisor import run_proxy
+from trioproxy.testing import emulator
 
 QWEN = "qwen-3-coder"
 OSS = "gpt-oss-120b"
@@ -35,6 +38,49 @@ ROUTES = (
     ModelRoute(QWEN, (on("cerebras"), on("chutes")), aliases=("claude-*",)),
     ModelRoute(OSS, (on("cerebras", CEREBRAS_OSS), on("chutes", CHUTES_OSS)), aliases=("oss", "gpt-oss-*")),
 )
+
+
+# These tests route between two models of one catalogue: the original Qwen3-Coder ids as the
+# providers' own models (one candidate each) and gpt-oss. Today's catalogues are
+# test_catalogues.py's business.
+CEREBRAS_QWEN = "qwen-3-coder-480b"
+CHUTES_QWEN = "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
+
+
+@pytest.fixture
+async def providers(nursery: trio.Nursery) -> Providers:
+    """Emulators listing only the Qwen3-Coder ids (more are added by `two_models`)."""
+    cerebras, chutes = emulator.cerebras(model=CEREBRAS_QWEN), emulator.chutes(model=CHUTES_QWEN)
+    return Providers(cerebras, chutes, await nursery.start(emulator.serve, cerebras),
+                     await nursery.start(emulator.serve, chutes))
+
+
+def list_only(provider: emulator.EmulatedProvider, model: str, *more: str) -> None:
+    """Make an emulator list (and serve) exactly these models."""
+    provider.model, provider.more_models = model, list(more)
+
+
+def qwen_settings(**overrides: Any) -> dict[str, Any]:
+    """`proxy_config` overrides with the Qwen3-Coder ids as the providers' own models."""
+    for name, model in (("cerebras", CEREBRAS_QWEN), ("chutes", CHUTES_QWEN)):
+        overrides[name] = {"model": model, **overrides.get(name, {})}
+    return overrides
+
+
+def qwen_config(providers: Providers, **overrides: Any) -> Config:
+    return proxy_config(providers, **qwen_settings(**overrides))
+
+
+@pytest.fixture
+def start_proxy(nursery: trio.Nursery, providers: Providers) -> StartProxy:
+    """conftest's start_proxy on `qwen_config`."""
+
+    async def start(**overrides: Any) -> Proxy:
+        config = qwen_config(providers, **overrides)
+        shutdown = trio.Event()
+        return Proxy(await nursery.start(run_proxy, config, shutdown), config, shutdown)
+
+    return start
 
 
 @pytest.fixture
@@ -90,10 +136,10 @@ async def test_two_routes_on_one_cerebras_key_keep_separate_per_model_windows(
     assert [p["served_since_start"]["requests"] for p in route_status(document, OSS)["providers"]] == [2, 1]
     assert route_status(document, QWEN)["served_since_start"] == 3
     table = render_table(document).splitlines()
-    assert table[0].split()[:3] == ["route", "provider", "account"]
-    assert [row.split()[:3] for row in table[1:5]] == [
-        [QWEN, "cerebras", "cerebras"], [QWEN, "chutes", "chutes"],
-        [OSS, "cerebras", "cerebras:gpt-oss-120b"], [OSS, "chutes", "chutes:openai/gpt-oss-120b"],
+    assert table[0].split()[:4] == ["route", "provider", "model", "account"]
+    assert [row.split()[:4] for row in table[1:5]] == [
+        [QWEN, "cerebras", CEREBRAS_QWEN, "cerebras"], [QWEN, "chutes", CHUTES_QWEN, "chutes"],
+        [OSS, "cerebras", CEREBRAS_OSS, "cerebras:gpt-oss-120b"], [OSS, "chutes", CHUTES_OSS, "chutes:openai/gpt-oss-120b"],
     ]
 
 
@@ -265,8 +311,8 @@ def test_without_routes_the_original_variables_make_the_one_route(tmp_path: Path
     (route,) = config.routes
     assert route.name == "coder" and route.aliases == ("claude-*", "gpt-4o")
     cerebras, chutes = config.route_providers(route)
-    assert (cerebras.name, cerebras.model, cerebras.requests_per_minute) == ("cerebras", "qwen-3.8-27b", 7)
-    assert (chutes.name, chutes.model) == ("chutes", "Qwen/Other")
+    assert (cerebras.name, cerebras.model, cerebras.requests_per_minute) == ("cerebras", ("qwen-3.8-27b",), 7)
+    assert (chutes.name, chutes.model) == ("chutes", ("Qwen/Other",))
     assert config.route_providers(route)[0] == config.cerebras  # the provider's settings, untouched
 
 
@@ -291,7 +337,7 @@ providers = [
     assert [route.name for route in config.routes] == ["qwen-3-coder", "gpt-oss-120b"]
     oss = config.route_providers(config.routes[1])
     assert [p.name for p in oss] == ["cerebras"]  # chutes has no key: not serving
-    assert oss[0].model == "gpt-oss-120b" and oss[0].tokens_per_minute == 240_000
+    assert oss[0].model == ("gpt-oss-120b",) and oss[0].tokens_per_minute == 240_000
     assert oss[0].requests_per_minute == 12  # inherited from [cerebras]
     assert oss[0].adaptation.strip_tool_strict is False and oss[0].adaptation.drop_fields == ()
 
@@ -353,10 +399,12 @@ async def test_probe_goes_with_check_config(tmp_path: Path) -> None:
 async def test_check_config_probe_says_which_providers_offer_each_routes_model(
     two_models: Providers, tmp_path: Path
 ) -> None:
-    """`--check-config --probe` asks each key's /models and prints per route who offers its model."""
+    """`--check-config --probe` asks each key's /models and prints per route which model each key
+    would serve, and a [[models]] block with what every key offers."""
     two_models.cerebras.more_models.remove(CEREBRAS_OSS)
     config = tmp_path / "config.toml"
-    config.write_text(f'[cerebras]\nbase_url = "{two_models.cerebras_url}"\n[chutes]\nbase_url = "{two_models.chutes_url}"\n'
+    config.write_text(f'[cerebras]\nbase_url = "{two_models.cerebras_url}"\nmodel = "{CEREBRAS_QWEN}"\n'
+                      f'[chutes]\nbase_url = "{two_models.chutes_url}"\nmodel = "{CHUTES_QWEN}"\n'
                       + _route(QWEN, '{ provider = "cerebras" }, { provider = "chutes" }')
                       + _route(OSS, f'{{ provider = "cerebras", model = "{CEREBRAS_OSS}" }}, '
                                     f'{{ provider = "chutes", model = "{CHUTES_OSS}" }}')
@@ -369,10 +417,15 @@ async def test_check_config_probe_says_which_providers_offer_each_routes_model(
     assert "cerebras key 2: no answer (401" in out
     assert "chutes key 1 offers: Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8, openai/gpt-oss-120b" in out
     sections = {block.splitlines()[0]: block for block in out.split("\n\n")[1:]}
-    assert "offered (key 1)" in sections[f"route {QWEN}"].splitlines()[1]
+    assert f"serves key 1: {CEREBRAS_QWEN}" in sections[f"route {QWEN}"].splitlines()[1]
     oss = sections[f"route {OSS}"].splitlines()
-    assert "NOT OFFERED" in oss[1] and "offered (key 1)" in oss[2]
-    assert "no provider offers this model today" in sections["route gone"]
+    assert "NOT OFFERED" in oss[1] and f"serves key 1: {CHUTES_OSS}" in oss[2]
+    block = oss[oss.index("  [[models]]"):]
+    assert block == ["  [[models]]", f'  name = "{OSS}"', "  providers = [",
+                     f'    {{ provider = "chutes", model = ["{CHUTES_OSS}"] }},', "  ]"]
+    pinned = tomllib.loads("\n".join(line.strip() for line in block))  # ready to paste
+    assert pinned["models"][0]["providers"] == [{"provider": "chutes", "model": [CHUTES_OSS]}]
+    assert "no provider offers any of its models today" in sections["route gone"]
     assert "csk-wrong" not in out + result.stderr
 
 
@@ -380,7 +433,7 @@ async def test_a_reload_adds_a_route_and_keeps_the_quota_of_the_one_that_stays(
     two_models: Providers, mock_clock: trio.testing.MockClock
 ) -> None:
     """Start with the original single route, reload with two: Qwen's counts stay, gpt-oss appears."""
-    config = proxy_config(two_models, cerebras={"requests_per_minute": 2})
+    config = qwen_config(two_models, cerebras={"requests_per_minute": 2})
     async with reloadable_proxy(config) as (proxy, send_reloads):
         async with client_for(proxy) as client:
             assert (await post(client, chat(model=QWEN))).status_code == 200

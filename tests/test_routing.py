@@ -133,7 +133,7 @@ def served(providers: Providers) -> tuple[int, int]:
 async def test_normal_request_is_served_by_cerebras_under_its_own_model_id(
     providers: Providers, proxy: Proxy
 ) -> None:
-    """A plain request goes to Cerebras as `qwen-3-coder-480b` and comes back as `qwen-3-coder`."""
+    """A plain request goes to Cerebras as the first candidate its catalogue lists and comes back as `qwen-3-coder`."""
     async with client_for(proxy) as client:
         response = await post(client, chat())
     assert response.status_code == 200
@@ -146,7 +146,7 @@ async def test_normal_request_is_served_by_cerebras_under_its_own_model_id(
 
 
 async def test_chutes_receives_its_own_model_id(providers: Providers, proxy: Proxy) -> None:
-    """When Chutes serves, it is asked for `Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8`."""
+    """When Chutes serves, it is asked for the first candidate its catalogue lists."""
     providers.cerebras.faults = Faults(status=503)
     async with client_for(proxy) as client:
         response = await post(client, chat())

@@ -22,13 +22,15 @@ async def test_status_reports_quota_traffic_and_reroutes(providers: Providers, s
         status = (await client.get(proxy.base_url + "/status")).json()
     cerebras, chutes = status["providers"]
     assert cerebras["name"] == "cerebras" and cerebras["usable"] is True
+    # The first candidate the emulated catalogue lists serves; the candidates come along.
+    assert cerebras["model"] == "gpt-oss-120b" and cerebras["candidates"] == list(proxy.config.cerebras.model)
     assert cerebras["accounts"]["cerebras"]["rpm"] == {"used": 2, "limit": 2}
     assert cerebras["served_since_start"]["requests"] == 2
     assert chutes["served_since_start"]["requests"] == 1
     assert cerebras["served_since_start"]["completion_tokens"] > 0
     assert status["reroutes"] == {"fallback: rpm": 1}
     table = render_table(status)
-    assert re.search(r"^cerebras\s+cerebras\s+yes\s+-\s+2/2\b", table, re.MULTILINE), table
+    assert re.search(r"^cerebras\s+gpt-oss-120b\s+cerebras\s+yes\s+-\s+2/2\b", table, re.MULTILINE), table
     assert "fallback: rpm x1" in table
 
 
@@ -43,7 +45,7 @@ async def test_status_command_prints_the_table(start_proxy: StartProxy) -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
-    assert lines[0].split()[:3] == ["provider", "account", "usable"]
+    assert lines[0].split()[:4] == ["provider", "model", "account", "usable"]
     assert [line.split()[0] for line in lines[1:3]] == ["cerebras", "chutes"]
 
 

@@ -15,7 +15,7 @@ import trio
 from . import __version__, daemon
 from . import catalogue
 from .config import Config, ConfigError, keyless_route, load_config, redacted, secrets
-from .demo import show_demo_banner
+from .demo import demo_choices, show_demo_banner
 from .errors import found_in
 from .logs import configure_logging
 from .quota.persist import default_state_path
@@ -42,14 +42,14 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="trioproxy",
-        description="OpenAI-compatible proxy for Qwen3-Coder: Cerebras while it has quota, Chutes otherwise.",
+        description="A proxy for coding agents (model qwen-3-coder): Cerebras while it has quota, Chutes otherwise.",
     )
     parser.add_argument("--config", type=Path, metavar="PATH", help="TOML settings file (see config.toml.example)")
     parser.add_argument("--host", metavar="HOST", help="address to listen on (wins over HOST and the file)")
     parser.add_argument("--port", type=int, metavar="PORT", help="port to listen on (wins over PORT and the file)")
     parser.add_argument("--demo", action="store_true", help="run against built-in emulated providers; no keys needed")
     parser.add_argument("--check-config", action="store_true", help="validate the settings, print them with secrets redacted, and exit")
-    parser.add_argument("--probe", action="store_true", help="with --check-config: ask each provider key which models it offers and print, per route, which providers offer its model (exit 1 if a route has none)")
+    parser.add_argument("--probe", action="store_true", help="with --check-config: also do what `trioproxy models` does")
     parser.add_argument("--daemon", action="store_true", help="detach and run in the background (foreground is the default)")
     parser.add_argument("--pidfile", type=Path, metavar="PATH", help=f"write the pid here (default with --daemon: {default_pidfile()})")
     parser.add_argument("--log-file", type=Path, metavar="PATH", help=f"append logs here (default with --daemon: {default_log_file()})")
@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default=None, help="the proxy's address (default: from HOST/PORT/--config, else http://127.0.0.1:3000)")
     status.add_argument("--key", default=None, help="an operator or client key, when the proxy requires one (default: $OPERATOR_API_KEY, $PROXY_API_KEY, then the settings' own keys)")
     status.add_argument("--json", action="store_true", help="print the raw JSON instead of a table")
+    commands.add_parser("models", help="ask each provider key which models it offers today, say which serves each route, and print a ready [[models]] block (exit 1 if a route has none)")
     stop_command = commands.add_parser("stop", help="stop a trioproxy started with --daemon (SIGTERM, then wait)")
     # SUPPRESS: `trioproxy --pidfile X stop` keeps the X given before the command.
     stop_command.add_argument("--pidfile", type=Path, default=argparse.SUPPRESS, help=f"default {default_pidfile()}")
@@ -146,12 +147,12 @@ def _output(text: str) -> None:
 
 
 def _probe(config: Config) -> int:
-    """Ask the providers which models each key offers; 1 when a route has no provider for its model."""
+    """Ask the providers which models each key offers; 1 when a route has no provider for any of its models."""
     if not any(provider.keys for provider in config.providers):
         print(NO_KEYS, file=sys.stderr)
         return EXIT_USAGE
     text, every_route_served = catalogue.report(config, trio.run(catalogue.list_every_key, config))
-    print(text)
+    _output(text)
     return 0 if every_route_served else 1
 
 
@@ -159,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "status":
         return _status(args)
+    if args.command == "models":
+        try:
+            return _probe(_load(args))
+        except ConfigError as error:
+            print(f"trioproxy: {error}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "stop":
         try:
             _output(daemon.stop(args.pidfile or default_pidfile(), args.timeout))
@@ -220,7 +227,8 @@ def _demo_banner(config: Config, detached: bool, pidfile: Path | None) -> Callab
     (a daemon's log file, JSON lines), with the way to stop that fits."""
     stop = f"trioproxy stop --pidfile {pidfile}" if detached and pidfile else "Ctrl-C"
     as_log = detached or config.log_format == "json"
-    return lambda base_url: show_demo_banner(base_url, config.routes[0].name, stop, as_log)
+    served_by = demo_choices(config)
+    return lambda base_url: show_demo_banner(base_url, config.routes[0].name, served_by, stop, as_log)
 
 
 def _serve_workers(config: Config, workers: int, config_path: Path | None, report: Callable[[bytes], None] | None) -> int:

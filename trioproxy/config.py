@@ -7,9 +7,9 @@ directory, the process environment. Every refusal names the key and where its va
 import os
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NewType
 
 import attrs
 import cattrs
@@ -99,6 +99,24 @@ def _url(instance: object, attribute: attrs.Attribute, value: str) -> None:
         raise _InvalidValue(attribute, f"must start with http:// or https://, got {value!r}")
 
 
+# Model ids in order of preference; a setting may give one id (a string) or a list.
+Candidates = NewType("Candidates", tuple[str, ...])
+
+
+def candidates(value: str | Iterable[str]) -> Candidates:
+    """A model setting as candidates in order of preference: one id, or a list of ids."""
+    return Candidates((value,) if isinstance(value, str) else tuple(value))
+
+
+def _optional_candidates(value: str | Iterable[str] | None) -> Candidates | None:
+    return None if value is None else candidates(value)
+
+
+def _model_ids(instance: object, attribute: attrs.Attribute, value: Candidates | None) -> None:
+    if value is not None and (not value or not all(value)):
+        raise _InvalidValue(attribute, "must name at least one model, and no empty id")
+
+
 @frozen
 class Adaptation:
     """Rewrites a request needs before this provider accepts it (Cerebras is strict)."""
@@ -162,7 +180,8 @@ class PerModel:
 class ProviderConfig(PerModel):
     name: str
     base_url: str = field(validator=_url)
-    model: str
+    # Candidates in order of preference: the first one the provider's `GET /models` lists serves.
+    model: Candidates = field(converter=candidates, validator=_model_ids)
     api_key: str = field(default="", repr=False)
     # Several keys of one provider: each has its own quota; the one with most headroom is used.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -197,7 +216,8 @@ class RouteProvider(PerModel):
     """
 
     provider: str
-    model: str | None = None  # the provider's own `model` when unset
+    # Candidates as for a provider's `model`; the provider's own list when unset.
+    model: Candidates | None = field(default=None, converter=_optional_candidates, validator=_model_ids)
     adaptation: Adaptation | None = None
 
     def applied_to(self, provider: ProviderConfig) -> ProviderConfig:
@@ -217,26 +237,47 @@ class ModelRoute:
     aliases: tuple[str, ...] = ()
 
 
-def quota_name(provider: ProviderConfig, model: str) -> str:
-    """The ledger's name for a provider's quota on `model` (the provider's limits are per model).
+def quota_name(provider: ProviderConfig, models: tuple[str, ...]) -> str:
+    """The ledger's name for a provider's quota on the candidates `models` (limits are per model).
 
-    The provider's own model keeps the plain provider name, so settings without routes keep
-    their account names (and saved state); other models add theirs: `cerebras:gpt-oss-120b`.
+    The provider's own candidates keep the plain provider name, so settings without routes keep
+    their account names (and saved state); other lists add their first id: `cerebras:gpt-oss-120b`.
+    One name per list, not per chosen model: the account stays put when the choice moves.
     """
-    return provider.name if model == provider.model else f"{provider.name}:{model}"
+    return provider.name if models == provider.model else f"{provider.name}:{models[0]}"
+
+
+# The default candidates: the best coding models each provider offers, in order of preference.
+# Catalogues move every few months, so these are only where the prober starts looking: the
+# first id a key's `GET /models` lists serves. Today's ids come first, best for coding first;
+# ids seen in earlier catalogues follow; the original Qwen3-Coder ids stay last, for accounts
+# that still list them.
+CEREBRAS_MODELS = (
+    "gpt-oss-120b",  # listed in every 2026 snapshot; the largest, with a 131k context
+    "qwen-3.8-27b",  # listed since October 2026; a 65k context
+    "zai-glm-4.7",  # Cerebras's named replacement for Qwen3-Coder 480B; reported retired
+    "gemma-4-31b",  # listed mid-2026
+    "qwen-3-coder-480b",  # retired 2025-11-05
+)
+CHUTES_MODELS = (
+    "Qwen/Qwen3-Coder-Next-TEE",  # Qwen's coder, 262k context
+    "Qwen/Qwen3.5-397B-A17B-TEE",  # exact id unconfirmed: a larger general Qwen
+    "Qwen/Qwen3.8-27B-TEE",  # exact id unconfirmed
+    "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8",  # the original; no longer listed
+)
 
 
 def _default_cerebras() -> ProviderConfig:
     return ProviderConfig(
         name="cerebras",
         base_url="https://api.cerebras.ai/v1",
-        model="qwen-3-coder-480b",
+        model=CEREBRAS_MODELS,
         requests_per_minute=12,
         tokens_per_minute=132_000,
         tokens_per_day=19_200_000,
         max_completion_tokens_cap=16_384,
         context_window=131_072,
-        # Cerebras announced Qwen3-Coder 480B at about 2,000 tokens/s; first tokens come in
+        # Cerebras serves its large models at about 2,000 tokens/s or more; first tokens come in
         # well under a second.
         output_tokens_per_second=2_000.0,
         time_to_first_token_ms=300,
@@ -253,7 +294,7 @@ def _default_chutes() -> ProviderConfig:
     return ProviderConfig(
         name="chutes",
         base_url="https://llm.chutes.ai/v1",
-        model="Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8",
+        model=CHUTES_MODELS,
         request_stream_usage=True,
         # A GPU deployment shared by many users: tens of tokens/s, first tokens after seconds.
         output_tokens_per_second=50.0,
@@ -299,6 +340,9 @@ class Config:
     state_file: str = "auto"
     state_save_interval_ms: int = field(default=5_000, validator=_positive)
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
+    # Tools only OpenAI's own service runs (web_search, file_search, ...) in a Responses request:
+    # "drop" leaves them out (named in the x-trioproxy-dropped-tools header), "refuse" answers 400.
+    hosted_tools: str = field(default="drop", validator=_one_of("drop", "refuse"))
     # On SIGTERM/SIGINT, requests and streams in flight get this long to finish; streams still
     # running then end with an SSE error event and [DONE].
     shutdown_grace_ms: int = field(default=30_000, validator=_positive)
@@ -423,7 +467,7 @@ def _check_routes(config: Config) -> None:
             quota = quota_name(providers[entry.provider], used.model)
             earlier = limits.setdefault(quota, (index, used))
             if _quota_settings(earlier[1]) != _quota_settings(used):
-                raise _InvalidKey(key, f"{entry.provider} model {used.model!r} has other limits in route "
+                raise _InvalidKey(key, f"{entry.provider} model {', '.join(used.model)!r} has other limits in route "
                                        f"{config.models[earlier[0]].name!r}; one model has one quota")
 
 
@@ -466,19 +510,20 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "REDIS_SENTINEL_PASSWORD": (("redis_sentinel_password",), str),
     "REDIS_OUTAGE": (("redis_outage",), str),
     "MAX_WAIT_MS": (("max_wait_ms",), int),
+    "HOSTED_TOOLS": (("hosted_tools",), str),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
     "OPERATOR_API_KEYS": (("operator_api_keys",), tuple),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
     "CEREBRAS_API_KEYS": (("cerebras", "api_keys"), tuple),
     "CEREBRAS_BASE_URL": (("cerebras", "base_url"), str),
-    "CEREBRAS_MODEL_NAME": (("cerebras", "model"), str),
+    "CEREBRAS_MODEL_NAME": (("cerebras", "model"), tuple),  # one id or a comma list of candidates
     "CEREBRAS_REQUESTS_PER_MINUTE": (("cerebras", "requests_per_minute"), int),
     "CEREBRAS_TOKENS_PER_MINUTE": (("cerebras", "tokens_per_minute"), int),
     "CEREBRAS_TOKENS_PER_DAY": (("cerebras", "tokens_per_day"), int),
     "CHUTES_API_KEY": (("chutes", "api_key"), str),
     "CHUTES_API_KEYS": (("chutes", "api_keys"), tuple),
     "CHUTES_BASE_URL": (("chutes", "base_url"), str),
-    "CHUTES_MODEL_NAME": (("chutes", "model"), str),
+    "CHUTES_MODEL_NAME": (("chutes", "model"), tuple),
 }
 
 SECRET_KEYS = frozenset({"api_key", "api_keys", "client_api_keys", "operator_api_keys", "redis_url", "redis_sentinel_password"})
@@ -502,6 +547,7 @@ def _strict_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(
         lambda kind: kind == tuple[str, ...], lambda value, _: _string_tuple(value)
     )
+    converter.register_structure_hook(Candidates, lambda value, _: _model_setting(value))
     return converter
 
 
@@ -509,6 +555,15 @@ def _string_tuple(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise TypeError("expected a list of strings")
     return tuple(value)
+
+
+def _model_setting(value: Any) -> Candidates:
+    if isinstance(value, str):
+        return candidates(value)
+    try:
+        return candidates(_string_tuple(value))
+    except TypeError:
+        raise TypeError("expected a model id or a list of model ids") from None
 
 
 _CONVERTER = _strict_converter()

@@ -34,32 +34,54 @@ class DemoProviders:
 
 
 async def start_demo_providers(nursery: trio.Nursery, config: Config) -> DemoProviders:
-    """Start both emulators in `nursery`, serving the models `config` names."""
-    cerebras = emulator.cerebras(model=config.cerebras.model, more_models=_route_models(config, "cerebras"),
+    """Start both emulators in `nursery`, listing today's catalogues (and the models `config` asks for)."""
+    listed = demo_catalogues(config)
+    cerebras = emulator.cerebras(model=listed["cerebras"][0], more_models=listed["cerebras"][1:],
                                  **REAL_CEREBRAS_LIMITS)
-    chutes = emulator.chutes(model=config.chutes.model, more_models=_route_models(config, "chutes"))
+    chutes = emulator.chutes(model=listed["chutes"][0], more_models=listed["chutes"][1:])
     cerebras_url = await nursery.start(emulator.serve, cerebras)
     chutes_url = await nursery.start(emulator.serve, chutes)
     return DemoProviders(cerebras_url, cerebras.api_key, chutes_url, chutes.api_key)
 
 
-def _route_models(config: Config, provider: str) -> list[str]:
-    """The other models the routes ask of `provider`, so its emulator serves them too."""
-    own = getattr(config, provider).model
-    wanted = (entry.model for route in config.routes for entry in route.providers if entry.provider == provider)
-    return list(dict.fromkeys(model for model in wanted if model is not None and model != own))
+def demo_catalogues(config: Config) -> dict[str, list[str]]:
+    """What each demo emulator's `GET /models` lists: today's catalogue, plus the first candidate
+    of every list of `config` that names none of it, so a route of one's own works in the demo."""
+    listed = {"cerebras": list(emulator.CEREBRAS_MODELS), "chutes": list(emulator.CHUTES_MODELS)}
+    for provider, candidates in _candidate_lists(config):
+        if provider in listed and not set(candidates) & set(listed[provider]):
+            listed[provider].append(candidates[0])
+    return listed
 
 
-def show_demo_banner(base_url: str, model: str, stop: str, as_log: bool) -> None:
-    """What the demo is and a request to try: printed for a terminal, one log line otherwise."""
+def demo_choices(config: Config) -> str:
+    """Which model serves the routes in the demo, e.g. `cerebras gpt-oss-120b, chutes Qwen/...`."""
+    listed = demo_catalogues(config)
+    chosen = (f"{provider} {next(m for m in candidates if m in listed[provider])}"
+              for provider, candidates in _candidate_lists(config) if provider in listed)
+    return ", ".join(dict.fromkeys(chosen))
+
+
+def _candidate_lists(config: Config) -> list[tuple[str, tuple[str, ...]]]:
+    """(provider, candidates) of every route entry, in route order."""
+    everyone = {p.name: p for p in config.providers}
+    return [(entry.provider, entry.applied_to(everyone[entry.provider]).model)
+            for route in config.routes for entry in route.providers]
+
+
+def show_demo_banner(base_url: str, model: str, served_by: str, stop: str, as_log: bool) -> None:
+    """What the demo is and a request to try: printed for a terminal, one log line otherwise.
+
+    `served_by` says which provider model serves `model` (see `demo_choices`)."""
     body = f'{{"model":"{model}","messages":[{{"role":"user","content":"Hello"}}]}}'
     curl = f"curl -s {base_url}/chat/completions -H 'content-type: application/json' -d '{body}'"
     if as_log:
-        log.info("demo: emulated Cerebras and Chutes run inside this process, no keys needed; base URL %s, model %s, any API key; try: %s; stop: %s", base_url, model, curl, stop)
+        log.info("demo: emulated Cerebras and Chutes run inside this process, no keys needed; base URL %s, model %s (served by %s), any API key; try: %s; stop: %s", base_url, model, served_by, curl, stop)
         return
     print(
         "\ntrioproxy demo: emulated Cerebras and Chutes run inside this process; no keys needed.\n"
         f"  base URL: {base_url}   model: {model}   API key: any non-empty string\n"
+        f"  served by: {served_by} (the first candidate each emulated catalogue lists)\n"
         f"  try:  {curl}\n"
         f"  stop: {stop}\n",
         flush=True,

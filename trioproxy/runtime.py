@@ -109,10 +109,11 @@ async def build_runtime(
             before = previous.routers.get(name, previous.router)
             router.estimator.ratio = before.estimator.ratio
             router.patience.carry_over(before.patience)
-    wanted: dict[str, list[str]] = {}
+    wanted: dict[str, list[tuple[str, ...]]] = {}
     for ups in routes.values():
         for u in ups:
-            wanted.setdefault(u.name, []).append(u.config.model)
+            if u.config.model not in wanted.setdefault(u.name, []):
+                wanted[u.name].append(u.config.model)
     prober = HealthProber([upstream(p, None) for p in providers], wanted, health,
                           config.health_check_interval_ms / 1000, config.health_check_failures)
     prober_scope = trio.CancelScope()

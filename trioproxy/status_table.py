@@ -21,11 +21,18 @@ def _window(state: dict[str, Any]) -> str:
     return f"{text} ({remaining} left)" if remaining is not None else text
 
 
+def _model(provider: dict[str, Any]) -> str:
+    """The model serving, or which candidates are all missing."""
+    if provider.get("model"):
+        return str(provider["model"])
+    return "none of " + ", ".join(provider.get("candidates") or ["-"])
+
+
 def render_table(status: dict[str, Any]) -> str:
     """One row per provider account, columns aligned; a route column first when there are several."""
     routes = status.get("routes") or [{"name": status.get("model", "-"), "providers": status["providers"]}]
     several = len(routes) > 1
-    header = ("provider", "account", "usable", "cooldown", "rpm", "tpm", "rpd", "tpd", "served", "last error")
+    header = ("provider", "model", "account", "usable", "cooldown", "rpm", "tpm", "rpd", "tpd", "served", "last error")
     header = ("route", *header) if several else header
     rows = [header]
     for route in routes:
@@ -34,6 +41,7 @@ def render_table(status: dict[str, Any]) -> str:
                 cooldown = f"{state['cooldown_seconds']}s {state['cooldown_reason']}" if state["cooldown_seconds"] else "-"
                 row = (
                     provider["name"],
+                    _model(provider),
                     account,
                     "yes" if provider["usable"] else "no",
                     cooldown,

@@ -81,9 +81,10 @@ async def run_proxy(
 
 
 def _describe(config: Config) -> str:
-    """Each route and its providers, e.g. `qwen-3-coder via cerebras (qwen-3-coder-480b at https://...), chutes (...)`."""
+    """Each route and its providers with their candidate models, e.g.
+    `qwen-3-coder via cerebras (gpt-oss-120b | qwen-3.8-27b at https://...), chutes (...)`."""
     return "; ".join(
-        f"{route.name} via " + ", ".join(f"{p.name} ({p.model} at {p.base_url})" for p in config.route_providers(route))
+        f"{route.name} via " + ", ".join(f"{p.name} ({' | '.join(p.model)} at {p.base_url})" for p in config.route_providers(route))
         for route in config.routes
     )
 

@@ -28,6 +28,9 @@ def optional_bool(body: dict[str, Any], key: str) -> bool:
     return value
 
 
+SSE_CONTENT_TYPE = b"text/event-stream; charset=utf-8"
+
+
 def sse_event(name: str | None, document: Any) -> bytes:
     """One server-sent event; `name` becomes its `event:` line when given."""
     head = b"event: " + name.encode() + b"\n" if name else b""

@@ -1,6 +1,6 @@
 """The OpenAI Chat Completions door: the pipeline's own shape, so translation is nearly nothing."""
 
-from typing import Any
+from typing import Any, ClassVar
 
 from attrs import define
 
@@ -8,7 +8,7 @@ from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from ..routing.models import ModelNames
 from ..routing.request import ChatRequest
-from .body import json_object_body, optional_bool
+from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool
 
 API = "chat"
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -41,6 +41,7 @@ class ChatExchange:
     """One chat request's translation: answers and chunks go out as they came, model renamed."""
 
     request: ChatRequest
+    stream_content_type: ClassVar[bytes] = SSE_CONTENT_TYPE
     client_model: str  # the name the client asked for, put back where the provider wrote its own
     wants_usage: bool
 

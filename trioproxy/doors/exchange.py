@@ -14,6 +14,7 @@ class Exchange(Protocol):
     """One request's translation: the pipeline request in, the client's protocol out."""
 
     request: ChatRequest
+    stream_content_type: bytes  # of the streamed body: server-sent events, or Gemini's JSON array
 
     def answer(self, document: dict[str, Any]) -> dict[str, Any]:
         """A non-streamed chat completion as this protocol's answer."""

@@ -9,7 +9,7 @@ from ..jsoncodec import dump_json
 from ..routing.models import ModelNames
 from ..routing.request import ChatRequest
 from ..routing.tokens import PromptEstimator
-from .body import json_object_body, optional_bool, sse_event, sse_events
+from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool, sse_event, sse_events
 from .chunks import first_choice
 from .messages_stream import MessageStream, message_usage, stop_reason, tool_input
 
@@ -220,6 +220,8 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
 
 class MessagesExchange:
     """One Messages request: the chat request it became, and the message it turns into."""
+
+    stream_content_type = SSE_CONTENT_TYPE
 
     def __init__(self, request: ChatRequest, model: str, stop_sequences: tuple[str, ...]) -> None:
         self.request = request

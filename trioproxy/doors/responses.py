@@ -1,7 +1,9 @@
 """The OpenAI Responses door (`POST /v1/responses`, what Codex CLI speaks), over the chat pipeline.
 
 trioproxy keeps no conversation state, so whatever needs it (`previous_response_id`, stored
-responses, `background`, hosted tools) is refused with a 400 that says so, never dropped.
+responses, `background`) is refused with a 400 that says so, never dropped. Hosted tools
+(`web_search`, ...) that no chat provider runs are left out and named in
+`ChatRequest.dropped_tools` (the server refuses them instead when told to).
 """
 
 import time
@@ -11,9 +13,11 @@ from typing import Any
 from ..errors import ProxyError
 from ..routing.models import ModelNames
 from ..routing.request import ChatRequest
-from .body import json_object_body, optional_bool, sse_events
+from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool, sse_events
 from .chunks import first_choice
+from .responses_input import chat_messages
 from .responses_stream import ResponseStream, incomplete_details, response_usage
+from .responses_tools import ToolNames, chat_tools, function_name
 
 API = "responses"
 _SAMPLING = ("temperature", "top_p", "parallel_tool_calls", "user")
@@ -52,7 +56,9 @@ def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
     unknown = sorted(key for key in body if key not in _ACCEPTED)
     if unknown:
         raise _bad(f"Unsupported parameter: `{unknown[0]}`.", unknown[0])
-    chat: dict[str, Any] = {"model": body["model"], "messages": _messages(body)}
+    names = ToolNames()
+    tools, dropped = chat_tools(body["tools"], names) if body.get("tools") is not None else ([], [])
+    chat: dict[str, Any] = {"model": body["model"], "messages": chat_messages(body, names)}
     if not chat["messages"]:
         raise _bad("`input` must hold at least one message.", "input")
     for key in _SAMPLING:
@@ -63,16 +69,18 @@ def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
         if type(budget) is not int or budget < 1:
             raise _bad("`max_output_tokens` must be a positive integer.", "max_output_tokens")
         chat["max_completion_tokens"] = budget
-    if body.get("tools"):
-        chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
-        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+        choice = _tool_choice(body["tool_choice"], names)
+        if tools:  # a choice among no tools (all were hosted ones, left out) is one a provider refuses
+            chat["tool_choice"] = choice
+    if tools:
+        chat["tools"] = tools
     if (response_format := _response_format(body.get("text"))) is not None:
         chat["response_format"] = response_format
     stream = optional_bool(body, "stream")
     if stream:
         chat["stream"] = True
-    return ResponsesExchange(ChatRequest(chat, stream, route), _echo(body))
+    return ResponsesExchange(ChatRequest(chat, stream, route, tuple(dropped)), _echo(body), names)
 
 
 def _echo(body: dict[str, Any]) -> dict[str, Any]:
@@ -93,115 +101,12 @@ def _echo(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    instructions = body.get("instructions")
-    if instructions is not None:
-        if not isinstance(instructions, str):
-            raise _bad("`instructions` must be a string.", "instructions")
-        messages.append({"role": "system", "content": instructions})
-    items = body.get("input")
-    if isinstance(items, str):
-        return [*messages, {"role": "user", "content": items}]
-    if not isinstance(items, list):
-        raise _bad("`input` is required: a string or an array of items.", "input")
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise _bad(f"`input[{index}]` must be an object.", "input")
-        _append_item(messages, item, index)
-    return messages
-
-
-def _append_item(messages: list[dict[str, Any]], item: dict[str, Any], index: int) -> None:
-    kind = item.get("type", "message")
-    if kind == "message":
-        role = item.get("role")
-        if role not in ("user", "assistant", "system", "developer"):
-            raise _bad(f"`input[{index}].role` must be user, assistant, system or developer.", "input")
-        messages.append({"role": "system" if role == "developer" else role,
-                         "content": _content(item.get("content"), index)})
-    elif kind == "function_call":
-        call = {"id": _string(item, "call_id", index), "type": "function",
-                "function": {"name": _string(item, "name", index), "arguments": _string(item, "arguments", index)}}
-        last = messages[-1] if messages else None
-        if last is not None and last["role"] == "assistant":  # parallel calls, or text then a call
-            last.setdefault("tool_calls", []).append(call)
-        else:
-            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-    elif kind == "function_call_output":
-        output = item.get("output")
-        text = output if isinstance(output, str) else _text_of(_content(output, index))
-        messages.append({"role": "tool", "tool_call_id": _string(item, "call_id", index), "content": text})
-    elif kind == "reasoning":
-        return  # the provider's own thinking, sent back by some clients: not for the next turn
-    elif kind == "item_reference":
-        raise ProxyError(400, "trioproxy keeps no conversation state: `item_reference` items cannot be resolved; send the items themselves.",
-                         code="unsupported_feature", param="input")
-    else:
-        raise ProxyError(400, f"`input[{index}]` is a `{kind}` item, which trioproxy cannot forward: it supports messages, function calls and their outputs.",
-                         code="unsupported_feature", param="input")
-
-
-def _string(item: dict[str, Any], key: str, index: int) -> str:
-    value = item.get(key)
-    if not isinstance(value, str):
-        raise _bad(f"`input[{index}].{key}` must be a string.", "input")
-    return value
-
-
-def _content(content: Any, index: int) -> str | list[dict[str, Any]]:
-    """Responses content (a string or parts) as chat content."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise _bad(f"`input[{index}].content` must be a string or an array of parts.", "input")
-    parts: list[dict[str, Any]] = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("input_text", "output_text", "text", "summary_text") and isinstance(part.get("text"), str):
-            parts.append({"type": "text", "text": part["text"]})
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            parts.append({"type": "text", "text": part["refusal"]})
-        elif kind == "input_image" and isinstance(part.get("image_url"), str):
-            image = {"url": part["image_url"], **({"detail": part["detail"]} if part.get("detail") else {})}
-            parts.append({"type": "image_url", "image_url": image})
-        else:
-            raise ProxyError(400, f"`input[{index}]` has a content part trioproxy cannot forward ({kind!r}); "
-                             "it supports input_text, output_text and input_image with an image_url.",
-                             code="unsupported_feature", param="input")
-    return parts
-
-
-def _text_of(content: str | list[dict[str, Any]]) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content)
-
-
-def _tools(tools: Any) -> list[dict[str, Any]]:
-    if not isinstance(tools, list):
-        raise _bad("`tools` must be an array.", "tools")
-    converted = []
-    for tool in tools:
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind == "namespace":  # a named group of function tools (Codex CLI sends these)
-            converted += _tools(tool.get("tools") or [])
-            continue
-        if kind != "function":
-            raise ProxyError(400, f"trioproxy forwards function tools only; `{kind}` is a hosted tool the provider does not run.",
-                             code="unsupported_feature", param="tools")
-        if not isinstance(tool.get("name"), str):
-            raise _bad("Every function tool needs a `name`.", "tools")
-        function = {key: tool[key] for key in ("name", "description", "parameters", "strict") if tool.get(key) is not None}
-        converted.append({"type": "function", "function": function})
-    return converted
-
-
-def _tool_choice(choice: Any) -> Any:
+def _tool_choice(choice: Any, names: ToolNames) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        return {"type": "function", "function": {"name": choice["name"]}}
+        namespace = choice.get("namespace") if isinstance(choice.get("namespace"), str) else None
+        return {"type": "function", "function": {"name": names.flat(namespace, choice["name"])}}
     raise _bad("`tool_choice` must be auto, none, required or a function by name.", "tool_choice")
 
 
@@ -222,8 +127,11 @@ def _response_format(text: Any) -> dict[str, Any] | None:
 class ResponsesExchange:
     """One Responses request: the chat request it became, and the response object it turns into."""
 
-    def __init__(self, request: ChatRequest, echo: dict[str, Any]) -> None:
+    stream_content_type = SSE_CONTENT_TYPE
+
+    def __init__(self, request: ChatRequest, echo: dict[str, Any], names: ToolNames) -> None:
         self.request = request
+        self._names = names
         self._shell = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
                        "error": None, "incomplete_details": None, **echo}
         self._stream: ResponseStream | None = None
@@ -238,18 +146,18 @@ class ResponsesExchange:
         for call in message.get("tool_calls") or []:
             function = call.get("function") or {}
             output.append({"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call.get("id") or "",
-                           "name": function.get("name") or "", "arguments": function.get("arguments") or "",
-                           "status": "completed"})
+                           **function_name(self._names, function.get("name") or ""),
+                           "arguments": function.get("arguments") or "", "status": "completed"})
         details = incomplete_details(choice.get("finish_reason"))
         return {**self._shell, "status": "incomplete" if details else "completed", "incomplete_details": details,
                 "output": output, "usage": response_usage(document.get("usage"))}
 
     def stream_events(self, documents: list[dict[str, Any]]) -> bytes:
         if self._stream is None:
-            self._stream = ResponseStream(self._shell)
+            self._stream = ResponseStream(self._shell, self._names)
         return sse_events(self._stream.feed(documents))
 
     def stream_end(self, error: ProxyError | None) -> bytes:
-        stream = self._stream or ResponseStream(self._shell)
+        stream = self._stream or ResponseStream(self._shell, self._names)
         return sse_events(stream.end(error))
 

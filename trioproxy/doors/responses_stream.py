@@ -5,6 +5,7 @@ from typing import Any
 
 from ..errors import ProxyError
 from .chunks import ChunkWalker, Event
+from .responses_tools import ToolNames, function_name
 
 
 def incomplete_details(finish_reason: Any) -> dict[str, str] | None:
@@ -30,9 +31,10 @@ def response_usage(usage: Any) -> dict[str, Any] | None:
 class ResponseStream(ChunkWalker):
     """The state of one streamed response: which items are open, and the numbering of events."""
 
-    def __init__(self, shell: dict[str, Any]) -> None:
+    def __init__(self, shell: dict[str, Any], names: ToolNames) -> None:
         super().__init__()
         self._shell = shell
+        self._names = names
         self._sequence = 0
         self._output: list[dict[str, Any]] = []  # items in output order, filled as deltas arrive
         self._text_item: dict[str, Any] | None = None  # the message item still receiving text
@@ -86,7 +88,7 @@ class ResponseStream(ChunkWalker):
             if self._text_item is not None:  # output items are sequential: the text before a call is done
                 events += self._close(self._text_item)
             item = {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call.get("id") or "",
-                    "name": function.get("name") or "", "arguments": "", "status": "in_progress"}
+                    **function_name(self._names, function.get("name") or ""), "arguments": "", "status": "in_progress"}
             self._calls[index] = item
             events += self._add(item)
         fragment = function.get("arguments")

@@ -2,7 +2,8 @@
 are skipped without spending chat requests (or quota) on them.
 
 One probe per provider serves every route: the provider's list is checked for each model the
-routes ask of it.
+routes ask of it. A route asks for candidates in order of preference; the first one the list
+offers serves (`ProviderHealth.choose`), so the choice moves when the provider's catalogue does.
 """
 
 import logging
@@ -29,6 +30,16 @@ class ProviderHealth:
     # at once, until a probe lists them again.
     missing: set[str] = field(factory=set)
     next_probe_at: float | None = None  # clock time of the next probe, once the prober runs
+    # What `choose` gave for each candidate list when the prober last looked: to log changes.
+    chosen: dict[tuple[str, ...], str | None] = field(factory=dict)
+
+    def choose(self, candidates: Sequence[str]) -> str | None:
+        """The first of `candidates` the provider offers; None when it offers none of them.
+
+        Until a probe has answered, the first candidate not known to be missing: a provider
+        that says it does not exist moves the choice to the next one at once.
+        """
+        return next((model for model in candidates if self.offers(model) is not False), None)
 
     def offers(self, model: str) -> bool | None:
         """Whether the provider offers `model`; None while no probe has answered."""
@@ -36,37 +47,40 @@ class ProviderHealth:
             return False
         return None if self.listed is None else model in self.listed
 
-    def usable_for(self, model: str) -> bool:
-        return self.up and self.offers(model) is not False
+    def usable_for(self, candidates: Sequence[str]) -> bool:
+        return self.up and self.choose(candidates) is not None
 
-    def why_not(self, model: str) -> str:
-        return "model_missing" if self.offers(model) is False else "down"
+    def why_not(self, candidates: Sequence[str]) -> str:
+        return "model_missing" if self.choose(candidates) is None else "down"
 
     def mark_missing(self, provider: str, model: str) -> None:
         if model not in self.missing:
             self.missing.add(model)
             log.warning("%s says model %s does not exist; skipped until its model list shows it", provider, model)
 
-    def view(self, model: str) -> dict[str, Any]:
-        """The state operators see for one model of this provider."""
-        offered = self.offers(model)
+    def view(self, candidates: Sequence[str]) -> dict[str, Any]:
+        """The state operators see for one candidate list of this provider: the model chosen
+        (None when none is offered), whether the provider's list shows it, and the candidates."""
+        model = self.choose(candidates)
+        offered = False if model is None else self.offers(model)
         error = self.last_error
-        if not error and offered is False:
-            error = f"model {model} not listed" if model not in self.missing else f"model {model} does not exist"
-        return {"up": self.up, "model_offered": offered, "consecutive_failures": self.consecutive_failures,
-                "last_error": error}
+        if not error and model is None:
+            error = "; ".join(f"model {m} does not exist" if m in self.missing else f"model {m} not listed" for m in candidates)
+        return {"up": self.up, "model": model, "model_offered": offered, "candidates": list(candidates),
+                "consecutive_failures": self.consecutive_failures, "last_error": error}
 
 
 class HealthProber:
     """Probes every provider each `interval` seconds; `failures_to_down` failures in a row mark it down.
 
-    `models` names, per provider, the models the routes want of it (for logging what changed).
+    `models` names, per provider, the candidate lists the routes want of it (to log each
+    list's choice when it is first known and whenever it changes).
     """
 
     def __init__(
         self,
         upstreams: Sequence[Upstream],
-        models: Mapping[str, Sequence[str]],
+        models: Mapping[str, Sequence[tuple[str, ...]]],
         health: dict[str, ProviderHealth],
         interval: float,
         failures_to_down: int,
@@ -100,10 +114,22 @@ class HealthProber:
             return
         if not health.up:
             log.info("%s is up again", upstream.name)
-        for model in self._models.get(upstream.name, ()):
-            before, offered = health.offers(model), model in listed
-            if offered != before and (before is not None or not offered):
-                log.warning("%s %s model %s", upstream.name, "offers" if offered else "does not offer", model)
         health.up, health.listed = True, listed
         health.missing -= listed
         health.consecutive_failures, health.last_error = 0, ""
+        for candidates in self._models.get(upstream.name, ()):
+            _log_choice(upstream.name, candidates, health)
+
+
+def _log_choice(provider: str, candidates: tuple[str, ...], health: ProviderHealth) -> None:
+    """Say which model serves a candidate list, the first time it is known and when it moves."""
+    chosen = health.choose(candidates)
+    if candidates in health.chosen and health.chosen[candidates] == chosen:
+        return
+    health.chosen[candidates] = chosen
+    if chosen is None:
+        log.warning("%s offers none of the models %s: requests skip it", provider, ", ".join(candidates))
+    else:
+        rank = candidates.index(chosen) + 1
+        log.info("%s serves model %s (candidate %d of %d: %s)", provider, chosen, rank, len(candidates),
+                 ", ".join(candidates))

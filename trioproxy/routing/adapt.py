@@ -13,11 +13,12 @@ class Unsupported(Exception):
         self.field = field
 
 
-def adapt_request(body: dict[str, Any], provider: ProviderConfig, stream: bool) -> dict[str, Any]:
-    """A copy of the client's body fit for `provider`; the client's body is never mutated."""
+def adapt_request(body: dict[str, Any], provider: ProviderConfig, model: str, stream: bool) -> dict[str, Any]:
+    """A copy of the client's body fit for `provider`, asking for `model` (the candidate the
+    provider offers); the client's body is never mutated."""
     rules = provider.adaptation
     adapted = {key: value for key, value in body.items() if key not in rules.drop_fields}
-    adapted["model"] = provider.model
+    adapted["model"] = model
     if rules.allowed_tool_choice is not None and "tool_choice" in adapted:
         choice = adapted["tool_choice"]
         if not (isinstance(choice, str) and choice in rules.allowed_tool_choice):

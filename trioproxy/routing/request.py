@@ -20,6 +20,9 @@ class ChatRequest:
     # The route (client-visible model) it resolved to, which picks the providers; every door
     # sets it. The router does not read it: each route has its own router.
     route: str = ""
+    # Tools the door left out because no provider runs them (OpenAI's hosted `web_search`,
+    # ...), by type: named to the client in a response header and in the request's log line.
+    dropped_tools: tuple[str, ...] = ()
 
 
 @define

@@ -197,8 +197,11 @@ class Router:
         last_failure: UpstreamFailure | None = None
         for position, (upstream, skipped_because) in enumerate(order):
             why_not_previous = skipped_because or why_not_previous
+            model = self._health_of(upstream).choose(upstream.config.model)
+            if model is None:  # a failure just now said the last candidate does not exist
+                continue
             try:
-                body = adapt_request(request.body, upstream.config, request.stream)
+                body = adapt_request(request.body, upstream.config, model, request.stream)
             except Unsupported as unsupported:
                 why_not_previous = f"fallback: {unsupported.field}"
                 continue
@@ -231,7 +234,7 @@ class Router:
                 return result
             except UpstreamFailure as failure:
                 last_failure = failure
-                await self._after_failure(upstream, failure, reservation, record)
+                await self._after_failure(upstream, model, failure, reservation, record)
                 if not is_retryable(failure):
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
@@ -249,7 +252,7 @@ class Router:
         it stays a last resort, where an attempt beats a sure error.
         Each comes with the reason the ones before it in preference were passed over, if any.
         """
-        offering = [u for u in self.upstreams if self._health_of(u).offers(u.config.model) is not False]
+        offering = [u for u in self.upstreams if self._health_of(u).choose(u.config.model) is not None]
         up = [u for u in offering if self._health_of(u).up]
         order: list[tuple[Upstream, str | None]] = []
         for upstream in up + [u for u in offering if u not in up]:
@@ -267,11 +270,12 @@ class Router:
         return self.health[upstream.name]
 
     def _model_unavailable(self) -> ProxyError:
-        """A 503 naming the route when no provider offers its model: nothing to try, nothing to spend."""
+        """A 503 naming the route and its candidates when no provider offers any of them:
+        nothing to try, nothing to spend."""
         error = ProxyError(
             503,
-            f"No provider offers the model of `{self.route}` today ("
-            + ", ".join(f"{u.name}: {u.config.model}" for u in self.upstreams)
+            f"No provider offers a model of `{self.route}` today ("
+            + "; ".join(f"{u.name}: {', '.join(u.config.model)}" for u in self.upstreams)
             + "); trioproxy checks their model lists again shortly.",
             type="api_error",
             code="model_unavailable",
@@ -282,16 +286,19 @@ class Router:
         return error
 
     async def _after_failure(
-        self, upstream: Upstream, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord
+        self, upstream: Upstream, model: str, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord
     ) -> None:
         log.warning(
             "request %s: %s failed (%s): %s", REQUEST_ID.get(), upstream.name, failure.label, failure.error.message
         )
-        if failure.model_missing:
-            self._health_of(upstream).mark_missing(upstream.name, upstream.config.model)
-        if failure.status is not None and failure.status < 500:
+        missing = failure.model_missing
+        if missing:
+            self._health_of(upstream).mark_missing(upstream.name, model)
+        if missing or (failure.status is not None and failure.status < 500):
             # A refused request ran nothing; only the request itself counts, not its tokens.
             await self.ledger.settle(reservation, 0)
+        if missing:
+            return  # no cooldown: the key is fine, and the next candidate may serve at once
         backoff = backoff_for(
             failure, self._cooldown_seconds, self._capacity_backoff_seconds, self._honour_retry_after
         )

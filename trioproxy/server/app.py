@@ -9,15 +9,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
+from functools import partial
 from typing import Any
+from urllib.parse import parse_qs
 
 import trio
 
-from ..doors import chat, messages, responses
+from ..doors import chat, gemini, messages, responses
 from ..doors.exchange import Door, Exchange
+from ..doors.responses_tools import refuse_hosted_tools
 from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
+from ..routing.limits import RouteLimits, route_limits
 from ..runtime import Runtime
 from . import operator_views as operator
 from .accounting import finish_request
@@ -46,8 +50,8 @@ DOORS = {
 _ALLOWED = {**{path: "POST" for path in DOORS}, COUNT_TOKENS_PATH: "POST", MODELS_PATH: "GET",
             STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
 OVERHEAD_HEADER = "x-trioproxy-overhead-ms"
-_SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no")]
+DROPPED_TOOLS_HEADER = "x-trioproxy-dropped-tools"  # hosted tools left out of what went upstream
+_STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
 class ClientDisconnected(Exception):
@@ -55,7 +59,8 @@ class ClientDisconnected(Exception):
 
 
 def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
-    """Errors on Anthropic's paths in Anthropic's shape; everywhere else in OpenAI's."""
+    """Errors on Anthropic's paths in Anthropic's shape; everywhere else in OpenAI's (Gemini's
+    paths are told apart before anything can fail)."""
     return messages.error_body if path.startswith("/v1/messages") else chat.error_body
 
 
@@ -79,9 +84,27 @@ class ProxyApp:
             with self.drain.request():
                 await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
-            # Closing before accepting makes Hypercorn answer the upgrade with 403.
-            await receive()
-            await send({"type": "websocket.close", "code": 1008})
+            await self._refuse_websocket(scope, receive, send)
+
+    async def _refuse_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a WebSocket handshake with 426 and an error body: trioproxy speaks HTTP only.
+
+        Codex CLI (with `supports_websockets`) tries `GET /v1/responses` with an Upgrade first; on
+        426 it falls back to HTTP at once, where a 403 costs it five retries (about 6 s).
+        """
+        await receive()  # websocket.connect
+        request_id = request_id_from(header(scope, b"x-request-id"))
+        REQUEST_ID.set(request_id)
+        path = scope["path"]
+        error = ProxyError(426, "trioproxy speaks HTTP only: send this request as an HTTP POST, not over a WebSocket.",
+                           code="websocket_not_supported")
+        log_refusal(request_id, "none", "GET", path, error)
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})  # the server can only answer 403
+            return
+        await send({"type": "websocket.http.response.start", "status": error.status,
+                    "headers": encode_headers({"content-type": "application/json", "x-request-id": request_id})})
+        await send({"type": "websocket.http.response.body", "body": dump_json(_error_shape(path)(error))})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Hypercorn's Trio worker expects a lifespan answer; the supervisor owns real start-up.
@@ -99,7 +122,14 @@ class ProxyApp:
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         runtime = self.runtime
+        shape = _error_shape(path)
         try:
+            query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
+            google_key = header(scope, b"x-goog-api-key")
+            if gemini.owns(path, google_key is not None or "key" in query):
+                shape = gemini.error_body
+                await self._gemini(scope, query, google_key, receive, send, request_id)
+                return
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
             if path.startswith("/v1/") and path != STATUS_PATH:
                 runtime.client_keys.check(authorization, x_api_key)
@@ -134,8 +164,37 @@ class ProxyApp:
             else:
                 raise ProxyError(404, f"Unknown path {path}.", code="not_found")
         except ProxyError as error:
-            log_refusal(request_id, DOORS[path].api if path in DOORS else "none", method, path, error)
-            await _send_error(send, _error_shape(path), error, extra)
+            api = gemini.API if shape is gemini.error_body else DOORS[path].api if path in DOORS else "none"
+            log_refusal(request_id, api, method, path, error)
+            await _send_error(send, shape, error, extra)
+
+    async def _gemini(self, scope: Scope, query: dict[str, list[str]], google_key: str | None, receive: Receive,
+                      send: Send, request_id: str) -> None:
+        """Gemini's paths: the key from `x-goog-api-key` or `?key=` (one of them), then the call."""
+        runtime = self.runtime
+        extra = {"x-request-id": request_id}
+        query_keys = query.get("key", [])
+        if len(query_keys) + (google_key is not None) > 1:
+            raise ProxyError(400, "Send the API key once: in the x-goog-api-key header or in the `key` query "
+                             "parameter, not both.", code="invalid_argument")
+        presented = google_key or next(iter(query_keys), None) or header(scope, b"x-api-key")
+        runtime.client_keys.check(header(scope, b"authorization"), presented)
+        call = gemini.gemini_call(scope["path"])
+        if scope["method"] != call.http_method:
+            raise ProxyError(405, f"Method {scope['method']} is not allowed on {scope['path']}; use {call.http_method}.",
+                             code="method_not_allowed", headers={"allow": call.http_method})
+        if call.method in (gemini.GENERATE, gemini.STREAM):
+            parse = partial(gemini.parse, call=call, sse=query.get("alt") == ["sse"])
+            await self._door(Door(gemini.API, parse, gemini.error_body), scope, receive, send, request_id)
+        elif call.method == gemini.COUNT:
+            raw = await self._read_body(scope, receive)
+            counted = gemini.count_tokens(raw, runtime.models, call, lambda route: runtime.routers[route].estimator)
+            await _send_json(send, 200, counted, extra)
+        elif call.model is None:
+            await _send_json(send, 200, gemini.models_list(runtime.models, _limits(runtime)), extra)
+        else:
+            route = runtime.models.resolve(call.model)
+            await _send_json(send, 200, gemini.model_card(route, _limits(runtime)(route)), extra)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         await send_response(send, 200, self.metrics.render(), CONTENT_TYPE, extra)
@@ -148,6 +207,11 @@ class ProxyApp:
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
             served.stream, served.model = exchange.request.stream, exchange.request.route
+            if dropped := exchange.request.dropped_tools:
+                if runtime.config.hosted_tools == "refuse":
+                    raise refuse_hosted_tools(list(dropped))
+                served.dropped_tools = dropped
+                extra[DROPPED_TOOLS_HEADER] = ", ".join(dropped)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
             await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))
@@ -173,7 +237,8 @@ class ProxyApp:
         async with router.stream(request, served.route) as relay:
             served.status = 200
             served.first_byte_at = trio.current_time()
-            headers = [*encode_headers({OVERHEAD_HEADER: _overhead_ms(served)}), *_SSE_HEADERS, *encode_headers(extra)]
+            headers = [*encode_headers({OVERHEAD_HEADER: _overhead_ms(served)}), (b"content-type", exchange.stream_content_type),
+                       *_STREAM_HEADERS, *encode_headers(extra)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             failure: ProxyError | None = None
             with self.drain.stream() as relaying:
@@ -211,6 +276,11 @@ class ProxyApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _limits(runtime: Runtime) -> Callable[[str], RouteLimits]:
+    """Each route's limits, from the settings of its providers."""
+    return lambda route: route_limits(upstream.config for upstream in runtime.routers[route].upstreams)
 
 
 def _overhead_ms(served: ServedRequest) -> str:

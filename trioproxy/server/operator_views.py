@@ -5,8 +5,9 @@ details need one: an operator key (`operator_api_keys`) if any is set, else a cl
 app checks; see `auth.operator_keys`). Without one, /healthz still answers its status, for load
 balancers and probes, and nothing more.
 
-Each route lists its providers with the model it uses there; the top-level `providers` are the
-first route's, as they were before routes existed.
+Each route lists its providers with the model it uses there (the first of its candidates the
+provider offers) and the candidates; the top-level `providers` are the first route's, as they
+were before routes existed.
 """
 
 from collections.abc import Iterable
@@ -24,10 +25,10 @@ from .metrics import Metrics
 
 def _provider_state(runtime: Runtime, router: Router, upstream: Upstream) -> dict[str, Any]:
     health = router.health[upstream.name]
-    model = upstream.config.model
+    candidates = upstream.config.model
     return {
-        "usable": health.usable_for(model) and not runtime.ledger.in_cooldown(upstream.quota_key),
-        **health.view(model),
+        "usable": health.usable_for(candidates) and not runtime.ledger.in_cooldown(upstream.quota_key),
+        **health.view(candidates),
         "accounts": runtime.ledger.provider_snapshot(upstream.quota_key),
     }
 
@@ -51,7 +52,6 @@ def _route_providers(runtime: Runtime, router: Router, metrics: Metrics) -> list
     return [
         {
             "name": upstream.name,
-            "model": upstream.config.model,
             **_provider_state(runtime, router, upstream),
             "served_since_start": metrics.served(router.route, upstream.name),
         }
@@ -87,8 +87,9 @@ def live_families(runtime: Runtime) -> Iterable[Metric]:
     for name, health_ in {u.name: router.health[u.name] for router, u in quotas.values()}.items():
         up.add_metric((name,), float(health_.up))
     for quota_key, (router, upstream) in quotas.items():
-        model = upstream.config.model
-        offered.add_metric((upstream.name, model), float(router.health[upstream.name].offers(model) is not False))
+        # Labelled with the model chosen, or the first candidate when none is offered.
+        model = router.health[upstream.name].choose(upstream.config.model)
+        offered.add_metric((upstream.name, model or upstream.config.model[0]), float(model is not None))
         for account, state in runtime.ledger.provider_snapshot(quota_key).items():
             cooling.add_metric((upstream.name, account), float(state["cooldown_seconds"] > 0))
             for window in WINDOW_NAMES:

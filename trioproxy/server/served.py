@@ -21,6 +21,7 @@ class ServedRequest:
     started: float = field(factory=trio.current_time)
     first_byte_at: float | None = None  # streams: when the client's 200 went out
     refusal: str = ""  # why it was refused before any provider was asked (bad body, unknown model, ...)
+    dropped_tools: tuple[str, ...] = ()  # hosted tools the door left out
 
     def overhead_seconds(self, until: float) -> float:
         """Time up to `until` that the proxy, not a provider, spent on this request."""

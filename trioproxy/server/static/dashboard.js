@@ -150,11 +150,15 @@ function providerCard(provider, receivedAt) {
   const [badge, kind] = providerBadge(provider);
   head.append(el("span", badge, "badge " + kind));
   card.append(head);
+  const candidates = provider.candidates || [provider.model];
   if (provider.model_offered === false) {
     card.dataset.missing = "";
-    card.append(el("p", `model ${provider.model}: not offered here, requests for this route skip ${provider.name}`, "error missing"));
+    card.append(el("p", `models ${candidates.join(", ")}: none offered here, requests for this route skip ${provider.name}`, "error missing"));
   } else {
-    card.append(el("p", `model ${provider.model}${provider.model_offered ? " (offered)" : ""}`, "muted"));
+    // The model serving now; the other candidates would take over if the catalogue drops it.
+    const others = candidates.filter((model) => model !== provider.model);
+    const rest = others.length ? `; candidates: ${others.join(", ")}` : "";
+    card.append(el("p", `model ${provider.model}${provider.model_offered ? " (offered)" : ""}${rest}`, "muted"));
   }
   if (provider.last_error) card.append(el("p", `last error: ${provider.last_error}`, "error"));
   for (const [account, state] of Object.entries(provider.accounts)) {

@@ -20,7 +20,10 @@ from .answers import completion_text, prompt_tokens
 from .faults import Faults
 from .provider import (
     CEREBRAS_MODEL,
+    CEREBRAS_MODELS,
+    CEREBRAS_RETIRED,
     CHUTES_MODEL,
+    CHUTES_MODELS,
     DEFAULT_RESERVED_COMPLETION,
     EmulatedProvider,
     QuotaRefusal,
@@ -33,7 +36,10 @@ from .windows import DAY_SECONDS
 
 __all__ = [
     "CEREBRAS_MODEL",
+    "CEREBRAS_MODELS",
+    "CEREBRAS_RETIRED",
     "CHUTES_MODEL",
+    "CHUTES_MODELS",
     "DAY_SECONDS",
     "DEFAULT_RESERVED_COMPLETION",
     "EmulatedProvider",

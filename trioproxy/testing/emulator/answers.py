@@ -105,10 +105,15 @@ def _truncate(text: str, cap: int | None, finish: str) -> tuple[str, str, int]:
     return " ".join(words[:cap]), "length", cap
 
 
+PARALLEL_CALLS = 2  # how many tools the emulated model calls at once when it may
+
+
 def _chosen_tools(provider: EmulatedProvider, body: Json) -> list[tuple[str, str]]:
-    """(name, arguments) of each tool to call: none when tools are absent or disabled, every
-    offered tool when `parallel_tool_calls` is true (or absent and the provider's default) and
-    no single one is forced, else one."""
+    """(name, arguments) of each tool to call: none when tools are absent or disabled; the
+    first offered tool (or the one forced); the first two when `parallel_tool_calls` is true (or
+    absent and the provider's default) and none is forced. Two, not every one: agents offer a
+    dozen tools, and a model that calls them all at once (ask the user, spawn sub-agents, close
+    the goal) sends an agent astray."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
     choice = body.get("tool_choice")
     if not tools or choice == "none":
@@ -118,7 +123,7 @@ def _chosen_tools(provider: EmulatedProvider, body: Json) -> list[tuple[str, str
              for function in (tool.get("function") or {} for tool in tools)
              if wanted is None or function.get("name") == wanted]
     parallel = body.get("parallel_tool_calls", provider.parallel_tool_calls_by_default) is True
-    return calls if wanted is None and parallel else calls[:1]
+    return calls[:PARALLEL_CALLS] if wanted is None and parallel else calls[:1]
 
 
 def _legacy_function(body: Json) -> tuple[str, str] | None:

@@ -56,6 +56,13 @@ def model_not_found(flavor: str, model: Any) -> Reply:
                  "not_found_error", "model", "model_not_found")
 
 
+def model_retired(flavor: str, model: str) -> Reply:
+    """Cerebras answered requests for a retired model with 503, not 404 (the body's wording is
+    not documented: this one says what happened)."""
+    return error(flavor, 503, f"Model {model} has been deprecated and is no longer available.",
+                 "server_error", "model", "model_deprecated")
+
+
 def no_instances(flavor: str, model: str) -> Reply:
     if flavor == "chutes":
         chute_id = uuid.uuid5(uuid.NAMESPACE_URL, model)

@@ -12,8 +12,14 @@ from .actions import Json
 from .faults import Faults
 from .windows import Bucket, Day
 
-CEREBRAS_MODEL = "qwen-3-coder-480b"
-CHUTES_MODEL = "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
+# Today's catalogues (PROVIDERS.md, late 2026): what `GET /models` lists by default. The first
+# id is `model`, the others `more_models`.
+CEREBRAS_MODELS = ("gpt-oss-120b", "qwen-3.8-27b")
+CHUTES_MODELS = ("Qwen/Qwen3-Coder-Next-TEE", "Qwen/Qwen3.5-397B-A17B-TEE", "Qwen/Qwen3.8-27B-TEE")
+CEREBRAS_MODEL, CHUTES_MODEL = CEREBRAS_MODELS[0], CHUTES_MODELS[0]
+# Ids Cerebras retired (its deprecation pages): a request naming one gets 503, not 404.
+CEREBRAS_RETIRED = ("qwen-3-coder-480b", "zai-glm-4.6", "llama-3.3-70b", "qwen-3-32b",
+                    "qwen-3-235b-a22b-instruct-2507", "llama3.1-8b", "zai-glm-4.7")
 # What Cerebras reserves against tokens/minute when a request names no completion cap.
 DEFAULT_RESERVED_COMPLETION = 8192
 
@@ -76,14 +82,16 @@ class EmulatedProvider:
       can continue the other's answer); `break_every_nth_stream` resets every n-th stream it
       begins after `break_stream_after_events` events (a provider that cuts streams now and then).
     - A chat request naming another model than `model` or one of `more_models` gets the
-      provider's 404. `/models` lists exactly those; tests change either at run time (a
-      model the provider retires, or adds). The limits are shared by every model.
+      provider's 404, or 503 when it names one of `retired_models` (Cerebras). `/models`
+      lists exactly `model` and `more_models`; tests change either at run time (a model the
+      provider retires, or adds). The limits are shared by every model.
     """
 
     flavor: Flavor
     api_key: str
     model: str
     more_models: list[str] = Factory(list)
+    retired_models: tuple[str, ...] = ()
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     tokens_per_day: int | None = None
@@ -140,13 +148,20 @@ class EmulatedProvider:
 
 
 def cerebras(api_key: str = "csk-emulated", **kw: Any) -> EmulatedProvider:
-    """An emulated Cerebras serving Qwen3-Coder 480B with the paid 131,072-token window."""
+    """An emulated Cerebras with today's catalogue (retired ids answer 503) and the paid
+    131,072-token window. Given `model` alone, it lists only that model."""
+    if "model" not in kw:
+        kw.setdefault("more_models", list(CEREBRAS_MODELS[1:]))
     kw.setdefault("model", CEREBRAS_MODEL)
+    kw.setdefault("retired_models", CEREBRAS_RETIRED)
     kw.setdefault("context_window", 131072)
     return EmulatedProvider(flavor="cerebras", api_key=api_key, **kw)
 
 
 def chutes(api_key: str = "cpk_emulated", **kw: Any) -> EmulatedProvider:
-    """An emulated Chutes (vLLM) serving Qwen3-Coder 480B FP8."""
+    """An emulated Chutes (vLLM) with today's catalogue; unknown ids answer 404. Given `model`
+    alone, it lists only that model."""
+    if "model" not in kw:
+        kw.setdefault("more_models", list(CHUTES_MODELS[1:]))
     kw.setdefault("model", CHUTES_MODEL)
     return EmulatedProvider(flavor="chutes", api_key=api_key, **kw)

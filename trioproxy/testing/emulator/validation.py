@@ -6,12 +6,14 @@ import json
 
 from .actions import Json, Reply
 from .answers import prompt_tokens
-from .errors import error, model_not_found
+from .errors import error, model_not_found, model_retired
 from .provider import EmulatedProvider
 
 
 def validate(provider: EmulatedProvider, body: Json) -> Reply | None:
-    """The 4xx a valid-JSON request earns before touching any quota, or None."""
+    """The 4xx (503 for a retired model) a valid-JSON request earns before touching any quota, or None."""
+    if body.get("model") in provider.retired_models and body.get("model") not in provider.models():
+        return model_retired(provider.flavor, body["model"])
     if body.get("model") not in provider.models():
         return model_not_found(provider.flavor, body.get("model"))
     if not isinstance(body.get("messages"), list) or not body["messages"]:
