@@ -25,6 +25,11 @@ CLI that still tries to reach the internet fails fast instead. Not run in CI.
     .venv/bin/python bench/agents.py                       # all five, latest versions
     .venv/bin/python bench/agents.py --only qwen,opencode  # a subset
     .venv/bin/python bench/agents.py --version codex=0.171.0 --keep   # pin; keep the folder
+    .venv/bin/python bench/agents.py --only claude,codex --cut-every 2  # every 2nd stream breaks
+
+With `--cut-every N` the demo's emulated Cerebras breaks every N-th stream off after a few
+events (`TRIOPROXY_DEMO_CUT_EVERY`), and the proxy has the next provider finish it; the line's
+proxy counts then include `continued`.
 """
 
 from __future__ import annotations
@@ -257,10 +262,11 @@ def install(agents: list[Agent], pins: dict[str, str], prefix: Path) -> dict[str
             for agent in agents}
 
 
-def start_demo(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m trioproxy --demo` on a free port; returns the process and its base URL."""
+def start_demo(log_path: Path, cut_every: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m trioproxy --demo` on a free port; returns the process and its base URL. With
+    `cut_every`, the demo's Cerebras breaks every that many streams off mid-answer."""
     env = {**os.environ, "PORT": "0", "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost"}
+           "no_proxy": "127.0.0.1,localhost", "TRIOPROXY_DEMO_CUT_EVERY": str(cut_every)}
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "trioproxy", "--demo"], env=env,
                                    stdout=log, stderr=subprocess.STDOUT,
@@ -321,13 +327,15 @@ def proxy_requests(log_text: str) -> Counter[str]:
         status = re.search(r"\bstatus=(\d+)", line)
         api = re.search(r"\bapi=(\w+)", line)
         counts[(f"{api.group(1)} " if api else "") + (status.group(1) if status else "?")] += 1
+        if "continued_from=" in line:
+            counts["continued"] += 1
     return counts
 
 
 def verdict(status: int | None, outcome: Outcome, served: Counter[str]) -> tuple[bool, str]:
     """(ok, the line's explanation)."""
     ok_requests = sum(n for key, n in served.items() if key.endswith("200"))
-    refused = sum(served.values()) - ok_requests
+    refused = sum(n for key, n in served.items() if key != "continued") - ok_requests
     problems = []
     if status is None:
         problems.append("timed out")
@@ -358,6 +366,8 @@ def main() -> int:
                         help="pin an npm version, e.g. codex=0.171.0 (default: latest)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per CLI run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--cut-every", type=int, default=0, metavar="N",
+                        help="the demo's Cerebras breaks every N-th stream off mid-answer (0: never)")
     args = parser.parse_args()
     chosen = [AGENTS[name.strip()] for name in args.only.split(",") if name.strip()]
     pins = dict(pin.split("=", 1) for pin in args.version)
@@ -365,7 +375,7 @@ def main() -> int:
     demo = None
     try:
         versions = install(chosen, pins, root / "npm")
-        demo, base_url = start_demo(root / "trioproxy.log")
+        demo, base_url = start_demo(root / "trioproxy.log", args.cut_every)
         print(f"trioproxy --demo at {base_url}; folder {root}", flush=True)
         results = []
         for agent in chosen:

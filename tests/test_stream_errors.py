@@ -65,17 +65,24 @@ async def test_a_server_error_event_before_content_does_not_cool_down(
 
 @pytest.mark.parametrize("door", DOORS)
 @pytest.mark.parametrize("kind", ["server", "zai-quota", "response-failed"])
-async def test_an_error_event_after_content_ends_with_the_doors_error_event(
-    providers: Providers, start_proxy: StartProxy, door: str, kind: str
+@pytest.mark.parametrize("continuations", [0, 2])
+async def test_an_error_event_after_content_is_continued_or_ends_with_the_doors_error_event(
+    providers: Providers, start_proxy: StartProxy, door: str, kind: str, continuations: int
 ) -> None:
-    """With continuation off, nothing hides a failure once content went out."""
+    """After content, an error event is a break like any other: the next provider finishes the
+    answer, or with continuation off the door's error event ends it."""
+    providers.chutes.speaks_as = "cerebras"
     providers.cerebras.faults = Faults(error_after_events=3, stream_error=kind, remaining=1)
-    proxy = await start_proxy(max_continuations=0)
+    proxy = await start_proxy(max_continuations=continuations)
 
     answer = await door_answer(door, proxy)
 
-    assert answer.error is not None
-    assert providers.chutes.received == []
+    if continuations:
+        assert answer.error is None and answer.text == completion_text("cerebras")
+        assert len(providers.chutes.received) == 1
+    else:
+        assert answer.error is not None
+        assert providers.chutes.received == []
 
 
 @pytest.mark.parametrize(

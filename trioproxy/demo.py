@@ -1,6 +1,7 @@
 """Demo mode: emulated Cerebras and Chutes inside the proxy's own process, so it runs with no keys."""
 
 import logging
+import os
 
 import attrs
 import trio
@@ -12,6 +13,8 @@ log = logging.getLogger("trioproxy")
 
 # The emulated Cerebras enforces the real paid-plan limits, so the proxy's 80 % defaults
 # (or whatever is configured) are exercised against a provider that really says 429.
+# Set to n, the demo's Cerebras breaks every n-th stream off mid-answer (continuation at work).
+CUT_EVERY_ENV = "TRIOPROXY_DEMO_CUT_EVERY"
 REAL_CEREBRAS_LIMITS = {"requests_per_minute": 15, "tokens_per_minute": 165_000, "tokens_per_day": 24_000_000}
 
 
@@ -39,6 +42,13 @@ async def start_demo_providers(nursery: trio.Nursery, config: Config) -> DemoPro
     cerebras = emulator.cerebras(model=listed["cerebras"][0], more_models=listed["cerebras"][1:],
                                  **REAL_CEREBRAS_LIMITS)
     chutes = emulator.chutes(model=listed["chutes"][0], more_models=listed["chutes"][1:])
+    cut_every = os.environ.get(CUT_EVERY_ENV, "")
+    if cut_every.isdigit() and int(cut_every) > 0:
+        # Cerebras breaks every n-th stream off after a few events; Chutes answers Cerebras's
+        # text, as one model on two providers would, so it can finish what Cerebras broke off.
+        cerebras.break_every_nth_stream = int(cut_every)
+        chutes.speaks_as = "cerebras"
+        log.warning("demo: the emulated Cerebras breaks every %s. stream off (%s)", cut_every, CUT_EVERY_ENV)
     cerebras_url = await nursery.start(emulator.serve, cerebras)
     chutes_url = await nursery.start(emulator.serve, chutes)
     return DemoProviders(cerebras_url, cerebras.api_key, chutes_url, chutes.api_key)

@@ -132,7 +132,10 @@ class StreamRelay:
                 log.warning("%s failed mid-stream: %s", failure.provider, failure.label)
                 await self._continue_after(failure)
         if self._usage:
-            yield [{**self._head, "choices": [], "usage": _summed(self._usage)}]
+            usage = _summed(self._usage)
+            if len(self._usage) > 1:  # the log line tells the whole answer's tokens
+                self._record.prompt_tokens, self._record.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
+            yield [{**self._head, "choices": [], "usage": usage}]
 
     async def _relay(self, stream: OpenStream) -> AsyncIterator[list[dict[str, Any]]]:
         """One provider's part: its chunks shaped as the answer's; raises UpstreamFailure if it breaks off."""
@@ -303,7 +306,7 @@ class StreamRelay:
         self._stream = following
         if following.upstream.config.continuation == "restart" and (self._said.text or self._said.calls):
             self._replay = _Replay(self._said.text, list(self._said.calls))
-        log.info("request %s: %s continues the answer %s broke off (%s)", REQUEST_ID.get(),
+        log.warning("request %s: %s continues the answer %s broke off (%s)", REQUEST_ID.get(),
                  following.upstream.name, stream.upstream.name, failure.label)
 
     def _may_continue(self, upstream: Upstream, failure: UpstreamFailure) -> bool:
