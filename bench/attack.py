@@ -370,7 +370,7 @@ async def body_cases(proxy: Proxy, report: Report) -> None:
             "unknown fields pass": json.dumps({**CHAT, "frobnicate": {"a": [1, 2]}}).encode(),
         }
         for name, raw in fine.items():
-            response = await client.post("/v1/chat/completions", content=raw, headers=AUTH)
+            response = await client.post("/v1/chat/completions", content=raw, headers={**AUTH, "content-type": "application/json"})
             report.seen.append(response_bytes(response))
             report.case("body", name, response.status_code == 200, f"{response.status_code} (want 200)")
 
@@ -474,7 +474,8 @@ async def slow_cases(proxy: Proxy, report: Report) -> None:
     report.case("slow", "slowloris headers (a line a second)", proxy.alive(), f"{time.monotonic() - started:.1f} s, closed: {closed}, proxy alive")
     # A body trickled a byte a second: refused with 408 once request_timeout_ms has passed.
     chat = json.dumps(CHAT).encode()
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n" + f"authorization: Bearer {CLIENT_KEY}\r\n".encode()
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            + f"authorization: Bearer {CLIENT_KEY}\r\n".encode()
             + f"content-length: {len(chat)}\r\n\r\n".encode())
     started = time.monotonic()
     received, _ = await raw_exchange(proxy, [head] + [bytes([b]) for b in chat[:8]], pause=1.0, wait=15)
@@ -500,6 +501,67 @@ async def slow_cases(proxy: Proxy, report: Report) -> None:
             await connection.aclose()
     report.case("slow", "300 idle connections + 100 unread streams", response.status_code == 200 and during - before < 64 * 1024,
                 f"another client got {response.status_code}; RSS {before // 1024} -> {during // 1024} MiB")
+
+
+async def web_cases(proxy: Proxy, report: Report) -> None:
+    """What a web page, deep nesting, huge names and refused framing can get out of the proxy."""
+    chat = json.dumps(CHAT).encode()
+    async with httpx.AsyncClient(base_url=proxy.root, timeout=CASE_TIMEOUT) as client:
+        for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+            response = await client.post("/v1/chat/completions", content=chat, headers={**AUTH, "content-type": kind})
+            report.seen.append(response_bytes(response))
+            shaped = report.shaped(response.content)
+            report.case("web", f"POST as {kind.split(';')[0]}", response.status_code == 415 and shaped, f"{response.status_code} (want 415)")
+        for path in ("/v1/status", "/dashboard/api/state", "/v1/models"):
+            response = await client.get(path, headers={**AUTH, "host": "rebind.example"})
+            report.seen.append(response_bytes(response))
+            report.case("web", f"Host rebind.example: GET {path}", response.status_code == 403, f"{response.status_code} (want 403)")
+        response = await client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "origin": "http://evil.example"})
+        report.seen.append(response_bytes(response))
+        cors = any(name.startswith("access-control-") for name in response.headers)
+        report.case("web", "Origin http://evil.example", response.status_code == 403 and not cors, f"{response.status_code} (want 403), CORS headers: {cors}")
+        doors = {
+            "chat tool parameters": ("/v1/chat/completions", b'{"model":"qwen-3-coder","messages":[{"role":"user","content":"hi"}],'
+                                     b'"tools":[{"type":"function","function":{"name":"f","parameters":VALUE}}]}'),
+            "responses tool parameters": ("/v1/responses", b'{"model":"qwen-3-coder","input":"hi","tools":[{"type":"function",'
+                                          b'"name":"f","parameters":VALUE}]}'),
+            "messages input_schema": ("/v1/messages", b'{"model":"qwen-3-coder","max_tokens":5,"messages":[{"role":"user",'
+                                      b'"content":"hi"}],"tools":[{"name":"f","input_schema":VALUE}]}'),
+            "count_tokens": ("/v1/messages/count_tokens", b'{"model":"qwen-3-coder","messages":[{"role":"user","content":"hi"}],'
+                             b'"x":VALUE}'),
+        }
+        for name, (path, template) in doors.items():
+            statuses = set()
+            for stream in (False, True):
+                for depth in range(970, 981):
+                    raw = template.replace(b"VALUE", b'{"a":' * depth + b"1" + b"}" * depth)
+                    if stream:
+                        raw = raw.replace(b"{", b'{"stream":true,', 1)
+                    response = await client.post(path, content=raw, headers={**AUTH, "content-type": "application/json"})
+                    report.seen.append(response_bytes(response))
+                    statuses.add(response.status_code)
+            report.case("web", f"nesting 970-980, {name}", statuses == {400}, f"statuses {sorted(statuses)} (want 400)")
+        status = await client.get("/v1/status", headers=AUTH)
+        booked = status.json()["providers"][0]["accounts"]["cerebras"]["tpm"]["used"]
+        report.case("web", "nothing booked by the nesting cases", booked == 0, f"tokens/minute booked: {booked}")
+        response = await client.post("/v1/chat/completions", json={**CHAT, "model": "m" * 5_000_000},
+                                     headers={**AUTH, "content-type": "application/json"})
+        report.seen.append(response_bytes(response))
+        report.case("web", "5 MB model name", response.status_code == 404 and len(response.content) < 2_000,
+                    f"{response.status_code}, {len(response.content)} bytes")
+        response = await client.post("/v1/chat/completions", json={**CHAT, "tools": True}, headers=AUTH)
+        report.seen.append(response_bytes(response))
+        report.case("web", "chat tools: true", response.status_code == 400, f"{response.status_code} (want 400)")
+    ambiguous = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                 b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+    whole = 0
+    for _ in range(10):
+        received, _closed = await raw_exchange(proxy, [ambiguous, b"GET /v1/models HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n" * 20],
+                                               pause=0.002)
+        whole += received.startswith(b"HTTP/1.1 400") and b"ambiguous_framing" in received
+    report.case("web", "framing 400 with pipelined bytes behind it", whole == 10, f"{whole}/10 answers arrived whole")
+    received, closed = await raw_exchange(proxy, b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: " + b"a" * 40_000 + b"\r\n\r\n")
+    report.case("web", "40 KB request head", status_of(received) == 431, f"{status_of(received)} (want 431), closed: {closed}")
 
 
 async def accept_failure_case(proxy: Proxy, report: Report) -> None:
@@ -668,7 +730,7 @@ async def state_cases(proxy: Proxy, report: Report) -> None:
 # --------------------------------------------------------------------------- main
 
 
-GROUPS = ("body", "http", "keys", "slow", "upstream", "state")
+GROUPS = ("body", "http", "web", "keys", "slow", "upstream", "state")
 
 
 async def attack(only: set[str]) -> Report:
@@ -690,6 +752,8 @@ async def attack(only: set[str]) -> Report:
                         await body_cases(proxy, report)
                     elif group == "http":
                         await http_cases(proxy, report)
+                    elif group == "web":
+                        await web_cases(proxy, report)
                     elif group == "keys":
                         await key_cases(proxy, report)
                     elif group == "slow":

@@ -48,7 +48,7 @@ BODY = {"messages": [{"role": "user", "content": "task"}], "max_tokens": 100}
 def providers() -> list[ProviderConfig]:
     config = Config()
     return [
-        attrs.evolve(config.cerebras, api_key="csk-bench", requests_per_minute=1, tokens_per_minute=None, tokens_per_day=None),
+        attrs.evolve(config.cerebras, api_key="csk-bench", requests_per_minute=1, tokens_per_minute=None, tokens_per_day=None, plan=None),
         attrs.evolve(config.chutes, api_key="cpk-bench"),
     ]
 

@@ -66,8 +66,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack, ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -565,6 +565,7 @@ class Deployment:
     replicas: int = 1
     backend: str = "memory"  # or "redis": the shared ledger, on the redis-server at redis_url
     redis_url: str = ""
+    sticky: bool = False  # (agent sessions) each session stays on one replica
 
     def apply(self, config: Config, run: str) -> Config:
         if self.backend == "memory":
@@ -574,7 +575,10 @@ class Deployment:
                             redis_key_prefix=f"quota-sim-{run}:", redis_timeout_ms=3_600_000)
 
     def describe(self) -> str:
-        return f"{self.replicas} trioproxy replica{'s' if self.replicas > 1 else ''} on the {self.backend} ledger"
+        text = f"{self.replicas} trioproxy replica{'s' if self.replicas > 1 else ''} on the {self.backend} ledger"
+        if self.replicas > 1 and self.sticky:
+            text += ", each session on one replica"
+        return text
 
 
 # --------------------------------------------------------------------------- one run
@@ -1243,6 +1247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="start the window this many minutes after the first row")
     trace.add_argument("--budget", type=int, metavar="N", default=None,
                        help="the max_tokens every request names (default: none)")
+    parser.add_argument("--agents", action="store_true",
+                        help="the coding-agent sessions workload against the dual-bucket Cerebras "
+                             "(bench/agent_sessions.py; --minutes default 10, --seed, --replicas, --backend)")
+    parser.add_argument("--sticky", action="store_true",
+                        help="with --agents and replicas: each session stays on one replica (default: turns go round)")
     parser.add_argument("--replicas", type=int, default=1, help="trioproxy processes sharing the key (default 1)")
     parser.add_argument("--backend", choices=("memory", "redis"), default="memory",
                         help="their quota ledger; redis starts a redis-server of its own (default memory)")
@@ -1261,20 +1270,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("speeds must be positive and times to first token not negative")
     if not 0 <= args.stream_share <= 1:
         parser.error("--stream-share must lie in [0, 1]")
+    if args.agents:
+        return _agents(args, speeds)
     try:
         workload = _trace_workload(args, parser) if args.trace else _generated_workload(args, parser)
     except llm_trace.TraceError as exc:
         print(f"quota_sim: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter()
+    with deployed(args) as deployment:
+        results = simulate(workload, deployment=deployment, speeds=speeds)
+    text, passed = report(results, deployment, speeds)
+    print(text)
+    print(f"\ntotal wall time {time.perf_counter() - wall:.1f} s")
+    return 0 if passed else 1
+
+
+@contextmanager
+def deployed(args: argparse.Namespace) -> Iterator[Deployment]:
+    """The deployment the arguments ask for, with a redis-server of its own for --backend redis."""
     with ExitStack() as stack:
         redis_url = ""
         if args.backend == "redis":
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="quota-sim-redis-"))
             redis_url = stack.enter_context(running_redis(Path(folder))).url
-        deployment = Deployment(args.replicas, args.backend, redis_url)
-        results = simulate(workload, deployment=deployment, speeds=speeds)
-    text, passed = report(results, deployment, speeds)
+        yield Deployment(args.replicas, args.backend, redis_url, args.sticky)
+
+
+def _agents(args: argparse.Namespace, speeds: Speeds) -> int:
+    import agent_sessions  # (it builds on this module)
+
+    workload = agent_sessions.AgentWorkload(minutes=args.minutes or 10.0, seed=args.seed)
+    wall = time.perf_counter()
+    with deployed(args) as deployment:
+        results = agent_sessions.simulate(workload, deployment, speeds)
+    text, passed = agent_sessions.report(results, deployment)
     print(text)
     print(f"\ntotal wall time {time.perf_counter() - wall:.1f} s")
     return 0 if passed else 1

@@ -89,11 +89,12 @@ def live_proxy(**overrides: Any) -> Iterator[LiveProxy]:
 
 
 @contextmanager
-def chromium(**context_options: Any) -> Iterator[BrowserContext]:
-    """A fresh headless chromium (Debian's) with a temporary profile; never downloads a browser."""
+def chromium(*extra_args: str, **context_options: Any) -> Iterator[BrowserContext]:
+    """A fresh headless chromium (Debian's) with a temporary profile and `extra_args` on its
+    command line; never downloads a browser."""
     with tempfile.TemporaryDirectory(prefix="trioproxy-chromium-") as profile, sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, **context_options
+            profile, executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args], **context_options
         )
         try:
             yield context

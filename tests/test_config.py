@@ -102,11 +102,9 @@ def test_defaults_equal_the_original_design(tmp_path: Path) -> None:
     # Candidates: today's catalogue first, the original model kept last for accounts that list it.
     assert cerebras.model[0] == "gpt-oss-120b" and cerebras.model[-1] == "qwen-3-coder-480b"
     assert cerebras.base_url == "https://api.cerebras.ai/v1"
-    assert (cerebras.requests_per_minute, cerebras.tokens_per_minute, cerebras.tokens_per_day) == (
-        12,
-        132_000,
-        19_200_000,
-    )
+    # No ceilings: the code plan's figures start the count until Cerebras states its limits.
+    assert (cerebras.requests_per_minute, cerebras.tokens_per_minute, cerebras.tokens_per_day) == (None, None, None)
+    assert cerebras.plan == "code-pro" and chutes.plan is None
     assert cerebras.api_key == ""
     assert chutes.model[0] == "Qwen/Qwen3-Coder-Next-TEE"
     assert chutes.model[-1] == "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
@@ -184,6 +182,8 @@ def _value_for(name: str, kind: type, variant: int) -> str:
         return ("redis", "memory")[variant]
     if name == "REDIS_OUTAGE":
         return ("refuse", "local")[variant]
+    if name == "CEREBRAS_PLAN":
+        return ("code-max", "free")[variant]
     if name == "HOSTED_TOOLS":
         return ("refuse", "drop")[variant]
     if name.endswith("_BASE_URL"):

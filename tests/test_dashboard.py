@@ -66,7 +66,7 @@ async def test_state_shows_quota_traffic_errors_and_recent_requests(
         assert (await ask(client, "two")).status_code == 200  # rpm spent
         providers.chutes.faults = Faults(status=500, remaining=1)
         assert (await ask(client, "three")).status_code == 502
-        bad = await client.post(proxy.base_url + "/chat/completions", content=b"{", headers={"x-request-id": "four"})
+        bad = await client.post(proxy.base_url + "/chat/completions", content=b"{", headers={"x-request-id": "four", "content-type": "application/json"})
         assert bad.status_code == 400
         await trio.testing.wait_all_tasks_blocked()
         state = (await client.get(root(proxy.base_url) + "/dashboard/api/state")).json()

@@ -69,7 +69,7 @@ def test_page_shows_providers_and_a_request_within_seconds(proxy: LiveProxy, pag
     expect(row.locator("td").nth(6)).to_have_text("yes")
     expect(row.locator("td").nth(7)).to_have_text("200")
     expect(page.locator("#totals tr", has_text="cerebras").locator("td").first).to_have_text("1")
-    expect(page.locator('article[data-provider="cerebras"] .gauge').first).to_contain_text("1 / 12")
+    expect(page.locator('article[data-provider="cerebras"] .gauge').first).to_contain_text("1 / 15 (preset)")
     assert page.locator("#chart-requests canvas").count() == 1  # uPlot drew the chart
     # /dashboard serves the same page.
     page.goto(proxy.root_url + "/dashboard")
@@ -165,8 +165,8 @@ def test_every_route_shows_its_providers_per_model_windows_and_a_missing_model(p
         for request_id, model in (("qwen-1", QWEN), ("qwen-2", QWEN), ("oss-1", OSS)):
             send(proxy, request_id, model=model)
 
-        expect(qwen.locator('[data-account="cerebras"] .gauge').first).to_contain_text("2 / 12")
-        expect(oss.locator(f'[data-account="cerebras:{CEREBRAS_OSS}"] .gauge').first).to_contain_text("1 / 12")
+        expect(qwen.locator('[data-account="cerebras"] .gauge').first).to_contain_text("2 / 15 (preset)")
+        expect(oss.locator(f'[data-account="cerebras:{CEREBRAS_OSS}"] .gauge').first).to_contain_text("1 / 15 (preset)")
         expect(oss.locator(".route-head")).to_contain_text("1 served since start")
         expect(recent_row(page, "oss-1").locator("td").nth(3)).to_have_text(OSS)
         expect(qwen.locator(".route-head")).to_contain_text("2 served since start")

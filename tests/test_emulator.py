@@ -124,7 +124,8 @@ async def test_cerebras_completion_shape_and_usage(nursery: trio.Nursery) -> Non
                                 "message": {"role": "assistant", "content": text}}]
     assert text.startswith("Hello from emulated cerebras.")
     assert body["usage"] == {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
-                             "total_tokens": prompt + len(text.split())}
+                             "total_tokens": prompt + len(text.split()),
+                             "prompt_tokens_details": {"cached_tokens": 0}}  # a short prompt: no whole block
     assert "time_info" in body and "system_fingerprint" in body
     assert provider.served == 1 and provider.received == [chat_body(provider)]
 
@@ -411,7 +412,7 @@ async def test_day_can_be_placed_and_preloaded(nursery: trio.Nursery) -> None:
     assert provider.quota_refusals[0].prompt_tokens == prompt_tokens(chat_body(provider))
     assert [u.at for u in provider.usage_log] == [1600.0]
     used = next_day.json()["usage"]["total_tokens"]
-    assert provider.levels() == {"rpm": None, "tpm": None, "rpd": 49, "tpd": 1000 - used}
+    assert provider.levels() == {"rpm": None, "tpm": None, "utpm": None, "rpd": 49, "tpd": 1000 - used}
 
 
 async def test_completion_length_chunking_and_generation_time(
@@ -590,3 +591,21 @@ async def test_client_gone_mid_stall_does_not_break_server(nursery: trio.Nursery
         provider.faults = Faults()
         response = await post(client, chat_body(provider))
     assert response.status_code == 200 and provider.connections == 2
+
+
+async def test_chutes_plan_windows_when_enabled_refuse_without_a_reset_time(nursery: trio.Nursery) -> None:
+    """A rolling 4-hour window of 2 requests and a 30-day one of 3: the third request in 4 hours
+    gets Chutes's 429 (no Retry-After, no rate-limit headers); 4 hours later one more fits, then
+    the month is full. Off by default."""
+    clock = FakeClock()
+    provider = chutes(plan_windows={4 * 3600: 2, 30 * 86400: 3}, clock=clock)
+    async with await start(nursery, provider) as client:
+        codes = [(await post(client, chat_body(provider))).status_code for _ in range(3)]
+        clock.now += 4 * 3600
+        later = [(await post(client, chat_body(provider))).status_code for _ in range(2)]
+        clock.now += 4 * 3600
+        refused = await post(client, chat_body(provider))
+    assert codes == [200, 200, 429] and later == [200, 429] and refused.status_code == 429
+    assert "detail" in refused.json() and "retry-after" not in refused.headers
+    assert not any(name.startswith("x-ratelimit") for name in refused.headers)
+    assert chutes().plan_windows == []

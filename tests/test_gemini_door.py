@@ -386,6 +386,26 @@ async def test_bad_requests_get_google_shaped_errors(proxy: Proxy, providers: Pr
     assert providers.cerebras.received == [] and providers.chutes.received == []
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "name"),
+    [
+        pytest.param({"content-type": "text/plain"}, 415, "INVALID_ARGUMENT", id="not-json"),
+        pytest.param({"content-type": "application/json", "host": "evil.example"}, 403, "PERMISSION_DENIED",
+                     id="rebound-host"),
+        pytest.param({"content-type": "application/json", "origin": "http://evil.example"}, 403,
+                     "PERMISSION_DENIED", id="foreign-origin"),
+    ],
+)
+async def test_the_server_edge_checks_answer_in_google_shape(proxy: Proxy, providers: Providers,
+                                                             headers: dict[str, str], status: int, name: str) -> None:
+    async with httpx.AsyncClient(base_url=root(proxy)) as http:
+        response = await http.post(MODEL_PATH, content=json.dumps(HI), headers=headers)
+
+    assert response.status_code == status, response.text
+    assert (response.json()["error"]["code"], response.json()["error"]["status"]) == (status, name)
+    assert providers.cerebras.received == []
+
+
 async def test_wrong_method_is_refused_in_google_shape(proxy: Proxy) -> None:
     async with httpx.AsyncClient(base_url=root(proxy)) as http:
         response = await http.get(MODEL_PATH)

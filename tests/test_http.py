@@ -309,7 +309,7 @@ async def test_every_response_has_request_id(proxy: Proxy) -> None:
             await client.get(f"/v1/models/{MODEL}"),
             await client.get("/healthz"),
             await client.post("/v1/chat/completions", json=chat_body()),
-            await client.post("/v1/chat/completions", content=b"nope"),
+            await client.post("/v1/chat/completions", content=b"nope", headers={"content-type": "application/json"}),
             await client.get("/v1/chat/completions"),
             await client.get("/nowhere"),
         ]
@@ -325,7 +325,7 @@ async def test_client_request_id_is_echoed(proxy: Proxy) -> None:
     """A client-sent x-request-id comes back unchanged, on success, stream and error."""
     async with client_for(proxy) as client:
         plain = await client.post(CHAT, json=chat_body(), headers={"x-request-id": "roo-abc-1"})
-        bad = await client.post(CHAT, content=b"[]", headers={"x-request-id": "roo-abc-2"})
+        bad = await client.post(CHAT, content=b"[]", headers={"x-request-id": "roo-abc-2", "content-type": "application/json"})
         models = await client.get("/models", headers={"x-request-id": "roo-abc-3"})
         async with client.stream("POST", CHAT, json=chat_body(stream=True), headers={"x-request-id": "roo-abc-4"}) as stream:
             await stream.aread()
@@ -523,7 +523,7 @@ async def test_request_log_for_rejected_request(proxy: Proxy, caplog: pytest.Log
     """A request refused by validation is still logged once, with its status and no provider."""
     caplog.set_level(logging.INFO)
     async with client_for(proxy) as client:
-        response = await client.post(CHAT, content=b"{", headers={"x-request-id": "req-bad"})
+        response = await client.post(CHAT, content=b"{", headers={"x-request-id": "req-bad", "content-type": "application/json"})
     assert response.status_code == 400
     line = (await request_lines(caplog))["req-bad"]
     assert line["provider"] == "-"

@@ -66,7 +66,7 @@ async def test_a_request_smuggled_behind_ambiguous_framing_is_never_served(proxy
 
 async def test_absolute_form_target_is_served(proxy: Proxy) -> None:
     """RFC 9112 3.2.2: a server accepts `GET http://host/path`."""
-    received, _ = await exchange(proxy, f"GET {root_of(proxy)}/v1/models?x=1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+    received, _ = await exchange(proxy, f"GET {root_of(proxy)}/v1/models?x=1 HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".encode())
     status, _, body = one_response(received)
     assert status == 200 and json.loads(body)["object"] == "list"
 

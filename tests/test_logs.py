@@ -119,7 +119,7 @@ async def test_refusals_and_unknown_paths_say_why(start_proxy: StartProxy, caplo
     proxy = await start_proxy()
     async with client_for(proxy) as client:
         await client.post("/chat/completions", json={**chat(), "model": "gpt-4o"}, headers={"x-request-id": "unknown-model"})
-        await client.post("/chat/completions", content=b"{", headers={"x-request-id": "bad-body"})
+        await client.post("/chat/completions", content=b"{", headers={"x-request-id": "bad-body", "content-type": "application/json"})
         await client.get(proxy.base_url.removesuffix("/v1") + "/wp-admin%0A", headers={"x-request-id": "unknown-path"})
     await trio.testing.wait_all_tasks_blocked()
     lines = {record.getMessage().split()[1]: record.getMessage() for record in caplog.records if record.name == "trioproxy.request"}

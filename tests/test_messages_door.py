@@ -198,8 +198,8 @@ async def test_bad_requests_get_anthropic_shaped_errors(proxy: Proxy, providers:
 async def test_oversized_and_broken_bodies_keep_anthropic_shape(start_proxy: StartProxy) -> None:
     proxy = await start_proxy(max_body_bytes=1000)
     async with httpx.AsyncClient(base_url=proxy.base_url) as http:
-        too_large = await http.post("/messages", content=b"{" + b" " * 2000 + b"}")
-        broken = await http.post("/messages", content=b"{not json")
+        too_large = await http.post("/messages", content=b"{" + b" " * 2000 + b"}", headers={"content-type": "application/json"})
+        broken = await http.post("/messages", content=b"{not json", headers={"content-type": "application/json"})
 
     assert too_large.status_code == 413 and too_large.json()["error"]["type"] == "request_too_large"
     assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"

@@ -32,7 +32,7 @@ class Clock:
 
 
 def cerebras(**limits: Any) -> ProviderConfig:
-    defaults = {"requests_per_minute": None, "tokens_per_minute": None, "tokens_per_day": None, "api_key": "csk-one"}
+    defaults = {"requests_per_minute": None, "tokens_per_minute": None, "tokens_per_day": None, "plan": None, "api_key": "csk-one"}
     return attrs.evolve(Config().cerebras, **{**defaults, **limits})
 
 

@@ -234,7 +234,7 @@ def raw_request(method: str, target: str, body: bytes | None = None, *, version:
     extra = {k.lower(): v for k, v in (headers or {}).items()}
     if body is not None and "content-length" not in extra and "transfer-encoding" not in extra:
         extra["content-length"] = str(len(body))
-    if body is not None and "content-type" not in extra:
+    if (body is not None or method == "POST") and "content-type" not in extra:
         extra["content-type"] = "application/json"
     if close and version == "HTTP/1.1":
         extra.setdefault("connection", "close")
@@ -532,28 +532,31 @@ async def test_lone_surrogate_escape_is_answered_not_crashed(
 @pytest.mark.parametrize(
     ("content_type", "raw", "status"),
     [
-        pytest.param("text/plain", dumps(chat_body()), 200, id="text-plain-json"),
-        pytest.param("application/x-www-form-urlencoded", dumps(chat_body()), 200, id="form-type-json"),
-        pytest.param(None, dumps(chat_body()), 200, id="no-content-type-json"),
         pytest.param("application/json; charset=latin-1", dumps(chat_body()), 200, id="odd-charset-json"),
-        pytest.param("application/x-www-form-urlencoded", b"model=qwen-3-coder&messages=hello", 400, id="form-body"),
+        pytest.param("application/vnd.example+json", dumps(chat_body()), 200, id="suffix-json"),
+        pytest.param("application/json", b"model=qwen-3-coder&messages=hello", 400, id="form-body-said-json"),
+        pytest.param("application/json", bytes(range(256)), 400, id="binary-body-said-json"),
+        # What a web page may send without asking the browser's leave (no CORS preflight):
+        pytest.param("text/plain", dumps(chat_body()), 415, id="text-plain-json"),
+        pytest.param("application/x-www-form-urlencoded", dumps(chat_body()), 415, id="form-type-json"),
         pytest.param("multipart/form-data; boundary=xyz",
-                     b'--xyz\r\ncontent-disposition: form-data; name="model"\r\n\r\nqwen-3-coder\r\n--xyz--\r\n', 400,
+                     b'--xyz\r\ncontent-disposition: form-data; name="model"\r\n\r\nqwen-3-coder\r\n--xyz--\r\n', 415,
                      id="multipart-body"),
-        pytest.param("text/plain", b"Say hello.", 400, id="text-body"),
-        pytest.param("application/octet-stream", bytes(range(256)), 400, id="binary-body"),
+        pytest.param("application/octet-stream", bytes(range(256)), 415, id="binary-body"),
     ],
 )
-async def test_content_type_is_not_trusted_the_body_is_checked(
+async def test_only_a_body_said_and_found_to_be_json_is_served(
     proxy: Proxy, caplog: pytest.LogCaptureFixture, content_type: str | None, raw: bytes, status: int
 ) -> None:
-    """Whatever the content type says, a JSON chat body is served (as curl -d sends it, with a
-    form type) and a body that is not JSON gets 400 invalid_json in OpenAI's shape."""
+    """A POST must say it is JSON (415 in OpenAI's shape otherwise: a web page cannot send JSON
+    without the browser asking the proxy first), and what it sends must be JSON (400 invalid_json)."""
     headers = {"content-type": content_type} if content_type else {}
     response = await exchange(proxy, raw_request("POST", CHAT, raw, headers=headers))
     if status == 200:
         assert response.status_code == 200, response.text
         assert response.json()["model"] == MODEL
+    elif status == 415:
+        assert_openai_error(response, 415, "unsupported_media_type")
     else:
         assert_openai_error(response, 400, "invalid_json")
     await assert_healthy(proxy, caplog)

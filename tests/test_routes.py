@@ -338,7 +338,7 @@ providers = [
     oss = config.route_providers(config.routes[1])
     assert [p.name for p in oss] == ["cerebras"]  # chutes has no key: not serving
     assert oss[0].model == ("gpt-oss-120b",) and oss[0].tokens_per_minute == 240_000
-    assert oss[0].requests_per_minute == 12  # inherited from [cerebras]
+    assert oss[0].requests_per_minute is None and oss[0].plan == "code-pro"  # inherited from [cerebras]
     assert oss[0].adaptation.strip_tool_strict is False and oss[0].adaptation.drop_fields == ()
 
 

@@ -17,6 +17,7 @@ from attrs import field, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .logs import FORMATS, LEVELS
+from .plans import PLANS
 from .quota.redis_target import TlsFileError, parse_redis_url, tls_context
 
 
@@ -136,7 +137,11 @@ class RateLimitHeaders:
 
     Each pair is (remaining, seconds until reset); a reset may be seconds (`11.38`) or a
     duration (`1m30s`). Defaults are Cerebras's; a pair left empty is not read.
+    Stated limits are read from every header `limit_prefix` + `{requests,tokens}-{minute,day}`
+    (Cerebras's `x-ratelimit-limit-tokens-minute`); an empty prefix reads none.
     """
+
+    limit_prefix: str = "x-ratelimit-limit-"
 
     remaining_requests_minute: str = ""
     reset_requests_minute: str = ""
@@ -166,7 +171,10 @@ class PerModel:
     """
 
     requests_per_minute: int | None = field(default=None, validator=_positive)
+    # Every token of a request: its whole prompt and completion (Cerebras's total bucket).
     tokens_per_minute: int | None = field(default=None, validator=_positive)
+    # Prompt tokens the provider's prompt cache did not hold (Cerebras's uncached bucket).
+    uncached_tokens_per_minute: int | None = field(default=None, validator=_positive)
     requests_per_day: int | None = field(default=None, validator=_positive)
     tokens_per_day: int | None = field(default=None, validator=_positive)
     # Cerebras books max_completion_tokens against tokens/minute before running a request, so
@@ -174,6 +182,9 @@ class PerModel:
     max_completion_tokens_cap: int | None = field(default=None, validator=_positive)
     # Requests whose estimated prompt plus completion budget exceed this skip the provider.
     context_window: int | None = field(default=None, validator=_positive)
+    # A plan preset (plans.PLANS) gives the starting figures of the limits not set above, until
+    # the provider's x-ratelimit-limit-* headers state its own; set limits stay ceilings.
+    plan: str | None = field(default=None, validator=attrs.validators.optional(_one_of(*PLANS)))
 
 
 @frozen(kw_only=True)
@@ -195,6 +206,13 @@ class ProviderConfig(PerModel):
     # the provider writes a completion, and how long until its first token arrives.
     output_tokens_per_second: float = field(default=100.0, validator=_between(0.1, 100_000))
     time_to_first_token_ms: int = field(default=1_000, validator=_between(0, 600_000))
+    # The provider's prompt cache, as admission predicts it: how long a prefix it saw stays
+    # cached (0 = no prediction: every prompt token is booked as uncached), the most it may
+    # miss of a remembered prefix (its cache works in blocks), and how many prefixes each
+    # key's memory holds (the oldest leave first).
+    prompt_cache_seconds: float = field(default=0.0, validator=_between(0, 86_400))
+    prompt_cache_block_tokens: int = field(default=600, validator=_between(0, 100_000))
+    prompt_cache_entries: int = field(default=4096, validator=_between(1, 1_000_000))
     # How this provider finishes an answer another provider broke off mid-stream: given the
     # partial answer as a final assistant message it continues it ("prefill-vllm": vLLM/SGLang's
     # continue_final_message; "prefix": DeepSeek/Mistral's prefix flag), it answers again and
@@ -235,6 +253,11 @@ class ModelRoute:
     providers: tuple[RouteProvider, ...]
     # Exact names or globs (`claude-*`) that also select this route.
     aliases: tuple[str, ...] = ()
+    # What the model lists tell agents of the model's size (they compact and size answers by it);
+    # unset: derived from the route's providers' `context_window` and `max_completion_tokens_cap`
+    # (routing/limits.py).
+    context_window: int | None = field(default=None, validator=_positive)
+    max_output_tokens: int | None = field(default=None, validator=_positive)
 
 
 def quota_name(provider: ProviderConfig, models: tuple[str, ...]) -> str:
@@ -272,9 +295,9 @@ def _default_cerebras() -> ProviderConfig:
         name="cerebras",
         base_url="https://api.cerebras.ai/v1",
         model=CEREBRAS_MODELS,
-        requests_per_minute=12,
-        tokens_per_minute=132_000,
-        tokens_per_day=19_200_000,
+        # Starting figures until Cerebras states its own limits (in every answer's headers).
+        plan="code-pro",
+        prompt_cache_seconds=300.0,
         max_completion_tokens_cap=16_384,
         context_window=131_072,
         # Cerebras serves its large models at about 2,000 tokens/s or more; first tokens come in
@@ -313,6 +336,11 @@ class Config:
     # Other model names clients may ask for, served as proxy_model_name: exact names or globs
     # such as "claude-*" (Claude Code asks for its own model names unless told otherwise).
     model_aliases: tuple[str, ...] = ()
+    # The one route's context window and output limit as the model lists give them (a
+    # [[models]] route has its own `context_window` and `max_output_tokens`); unset: derived
+    # from the providers' `context_window` and `max_completion_tokens_cap`.
+    model_context_window: int | None = field(default=None, validator=_positive)
+    model_max_output_tokens: int | None = field(default=None, validator=_positive)
     request_timeout_ms: int = field(default=30_000, validator=_positive)
     # request_timeout_ms bounds each wait for bytes; a provider that trickles bytes passes it.
     # These bound the whole: from sending to the status line and a stream's first event (a
@@ -340,6 +368,13 @@ class Config:
     state_file: str = "auto"
     state_save_interval_ms: int = field(default=5_000, validator=_positive)
     max_body_bytes: int = field(default=10 * 1024 * 1024, validator=_positive)
+    # Bounds on what a provider sends: a successful non-streamed answer (past it the next
+    # provider is tried, then a 502) and one event of a stream (past it the stream fails).
+    max_answer_bytes: int = field(default=32 * 1024 * 1024, validator=_positive)
+    max_stream_event_bytes: int = field(default=4 * 1024 * 1024, validator=_positive)
+    # A streaming client whose socket takes no bytes for this long has stopped reading: its
+    # stream ends and the provider's is closed (needs a restart to change, like host and port).
+    client_stall_timeout_ms: int = field(default=60_000, validator=_positive)
     # Tools only OpenAI's own service runs (web_search, file_search, ...) in a Responses request:
     # "drop" leaves them out (named in the x-trioproxy-dropped-tools header), "refuse" answers 400.
     hosted_tools: str = field(default="drop", validator=_one_of("drop", "refuse"))
@@ -351,6 +386,11 @@ class Config:
     # Keys for the operator views (/healthz details, /v1/status, /metrics); empty: the client
     # keys serve, and with those empty too the views are open (fine on 127.0.0.1).
     operator_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Web pages: Host names served besides localhost, IP addresses and `host` (".example.com"
+    # adds its subdomains, "*" any: against DNS rebinding), and origins (globs) of pages that
+    # may call the proxy from a browser, with CORS headers; a page of any other origin is refused.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
     cerebras: ProviderConfig = field(factory=_default_cerebras)
     chutes: ProviderConfig = field(factory=_default_chutes)
     # Patience: a request the preferred provider has no quota for right now waits for it, in
@@ -418,7 +458,8 @@ class Config:
         if self.models:
             return self.models
         providers = tuple(RouteProvider(provider=p.name) for p in self.providers)
-        return (ModelRoute(self.proxy_model_name, providers, self.model_aliases),)
+        return (ModelRoute(self.proxy_model_name, providers, self.model_aliases, self.model_context_window,
+                           self.model_max_output_tokens),)
 
     def route_providers(self, route: ModelRoute) -> list[ProviderConfig]:
         """The route's providers that have a key, in its order, with its model and overrides."""
@@ -471,8 +512,35 @@ def _check_routes(config: Config) -> None:
                                        f"{config.models[earlier[0]].name!r}; one model has one quota")
 
 
-def _quota_settings(provider: ProviderConfig) -> tuple[int | None, ...]:
-    return (provider.requests_per_minute, provider.tokens_per_minute, provider.requests_per_day, provider.tokens_per_day)
+def _quota_settings(provider: ProviderConfig) -> tuple[int | str | None, ...]:
+    return (
+        provider.requests_per_minute, provider.tokens_per_minute, provider.uncached_tokens_per_minute,
+        provider.requests_per_day, provider.tokens_per_day, provider.plan,
+    )
+
+
+_LIMIT_FIELDS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "utpm": "uncached_tokens_per_minute",
+                 "rpd": "requests_per_day", "tpd": "tokens_per_day"}
+
+
+def configured_limits(provider: ProviderConfig) -> dict[str, int | None]:
+    """`{window: the configured figure}`: the operator's ceilings (None: none set)."""
+    return {window: getattr(provider, name) for window, name in _LIMIT_FIELDS.items()}
+
+
+def starting_limits(provider: ProviderConfig) -> dict[str, tuple[int | None, str]]:
+    """`{window: (limit, source)}` before the provider states any: the configured figure
+    ("configured"), else the plan's ("preset"), else none (None, "")."""
+    preset = PLANS.get(provider.plan or "", {})
+    starting: dict[str, tuple[int | None, str]] = {}
+    for window, configured in configured_limits(provider).items():
+        if configured is not None:
+            starting[window] = (configured, "configured")
+        elif window in preset:
+            starting[window] = (preset[window], "preset")
+        else:
+            starting[window] = (None, "")
+    return starting
 
 
 def keyless_route(config: Config) -> str | None:
@@ -498,6 +566,8 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "LOG_FORMAT": (("log_format",), str),
     "PROXY_MODEL_NAME": (("proxy_model_name",), str),
     "MODEL_ALIASES": (("model_aliases",), tuple),
+    "MODEL_CONTEXT_WINDOW": (("model_context_window",), int),
+    "MODEL_MAX_OUTPUT_TOKENS": (("model_max_output_tokens",), int),
     "REQUEST_TIMEOUT": (("request_timeout_ms",), int),
     "FIRST_EVENT_TIMEOUT": (("first_event_timeout_ms",), int),
     "ANSWER_TIMEOUT": (("answer_timeout_ms",), int),
@@ -512,6 +582,8 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "MAX_WAIT_MS": (("max_wait_ms",), int),
     "HOSTED_TOOLS": (("hosted_tools",), str),
     "PROXY_API_KEYS": (("client_api_keys",), tuple),
+    "ALLOWED_HOSTS": (("allowed_hosts",), tuple),
+    "ALLOWED_ORIGINS": (("allowed_origins",), tuple),
     "OPERATOR_API_KEYS": (("operator_api_keys",), tuple),
     "CEREBRAS_API_KEY": (("cerebras", "api_key"), str),
     "CEREBRAS_API_KEYS": (("cerebras", "api_keys"), tuple),
@@ -519,7 +591,9 @@ ENV_VARS: Mapping[str, tuple[tuple[str, ...], type]] = {
     "CEREBRAS_MODEL_NAME": (("cerebras", "model"), tuple),  # one id or a comma list of candidates
     "CEREBRAS_REQUESTS_PER_MINUTE": (("cerebras", "requests_per_minute"), int),
     "CEREBRAS_TOKENS_PER_MINUTE": (("cerebras", "tokens_per_minute"), int),
+    "CEREBRAS_UNCACHED_TOKENS_PER_MINUTE": (("cerebras", "uncached_tokens_per_minute"), int),
     "CEREBRAS_TOKENS_PER_DAY": (("cerebras", "tokens_per_day"), int),
+    "CEREBRAS_PLAN": (("cerebras", "plan"), str),
     "CHUTES_API_KEY": (("chutes", "api_key"), str),
     "CHUTES_API_KEYS": (("chutes", "api_keys"), tuple),
     "CHUTES_BASE_URL": (("chutes", "base_url"), str),

@@ -11,11 +11,11 @@ from .config import Config
 
 log = logging.getLogger("trioproxy")
 
-# The emulated Cerebras enforces the real paid-plan limits, so the proxy's 80 % defaults
-# (or whatever is configured) are exercised against a provider that really says 429.
+# The emulated Cerebras has a Code Pro key: it enforces that plan's limits and states them in
+# its headers, so the proxy's learned limits are exercised against a provider that says 429.
+DEMO_CEREBRAS_PLAN = "code-pro"
 # Set to n, the demo's Cerebras breaks every n-th stream off mid-answer (continuation at work).
 CUT_EVERY_ENV = "TRIOPROXY_DEMO_CUT_EVERY"
-REAL_CEREBRAS_LIMITS = {"requests_per_minute": 15, "tokens_per_minute": 165_000, "tokens_per_day": 24_000_000}
 
 
 @attrs.frozen
@@ -40,7 +40,7 @@ async def start_demo_providers(nursery: trio.Nursery, config: Config) -> DemoPro
     """Start both emulators in `nursery`, listing today's catalogues (and the models `config` asks for)."""
     listed = demo_catalogues(config)
     cerebras = emulator.cerebras(model=listed["cerebras"][0], more_models=listed["cerebras"][1:],
-                                 **REAL_CEREBRAS_LIMITS)
+                                 plan=DEMO_CEREBRAS_PLAN)
     chutes = emulator.chutes(model=listed["chutes"][0], more_models=listed["chutes"][1:])
     cut_every = os.environ.get(CUT_EVERY_ENV, "")
     if cut_every.isdigit() and int(cut_every) > 0:

@@ -31,6 +31,15 @@ class ProxyError(Exception):
         self.headers = headers or {}
 
 
+MAX_QUOTED = 100  # characters of a client's text (a model name, a tool type) an error may quote
+
+
+def quoted(text: object) -> str:
+    """A client's value as an error message may quote it: at most MAX_QUOTED characters."""
+    text = str(text)
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "..."
+
+
 def default_type(status: int) -> str:
     """The error type a status implies when nobody named one."""
     if status == 429:

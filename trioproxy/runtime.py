@@ -10,15 +10,17 @@ import trio
 from attrs import define
 
 from .server.auth import ClientKeys, operator_keys
+from .server.browser_guard import BrowserGuard
 from .config import Config, ProviderConfig, quota_name, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.backends import open_ledger
 from .quota.contract import Ledger
+from .routing.limits import route_limits
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
 from .providers.sanitize import Sanitizer
-from .providers.upstream import Deadlines, ProviderClient, Upstream
+from .providers.upstream import AnswerBounds, Deadlines, ProviderClient, Upstream
 
 
 @define
@@ -30,6 +32,8 @@ class Runtime:
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope
+    sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
+    guard: BrowserGuard  # Host and Origin, checked before anything else
 
     @property
     def router(self) -> Router:
@@ -68,8 +72,10 @@ def upstream_maker(config: Config, pool: ClientPool) -> Callable[[ProviderConfig
         config.first_event_timeout_ms / 1000, config.answer_timeout_ms / 1000, config.stream_idle_timeout_ms / 1000
     )
 
+    bounds = AnswerBounds(config.max_answer_bytes, config.max_stream_event_bytes)
+
     def upstream(provider: ProviderConfig, quota_key: str | None = None) -> Upstream:
-        return Upstream(provider, pool.client(provider, timeout), sanitizer, deadlines, quota_key)
+        return Upstream(provider, pool.client(provider, timeout), sanitizer, deadlines, quota_key, bounds)
 
     return upstream
 
@@ -109,6 +115,9 @@ async def build_runtime(
             before = previous.routers.get(name, previous.router)
             router.estimator.ratio = before.estimator.ratio
             router.patience.carry_over(before.patience)
+            for quota_key, memory in router.prompt_memory.items():
+                if quota_key in before.prompt_memory:
+                    memory.carry_over(before.prompt_memory[quota_key])
     wanted: dict[str, list[tuple[str, ...]]] = {}
     for ups in routes.values():
         for u in ups:
@@ -123,6 +132,13 @@ async def build_runtime(
             await prober.run()
 
     nursery.start_soon(probe)
-    models = ModelNames(tuple(ServedModel(route.name, route.aliases) for route in config.routes))
+    models = ModelNames(tuple(
+        ServedModel(route.name, route.aliases, route_limits((u.config for u in routes[route.name]), route.context_window,
+                                                           route.max_output_tokens))
+        for route in config.routes))
     client_keys = ClientKeys(config.client_api_keys)
-    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope)
+    # The socket stays where it was bound until a restart, whatever a reload says.
+    bound_host = previous.guard.bound_host if previous is not None else config.host
+    guard = BrowserGuard(bound_host, config.allowed_hosts, config.allowed_origins)
+    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope,
+                   Sanitizer(secrets(config)), guard)

@@ -15,10 +15,19 @@ def fetch_status(url: str, key: str | None, timeout: float = 5.0) -> dict[str, A
     return response.json()
 
 
-def _window(state: dict[str, Any]) -> str:
+def _window(state: dict[str, Any], source: dict[str, Any] | None = None) -> str:
+    """`used/limit`, what the provider says is left, and where the limit comes from."""
     used, limit, remaining = state["used"], state["limit"], state.get("provider_remaining")
     text = f"{used}/{limit}" if limit is not None else f"{used}/-"
-    return f"{text} ({remaining} left)" if remaining is not None else text
+    if remaining is not None:
+        text += f" ({remaining} left)"
+    return f"{text} {_source(source)}" if source else text
+
+
+def _source(source: dict[str, Any]) -> str:
+    """`[preset]`, `[configured]`, `[provider 12s ago]`: where a limit comes from, and its age."""
+    age = source.get("age_seconds")
+    return f"[{source['source']} {age:g}s ago]" if source["source"] == "provider" and age is not None else f"[{source['source']}]"
 
 
 def _model(provider: dict[str, Any]) -> str:
@@ -45,7 +54,7 @@ def render_table(status: dict[str, Any]) -> str:
                     account,
                     "yes" if provider["usable"] else "no",
                     cooldown,
-                    *(_window(state[name]) for name in ("rpm", "tpm", "rpd", "tpd")),
+                    *(_window(state[name], state.get("limit_sources", {}).get(name)) for name in ("rpm", "tpm", "rpd", "tpd")),
                     str(provider["served_since_start"]["requests"]),
                     provider["last_error"] or "-",
                 )
@@ -58,7 +67,25 @@ def render_table(status: dict[str, Any]) -> str:
     if reroutes:
         lines.append("")
         lines.append("reroutes: " + ", ".join(f"{reason} x{count}" for reason, count in sorted(reroutes.items())))
+    if refusals := status.get("refusals"):
+        lines.extend(_refusal_lines(refusals))
     return "\n".join(lines)
+
+
+def _refusal_lines(refusals: dict[str, Any]) -> list[str]:
+    """Error answers by status, unknown paths, and the last refusal's message."""
+    def counts(by_status: dict[str, int]) -> str:
+        return ", ".join(f"{status} x{count}" for status, count in by_status.items()) or "none"
+
+    lines = ["", f"refused by the proxy: {counts(refusals['refused'])}; other errors: "
+                 f"{counts(refusals['failed'])}"]
+    if refusals["unknown_paths"]:
+        lines.append("unknown paths: " + ", ".join(f"{entry['method']} {entry['path']} x{entry['count']}"
+                                                   for entry in refusals["unknown_paths"]))
+    if refusals["recent"]:
+        last = refusals["recent"][0]
+        lines.append(f"last: {last['status']} {last['reason']}: {last['message']}")
+    return lines
 
 
 def _quota_store_line(store: dict[str, Any]) -> str:

@@ -5,11 +5,11 @@ import logging
 import signal
 from collections.abc import Callable
 
+import attrs
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from .server.app import ProxyApp
+from .server.connections import ServerConfig, serve
 from .server.auth import is_loopback
 from .server.edges import HttpEdges
 from .config import Config, ConfigError, keyless_route
@@ -24,9 +24,10 @@ from .runtime import ClientPool, build_runtime, serving_providers
 log = logging.getLogger("trioproxy")
 
 
-def _hypercorn_config(config: Config, listen_fd: int | None) -> HypercornConfig:
-    hyper = HypercornConfig()
+def _hypercorn_config(config: Config, listen_fd: int | None) -> ServerConfig:
+    hyper = ServerConfig()
     hyper.graceful_timeout = config.shutdown_grace_ms / 1000
+    hyper.client_stall_seconds = config.client_stall_timeout_ms / 1000
     host = f"[{config.host}]" if ":" in config.host else config.host
     # A worker of --workers serves the socket its supervisor bound.
     hyper.bind = [f"fd://{listen_fd}"] if listen_fd is not None else [f"{host}:{config.port}"]
@@ -110,8 +111,14 @@ async def _apply_reloads(
         if (keyless := keyless_route(config)) is not None:
             log.error("reload refused: %s; keeping the running configuration", keyless)
             continue
-        if (config.host, config.port) != (current.config.host, current.config.port):
-            log.warning("reload: host and port changes take effect only after a restart")
+        bound = current.guard.bound_host, current.config.port
+        restart = ""
+        if (config.host, config.port) != bound:
+            restart = (f"; host and port need a restart: still listening on {bound[0]}:{bound[1]}, "
+                       f"not {config.host}:{config.port}")
+            log.warning("reload: host and port changes take effect only after a restart (still listening on %s:%s)",
+                        *bound)
+            config = attrs.evolve(config, host=bound[0], port=bound[1])  # what runs says where it listens
         _warn_if_open(config)
         try:
             app.runtime = await build_runtime(config, pool, nursery, previous=current)
@@ -122,7 +129,7 @@ async def _apply_reloads(
             continue
         current.prober_scope.cancel()
         logging.getLogger().setLevel(LEVELS[config.log_level])
-        log.info("configuration reloaded: %s", _describe(config))
+        log.info("configuration reloaded: %s%s", _describe(config), restart)
 
 
 async def _end_streams_at_grace_end(shutdown: trio.Event, drain: Drain, grace: float) -> None:

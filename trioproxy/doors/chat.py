@@ -6,9 +6,9 @@ from attrs import define
 
 from ..errors import ProxyError
 from ..jsoncodec import dump_json
-from ..routing.models import ModelNames
+from ..routing.models import ModelNames, ServedModel
 from ..routing.request import ChatRequest
-from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool
+from .body import SSE_CONTENT_TYPE, check_function_tools, json_object_body, optional_bool
 
 API = "chat"
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -28,6 +28,8 @@ def parse(raw: bytes, models: ModelNames) -> "ChatExchange":
         raise ProxyError(400, "`messages` is required and must be a non-empty array.", code="invalid_type", param="messages")
     if not all(isinstance(message, dict) for message in messages):
         raise ProxyError(400, "Every entry of `messages` must be an object.", code="invalid_type", param="messages")
+    if body.get("tools") is not None:
+        check_function_tools(body["tools"])
     stream = optional_bool(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -67,8 +69,12 @@ class ChatExchange:
 
 
 def models_list(models: ModelNames, created: int) -> dict[str, Any]:
-    return {"object": "list", "data": [model_card(name, created) for name in models.names]}
+    return {"object": "list", "data": [model_card(model, created) for model in models.models]}
 
 
-def model_card(model: str, created: int) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": created, "owned_by": "trioproxy"}
+def model_card(model: ServedModel, created: int) -> dict[str, Any]:
+    """OpenAI's model object, plus the route's context window and output limit when known
+    (OpenAI's own list has no field for them; these are the names Codex's settings use)."""
+    limits = {"context_window": model.limits.context_window, "max_output_tokens": model.limits.output_tokens}
+    return {"id": model.name, "object": "model", "created": created, "owned_by": "trioproxy",
+            **{key: value for key, value in limits.items() if value is not None}}

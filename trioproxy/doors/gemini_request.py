@@ -8,7 +8,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from ..jsoncodec import dump_json
 
 # Accepted and left out: settings for Google's own service that have nothing to forward.
@@ -150,7 +150,7 @@ class Conversation:
                               "function": {"name": call["name"], "arguments": dump_json(args).decode()}})
             else:
                 kind = next(key for key in _PART_DATA if key in part)
-                raise bad(f"contents[{index}].parts[{position}]: a model turn cannot hold `{kind}` parts.")
+                raise bad(f"contents[{index}].parts[{position}]: a model turn cannot hold `{quoted(kind)}` parts.")
         self._open_calls = [(call["id"], call["function"]["name"]) for call in calls]
         # No content is null only beside calls: an assistant message of thoughts alone stays a message.
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or (None if calls else "")}
@@ -200,7 +200,7 @@ class Conversation:
         match = next((open_call for open_call in self._open_calls if call_id and open_call[0] == call_id), None)
         match = match or next((open_call for open_call in self._open_calls if open_call[1] == name), None)
         if match is None:
-            raise bad(f"{where}: the functionResponse for `{name}` answers no functionCall of the previous model "
+            raise bad(f"{where}: the functionResponse for `{quoted(name)}` answers no functionCall of the previous model "
                       "turn (responses are matched by id, else by name).")
         self._open_calls.remove(match)
         return {"role": "tool", "tool_call_id": match[0], "content": _result_text(named.get("response"))}

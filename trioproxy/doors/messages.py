@@ -1,12 +1,13 @@
 """The Anthropic Messages door (`POST /v1/messages`, what Claude Code speaks), over the chat pipeline."""
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from ..jsoncodec import dump_json
-from ..routing.models import ModelNames
+from ..routing.models import ModelNames, ServedModel
 from ..routing.request import ChatRequest
 from ..routing.tokens import PromptEstimator
 from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool, sse_event, sse_events
@@ -158,7 +159,7 @@ def _part(block: dict[str, Any], index: int) -> dict[str, Any]:
             return {"type": "image_url", "image_url": {"url": f"data:{source.get('media_type')};base64,{source['data']}"}}
         if source.get("type") == "url" and isinstance(source.get("url"), str):
             return {"type": "image_url", "image_url": {"url": source["url"]}}
-    raise ProxyError(400, f"messages.{index}: a `{block['type']}` block cannot be forwarded; trioproxy supports "
+    raise ProxyError(400, f"messages.{index}: a `{quoted(block['type'])}` block cannot be forwarded; trioproxy supports "
                      "text, image, tool_use and tool_result blocks.", code="unsupported_feature")
 
 
@@ -174,7 +175,7 @@ def _assistant(content: list[Any], index: int) -> list[dict[str, Any]]:
             calls.append({"id": block["id"], "type": "function",
                           "function": {"name": block["name"], "arguments": dump_json(block.get("input", {})).decode()}})
         elif block["type"] not in ("thinking", "redacted_thinking"):  # the model's own thoughts stay out
-            raise ProxyError(400, f"messages.{index}: an assistant `{block['type']}` block cannot be forwarded.",
+            raise ProxyError(400, f"messages.{index}: an assistant `{quoted(block['type'])}` block cannot be forwarded.",
                              code="unsupported_feature")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
@@ -189,7 +190,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     for tool in tools:
         if not isinstance(tool, dict) or tool.get("type") not in (None, "custom"):
             kind = tool.get("type") if isinstance(tool, dict) else None
-            raise ProxyError(400, f"tools: `{kind}` is a server tool the provider does not run; trioproxy forwards "
+            raise ProxyError(400, f"tools: `{quoted(kind)}` is a server tool the provider does not run; trioproxy forwards "
                              "client tools (name, description, input_schema) only.", code="unsupported_feature")
         if not isinstance(tool.get("name"), str) or not isinstance(tool.get("input_schema"), dict):
             raise _bad("tools: every tool needs a name and an input_schema object.")
@@ -253,3 +254,18 @@ class MessagesExchange:
             return sse_event("error", error_body(error))
         stream = self._stream or MessageStream(self._id, self._model, self._stops)
         return sse_events(stream.end())
+
+
+def models_list(models: ModelNames, created: int) -> dict[str, Any]:
+    """Anthropic's model list (`GET /v1/models` with `anthropic-version`): one page, every route."""
+    cards = [model_card(model, created) for model in models.models]
+    return {"data": cards, "has_more": False, "first_id": cards[0]["id"], "last_id": cards[-1]["id"]}
+
+
+def model_card(model: ServedModel, created: int) -> dict[str, Any]:
+    """Anthropic's model object, with the route's context window (`max_input_tokens`) and output
+    limit (`max_tokens`) when known."""
+    limits = {"max_input_tokens": model.limits.context_window, "max_tokens": model.limits.output_tokens}
+    created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    return {"type": "model", "id": model.name, "display_name": model.name, "created_at": created_at, "lifecycle": "active",
+            **{key: value for key, value in limits.items() if value is not None}}

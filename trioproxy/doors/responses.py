@@ -10,10 +10,10 @@ import time
 import uuid
 from typing import Any
 
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from ..routing.models import ModelNames
 from ..routing.request import ChatRequest
-from .body import SSE_CONTENT_TYPE, json_object_body, optional_bool, sse_events
+from .body import SSE_CONTENT_TYPE, check_function_tools, json_object_body, optional_bool, sse_events
 from .chunks import first_choice
 from .responses_input import chat_messages
 from .responses_stream import ResponseStream, incomplete_details, response_usage
@@ -55,7 +55,7 @@ def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
                          code="unsupported_feature", param="store")
     unknown = sorted(key for key in body if key not in _ACCEPTED)
     if unknown:
-        raise _bad(f"Unsupported parameter: `{unknown[0]}`.", unknown[0])
+        raise _bad(f"Unsupported parameter: `{quoted(unknown[0])}`.", quoted(unknown[0]))
     names = ToolNames()
     tools, dropped = chat_tools(body["tools"], names) if body.get("tools") is not None else ([], [])
     chat: dict[str, Any] = {"model": body["model"], "messages": chat_messages(body, names)}
@@ -74,6 +74,7 @@ def parse(raw: bytes, models: ModelNames) -> "ResponsesExchange":
         if tools:  # a choice among no tools (all were hosted ones, left out) is one a provider refuses
             chat["tool_choice"] = choice
     if tools:
+        check_function_tools(tools)
         chat["tools"] = tools
     if (response_format := _response_format(body.get("text"))) is not None:
         chat["response_format"] = response_format

@@ -11,7 +11,7 @@ every turn (its prompt cache keeps matching).
 import hashlib
 from typing import Any
 
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from ..jsoncodec import dump_json
 from .responses_tools import ToolNames
 
@@ -71,7 +71,7 @@ class _History:
             raise ProxyError(400, "trioproxy keeps no conversation state: `item_reference` items cannot be resolved; send the items themselves.",
                              code="unsupported_feature", param="input")
         else:
-            raise ProxyError(400, f"`input[{index}]` is a `{kind}` item, which trioproxy cannot forward: it supports messages, function calls and their outputs.",
+            raise ProxyError(400, f"`input[{index}]` is a `{quoted(kind)}` item, which trioproxy cannot forward: it supports messages, function calls and their outputs.",
                              code="unsupported_feature", param="input")
 
     def _call(self, item: dict[str, Any], index: int, kind: str) -> None:
@@ -157,7 +157,7 @@ def _content(content: Any, index: int) -> str | list[dict[str, Any]]:
             image = {"url": part["image_url"], **({"detail": part["detail"]} if part.get("detail") else {})}
             parts.append({"type": "image_url", "image_url": image})
         else:
-            raise ProxyError(400, f"`input[{index}]` has a content part trioproxy cannot forward ({kind!r}); "
+            raise ProxyError(400, f"`input[{index}]` has a content part trioproxy cannot forward ({quoted(repr(kind))}); "
                              "it supports input_text, output_text and input_image with an image_url.",
                              code="unsupported_feature", param="input")
     return parts

@@ -13,7 +13,6 @@ from attrs import define, field
 from ..errors import ProxyError
 
 Qualified = tuple[str | None, str]  # (namespace, name); no namespace for a top-level tool
-HOSTED_TOOLS_POLICIES = ("drop", "refuse")
 
 
 @define

@@ -1,5 +1,6 @@
 """Reading a provider's rate-limit answers: what kind of refusal, and when capacity returns."""
 
+import logging
 import re
 import time
 from datetime import timezone
@@ -9,6 +10,8 @@ import httpx
 from attrs import frozen
 
 from .upstream import UpstreamFailure
+
+log = logging.getLogger("trioproxy.ratelimit")
 
 # Codes and messages that say "busy right now" rather than "your quota is spent".
 _CAPACITY_CODES = frozenset({"queue_exceeded"})
@@ -20,7 +23,7 @@ class Backoff:
     """How long to leave a provider alone, and a short label for logs and state."""
 
     seconds: float
-    kind: str  # "rpm", "tpm", "rpd", "tpd", "capacity" or "unknown"
+    kind: str  # "rpm", "tpm", "utpm", "rpd", "tpd", "capacity" or "unknown"
     from_provider: bool  # the provider named the time (Retry-After or a reset header)
 
 
@@ -30,6 +33,8 @@ def refusal_kind(failure: UpstreamFailure) -> str:
     if failure.error.code in _CAPACITY_CODES or failure.status == 503 or any(w in message for w in _CAPACITY_WORDS):
         return "capacity"
     per_day = "per day" in message
+    if "uncached" in message and not per_day:
+        return "utpm"
     if "token" in message:
         return "tpd" if per_day else "tpm"
     if "request" in message:
@@ -86,6 +91,43 @@ def quota_figures(headers: httpx.Headers, pairs: dict[str, tuple[str, str]]) -> 
         except ValueError:
             continue
     return figures
+
+
+# Stated limits: the header's suffix after the prefix -> our window.
+_STATED_WINDOWS = {"requests-minute": "rpm", "tokens-minute": "tpm", "requests-day": "rpd", "tokens-day": "tpd"}
+# Above this a figure is garbage, not a limit (Cerebras's largest plans state about 1e8 a day).
+LARGEST_LIMIT = 10**12
+
+
+def stated_limits(headers: httpx.Headers, prefix: str) -> dict[str, int]:
+    """`{window: limit}` from the provider's `<prefix>{requests,tokens}-{minute,day}` headers.
+
+    A figure that is not a number from 1 to LARGEST_LIMIT (negative, NaN, huge, text) is left
+    out with a debug line: a broken header must not resize a bucket.
+    """
+    if not prefix:
+        return {}
+    stated = {}
+    for suffix, window in _STATED_WINDOWS.items():
+        raw = headers.get(prefix + suffix)
+        if raw is None:
+            continue
+        figure = _limit_figure(raw)
+        if figure is None:
+            log.debug("ignored %s%s: %r is not a limit", prefix, suffix, raw[:40])
+        else:
+            stated[window] = figure
+    return stated
+
+
+def _limit_figure(raw: str) -> int | None:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    if not (1 <= value <= LARGEST_LIMIT):  # NaN fails every comparison
+        return None
+    return int(value)
 
 
 def retry_after(headers: httpx.Headers) -> float | None:

@@ -81,6 +81,15 @@ class Deadlines:
     stream_idle: float  # between two events of a stream
 
 
+@frozen
+class AnswerBounds:
+    """How much of a provider's answer trioproxy holds at once, in bytes (the settings
+    max_answer_bytes and max_stream_event_bytes; these defaults are theirs)."""
+
+    answer: int = 32 * 1024 * 1024  # a whole non-streamed answer
+    event: int = 4 * 1024 * 1024  # one SSE event of a stream
+
+
 def _sse_data(block: bytes) -> str | None:
     """The joined `data:` lines of one SSE event; None for an event without data.
 
@@ -185,8 +194,9 @@ class Upstream:
     """
 
     def __init__(self, config: ProviderConfig, client: ProviderClient, sanitizer: Sanitizer, deadlines: Deadlines,
-                 quota_key: str | None = None) -> None:
+                 quota_key: str | None = None, bounds: AnswerBounds = AnswerBounds()) -> None:
         self.config = config
+        self.bounds = bounds
         self.name = config.name
         self.quota_key = quota_key or config.name
         self._client = client
@@ -272,12 +282,27 @@ class Upstream:
             raise protocol_failure(self.name, "model list is not {\"data\": [...]}") from None
 
     async def read_json(self, response: httpx.Response) -> dict[str, Any]:
-        """The whole body of a non-streamed answer as a JSON object."""
+        """The whole body of a non-streamed answer as a JSON object; a protocol failure past
+        `bounds.answer` bytes (the rest is left unread; the caller closes the response)."""
+        limit = self.bounds.answer
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise self._too_large("answer", limit)
+        chunks: list[bytes] = []
+        size = 0
         try:
-            raw = await response.aread()
+            async with aclosing(response.aiter_bytes()) as reads:
+                async for chunk in reads:
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._too_large("answer", limit)
+                    chunks.append(chunk)
         except httpx.HTTPError as exc:
             raise _failure_from_exception(self.name, exc) from exc
-        return self._document(raw, "body")
+        return self._document(b"".join(chunks), "body")
+
+    def _too_large(self, what: str, limit: int) -> UpstreamFailure:
+        return protocol_failure(self.name, f"its {what} is larger than the limit of {limit} bytes")
 
     async def event_batches(self, response: httpx.Response) -> AsyncIterator[list[str]]:
         """The `data` payloads of an SSE stream, grouped by the network read that completed them.
@@ -286,6 +311,7 @@ class Upstream:
         and saves a socket write per event.
         """
         buffer = b""
+        event_limit = self.bounds.event
         idle = self.deadlines.stream_idle
         deadline = trio.current_time() + idle
         try:
@@ -293,6 +319,8 @@ class Upstream:
                 async for raw in reads:
                     buffer = (buffer + raw).replace(b"\r\n", b"\n")
                     *complete, buffer = buffer.split(b"\n\n")
+                    if len(buffer) > event_limit:  # an event still incomplete past the bound
+                        raise self._too_large("stream event", event_limit)
                     batch = [data for block in complete if (data := _sse_data(block)) is not None]
                     if batch:
                         yield batch

@@ -5,12 +5,14 @@ Two implementations: `ledger.QuotaLedger` keeps the quota in this process (the d
 All times given and returned are Trio clock times of the calling process.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from attrs import define, frozen
 
-WINDOW_NAMES = ("rpm", "tpm", "rpd", "tpd")
+# utpm: prompt tokens the provider's cache did not hold (Cerebras's uncached bucket); tpm and
+# tpd count every token (its total bucket).
+WINDOW_NAMES = ("rpm", "tpm", "utpm", "rpd", "tpd")
 
 
 @frozen
@@ -36,6 +38,7 @@ class Reservation:
     tokens: int
     seq: int
     probe: bool = False  # the single request let through after a cooldown (half-open)
+    uncached: int = 0  # of `tokens`, the prompt tokens booked as not in the provider's cache
 
 
 class Ledger(Protocol):
@@ -45,27 +48,42 @@ class Ledger(Protocol):
 
     def accounts(self) -> list[str]: ...
 
-    async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
+    async def reserve(
+        self, provider: str, tokens: int, *, floor: int = 0, uncached: Sequence[int] | None = None
+    ) -> Reservation | Refusal:
         """Check and book one request of `tokens` on the provider's account with most headroom,
         atomically over all its windows. Refused, it says what `refusal(provider, tokens)` would
         at that moment (the soonest account, the limit that holds it longest), so a caller need
         not ask again. `floor` is what the request costs even if it is cut short (its prompt):
-        a shared ledger's lease that is never settled gives back the rest."""
+        a shared ledger's lease that is never settled gives back the rest.
+
+        `uncached`: per account (key order), the prompt tokens the provider's cache likely
+        lacks there (None: all of `floor`, on every account). An account that can take the
+        request with fewer uncached tokens than another wins over headroom: a conversation
+        returns to the key whose cache holds it (cache affinity)."""
         ...
 
-    async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
-        """Without booking: when `requests` requests of `tokens` in all could go to `provider`
-        (its soonest account, once every limit has room) and the limit that holds them
-        longest; None if they could now."""
+    async def refusal(self, provider: str, tokens: int, requests: int = 1, uncached: int = 0) -> Refusal | None:
+        """Without booking: when `requests` requests of `tokens` in all (`uncached` of them
+        uncached) could go to `provider` (its soonest account, once every limit has room) and
+        the limit that holds them longest; None if they could now."""
         ...
 
-    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
-        """Replace the reservation's estimate by what the provider really counted."""
+    async def settle(self, reservation: Reservation, actual_tokens: int, uncached_tokens: int | None = None) -> None:
+        """Replace the reservation's estimate by what the provider really counted: `actual_tokens`
+        in all, `uncached_tokens` of the prompt not from its cache (None: what was booked,
+        at most `actual_tokens`)."""
         ...
 
     async def sync(self, reservation: Reservation, figures: Mapping[str, tuple[float, float]]) -> None:
         """Take the provider's figures `{window: (remaining, seconds_to_reset)}` as of this
         reservation: they may lower what we believe is left, never raise it."""
+        ...
+
+    async def adopt_limits(self, reservation: Reservation, stated: Mapping[str, int]) -> None:
+        """The provider's stated limits `{window: figure}`, as of this reservation's answer,
+        become the sizes of its account's windows (per key and model); a configured figure
+        stays a ceiling: never book above it. Figures may raise a limit as well as lower it."""
         ...
 
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
@@ -87,7 +105,8 @@ class Ledger(Protocol):
     def in_cooldown(self, provider: str) -> bool: ...
 
     def snapshot(self, account: str) -> dict[str, Any]:
-        """Used and limit of each window, the provider's own figures, and the cooldown."""
+        """Used and limit of each window, the provider's own figures, the cooldown, and in
+        `limit_sources` where each limit in force comes from (`LimitState.view`)."""
         ...
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]: ...
@@ -103,7 +122,27 @@ class Ledger(Protocol):
 
 def summary_line(account: str, state: Mapping[str, Any]) -> str:
     """A snapshot in short for logs, e.g. `cerebras[rpm 3/12 tpm 4100/132000]`."""
-    parts = [f"{name} {state[name]['used']}/{state[name]['limit']}" for name in WINDOW_NAMES if state[name]["limit"] is not None]
+    parts = [
+        f"{name} {state[name]['used']}/{state[name]['limit']}"
+        for name in WINDOW_NAMES
+        if name in state and state[name]["limit"] is not None
+    ]
     if state["cooldown_seconds"]:
         parts.append(f"cooldown {state['cooldown_seconds']}s")
     return f"{account}[{' '.join(parts)}]" if parts else ""
+
+
+def uncached_costs(uncached: Sequence[int] | None, floor: int, accounts: int) -> list[int]:
+    """Per account, the uncached prompt tokens to book: what the caller predicted, within
+    0..floor (a prediction never books more than the prompt, nor less than nothing); all of
+    `floor` where it predicted nothing."""
+    given = list(uncached or ())[:accounts]
+    return [max(0, min(floor, cost)) for cost in given] + [floor] * (accounts - len(given))
+
+
+def settled_uncached(reservation: Reservation, actual_tokens: int, uncached_tokens: int | None) -> int:
+    """The uncached tokens a settled request counts: the provider's figure within 0..actual
+    (a usage block claiming more cached than prompt counts none uncached); without one, what
+    was booked, at most the actual total."""
+    figure = reservation.uncached if uncached_tokens is None else uncached_tokens
+    return max(0, min(actual_tokens, figure))

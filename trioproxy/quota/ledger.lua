@@ -3,8 +3,11 @@
 -- KEYS[1] leases (sorted set: lease id -> expiry), KEYS[2] lease data (hash: id -> fields),
 -- KEYS[3] leases held per replica (hash), KEYS[4..] one hash per account of the provider, in
 -- key order.
--- ARGV[1] the time ("" = Redis TIME), ARGV[2..5] the limits of rpm, tpm, rpd and tpd (-1 = none),
--- then one or more operations, run in order, each as: its name, the account's index (1-based;
+-- ARGV[1] the time ("" = Redis TIME), ARGV[2] the number of windows k, then k triples: the
+-- window's name, its starting limit and its configured ceiling (-1 = none). Windows: rpm, tpm,
+-- rpd, tpd and utpm (utpm: prompt tokens the provider's cache did not hold; tpm and tpd: every
+-- token). An account's limit is the one the provider stated (`learn`), under the ceiling, else
+-- the starting one. Then one or more operations, run in order, each as: its name, the account's index (1-based;
 -- 0 where the operation chooses), the count of its own arguments, those arguments. Several
 -- replicas' requests arriving together thus cost one call.
 -- The answer: {the time, shared figures, revisions, one answer per operation}. Times go as
@@ -20,12 +23,17 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
-local LIMIT = {rpm = tonumber(ARGV[2]), tpm = tonumber(ARGV[3]), rpd = tonumber(ARGV[4]), tpd = tonumber(ARGV[5])}
+local START, CEILING = {}, {}
+local WINDOW_COUNT = tonumber(ARGV[2])
+for j = 0, WINDOW_COUNT - 1 do
+  local w = ARGV[3 + 3 * j]
+  START[w], CEILING[w] = tonumber(ARGV[4 + 3 * j]), tonumber(ARGV[5 + 3 * j])
+end
 local LEASES, DATA, HOLDERS = KEYS[1], KEYS[2], KEYS[3]
 local SPAN, DAY = 60, 86400
-local WINDOWS = {'rpm', 'rpd', 'tpm', 'tpd'} -- the order in which a refusal is reported
-local BUCKETS = {rpm = true, tpm = true}
-local COUNTER = {rpm = 'seq', rpd = 'seq', tpm = 'cum', tpd = 'cum'} -- what "booked since" counts
+local WINDOWS = {'rpm', 'rpd', 'tpm', 'utpm', 'tpd'} -- the order in which a refusal is reported
+local BUCKETS = {rpm = true, tpm = true, utpm = true}
+local COUNTER = {rpm = 'seq', rpd = 'seq', tpm = 'cum', utpm = 'ucum', tpd = 'cum'} -- what "booked since" counts
 
 local accounts, stored = {}, {} -- index -> the account's fields now, and as read from Redis
 
@@ -34,7 +42,7 @@ local function load(index)
     local raw = redis.call('HGETALL', KEYS[3 + index])
     local a, was = {}, {}
     for i = 1, #raw, 2 do a[raw[i]], was[raw[i]] = raw[i + 1], raw[i + 1] end
-    for _, name in ipairs({'seq', 'cum', 'rpd_u', 'tpd_u', 'half_open', 'day', 'rev', 'sh_r', 'sh_t'}) do a[name] = tonumber(a[name] or 0) end
+    for _, name in ipairs({'seq', 'cum', 'ucum', 'rpd_u', 'tpd_u', 'half_open', 'day', 'rev', 'sh_r', 'sh_t'}) do a[name] = tonumber(a[name] or 0) end
     accounts[index], stored[index] = a, was
   end
   return accounts[index]
@@ -42,9 +50,17 @@ end
 
 local function number(a, field) return tonumber(a[field] or '') end
 
+-- The limit of window `w` in force on account `a` (-1 = none).
+local function limit_of(a, w)
+  local stated = number(a, 'st_' .. w)
+  if stated == nil then return START[w] end
+  if CEILING[w] >= 0 and CEILING[w] < stated then return CEILING[w] end
+  return stated
+end
+
 -- A refilling bucket starts full and regains `limit` over SPAN seconds.
 local function level(a, w)
-  local limit = LIMIT[w]
+  local limit = limit_of(a, w)
   local l, t = number(a, w .. '_l'), number(a, w .. '_t')
   if l == nil then l, t = limit, now end
   l = math.min(limit, l + math.max(0, now - t) * limit / SPAN)
@@ -74,7 +90,7 @@ local function end_cooldown_if_due(a, slack)
 end
 
 local function used(a, w)
-  if LIMIT[w] >= 0 and BUCKETS[w] then return math.max(0, math.ceil(LIMIT[w] - level(a, w) - 1e-9)) end
+  if limit_of(a, w) >= 0 and BUCKETS[w] then return math.max(0, math.ceil(limit_of(a, w) - level(a, w) - 1e-9)) end
   if BUCKETS[w] then -- no limit: what this minute booked, for operators
     if number(a, w .. '_min') ~= math.floor(now / SPAN) then return 0 end
     return number(a, w .. '_n') or 0
@@ -89,8 +105,12 @@ local function provider_remaining(a, w)
   return number(a, 'syn_' .. w .. '_rem') - math.max(0, a[COUNTER[w]] - number(a, 'syn_' .. w .. '_base'))
 end
 
--- What `requests` requests of `tokens` in all take from window `w`.
-local function amount(w, tokens, requests) if w == 'rpm' or w == 'rpd' then return requests end return tokens end
+-- What `requests` requests of `tokens` in all (`uncached` of them uncached) take from window `w`.
+local function amount(w, tokens, requests, uncached)
+  if w == 'rpm' or w == 'rpd' then return requests end
+  if w == 'utpm' then return uncached end
+  return tokens
+end
 
 local function probe_in_flight(a)
   return a.half_open == 1 and (a.probe or '') ~= '' and (number(a, 'probe_until') or 0) > now
@@ -98,7 +118,7 @@ end
 
 -- {reason, retry_at} of one window that cannot take `need` now, else nil.
 local function window_refusal(a, w, need)
-  local limit = LIMIT[w]
+  local limit = limit_of(a, w)
   if limit >= 0 and BUCKETS[w] then
     local l = level(a, w)
     if l < need then
@@ -114,9 +134,10 @@ local function window_refusal(a, w, need)
   return nil
 end
 
--- {reason, retry_at} when the account cannot take `requests` requests of `tokens` in all now,
--- else nil: the first reason found, or with `latest` the one that holds them longest.
-local function refusal(a, tokens, requests, latest)
+-- {reason, retry_at} when the account cannot take `requests` requests of `tokens` in all
+-- (`uncached` of them uncached) now, else nil: the first reason found, or with `latest` the
+-- one that holds them longest.
+local function refusal(a, tokens, requests, latest, uncached)
   roll_day(a)
   end_cooldown_if_due(a, 0)
   local deadline = number(a, 'cd_until')
@@ -124,7 +145,7 @@ local function refusal(a, tokens, requests, latest)
   if probe_in_flight(a) then return {'probe', now + 1} end
   local found = nil
   for _, w in ipairs(WINDOWS) do
-    local r = window_refusal(a, w, amount(w, tokens, requests))
+    local r = window_refusal(a, w, amount(w, tokens, requests, uncached or 0))
     if r ~= nil and not latest then return r end
     if r ~= nil and (found == nil or r[2] > found[2]) then found = r end
   end
@@ -135,7 +156,7 @@ end
 local function headroom(a)
   local share = 1
   for _, w in ipairs(WINDOWS) do
-    local limit = LIMIT[w]
+    local limit = limit_of(a, w)
     if limit > 0 then
       local left = limit - used(a, w)
       local theirs = provider_remaining(a, w)
@@ -148,8 +169,8 @@ end
 
 -- Give back `amount` of window `w` (minute, or day `w_day`) booked on day number `day`.
 local function give_back_window(a, minute, daily, amount, day)
-  if LIMIT[minute] >= 0 then
-    a[minute .. '_l'] = math.min(LIMIT[minute], level(a, minute) + amount)
+  if limit_of(a, minute) >= 0 then
+    a[minute .. '_l'] = math.min(limit_of(a, minute), level(a, minute) + amount)
   elseif number(a, minute .. '_min') == math.floor(now / SPAN) then -- this minute's count, for operators
     a[minute .. '_n'] = math.max(0, number(a, minute .. '_n') - amount)
   end
@@ -161,6 +182,16 @@ end
 local function give_back(a, tokens, day)
   give_back_window(a, 'tpm', 'tpd', tokens, day)
   a.cum = a.cum - tokens
+end
+
+-- Give back `tokens` of the uncached bucket (negative: take more). It has no daily counter.
+local function give_back_uncached(a, tokens)
+  if limit_of(a, 'utpm') >= 0 then
+    a.utpm_l = math.min(limit_of(a, 'utpm'), level(a, 'utpm') + tokens)
+  elseif number(a, 'utpm_min') == math.floor(now / SPAN) then
+    a.utpm_n = math.max(0, number(a, 'utpm_n') - tokens)
+  end
+  a.ucum = a.ucum - tokens
 end
 
 -- Give back requests booked but never sent (a share's unspent part). `seq` stays: it orders
@@ -213,13 +244,15 @@ local function expire_leases()
 end
 
 local function view(a)
-  local v = {u = {}, pr = {}, av = now}
+  local v = {u = {}, pr = {}, av = now, lim = {}, st = {}}
   roll_day(a)
   for _, w in ipairs(WINDOWS) do
     v.u[w] = used(a, w)
     v.pr[w] = provider_remaining(a, w)
+    v.lim[w] = limit_of(a, w)
+    if number(a, 'st_' .. w) ~= nil then v.st[w] = {number(a, 'st_' .. w), number(a, 'st_' .. w .. '_at')} end
   end
-  local r = refusal(a, 1, 1, false)
+  local r = refusal(a, 1, 1, false, 0)
   if r ~= nil then v.av = r[2] end
   v.cd, v.why, v.ho = number(a, 'cd_until') or 0, a.cd_reason or '', a.half_open
   v.sh = {a.sh_r, a.sh_t} -- booked in shares out: not all of it handed out yet
@@ -240,10 +273,10 @@ local function save_changed()
   end
 end
 
-local function book(a, tokens, requests)
-  for _, w in ipairs({'rpm', 'tpm'}) do
-    local need = amount(w, tokens, requests)
-    if LIMIT[w] >= 0 then
+local function book(a, tokens, requests, uncached)
+  for _, w in ipairs({'rpm', 'tpm', 'utpm'}) do
+    local need = amount(w, tokens, requests, uncached)
+    if limit_of(a, w) >= 0 then
       a[w .. '_l'] = level(a, w) - need
     else
       local minute = math.floor(now / SPAN)
@@ -252,7 +285,7 @@ local function book(a, tokens, requests)
     end
   end
   a.rpd_u, a.tpd_u = a.rpd_u + requests, a.tpd_u + tokens
-  a.seq, a.cum = a.seq + requests, a.cum + tokens
+  a.seq, a.cum, a.ucum = a.seq + requests, a.cum + tokens, a.ucum + uncached
 end
 
 
@@ -268,17 +301,22 @@ local function expire_leases_once()
   end
 end
 
--- The account that can take `requests` requests of `tokens` in all now with most headroom
--- (one half-open only if `probing`), else nil and the soonest refusal (by the limit that
--- holds its account longest).
-local function roomiest(tokens, requests, probing)
-  local best, best_room, soonest = nil, -1, nil
+-- The account that can take `requests` requests of `tokens` in all now that books the fewest
+-- uncached tokens (`uncached[i]` on account i; none when nil), then has most headroom (one
+-- half-open only if `probing`), else nil and the soonest refusal (by the limit that holds its
+-- account longest).
+local function roomiest(tokens, requests, probing, uncached)
+  local best, best_cost, best_room, soonest = nil, nil, -1, nil
   for i = 1, n do
     local a = load(i)
-    local r = refusal(a, tokens, requests, true)
+    local cost = 0
+    if uncached then cost = uncached[i] end
+    local r = refusal(a, tokens, requests, true, cost)
     if r == nil and (probing or a.half_open == 0) then
       local room = headroom(a)
-      if room > best_room then best, best_room = i, room end
+      if best == nil or cost < best_cost or (cost == best_cost and room > best_room) then
+        best, best_cost, best_room = i, cost, room
+      end
     elseif r ~= nil and (soonest == nil or r[2] < soonest[2]) then
       soonest = r
     end
@@ -291,7 +329,7 @@ end
 -- bound (no limit and no provider figure).
 local KEEP, SHARE = 0.5, 1 / 16
 local function spare(a, w)
-  local base, left = LIMIT[w], nil
+  local base, left = limit_of(a, w), nil
   if base >= 0 then left = base - used(a, w) end
   local theirs = provider_remaining(a, w)
   if theirs ~= nil and (left == nil or theirs < left) then left = theirs end
@@ -316,27 +354,31 @@ end
 -- Each operation: (the account's index, its own arguments) -> its answer.
 local OPS = {}
 
--- tokens, floor, lease id, lease seconds, replica, book by ('' = no deadline) ->
--- {1, index, seq, cum, day number, probe 0|1} or, refused, {0, reason, retry at} as `refusal` answers
+-- tokens, floor, lease id, lease seconds, replica, book by ('' = no deadline), then the
+-- uncached tokens it books on each account (all of floor on each when absent) ->
+-- {1, index, seq, cum, day number, probe 0|1, uncached booked} or, refused, {0, reason, retry at}
+-- as `refusal` answers
 function OPS.reserve(_, args)
   local tokens, floor, id, ttl, replica = tonumber(args[1]), tonumber(args[2]), args[3], tonumber(args[4]), args[5]
   -- A call that reaches Redis after its caller stopped waiting (Redis was frozen or slow) books
   -- nothing: that request went elsewhere, and its give-back could not reach a Redis thought down.
   if args[6] ~= '' and now > tonumber(args[6]) then return {0, 'late', text(now)} end
   expire_leases_once()
-  local best, soonest = roomiest(tokens, 1, true)
+  local uncached = {}
+  for i = 1, n do uncached[i] = tonumber(args[6 + i] or floor) end
+  local best, soonest = roomiest(tokens, 1, true, uncached)
   if best == nil then
     want_views = true -- off the hot path: the router's Retry-After and status read them
     return {0, soonest[1], text(soonest[2])}
   end
   local a = load(best)
-  book(a, tokens, 1)
+  book(a, tokens, 1, uncached[best])
   local probe = 0
   if a.half_open == 1 then probe, a.probe, a.probe_until = 1, id, now + ttl end
   redis.call('ZADD', LEASES, now + ttl, id)
   redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day, r = replica}))
   redis.call('HINCRBY', HOLDERS, replica, 1)
-  return {1, best, a.seq, a.cum, a.day, probe}
+  return {1, best, a.seq, a.cum, a.day, probe, uncached[best]}
 end
 
 -- A share: a block of requests and tokens booked at once for one replica to hand out without
@@ -362,7 +404,7 @@ function OPS.share(_, args)
     if s ~= nil and (w == 'rpm' or w == 'rpd') then r = math.min(r, s) elseif s ~= nil then t = math.min(t, s) end
   end
   if r < 2 or t < least_t then return {0} end
-  book(a, t, r)
+  book(a, t, r, 0)
   a.sh_r, a.sh_t = a.sh_r + r, a.sh_t + t
   local ids = shares_out(a)
   ids[#ids + 1] = id
@@ -389,7 +431,7 @@ function OPS.draw(index, args)
     redis.call('HSET', DATA, args[1], cjson.encode(share))
     if share.d ~= a.day then a.rpd_u, a.tpd_u = a.rpd_u + 1, a.tpd_u + tokens end
   else
-    book(a, tokens, 1)
+    book(a, tokens, 1, 0)
   end
   redis.call('ZADD', LEASES, now + tonumber(args[5]), args[2])
   redis.call('HSET', DATA, args[2], cjson.encode({i = index, t = tokens, f = tonumber(args[4]), d = a.day, r = args[6]}))
@@ -413,21 +455,24 @@ function OPS.unshare(_, args)
   return {}
 end
 
--- Without booking, when `requests` requests of `tokens` in all could go (tokens, requests) ->
--- {0} if now, else {1, reason, retry at} of the soonest account and the limit that holds it longest
+-- Without booking, when `requests` requests of `tokens` in all could go (tokens, requests,
+-- uncached) -> {0} if now, else {1, reason, retry at} of the soonest account and the limit that
+-- holds it longest
 function OPS.refusal(_, args)
-  local tokens, requests = tonumber(args[1]), tonumber(args[2])
+  local tokens, requests, uncached = tonumber(args[1]), tonumber(args[2]), tonumber(args[3] or 0)
   expire_leases_once() -- a dead replica's quota counts as back, as it does for a reservation
   local soonest = nil
   for i = 1, n do
-    local r = refusal(load(i), tokens, requests, true)
+    local r = refusal(load(i), tokens, requests, true, uncached)
     if r == nil then return {0} end
     if soonest == nil or r[2] < soonest[2] then soonest = r end
   end
   return {1, soonest[1], text(soonest[2])}
 end
 
--- lease id, actual tokens, reserved, floor, its day number[, requests to give back (never sent)]
+-- lease id, actual tokens, reserved, floor, its day number[, requests to give back (never sent)
+-- [, actual uncached tokens, uncached booked]]. A lease that expires keeps what it booked as
+-- uncached (that is its prompt's, which surely went): the settle corrects it whenever it comes.
 function OPS.settle(index, args)
   local a = load(index)
   local id, actual, reserved, floor = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
@@ -441,6 +486,7 @@ function OPS.settle(index, args)
   redis.call('ZREM', LEASES, id)
   give_back(a, back, args[5])
   if args[6] then give_back_requests(a, tonumber(args[6]), args[5]) end -- it was never sent
+  if args[8] then give_back_uncached(a, tonumber(args[8]) - tonumber(args[7])) end
   return {}
 end
 
@@ -456,7 +502,7 @@ function OPS.sync(index, args)
       a['fseq_' .. w] = base.seq
       local left = remaining - math.max(0, a[COUNTER[w]] - base[COUNTER[w]])
       local lowered = false
-      if BUCKETS[w] and LIMIT[w] >= 0 then
+      if BUCKETS[w] and limit_of(a, w) >= 0 then
         -- What shares booked before that request still hold may yet be sent, and the
         -- provider has not counted it (what comes back of them goes back into the bucket).
         local held = held_before(a, base.seq)
@@ -474,11 +520,30 @@ function OPS.sync(index, args)
       -- or (no limit set) less than twice what shares still hold. Shares out stop handing out.
       local held = a.sh_t
       if w == 'rpm' or w == 'rpd' then held = a.sh_r end
-      if lowered and held > 0 and ((LIMIT[w] < 0 and left < 2 * held) or (LIMIT[w] >= 0 and (spare(a, w) or 0) < 0)) then
+      if lowered and held > 0 and ((limit_of(a, w) < 0 and left < 2 * held) or (limit_of(a, w) >= 0 and (spare(a, w) or 0) < 0)) then
         a.rev = a.rev + 1
       end
     end
   end
+  return {}
+end
+
+-- (window, stated limit)... -> {}. The provider's stated limits become the account's, under
+-- the ceilings; a bucket keeps its level (capped by a lower limit, refilling at the new rate).
+function OPS.learn(index, args)
+  local a = load(index)
+  for i = 1, #args, 2 do
+    local w, figure = args[i], tonumber(args[i + 1])
+    if START[w] ~= nil and figure ~= nil and figure >= 1 then
+      local before = limit_of(a, w)
+      if BUCKETS[w] and before >= 0 then level(a, w) end -- settle the level under the old limit first
+      a['st_' .. w], a['st_' .. w .. '_at'] = figure, now
+      local after = limit_of(a, w)
+      -- Shares out were cut from the old limit: a lower one stops them handing out.
+      if (before < 0 or after < before) and (a.sh_r > 0 or a.sh_t > 0) then a.rev = a.rev + 1 end
+    end
+  end
+  want_views = true
   return {}
 end
 
@@ -523,7 +588,7 @@ end
 
 -- Read every operation before running any: a bad one changes nothing.
 local calls = {}
-local i = 6
+local i = 3 + 3 * WINDOW_COUNT
 while i <= #ARGV do
   local run, index, count = OPS[ARGV[i]], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   if run == nil then return redis.error_reply('unknown operation ' .. ARGV[i]) end

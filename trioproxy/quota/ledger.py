@@ -5,14 +5,15 @@ cooldowns. It implements `contract.Ledger`; `redis_ledger` is the shared impleme
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import trio
 from attrs import define, field, frozen
 
 from ..config import ProviderConfig
-from .contract import WINDOW_NAMES, Refusal, Reservation, summary_line
+from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs
+from .limits import LimitState, limit_states
 
 MINUTE = 60.0
 DAY = 86_400.0
@@ -274,7 +275,7 @@ class Synced:
 
 @define
 class MemoryReservation(Reservation):
-    _entries: tuple[tuple[Window, _Booking], ...] = ()  # the token windows, for settling
+    _entries: dict[str, tuple[Window, _Booking]] = field(factory=dict)  # the token windows, for settling
 
 
 def seconds_until_utc_midnight(wall_time: float) -> float:
@@ -293,6 +294,7 @@ class AccountQuota:
     provider: str
     key_index: int
     windows: dict[str, Window]
+    limits: dict[str, LimitState] = field(factory=dict)  # where each window's limit comes from
     synced: dict[str, Synced] = field(factory=dict)
     figure_seq: dict[str, int] = field(factory=dict)  # the request whose figure was taken last
     cooldown_until: float = -math.inf
@@ -303,44 +305,61 @@ class AccountQuota:
     @classmethod
     def from_config(cls, name: str, provider: ProviderConfig, key_index: int, now: float, wall: float) -> "AccountQuota":
         day_ends_at = now + seconds_until_utc_midnight(wall)
+        limits = limit_states(provider)
         windows: dict[str, Window] = {
-            "rpm": RefillingBucket(provider.requests_per_minute, span=MINUTE),
-            "tpm": RefillingBucket(provider.tokens_per_minute, span=MINUTE),
-            "rpd": DailyWindow(provider.requests_per_day, day_ends_at=day_ends_at),
-            "tpd": DailyWindow(provider.tokens_per_day, day_ends_at=day_ends_at),
+            "rpm": RefillingBucket(limits["rpm"].limit, span=MINUTE),
+            "tpm": RefillingBucket(limits["tpm"].limit, span=MINUTE),
+            "utpm": RefillingBucket(limits["utpm"].limit, span=MINUTE),
+            "rpd": DailyWindow(limits["rpd"].limit, day_ends_at=day_ends_at),
+            "tpd": DailyWindow(limits["tpd"].limit, day_ends_at=day_ends_at),
         }
-        return cls(name=name, provider=provider.name, key_index=key_index, windows=windows)
+        return cls(name=name, provider=provider.name, key_index=key_index, windows=windows, limits=limits)
 
     def take_limits(self, fresh: "AccountQuota", now: float) -> None:
-        """Apply the limits of `fresh` (built from new settings), keeping this account's state."""
+        """Apply the limits of `fresh` (built from new settings), keeping this account's state
+        and what the provider stated (under the new ceilings)."""
         for name, window in self.windows.items():
-            window.set_limit(now, fresh.windows[name].limit)
+            kept = self.limits[name]
+            self.limits[name] = state = fresh.limits[name]
+            state.stated, state.stated_at = kept.stated, kept.stated_at
+            window.set_limit(now, state.limit)
+
+    def adopt_limits(self, now: float, stated: Mapping[str, int]) -> None:
+        """Take the provider's stated limits as the windows' sizes, below the configured ceilings."""
+        for name, figure in stated.items():
+            state = self.limits.get(name)
+            if state is None:
+                continue
+            state.stated, state.stated_at = figure, now
+            if state.limit != self.windows[name].limit:
+                self.windows[name].set_limit(now, state.limit)
 
     def end_cooldown_if_due(self, now: float) -> None:
         if self.cooldown_until != -math.inf and now >= self.cooldown_until:
             self.cooldown_until, self.cooldown_reason = -math.inf, ""
             self.half_open, self.probe_in_flight = True, False
 
-    def _amounts(self, tokens: int, requests: int = 1) -> dict[str, int]:
-        return {"rpm": requests, "rpd": requests, "tpm": tokens, "tpd": tokens}
+    def _amounts(self, tokens: int, requests: int = 1, uncached: int = 0) -> dict[str, int]:
+        return {"rpm": requests, "rpd": requests, "tpm": tokens, "utpm": uncached, "tpd": tokens}
 
     def refusal(self, now: float, tokens: int) -> Refusal | None:
         return next(iter(self.refusals(now, tokens)), None)
 
-    def longest_refusal(self, now: float, tokens: int, requests: int = 1) -> Refusal | None:
+    def longest_refusal(self, now: float, tokens: int, requests: int = 1, uncached: int = 0) -> Refusal | None:
         """The limit that holds `requests` requests of `tokens` in all longest, None if none does."""
-        found = self.refusals(now, tokens, requests)
+        found = self.refusals(now, tokens, requests, uncached)
         return max(found, key=lambda r: r.retry_at) if found else None
 
-    def refusals(self, now: float, tokens: int, requests: int = 1) -> list[Refusal]:
-        """Every reason `requests` requests of `tokens` in all would be refused now."""
+    def refusals(self, now: float, tokens: int, requests: int = 1, uncached: int = 0) -> list[Refusal]:
+        """Every reason `requests` requests of `tokens` in all (`uncached` of them prompt tokens
+        not in the provider's cache) would be refused now."""
         self.end_cooldown_if_due(now)
         if now < self.cooldown_until:
             return [Refusal("cooldown", self.cooldown_until)]
         if self.half_open and self.probe_in_flight:
             return [Refusal("probe", now + 1)]
         found = []
-        for name, amount in self._amounts(tokens, requests).items():
+        for name, amount in self._amounts(tokens, requests, uncached).items():
             window = self.windows[name]
             if not window.fits(now, amount):
                 found.append(Refusal(name, now + window.seconds_until_fits(now, amount)))
@@ -415,38 +434,49 @@ class QuotaLedger:
     def accounts(self) -> list[str]:
         return list(self._accounts)
 
-    async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
-        """Book one request of `tokens` on the provider's account with the most headroom; refused,
-        the soonest account's limit that holds it longest.
+    async def reserve(
+        self, provider: str, tokens: int, *, floor: int = 0, uncached: Sequence[int] | None = None
+    ) -> Reservation | Refusal:
+        """Book one request of `tokens` on the provider's account that would book the fewest
+        uncached tokens (`uncached`, per account; None: all of `floor` everywhere), then has the
+        most headroom; refused, the soonest account's limit that holds it longest.
 
-        `floor` is for leases of a shared ledger; a reservation here lives as long as the process."""
+        `floor` is also for leases of a shared ledger; a reservation here lives as long as the process."""
         now = self._clock()
+        accounts = self._by_provider[provider]
+        floor = min(floor, tokens)
+        costs = uncached_costs(uncached, floor, len(accounts))
         refusals: list[Refusal] = []
         best: AccountQuota | None = None
-        for account in self._by_provider[provider]:
-            refusal = account.longest_refusal(now, tokens)
+        for account, cost in zip(accounts, costs):
+            refusal = account.longest_refusal(now, tokens, 1, cost)
             if refusal is not None:
                 refusals.append(refusal)
-            elif best is None or account.headroom(now) > best.headroom(now):
+            elif best is None or (cost, -account.headroom(now)) < (costs[best.key_index], -best.headroom(now)):
                 best = account
         if best is None:
             return min(refusals, key=lambda r: r.retry_at)
         self._seq += 1
-        entries = []
-        for name, amount in best._amounts(tokens).items():
+        cost = costs[best.key_index]
+        entries = {}
+        for name, amount in best._amounts(tokens, 1, cost).items():
             entry = best.windows[name].add(now, amount, self._seq)
-            if name in ("tpm", "tpd"):
-                entries.append((best.windows[name], entry))
+            if name in ("tpm", "tpd", "utpm"):
+                entries[name] = (best.windows[name], entry)
         probe = best.half_open
         best.probe_in_flight = probe
-        return MemoryReservation(best.name, provider, best.key_index, tokens, self._seq, probe, entries=tuple(entries))
+        return MemoryReservation(
+            best.name, provider, best.key_index, tokens, self._seq, probe, cost, entries=entries
+        )
 
-    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+    async def settle(self, reservation: Reservation, actual_tokens: int, uncached_tokens: int | None = None) -> None:
         """Replace a reservation's estimate by what the provider really counted."""
         assert isinstance(reservation, MemoryReservation)
-        for window, entry in reservation._entries:
-            window.adjust(entry, actual_tokens)
-        reservation.tokens = actual_tokens
+        actual_tokens = max(0, actual_tokens)
+        uncached = settled_uncached(reservation, actual_tokens, uncached_tokens)
+        for name, (window, entry) in reservation._entries.items():
+            window.adjust(entry, uncached if name == "utpm" else actual_tokens)
+        reservation.tokens, reservation.uncached = actual_tokens, uncached
 
     async def sync(self, reservation: Reservation, figures: Mapping[str, tuple[float, float]]) -> None:
         """Take the provider's own figures, `{window: (remaining, seconds_to_reset)}`, as truth.
@@ -472,6 +502,11 @@ class QuotaLedger:
                 window.lower_to(now, remaining - window.booked_after(reservation.seq))
             else:
                 account.synced[name] = Synced(int(remaining), reservation.seq, now + reset)
+
+    async def adopt_limits(self, reservation: Reservation, stated: Mapping[str, int]) -> None:
+        """The provider's stated limits `{window: figure}` for the reservation's account become
+        its windows' sizes (never above a configured figure)."""
+        self._accounts[reservation.account].adopt_limits(self._clock(), stated)
 
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         """Skip `account` until `until`. Returns False when an existing cooldown lasts longer."""
@@ -529,7 +564,8 @@ class QuotaLedger:
             if account is None:
                 continue
             for window in WINDOW_NAMES:
-                account.windows[window].restore(now, saved["windows"][window], trio_offset)  # type: ignore[arg-type]
+                if window in saved["windows"]:  # (state saved before a window existed lacks it)
+                    account.windows[window].restore(now, saved["windows"][window], trio_offset)  # type: ignore[arg-type]
             for window, (remaining, valid_until) in saved["synced"].items():
                 if window in WINDOW_NAMES and now < valid_until + trio_offset:
                     account.synced[window] = Synced(int(remaining), self._seq, valid_until + trio_offset)
@@ -549,14 +585,14 @@ class QuotaLedger:
             times.append(now if refusal is None else refusal.retry_at)
         return min(times)
 
-    async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
+    async def refusal(self, provider: str, tokens: int, requests: int = 1, uncached: int = 0) -> Refusal | None:
         """Without booking: when `requests` requests of `tokens` in all could go to `provider`
         (its soonest account, once every limit has room) and the limit that holds them
         longest; None if they could now."""
         now = self._clock()
         latest = []
         for account in self._by_provider[provider]:
-            refusal = account.longest_refusal(now, tokens, requests)
+            refusal = account.longest_refusal(now, tokens, requests, uncached)
             if refusal is None:
                 return None
             latest.append(refusal)
@@ -587,6 +623,7 @@ class QuotaLedger:
         daily = quota.windows["tpd"]
         assert isinstance(daily, DailyWindow)
         state["day_resets_seconds"] = round(daily.day_ends_at - now, 1)  # after used() rolled the day
+        state["limit_sources"] = {name: limit.view(now) for name, limit in quota.limits.items() if limit.limit is not None}
         return state
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:
@@ -606,3 +643,4 @@ class QuotaLedger:
 def account_name(provider: str, index: int, count: int) -> str:
     """`cerebras` for a single key, `cerebras#1`, `cerebras#2`, ... for several."""
     return provider if count == 1 else f"{provider}#{index + 1}"
+

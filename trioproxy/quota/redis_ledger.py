@@ -17,20 +17,23 @@ limit / replicas; with "refuse", providers that have limits count as out of quot
 import functools
 import hashlib
 import itertools
-from collections.abc import Iterable, Mapping
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import trio
 from attrs import define
 
-from ..config import ProviderConfig
-from .contract import WINDOW_NAMES, Refusal, Reservation, summary_line
+from ..config import ProviderConfig, configured_limits, starting_limits
+from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs
 from .ledger import QuotaLedger, account_name
+from .limits import limit_states
 from .redis_store import Lane, QuotaStore, Reply
 from .share_keeper import ShareKeeper
 
 OUTAGE_RETRY_SECONDS = 1.0  # what a "refuse" refusal tells the router about trying again
+RESTATE_SECONDS = 60.0  # unchanged stated limits are sent to Redis again after this long
 
 
 @define
@@ -42,27 +45,35 @@ class SharedReservation(Reservation):
     day: int = 0  # the account's day number when booked: tokens per day are refunded within that day only
 
 
-def _limits(provider: ProviderConfig) -> list[int]:
-    limits = (provider.requests_per_minute, provider.tokens_per_minute, provider.requests_per_day, provider.tokens_per_day)
-    return [-1 if limit is None else limit for limit in limits]
+def _limits(provider: ProviderConfig) -> list[int | str]:
+    """The script's limit arguments: the number of windows, then per window its name, starting
+    limit and configured ceiling (-1 = none)."""
+    starting, ceilings = starting_limits(provider), configured_limits(provider)
+    figures: list[int | str] = [len(starting)]
+    for window, (start, _) in starting.items():
+        figures += [window, -1 if start is None else start, -1 if ceilings[window] is None else ceilings[window]]
+    return figures
 
 
 def _has_limits(provider: ProviderConfig) -> bool:
-    return any(limit >= 0 for limit in _limits(provider))
+    return any(start is not None for start, _ in starting_limits(provider).values())
 
 
 def _per_replica(provider: ProviderConfig, replicas: int) -> ProviderConfig:
-    """The provider with each limit divided among the replicas, for serving without Redis."""
+    """The provider with each starting limit divided among the replicas, for serving without Redis."""
+    starting = starting_limits(provider)
 
-    def share(limit: int | None) -> int | None:
+    def share(window: str) -> int | None:
+        limit = starting[window][0]
         return None if limit is None else max(1, limit // replicas)
 
     return attrs.evolve(
         provider,
-        requests_per_minute=share(provider.requests_per_minute),
-        tokens_per_minute=share(provider.tokens_per_minute),
-        requests_per_day=share(provider.requests_per_day),
-        tokens_per_day=share(provider.tokens_per_day),
+        requests_per_minute=share("rpm"),
+        tokens_per_minute=share("tpm"),
+        requests_per_day=share("rpd"),
+        tokens_per_day=share("tpd"),
+        uncached_tokens_per_minute=share("utpm"),
     )
 
 
@@ -112,8 +123,12 @@ class RedisLedger:
             self._lanes[name] = (keys_of, tuple(_limits(provider)))
             self._where.update((account, (name, i + 1)) for i, account in enumerate(self._names[name]))
         self._views: dict[str, dict[str, Any]] = {}  # account -> the script's last view of it
+        self._stated: dict[str, tuple[dict[str, int], float]] = {}  # account -> limits last sent, when
         self._leases: dict[str, dict[str, int]] = {}  # provider -> replica -> leases held
         self._lease_numbers = itertools.count(1)
+        # Lease ids name this ledger too: the ledger a reload builds, or several in one process,
+        # count from 1 again while leases of the one before may still be out under that name.
+        self._lease_prefix = f"{replica}/{secrets.token_hex(4)}"
         self._shares = ShareKeeper(
             store, self._lanes, self._new_lease, lease_seconds=lease_seconds, replica=replica, enabled=shares
         )
@@ -144,70 +159,79 @@ class RedisLedger:
         if "leases" in reply.shared:
             self._leases[provider] = reply.shared["leases"]
 
-    async def reserve(self, provider: str, tokens: int, *, floor: int = 0) -> Reservation | Refusal:
+    async def reserve(
+        self, provider: str, tokens: int, *, floor: int = 0, uncached: Sequence[int] | None = None
+    ) -> Reservation | Refusal:
         floor = min(floor, tokens)
-        handed = self._shares.hand_out(provider, tokens, floor, self.now())
+        costs = uncached_costs(uncached, floor, len(self._names[provider]))
+        # Shares book no uncached tokens and pick no account by cache: not where either counts.
+        handed = None
+        if self._providers[provider].uncached_tokens_per_minute is None and len(set(costs)) == 1:
+            handed = self._shares.hand_out(provider, tokens, floor, self.now())
         if handed is not None:
             return SharedReservation(
                 self._names[provider][handed.index - 1], provider, handed.index - 1, tokens, handed.seq,
                 index=handed.index, lease=handed.lease, cum=handed.cum, floor=floor, day=handed.day,
             )
         lease = self._new_lease()
-        args = (tokens, floor, lease, self._lease_seconds, self._replica, self.store.deadline())
+        args = (tokens, floor, lease, self._lease_seconds, self._replica, self.store.deadline(), *costs)
         abandoned = functools.partial(self._give_back_unused, provider, tokens, lease)
         reply = await self.store.call(self._lanes[provider], "reserve", 0, args, abandoned)
         if reply is None or reply.result[:2] == [0, "late"]:  # late: booked nothing, as if Redis were down
-            return await self._reserve_locally(provider, tokens)
+            return await self._reserve_locally(provider, tokens, floor, costs)
         self._absorb(provider, reply)
         if reply.result[0] == 0:
             return Refusal(reply.result[1], self.store.to_trio(float(reply.result[2])))
-        _, index, seq, cum, day, probe = reply.result
+        _, index, seq, cum, day, probe, booked_uncached = reply.result
         account = self._names[provider][index - 1]
         return SharedReservation(
-            account, provider, index - 1, tokens, seq, bool(probe), index=index, lease=lease, cum=cum, floor=floor,
-            day=day,
+            account, provider, index - 1, tokens, seq, bool(probe), booked_uncached, index=index, lease=lease,
+            cum=cum, floor=floor, day=day,
         )
 
     def _new_lease(self) -> str:
-        return f"{self._replica}/{next(self._lease_numbers)}"
+        return f"{self._lease_prefix}/{next(self._lease_numbers)}"
 
     def _give_back_unused(self, provider: str, tokens: int, lease: str, reply: Reply) -> None:
         """A reservation granted after its caller stopped waiting (it went local, or its client
         left): nothing was sent on it, so all of it comes back, and its probe turn too."""
         if reply.result[0] == 0:
             return
-        _, index, _, _, day, probe = reply.result
+        _, index, _, _, day, probe, booked_uncached = reply.result
         lane = self._lanes[provider]
-        self.store.submit(lane, "settle", index, (lease, 0, tokens, 0, day, 1))
+        self.store.submit(lane, "settle", index, (lease, 0, tokens, 0, day, 1, 0, booked_uncached))
         if probe:
             self.store.submit(lane, "probe", index, (lease, 0))
 
-    async def _reserve_locally(self, provider: str, tokens: int) -> Reservation | Refusal:
+    async def _reserve_locally(self, provider: str, tokens: int, floor: int, costs: list[int]) -> Reservation | Refusal:
         if self._policy == "refuse" and _has_limits(self._providers[provider]):
             return Refusal("redis", self.now() + OUTAGE_RETRY_SECONDS)
-        return await self._fallback.reserve(provider, tokens)
+        return await self._fallback.reserve(provider, tokens, floor=floor, uncached=costs)
 
-    async def refusal(self, provider: str, tokens: int, requests: int = 1) -> Refusal | None:
-        if self._shares.fits(provider, tokens, requests, self.now()):
+    async def refusal(self, provider: str, tokens: int, requests: int = 1, uncached: int = 0) -> Refusal | None:
+        if uncached == 0 and self._shares.fits(provider, tokens, requests, self.now()):
             return None
-        reply = await self.store.call(self._lanes[provider], "refusal", 0, (tokens, requests))
+        reply = await self.store.call(self._lanes[provider], "refusal", 0, (tokens, requests, uncached))
         if reply is None:
             if self._policy == "refuse" and _has_limits(self._providers[provider]):
                 return Refusal("redis", self.now() + OUTAGE_RETRY_SECONDS)
-            return await self._fallback.refusal(provider, tokens, requests)
+            return await self._fallback.refusal(provider, tokens, requests, uncached)
         if reply.result[0] == 0:
             return None
         return Refusal(reply.result[1], self.store.to_trio(float(reply.result[2])))
 
-    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+    async def settle(self, reservation: Reservation, actual_tokens: int, uncached_tokens: int | None = None) -> None:
         if not isinstance(reservation, SharedReservation):
-            await self._fallback.settle(reservation, actual_tokens)
+            await self._fallback.settle(reservation, actual_tokens, uncached_tokens)
             return
         r = reservation
-        args = (r.lease, actual_tokens, r.tokens, r.floor, r.day)
+        actual_tokens = max(0, actual_tokens)
+        uncached = settled_uncached(r, actual_tokens, uncached_tokens)
+        args = (r.lease, actual_tokens, r.tokens, r.floor, r.day, 0, uncached, r.uncached)
         self.store.submit(self._lanes[r.provider], "settle", r.index, args)
         # A second settle corrects this one: the lease is gone by then, and its floor is this figure.
         r.tokens = r.floor = actual_tokens
+        r.uncached = uncached
 
     async def sync(self, reservation: Reservation, figures: Mapping[str, tuple[float, float]]) -> None:
         if not isinstance(reservation, SharedReservation):
@@ -216,6 +240,19 @@ class RedisLedger:
         r = reservation
         flat = [item for name, (remaining, reset) in figures.items() for item in (name, remaining, reset)]
         self.store.submit(self._lanes[r.provider], "sync", r.index, (r.seq, r.cum, *flat))
+
+    async def adopt_limits(self, reservation: Reservation, stated: Mapping[str, int]) -> None:
+        if not isinstance(reservation, SharedReservation):
+            await self._fallback.adopt_limits(reservation, stated)
+            return
+        # Every answer states them: tell Redis when they change, and once a minute to keep
+        # their age honest, not on every request.
+        now, last = self.now(), self._stated.get(reservation.account)
+        if last is not None and last[0] == stated and now - last[1] < RESTATE_SECONDS:
+            return
+        self._stated[reservation.account] = (dict(stated), now)
+        flat = [item for window, figure in stated.items() for item in (window, figure)]
+        self.store.submit(self._lanes[reservation.provider], "learn", reservation.index, flat)
 
     async def start_cooldown(self, account: str, until: float, reason: str) -> bool:
         started_here = await self._fallback.start_cooldown(account, until, reason)
@@ -273,18 +310,25 @@ class RedisLedger:
             return self._fallback.snapshot(account)
         view, provider = self._views[account], self._providers[self._where[account][0]]
         state: dict[str, Any] = {}
-        for name, limit in zip(("rpm", "tpm", "rpd", "tpd"), _limits(provider)):
+        sources = limit_states(provider)
+        for name in WINDOW_NAMES:
+            limit = view["lim"][name]
             state[name] = {"used": view["u"][name], "limit": None if limit < 0 else limit}
+            if name in view["st"]:
+                sources[name].stated, at = view["st"][name]
+                sources[name].stated_at = self.store.to_trio(float(at))
             if name in view["pr"]:
                 state[name]["provider_remaining"] = int(view["pr"][name])
-            held = view["sh"][name in ("tpm", "tpd")]
+            held = 0 if name == "utpm" else view["sh"][name in ("tpm", "tpd")]  # shares book no uncached tokens
             if held:
                 state[name]["in_shares"] = held  # booked in shares, not handed out yet
         left = self.store.to_trio(view["cd"]) - self.now() if view["cd"] else 0.0
         state["cooldown_seconds"] = round(left, 1) if left > 0 else 0
         state["cooldown_reason"] = view["why"] if left > 0 else ""
         state["half_open"] = bool(view["ho"])
-        return {name: state[name] for name in (*WINDOW_NAMES, "cooldown_seconds", "cooldown_reason", "half_open")}
+        now = self.now()
+        state["limit_sources"] = {name: limit.view(now) for name, limit in sources.items() if limit.limit is not None}
+        return {name: state[name] for name in (*WINDOW_NAMES, "cooldown_seconds", "cooldown_reason", "half_open", "limit_sources")}
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:
         return {account: self.snapshot(account) for account in self._names[provider]}

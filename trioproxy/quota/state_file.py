@@ -22,7 +22,7 @@ _CLOCK_SKEW = 300.0
 _MAX_AHEAD = DAY + 3600.0
 
 Amount = Annotated[int, msgspec.Meta(ge=0, le=_MAX_AMOUNT)]
-WindowName = Literal["rpm", "tpm", "rpd", "tpd"]
+WindowName = Literal["rpm", "tpm", "utpm", "rpd", "tpd"]
 
 
 class StateFileError(ValueError):
@@ -39,6 +39,7 @@ class _Windows(msgspec.Struct, forbid_unknown_fields=True):
     tpm: list[tuple[float, Amount]]
     rpd: _Daily
     tpd: _Daily
+    utpm: list[tuple[float, Amount]] = []  # (a file saved before the uncached bucket has none)
 
 
 class _Account(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,7 +81,7 @@ def _check_times(name: str, account: _Account, wall_now: float) -> None:
         if value > limit:
             raise StateFileError(f"{name}: {what} is {value - wall_now:.0f} s in the future")
 
-    for window in (account.windows.rpm, account.windows.tpm):
+    for window in (account.windows.rpm, account.windows.tpm, account.windows.utpm):
         for at, _ in window:
             at_most(at, wall_now + _CLOCK_SKEW, "a booking")
     for daily in (account.windows.rpd, account.windows.tpd):

@@ -5,7 +5,8 @@ from fnmatch import fnmatchcase
 
 from attrs import field, frozen
 
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
+from .limits import RouteLimits
 
 
 @frozen
@@ -14,6 +15,7 @@ class ServedModel:
 
     name: str
     aliases: tuple[str, ...] = ()
+    limits: RouteLimits = RouteLimits(None, None)  # what model lists tell clients of its size
 
 
 def _exact_names(models: Sequence[ServedModel]) -> dict[str, str]:
@@ -44,6 +46,11 @@ class ModelNames:
     def names(self) -> list[str]:
         return [model.name for model in self.models]
 
+    def card(self, name: object) -> ServedModel:
+        """The route `name` stands for, with what model lists say of it; errors as `resolve`."""
+        route = self.resolve(name)
+        return next(model for model in self.models if model.name == route)
+
     def resolve(self, name: object) -> str:
         """The route `name` stands for; a 404 naming the served models otherwise."""
         if not isinstance(name, str) or not name:
@@ -57,7 +64,7 @@ class ModelNames:
         served = ", ".join(f"`{model}`" for model in self.names)
         raise ProxyError(
             404,
-            f"The model `{name}` does not exist. This proxy serves {served}"
+            f"The model `{quoted(name)}` does not exist. This proxy serves {served}"
             " (other names can be mapped to a model with aliases: the `model_aliases` setting,"
             " or `aliases` in a [[models]] route).",
             code="model_not_found",

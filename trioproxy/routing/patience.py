@@ -78,6 +78,7 @@ class AnswerTimer:
 @define(eq=False)
 class _Waiter:
     tokens: int
+    uncached: int  # the least it books as uncached on any account
     turn: trio.Event = field(factory=trio.Event)  # set when it reaches the head of its queue
 
 
@@ -107,32 +108,38 @@ class Patience:
 
     async def reserve(
         self, upstream: Upstream, tokens: int, body: dict[str, Any], later: Sequence[Upstream], record: RouteRecord,
-        floor: int = 0,
+        floor: int = 0, uncached: Sequence[int] | None = None,
     ) -> Reservation | Refusal:
         """The ledger's reservation, after waiting in line for it if that finishes sooner.
+        `floor` and `uncached` go to the ledger's `reserve`.
 
         Providers are known by their quota key (provider account and model), as the ledger knows them."""
         name = upstream.quota_key
         queue = self._queues[name]
         alone = not queue  # whether the refusal below is about this request alone
+        booking = _Booking(tokens, floor, uncached)
         if alone or self.max_wait <= 0:
-            got = await self._ledger.reserve(name, tokens, floor=floor)
+            got = await booking.reserve(self._ledger, name)
             if isinstance(got, Reservation) or self.max_wait <= 0:
                 return got
             refusal = got  # names the limit that holds it longest (the ledger contract)
         else:  # others wait already: this one's turn comes after theirs
-            ahead = sum(waiter.tokens for waiter in queue)
-            refusal = await self._ledger.refusal(name, ahead + tokens, len(queue) + 1) or Refusal(
-                "queue", self._ledger.now()
-            )
+            ahead, ahead_uncached = (sum(waiter.tokens for waiter in queue), sum(waiter.uncached for waiter in queue))
+            refusal = await self._ledger.refusal(
+                name, ahead + tokens, len(queue) + 1, ahead_uncached + booking.least_uncached
+            ) or Refusal("queue", self._ledger.now())
         wait = max(0.0, refusal.retry_at - self._ledger.now())
         if refusal.foreseen and await self._worth_waiting(upstream, wait, tokens, body, later):
-            got = await self._wait_in_line(name, queue, tokens, refusal, alone, record, floor)
-        elif queue and queue[0].tokens > tokens and await self._ledger.refusal(name, queue[0].tokens) is not None:
+            got = await self._wait_in_line(name, queue, booking, refusal, alone, record)
+        elif (
+            queue
+            and queue[0].tokens > tokens
+            and await self._ledger.refusal(name, queue[0].tokens, 1, queue[0].uncached) is not None
+        ):
             # It will not wait, and what is free now is too little for the head of the line:
             # taking it costs the waiters nothing they could use now, and leaves none unused.
             # (What is too little for the head is too little for a request as large: no need to ask.)
-            got = await self._ledger.reserve(name, tokens, floor=floor)
+            got = await booking.reserve(self._ledger, name)
         else:
             got = refusal
         if isinstance(got, Reservation):
@@ -167,8 +174,7 @@ class Patience:
         return wait + self.paces[upstream.quota_key].seconds_for(completion)
 
     async def _wait_in_line(
-        self, name: str, queue: deque[_Waiter], tokens: int, refusal: Refusal, alone: bool, record: RouteRecord,
-        floor: int,
+        self, name: str, queue: deque[_Waiter], booking: "_Booking", refusal: Refusal, alone: bool, record: RouteRecord
     ) -> Reservation | Refusal:
         """Queue up; at the head, take quota as it returns. Leaves the queue however it ends,
         a client's disconnect (cancellation) included, and hands the turn to the next.
@@ -177,7 +183,7 @@ class Patience:
         the ledger again only when that refusal said, as it does after each refusal of its own."""
         started = self._ledger.now()
         deadline = started + self.max_wait
-        waiter = _Waiter(tokens)
+        waiter = _Waiter(booking.tokens, booking.least_uncached)
         queue.append(waiter)
         told = alone and len(queue) == 1
         if len(queue) == 1:
@@ -189,7 +195,7 @@ class Patience:
                 while True:
                     if told:  # at least a millisecond: a bucket a rounding error short must not spin
                         await trio.sleep_until(max(refusal.retry_at, self._ledger.now() + 0.001))
-                    got = await self._ledger.reserve(name, tokens, floor=floor)
+                    got = await booking.reserve(self._ledger, name)
                     if isinstance(got, Reservation):
                         return got
                     refusal, reason, told = got, got.reason, True
@@ -203,3 +209,20 @@ class Patience:
             queue.remove(waiter)
             if queue:
                 queue[0].turn.set()
+
+
+@define
+class _Booking:
+    """What one request asks of the ledger (see `Ledger.reserve`)."""
+
+    tokens: int
+    floor: int
+    uncached: Sequence[int] | None
+
+    @property
+    def least_uncached(self) -> int:
+        """The uncached tokens it books on the account where that is least."""
+        return min(self.uncached) if self.uncached else self.floor
+
+    async def reserve(self, ledger: Ledger, name: str) -> Reservation | Refusal:
+        return await ledger.reserve(name, self.tokens, floor=self.floor, uncached=self.uncached)

@@ -1,5 +1,6 @@
 """The routing policy: which provider serves a request, and when to fail over to the next."""
 
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -13,12 +14,13 @@ from ..errors import ProxyError
 from ..logs import REQUEST_ID
 from ..providers.health import ProviderHealth
 from ..quota.contract import Ledger, Refusal, Reservation
-from ..providers.ratelimit import backoff_for, quota_figures
+from ..providers.ratelimit import backoff_for, quota_figures, stated_limits
 from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
 from .patience import Pace, Patience
 from .continuation import SaidSoFar, continuation_body
+from .prompt_cache import PromptMemory, PromptPrefix
 from .relay import OpenStream, StreamRelay, carries_content
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
@@ -76,6 +78,15 @@ class Router:
             for u in upstreams
         }
         self.patience = Patience(ledger, starting, max_wait_seconds)
+        # Per provider model whose prompt cache admission predicts: what each key sent lately.
+        self.prompt_memory = {
+            u.quota_key: PromptMemory(
+                len(u.config.keys) or 1, u.config.prompt_cache_seconds, u.config.prompt_cache_block_tokens,
+                u.config.prompt_cache_entries, ledger.now,
+            )
+            for u in upstreams
+            if u.config.prompt_cache_seconds > 0
+        }
 
     async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers."""
@@ -153,7 +164,11 @@ class Router:
     async def _sync(self, upstream: Upstream, reservation: Reservation, headers: httpx.Headers) -> None:
         if not upstream.config.sync_rate_limit_headers:
             return
-        figures = quota_figures(headers, upstream.config.rate_limit_headers.pairs())
+        names = upstream.config.rate_limit_headers
+        stated = stated_limits(headers, names.limit_prefix)
+        if stated:  # before the figures: what remains is measured against the stated limit
+            await self.ledger.adopt_limits(reservation, stated)
+        figures = quota_figures(headers, names.pairs())
         if figures:
             await self.ledger.sync(reservation, figures)
 
@@ -189,7 +204,8 @@ class Router:
         `ask` turns the body fit for a provider into what to send it (a continuation), or None
         to pass that provider over.
         """
-        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body)
+        prefix, messages_json = PromptPrefix.of(request.body) if self.prompt_memory else (None, None)
+        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
         order = self._in_order()
         if not order:
             raise self._model_unavailable()
@@ -216,7 +232,13 @@ class Router:
                 why_not_previous = "fallback: context"
                 continue
             later = [other for other, _ in order[position + 1 :]]
-            reservation = await self.patience.reserve(upstream, cost, body, later, record, floor=prompt_estimate)
+            memory = self.prompt_memory.get(upstream.quota_key)
+            uncached = None
+            if memory is not None and prefix is not None:
+                uncached = [prompt_estimate - cached for cached in memory.cached(prefix, prompt_estimate)]
+            reservation = await self.patience.reserve(
+                upstream, cost, body, later, record, floor=prompt_estimate, uncached=uncached
+            )
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", REQUEST_ID.get(), upstream.name, reservation.reason)
@@ -225,8 +247,11 @@ class Router:
             record.reason = why_not_previous or "preferred"
             succeeded = False
             timer = self.patience.timer(upstream)
+            remember = None
+            if memory is not None and prefix is not None:
+                remember = functools.partial(memory.remember, reservation.key_index, prefix)
+            settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, remember)
             try:
-                settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage)
                 result = await attempt(upstream, body, settlement)
                 if request.stream:
                     timer.first_event()
@@ -238,6 +263,10 @@ class Router:
                 if not is_retryable(failure):
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
+            except BaseException as error:  # a client gone (Cancelled), or a bug: no answer follows
+                with trio.CancelScope(shield=True):
+                    await settlement.abandon(cancelled=isinstance(error, trio.Cancelled))
+                raise
             finally:
                 self.ledger.finish_probe(reservation, succeeded)
         raise self._final_error(last_failure)
@@ -314,6 +343,15 @@ class Router:
                 "Every provider is out of quota or cooling down; try again later.",
                 type="rate_limit_error",
                 code="rate_limit_exceeded",
+            )
+        elif last_failure.status in (401, 403):
+            # The provider refused trioproxy's own key: the client's key is not in question.
+            error = ProxyError(
+                502,
+                f"{last_failure.provider} refused trioproxy's API key for it ({last_failure.status}: "
+                f"{last_failure.error.message}); the operator must check the provider keys in its settings.",
+                type="api_error",
+                code="provider_key_refused",
             )
         else:
             error = last_failure.error

@@ -16,9 +16,22 @@ def usage_tokens(document: dict[str, Any]) -> tuple[int, int] | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
+    if _count(prompt) and _count(completion):
         return prompt, completion
     return None
+
+
+def cached_tokens(document: dict[str, Any], prompt_tokens: int) -> int:
+    """Prompt tokens the provider served from its cache (`prompt_tokens_details.cached_tokens`),
+    within 0..prompt_tokens: a figure that is absent or nonsense counts as none cached, and one
+    above the prompt as all of it."""
+    details = document["usage"].get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return min(prompt_tokens, cached) if _count(cached) else 0
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @define
@@ -28,6 +41,7 @@ class Settlement:
     reservation: Reservation
     record: RouteRecord
     on_usage: Callable[[int], None] | None = None  # told the completion tokens, to learn speeds
+    on_prompt: Callable[[int], None] | None = None  # told the prompt tokens the provider saw (its cache has them now)
     settled: tuple[int, int] | None = None  # the (prompt, completion) tokens booked, once settled
     usage: dict[str, Any] | None = None  # the provider's usage block, when it sent one
 
@@ -38,12 +52,27 @@ class Settlement:
             return False
         self.usage = document["usage"]
         self.record.prompt_tokens, self.record.completion_tokens = usage
-        await self.ledger.settle(self.reservation, sum(usage))
+        self.record.cached_tokens = cached_tokens(document, usage[0])
+        await self.ledger.settle(self.reservation, sum(usage), usage[0] - self.record.cached_tokens)
         self.estimator.learn(self.record.prompt_estimate, usage[0])
         if self.on_usage is not None:
             self.on_usage(usage[1])
+        if self.on_prompt is not None:
+            self.on_prompt(usage[0])
         self.settled = usage
         return True
+
+    async def abandon(self, cancelled: bool) -> None:
+        """The attempt ended without an answer for the client: unless usage settled it already,
+        book the estimated prompt when the client left (the provider had it), nothing when our
+        own failure stopped it."""
+        if self.settled is not None:
+            return
+        if cancelled:
+            await self.from_estimate(0)
+        else:
+            await self.ledger.settle(self.reservation, 0)
+            self.settled = (0, 0)
 
     async def from_estimate(self, completion_tokens: int) -> tuple[int, int]:
         """Without usage, settle the estimated prompt plus what was seen of the completion; the

@@ -15,9 +15,12 @@ def _text_tokens(text: str) -> int:
     return ascii_chars // ASCII_CHARS_PER_TOKEN + (len(text) - ascii_chars)
 
 
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """Estimated prompt tokens of a chat body: its messages and tool definitions."""
-    tokens = _text_tokens(dump_json(body.get("messages", [])).decode())
+def estimate_prompt_tokens(body: dict[str, Any], messages_json: bytes | None = None) -> int:
+    """Estimated prompt tokens of a chat body: its messages and tool definitions.
+    `messages_json`: the messages already dumped (compact), if a caller has them."""
+    if messages_json is None:
+        messages_json = dump_json(body.get("messages", []))
+    tokens = _text_tokens(messages_json.decode())
     for key in ("tools", "functions"):
         if body.get(key):
             tokens += _text_tokens(dump_json(body[key]).decode())
@@ -42,9 +45,9 @@ class PromptEstimator:
     def __init__(self) -> None:
         self.ratio = 1.0
 
-    def estimate(self, body: dict[str, Any]) -> tuple[int, int]:
-        """(raw estimate, corrected estimate) of a body's prompt tokens."""
-        raw = estimate_prompt_tokens(body)
+    def estimate(self, body: dict[str, Any], messages_json: bytes | None = None) -> tuple[int, int]:
+        """(raw estimate, corrected estimate) of a body's prompt tokens (see `estimate_prompt_tokens`)."""
+        raw = estimate_prompt_tokens(body, messages_json)
         return raw, max(1, round(raw * self.ratio))
 
     def learn(self, raw_estimate: int, actual: int) -> None:

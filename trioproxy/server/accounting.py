@@ -7,13 +7,16 @@ import trio
 from ..runtime import Runtime
 from .history import TrafficHistory
 from .metrics import Metrics
+from .refusals import Refusals
 from .served import ServedRequest
 
 log = logging.getLogger("trioproxy.request")
 
 
-def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, history: TrafficHistory) -> None:
-    """Log the request's one INFO line and count it in the metrics and the dashboard's history."""
+def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, history: TrafficHistory,
+                   refusals: Refusals) -> None:
+    """Log the request's one INFO line and count it in the metrics, the dashboard's history and,
+    when it was answered with an error, the refusals."""
     route = served.route
     reason = served.refusal or route.reason
     now = trio.current_time()
@@ -27,6 +30,9 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     for broke_off, why in route.continuations:
         metrics.continued(broke_off, why)
     history.observe(served, reason, latency, first_byte)
+    if served.status != 200:
+        refusals.observe(served.request_id, served.api, "POST", "", served.status, reason, served.message,
+                         refused=bool(served.refusal))
     if not log.isEnabledFor(logging.INFO):
         return
     ledger = runtime.ledger
@@ -48,5 +54,6 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
         f" waited_for={route.waited_why!r}" if route.waited_why else "",
         f" continued_from={','.join(name for name, _ in route.continuations)}" if route.continuations else "",
         f" dropped_tools={','.join(served.dropped_tools)}" if served.dropped_tools else "",
+        f" message={served.message!r}" if served.message else "",
         quota or "-",
     )

@@ -18,19 +18,20 @@ import trio
 from ..doors import chat, gemini, messages, responses
 from ..doors.exchange import Door, Exchange
 from ..doors.responses_tools import refuse_hosted_tools
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
-from ..routing.limits import RouteLimits, route_limits
+from ..routing.limits import RouteLimits
 from ..runtime import Runtime
 from . import operator_views as operator
 from .accounting import finish_request
 from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
+from .browser_guard import check_json_body
 from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
 from .metrics import CONTENT_TYPE, Metrics
-from .refusals import log_refusal, refusal_reason
+from .refusals import MESSAGE_CHARS, Refusals, log_refusal, refusal_reason
 from .request_id import request_id_from
 from .served import STATUS_CLIENT_CLOSED, ServedRequest
 
@@ -59,8 +60,7 @@ class ClientDisconnected(Exception):
 
 
 def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
-    """Errors on Anthropic's paths in Anthropic's shape; everywhere else in OpenAI's (Gemini's
-    paths are told apart before anything can fail)."""
+    """Errors on Anthropic's paths in Anthropic's shape; everywhere else (but Gemini's) in OpenAI's."""
     return messages.error_body if path.startswith("/v1/messages") else chat.error_body
 
 
@@ -73,8 +73,9 @@ class ProxyApp:
         self.metrics = Metrics(live=lambda: operator.live_families(self.runtime))
         self.drain = Drain()
         self.history = TrafficHistory()
+        self.refusals = Refusals()
         # The page shows what /v1/status shows, so it asks for the same (operator) key.
-        self.dashboard = Dashboard(self.history, lambda: operator.status(self.runtime, self.metrics),
+        self.dashboard = Dashboard(self.history, lambda: operator.status(self.runtime, self.metrics, self.refusals),
                                    lambda: self.runtime.operator_keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,7 +99,7 @@ class ProxyApp:
         path = scope["path"]
         error = ProxyError(426, "trioproxy speaks HTTP only: send this request as an HTTP POST, not over a WebSocket.",
                            code="websocket_not_supported")
-        log_refusal(request_id, "none", "GET", path, error)
+        self._refused(request_id, "none", "GET", path, error)
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008})  # the server can only answer 403
             return
@@ -122,12 +123,22 @@ class ProxyApp:
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
         runtime = self.runtime
-        shape = _error_shape(path)
+        query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
+        google_key = header(scope, b"x-goog-api-key")
+        # Known before anything can fail, so that every error on Gemini's paths has Google's shape.
+        is_gemini = gemini.owns(path, google_key is not None or "key" in query)
+        shape = gemini.error_body if is_gemini else _error_shape(path)
+        host, origin = header(scope, b"host"), header(scope, b"origin")
+        if origin is not None and (cors := runtime.guard.cors_headers(origin, host)):
+            send = _with_headers(send, cors)
+            if method == "OPTIONS":  # a preflight from an allowed origin
+                await send_response(send, 204, b"", "text/plain", {**extra, **runtime.guard.preflight_headers(
+                    header(scope, b"access-control-request-headers"))})
+                return
         try:
-            query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
-            google_key = header(scope, b"x-goog-api-key")
-            if gemini.owns(path, google_key is not None or "key" in query):
-                shape = gemini.error_body
+            if (refused := runtime.guard.refusal(host, origin)) is not None:
+                raise refused
+            if is_gemini:
                 await self._gemini(scope, query, google_key, receive, send, request_id)
                 return
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
@@ -143,16 +154,18 @@ class ProxyApp:
             elif path.startswith(RESPONSES_PATH + "/"):
                 raise responses.no_stored_responses()
             elif path == MODELS_PATH and method == "GET":
-                await _send_json(send, 200, chat.models_list(runtime.models, self._created), extra)
+                listing = messages if header(scope, b"anthropic-version") else chat  # Anthropic's SDKs send it
+                await _send_json(send, 200, listing.models_list(runtime.models, self._created), extra)
             elif path.startswith(MODELS_PATH + "/") and method == "GET":
-                model = runtime.models.resolve(path[len(MODELS_PATH) + 1 :])
-                await _send_json(send, 200, chat.model_card(model, self._created), extra)
+                model = runtime.models.card(path[len(MODELS_PATH) + 1 :])
+                listing = messages if header(scope, b"anthropic-version") else chat
+                await _send_json(send, 200, listing.model_card(model, self._created), extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
                 code, body = operator.health(runtime, runtime.operator_keys.accepts(authorization, x_api_key))
                 await _send_json(send, code, body, extra)
             elif path == STATUS_PATH and method == "GET":
                 runtime.operator_keys.check(authorization, x_api_key)
-                await _send_json(send, 200, operator.status(runtime, self.metrics), extra)
+                await _send_json(send, 200, operator.status(runtime, self.metrics, self.refusals), extra)
             elif path == METRICS_PATH and method == "GET":
                 runtime.operator_keys.check(authorization, x_api_key)
                 await self._metrics(send, extra)
@@ -160,13 +173,16 @@ class ProxyApp:
                 await self.dashboard.handle(path, method, authorization, x_api_key, send, extra)
             elif path in _ALLOWED or path.startswith(MODELS_PATH + "/"):
                 allowed = _ALLOWED.get(path, "GET")
-                raise ProxyError(405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
+                raise ProxyError(405, f"Method {method} is not allowed on {quoted(path)}; use {allowed}.", code="method_not_allowed", headers={"allow": allowed})
             else:
-                raise ProxyError(404, f"Unknown path {path}.", code="not_found")
+                raise ProxyError(404, f"Unknown path {quoted(path)}.", code="not_found")
         except ProxyError as error:
             api = gemini.API if shape is gemini.error_body else DOORS[path].api if path in DOORS else "none"
-            log_refusal(request_id, api, method, path, error)
+            self._refused(request_id, api, method, path, error)
             await _send_error(send, shape, error, extra)
+        except Exception:
+            log.exception("request %s failed inside trioproxy", request_id)
+            await _send_error(send, shape, internal_error(request_id), extra)
 
     async def _gemini(self, scope: Scope, query: dict[str, list[str]], google_key: str | None, receive: Receive,
                       send: Send, request_id: str) -> None:
@@ -181,7 +197,7 @@ class ProxyApp:
         runtime.client_keys.check(header(scope, b"authorization"), presented)
         call = gemini.gemini_call(scope["path"])
         if scope["method"] != call.http_method:
-            raise ProxyError(405, f"Method {scope['method']} is not allowed on {scope['path']}; use {call.http_method}.",
+            raise ProxyError(405, f"Method {scope['method']} is not allowed on {quoted(scope['path'])}; use {call.http_method}.",
                              code="method_not_allowed", headers={"allow": call.http_method})
         if call.method in (gemini.GENERATE, gemini.STREAM):
             parse = partial(gemini.parse, call=call, sse=query.get("alt") == ["sse"])
@@ -196,6 +212,17 @@ class ProxyApp:
             route = runtime.models.resolve(call.model)
             await _send_json(send, 200, gemini.model_card(route, _limits(runtime)(route)), extra)
 
+    def _refused(self, request_id: str, api: str, method: str, path: str, error: ProxyError) -> None:
+        """Log and count a request refused before a front door took it; an unknown path is
+        counted by method and path family too."""
+        scrub = self.runtime.sanitizer.text
+        path, message = scrub(path, MESSAGE_CHARS), scrub(error.message, MESSAGE_CHARS)
+        if error.code == "not_found":
+            self.metrics.unknown_path(*self.refusals.unknown_path(method, path))
+        self.refusals.observe(request_id, api, method, path, error.status, refusal_reason(error), message,
+                              refused=True)
+        log_refusal(request_id, api, method, path, error, message)
+
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         await send_response(send, 200, self.metrics.render(), CONTENT_TYPE, extra)
 
@@ -204,6 +231,13 @@ class ProxyApp:
         runtime = self.runtime  # a reload mid-request does not change what serves it
         served = ServedRequest(request_id, door.api)
         extra = {"x-request-id": request_id}
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
             served.stream, served.model = exchange.request.stream, exchange.request.route
@@ -214,16 +248,23 @@ class ProxyApp:
                 extra[DROPPED_TOOLS_HEADER] = ", ".join(dropped)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
-            await _cancel_on_disconnect(receive, send, lambda send: self._serve(runtime, exchange, served, send, extra))
+            await _cancel_on_disconnect(receive, tracking_send,
+                                        lambda send: self._serve(runtime, exchange, served, send, extra))
         except ProxyError as error:
             served.status = error.status
             if served.route.provider == "-":  # refused before any provider was asked
                 served.refusal = refusal_reason(error)
+            served.message = runtime.sanitizer.text(error.message, MESSAGE_CHARS)
             await _send_error(send, door.error_body, error, extra)
         except ClientDisconnected:
             served.status = STATUS_CLIENT_CLOSED
+        except Exception:  # a bug of ours: a 500 in the door's shape, the traceback in the log, once
+            log.exception("request %s failed inside trioproxy", request_id)
+            if not started:
+                served.status = 500
+                await _send_error(send, door.error_body, internal_error(request_id), extra)
         finally:
-            finish_request(served, runtime, self.metrics, self.history)
+            finish_request(served, runtime, self.metrics, self.history, self.refusals)
 
     async def _serve(self, runtime: Runtime, exchange: Exchange, served: ServedRequest, send: Send,
                      extra: dict[str, str]) -> None:
@@ -249,11 +290,17 @@ class ProxyApp:
                                 await send({"type": "http.response.body", "body": events, "more_body": True})
                 except ProxyError as error:
                     failure = error
+                except Exception:  # after the 200: the stream ends with the door's error event
+                    log.exception("request %s failed inside trioproxy mid-stream", served.request_id)
+                    failure = internal_error(served.request_id)
             if relaying.cancelled_caught:  # shutdown's grace period is over: end it cleanly
                 failure = SHUTDOWN_ERROR
             await send({"type": "http.response.body", "body": exchange.stream_end(failure), "more_body": False})
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body of a request, which must be declared JSON (what a web page cannot send
+        unasked), within max_body_bytes and request_timeout_ms."""
+        check_json_body(header(scope, b"content-type"))
         max_body_bytes = self.runtime.config.max_body_bytes
         declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
@@ -279,8 +326,8 @@ class ProxyApp:
 
 
 def _limits(runtime: Runtime) -> Callable[[str], RouteLimits]:
-    """Each route's limits, from the settings of its providers."""
-    return lambda route: route_limits(upstream.config for upstream in runtime.routers[route].upstreams)
+    """Each route's limits, as every model list gives them."""
+    return lambda route: runtime.models.card(route).limits
 
 
 def _overhead_ms(served: ServedRequest) -> str:
@@ -291,6 +338,12 @@ def _overhead_ms(served: ServedRequest) -> str:
 def _tool_parameters(body: dict[str, Any]) -> str:
     keys = ("tools", "tool_choice", "parallel_tool_calls", "functions", "function_call")
     return json.dumps({key: body[key] for key in keys if key in body})
+
+
+def internal_error(request_id: str) -> ProxyError:
+    """What a client is told when trioproxy itself failed: the id to find the log's traceback by."""
+    return ProxyError(500, f"trioproxy failed on this request (request id {request_id}); its log has the details.",
+                      type="api_error", code="internal_error")
 
 
 def _too_large(limit: int) -> ProxyError:
@@ -331,6 +384,18 @@ async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Se
         raise ClientDisconnected()
     if refused is not None:
         raise refused
+
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    """`send` adding `headers` to the response's start."""
+    encoded = encode_headers(headers)
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *encoded]}
+        await send(message)
+
+    return sending
 
 
 async def _send_json(send: Send, status: int, document: Any, extra: dict[str, str] | None = None) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
-from ..errors import ProxyError
+from ..errors import ProxyError, quoted
 from ..jsoncodec import dump_json
 from .asgi import Send, send_response
 from .auth import ClientKeys
@@ -81,7 +81,7 @@ class Dashboard:
         name = "dashboard.html" if path in PAGE_PATHS else path.removeprefix(ASSETS_PREFIX)
         asset = self._assets.get(name) if path in PAGE_PATHS or path.startswith(ASSETS_PREFIX) else None
         if asset is None:
-            raise ProxyError(404, f"Unknown path {path}.", code="not_found")
+            raise ProxyError(404, f"Unknown path {quoted(path)}.", code="not_found")
         body, content_type = asset
         await send_response(send, 200, body, content_type, {**_PAGE_HEADERS, **extra})
 

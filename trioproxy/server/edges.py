@@ -6,6 +6,8 @@ not be kept alive, so it gets a 400 and the connection closes (`connection: clos
 end it after the answer, whatever bytes follow). An absolute-form target
 (`GET http://host/v1/models`, as sent to a proxy) reaches the app with the whole URL as its
 path; the server must accept it (RFC 9112, 3.2.2), so it is reduced to its path here.
+Hypercorn bounds a request head only while it is still arriving (h11_max_incomplete_size,
+16 KiB): a head that arrives whole in one read of up to 64 KiB passes. The bound is kept here.
 """
 
 import logging
@@ -21,6 +23,8 @@ from .asgi import Scope, header
 from .request_id import request_id_from
 
 log = logging.getLogger("trioproxy.request")
+
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers, as Hypercorn's h11_max_incomplete_size
 
 def origin_form(scope: Scope) -> Scope:
     """The scope with an absolute-form target (`http://host/path?q`) turned into `/path?q`."""
@@ -42,19 +46,23 @@ class HttpEdges:
             await self.app(scope, receive, send)
             return
         if header(scope, b"content-length") is not None and header(scope, b"transfer-encoding") is not None:
-            await self._refuse_ambiguous_framing(scope, send)
+            await self._refuse(scope, send, ProxyError(
+                400, "A request may not carry both Content-Length and Transfer-Encoding (RFC 9112, 6.3).",
+                code="ambiguous_framing"), "both Content-Length and Transfer-Encoding")
+            return
+        head = len(scope["raw_path"]) + len(scope["query_string"]) + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        if head > MAX_HEAD_BYTES:
+            await self._refuse(scope, send, ProxyError(
+                431, f"The request line and headers are larger than {MAX_HEAD_BYTES} bytes.",
+                code="request_header_fields_too_large"), f"a request head of {head} bytes")
             return
         await self.app(origin_form(scope), receive, send)
 
     @staticmethod
-    async def _refuse_ambiguous_framing(scope: Scope, send: Any) -> None:
+    async def _refuse(scope: Scope, send: Any, error: ProxyError, reason: str) -> None:
+        """Answer `error` (OpenAI's shape) and close the connection: nothing after it is served."""
         request_id = request_id_from(header(scope, b"x-request-id"))
-        error = ProxyError(
-            400,
-            "A request may not carry both Content-Length and Transfer-Encoding (RFC 9112, 6.3).",
-            code="ambiguous_framing",
-        )
-        log.info("request %s refused: status=400 reason='both Content-Length and Transfer-Encoding'", request_id)
+        log.info("request %s refused: status=%d reason=%r", request_id, error.status, reason)
         body = dump_json(error_body(error))
         headers = [
             (b"content-type", b"application/json"),
@@ -63,9 +71,7 @@ class HttpEdges:
             (b"x-request-id", request_id.encode()),
         ]
         try:
-            await send({"type": "http.response.start", "status": 400, "headers": headers})
+            await send({"type": "http.response.start", "status": error.status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError):
-            # Bytes pipelined after the request make h11 give up on the connection once our
-            # `connection: close` is out, and Hypercorn closes it while the body is on its way.
-            pass
+            pass  # the client is gone already

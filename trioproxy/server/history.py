@@ -44,6 +44,7 @@ class RecentRequest(NamedTuple):
     completion_tokens: int | None
     latency_ms: float
     first_byte_ms: float | None
+    message: str  # an error answer's message (scrubbed, cut short); "" when served
 
 
 def _buckets() -> list[int]:
@@ -160,7 +161,7 @@ class TrafficHistory:
         self._recent.append(RecentRequest(
             now, served.request_id[:REQUEST_ID_CHARS], served.api, served.model, route.account if route.account != "-" else route.provider,
             reason, served.stream, served.status, route.prompt_tokens, route.completion_tokens,
-            round(latency * 1000, 1), None if first_byte is None else round(first_byte * 1000, 1),
+            round(latency * 1000, 1), None if first_byte is None else round(first_byte * 1000, 1), served.message,
         ))
 
     def snapshot(self) -> dict[str, Any]:

@@ -65,6 +65,11 @@ class Metrics:
             "trioproxy_first_byte_seconds", "Time to the first streamed byte, by provider.",
             ("provider",), buckets=LATENCY_BUCKETS, registry=self.registry,
         )
+        self._unknown_paths = Counter(
+            "trioproxy_unknown_path_requests", "Requests for paths the proxy does not serve, by method and path family "
+            "(the first segment; a bounded set, the rest counted as `other`).",
+            ("method", "path"), registry=self.registry,
+        )
         self._overhead = Histogram(
             "trioproxy_overhead_seconds", "Time the proxy itself added to a request.",
             buckets=OVERHEAD_BUCKETS, registry=self.registry,
@@ -101,6 +106,10 @@ class Metrics:
     def continued(self, broke_off: str, reason: str) -> None:
         """A stream `broke_off` broke off (`reason`: connection, timeout, a status) was finished by another."""
         self._continuations.labels(broke_off, reason).inc()
+
+    def unknown_path(self, method: str, family: str) -> None:
+        """Count a request for an unknown path; `method` and `family` come from a bounded set."""
+        self._unknown_paths.labels(method, family).inc()
 
     def served(self, route: str, provider: str) -> dict[str, int]:
         """Successful requests and tokens of `provider` for `route` since start, for /v1/status."""

@@ -21,6 +21,7 @@ from ..quota.contract import WINDOW_NAMES
 from ..routing.router import Router
 from ..runtime import Runtime
 from .metrics import Metrics
+from .refusals import Refusals
 
 
 def _provider_state(runtime: Runtime, router: Router, upstream: Upstream) -> dict[str, Any]:
@@ -59,8 +60,9 @@ def _route_providers(runtime: Runtime, router: Router, metrics: Metrics) -> list
     ]
 
 
-def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
-    """Everything an operator asks: per route, provider and key, state, quota, traffic, reroutes."""
+def status(runtime: Runtime, metrics: Metrics, refusals: Refusals) -> dict[str, Any]:
+    """Everything an operator asks: per route, provider and key, state, quota, traffic, reroutes,
+    and the requests answered with an error (counts by status, unknown paths, the last few)."""
     routes = []
     for served in runtime.models.models:
         providers = _route_providers(runtime, runtime.routers[served.name], metrics)
@@ -68,7 +70,7 @@ def status(runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
         routes.append({"name": served.name, "aliases": list(served.aliases), "providers": providers,
                        "served_since_start": requests})
     return {"model": runtime.models.served, "providers": routes[0]["providers"], "routes": routes,
-            "reroutes": metrics.reroutes(), "quota_store": runtime.ledger.store_status()}
+            "reroutes": metrics.reroutes(), "quota_store": runtime.ledger.store_status(), "refusals": refusals.view()}
 
 
 def live_families(runtime: Runtime) -> Iterable[Metric]:

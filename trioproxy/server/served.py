@@ -22,6 +22,7 @@ class ServedRequest:
     first_byte_at: float | None = None  # streams: when the client's 200 went out
     refusal: str = ""  # why it was refused before any provider was asked (bad body, unknown model, ...)
     dropped_tools: tuple[str, ...] = ()  # hosted tools the door left out
+    message: str = ""  # an error answer's message, scrubbed and cut short, for logs and views
 
     def overhead_seconds(self, until: float) -> float:
         """Time up to `until` that the proxy, not a provider, spent on this request."""

@@ -116,7 +116,14 @@ function tickCountdowns() {
 }
 setInterval(tickCountdowns, 1000);
 
-function gauge(name, window) {
+// Where a limit comes from: the provider's stated figure (and its age), a configured ceiling, a plan preset.
+function limitSource(source) {
+  if (!source) return "";
+  if (source.source === "provider" && source.age_seconds !== undefined) return ` (provider's figure, ${duration(source.age_seconds)} old)`;
+  return ` (${source.source})`;
+}
+
+function gauge(name, window, source) {
   const box = el("div", null, "gauge");
   const limit = window.limit;
   const remaining = window.provider_remaining;
@@ -129,7 +136,7 @@ function gauge(name, window) {
   meter.high = (limit || 1) * 0.9;
   meter.optimum = 0;
   box.append(meter);
-  let text = limit ? `${fmt(window.used)} / ${fmt(limit)}` : `${fmt(window.used)} (no limit)`;
+  let text = limit ? `${fmt(window.used)} / ${fmt(limit)}${limitSource(source)}` : `${fmt(window.used)} (no limit)`;
   if (remaining !== undefined) text += `, provider says ${fmt(remaining)} left`;
   box.append(el("span", text, "gauge-text"));
   return box;
@@ -173,7 +180,7 @@ function providerCard(provider, receivedAt) {
       cooldown.textContent = state.half_open ? "cooldown over, next request probes" : "no cooldown";
     }
     section.append(cooldown);
-    for (const name of WINDOWS) section.append(gauge(name, state[name]));
+    for (const name of WINDOWS) section.append(gauge(name, state[name], (state.limit_sources || {})[name]));
     const reset = new Date(Date.now() + state.day_resets_seconds * 1000);
     section.append(el("p",
       `today: ${fmt(state.tpd.used)} tokens, ${fmt(state.rpd.used)} requests; day resets in ` +
@@ -278,6 +285,7 @@ function renderRecent(recent) {
       new Date(r.time * 1000).toLocaleTimeString(),
       r.request_id, r.api, r.route, r.provider, r.reason, r.stream ? "yes" : "no", r.status,
       `${fmt(r.prompt_tokens)} / ${fmt(r.completion_tokens)}`, fmt(r.latency_ms), fmt(r.first_byte_ms),
+      r.message || "",
     ], "data");
     if (r.status !== 200) tr.className = "failed";
     return tr;
@@ -295,6 +303,8 @@ function render(state) {
   renderRoutes(state.routes);
   renderTraffic(state.traffic);
   renderRecent(state.traffic.recent);
+  fillTable("unknown-paths", ["method", "path", "requests"],
+    state.refusals.unknown_paths.map((p) => [p.method, p.path, fmt(p.count)]), "none");
 }
 
 poll();

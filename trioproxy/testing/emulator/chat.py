@@ -86,7 +86,11 @@ def _checked_completion(provider: EmulatedProvider, body: Json | None,
     if rejected is None:
         assert body is not None
         cap, prompt = completion_cap(body), prompt_tokens(body)
-        rejected = admit(provider, prompt, cap)
+        cached, blocks = 0, []
+        if provider.flavor == "cerebras":
+            cached, blocks = provider.prompt_cache.lookup(body, prompt, provider.clock())
+        rejected = admit(provider, prompt, cap, cached)
         if rejected is None:
-            return completion(provider, body, faults, prompt, cap)
+            provider.prompt_cache.store(blocks, provider.clock())
+            return completion(provider, body, faults, prompt, cap, cached)
     return with_limit_headers(provider, rejected)

@@ -14,7 +14,7 @@ from .provider import DEFAULT_RESERVED_COMPLETION, EmulatedProvider, Usage
 
 
 def completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: int,
-               cap: int | None) -> Action:
+               cap: int | None, cached: int = 0) -> Action:
     """Compose the completion, settle the quota and answer plain or streamed.
 
     With `tokens_per_second` the settling waits until the completion is generated: the
@@ -25,8 +25,10 @@ def completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: i
     continued = None if prefill is None else continued_answer(provider, body, prefill, number)
     answer = continued or compose_answer(provider, body, cap, number)
     used = prompt + answer.completion_tokens
-    usage = {"prompt_tokens": prompt, "completion_tokens": answer.completion_tokens,
-             "total_tokens": used}
+    usage: Json = {"prompt_tokens": prompt, "completion_tokens": answer.completion_tokens,
+                   "total_tokens": used}
+    if provider.flavor == "cerebras" and provider.prompt_cache.ttl > 0:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
     meta = Meta(provider.flavor, f"chatcmpl-{number}", int(time.time()), body["model"])
     reservation = prompt + (cap or DEFAULT_RESERVED_COMPLETION)
     speed = provider.tokens_per_second
@@ -44,7 +46,7 @@ def completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: i
         settled = True
         settle(provider, reservation, used)
         provider.usage_log.append(Usage(provider.clock(), prompt, answer.completion_tokens,
-                                        admitted_at))
+                                        admitted_at, cached))
         if counted:
             provider.served += 1
 

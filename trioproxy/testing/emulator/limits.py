@@ -10,27 +10,35 @@ from .errors import error, quota_429
 from .provider import DEFAULT_RESERVED_COMPLETION, EmulatedProvider, QuotaRefusal
 
 
-def admit(provider: EmulatedProvider, prompt: int, cap: int | None) -> Reply | None:
-    """Charge the request to the limits, or return the 429 when one is exhausted."""
+def admit(provider: EmulatedProvider, prompt: int, cap: int | None, cached: int = 0) -> Reply | None:
+    """Charge the request to the limits, or return the 429 when one is exhausted. `cached`:
+    the prompt tokens the prompt cache held (not charged to the uncached bucket)."""
     if provider.flavor == "chutes":
         return _admit_chutes(provider)
     reservation = prompt + (cap or DEFAULT_RESERVED_COMPLETION)
     now = provider.clock()
-    refused = _day_refusal(provider, prompt, now) or _minute_refusal(provider, reservation, now)
+    refused = (_day_refusal(provider, prompt, now) or _minute_refusal(provider, reservation, now)
+               or _uncached_refusal(provider, prompt - cached, now))
     if refused:
         limit, reply = refused
-        available = {"tpm": provider.tpm_bucket.level,
+        available = {"tpm": provider.tpm_bucket.level, "utpm": provider.utpm_bucket.level,
                      "tpd": None if provider.tokens_per_day is None
                      else provider.tokens_per_day - provider.today.tokens}.get(limit)
         provider.quota_refusals.append(QuotaRefusal(now, limit, prompt, reservation, available,
-                                                    len(provider.received) - 1))
+                                                    len(provider.received) - 1, cached))
         return reply
-    _charge(provider, reservation)
+    _charge(provider, reservation, prompt - cached)
     return None
 
 
 def _admit_chutes(provider: EmulatedProvider) -> Reply | None:
-    """Chutes only has a fuzzy requests/minute limit and no rate-limit headers."""
+    """Chutes has a fuzzy requests/minute limit, and its plans' rolling windows when enabled
+    (`plan_windows`); no rate-limit headers, and its 429s name no reset time."""
+    now = provider.clock()
+    if any(window.full(now) for window in provider.plan_windows):
+        return error("chutes", 429, "Subscription quota exceeded for this usage window.")
+    for window in provider.plan_windows:
+        window.take(now)
     limit = provider.requests_per_minute
     if limit is None:
         return None
@@ -40,7 +48,7 @@ def _admit_chutes(provider: EmulatedProvider) -> Reply | None:
     return None
 
 
-_Refused = tuple[Literal["rpm", "tpm", "rpd", "tpd"], Reply]
+_Refused = tuple[Literal["rpm", "tpm", "utpm", "rpd", "tpd"], Reply]
 
 
 def _day_refusal(provider: EmulatedProvider, prompt: int, now: float) -> _Refused | None:
@@ -74,12 +82,26 @@ def _minute_refusal(provider: EmulatedProvider, reservation: int, now: float) ->
     return None
 
 
-def _charge(provider: EmulatedProvider, reservation: int) -> None:
-    """Take one request and the token reservation (buckets were refilled by the checks)."""
+def _uncached_refusal(provider: EmulatedProvider, uncached: int, now: float) -> _Refused | None:
+    """429 when the uncached-token bucket cannot cover the prompt's uncached part (exactly
+    known at admission: it settles as booked)."""
+    if provider.uncached_tokens_per_minute is None:
+        return None
+    wait = provider.utpm_bucket.wait_for(uncached, provider.uncached_tokens_per_minute, now)
+    if wait <= 0:
+        return None
+    return "utpm", quota_429("Uncached tokens per minute limit exceeded - too many uncached input tokens processed.",
+                             "too_many_tokens_error", "token_quota_exceeded", _retry_after(wait))
+
+
+def _charge(provider: EmulatedProvider, reservation: int, uncached: int) -> None:
+    """Take one request and the token reservations (buckets were refilled by the checks)."""
     if provider.requests_per_minute is not None:
         provider.rpm_bucket.take(1)
     if provider.tokens_per_minute is not None:
         provider.tpm_bucket.take(reservation)
+    if provider.uncached_tokens_per_minute is not None:
+        provider.utpm_bucket.take(uncached)
     provider.today.requests += 1
 
 

@@ -8,9 +8,11 @@ from typing import Any, Literal
 import trio
 from attrs import Factory, define, field, frozen
 
+from ...plans import PLANS
 from .actions import Json
 from .faults import Faults
-from .windows import Bucket, Day
+from .prompt_cache import PromptCache
+from .windows import Bucket, Day, RollingCount
 
 # Today's catalogues (PROVIDERS.md, late 2026): what `GET /models` lists by default. The first
 # id is `model`, the others `more_models`.
@@ -35,6 +37,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     admitted_at: float
+    cached_tokens: int = 0
 
 
 @frozen
@@ -42,11 +45,12 @@ class QuotaRefusal:
     """One quota 429 (Cerebras): which limit refused and what the request needed."""
 
     at: float
-    limit: Literal["rpm", "tpm", "rpd", "tpd"]
+    limit: Literal["rpm", "tpm", "utpm", "rpd", "tpd"]
     prompt_tokens: int
     reserved: int  # prompt + completion cap (DEFAULT_RESERVED_COMPLETION without one)
-    available: float | None  # tokens/minute bucket level (tpm) or tokens left today (tpd)
+    available: float | None  # the refusing bucket's level (tpm, utpm) or tokens left today (tpd)
     request: int  # index of the request in `received`
+    cached_tokens: int = 0  # of the prompt, what the prompt cache held
 
 
 @define
@@ -66,6 +70,12 @@ class EmulatedProvider:
       completion is composed. Daily counters restart every 86400 s of `clock` time from when
       `serve` starts; tokens/day refuses a request whose prompt no longer fits. Requests
       rejected by validation or answered by a fault consume nothing.
+    - Cerebras's two token buckets: `tokens_per_minute` is the total one (every prompt token
+      plus the completion reservation), `uncached_tokens_per_minute` takes the prompt tokens
+      the key's `prompt_cache` did not hold (see `prompt_cache.PromptCache`: prefix blocks, a
+      TTL on `clock`; `prompt_cache.ttl = 0` turns it off). Usage reports the cached part as
+      `prompt_tokens_details.cached_tokens`; a 429 of the uncached bucket says "uncached".
+      The x-ratelimit-*-tokens-minute headers report the total bucket.
     - Simulation knobs, for benchmarks: `day_started_at` places the day on `clock` (the next
       boundary is 86400 s after it; None = the day starts when `serve` starts) and
       `day_tokens_used` counts tokens as already used that day when `serve` starts.
@@ -92,8 +102,13 @@ class EmulatedProvider:
     model: str
     more_models: list[str] = Factory(list)
     retired_models: tuple[str, ...] = ()
+    # Chutes: its plans' rolling request windows (PROVIDERS.md: 4 hours and a month), off by
+    # default; `chutes(plan_windows={4 * 3600: 500, 30 * 86400: 5000})` turns them on.
+    plan_windows: list[RollingCount] = Factory(list)
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    uncached_tokens_per_minute: int | None = None
+    prompt_cache: PromptCache = Factory(PromptCache)
     tokens_per_day: int | None = None
     requests_per_day: int | None = None
     context_window: int | None = None
@@ -120,6 +135,7 @@ class EmulatedProvider:
     # Live quota state, kept by `limits` and `serve`.
     rpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
     tpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
+    utpm_bucket: Bucket = field(init=False, factory=Bucket, repr=False)
     today: Day = field(init=False, factory=Day, repr=False)
     _counter: int = field(init=False, default=0, repr=False)
 
@@ -139,17 +155,27 @@ class EmulatedProvider:
         self.today.roll(now)
         rpm, tpm, rpd, tpd = (self.requests_per_minute, self.tokens_per_minute,
                               self.requests_per_day, self.tokens_per_day)
+        utpm = self.uncached_tokens_per_minute
         return {
             "rpm": None if rpm is None else self.rpm_bucket.refill(rpm, now),
             "tpm": None if tpm is None else self.tpm_bucket.refill(tpm, now),
+            "utpm": None if utpm is None else self.utpm_bucket.refill(utpm, now),
             "rpd": None if rpd is None else rpd - self.today.requests,
             "tpd": None if tpd is None else tpd - self.today.tokens,
         }
 
 
-def cerebras(api_key: str = "csk-emulated", **kw: Any) -> EmulatedProvider:
+_PLAN_FIELDS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "rpd": "requests_per_day",
+                "tpd": "tokens_per_day"}
+
+
+def cerebras(api_key: str = "csk-emulated", plan: str | None = None, **kw: Any) -> EmulatedProvider:
     """An emulated Cerebras with today's catalogue (retired ids answer 503) and the paid
-    131,072-token window. Given `model` alone, it lists only that model."""
+    131,072-token window. Given `model` alone, it lists only that model. `plan` (a name in
+    `trioproxy.plans.PLANS`) sets the limits a key of that plan has (limits given win), and so
+    the `x-ratelimit-limit-*` headers it states."""
+    for window, figure in (PLANS[plan] if plan is not None else {}).items():
+        kw.setdefault(_PLAN_FIELDS[window], figure)
     if "model" not in kw:
         kw.setdefault("more_models", list(CEREBRAS_MODELS[1:]))
     kw.setdefault("model", CEREBRAS_MODEL)
@@ -158,9 +184,11 @@ def cerebras(api_key: str = "csk-emulated", **kw: Any) -> EmulatedProvider:
     return EmulatedProvider(flavor="cerebras", api_key=api_key, **kw)
 
 
-def chutes(api_key: str = "cpk_emulated", **kw: Any) -> EmulatedProvider:
+def chutes(api_key: str = "cpk_emulated", plan_windows: dict[float, int] | None = None, **kw: Any) -> EmulatedProvider:
     """An emulated Chutes (vLLM) with today's catalogue; unknown ids answer 404. Given `model`
-    alone, it lists only that model."""
+    alone, it lists only that model. `plan_windows` `{seconds: requests}` enables its plan's
+    rolling windows (a 429 without a reset time once one is full)."""
+    kw["plan_windows"] = [RollingCount(span, limit) for span, limit in (plan_windows or {}).items()]
     if "model" not in kw:
         kw.setdefault("more_models", list(CHUTES_MODELS[1:]))
     kw.setdefault("model", CHUTES_MODEL)

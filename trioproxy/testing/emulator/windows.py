@@ -1,10 +1,12 @@
-"""The quota windows of an emulated provider: per-minute buckets and daily counters."""
+"""The quota windows of an emulated provider: per-minute buckets, daily counters, and the
+rolling request counts of Chutes's plans."""
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
-from attrs import define
+from attrs import define, field
 
 DAY_SECONDS = 86400.0
 
@@ -81,3 +83,21 @@ class Day:
         self.roll(now)
         assert self.start is not None
         return DAY_SECONDS - ((now - self.start) % DAY_SECONDS)
+
+
+@define
+class RollingCount:
+    """Requests admitted within the last `span` seconds (Chutes meters plans over a rolling
+    4-hour window and a monthly one): at most `limit` of them."""
+
+    span: float
+    limit: int
+    times: deque[float] = field(factory=deque)
+
+    def full(self, now: float) -> bool:
+        while self.times and self.times[0] <= now - self.span:
+            self.times.popleft()
+        return len(self.times) >= self.limit
+
+    def take(self, now: float) -> None:
+        self.times.append(now)
