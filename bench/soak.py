@@ -11,8 +11,8 @@ few seconds a random fault is switched on at Cerebras, Chutes or both for a rand
 requests (latency, 5xx, 503 "no instances", capacity 429s, resets before the response and in
 the middle of a stream, stalls past the proxy's timeout, an error as the first event, slow
 chunks, and breaks after content: a reset after some events, an error event after content, a
-reset inside a tool call's arguments, each at one provider at a time so the other can finish the
-answer), with quiet periods between; the emulated Chutes answers Cerebras's text (one model on
+reset inside a tool call's arguments, at Cerebras while Chutes is healthy, so Chutes can finish
+the answer), with quiet periods between; the emulated Chutes answers Cerebras's text (one model on
 two providers) so either can continue the other's answer; the emulated Cerebras also enforces tight per-minute
 limits the proxy is configured above, so real Cerebras 429s and cooldowns happen throughout.
 
@@ -330,9 +330,12 @@ async def switch_faults(providers: list[emulator.EmulatedProvider], seed: int, d
             continue
         name, faults = random_fault(rng)
         targets = rng.choices([[cerebras], [chutes], [cerebras, chutes]], weights=[5, 3, 2])[0]
-        if name in MID_STREAM:  # one provider at a time: the other one finishes what it breaks off
-            targets = targets[:1]
-            (chutes if targets[0] is cerebras else cerebras).faults = Faults()
+        if name in MID_STREAM:
+            # At Cerebras only, with Chutes healthy: Chutes (no limits here) finishes what Cerebras
+            # breaks off. A break at Chutes could be finished only by Cerebras, which this soak
+            # keeps at its per-minute limits: most of the time it has no quota left for it.
+            targets = [cerebras]
+            chutes.faults = Faults()
         for provider in targets:
             provider.faults = attrs.evolve(faults)
         tally.faults_switched[f"{name} @ {'+'.join(p.flavor for p in targets)}"] += 1
