@@ -44,6 +44,11 @@ sys.path.insert(0, str(HERE))
 
 import overhead  # noqa: E402
 
+# `--clients`: the benchmark's client and four others, budgets far above what a cell sends.
+CLIENTS_SETTINGS = "".join(
+    f'[[clients]]\nname = "{name}"\napi_keys = ["{key}"]\n[clients.budget]\nrequests_per_minute = 100000000\n'
+    for name, key in (("bench", "{key}"), *((f"agent-{i}", f"sk-agent-{i}-unused") for i in range(4)))
+)
 METRICS = (("rps", "req/s"), ("cpu_us", "CPU us/request"), ("p50_ms", "p50 ms"))
 BOOTSTRAP_SAMPLES = 5000
 
@@ -92,13 +97,16 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per cell (wrk rounds to whole seconds)")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--clients", action="store_true",
+                        help="head serves the benchmark's key as a [[clients]] entry with budgets, base as "
+                             "PROXY_API_KEYS (the hot path with clients configured)")
     parser.add_argument("--together", action="store_true", help="load both at once each round (needs wrk)")
     parser.add_argument("--python", default=sys.executable, help="interpreter with trioproxy's dependencies")
     parser.add_argument("--json", type=Path, help="also write every cell to this file")
     parser.add_argument("--max-minutes", type=float, default=30, help="hard bound on the whole run")
     args = parser.parse_args()
     checkouts = {"base": args.base.resolve(), "head": args.head.resolve()}
-    overhead.CACHE.mkdir(parents=True, exist_ok=True)
+    (overhead.CACHE / "logs").mkdir(parents=True, exist_ok=True)
     for side, path in checkouts.items():
         imported = subprocess.run([args.python, "-c", "import trioproxy; print(trioproxy.__file__)"], text=True,
                                   capture_output=True, timeout=60, cwd=overhead.CACHE,
@@ -121,9 +129,14 @@ def main() -> int:
             procs.append(upstream)
             targets = {}
             for side, path in checkouts.items():
+                env, settings = {"PYTHONPATH": str(path)}, ""
+                if args.clients and side == "base":
+                    env["PROXY_API_KEYS"] = overhead.API_KEY
+                elif args.clients:
+                    settings = CLIENTS_SETTINGS.format(key=overhead.API_KEY)
                 proc, port = overhead.start_trioproxy(
                     args.python, upstream_port, "WARN", overhead.CACHE / "logs" / f"ab-{side}.log",
-                    state_file=str(Path(tmp) / f"state-{side}.json"), env={"PYTHONPATH": str(path)})
+                    state_file=str(Path(tmp) / f"state-{side}.json"), env=env, settings=settings)
                 procs.append(proc)
                 targets[side] = (proc.pid, port)
             if wrk is not None and args.together:

@@ -221,10 +221,12 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
 
 def start_trioproxy(python: str, upstream_port: int, log_level: str, logfile: Path,
                     state_file: str | None = None, redis_port: int | None = None,
-                    workers: int = 1, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+                    workers: int = 1, env: dict[str, str] | None = None,
+                    settings: str = "") -> tuple[subprocess.Popen, int]:
     """trioproxy on the proxy core; with `redis_port`, on the shared ledger there, and with
     `workers` > 1 as that many processes, on every core (they need more than one). `env` adds to
-    its environment (bench/ab.py puts a checkout on PYTHONPATH)."""
+    its environment (bench/ab.py puts a checkout on PYTHONPATH); `settings` is TOML for its
+    config file."""
     env = {**os.environ, **(env or {})}
     check = subprocess.run([python, "-c", "import trioproxy"], capture_output=True, text=True, timeout=60, env=env)
     if check.returncode != 0:
@@ -242,10 +244,12 @@ def start_trioproxy(python: str, upstream_port: int, log_level: str, logfile: Pa
            "STATE_FILE": str(CACHE / "trioproxy-state.json") if state_file is None else state_file}
     cmd = [python, "-m", "trioproxy"]
     if redis_port is not None:
-        settings = logfile.with_suffix(".toml")
-        settings.write_text(f'quota_backend = "redis"\nredis_url = "redis://{HOST}:{redis_port}/0"\n'
-                            f'redis_key_prefix = "bench-{port}:"\nworkers = {workers}\n')
-        cmd += ["--config", str(settings)]
+        settings = (f'quota_backend = "redis"\nredis_url = "redis://{HOST}:{redis_port}/0"\n'
+                    f'redis_key_prefix = "bench-{port}:"\nworkers = {workers}\n') + settings
+    if settings:
+        file = logfile.with_suffix(".toml")
+        file.write_text(settings)
+        cmd += ["--config", str(file)]
     proc = subprocess.Popen(pinned(cmd, PROXY_CORE if workers == 1 else None), env=env, cwd=CACHE,
                             stdout=logfile.open("w"), stderr=subprocess.STDOUT)
     if not wait_ready(proc, port, "/healthz", 30):

@@ -30,7 +30,7 @@ import trio
 
 from ledger_latency import percentile, run_on_own_redis, script_stat
 from trioproxy.config import Config, ProviderConfig
-from trioproxy.providers.sanitize import Sanitizer
+from trioproxy.secrets import Sanitizer
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.contract import Ledger, Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger

@@ -78,9 +78,12 @@ import trio
 import trio.testing
 from attrs import define, field, frozen
 
-import llm_trace
+if __package__:  # imported as bench.quota_sim (the tests)
+    from . import llm_trace
+else:  # run as a script: its folder is on sys.path
+    import llm_trace
 from trioproxy.testing import emulator
-from trioproxy.config import Config
+from trioproxy.config import ClientConfig, Config
 from trioproxy.quota.redis_store import STORE_CLOCK
 from trioproxy.supervisor import run_proxy
 from trioproxy.testing.redis_server import running_redis
@@ -182,6 +185,8 @@ class Workload(DayPlan):
         (0.3, "max_completion_tokens", 32_768),
         (0.3, "max_tokens", 8_192),
     )
+    # Several clients (`--clients`): (name, share of the arrivals); empty: one anonymous client.
+    clients: tuple[tuple[str, float], ...] = ()
     # Completion lengths (tokens): log-normal around the median, clipped.
     completion_median: int = 400
     completion_sigma: float = 1.0
@@ -223,6 +228,7 @@ class Planned:
     budget: tuple[str, int] | None
     tools: bool
     non_ascii: bool
+    client: str = ""  # which client sends it (`--clients`), else ""
 
     def body(self) -> tuple[bytes, int]:
         return request_body(self)
@@ -251,6 +257,11 @@ def plan(workload: Workload) -> list[Planned]:
             non_ascii=rng.random() < workload.non_ascii_share,
         ))
         at += rng.expovariate(workload.arrivals_per_second)
+    if workload.clients:  # drawn apart, so the requests themselves are those of a run without clients
+        senders = random.Random(workload.seed * 7919 + 17)
+        names = [name for name, _ in workload.clients]
+        shares = [share for _, share in workload.clients]
+        requests = [attrs.evolve(r, client=senders.choices(names, weights=shares)[0]) for r in requests]
     return requests
 
 
@@ -520,6 +531,7 @@ class Setup:
     honour_retry_after: bool
     cap: int | None
     max_wait_ms: int = 0  # patience; 0 = off
+    fair_share: bool = True  # with several clients: Cerebras shared by weight while it is short
 
     def describe(self) -> str:
         share = round(100 * self.tpm / REAL_TPM)
@@ -535,10 +547,24 @@ SETUPS = (
     Setup("A", "trioproxy", REAL_RPM, REAL_TPM, REAL_TPD, True, True, DEFAULT_CAP),
     Setup("B", "original", 12, 132_000, 19_200_000, False, False, None),
 )
+# `--clients`: one heavy client (a tight loop or a batch job: ten times an agent session's
+# requests) and four agent sessions, all of weight 1, on trioproxy's defaults with and without
+# the fair share.
+CLIENTS = (("heavy", 10.0), ("agent-1", 1.0), ("agent-2", 1.0), ("agent-3", 1.0), ("agent-4", 1.0))
+CLIENT_SETUPS = (
+    Setup("F", "fair share", REAL_RPM, REAL_TPM, REAL_TPD, True, True, DEFAULT_CAP, Config().max_wait_ms),
+    Setup("U", "first come", REAL_RPM, REAL_TPM, REAL_TPD, True, True, DEFAULT_CAP, Config().max_wait_ms,
+          fair_share=False),
+)
+TARGET_JAIN = 0.95
+
+
+def client_key(name: str) -> str:
+    return f"sim-key-{name}"
 
 
 def proxy_config(setup: Setup, cerebras_url: str, cerebras_key: str, chutes_url: str,
-                 chutes_key: str) -> Config:
+                 chutes_key: str, clients: Sequence[tuple[str, float]] = ()) -> Config:
     # A plain answer of 8,000 tokens from Chutes takes minutes: no timeout may cut it here.
     # A plain answer sends its status line only when it is complete: the first-event and
     # answer deadlines must not cut it either.
@@ -555,6 +581,9 @@ def proxy_config(setup: Setup, cerebras_url: str, cerebras_key: str, chutes_url:
         sync_rate_limit_headers=setup.sync_headers,
     )
     chutes = attrs.evolve(base.chutes, base_url=chutes_url, api_key=chutes_key)
+    if clients:
+        named = tuple(ClientConfig(name=name, api_keys=(client_key(name),)) for name, _ in clients)
+        base = attrs.evolve(base, clients=named, fair_share=setup.fair_share)
     return attrs.evolve(base, cerebras=cerebras, chutes=chutes)
 
 
@@ -653,6 +682,8 @@ class RunResult:
     chutes_latencies: list[float] = field(factory=list)
     request_times: list[float] = field(factory=list)  # simulated seconds, as each client saw
     waits: list[float] = field(factory=list)  # seconds patience held a request, from the log
+    served_by: dict[str, str] = field(factory=dict)  # request id -> provider, from the log
+    client_times: dict[str, list[float]] = field(factory=dict)  # `--clients`: request times by client
 
     # ----- figures
 
@@ -745,6 +776,21 @@ class RunResult:
     def client_errors(self) -> int:
         return sum(self.errors.values())
 
+    def cerebras_by_client(self) -> dict[str, int]:
+        """`--clients`: Cerebras tokens each client's answers took (prompt and completion)."""
+        tokens = {name: 0 for name, _ in getattr(self.workload, "clients", ())}
+        for request in self.workload.requests():
+            if self.served_by.get(f"sim-{request.index}") == "cerebras" and request.index in self.answers:
+                tokens[request.client] += sum(self.answers[request.index])
+        return tokens
+
+    def jain(self) -> float:
+        """Jain's fairness index of the clients' Cerebras shares over their weights (all 1 here):
+        1 when equal, 1/n when one client has it all."""
+        shares = list(self.cerebras_by_client().values())
+        squares = sum(x * x for x in shares)
+        return sum(shares) ** 2 / (len(shares) * squares) if squares else 0.0
+
     def consistency(self) -> list[str]:
         """Accounting identities that must hold; each broken one is described."""
         problems = []
@@ -794,6 +840,7 @@ class _ProxyLog(logging.Handler):
             request_id, provider, reason, latency, waited = match.groups()
             provider = provider.split("#")[0]
             self.result.routes[(provider, reason)] += 1
+            self.result.served_by[request_id] = provider
             waited_seconds = int(waited or 0) / 1000
             if waited_seconds:
                 self.result.waits.append(waited_seconds)
@@ -863,8 +910,9 @@ async def run_setup(setup: Setup, workload: AnyWorkload, requests: Sequence[AnyR
         async with trio.open_nursery() as nursery:
             cerebras_url = await nursery.start(emulator.serve, cerebras)
             chutes_url = await nursery.start(emulator.serve, chutes)
-            config = deployment.apply(proxy_config(setup, cerebras_url, cerebras.api_key, chutes_url, chutes.api_key),
-                                      setup.key)
+            clients = getattr(workload, "clients", ())
+            config = deployment.apply(proxy_config(setup, cerebras_url, cerebras.api_key, chutes_url, chutes.api_key,
+                                                   clients), setup.key)
             shutdown = trio.Event()
 
             async def note_boundary() -> None:
@@ -921,6 +969,9 @@ async def _send(client: httpx.AsyncClient, planned: AnyRequest, result: RunResul
     request_id = f"sim-{planned.index}"
     needs[request_id] = (prompt, planned.budget[1] if planned.budget else None)
     headers = {"content-type": "application/json", "x-request-id": request_id}
+    sender = getattr(planned, "client", "")
+    if sender:
+        headers["authorization"] = f"Bearer {client_key(sender)}"
     error: str | None = None
     usage: dict[str, Any] | None = None
     sent_at = trio.current_time()
@@ -947,6 +998,8 @@ async def _send(client: httpx.AsyncClient, planned: AnyRequest, result: RunResul
         return
     assert usage is not None
     result.request_times.append(trio.current_time() - sent_at)
+    if sender:
+        result.client_times.setdefault(sender, []).append(result.request_times[-1])
     result.ok += 1
     answer = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
     result.answers[planned.index] = answer
@@ -1120,6 +1173,12 @@ def report(results: Sequence[RunResult], deployment: Deployment = Deployment(),
         *best_mean_times(completions, ceiling, pace)))
     row("Requests patience held / mean wait", lambda r: f"{len(r.waits)} / "
         + (f"{sum(r.waits) / len(r.waits):.1f} s" if r.waits else "-"))
+    for name, _ in getattr(w, "clients", ()):
+        row(f"Client {name}: Cerebras share / mean time", lambda r, n=name: "{0}  / {1:.1f} s ({2} req)".format(
+            _pct(r.cerebras_by_client()[n] / max(1, sum(r.cerebras_by_client().values()))),
+            sum(r.client_times.get(n, [0])) / max(1, len(r.client_times.get(n, []))), len(r.client_times.get(n, []))))
+    if getattr(w, "clients", ()):
+        row("Jain index of the clients' Cerebras shares", lambda r: f"{r.jain():.3f}")
     row("Wall time", lambda r: f"{r.wall_seconds:.1f} s")
     width = max(len(label) for label, _ in rows) + 2
     col = max(28, *(len(v) + 2 for _, values in rows for v in values))
@@ -1142,14 +1201,19 @@ def report(results: Sequence[RunResult], deployment: Deployment = Deployment(),
         problems = r.consistency()
         checks.append((not problems, "counts add up" + (": " + "; ".join(problems) if problems else "")))
         checks += w.checks(r)
-        if i == 0 and r.setup.max_wait_ms and len(results) > 1:
+        several = bool(getattr(w, "clients", ()))
+        if several:
+            checks.append((r.jain() >= TARGET_JAIN, f"Jain index of the clients' Cerebras shares {r.jain():.3f} "
+                                                    f">= {TARGET_JAIN}"))
+        if i == 0 and r.setup.max_wait_ms and len(results) > 1 and not several:
             mean, without = r.request_time("mean"), results[1].request_time("mean")
             cut = 1 - mean / without if without else 0.0
             checks.append((cut >= TARGET_PATIENCE_CUT,
                            f"mean request time {mean:.1f} s is {_pct(cut)} below {results[1].setup.key}'s "
                            f"{without:.1f} s (target >= {_pct(TARGET_PATIENCE_CUT)})"))
             bounds = _reachable_cuts(completions, results[1], ceiling, pace)
-        counted = r.setup.key != "B"  # the original design is there for comparison only
+        # The original design, and first come first served among clients, are there for comparison only.
+        counted = r.setup.key != "B" and (r.setup.fair_share or not several)
         title = "Targets" if counted else "Same targets, for comparison only"
         lines.append(f"{title} ({r.setup.key}: {r.setup.title}):")
         for ok, text in checks:
@@ -1247,6 +1311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="start the window this many minutes after the first row")
     trace.add_argument("--budget", type=int, metavar="N", default=None,
                        help="the max_tokens every request names (default: none)")
+    parser.add_argument("--clients", action="store_true",
+                        help="five clients: one heavy (10x the requests), four agent sessions; compares "
+                             "the fair share (F) with first come, first served (U)")
     parser.add_argument("--agents", action="store_true",
                         help="the coding-agent sessions workload against the dual-bucket Cerebras "
                              "(bench/agent_sessions.py; --minutes default 10, --seed, --replicas, --backend)")
@@ -1279,7 +1346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     wall = time.perf_counter()
     with deployed(args) as deployment:
-        results = simulate(workload, deployment=deployment, speeds=speeds)
+        results = simulate(workload, CLIENT_SETUPS if args.clients else SETUPS, deployment=deployment, speeds=speeds)
     text, passed = report(results, deployment, speeds)
     print(text)
     print(f"\ntotal wall time {time.perf_counter() - wall:.1f} s")
@@ -1320,10 +1387,12 @@ def _generated_workload(args: argparse.Namespace, parser: argparse.ArgumentParse
     if minutes <= 0 or rate <= 0:
         parser.error("--minutes and --rate must be positive")
     return Workload(minutes=minutes, seed=args.seed, arrivals_per_second=rate,
-                    stream_share=args.stream_share)
+                    stream_share=args.stream_share, clients=CLIENTS if args.clients else ())
 
 
 def _trace_workload(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TraceWorkload:
+    if args.clients:
+        parser.error("--clients shapes the generated workload; it does not go with --trace")
     if args.quick or args.rate is not None:
         parser.error("--quick and --rate shape the generated workload; with --trace use "
                      "--minutes, --sample or --speed")

@@ -22,7 +22,7 @@ from playwright.sync_api import expect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from live_proxy import chromium, live_proxy  # noqa: E402
+from support.live_proxy import chromium, live_proxy  # noqa: E402
 from trioproxy.config import ModelRoute, RouteProvider  # noqa: E402
 from trioproxy.testing.emulator import Faults  # noqa: E402
 

@@ -1,32 +1,18 @@
 """Fixtures: emulated providers and trioproxy, all real HTTP servers on 127.0.0.1, port 0."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
-from trioproxy.testing import emulator
-from trioproxy.config import Config
+pytest.register_assert_rewrite("support")  # the helpers' asserts explain themselves as tests' do
+
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from trioproxy.supervisor import run_proxy
+from trioproxy.testing import emulator
 from trioproxy.testing.redis_server import RedisServer, running_redis
-
-
-@attrs.define
-class Providers:
-    cerebras: emulator.EmulatedProvider
-    chutes: emulator.EmulatedProvider
-    cerebras_url: str
-    chutes_url: str
-
-
-@attrs.define
-class Proxy:
-    base_url: str
-    config: Config
-    shutdown: trio.Event
 
 
 @pytest.fixture
@@ -36,25 +22,6 @@ async def providers(nursery: trio.Nursery) -> Providers:
     cerebras_url = await nursery.start(emulator.serve, cerebras)
     chutes_url = await nursery.start(emulator.serve, chutes)
     return Providers(cerebras, chutes, cerebras_url, chutes_url)
-
-
-def proxy_config(providers: Providers, **overrides: Any) -> Config:
-    """Settings pointing at the emulators, port 0; `cerebras`/`chutes` dicts override provider keys."""
-    # Tests never touch the user's state directory; patience is off unless a test turns it on,
-    # so every other test sees the immediate fallback it was written for.
-    base = Config(port=0, state_file="", max_wait_ms=0)
-    cerebras = attrs.evolve(
-        base.cerebras,
-        **{"base_url": providers.cerebras_url, "api_key": providers.cerebras.api_key, **overrides.pop("cerebras", {})},
-    )
-    chutes = attrs.evolve(
-        base.chutes,
-        **{"base_url": providers.chutes_url, "api_key": providers.chutes.api_key, **overrides.pop("chutes", {})},
-    )
-    return attrs.evolve(base, cerebras=cerebras, chutes=chutes, **overrides)
-
-
-StartProxy = Callable[..., Any]
 
 
 @pytest.fixture

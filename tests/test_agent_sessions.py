@@ -4,19 +4,17 @@ cache-aware admission serves more on Cerebras than booking every prompt token as
 the targets are the full run's (README)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench import agent_sessions
 
-import agent_sessions  # noqa: E402
+pytestmark = pytest.mark.xdist_group("agent_sessions")  # on one worker, so one simulation serves them all
 
 WORKLOAD = agent_sessions.AgentWorkload(minutes=2, seed=3, concurrent=4)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # a module's fixture is set up again when the worker runs other tests between
 def results() -> list[agent_sessions.AgentResult]:
     return agent_sessions.simulate(WORKLOAD)
 

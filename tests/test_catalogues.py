@@ -10,12 +10,11 @@ import openai
 import pytest
 import trio
 
-from conftest import Providers, Proxy, StartProxy
-from test_cli import run, scrubbed_env
-from test_gemini_door import client as gemini_client
-from test_gemini_door import sdk
-from test_health import wait_for_health
-from test_routing import assert_openai_error, chat, client_for, post
+from support.chat import assert_openai_error, chat, client_for, post, wait_for_health
+from support.command import run, scrubbed_env
+from support.gemini import client as gemini_client
+from support.gemini import sdk
+from support.proxies import Providers, Proxy, StartProxy
 from trioproxy.config import CEREBRAS_MODELS, CHUTES_MODELS, Config, load_config
 from trioproxy.demo import demo_choices
 from trioproxy.providers.health import ProviderHealth

@@ -6,10 +6,10 @@ import httpx
 import openai
 import pytest
 
-from conftest import Providers, StartProxy
-from test_routing import chat
-from trioproxy.server.auth import ClientKeys, is_loopback
+from support.chat import chat
+from support.proxies import Providers, StartProxy
 from trioproxy.errors import ProxyError
+from trioproxy.server.auth import ClientKeys, is_loopback
 
 
 async def test_any_key_or_none_is_accepted_by_default(start_proxy: StartProxy) -> None:

@@ -21,7 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, StartProxy
+from support.proxies import Providers, Proxy, StartProxy
 
 MODEL = "qwen-3-coder"
 RECORDED = Path(__file__).parent / "data" / "codex_0171"

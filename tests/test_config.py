@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import pytest
 
+from support.settings import load, refusal
 from trioproxy.config import (
     ENV_VARS,
     Adaptation,
@@ -59,32 +60,6 @@ def _get(config: Config, path: tuple[str, ...]) -> Any:
     for key in path:
         node = getattr(node, key)
     return node
-
-
-def load(
-    tmp_path: Path,
-    toml: str | None = None,
-    environ: Mapping[str, str] | None = None,
-    dotenv: str | None = None,
-) -> Config:
-    """load_config on a TOML text (or no file), explicit environ and .env; never the real environment."""
-    config_path = None
-    if toml is not None:
-        config_path = tmp_path / "config.toml"
-        config_path.write_text(toml)
-    dotenv_path = tmp_path / "test.env"
-    if dotenv is not None:
-        dotenv_path.write_text(dotenv)
-    return load_config(config_path, environ=dict(environ or {}), dotenv_path=dotenv_path)
-
-
-def refusal(tmp_path: Path, toml: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The message of the ConfigError that loading must raise; checks that it is one line."""
-    with pytest.raises(ConfigError) as caught:
-        load(tmp_path, toml, environ)
-    message = str(caught.value)
-    assert "\n" not in message, f"message is not one line: {message!r}"
-    return message
 
 
 # --- defaults -------------------------------------------------------------------------------

@@ -6,9 +6,12 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
-from test_cli import run, scrubbed_env
+from support.command import run, scrubbed_env
+
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see scripts/test)
 
 
 async def test_daemon_starts_serves_refuses_a_twin_and_stops(tmp_path: Path) -> None:

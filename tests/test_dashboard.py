@@ -6,11 +6,11 @@ What the page does with the state is tested in a real browser: tests/test_dashbo
 import httpx
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_routing import PROXY_MODEL, chat, client_for
+from support.chat import PROXY_MODEL, chat, client_for
+from support.proxies import Providers, StartProxy
 from trioproxy.routing.request import RouteRecord
-from trioproxy.server.served import ServedRequest
 from trioproxy.server.history import MINUTES, RECENT_REQUESTS, TrafficHistory
+from trioproxy.server.served import ServedRequest
 from trioproxy.testing.emulator import Faults
 
 

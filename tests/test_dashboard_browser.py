@@ -8,14 +8,25 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
-from live_proxy import LiveProxy, chromium, live_proxy
-from test_routes import CEREBRAS_OSS, CEREBRAS_QWEN, CHUTES_OSS, CHUTES_QWEN, OSS, QWEN, ROUTES, list_only, qwen_settings
-from test_routing import PROXY_MODEL, chat
+from support.chat import PROXY_MODEL, chat
+from support.live_proxy import LiveProxy, browser_context, chromium_browser, live_proxy
+from support.routes import (
+    CEREBRAS_OSS,
+    CEREBRAS_QWEN,
+    CHUTES_OSS,
+    CHUTES_QWEN,
+    OSS,
+    QWEN,
+    ROUTES,
+    list_only,
+    qwen_settings,
+)
 from trioproxy.testing.emulator import Faults
 
 expect.set_options(timeout=10_000)
+pytestmark = pytest.mark.xdist_group("browser")  # one worker, so one chromium for them all
 CLIENT_KEY = "sk-dashboard-test-key"
 
 
@@ -25,9 +36,16 @@ def proxy() -> Iterator[LiveProxy]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One chromium for the module (one xdist worker runs them all): each test gets a fresh context."""
+    with chromium_browser() as running:
+        yield running
+
+
 @pytest.fixture
-def page() -> Iterator[Page]:
-    with chromium(viewport={"width": 1280, "height": 1000}) as context:
+def page(browser: Browser) -> Iterator[Page]:
+    with browser_context(browser, viewport={"width": 1280, "height": 1000}) as context:
         yield context.new_page()
 
 
@@ -177,3 +195,22 @@ def test_every_route_shows_its_providers_per_model_windows_and_a_missing_model(p
         expect(missing).to_contain_text(f"models {CEREBRAS_OSS}: none offered here")
         expect(oss.locator('article[data-provider="chutes"] .badge')).to_have_text("up")
         expect(qwen.locator('article[data-provider="cerebras"] .badge')).to_have_text("up")
+
+
+def test_the_clients_table_names_each_client_never_its_key(page: Page) -> None:
+    """Each client's row: its name, weight, requests by provider, budgets; no key on the page."""
+    from trioproxy.config import Budget, ClientConfig
+
+    clients = (ClientConfig(name="ci-batch", api_keys=(CLIENT_KEY,), weight=3, budget=Budget(requests_per_minute=5)),
+               ClientConfig(name="idle-agent", api_keys=("sk-idle-agent-key",)))
+    with live_proxy(clients=clients) as proxy:
+        send(proxy, "from-ci", key=CLIENT_KEY)
+        page.goto(proxy.root_url + "/dashboard/")
+        page.locator("#key-input").fill(CLIENT_KEY)
+        page.locator("#key-form button").click()
+        ci = page.locator("#clients tr").filter(has=page.locator("th", has_text="ci-batch"))
+        expect(ci).to_contain_text("cerebras 1")
+        expect(ci).to_contain_text("rpm 1/5")
+        expect(ci.locator("td").first).to_have_text("3")
+        expect(page.locator("#clients")).to_contain_text("idle-agent")
+        assert CLIENT_KEY not in page.content() and "sk-idle-agent-key" not in page.content()

@@ -15,8 +15,8 @@ import openai
 import pytest
 import trio
 
-from conftest import Proxy
-from test_emulator import post, start, stream_events
+from support.emulator_http import post, start, stream_events
+from support.proxies import Proxy
 from trioproxy.testing.emulator import chutes, completion_text
 
 # Codex CLI's shell tool: `command` is an array (Codex refused `"command": "emulated"`).

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
-import trio
-from google import genai
 from google.genai import errors, types
 
+from support.gemini import client, sdk
+from support.proxies import Providers, Proxy, StartProxy
 from trioproxy.testing.emulator import Faults, completion_text
-
-from conftest import Providers, Proxy, StartProxy
 
 MODEL = "qwen-3-coder"
 READ_FILE = types.FunctionDeclaration(
@@ -24,23 +21,6 @@ READ_FILE = types.FunctionDeclaration(
                             required=["path"]))
 HI = {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
 MODEL_PATH = f"/v1beta/models/{MODEL}:generateContent"
-T = TypeVar("T")
-_CLIENTS: list[genai.Client] = []
-
-
-def client(proxy: Proxy, key: str = "sk-anything", api_version: str | None = None) -> genai.Client:
-    options = types.HttpOptions(base_url=proxy.base_url.removesuffix("/v1"), timeout=10_000,
-                                retry_options=types.HttpRetryOptions(attempts=1))
-    if api_version is not None:
-        options.api_version = api_version
-    made = genai.Client(api_key=key, http_options=options)
-    _CLIENTS.append(made)  # a collected Client closes its connections, even under a call in flight
-    return made
-
-
-async def sdk(work: Callable[[], T]) -> T:
-    """The SDK's blocking client in a thread: its async client runs on asyncio only."""
-    return await trio.to_thread.run_sync(work)
 
 
 def root(proxy: Proxy) -> str:

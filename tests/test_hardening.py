@@ -15,8 +15,11 @@ import httpx
 import pytest
 import trio
 
-from conftest import Providers, Proxy, StartProxy, proxy_config
-from test_routing import assert_openai_error
+from support.chat import assert_openai_error
+from support.fault_server import HELLO, ROLE, send_then_close, send_then_hold, start_fault_server
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
+from support.raw_http import SSE_HEAD, json_head
+from support.reload import reloadable_proxy
 from trioproxy.doors.body import MAX_NESTING
 from trioproxy.providers.upstream import Upstream
 from trioproxy.testing.emulator import Faults
@@ -380,7 +383,6 @@ async def test_a_reload_that_moves_host_or_port_says_it_needs_a_restart(
 ) -> None:
     """The socket stays where it was bound: the log says so, and says nothing of the new address
     as if the proxy listened there (no "LISTENING ON 0.0.0.0 WITHOUT CLIENT KEYS")."""
-    from test_reload import reloadable_proxy
 
     caplog.set_level(logging.INFO)
     config = proxy_config(providers)
@@ -413,12 +415,11 @@ async def test_an_answer_over_max_answer_bytes_fails_over_then_is_a_502(
 ) -> None:
     """A provider's 200 larger than the bound is not read whole: the next provider serves, and
     when none can, the client gets a 502 in its door's shape."""
-    from test_robustness import _send_then_close, json_head, start_fault_server
 
     body = big_answer(BOUND * 3)
     head = json_head(200, len(body)) if declared else (
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n")
-    server = await start_fault_server(nursery, lambda s: _send_then_close(s, head, body))
+    server = await start_fault_server(nursery, lambda s: send_then_close(s, head, body))
     proxy = await start_proxy(max_answer_bytes=BOUND, cerebras={"base_url": server.url})
     async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
         with trio.fail_after(10):
@@ -437,10 +438,9 @@ async def test_a_stream_event_over_max_stream_event_bytes_ends_the_stream(
     nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy
 ) -> None:
     """An event that never ends (no blank line) is not buffered without bound."""
-    from test_robustness import HELLO, ROLE, SSE_HEAD, _send_then_hold, start_fault_server
 
     endless = b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"z" * (BOUND * 3)
-    server = await start_fault_server(nursery, lambda s: _send_then_hold(s, SSE_HEAD, ROLE, HELLO, endless))
+    server = await start_fault_server(nursery, lambda s: send_then_hold(s, SSE_HEAD, ROLE, HELLO, endless))
     proxy = await start_proxy(max_stream_event_bytes=BOUND, cerebras={"base_url": server.url})
     async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
         with trio.fail_after(10):
@@ -460,9 +460,9 @@ async def test_a_client_that_stops_reading_a_stream_loses_it_and_the_provider_st
     nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy
 ) -> None:
     """Hypercorn's writes wait, unbounded and uncancellable, for a client whose socket takes no
-    bytes; a stall of client_stall_timeout_ms closes the connection and the provider's stream
-    behind it. (Real time: the kernel's socket buffers must fill first.)"""
-    from test_robustness import ROLE, SSE_HEAD, start_fault_server
+    bytes; bytes unacknowledged for client_stall_timeout_ms make the kernel abort the connection
+    (TCP_USER_TIMEOUT), and the provider's stream behind it is closed. (Real time: the kernel's
+    socket buffers must fill first.)"""
 
     chunk = json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m",
                         "choices": [{"index": 0, "delta": {"content": "w" * 4000}}]}).encode()

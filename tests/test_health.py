@@ -1,28 +1,15 @@
 """The health prober: providers that are down or no longer offer the model are passed over."""
 
 import logging
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, StartProxy
-from test_routing import chat, client_for, health, post
+from support.chat import chat, client_for, post, wait_for_health
+from support.proxies import Providers, StartProxy
 from trioproxy.testing import emulator
 from trioproxy.testing.ports import free_port
-
-
-async def wait_for_health(proxy: Proxy, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """Poll /healthz until `condition` holds for its cerebras entry (bounded: 5 s)."""
-    with trio.fail_after(5):
-        async with client_for(proxy) as client:
-            while True:
-                state = (await health(client, proxy))["providers"]["cerebras"]
-                if condition(state):
-                    return state
-                await trio.sleep(0.01)
 
 
 async def test_a_model_the_provider_stopped_listing_is_skipped(

@@ -16,12 +16,13 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, proxy_config
+from support.proxies import Providers, Proxy, proxy_config
+from support.raw_http import root_of
 from trioproxy.config import Config
-from trioproxy.testing.emulator import Faults, completion_text
 from trioproxy.logs import REDACTED, RedactingFormatter
-from trioproxy.providers.sanitize import Sanitizer
+from trioproxy.secrets import Sanitizer
 from trioproxy.supervisor import run_proxy
+from trioproxy.testing.emulator import Faults, completion_text
 
 MODEL = "qwen-3-coder"
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "Say hello."}]
@@ -30,11 +31,6 @@ CHAT = "/chat/completions"
 
 def client_for(proxy: Proxy) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=proxy.base_url, timeout=10.0)
-
-
-def root_of(proxy: Proxy) -> str:
-    """The proxy's origin, for paths outside /v1 such as /healthz."""
-    return proxy.base_url.removesuffix("/v1")
 
 
 def chat_body(**extra: Any) -> dict[str, Any]:

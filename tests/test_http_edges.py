@@ -5,8 +5,8 @@ import json
 import h11
 import trio
 
-from conftest import Proxy
-from test_http import root_of
+from support.proxies import Proxy
+from support.raw_http import root_of
 
 AMBIGUOUS = (
     b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"

@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from conftest import Providers, Proxy
+from support.proxies import Providers, Proxy
 from trioproxy.jsoncodec import dump_json, load_json
 
 BIG = 123456789012345678901234567890  # beyond 64 bits: a float would lose digits

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import trio
 
-from conftest import Providers, StartProxy
-from test_redis_ledger import Clock, cerebras, replica
-from test_routing import chat, client_for, post
+from support.chat import chat, client_for, post
+from support.proxies import Providers, StartProxy
+from support.redis_ledgers import Clock, cerebras, replica
 from trioproxy.config import Config
 from trioproxy.plans import PLANS
 from trioproxy.providers.ratelimit import stated_limits

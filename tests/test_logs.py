@@ -10,8 +10,8 @@ import httpx
 import pytest
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_routing import chat, client_for
+from support.chat import chat, client_for
+from support.proxies import Providers, StartProxy
 from trioproxy.logs import ACCEPT_LOGGER, OncePerEpisode, configure_logging
 
 

@@ -8,9 +8,8 @@ import anthropic
 import httpx
 import pytest
 
+from support.proxies import Providers, Proxy, StartProxy
 from trioproxy.testing.emulator import Faults, completion_text
-
-from conftest import Providers, Proxy, StartProxy
 
 MODEL = "qwen-3-coder"
 READ_FILE: dict[str, Any] = {

@@ -6,7 +6,7 @@ import anthropic
 import httpx
 import openai
 
-from conftest import Providers, Proxy, StartProxy
+from support.proxies import Providers, Proxy, StartProxy
 from trioproxy.config import ModelRoute, RouteProvider
 
 MODEL = "qwen-3-coder"

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 import trio
 
+from support.proxies import Providers, StartProxy
 from trioproxy.testing.emulator import completion_text
-
-from conftest import Providers, StartProxy
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 TEST_FILE = NODE_DIR / "client.test.mjs"

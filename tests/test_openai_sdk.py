@@ -12,10 +12,9 @@ import pytest
 import trio
 from openai.types.chat import ChatCompletionChunk
 
-from trioproxy.testing.emulator import Faults, completion_text
-
-from conftest import Providers, Proxy, proxy_config
+from support.proxies import Providers, Proxy, proxy_config
 from trioproxy.supervisor import run_proxy
+from trioproxy.testing.emulator import Faults, completion_text
 
 MODEL = "qwen-3-coder"
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "Say hello."}]

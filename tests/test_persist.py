@@ -8,11 +8,11 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, proxy_config
-from test_routing import chat, client_for, health, post
+from support.chat import chat, client_for, health, post
+from support.proxies import Providers, Proxy, proxy_config
 from trioproxy.config import Config, ProviderConfig
-from trioproxy.quota.persist import StatePersister
 from trioproxy.quota.ledger import QuotaLedger, Reservation
+from trioproxy.quota.persist import StatePersister
 from trioproxy.supervisor import run_proxy
 
 

@@ -2,24 +2,29 @@
 prediction that books a conversation's turn by its new tail: the prefix memory, both ledgers,
 the emulated Cerebras's cache, and the proxy end to end."""
 
+import logging
+import re
 from typing import Any
 
+import pytest
+
 import attrs
-import httpx
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_emulator import FakeClock, start, stream_events
-from test_redis_ledger import Clock, cerebras as redis_cerebras, replica
-from trioproxy.quota.redis_ledger import SharedReservation
-from test_routing import client_for, post, stream
+from support.chat import client_for, post, stream
+from support.emulator_http import FakeClock, start, stream_events
+from support.proxies import Providers, StartProxy
+from support.redis_ledgers import Clock, replica
+from support.redis_ledgers import cerebras as redis_cerebras
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
+from trioproxy.quota.redis_ledger import SharedReservation
 from trioproxy.routing.prompt_cache import PromptMemory, PromptPrefix
 from trioproxy.routing.request import RouteRecord
 from trioproxy.routing.settlement import Settlement
+from trioproxy.status_table import render_table
 from trioproxy.routing.tokens import PromptEstimator, estimate_prompt_tokens
 from trioproxy.testing import emulator
 from trioproxy.testing.redis_server import RedisServer
@@ -263,7 +268,7 @@ async def converse(proxy: Any, turns: range, streamed: bool = False) -> None:
 
 
 async def test_a_conversation_is_booked_by_its_new_tail_and_stays_on_cerebras(
-    providers: Providers, start_proxy: StartProxy, mock_clock: trio.testing.MockClock
+    providers: Providers, start_proxy: StartProxy, mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The uncached bucket takes about one turn's prompt: with the cache in the estimate every
     turn fits it; Cerebras's own usage settles both buckets."""
@@ -271,17 +276,23 @@ async def test_a_conversation_is_booked_by_its_new_tail_and_stays_on_cerebras(
     providers.cerebras.tokens_per_minute = 1_000_000
     proxy = await start_proxy(cerebras={"uncached_tokens_per_minute": 2_500, "tokens_per_minute": 1_000_000,
                                         "prompt_cache_block_tokens": 128})
+    caplog.set_level(logging.INFO, "trioproxy")
     await converse(proxy, range(1, 5))
     await converse(proxy, range(5, 8), streamed=True)
     assert providers.cerebras.served == 7 and providers.chutes.served == 0
     assert not providers.cerebras.quota_refusals
     async with client_for(proxy) as client:
         status = (await client.get(proxy.base_url.removesuffix("/v1") + "/healthz")).json()
+        table = render_table((await client.get("/status")).json())
     state = status["providers"]["cerebras"]["accounts"]["cerebras"]
     log = providers.cerebras.usage_log
     uncached = sum(u.prompt_tokens - u.cached_tokens for u in log)
     assert sum(u.cached_tokens for u in log) > uncached  # the cache did serve most of it
     assert state["utpm"] == {"used": uncached, "limit": 2_500}  # settled to Cerebras's figures (no time passed)
+    header = table.splitlines()[0].split()
+    assert header[header.index("tpm") + 1] == "utpm" and f"{uncached}/2500" in table
+    logged = [int(m.group(1)) for r in caplog.records if (m := re.search(r" cached_tokens=(\d+)", r.getMessage()))]
+    assert logged == [u.cached_tokens for u in log if u.cached_tokens]
 
 
 async def test_booking_every_prompt_token_as_uncached_sends_the_same_conversation_elsewhere(
@@ -304,3 +315,16 @@ async def test_ledgers_of_one_replica_name_never_share_a_lease_id(nursery: trio.
     first, second = await one.reserve("cerebras", 1_000, floor=500), await two.reserve("cerebras", 1_000, floor=500)
     assert isinstance(first, SharedReservation) and isinstance(second, SharedReservation)
     assert first.lease != second.lease
+
+
+def test_the_status_table_has_an_uncached_column_only_where_a_limit_is_set() -> None:
+    def status(utpm_limit: int | None) -> dict[str, Any]:
+        window = {"used": 5, "limit": 10}
+        state = {"rpm": window, "tpm": window, "utpm": {"used": 3, "limit": utpm_limit}, "rpd": window,
+                 "tpd": window, "cooldown_seconds": 0, "cooldown_reason": ""}
+        provider = {"name": "cerebras", "model": "m", "accounts": {"cerebras": state}, "usable": True,
+                    "served_since_start": {"requests": 1}, "last_error": None}
+        return {"model": "qwen-3-coder", "providers": [provider]}
+
+    assert "utpm" not in render_table(status(None)).splitlines()[0].split()
+    assert "utpm" in render_table(status(40)).splitlines()[0].split() and "3/40" in render_table(status(40))

@@ -5,10 +5,10 @@ import httpx
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_routing import chat, client_for, post, sized_messages
-from trioproxy.testing import emulator
+from support.chat import chat, client_for, post, sized_messages
+from support.proxies import Providers, StartProxy
 from trioproxy.config import Config
+from trioproxy.testing import emulator
 
 
 def cerebras_429s(providers: Providers) -> int:

@@ -5,20 +5,20 @@ for a sliding minute to reach them): no client-visible errors, every utilisation
 and the accounting identities between client, proxy and emulated providers.
 """
 
-import sys
-from pathlib import Path
+from collections import Counter
 
+import attrs
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench import quota_sim
 
-import quota_sim  # noqa: E402
+pytestmark = pytest.mark.xdist_group("quota_sim")  # on one worker, so one simulation serves them all
 
 # Still far over Cerebras's quota (about 25,000 tokens a second asked of 2,750).
 WORKLOAD = quota_sim.Workload(minutes=3, seed=7, arrivals_per_second=1.0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # a module's fixture is set up again when the worker runs other tests between
 def results() -> list[quota_sim.RunResult]:
     return quota_sim.simulate(WORKLOAD)
 
@@ -140,3 +140,33 @@ def test_report_says_what_cut_any_policy_could_reach(results: list[quota_sim.Run
     assert (f"with {results[1].cerebras_served} Cerebras answers as in A: {100 * (1 - known / mean):.1f} % knowing "
             f"every answer's length in advance, {100 * (1 - blind / mean):.1f} % not knowing them (on average)") in text
     assert known < blind
+
+
+CLIENTS_WORKLOAD = quota_sim.Workload(minutes=3, seed=7, arrivals_per_second=1.0, clients=quota_sim.CLIENTS)
+
+
+@pytest.fixture(scope="session")
+def client_results() -> list[quota_sim.RunResult]:
+    return quota_sim.simulate(CLIENTS_WORKLOAD, quota_sim.CLIENT_SETUPS)
+
+
+def test_clients_send_the_same_requests_with_the_heavy_one_sending_most() -> None:
+    plain = quota_sim.plan(WORKLOAD)
+    several = quota_sim.plan(CLIENTS_WORKLOAD)
+    assert [attrs.evolve(p, client="") for p in several] == plain  # the requests of a run without clients
+    counts = Counter(p.client for p in several)
+    assert set(counts) == {name for name, _ in quota_sim.CLIENTS}
+    assert counts["heavy"] > 4 * max(counts[name] for name in counts if name != "heavy")
+
+
+def test_each_client_is_counted_and_the_fair_share_evens_cerebras_out(client_results: list[quota_sim.RunResult]) -> None:
+    fair, first_come = client_results
+    for result in client_results:
+        assert result.client_errors == 0 and not result.consistency()
+        assert sum(len(times) for times in result.client_times.values()) == result.ok
+        assert sum(result.cerebras_by_client().values()) == result.cerebras_tokens
+    heavy_share = {r.setup.key: r.cerebras_by_client()["heavy"] / r.cerebras_tokens for r in client_results}
+    assert heavy_share["U"] > 0.5  # first come: the heavy client takes most
+    assert heavy_share["F"] < heavy_share["U"] and fair.jain() > first_come.jain()
+    text, _ = quota_sim.report(client_results)
+    assert "Client agent-1: Cerebras share / mean time" in text and "Jain index" in text

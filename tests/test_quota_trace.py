@@ -7,18 +7,13 @@ tokens the trace gives it, and the providers' counts matching the client's.
 
 import json
 import random
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import llm_trace  # noqa: E402
-import quota_sim  # noqa: E402
-
-from trioproxy.testing import emulator  # noqa: E402
+from bench import llm_trace, quota_sim
+from trioproxy.testing import emulator
 
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
 T0 = datetime(2023, 11, 16, 18, 17, 3, 979960)

@@ -2,8 +2,8 @@
 private CA and client certificates, a unix socket, Sentinel (with a failover), a Redis Cluster."""
 
 import os
-import uuid
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,18 +12,29 @@ import attrs
 import pytest
 import trio
 
-from conftest import Providers, StartProxy
-from redis_deployments import (
-    DATA_PASSWORD, DEPLOYMENTS, Deployment, cluster_ports, keys_on, primary_of, redis_cluster, replicated, sentinel_redis, slot_of, tls_redis,
+from support.proxies import Providers, StartProxy
+from support.redis_deployments import (
+    DATA_PASSWORD,
+    DEPLOYMENTS,
+    Deployment,
+    cluster_ports,
+    keys_on,
+    primary_of,
+    redis_cluster,
+    replicated,
+    sentinel_redis,
+    slot_of,
+    tls_redis,
 )
-from test_redis_ledger import Clock, _start_unwrapped, cerebras
-from test_redis_proxies import alternate
+from support.redis_ledgers import Clock, alternate, cerebras, start_unwrapped
 from trioproxy.config import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis_client import RedisAccess
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
 from trioproxy.quota.redis_store import QuotaStore, QuotaStoreError
 from trioproxy.testing.ports import free_port
+
+pytestmark = pytest.mark.xdist_group("redis_deployments")  # on one worker: each deployment (a module fixture) is started once
 
 
 def other(name: str, **limits: Any) -> ProviderConfig:
@@ -135,7 +146,7 @@ async def test_tls_with_the_wrong_ca_refuses_to_start_in_one_line(tmp_path: Path
     with DEPLOYMENTS[kind](tmp_path) as deployment:
         wrong = attrs.evolve(deployment.access, ca=deployment.wrong_ca)
         with pytest.raises(QuotaStoreError) as refused:
-            await _start_unwrapped(QuotaStore(deployment.url, 10.0, allow_start_without=False, access=wrong))
+            await start_unwrapped(QuotaStore(deployment.url, 10.0, allow_start_without=False, access=wrong))
     message = str(refused.value)
     where = f"Redis at {deployment.url}" if kind == "tls" else "the Redis Cluster at 127.0.0.1:"
     assert message.startswith(f"redis_url: cannot reach {where}")
@@ -159,7 +170,7 @@ async def test_tls_with_the_wrong_ca_starts_on_local_buckets_with_a_loud_warning
 async def test_a_cluster_that_does_not_answer_at_start_stops_it_in_one_line_with_the_refuse_policy() -> None:
     down = QuotaStore(f"redis+cluster://127.0.0.1:{free_port()}", 10.0, allow_start_without=False)
     with pytest.raises(QuotaStoreError, match=r"^redis_url: cannot reach the Redis Cluster at 127\.0\.0\.1:\d+ \(.+\)$"):
-        await _start_unwrapped(down)
+        await start_unwrapped(down)
 
 
 async def test_with_the_local_policy_ledgers_start_before_their_cluster_and_share_once_it_answers(

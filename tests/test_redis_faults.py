@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import trio
 
-from conftest import Providers
-from proxy_processes import (
+from support.chat import chat
+from support.processes import (
     Load,
     ProxyProcess,
     account,
@@ -25,10 +25,12 @@ from proxy_processes import (
     until,
     write_settings,
 )
-from test_routing import chat
+from support.proxies import Providers
 from trioproxy.quota.redis_store import SCRIPT
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
+
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see scripts/test)
 
 UNREACHABLE = r"Redis at \S+ unreachable"
 BACK = r"Redis at \S+ is back after"

@@ -1,66 +1,20 @@
 """The shared quota ledger against a real redis-server: several ledgers (replicas) on one Redis."""
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
-import coredis
 import pytest
 import trio
 import trio.testing
 
-from trioproxy.testing.ports import free_port
-from trioproxy.testing.redis_server import RedisServer, running_redis
-from trioproxy.config import Config, ProviderConfig
+from support.redis_ledgers import Clock, cerebras, chutes, replica, replicas, script_calls, start_unwrapped
+from trioproxy.config import Config
 from trioproxy.quota.backends import open_ledger
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
 from trioproxy.quota.redis_store import IDLE_LANE_SECONDS, QuotaStore, QuotaStoreError
-
-START = 1_800_000_000.0  # a store time (seconds since the epoch) well before a UTC midnight
-
-
-class Clock:
-    """The store's time for these tests, moved by hand instead of waiting."""
-
-    def __init__(self) -> None:
-        self.time = START
-
-    def __call__(self) -> float:
-        return self.time
-
-
-def cerebras(**limits: Any) -> ProviderConfig:
-    defaults = {"requests_per_minute": None, "tokens_per_minute": None, "tokens_per_day": None, "plan": None, "api_key": "csk-one"}
-    return attrs.evolve(Config().cerebras, **{**defaults, **limits})
-
-
-def chutes() -> ProviderConfig:
-    return attrs.evolve(Config().chutes, api_key="cpk-one")
-
-
-async def replica(
-    nursery: trio.Nursery,
-    url: str,
-    providers: list[ProviderConfig],
-    clock: Clock | None,
-    *,
-    name: str = "r1",
-    policy: str = "local",
-    replicas: int = 1,
-    lease_seconds: float = 10.0,
-    timeout: float = 10.0,  # semantics, not this machine's speed, unless a test is about timeouts
-) -> RedisLedger:
-    store = QuotaStore(url, timeout, allow_start_without=policy == "local", clock=clock)
-    await nursery.start(store.run)
-    return RedisLedger(
-        providers, store, prefix="test:", outage_policy=policy, replicas=replicas, lease_seconds=lease_seconds, replica=name
-    )
-
-
-async def replicas(nursery: trio.Nursery, redis: RedisServer, providers: list[ProviderConfig], clock: Clock | None, count: int = 3, **options: Any) -> list[RedisLedger]:
-    return [await replica(nursery, redis.url, providers, clock, name=f"r{i}", **options) for i in range(count)]
+from trioproxy.testing.ports import free_port
+from trioproxy.testing.redis_server import RedisServer, running_redis
 
 
 async def test_concurrent_reservations_from_three_replicas_never_overshoot(nursery: trio.Nursery, redis: RedisServer) -> None:
@@ -122,12 +76,6 @@ async def test_a_backlog_of_settlements_never_holds_up_a_reservation(nursery: tr
         await ledger.settle(reservation, 5)
     assert isinstance(await ledger.reserve("cerebras", 10), SharedReservation)
     assert await script_calls(redis) - calls_before <= 2  # that call (and the once-a-second view, if it fell here)
-
-
-async def script_calls(redis: RedisServer) -> int:
-    async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
-        stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))  # absent before the first
 
 
 async def test_tokens_per_minute_bind_across_replicas_and_settling_refunds(nursery: trio.Nursery, redis: RedisServer) -> None:
@@ -359,35 +307,17 @@ async def test_wrong_password_stops_the_start_naming_the_setting(nursery: trio.N
     with running_redis(tmp_path, password="right") as server:
         store = QuotaStore(server.url.replace(":right@", ":wrong@"), 0.5, allow_start_without=True)
         with pytest.raises(QuotaStoreError, match="^redis_url: Redis refused the credentials"):
-            await _start_unwrapped(store)
+            await start_unwrapped(store)
 
 
 async def test_absent_redis_stops_the_start_unless_the_policy_serves_without_it(nursery: trio.Nursery) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     with pytest.raises(QuotaStoreError, match="^redis_url: cannot reach Redis"):
-        await _start_unwrapped(QuotaStore(url, 0.5, allow_start_without=False))
+        await start_unwrapped(QuotaStore(url, 0.5, allow_start_without=False))
     store = QuotaStore(url, 0.5, allow_start_without=True)
     await nursery.start(store.run)
     assert store.connected is False and store.outages == 1
     store.close()
-
-
-async def _start_unwrapped(store: QuotaStore) -> None:
-    """Start the store; the error that stops it comes out of coredis's task groups unwrapped."""
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(store.run)
-    except BaseExceptionGroup as group:
-        leaves = [e for e in _leaves(group)]
-        raise leaves[0] from None
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 async def test_a_reload_that_changes_the_limits_leaves_no_idle_sender_behind(

@@ -10,20 +10,38 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_patience import after_the_bucket_is_empty, fell_back_at_once, task, waited_for_the_refill
-from test_redis_ledger import cerebras, chutes, replica, script_calls
-from trioproxy.providers.sanitize import Sanitizer
+from support.patience import after_the_bucket_is_empty, fell_back_at_once, task, waited_for_the_refill
+from support.proxies import Providers, StartProxy
+from support.redis_ledgers import cerebras, chutes, replica, script_calls
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.contract import Refusal, Reservation
+from trioproxy.quota.redis_ledger import RedisLedger
 from trioproxy.quota.redis_store import STORE_CLOCK
 from trioproxy.routing.patience import Pace, Patience
 from trioproxy.routing.request import RouteRecord
+from trioproxy.secrets import Sanitizer
 from trioproxy.testing.redis_server import RedisServer
+
+
+@attrs.frozen
+class WithoutViews:
+    """The ledger as its store's listener, but for the operators' views it reads every second."""
+
+    ledger: RedisLedger
+
+    async def refresh(self) -> None:
+        pass
+
+    def retire(self) -> None:
+        self.ledger.retire()
+
+    def revised(self) -> None:
+        self.ledger.revised()
 
 
 def shared_ledger(redis: RedisServer) -> dict[str, Any]:
@@ -60,7 +78,7 @@ async def patience_on_an_empty_bucket(
     the providers as the router hands them over."""
     configs = [cerebras(requests_per_minute=6), chutes()]
     ledger = await replica(nursery, redis.url, configs, trio.current_time)  # type: ignore[arg-type]
-    ledger.store.refresh = None  # the operators' view refresh every second would add calls of its own
+    ledger.store.listener = WithoutViews(ledger)  # the view refresh every second would add calls of its own
     for _ in range(6):
         assert isinstance(await ledger.reserve("cerebras", 100), Reservation)
     patience = Patience(ledger, {"cerebras": Pace(0.3, 2_000.0), "chutes": Pace(2.0, 50.0)}, max_wait)

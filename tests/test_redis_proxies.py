@@ -2,27 +2,20 @@
 
 import os
 import sys
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
 
-from conftest import Providers, Proxy, StartProxy, proxy_config
-from trioproxy.testing.ports import free_port
-from trioproxy.testing.redis_server import RedisServer, running_redis
-from test_routing import chat, client_for, post
+from support.chat import chat, client_for, post
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
+from support.redis_ledgers import alternate
 from trioproxy.config import Config
 from trioproxy.status_table import render_table
 from trioproxy.supervisor import run_proxy
-
-
-async def alternate(proxies: list[Proxy], count: int) -> list[int]:
-    """`count` small requests, sent to each proxy in turn, one after the other."""
-    async with AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(client_for(proxy)) for proxy in proxies]
-        return [(await post(clients[i % len(clients)], chat(max_tokens=10))).status_code for i in range(count)]
+from trioproxy.testing.ports import free_port
+from trioproxy.testing.redis_server import RedisServer, running_redis
 
 
 async def test_two_proxies_on_one_redis_never_meet_a_429_where_one_would_not(
@@ -75,6 +68,7 @@ async def test_metrics_and_healthz_show_the_quota_store(providers: Providers, st
                 await trio.sleep(0.05)
 
 
+@pytest.mark.xdist_group("processes")
 async def test_a_refused_redis_password_stops_the_start_in_one_line_without_the_password(tmp_path: Path) -> None:
     with running_redis(tmp_path, password="the-right-one") as server:
         env = {**os.environ, "CEREBRAS_API_KEY": "csk-start-test", "REDIS_URL": server.url.replace("the-right-one", "a-wrong-secret")}
@@ -88,6 +82,7 @@ async def test_a_refused_redis_password_stops_the_start_in_one_line_without_the_
     assert "a-wrong-secret" not in message
 
 
+@pytest.mark.xdist_group("processes")
 async def test_a_redis_url_that_does_not_parse_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
     env = {**os.environ, "CEREBRAS_API_KEY": "csk-start-test", "REDIS_URL": "redis://127.0.0.1:notaport/0"}
     settings = tmp_path / "shared.toml"

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import Providers, StartProxy
-from proxy_processes import get_json
-from redis_deployments import DATA_PASSWORD, SENTINEL_PASSWORD, Deployment, sentinel_redis
-from test_http import root_of
-from test_redis_proxies import alternate
+from support.processes import get_json
+from support.proxies import Providers, StartProxy
+from support.raw_http import root_of
+from support.redis_deployments import DATA_PASSWORD, SENTINEL_PASSWORD, Deployment, sentinel_redis
+from support.redis_ledgers import alternate
+
+pytestmark = pytest.mark.xdist_group("redis_sentinel_password")  # on one worker: the deployment (a module fixture) is started once
 
 
 @pytest.fixture(scope="module")

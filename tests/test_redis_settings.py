@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from test_config import load, refusal
+from support.settings import load, refusal
 from trioproxy.config import redacted, secrets
-from trioproxy.quota.redis_target import RedisTarget, parse_redis_url
 from trioproxy.quota.redis_store import redacted_url
+from trioproxy.redis_target import RedisTarget, parse_redis_url
 
 
 def settings(url: str, **extra: str) -> str:

@@ -3,11 +3,10 @@ requests from a block booked ahead, without waiting on Redis, and the figures st
 
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
-from test_redis_ledger import Clock, cerebras, replica, replicas, script_calls
+from support.redis_ledgers import Clock, cerebras, replica, replicas, script_calls
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
 from trioproxy.quota.shares import FIRST_ASK, SHARE_SECONDS, Share, ShareBook
@@ -144,7 +143,7 @@ async def test_a_dead_replicas_share_keeps_what_its_requests_cost_and_gives_back
     for _ in range(3):
         assert isinstance(await dead.reserve("cerebras", 100, floor=25), SharedReservation)
     await dead.store.drained()
-    dead.store.before_close = None  # it dies: nothing of it reaches Redis any more
+    dead.store.listener = None  # it dies: nothing of it reaches Redis any more
     dead.store.close()
     clock.time += 11
     figures = await shared_figures(alive)

@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_status import sample_values
+from support.metrics import sample_values
+from support.proxies import Providers, StartProxy
 from trioproxy.server.refusals import PATH_FAMILIES, path_family
 from trioproxy.status_table import render_table
 from trioproxy.testing.emulator import Faults
@@ -72,7 +72,7 @@ async def test_refusals_and_errors_are_counted_by_status(start_proxy: StartProxy
     async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as http:
         good = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
         assert (await http.post("/chat/completions", json=good)).status_code == 200
-        assert (await http.post("/chat/completions", content=b"{")).status_code == 400
+        assert (await http.post("/chat/completions", content=b"{", headers={"content-type": "application/json"})).status_code == 400
         assert (await http.post("/chat/completions", json={**good, "model": "gpt-9"})).status_code == 404
         providers.cerebras.faults = Faults(status=500, remaining=1)
         providers.chutes.faults = Faults(status=500, remaining=1)

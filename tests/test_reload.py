@@ -3,30 +3,18 @@
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import attrs
 import httpx
+import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, proxy_config
-from test_cli import COMMAND, scrubbed_env
-from test_routing import chat, client_for, post
-from trioproxy.config import Config
-from trioproxy.supervisor import run_proxy
-
-
-@asynccontextmanager
-async def reloadable_proxy(config: Config) -> AsyncIterator[tuple[Proxy, trio.MemorySendChannel[Config]]]:
-    """A proxy serving `config`, and the channel that reloads it; stopped on the way out."""
-    send_reloads, receive_reloads = trio.open_memory_channel[Config](1)
-    async with trio.open_nursery() as nursery:
-        shutdown = trio.Event()
-        yield Proxy(await nursery.start(run_proxy, config, shutdown, receive_reloads), config, shutdown), send_reloads
-        shutdown.set()
+from support.chat import chat, client_for, post
+from support.command import COMMAND, scrubbed_env
+from support.proxies import Providers, proxy_config
+from support.reload import reloadable_proxy
 
 
 async def test_reload_applies_new_limits_and_keys_and_keeps_the_ledger(providers: Providers) -> None:
@@ -75,6 +63,7 @@ async def test_a_reload_settles_reservations_in_flight_into_the_ledger_that_serv
     assert status["providers"][0]["accounts"]["cerebras"]["tpd"] == {"used": spent, "limit": 2_000_000}
 
 
+@pytest.mark.xdist_group("processes")
 async def test_sighup_rereads_the_file_and_refuses_a_bad_one(tmp_path: Path) -> None:
     """End to end with the real command: a good file applies, a broken one is logged and ignored."""
     settings = tmp_path / "config.toml"

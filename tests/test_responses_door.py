@@ -9,9 +9,8 @@ import httpx
 import openai
 import pytest
 
+from support.proxies import Providers, Proxy, StartProxy
 from trioproxy.testing.emulator import Faults, completion_text
-
-from conftest import Providers, Proxy, StartProxy
 
 MODEL = "qwen-3-coder"
 READ_FILE: dict[str, Any] = {

@@ -21,9 +21,7 @@ import collections
 import functools
 import json
 import logging
-import socket
-import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -31,10 +29,26 @@ import httpx
 import pytest
 import trio
 
-from conftest import Providers, Proxy, StartProxy, proxy_config
-from test_routing import stream_text
-from trioproxy.testing.emulator import CEREBRAS_MODEL, CHUTES_MODEL, EmulatedProvider, Faults, completion_text, serve
+from support.chat import stream_text
+from support.fault_server import (
+    FINISH,
+    HELLO,
+    MODELS_LIST,
+    ROLE,
+    WORLD,
+    Behaviour,
+    dumps,
+    eventually,
+    hold,
+    send_then_close,
+    send_then_hold,
+    send_then_reset,
+    start_fault_server,
+)
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
+from support.raw_http import SSE_HEAD, abort_with_reset, json_head, read_raw_request
 from trioproxy.supervisor import run_proxy
+from trioproxy.testing.emulator import EmulatedProvider, Faults, completion_text, serve
 
 MODEL = "qwen-3-coder"
 MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "Say hello."}]
@@ -74,10 +88,6 @@ async def chat_once(proxy: Proxy, stream: bool) -> httpx.Response:
 
 def chat_body(**extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": MESSAGES, **extra}
-
-
-def dumps(document: Any) -> bytes:
-    return json.dumps(document).encode()
 
 
 def address(proxy: Proxy) -> tuple[str, int]:
@@ -220,11 +230,6 @@ class RawConnection:
                 pass
             return True
         return False
-
-
-def abort_with_reset(stream: trio.SocketStream) -> None:
-    """Make the coming close a TCP RST instead of an orderly FIN."""
-    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def raw_request(method: str, target: str, body: bytes | None = None, *, version: str = "HTTP/1.1",
@@ -371,15 +376,6 @@ def task_difference(before: list[str], after: list[str]) -> dict[str, int]:
     counts = collections.Counter(after)
     counts.subtract(collections.Counter(before))
     return {name: n for name, n in counts.items() if n}
-
-
-async def eventually(check: Callable[[], bool], seconds: float = 2.0) -> bool:
-    """Poll `check` until true or `seconds` pass."""
-    with trio.move_on_after(seconds):
-        while not check():
-            await trio.sleep(0.02)
-        return True
-    return check()
 
 
 # =========================================================================== part 1: bad input
@@ -944,156 +940,39 @@ async def _wait_for_exit(nursery: trio.Nursery) -> None:
 # =========================================================================== part 2: provider faults
 
 
-def tiny_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    chunk = {"id": "chatcmpl-fault", "object": "chat.completion.chunk", "created": 0, "model": "upstream-model",
-             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return b"data: " + dumps(chunk) + b"\n\n"
-
-
-ROLE = tiny_chunk({"role": "assistant", "content": ""})
-HELLO = tiny_chunk({"content": "Hello"})
-WORLD = tiny_chunk({"content": " world"})
-FINISH = tiny_chunk({}, "stop")
-SSE_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-            b"connection: close\r\n\r\n")
-
-
-def json_head(status: int, length: int, content_type: str = "application/json") -> bytes:
-    return (f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\n"
-            "connection: close\r\n\r\n").encode()
-
-
-async def _hold(stream: trio.SocketStream) -> None:
-    """Keep the connection until the proxy closes it."""
-    while await stream.receive_some(65536):
-        pass
-
-
-async def _send_then_close(stream: trio.SocketStream, *parts: bytes) -> None:
-    for part in parts:
-        await stream.send_all(part)
-
-
-async def _send_then_hold(stream: trio.SocketStream, *parts: bytes) -> None:
-    await _send_then_close(stream, *parts)
-    await _hold(stream)
-
-
-async def _send_then_reset(stream: trio.SocketStream, *parts: bytes) -> None:
-    await _send_then_close(stream, *parts)
-    await trio.sleep(0.05)  # let the proxy read what was sent: a reset discards unread data
-    abort_with_reset(stream)  # the handler's aclose() then sends RST, not FIN
-
-
-Behaviour = Callable[[trio.SocketStream], Awaitable[None]]
-
 # Faults before the first byte: the proxy can still fail over (or answer with an error).
 BEFORE_FIRST_BYTE: dict[str, tuple[Behaviour, tuple[int, int]]] = {
     # name: (behaviour, (status for a plain request, for a stream) when every provider does it)
-    "garbage-bytes": (lambda s: _send_then_close(s, b"\x00\xff\xfe\x80garbage\r\n\x07\x1b[31m\r\n\r\n"), (502, 502)),
-    "garbage-status-line": (lambda s: _send_then_close(s, b"HTTP/1.1 abc Nope\r\n\r\n"), (502, 502)),
-    "garbage-json-body": (lambda s: _send_then_close(s, json_head(200, 12), b"\xff\xfe<html>oops"), (502, 502)),
-    "json-array-body": (lambda s: _send_then_close(s, json_head(200, 6), b"[1, 2]"), (502, 502)),
-    "truncated-json-body": (lambda s: _send_then_close(s, json_head(200, 500), b'{"id": "x", "choi'), (502, 502)),
-    "html-500": (lambda s: _send_then_close(s, json_head(500, 27, "text/html"), b"<html>Internal Error</html>"), (502, 502)),
-    "sse-garbage-then-close": (lambda s: _send_then_close(s, SSE_HEAD, b"\xff\xfe\x00garbage\n\n"), (502, 502)),
+    "garbage-bytes": (lambda s: send_then_close(s, b"\x00\xff\xfe\x80garbage\r\n\x07\x1b[31m\r\n\r\n"), (502, 502)),
+    "garbage-status-line": (lambda s: send_then_close(s, b"HTTP/1.1 abc Nope\r\n\r\n"), (502, 502)),
+    "garbage-json-body": (lambda s: send_then_close(s, json_head(200, 12), b"\xff\xfe<html>oops"), (502, 502)),
+    "json-array-body": (lambda s: send_then_close(s, json_head(200, 6), b"[1, 2]"), (502, 502)),
+    "truncated-json-body": (lambda s: send_then_close(s, json_head(200, 500), b'{"id": "x", "choi'), (502, 502)),
+    "html-500": (lambda s: send_then_close(s, json_head(500, 27, "text/html"), b"<html>Internal Error</html>"), (502, 502)),
+    "sse-garbage-then-close": (lambda s: send_then_close(s, SSE_HEAD, b"\xff\xfe\x00garbage\n\n"), (502, 502)),
     # held open after the bad first event: the proxy itself must drop the connection
-    "sse-bad-json-first": (lambda s: _send_then_hold(s, SSE_HEAD, b"data: {not json\n\n", HELLO), (504, 502)),
-    "sse-error-event-first": (lambda s: _send_then_hold(s, SSE_HEAD, b'data: {"error": {"message": "boom"}}\n\n'),
+    "sse-bad-json-first": (lambda s: send_then_hold(s, SSE_HEAD, b"data: {not json\n\n", HELLO), (504, 502)),
+    "sse-error-event-first": (lambda s: send_then_hold(s, SSE_HEAD, b'data: {"error": {"message": "boom"}}\n\n'),
                               (504, 502)),
-    "sse-detail-event-first": (lambda s: _send_then_hold(s, SSE_HEAD, b'data: {"detail": "No instances available"}\n\n'),
+    "sse-detail-event-first": (lambda s: send_then_hold(s, SSE_HEAD, b'data: {"detail": "No instances available"}\n\n'),
                                (504, 502)),
-    "sse-only-done": (lambda s: _send_then_close(s, SSE_HEAD, b"data: [DONE]\n\n"), (502, 502)),
-    "reset-after-request": (lambda s: _send_then_reset(s), (502, 502)),
-    "accepts-never-answers": (_hold, (504, 504)),
-    "headers-then-nothing": (lambda s: _send_then_hold(s, SSE_HEAD), (504, 504)),
+    "sse-only-done": (lambda s: send_then_close(s, SSE_HEAD, b"data: [DONE]\n\n"), (502, 502)),
+    "reset-after-request": (lambda s: send_then_reset(s), (502, 502)),
+    "accepts-never-answers": (hold, (504, 504)),
+    "headers-then-nothing": (lambda s: send_then_hold(s, SSE_HEAD), (504, 504)),
 }
 
 # Faults after the first event: too late to fail over; the stream must end with an error event.
 AFTER_FIRST_BYTE: dict[str, Behaviour] = {
-    "sse-truncated-no-done": lambda s: _send_then_close(s, SSE_HEAD, ROLE, HELLO),
-    "sse-stops-no-done-held-open": lambda s: _send_then_hold(s, SSE_HEAD, ROLE, HELLO),
-    "sse-bad-json-mid": lambda s: _send_then_hold(s, SSE_HEAD, ROLE, HELLO, b'data: {"choices": [oops\n\n', WORLD),
-    "sse-non-object-mid": lambda s: _send_then_close(s, SSE_HEAD, ROLE, HELLO, b"data: [1, 2, 3]\n\n", FINISH,
+    "sse-truncated-no-done": lambda s: send_then_close(s, SSE_HEAD, ROLE, HELLO),
+    "sse-stops-no-done-held-open": lambda s: send_then_hold(s, SSE_HEAD, ROLE, HELLO),
+    "sse-bad-json-mid": lambda s: send_then_hold(s, SSE_HEAD, ROLE, HELLO, b'data: {"choices": [oops\n\n', WORLD),
+    "sse-non-object-mid": lambda s: send_then_close(s, SSE_HEAD, ROLE, HELLO, b"data: [1, 2, 3]\n\n", FINISH,
                                                      b"data: [DONE]\n\n"),
-    "sse-garbage-bytes-mid": lambda s: _send_then_close(s, SSE_HEAD, ROLE, HELLO, b"data: \xff\xfe\x00\x80\x81garbage\n\n",
+    "sse-garbage-bytes-mid": lambda s: send_then_close(s, SSE_HEAD, ROLE, HELLO, b"data: \xff\xfe\x00\x80\x81garbage\n\n",
                                                         FINISH, b"data: [DONE]\n\n"),
-    "sse-reset-mid": lambda s: _send_then_reset(s, SSE_HEAD, ROLE, HELLO),
+    "sse-reset-mid": lambda s: send_then_reset(s, SSE_HEAD, ROLE, HELLO),
 }
-
-
-async def read_raw_request(stream: trio.SocketStream) -> tuple[str, bytes] | None:
-    """(target, body) once the whole request is read; None if the client left first."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        more = await stream.receive_some(65536)
-        if not more:
-            return None
-        data += more
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
-    while len(body) < length:
-        more = await stream.receive_some(65536)
-        if not more:
-            return None
-        body += more
-    return head.split(b" ")[1].decode("latin-1"), body
-
-
-@attrs.define
-class FaultServer:
-    """A raw TCP server: answers `GET /v1/models` properly (the proxy's health prober asks), and
-    misbehaves as `behaviour` says on every chat request, once it has read it whole."""
-
-    behaviour: Behaviour
-    url: str = ""
-    accepted: int = 0
-    open: int = 0
-    requests: int = 0  # chat requests only
-    healed: bool = False  # answer properly from now on
-    models: Behaviour | None = None  # answers `GET /v1/models` instead of the proper list
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        self.accepted += 1
-        self.open += 1
-        try:
-            request = await read_raw_request(stream)
-            if request is not None and request[0].endswith("/models") and self.models is not None:
-                await self.models(stream)
-            elif request is not None and request[0].endswith("/models"):
-                await stream.send_all(json_head(200, len(MODELS_LIST)) + MODELS_LIST)
-            elif request is not None and self.healed:
-                await self._answer_properly(stream, request[1])
-            elif request is not None:
-                self.requests += 1
-                await self.behaviour(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        finally:
-            self.open -= 1
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-
-    @staticmethod
-    async def _answer_properly(stream: trio.SocketStream, body: bytes) -> None:
-        if json.loads(body).get("stream"):
-            await _send_then_close(stream, SSE_HEAD, ROLE, HELLO, WORLD, FINISH, b"data: [DONE]\n\n")
-            return
-        answer = dumps({"id": "chatcmpl-healed", "object": "chat.completion", "created": 0, "model": "upstream-model",
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"},
-                                     "finish_reason": "stop"}]})
-        await stream.send_all(json_head(200, len(answer)) + answer)
-
-
-MODELS_LIST = dumps({"object": "list", "data": [{"id": model, "object": "model"} for model in (CEREBRAS_MODEL, CHUTES_MODEL)]})
-
-
-async def start_fault_server(nursery: trio.Nursery, behaviour: Behaviour) -> FaultServer:
-    server = FaultServer(behaviour)
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), server.handle, 0)
-    server.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/v1"
-    return server
 
 
 def fault_config(providers: Providers, cerebras_url: str | None = None, chutes_url: str | None = None) -> dict[str, Any]:
@@ -1202,7 +1081,7 @@ async def test_sse_without_done_after_finish_is_completed(
 ) -> None:
     """A provider that finishes its answer (finish_reason) but closes without `[DONE]`: the
     client gets the whole answer and a `[DONE]`, no error event."""
-    server = await start_fault_server(nursery, lambda s: _send_then_close(s, SSE_HEAD, ROLE, HELLO, WORLD, FINISH))
+    server = await start_fault_server(nursery, lambda s: send_then_close(s, SSE_HEAD, ROLE, HELLO, WORLD, FINISH))
     proxy = await start_proxy(**fault_config(providers, cerebras_url=server.url))
     async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
         status, _, body = await stream_chat(client, chat_body())

@@ -12,39 +12,21 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, StartProxy, proxy_config
-from test_cli import run, scrubbed_env
-from test_config import load, refusal
-from test_reload import reloadable_proxy
-from test_routing import advance, assert_openai_error, chat, client_for, health, post, stream
-from trioproxy.config import Config, ModelRoute, RouteProvider, keyless_route
+from support.chat import advance, assert_openai_error, chat, client_for, health, post, stream
+from support.command import run, scrubbed_env
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
+from support.reload import reloadable_proxy
+from support.routes import CEREBRAS_OSS, CEREBRAS_QWEN, CHUTES_OSS, CHUTES_QWEN, OSS, QWEN, ROUTES, on, qwen_settings
+from support.settings import load, refusal
+from trioproxy.config import Config, ModelRoute, keyless_route
 from trioproxy.errors import ProxyError
 from trioproxy.providers.upstream import UpstreamFailure
 from trioproxy.status_table import render_table
 from trioproxy.supervisor import run_proxy
 from trioproxy.testing import emulator
 
-QWEN = "qwen-3-coder"
-OSS = "gpt-oss-120b"
-CEREBRAS_OSS = "gpt-oss-120b"
-CHUTES_OSS = "openai/gpt-oss-120b"
 PROBE_INTERVAL_MS = 60_000
 
-def on(provider: str, model: str | None = None, **overrides: Any) -> RouteProvider:
-    return RouteProvider(provider=provider, model=model, **overrides)
-
-
-ROUTES = (
-    ModelRoute(QWEN, (on("cerebras"), on("chutes")), aliases=("claude-*",)),
-    ModelRoute(OSS, (on("cerebras", CEREBRAS_OSS), on("chutes", CHUTES_OSS)), aliases=("oss", "gpt-oss-*")),
-)
-
-
-# These tests route between two models of one catalogue: the original Qwen3-Coder ids as the
-# providers' own models (one candidate each) and gpt-oss. Today's catalogues are
-# test_catalogues.py's business.
-CEREBRAS_QWEN = "qwen-3-coder-480b"
-CHUTES_QWEN = "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
 
 
 @pytest.fixture
@@ -53,18 +35,6 @@ async def providers(nursery: trio.Nursery) -> Providers:
     cerebras, chutes = emulator.cerebras(model=CEREBRAS_QWEN), emulator.chutes(model=CHUTES_QWEN)
     return Providers(cerebras, chutes, await nursery.start(emulator.serve, cerebras),
                      await nursery.start(emulator.serve, chutes))
-
-
-def list_only(provider: emulator.EmulatedProvider, model: str, *more: str) -> None:
-    """Make an emulator list (and serve) exactly these models."""
-    provider.model, provider.more_models = model, list(more)
-
-
-def qwen_settings(**overrides: Any) -> dict[str, Any]:
-    """`proxy_config` overrides with the Qwen3-Coder ids as the providers' own models."""
-    for name, model in (("cerebras", CEREBRAS_QWEN), ("chutes", CHUTES_QWEN)):
-        overrides[name] = {"model": model, **overrides.get(name, {})}
-    return overrides
 
 
 def qwen_config(providers: Providers, **overrides: Any) -> Config:
@@ -382,6 +352,7 @@ def test_a_route_without_a_keyed_provider_is_named(tmp_path: Path) -> None:
     assert keyless_route(Config()) is not None and keyless_route(load(tmp_path, environ={"CHUTES_API_KEY": "k"})) is None
 
 
+@pytest.mark.xdist_group("processes")
 async def test_the_command_refuses_a_keyless_route_with_exit_2(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(_route("a") + _route("b", '{ provider = "chutes" }'))
@@ -391,11 +362,13 @@ async def test_the_command_refuses_a_keyless_route_with_exit_2(tmp_path: Path) -
     assert str(config) in result.stderr
 
 
+@pytest.mark.xdist_group("processes")
 async def test_probe_goes_with_check_config(tmp_path: Path) -> None:
     result = await run(["--probe"], tmp_path)
     assert result.returncode == 2 and "--probe goes with --check-config" in result.stderr
 
 
+@pytest.mark.xdist_group("processes")
 async def test_check_config_probe_says_which_providers_offer_each_routes_model(
     two_models: Providers, tmp_path: Path
 ) -> None:

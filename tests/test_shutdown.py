@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_routing import chat
+from support.chat import chat
+from support.proxies import Providers, StartProxy
 
 
 async def read_stream(base_url: str, started: trio.Event, into: list[str]) -> None:

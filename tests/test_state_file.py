@@ -10,8 +10,8 @@ import attrs
 import pytest
 import trio
 
-from conftest import Providers, Proxy, proxy_config
-from test_routing import chat, client_for, post
+from support.chat import chat, client_for, post
+from support.proxies import Providers, Proxy, proxy_config
 from trioproxy.config import Config
 from trioproxy.quota.ledger import QuotaLedger, Reservation
 from trioproxy.quota.persist import StatePersister

@@ -4,12 +4,13 @@ import re
 import sys
 
 import httpx
+import pytest
 import trio
 import trio.testing
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Providers, StartProxy
-from test_routing import chat, client_for, post, stream
+from support.chat import chat, client_for, post, stream
+from support.metrics import sample_values
+from support.proxies import Providers, StartProxy
 from trioproxy.status_table import render_table
 
 
@@ -34,6 +35,7 @@ async def test_status_reports_quota_traffic_and_reroutes(providers: Providers, s
     assert "fallback: rpm x1" in table
 
 
+@pytest.mark.xdist_group("processes")
 async def test_status_command_prints_the_table(start_proxy: StartProxy) -> None:
     """`trioproxy status --url` against a running proxy prints one row per account."""
     proxy = await start_proxy()
@@ -47,18 +49,6 @@ async def test_status_command_prints_the_table(start_proxy: StartProxy) -> None:
     lines = result.stdout.decode().splitlines()
     assert lines[0].split()[:4] == ["provider", "model", "account", "usable"]
     assert [line.split()[0] for line in lines[1:3]] == ["cerebras", "chutes"]
-
-
-def sample_values(text: str) -> tuple[dict[str, str], dict[tuple[str, frozenset[tuple[str, str]]], float]]:
-    """Prometheus's own parser: {family: type} (each family once) and {(sample, labels): value}."""
-    types: dict[str, str] = {}
-    values: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for family in text_string_to_metric_families(text):
-        assert family.name not in types, f"family {family.name} split in two"
-        types[family.name] = family.type
-        for sample in family.samples:
-            values[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return types, values
 
 
 def value(values: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:

@@ -16,11 +16,11 @@ import trio
 import trio.testing
 import trustme
 
-from conftest import Providers, StartProxy
-from test_robustness import read_raw_request
-from test_routing import chat, client_for, post, stream, stream_text
-from trioproxy.testing import emulator
+from support.chat import chat, client_for, post, stream, stream_text
+from support.proxies import Providers, StartProxy
+from support.raw_http import read_raw_request
 from trioproxy.providers.transport import LeanTransport
+from trioproxy.testing import emulator
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 

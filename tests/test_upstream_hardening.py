@@ -14,16 +14,17 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, StartProxy, proxy_config
-from test_robustness import FINISH, HELLO, ROLE, SSE_HEAD, Behaviour, eventually, json_head, start_fault_server
-from test_routing import chat, stream_text
+from support.chat import chat, stream_text
+from support.fault_server import FINISH, HELLO, ROLE, Behaviour, eventually, start_fault_server
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
+from support.raw_http import SSE_HEAD, json_head
 from trioproxy.config import ConfigError, load_config
-from trioproxy.providers.sanitize import MAX_MESSAGE_CHARS, REDACTED, SECRET_RUN, Sanitizer
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.cooldown import CooldownTimers
 from trioproxy.quota.ledger import QuotaLedger, Reservation
 from trioproxy.routing.request import ChatRequest, RouteRecord
 from trioproxy.routing.router import Router
+from trioproxy.secrets import MAX_MESSAGE_CHARS, REDACTED, SECRET_RUN, Sanitizer
 from trioproxy.testing.emulator import Faults, completion_text
 
 CEREBRAS_KEY = "csk-4f9k2m8x7q1w3e5r6t8y9u0i2o4p6a8s0d1f3g5h7j9k"

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from live_proxy import LiveProxy, chromium, live_proxy
-from test_routing import chat
+from support.chat import chat
+from support.live_proxy import LiveProxy, chromium, live_proxy
 
 LIMITED = {"requests_per_day": 1_000, "tokens_per_day": 10_000_000}
 

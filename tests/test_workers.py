@@ -11,10 +11,13 @@ import httpx
 import pytest
 import trio
 
-from conftest import Providers
+from support.chat import CLIENT_KEY, chat
+from support.proxies import Providers
+from support.workers import alive
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
-from test_routing import CLIENT_KEY, chat
+
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see scripts/test)
 
 
 class Output:
@@ -52,14 +55,6 @@ def settings(tmp_path: Path, providers: Providers, port: int, backend: str, redi
 def environment(providers: Providers) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "REDIS_URL"}
     return {**env, "CEREBRAS_API_KEY": providers.cerebras.api_key, "CHUTES_API_KEY": providers.chutes.api_key}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_workers_share_a_port_restart_reload_and_drain(

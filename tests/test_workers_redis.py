@@ -7,10 +7,12 @@ import signal
 import socket
 from pathlib import Path
 
+import pytest
 import trio
 
-from conftest import Providers
-from proxy_processes import (
+from support.chat import chat, sized_messages
+from support.command import run
+from support.processes import (
     Outcome,
     account,
     client,
@@ -21,12 +23,13 @@ from proxy_processes import (
     until,
     write_settings,
 )
-from test_cli import run
-from test_routing import chat, sized_messages
-from test_workers import alive
+from support.proxies import Providers
+from support.workers import alive
 from trioproxy.daemon import running_pid
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
+
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see scripts/test)
 
 PROMPT_TOKENS = 100  # what a killed request surely cost: its lease keeps this much (the floor)
 STREAMS = 8

@@ -5,13 +5,16 @@ they drain (when they would die of it)."""
 import signal
 from pathlib import Path
 
+import pytest
 import trio
 
-from conftest import Providers
-from proxy_processes import Outcome, client, environment, get_json, proxy_process, request, until, write_settings
-from test_routing import chat
+from support.chat import chat
+from support.processes import Outcome, client, environment, get_json, proxy_process, request, until, write_settings
+from support.proxies import Providers
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
+
+pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see scripts/test)
 
 STREAMS = 4
 

@@ -125,7 +125,8 @@ def local_url(config: Config) -> str:
 
 def _own_key(config: Config) -> str | None:
     """A key from the settings the proxy itself reads, so `status` works where it runs."""
-    return next(iter(config.operator_api_keys or config.client_api_keys), None)
+    named = tuple(key for client in config.clients for key in client.api_keys)
+    return next(iter(config.operator_api_keys or config.client_api_keys or named), None)
 
 
 def _load(args: argparse.Namespace) -> Config:

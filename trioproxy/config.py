@@ -4,7 +4,9 @@ Precedence, lowest first: built-in defaults, the TOML file, a `.env` file in the
 directory, the process environment. Every refusal names the key and where its value came from.
 """
 
+import hashlib
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -18,7 +20,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from .logs import FORMATS, LEVELS
 from .plans import PLANS
-from .quota.redis_target import TlsFileError, parse_redis_url, tls_context
+from .redis_target import TlsFileError, parse_redis_url, tls_context
 
 
 CONTINUATIONS = ("prefill-vllm", "prefix", "restart", "off")  # how a provider finishes a broken stream
@@ -260,6 +262,53 @@ class ModelRoute:
     max_output_tokens: int | None = field(default=None, validator=_positive)
 
 
+@frozen(kw_only=True)
+class Budget:
+    """A client's own limits (None: none), counted over every provider it is served by."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    requests_per_day: int | None = None
+    tokens_per_day: int | None = None
+
+    def limits(self) -> dict[str, int]:
+        """`{window: limit}` of the limits that are set, windows named as the ledger names them."""
+        figures = {"rpm": self.requests_per_minute, "tpm": self.tokens_per_minute,
+                   "rpd": self.requests_per_day, "tpd": self.tokens_per_day}
+        return {window: limit for window, limit in figures.items() if limit is not None}
+
+
+_BUDGET_FIELDS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "rpd": "requests_per_day",
+                  "tpd": "tokens_per_day"}
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@frozen(kw_only=True)
+class ClientConfig:
+    """One caller of the proxy ([[clients]]): its name in logs and views, how it proves who it is,
+    its weight in the fast provider's fair share, its own budgets and the routes it may use."""
+
+    name: str
+    # Plain keys (secrets, redacted everywhere) or their SHA-256 (`sha256:<64 hex>`), so the
+    # file holds no secret: `printf %s "$KEY" | sha256sum`.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    key_hashes: tuple[str, ...] = ()
+    weight: float = 1.0
+    routes: tuple[str, ...] = ()  # empty: every route
+    budget: Budget = Budget()  # over all its routes together
+    route_budgets: dict[str, Budget] = field(factory=dict)  # by route name, each on its own
+
+    def digests(self) -> tuple[str, ...]:
+        """Every key of this client as `sha256:<hex>`."""
+        return tuple(dict.fromkeys((*(key_digest(key) for key in self.api_keys), *self.key_hashes)))
+
+
+def key_digest(key: str) -> str:
+    """A client key as `[[clients]]` may list it instead of the key: `sha256:<hex>`."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
 def quota_name(provider: ProviderConfig, models: tuple[str, ...]) -> str:
     """The ledger's name for a provider's quota on the candidates `models` (limits are per model).
 
@@ -372,8 +421,8 @@ class Config:
     # provider is tried, then a 502) and one event of a stream (past it the stream fails).
     max_answer_bytes: int = field(default=32 * 1024 * 1024, validator=_positive)
     max_stream_event_bytes: int = field(default=4 * 1024 * 1024, validator=_positive)
-    # A streaming client whose socket takes no bytes for this long has stopped reading: its
-    # stream ends and the provider's is closed (needs a restart to change, like host and port).
+    # A client that leaves bytes we sent unread (unacknowledged) this long has stopped reading:
+    # its connection ends and with it the provider's stream (needs a restart, like host and port).
     client_stall_timeout_ms: int = field(default=60_000, validator=_positive)
     # Tools only OpenAI's own service runs (web_search, file_search, ...) in a Responses request:
     # "drop" leaves them out (named in the x-trioproxy-dropped-tools header), "refuse" answers 400.
@@ -427,6 +476,13 @@ class Config:
     # Model routes ([[models]]). Without any, one route serves proxy_model_name (and
     # model_aliases) from every provider in provider_order, as the original design did.
     models: tuple[ModelRoute, ...] = ()
+    # Named clients ([[clients]]): keys, weights, budgets, allowed routes. `client_api_keys`
+    # are clients too, anonymous ones of weight 1.
+    clients: tuple[ClientConfig, ...] = ()
+    # While demand for a provider with a fallback (Cerebras) exceeds its quota, each client
+    # active in the last minute gets a part of it in proportion to its weight; false: first
+    # come, first served.
+    fair_share: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.quota_backend == "redis" and not self.redis_url:
@@ -444,6 +500,7 @@ class Config:
         if unknown:
             raise _InvalidKey("provider_order", f"names no provider called {unknown[0]!r}")
         _check_routes(self)
+        _check_clients(self)
 
     @property
     def providers(self) -> tuple[ProviderConfig, ...]:
@@ -510,6 +567,57 @@ def _check_routes(config: Config) -> None:
             if _quota_settings(earlier[1]) != _quota_settings(used):
                 raise _InvalidKey(key, f"{entry.provider} model {', '.join(used.model)!r} has other limits in route "
                                        f"{config.models[earlier[0]].name!r}; one model has one quota")
+
+
+def _check_clients(config: Config) -> None:
+    """Client mistakes, each reported against the client's entry naming the client."""
+    routes = {route.name: route for route in config.routes}
+    owners: dict[str, str] = {key_digest(key): "client_api_keys" for key in config.client_api_keys}
+    names: set[str] = set()
+    for index, client in enumerate(config.clients):
+        def refuse(key: str, reason: str) -> _InvalidKey:
+            return _InvalidKey(f"clients.{index}.{key}", f"client {client.name!r} {reason}")
+
+        if not _CLIENT_NAME.fullmatch(client.name):
+            raise refuse("name", "must be 1-64 letters, digits, '.', '_' or '-' (it names the client in logs and metrics)")
+        if client.name in names:
+            raise refuse("name", "is listed twice")
+        names.add(client.name)
+        if client.weight <= 0:
+            raise refuse("weight", f"must be greater than 0, got {client.weight:g}")
+        if not client.api_keys and not client.key_hashes:
+            raise refuse("api_keys", "has no key: give api_keys or key_hashes")
+        for hashed in client.key_hashes:
+            if not _KEY_HASH.fullmatch(hashed):
+                raise refuse("key_hashes", "must list keys as sha256:<64 lowercase hex digits>")
+        for digest in client.digests():
+            field_ = "key_hashes" if digest in client.key_hashes else "api_keys"
+            if owners.setdefault(digest, client.name) != client.name:
+                raise refuse(field_, f"has a key that {owners[digest]} lists too")
+        for route in client.routes:
+            if route not in routes:
+                raise refuse("routes", f"names no route called {route!r}")
+        usable = [routes[name] for name in client.routes or routes]
+        _check_budget(config, client, client.budget, usable, f"clients.{index}.budget")
+        for route_name, budget in client.route_budgets.items():
+            if route_name not in routes:
+                raise refuse("route_budgets", f"names no route called {route_name!r}")
+            _check_budget(config, client, budget, [routes[route_name]], f"clients.{index}.route_budgets.{route_name}")
+
+
+def _check_budget(config: Config, client: ClientConfig, budget: Budget, routes: list[ModelRoute], key: str) -> None:
+    """A budget is a positive figure no larger than what the routes' providers allow together,
+    as configured or as their plans start (a window some provider does not limit allows any)."""
+    everyone = {p.name: p for p in (config.cerebras, config.chutes, *config.extra_providers)}
+    for window, limit in budget.limits().items():
+        name = _BUDGET_FIELDS[window]
+        if limit <= 0:
+            raise _InvalidKey(f"{key}.{name}", f"client {client.name!r} must be greater than 0, got {limit}")
+        for route in routes:
+            figures = [starting_limits(entry.applied_to(everyone[entry.provider]))[window][0] for entry in route.providers]
+            if all(figure is not None for figure in figures) and limit > sum(figures):
+                raise _InvalidKey(f"{key}.{name}", f"client {client.name!r} has {limit}, above what the providers "
+                                                   f"of route {route.name!r} allow together ({sum(figures)})")
 
 
 def _quota_settings(provider: ProviderConfig) -> tuple[int | str | None, ...]:
@@ -818,4 +926,5 @@ def secrets(config: Config) -> tuple[str, ...]:
     provider_keys = tuple(key for provider in config.providers for key in provider.keys)
     redis_password = urllib.parse.urlsplit(config.redis_url).password if config.redis_url else None
     redis_passwords = tuple(password for password in (redis_password, config.redis_sentinel_password) if password)
-    return provider_keys + config.client_api_keys + config.operator_api_keys + redis_passwords
+    named_client_keys = tuple(key for client in config.clients for key in client.api_keys)
+    return provider_keys + config.client_api_keys + named_client_keys + config.operator_api_keys + redis_passwords

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import TextIO
 
-from .providers.sanitize import REDACTED, SECRET_RUN, short_secrets_pattern
+from .secrets import REDACTED, SECRET_RUN, short_secrets_pattern
 
 LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "INFO": logging.INFO, "DEBUG": logging.DEBUG}
 FORMATS = ("text", "json")

@@ -9,17 +9,21 @@ import attrs
 import trio
 from attrs import define
 
-from .server.auth import ClientKeys, operator_keys
+from .server.auth import ClientKeys, client_keys, operator_keys
 from .server.browser_guard import BrowserGuard
 from .config import Config, ProviderConfig, quota_name, secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
-from .quota.backends import open_ledger
+from .quota.backends import open_ledger, replica_name
+from .quota.clients import ClientBook
+from .quota.redis_ledger import RedisLedger
 from .quota.contract import Ledger
+from .routing.client_exchange import ClientExchange
+from .routing.fair_share import FairShare
 from .routing.limits import route_limits
 from .routing.models import ModelNames, ServedModel
 from .routing.router import Router
-from .providers.sanitize import Sanitizer
+from .secrets import Sanitizer
 from .providers.upstream import AnswerBounds, Deadlines, ProviderClient, Upstream
 
 
@@ -31,9 +35,11 @@ class Runtime:
     ledger: Ledger
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
-    prober_scope: trio.CancelScope
+    prober_scope: trio.CancelScope  # ends the prober (and the client exchange) when a reload replaces it
     sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
     guard: BrowserGuard  # Host and Origin, checked before anything else
+    clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
+    fair_share: FairShare  # the clients' use of each provider with limits; carried over too
 
     @property
     def router(self) -> Router:
@@ -105,9 +111,12 @@ async def build_runtime(
                 health[name] = state
     cooldowns = CooldownTimers(nursery, ledger)
     max_wait_seconds = config.max_wait_ms / 1000
+    fair_share = previous.fair_share if previous is not None else FairShare()
+    fair_share.configure({quota.name: quota for quota in quotas}, ledger)
     routers = {
         name: Router(ups, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
-                     config.honour_retry_after, health, name, max_wait_seconds, config.max_continuations)
+                     config.honour_retry_after, health, name, max_wait_seconds,
+                     fair_share if config.fair_share else None, config.max_continuations)
         for name, ups in routes.items()
     }
     if previous is not None:
@@ -127,18 +136,31 @@ async def build_runtime(
                           config.health_check_interval_ms / 1000, config.health_check_failures)
     prober_scope = trio.CancelScope()
 
+    if previous is not None:
+        clients = previous.clients
+        clients.budgets.reconfigure(config.clients)
+    else:
+        clients = ClientBook.for_clients(config.clients)
+    exchange = None
+    if isinstance(ledger, RedisLedger):
+        exchange = ClientExchange(ledger.store, config.redis_key_prefix, replica_name(), clients, fair_share)
+
     async def probe() -> None:
         with prober_scope:
-            await prober.run()
+            if exchange is None:
+                await prober.run()
+                return
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(exchange.run)
+                await prober.run()
 
     nursery.start_soon(probe)
     models = ModelNames(tuple(
         ServedModel(route.name, route.aliases, route_limits((u.config for u in routes[route.name]), route.context_window,
                                                            route.max_output_tokens))
         for route in config.routes))
-    client_keys = ClientKeys(config.client_api_keys)
     # The socket stays where it was bound until a restart, whatever a reload says.
     bound_host = previous.guard.bound_host if previous is not None else config.host
     guard = BrowserGuard(bound_host, config.allowed_hosts, config.allowed_origins)
-    return Runtime(config, models, routers, ledger, client_keys, operator_keys(config), prober_scope,
-                   Sanitizer(secrets(config)), guard)
+    return Runtime(config, models, routers, ledger, client_keys(config), operator_keys(config), prober_scope,
+                   Sanitizer(secrets(config)), guard, clients, fair_share)

@@ -41,7 +41,11 @@ def render_table(status: dict[str, Any]) -> str:
     """One row per provider account, columns aligned; a route column first when there are several."""
     routes = status.get("routes") or [{"name": status.get("model", "-"), "providers": status["providers"]}]
     several = len(routes) > 1
-    header = ("provider", "model", "account", "usable", "cooldown", "rpm", "tpm", "rpd", "tpd", "served", "last error")
+    accounts = [state for route in routes for provider in route["providers"] for state in provider["accounts"].values()]
+    # The uncached bucket has a column only where some account has a limit on it.
+    windows = ("rpm", "tpm", "utpm", "rpd", "tpd")
+    windows = tuple(w for w in windows if w != "utpm" or any((s.get(w) or {}).get("limit") is not None for s in accounts))
+    header = ("provider", "model", "account", "usable", "cooldown", *windows, "served", "last error")
     header = ("route", *header) if several else header
     rows = [header]
     for route in routes:
@@ -54,7 +58,7 @@ def render_table(status: dict[str, Any]) -> str:
                     account,
                     "yes" if provider["usable"] else "no",
                     cooldown,
-                    *(_window(state[name], state.get("limit_sources", {}).get(name)) for name in ("rpm", "tpm", "rpd", "tpd")),
+                    *(_window(state[name], state.get("limit_sources", {}).get(name)) for name in windows),
                     str(provider["served_since_start"]["requests"]),
                     provider["last_error"] or "-",
                 )
@@ -63,6 +67,8 @@ def render_table(status: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     if (store := status.get("quota_store") or {}).get("backend") == "redis":
         lines.extend(("", _quota_store_line(store)))
+    if status.get("clients"):
+        lines.extend(("", *_clients_table(status["clients"])))
     reroutes = status.get("reroutes") or {}
     if reroutes:
         lines.append("")
@@ -100,3 +106,28 @@ def _quota_store_line(store: dict[str, Any]) -> str:
     )
     line = f"quota: shared in Redis {store['url']}, {state}, outages {store['outages']}; leases: {held}"
     return f"{line}; this process's shares: {shares}" if shares else line
+
+
+def _clients_table(clients: dict[str, Any]) -> list[str]:
+    """One row per client: weight, usage by provider, tokens, failovers, budgets."""
+    header = ("client", "weight", "requests", "by provider", "prompt", "cached", "completion", "failovers",
+              "over budget", "budgets")
+    rows = [header]
+    for name, client in clients.items():
+        by_provider: Counter[str] = Counter()
+        for providers in client["routes"].values():
+            for provider, usage in providers.items():
+                if provider != "-" and usage["requests"]:
+                    by_provider[provider] += usage["requests"]
+        total = client["total"]
+        budgets = ", ".join(
+            f"{'' if scope == '*' else scope + ' '}{window} {state['used']}/{state['limit']}"
+            for scope, windows in client.get("budgets", {}).items() for window, state in windows.items()
+        )
+        weight = client.get("weight")
+        rows.append((name, "-" if weight is None else f"{weight:g}", str(total["requests"]),
+                     ", ".join(f"{p} {n}" for p, n in sorted(by_provider.items())) or "-",
+                     str(total["prompt_tokens"]), str(total["cached_tokens"]), str(total["completion_tokens"]),
+                     str(total["failovers"]), str(total["over_budget"]), budgets or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

@@ -67,7 +67,8 @@ async def run_proxy(
 
             state_path = resolve_state_path(config.state_file)
             if state_path is not None and config.quota_backend == "memory":  # Redis keeps its own
-                persister = StatePersister(lambda: app.runtime.ledger, state_path, config.state_save_interval_ms / 1000)
+                persister = StatePersister(lambda: app.runtime.ledger, state_path, config.state_save_interval_ms / 1000,
+                                           clients=runtime.clients)
                 await persister.load()
                 nursery.start_soon(persister.run)  # saves once more when the nursery is cancelled
             nursery.start_soon(_end_streams_at_grace_end, shutdown, app.drain, config.shutdown_grace_ms / 1000)
@@ -91,7 +92,7 @@ def _describe(config: Config) -> str:
 
 
 def _warn_if_open(config: Config) -> None:
-    if not config.client_api_keys and not is_loopback(config.host):
+    if not config.client_api_keys and not config.clients and not is_loopback(config.host):
         log.warning(
             "LISTENING ON %s WITHOUT CLIENT KEYS: anyone who can reach this address can spend your "
             "provider quota. Set PROXY_API_KEYS (comma-separated) to require a key.",

@@ -19,7 +19,7 @@ from ..errors import ProxyError
 from .errors import carried_error, error_from_upstream, status_of_error
 from ..config import ProviderConfig
 from ..jsoncodec import dump_json, load_json
-from .sanitize import MAX_ERROR_BODY_BYTES, Sanitizer
+from ..secrets import MAX_ERROR_BODY_BYTES, Sanitizer
 from .transport import LeanTransport
 
 DONE = "[DONE]"

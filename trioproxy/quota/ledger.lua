@@ -263,7 +263,10 @@ local function save_changed()
   for index, a in pairs(accounts) do
     local flat, was = {}, stored[index]
     for k, value in pairs(a) do
+      -- Numbers in full: tostring keeps 14 digits, which rounds a time such as 1800000550.12345
+      -- to 0.1 ms, and every call that refills a bucket would add or lose that much refill.
       local text = tostring(value)
+      if type(value) == 'number' then text = string.format('%.17g', value) end
       if was[k] ~= text then
         flat[#flat + 1] = k
         flat[#flat + 1] = text

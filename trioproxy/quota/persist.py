@@ -12,6 +12,7 @@ from pathlib import Path
 
 import trio
 
+from .clients import ClientBook
 from .ledger import QuotaLedger
 from .state_file import StateFileError, decode_state, encode_state
 
@@ -72,7 +73,8 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
 
 
 class StatePersister:
-    """Loads the ledger at start, saves it every `interval` seconds and once more at the end."""
+    """Loads the ledger (and the clients' book) at start, saves them every `interval` seconds and once
+    more at the end."""
 
     def __init__(
         self,
@@ -80,9 +82,11 @@ class StatePersister:
         path: Path,
         interval: float,
         wall_clock: Callable[[], float] = time.time,
+        clients: ClientBook | None = None,
     ) -> None:
         # A callable follows the ledger a reload swaps in.
         self._current = ledger if callable(ledger) else (lambda: ledger)
+        self._clients = clients  # one book for the process's life: a reload keeps it
         self._path = path
         self._interval = interval
         self._wall_clock = wall_clock
@@ -104,7 +108,10 @@ class StatePersister:
             log.warning("cannot read state file %s (%s); starting with a fresh quota ledger", self._path, error.strerror)
             return
         try:
-            restored = self._current().import_state(decode_state(raw, self._wall_clock()), -self._wall_offset())
+            ledger_state, clients_state = decode_state(raw, self._wall_clock())
+            restored = self._current().import_state(ledger_state, -self._wall_offset())
+            if self._clients is not None and clients_state is not None:
+                self._clients.import_state(clients_state, -self._wall_offset())
         except StateFileError as error:
             await self._move_aside(str(error))
             return
@@ -120,7 +127,9 @@ class StatePersister:
         log.warning("state file %s is unreadable (%s); kept as %s, starting fresh", self._path, reason, aside)
 
     async def save(self) -> None:
-        data = encode_state(self._current().export_state(self._wall_offset()))
+        offset = self._wall_offset()
+        clients = self._clients.export_state(offset) if self._clients is not None else None
+        data = encode_state(self._current().export_state(offset), clients)
         try:
             await trio.to_thread.run_sync(_write_atomically, self._path, data)
         except OSError as error:

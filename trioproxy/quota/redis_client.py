@@ -15,7 +15,7 @@ from coredis.connection import TCPLocation
 from coredis.exceptions import AuthenticationError, AuthenticationRequiredError, RedisClusterError, RedisError, ResponseError
 from coredis.retry import NoRetryPolicy
 
-from .redis_target import parse_redis_url, tls_context
+from ..redis_target import parse_redis_url, tls_context
 
 log = logging.getLogger("trioproxy.quota")
 

@@ -132,9 +132,7 @@ class RedisLedger:
         self._shares = ShareKeeper(
             store, self._lanes, self._new_lease, lease_seconds=lease_seconds, replica=replica, enabled=shares
         )
-        store.refresh = self.refresh
-        store.before_close = self._shares.retire
-        store.revised = self._shares.return_revoked
+        store.listener = self
 
     def with_providers(self, providers: Iterable[ProviderConfig]) -> "RedisLedger":
         """The same shared ledger for other provider settings (a reload)."""
@@ -353,3 +351,8 @@ class RedisLedger:
     def retire(self) -> None:
         """Return every share and ask for none again: this ledger stops serving (a reload)."""
         self._shares.retire()
+
+    def revised(self) -> None:
+        """An account's revision moved (another process changed its limits): return the shares
+        taken under the old ones."""
+        self._shares.return_revoked()

@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 from attrs import define, field, frozen
@@ -26,6 +26,8 @@ from coredis.exceptions import AuthenticationError, NoScriptError, RedisError, R
 from .redis_client import Client, QuotaStoreError, RedisAccess, explain, open_redis
 
 log = logging.getLogger("trioproxy.quota")
+
+T = TypeVar("T")
 
 SCRIPT = resources.files(__package__).joinpath("ledger.lua").read_text()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
@@ -91,6 +93,20 @@ def redacted_url(url: str) -> str:
     return f"{scheme}://{username}:***{at}{located}"
 
 
+class StoreListener(Protocol):
+    """The ledger that uses a store now (a reload hands the store to the next one): what the
+    store tells it."""
+
+    async def refresh(self) -> None:
+        """Every second while Redis answers: read the shared figures for the operators' views."""
+
+    def retire(self) -> None:
+        """The store closes: queue the last operations (what must reach Redis before it goes)."""
+
+    def revised(self) -> None:
+        """An answer showed that an account's revision moved (another process changed its limits)."""
+
+
 class QuotaStore:
     """One coredis client and the ledger script. Run `run` in a nursery; it serves until cancelled."""
 
@@ -121,9 +137,7 @@ class QuotaStore:
         self._closing = trio.Event()
         self.offset = 0.0  # add to a Trio time to get the store's time
         self._offset_known = False
-        self.refresh: Callable[[], Awaitable[None]] | None = None  # the current ledger's view update
-        self.before_close: Callable[[], None] | None = None  # the current ledger's last queued operations
-        self.revised: Callable[[], None] | None = None  # the current ledger's, when an account's revision moved
+        self.listener: StoreListener | None = None  # the ledger that uses this store now
 
     async def run(self, *, task_status: trio.TaskStatus["QuotaStore"] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled or closed; then what is queued still reaches Redis (briefly).
@@ -136,8 +150,8 @@ class QuotaStore:
             try:
                 await self._closing.wait()
             finally:
-                if self.before_close is not None:
-                    self.before_close()
+                if self.listener is not None:
+                    self.listener.retire()
                 self._nursery = None  # from now on operations find Redis gone, not a closed nursery
                 self._tasks.cancel()  # _serve flushes the queue, closes the client and returns
 
@@ -323,8 +337,8 @@ class QuotaStore:
         for index, revision in enumerate(revisions):
             if revision >= 0 and revision != known[index]:  # (a Redis that lost its data starts again at 0)
                 known[index], moved = int(revision), True
-        if moved and self.revised is not None:
-            self.revised()
+        if moved and self.listener is not None:
+            self.listener.revised()
 
     def revision(self, lane: Lane, index: int) -> int:
         """The last revision of the lane's account `index` (from 1) an answer told; -1: none yet."""
@@ -385,8 +399,20 @@ class QuotaStore:
         """Every second, the current ledger reads the shared figures for operators."""
         while True:
             await trio.sleep(1.0)
-            if self.connected and self.refresh is not None:
-                await self.refresh()
+            if self.connected and self.listener is not None:
+                await self.listener.refresh()
+
+    async def commands(self, work: Callable[[Client], Awaitable[T]]) -> T | None:
+        """Run plain Redis commands beside the script (`work` gets the client), under the
+        timeout; None when Redis is down or does not answer in time (an outage is noted)."""
+        if not self.connected or self._client is None:
+            return None
+        try:
+            with trio.fail_after(self._timeout):
+                return await work(self._client)
+        except (RedisError, OSError, trio.TooSlowError) as error:
+            self._went_down(explain(error))
+            return None
 
     def status(self) -> dict[str, Any]:
         return {

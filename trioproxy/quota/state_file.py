@@ -48,20 +48,42 @@ class _Account(msgspec.Struct, forbid_unknown_fields=True):
     cooldown: tuple[float, Annotated[str, msgspec.Meta(max_length=500)]] | None
 
 
+Name = Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class _BudgetWindows(msgspec.Struct, forbid_unknown_fields=True):
+    rpm: list[tuple[float, Amount]] | None = None
+    tpm: list[tuple[float, Amount]] | None = None
+    rpd: _Daily | None = None
+    tpd: _Daily | None = None
+
+
+class _Clients(msgspec.Struct, forbid_unknown_fields=True):
+    # client -> scope (a route, or * for all) -> its budget's windows
+    budgets: dict[Name, dict[Name, _BudgetWindows]]
+    # client, route, provider, then the counts in the order of clients.USAGE_FIELDS
+    usage: list[tuple[Name, Name, Name, Amount, Amount, Amount, Amount, Amount, Amount]]
+
+
 class _State(msgspec.Struct, forbid_unknown_fields=True):
     version: Literal[1]
-    ledger: dict[Annotated[str, msgspec.Meta(max_length=200)], _Account]
+    ledger: dict[Name, _Account]
+    clients: _Clients | None = None  # files written before clients existed have none
 
 
 _decoder = msgspec.json.Decoder(_State)
 
 
-def encode_state(ledger_state: dict[str, Any]) -> bytes:
-    return msgspec.json.encode({"version": STATE_VERSION, "ledger": ledger_state})
+def encode_state(ledger_state: dict[str, Any], clients_state: dict[str, Any] | None = None) -> bytes:
+    state = {"version": STATE_VERSION, "ledger": ledger_state}
+    if clients_state is not None:
+        state["clients"] = clients_state
+    return msgspec.json.encode(state)
 
 
-def decode_state(raw: bytes, wall_now: float) -> dict[str, Any]:
-    """The ledger part of a saved state, in the shape `QuotaLedger.import_state` takes.
+def decode_state(raw: bytes, wall_now: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The ledger part of a saved state, in the shape `QuotaLedger.import_state` takes, and the
+    clients' part (None if the file has none), in the shape `ClientBook.import_state` takes.
 
     Raises StateFileError for anything that is not a well-formed, plausible state file.
     """
@@ -73,7 +95,28 @@ def decode_state(raw: bytes, wall_now: float) -> dict[str, Any]:
         raise StateFileError(str(error)) from None
     for name, account in state.ledger.items():
         _check_times(name, account, wall_now)
-    return msgspec.to_builtins(state.ledger)
+    if state.clients is not None:
+        for client, scopes in state.clients.budgets.items():
+            for windows in scopes.values():
+                _check_window_times(client, windows, wall_now)
+    clients = None if state.clients is None else msgspec.to_builtins(state.clients)
+    if clients is not None:  # windows left out were not saved, not empty
+        clients["budgets"] = {
+            client: {scope: {name: saved for name, saved in windows.items() if saved is not None}
+                     for scope, windows in scopes.items()}
+            for client, scopes in clients["budgets"].items()
+        }
+    return msgspec.to_builtins(state.ledger), clients
+
+
+def _check_window_times(name: str, windows: _BudgetWindows, wall_now: float) -> None:
+    for window in (windows.rpm, windows.tpm):
+        for at, _ in window or ():
+            if at > wall_now + _CLOCK_SKEW:
+                raise StateFileError(f"{name}: a booking is {at - wall_now:.0f} s in the future")
+    for daily in (windows.rpd, windows.tpd):
+        if daily is not None and daily.day_ends_at > wall_now + _MAX_AHEAD:
+            raise StateFileError(f"{name}: a day boundary is {daily.day_ends_at - wall_now:.0f} s in the future")
 
 
 def _check_times(name: str, account: _Account, wall_now: float) -> None:

@@ -22,6 +22,7 @@ from attrs import define, field
 
 from ..providers.upstream import Upstream
 from ..quota.contract import Ledger, Refusal, Reservation
+from .fair_share import ShareTicket
 from .request import RouteRecord
 from .tokens import requested_completion_tokens
 
@@ -108,16 +109,17 @@ class Patience:
 
     async def reserve(
         self, upstream: Upstream, tokens: int, body: dict[str, Any], later: Sequence[Upstream], record: RouteRecord,
-        floor: int = 0, uncached: Sequence[int] | None = None,
+        floor: int = 0, uncached: Sequence[int] | None = None, ticket: ShareTicket | None = None,
     ) -> Reservation | Refusal:
         """The ledger's reservation, after waiting in line for it if that finishes sooner.
-        `floor` and `uncached` go to the ledger's `reserve`.
+        `floor` and `uncached` go to the ledger's `reserve`. A request beyond its client's fair
+        share (`ticket`) is refused as over quota ("share").
 
         Providers are known by their quota key (provider account and model), as the ledger knows them."""
         name = upstream.quota_key
         queue = self._queues[name]
         alone = not queue  # whether the refusal below is about this request alone
-        booking = _Booking(tokens, floor, uncached)
+        booking = _Booking(tokens, floor, uncached, ticket)
         if alone or self.max_wait <= 0:
             got = await booking.reserve(self._ledger, name)
             if isinstance(got, Reservation) or self.max_wait <= 0:
@@ -218,6 +220,7 @@ class _Booking:
     tokens: int
     floor: int
     uncached: Sequence[int] | None
+    ticket: ShareTicket | None = None  # the client's fair share of the provider, asked first
 
     @property
     def least_uncached(self) -> int:
@@ -225,4 +228,9 @@ class _Booking:
         return min(self.uncached) if self.uncached else self.floor
 
     async def reserve(self, ledger: Ledger, name: str) -> Reservation | Refusal:
-        return await ledger.reserve(name, self.tokens, floor=self.floor, uncached=self.uncached)
+        if self.ticket is not None and (beyond := self.ticket.refusal()) is not None:
+            return beyond
+        got = await ledger.reserve(name, self.tokens, floor=self.floor, uncached=self.uncached)
+        if self.ticket is not None and isinstance(got, Reservation):
+            self.ticket.took()
+        return got

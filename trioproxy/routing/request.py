@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import trio
-from attrs import Factory, define
+from attrs import define, field
 
 
 @define
@@ -23,6 +23,9 @@ class ChatRequest:
     # Tools the door left out because no provider runs them (OpenAI's hosted `web_search`,
     # ...), by type: named to the client in a response header and in the request's log line.
     dropped_tools: tuple[str, ...] = ()
+    # Who sent it (a client's name, never its key) and its weight in the fast provider's fair share.
+    client: str = "anonymous"
+    weight: float = 1.0
 
 
 @define
@@ -39,8 +42,9 @@ class RouteRecord:
     upstream_seconds: float = 0.0  # time spent waiting on providers, to tell the proxy's own overhead
     waited_seconds: float = 0.0  # time patience held the request for a provider's quota
     waited_why: str = ""  # e.g. "patience: rpm 1.8 s"
+    failed_over: list[str] = field(factory=list)  # providers that failed it before the next was tried
     # Streams another provider finished: (the provider that broke off, why), in order.
-    continuations: list[tuple[str, str]] = Factory(list)
+    continuations: list[tuple[str, str]] = field(factory=list)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from ..providers.ratelimit import backoff_for, quota_figures, stated_limits
 from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
 from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
+from .fair_share import FairShare
 from .patience import Pace, Patience
 from .continuation import SaidSoFar, continuation_body
 from .prompt_cache import PromptMemory, PromptPrefix
@@ -61,9 +62,11 @@ class Router:
         health: dict[str, ProviderHealth] | None = None,
         route: str = "",
         max_wait_seconds: float = 0.0,
+        fair_share: FairShare | None = None,
         max_continuations: int = 0,
     ) -> None:
         self.route = route  # the client-visible model this router serves
+        self._fair_share = fair_share  # None: first come, first served
         self.upstreams = upstreams
         self.ledger = ledger
         self.health = health if health is not None else {u.name: ProviderHealth() for u in upstreams}
@@ -236,8 +239,12 @@ class Router:
             uncached = None
             if memory is not None and prefix is not None:
                 uncached = [prompt_estimate - cached for cached in memory.cached(prefix, prompt_estimate)]
+            # The last provider takes whatever is left: a share only decides who goes elsewhere.
+            ticket = None
+            if self._fair_share is not None and later:
+                ticket = self._fair_share.ticket(upstream.quota_key, request.client, request.weight, cost)
             reservation = await self.patience.reserve(
-                upstream, cost, body, later, record, floor=prompt_estimate, uncached=uncached
+                upstream, cost, body, later, record, floor=prompt_estimate, uncached=uncached, ticket=ticket
             )
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
@@ -250,7 +257,7 @@ class Router:
             remember = None
             if memory is not None and prefix is not None:
                 remember = functools.partial(memory.remember, reservation.key_index, prefix)
-            settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, remember)
+            settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, remember, ticket)
             try:
                 result = await attempt(upstream, body, settlement)
                 if request.stream:
@@ -263,6 +270,7 @@ class Router:
                 if not is_retryable(failure):
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
+                record.failed_over.append(upstream.name)
             except BaseException as error:  # a client gone (Cancelled), or a bug: no answer follows
                 with trio.CancelScope(shield=True):
                     await settlement.abandon(cancelled=isinstance(error, trio.Cancelled))

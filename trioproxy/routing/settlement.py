@@ -6,6 +6,7 @@ from typing import Any
 from attrs import define
 
 from ..quota.contract import Ledger, Reservation
+from .fair_share import ShareTicket
 from .request import RouteRecord
 from .tokens import PromptEstimator
 
@@ -42,6 +43,7 @@ class Settlement:
     record: RouteRecord
     on_usage: Callable[[int], None] | None = None  # told the completion tokens, to learn speeds
     on_prompt: Callable[[int], None] | None = None  # told the prompt tokens the provider saw (its cache has them now)
+    share: ShareTicket | None = None  # the client's fair share of the provider, settled likewise
     settled: tuple[int, int] | None = None  # the (prompt, completion) tokens booked, once settled
     usage: dict[str, Any] | None = None  # the provider's usage block, when it sent one
 
@@ -54,6 +56,8 @@ class Settlement:
         self.record.prompt_tokens, self.record.completion_tokens = usage
         self.record.cached_tokens = cached_tokens(document, usage[0])
         await self.ledger.settle(self.reservation, sum(usage), usage[0] - self.record.cached_tokens)
+        if self.share is not None:
+            self.share.settle(sum(usage))
         self.estimator.learn(self.record.prompt_estimate, usage[0])
         if self.on_usage is not None:
             self.on_usage(usage[1])
@@ -72,6 +76,8 @@ class Settlement:
             await self.from_estimate(0)
         else:
             await self.ledger.settle(self.reservation, 0)
+            if self.share is not None:
+                self.share.settle(0)
             self.settled = (0, 0)
 
     async def from_estimate(self, completion_tokens: int) -> tuple[int, int]:
@@ -80,5 +86,7 @@ class Settlement:
         if self.settled is None:
             prompt = round(self.record.prompt_estimate * self.estimator.ratio)
             await self.ledger.settle(self.reservation, prompt + completion_tokens)
+            if self.share is not None:
+                self.share.settle(prompt + completion_tokens)
             self.settled = (prompt, completion_tokens)
         return self.settled

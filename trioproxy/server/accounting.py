@@ -30,6 +30,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     for broke_off, why in route.continuations:
         metrics.continued(broke_off, why)
     history.observe(served, reason, latency, first_byte)
+    _count_for_client(served, runtime, metrics)
     if served.status != 200:
         refusals.observe(served.request_id, served.api, "POST", "", served.status, reason, served.message,
                          refused=bool(served.refusal))
@@ -39,12 +40,13 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     router = runtime.routers.get(served.model, runtime.router)
     quota = " ".join(filter(None, (ledger.summary(upstream.quota_key) for upstream in router.upstreams)))
     log.info(
-        "request %s api=%s provider=%s reason=%r route=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s%s%s%s quota: %s",
+        "request %s api=%s provider=%s reason=%r route=%s client=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s%s%s%s%s quota: %s",
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
         reason,
         served.model,
+        served.client,
         "yes" if served.stream else "no",
         served.status,
         route.prompt_tokens if route.prompt_tokens is not None else "-",
@@ -52,8 +54,27 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
         latency * 1000,
         route.waited_seconds * 1000,
         f" waited_for={route.waited_why!r}" if route.waited_why else "",
+        f" cached_tokens={route.cached_tokens}" if route.cached_tokens else "",
         f" continued_from={','.join(name for name, _ in route.continuations)}" if route.continuations else "",
         f" dropped_tools={','.join(served.dropped_tools)}" if served.dropped_tools else "",
         f" message={served.message!r}" if served.message else "",
         quota or "-",
     )
+
+
+def _count_for_client(served: ServedRequest, runtime: Runtime, metrics: Metrics) -> None:
+    """The client's usage (and its token budgets) by route and provider; failovers against the
+    provider that failed."""
+    route, client, model = served.route, served.client, served.model
+    usage = runtime.clients.usage
+    for failed in route.failed_over:
+        usage.count(client, model, failed, failovers=1)
+    metrics.observe_client(client, model, route.provider, route.failed_over, served.over_budget,
+                           route.prompt_tokens, route.cached_tokens, route.completion_tokens)
+    if served.over_budget:
+        usage.count(client, model, "-", over_budget=1)
+        return
+    prompt, completion = route.prompt_tokens or 0, route.completion_tokens or 0
+    usage.count(client, model, route.provider, requests=1, prompt_tokens=prompt,
+                cached_tokens=route.cached_tokens or 0, completion_tokens=completion)
+    runtime.clients.budgets.spend(client, model, prompt + completion)

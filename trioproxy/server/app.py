@@ -25,6 +25,8 @@ from ..routing.limits import RouteLimits
 from ..runtime import Runtime
 from . import operator_views as operator
 from .accounting import finish_request
+from .admission import admit_client
+from .auth import ANYONE, Client
 from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
 from .browser_guard import check_json_body
 from .dashboard import Dashboard
@@ -142,11 +144,12 @@ class ProxyApp:
                 await self._gemini(scope, query, google_key, receive, send, request_id)
                 return
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
+            client = ANYONE
             if path.startswith("/v1/") and path != STATUS_PATH:
-                runtime.client_keys.check(authorization, x_api_key)
+                client = runtime.client_keys.identify(authorization, x_api_key)
             door = DOORS.get(path)
             if door is not None and method == "POST":
-                await self._door(door, scope, receive, send, request_id)
+                await self._door(door, client, scope, receive, send, request_id)
             elif path == COUNT_TOKENS_PATH and method == "POST":
                 raw = await self._read_body(scope, receive)
                 counted = messages.count_tokens(raw, runtime.models, lambda route: runtime.routers[route].estimator)
@@ -194,14 +197,14 @@ class ProxyApp:
             raise ProxyError(400, "Send the API key once: in the x-goog-api-key header or in the `key` query "
                              "parameter, not both.", code="invalid_argument")
         presented = google_key or next(iter(query_keys), None) or header(scope, b"x-api-key")
-        runtime.client_keys.check(header(scope, b"authorization"), presented)
+        client = runtime.client_keys.identify(header(scope, b"authorization"), presented)
         call = gemini.gemini_call(scope["path"])
         if scope["method"] != call.http_method:
             raise ProxyError(405, f"Method {scope['method']} is not allowed on {quoted(scope['path'])}; use {call.http_method}.",
                              code="method_not_allowed", headers={"allow": call.http_method})
         if call.method in (gemini.GENERATE, gemini.STREAM):
             parse = partial(gemini.parse, call=call, sse=query.get("alt") == ["sse"])
-            await self._door(Door(gemini.API, parse, gemini.error_body), scope, receive, send, request_id)
+            await self._door(Door(gemini.API, parse, gemini.error_body), client, scope, receive, send, request_id)
         elif call.method == gemini.COUNT:
             raw = await self._read_body(scope, receive)
             counted = gemini.count_tokens(raw, runtime.models, call, lambda route: runtime.routers[route].estimator)
@@ -226,10 +229,11 @@ class ProxyApp:
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         await send_response(send, 200, self.metrics.render(), CONTENT_TYPE, extra)
 
-    async def _door(self, door: Door, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    async def _door(self, door: Door, client: Client, scope: Scope, receive: Receive, send: Send,
+                    request_id: str) -> None:
         """One request through a front door: parse, route, answer; accounted for once at the end."""
         runtime = self.runtime  # a reload mid-request does not change what serves it
-        served = ServedRequest(request_id, door.api)
+        served = ServedRequest(request_id, door.api, client=client.name)
         extra = {"x-request-id": request_id}
         started = False
 
@@ -246,6 +250,7 @@ class ProxyApp:
                     raise refuse_hosted_tools(list(dropped))
                 served.dropped_tools = dropped
                 extra[DROPPED_TOOLS_HEADER] = ", ".join(dropped)
+            admit_client(runtime, client, exchange.request, served)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
             await _cancel_on_disconnect(receive, tracking_send,

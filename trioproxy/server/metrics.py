@@ -74,6 +74,23 @@ class Metrics:
             "trioproxy_overhead_seconds", "Time the proxy itself added to a request.",
             buckets=OVERHEAD_BUCKETS, registry=self.registry,
         )
+        # By client: a configured client's name (or anonymous#N), so the labels stay bounded.
+        self._client_requests = Counter(
+            "trioproxy_client_requests", "Requests by client, model route and the provider that served them.",
+            ("client", "route", "provider"), registry=self.registry,
+        )
+        self._client_tokens = Counter(
+            "trioproxy_client_tokens", "Tokens by client, model route, provider and kind (prompt, cached, completion).",
+            ("client", "route", "provider", "kind"), registry=self.registry,
+        )
+        self._client_failovers = Counter(
+            "trioproxy_client_failovers", "A client's requests that a provider failed and the next one was tried.",
+            ("client", "route", "provider"), registry=self.registry,
+        )
+        self._client_over_budget = Counter(
+            "trioproxy_client_over_budget", "Requests refused with 429 because the client had spent one of its budgets.",
+            ("client", "route"), registry=self.registry,
+        )
         self.registry.register(_LiveState(live))
 
     def observe(
@@ -106,6 +123,27 @@ class Metrics:
     def continued(self, broke_off: str, reason: str) -> None:
         """A stream `broke_off` broke off (`reason`: connection, timeout, a status) was finished by another."""
         self._continuations.labels(broke_off, reason).inc()
+
+    def observe_client(
+        self,
+        client: str,
+        route: str,
+        provider: str,
+        failed_over: Iterable[str],
+        over_budget: bool,
+        prompt_tokens: int | None,
+        cached_tokens: int | None,
+        completion_tokens: int | None,
+    ) -> None:
+        for failed in failed_over:
+            self._client_failovers.labels(client, route, failed).inc()
+        if over_budget:
+            self._client_over_budget.labels(client, route).inc()
+            return
+        self._client_requests.labels(client, route, provider).inc()
+        for kind, tokens in (("prompt", prompt_tokens), ("cached", cached_tokens), ("completion", completion_tokens)):
+            if tokens:
+                self._client_tokens.labels(client, route, provider, kind).inc(tokens)
 
     def unknown_path(self, method: str, family: str) -> None:
         """Count a request for an unknown path; `method` and `family` come from a bounded set."""

@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from ..providers.upstream import Upstream
+from ..quota.clients import USAGE_FIELDS
 from ..quota.contract import WINDOW_NAMES
 from ..routing.router import Router
 from ..runtime import Runtime
@@ -70,7 +71,22 @@ def status(runtime: Runtime, metrics: Metrics, refusals: Refusals) -> dict[str, 
         routes.append({"name": served.name, "aliases": list(served.aliases), "providers": providers,
                        "served_since_start": requests})
     return {"model": runtime.models.served, "providers": routes[0]["providers"], "routes": routes,
-            "reroutes": metrics.reroutes(), "quota_store": runtime.ledger.store_status(), "refusals": refusals.view()}
+            "reroutes": metrics.reroutes(), "quota_store": runtime.ledger.store_status(),
+            "refusals": refusals.view(), "clients": clients(runtime)}
+
+
+def clients(runtime: Runtime) -> dict[str, Any]:
+    """Each client by name: weight, budgets (used and limit by scope and window) and usage by
+    route and provider. Clients that are no longer configured keep their usage."""
+    weights = {client.name: client.weight for client in runtime.config.clients}
+    view: dict[str, Any] = {}
+    for name, usage in runtime.clients.usage.view().items():
+        view[name] = {"weight": weights.get(name), "budgets": runtime.clients.budgets.snapshot(name), **usage}
+    for name, weight in weights.items():
+        if name not in view:
+            view[name] = {"weight": weight, "budgets": runtime.clients.budgets.snapshot(name),
+                          "total": dict.fromkeys(USAGE_FIELDS, 0), "routes": {}}
+    return dict(sorted(view.items()))
 
 
 def live_families(runtime: Runtime) -> Iterable[Metric]:

@@ -21,6 +21,8 @@ class ServedRequest:
     started: float = field(factory=trio.current_time)
     first_byte_at: float | None = None  # streams: when the client's 200 went out
     refusal: str = ""  # why it was refused before any provider was asked (bad body, unknown model, ...)
+    client: str = "anonymous"  # who sent it: a client's name, never its key
+    over_budget: bool = False  # refused because the client had spent one of its own budgets
     dropped_tools: tuple[str, ...] = ()  # hosted tools the door left out
     message: str = ""  # an error answer's message, scrubbed and cut short, for logs and views
 

@@ -8,8 +8,12 @@ const POLL_MS = 1000;
 const RETRY_MAX_MS = 8000;
 const FETCH_TIMEOUT_MS = 10000;
 const KEY_STORAGE = "trioproxy.dashboard.key";
-const WINDOWS = ["rpm", "tpm", "rpd", "tpd"];
-const WINDOW_LABELS = { rpm: "requests / min", tpm: "tokens / min", rpd: "requests / day", tpd: "tokens / day" };
+const WINDOWS = ["rpm", "tpm", "utpm", "rpd", "tpd"];
+const WINDOW_LABELS = {
+  rpm: "requests / min", tpm: "tokens / min", utpm: "uncached tokens / min", rpd: "requests / day", tpd: "tokens / day",
+};
+// Shown only where it has a limit: most providers have no uncached bucket.
+const OPTIONAL_WINDOWS = new Set(["utpm"]);
 const COLOURS = ["#e8590c", "#1c7ed6", "#2f9e44", "#ae3ec9", "#f08c00", "#0c8599"];
 
 const $ = (id) => document.getElementById(id);
@@ -180,7 +184,11 @@ function providerCard(provider, receivedAt) {
       cooldown.textContent = state.half_open ? "cooldown over, next request probes" : "no cooldown";
     }
     section.append(cooldown);
-    for (const name of WINDOWS) section.append(gauge(name, state[name], (state.limit_sources || {})[name]));
+    for (const name of WINDOWS) {
+      if (state[name] && (state[name].limit != null || !OPTIONAL_WINDOWS.has(name))) {
+        section.append(gauge(name, state[name], (state.limit_sources || {})[name]));
+      }
+    }
     const reset = new Date(Date.now() + state.day_resets_seconds * 1000);
     section.append(el("p",
       `today: ${fmt(state.tpd.used)} tokens, ${fmt(state.rpd.used)} requests; day resets in ` +
@@ -274,6 +282,27 @@ function renderTraffic(traffic) {
   fillTable("latency", ["p50 / p90 / p99", "last hour", "since start"], latencyRows, "no requests yet");
 }
 
+// One row per client: its weight, requests by provider, tokens, failovers and budgets.
+function renderClients(clients) {
+  const rows = Object.entries(clients || {}).map(([name, c]) => {
+    const byProvider = {};
+    for (const providers of Object.values(c.routes)) {
+      for (const [p, u] of Object.entries(providers)) {
+        if (p !== "-" && u.requests) byProvider[p] = (byProvider[p] || 0) + u.requests;
+      }
+    }
+    const budgets = Object.entries(c.budgets || {}).flatMap(([scope, windows]) =>
+      Object.entries(windows).map(([w, s]) => `${scope === "*" ? "" : scope + " "}${w} ${fmt(s.used)}/${fmt(s.limit)}`));
+    const t = c.total;
+    return [name, c.weight === null ? "-" : c.weight, fmt(t.requests),
+      Object.entries(byProvider).sort().map(([p, n]) => `${p} ${fmt(n)}`).join(", ") || "-",
+      `${fmt(t.prompt_tokens)} (${fmt(t.cached_tokens)} cached) / ${fmt(t.completion_tokens)}`,
+      fmt(t.failovers), fmt(t.over_budget), budgets.join(", ") || "-"];
+  });
+  fillTable("clients", ["client", "weight", "requests", "by provider", "tokens in (cached) / out", "failovers",
+    "over budget", "budgets"], rows, "no clients yet");
+}
+
 let shownRecent = ""; // the newest request shown: an unchanged list is not rebuilt every second
 
 function renderRecent(recent) {
@@ -302,6 +331,7 @@ function render(state) {
   $("uptime").textContent = `up ${duration(state.traffic.now - state.traffic.started)}`;
   renderRoutes(state.routes);
   renderTraffic(state.traffic);
+  renderClients(state.clients);
   renderRecent(state.traffic.recent);
   fillTable("unknown-paths", ["method", "path", "requests"],
     state.refusals.unknown_paths.map((p) => [p.method, p.path, fmt(p.count)]), "none");

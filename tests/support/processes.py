@@ -15,8 +15,8 @@ import attrs
 import httpx
 import trio
 
-from conftest import Providers
-from test_routing import CLIENT_KEY, chat
+from support.chat import CLIENT_KEY, chat
+from support.proxies import Providers
 
 POLL_SECONDS = 0.05
 

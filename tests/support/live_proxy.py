@@ -5,7 +5,6 @@ so the proxy's Trio loop runs on another one (test code only; the product has no
 """
 
 import queue
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,9 +12,9 @@ from typing import Any, TypeVar
 
 import attrs
 import trio
-from playwright.sync_api import BrowserContext, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
-from conftest import Providers, proxy_config
+from support.proxies import Providers, proxy_config
 from trioproxy.supervisor import run_proxy
 from trioproxy.testing import emulator
 
@@ -89,14 +88,29 @@ def live_proxy(**overrides: Any) -> Iterator[LiveProxy]:
 
 
 @contextmanager
-def chromium(*extra_args: str, **context_options: Any) -> Iterator[BrowserContext]:
-    """A fresh headless chromium (Debian's) with a temporary profile and `extra_args` on its
-    command line; never downloads a browser."""
-    with tempfile.TemporaryDirectory(prefix="trioproxy-chromium-") as profile, sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args], **context_options
-        )
+def chromium_browser(*extra_args: str) -> Iterator[Browser]:
+    """Debian's headless chromium with `extra_args` on its command line, launched once for many
+    pages; never downloads a browser."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args])
         try:
-            yield context
+            yield browser
         finally:
-            context.close()
+            browser.close()
+
+
+@contextmanager
+def browser_context(browser: Browser, **context_options: Any) -> Iterator[BrowserContext]:
+    """A fresh context (its own cookies, storage and network state) in a running browser."""
+    context = browser.new_context(**context_options)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@contextmanager
+def chromium(*extra_args: str, **context_options: Any) -> Iterator[BrowserContext]:
+    """A headless chromium of its own (`extra_args` on its command line) with one fresh context."""
+    with chromium_browser(*extra_args) as browser, browser_context(browser, **context_options) as context:
+        yield context

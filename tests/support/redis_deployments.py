@@ -5,7 +5,6 @@ data nodes one, the sentinel another), and a Redis Cluster of three primaries.
 Debian's redis-server runs them all (a sentinel is `redis-server --sentinel`); redis-cli, which
 comes with it (redis-tools), joins the cluster."""
 
-import random
 import shutil
 import signal
 import socket
@@ -213,11 +212,10 @@ def cluster_ports() -> list[int]:
 
 def _cluster_port() -> int:
     while True:
-        port = random.randint(20_000, 45_000)
+        port = free_port()  # this worker's own ports (see trioproxy/testing/ports.py)
         try:
-            for candidate in (port, port + 10_000):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", candidate))
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port + 10_000))
             return port
         except OSError:
             continue

@@ -1,0 +1,3 @@
+"""What tests share: clients, raw HTTP, fault servers, processes, Redis deployments.
+
+Test modules import these, never each other (tests/test_layers.py checks it)."""

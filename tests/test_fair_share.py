@@ -1,0 +1,150 @@
+"""Fair share of the fast provider: while demand exceeds its quota, clients get it by weight."""
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from conftest import Providers, StartProxy
+from test_clients import status_of
+from trioproxy.config import ClientConfig
+from trioproxy.routing.fair_share import UNIT, water_fill
+from trioproxy.testing.redis_server import RedisServer
+
+MODEL = "qwen-3-coder"
+
+
+def test_water_filling_gives_modest_clients_their_demand_and_splits_the_rest_by_weight() -> None:
+    parts = water_fill({"light": (1.0, 100), "heavy": (1.0, 10_000), "double": (2.0, 10_000)}, 1_000)
+    assert parts["light"] == 100
+    assert parts["heavy"] == pytest.approx(300) and parts["double"] == pytest.approx(600)
+    everyone_big = water_fill({name: (1.0, 5_000) for name in "abcd"}, 1_000)
+    assert all(part == pytest.approx(250) for part in everyone_big.values())
+    assert water_fill({"a": (1.0, 10), "b": (3.0, 20)}, 1_000) == {"a": 10, "b": 20}  # nobody short: all they ask
+
+
+CLIENTS = (ClientConfig(name="heavy", api_keys=("heavy-key-0001",)),
+           ClientConfig(name="light", api_keys=("light-key-0002",)),
+           ClientConfig(name="double", api_keys=("double-key-0003",), weight=2))
+
+
+async def _load(proxy_url: str, key: str, every: float, until: float) -> None:
+    """One agent: a small request every `every` seconds until `until` (simulated)."""
+    async with httpx.AsyncClient(base_url=proxy_url, headers={"authorization": f"Bearer {key}"}, timeout=60) as client:
+        while trio.current_time() < until:
+            response = await client.post("/chat/completions", json={
+                "model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]})
+            assert response.status_code == 200, response.text
+            await trio.sleep(every)
+
+
+async def _cerebras_by_client(start_proxy: StartProxy, fair_share: bool) -> dict[str, int]:
+    """Three clients over three simulated minutes against 12 Cerebras requests a minute:
+    heavy asks every second, light and double every 2 s; what each got of Cerebras in the
+    last two minutes."""
+    proxy = await start_proxy(clients=CLIENTS, fair_share=fair_share, cerebras={"requests_per_minute": 12})
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_load, proxy.base_url, "heavy-key-0001", 1.0, start + 60)
+    before = {name: c["routes"].get(MODEL, {}).get("cerebras", {}).get("requests", 0)
+              for name, c in (await status_of(proxy, "heavy-key-0001"))["clients"].items()}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_load, proxy.base_url, "heavy-key-0001", 1.0, start + 180)
+        nursery.start_soon(_load, proxy.base_url, "light-key-0002", 2.0, start + 180)
+        nursery.start_soon(_load, proxy.base_url, "double-key-0003", 2.0, start + 180)
+    clients = (await status_of(proxy, "heavy-key-0001"))["clients"]
+    return {name: c["routes"].get(MODEL, {}).get("cerebras", {}).get("requests", 0) - before.get(name, 0)
+            for name, c in clients.items()}
+
+
+async def test_while_demand_exceeds_the_quota_each_active_client_gets_its_weights_part(
+    providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A heavy client had Cerebras to itself for a minute; once two more are active, Cerebras's
+    24 requests of the next two minutes go 1 : 1 : 2 by weight, the rest to Chutes."""
+    got = await _cerebras_by_client(start_proxy, fair_share=True)
+    # (Part of the bucket is left at the end: requests over their share wait for it to fill up.)
+    assert 18 <= sum(got.values()) <= 28, got
+    assert got["double"] == pytest.approx(2 * got["light"], abs=3), got
+    assert got["heavy"] == pytest.approx(got["light"], abs=3), got
+
+
+async def test_without_fair_share_the_heavy_client_takes_most(
+    providers: Providers, start_proxy: StartProxy, autojump_clock: trio.testing.MockClock
+) -> None:
+    got = await _cerebras_by_client(start_proxy, fair_share=False)
+    assert got["heavy"] > got["light"] + got["double"], got
+
+
+def test_one_active_client_is_never_held_back() -> None:
+    from trioproxy.config import Config
+    from trioproxy.quota.ledger import QuotaLedger
+    from trioproxy.routing.fair_share import ProviderShare
+
+    cerebras = Config().cerebras
+    ledger = QuotaLedger([cerebras], clock=lambda: 0.0)
+    share = ProviderShare(cerebras, ledger, clock=lambda: 0.0)
+    for _ in range(100):
+        share.asked("only", 1.0, UNIT // 10)
+        assert share.refusal("only", UNIT // 10) is None
+        share.took("only", UNIT // 10)
+
+
+# --- across replicas, on a real redis-server ------------------------------------------------------
+
+
+async def _three_replicas_one_client_each(nursery: trio.Nursery, redis: RedisServer, shared: bool) -> dict[str, int]:
+    """Three replicas on one Redis, each serving one client (sticky connections): heavy asks
+    Cerebras (12 requests a minute) every second, light and double every 2 s, for three
+    minutes; what each got in the last two. With `shared`, the replicas exchange their
+    clients' figures every second, as the proxy does."""
+    from test_redis_ledger import Clock, cerebras, replicas
+
+    from trioproxy.quota.clients import ClientBook
+    from trioproxy.quota.contract import Reservation
+    from trioproxy.routing.client_exchange import ClientExchange
+    from trioproxy.routing.fair_share import FairShare
+
+    store_clock = Clock()
+    now = [0.0]
+    provider = cerebras(requests_per_minute=12)
+    ledgers = await replicas(nursery, redis, [provider], store_clock)
+    clients = (("heavy", 1.0, 1), ("light", 1.0, 2), ("double", 2.0, 2))
+    fairs, exchanges = [], []
+    for index, ledger in enumerate(ledgers):
+        fair = FairShare(clock=lambda: now[0])
+        fair.configure({"cerebras": provider}, ledger)
+        fairs.append(fair)
+        exchanges.append(ClientExchange(ledger.store, "test:", f"r{index}", ClientBook.for_clients(()), fair,
+                                        clock=lambda: now[0]))
+    got = {name: 0 for name, _, _ in clients}
+    for second in range(180):
+        now[0], store_clock.time = float(second), store_clock.time + (1 if second else 0)
+        for ledger in ledgers:
+            await ledger.refresh()
+        if shared:
+            for exchange in exchanges:
+                await exchange.exchange()
+        for (name, weight, every), fair, ledger in zip(clients, fairs, ledgers):
+            if second % every:
+                continue
+            ticket = fair.ticket("cerebras", name, weight, 100)
+            assert ticket is not None
+            if ticket.refusal() is None and isinstance(await ledger.reserve("cerebras", 100), Reservation):
+                ticket.took()
+                got[name] += second >= 60
+    return got
+
+
+async def test_three_replicas_share_the_fast_provider_fairly_through_redis(nursery: trio.Nursery, redis: RedisServer) -> None:
+    got = await _three_replicas_one_client_each(nursery, redis, shared=True)
+    assert 20 <= sum(got.values()) <= 26, got
+    assert got["double"] == pytest.approx(2 * got["light"], abs=3), got
+    assert got["heavy"] == pytest.approx(got["light"], abs=3), got
+
+
+async def test_without_the_exchange_each_replica_sees_one_client_and_the_heavy_one_takes_most(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    got = await _three_replicas_one_client_each(nursery, redis, shared=False)
+    assert got["heavy"] > got["light"] + 3 and got["heavy"] > got["double"], got

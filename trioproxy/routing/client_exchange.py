@@ -1,0 +1,113 @@
+"""Clients' figures shared between the processes of one Redis ledger, every second.
+
+Each process publishes, in a key of its own that expires unless renewed, what its clients
+asked of and used of each provider over the last minute (for the fair share) and what each of
+their budget windows counted; it reads the others' and hands their sums to the fair share and
+the budgets. Usage counters are added to one shared hash (HINCRBY) and read back for the
+views. A second of delay is the price of keeping every Redis call off the requests' path; a
+process that stops publishing drops out when its key expires.
+
+The keys share one hash tag, `{clients}`, so a Redis Cluster keeps them on one node.
+"""
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..quota.clients import USAGE_FIELDS, ClientBook
+from ..quota.redis_client import Client
+from ..quota.redis_store import QuotaStore
+from .fair_share import FairShare, Published
+
+INTERVAL = 1.0
+EXPIRES = 5  # seconds a replica's figures outlive its last publication
+
+
+class ClientExchange:
+    """Publishes this process's client figures and reads the other replicas', until cancelled."""
+
+    def __init__(self, store: QuotaStore, prefix: str, replica: str, book: ClientBook, fair: FairShare,
+                 clock: Callable[[], float] = trio.current_time) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._replicas = f"{prefix}{{clients}}:replicas"
+        self._usage = f"{prefix}{{clients}}:usage"
+        self._replica = replica
+        self._book = book
+        self._fair = fair
+        self._clock = clock
+        if book.usage.shared is None:
+            book.usage.shared = {}
+
+    async def run(self) -> None:
+        while True:
+            await self.exchange()
+            await trio.sleep(INTERVAL)
+
+    async def exchange(self) -> None:
+        """One round: publish, add usage, read the others. Skipped while Redis is down (usage
+        counted meanwhile waits for the next round)."""
+        figures = json.dumps(self._figures(self._clock()))
+        pending = self._book.usage.take_pending()
+
+        async def talk(client: Client) -> tuple[list[str], dict[str, str]]:
+            await client.set(self._key(self._replica), figures, ex=EXPIRES)
+            await client.sadd(self._replicas, [self._replica])
+            for (name, route, provider), row in pending.items():
+                for field, amount in zip(USAGE_FIELDS, row):
+                    if amount:
+                        await client.hincrby(self._usage, json.dumps([name, route, provider, field]), amount)
+            others = []
+            for replica in await client.smembers(self._replicas):
+                if replica == self._replica:
+                    continue
+                published = await client.get(self._key(replica))
+                if published is None:  # expired: it stopped publishing
+                    await client.srem(self._replicas, [replica])
+                else:
+                    others.append(published)
+            return others, await client.hgetall(self._usage)
+
+        answer = await self._store.commands(talk)
+        if answer is None:
+            self._book.usage.return_pending(pending)
+            return
+        others, usage = answer
+        self._take_others([json.loads(published) for published in others])
+        self._book.usage.shared = _usage_rows(usage)
+
+    def _key(self, replica: str) -> str:
+        return f"{self._prefix}{{clients}}:replica:{replica}"
+
+    def _figures(self, now: float) -> dict[str, Any]:
+        fair = {quota_key: {name: [p.weight, p.asked, p.used] for name, p in share.local(now).items()}
+                for quota_key, share in self._fair.providers.items()}
+        budgets = [[*key, used] for key, used in self._book.budgets.local().items() if used]
+        return {"fair": fair, "budgets": budgets}
+
+    def _take_others(self, others: list[dict[str, Any]]) -> None:
+        fair: dict[str, dict[str, Published]] = {}
+        budgets: dict[tuple[str, str, str], int] = {}
+        for published in others:
+            for quota_key, clients in published.get("fair", {}).items():
+                for name, (weight, asked, used) in clients.items():
+                    before = fair.setdefault(quota_key, {}).get(name, Published(weight, 0, 0))
+                    fair[quota_key][name] = Published(weight, before.asked + asked, before.used + used)
+            for name, scope, window, used in published.get("budgets", []):
+                budgets[(name, scope, window)] = budgets.get((name, scope, window), 0) + used
+        for quota_key, share in self._fair.providers.items():
+            share.others = fair.get(quota_key, {})
+        self._book.budgets.others = budgets
+
+
+def _usage_rows(usage: dict[str, Any]) -> dict[tuple[str, str, str], list[int]]:
+    rows: dict[tuple[str, str, str], list[int]] = {}
+    for key, value in usage.items():
+        parts = json.loads(key)
+        if len(parts) != 4 or parts[3] not in USAGE_FIELDS:
+            continue
+        row = rows.setdefault((parts[0], parts[1], parts[2]), [0] * len(USAGE_FIELDS))
+        row[USAGE_FIELDS.index(parts[3])] = int(value)
+    return rows
