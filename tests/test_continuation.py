@@ -15,8 +15,8 @@ import trio
 
 from trioproxy.testing.emulator import Faults
 
-from conftest import Providers, Proxy, StartProxy
-from door_answers import DOORS, MODEL, door_answer
+from support.proxies import Providers, Proxy, StartProxy
+from support.door_answers import DOORS, MODEL, door_answer
 
 TEXT_WORDS = 18  # with the role chunk and the finish: a 20-event answer
 TEXT_EVENTS = 20

@@ -12,8 +12,8 @@ import pytest
 from trioproxy.providers.errors import status_of_error
 from trioproxy.testing.emulator import Faults, completion_text
 
-from conftest import Providers, StartProxy
-from door_answers import DOORS, door_answer
+from support.proxies import Providers, StartProxy
+from support.door_answers import DOORS, door_answer
 
 
 @pytest.mark.parametrize("door", DOORS)

@@ -10,7 +10,7 @@ import anthropic
 import openai
 from attrs import define, field
 
-from conftest import Proxy
+from support.proxies import Proxy
 
 MODEL = "qwen-3-coder"
 DOORS = ("chat", "responses", "messages")
