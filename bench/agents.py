@@ -27,6 +27,11 @@ non-200 answers, each with its message. Not run in CI.
     .venv/bin/python bench/agents.py                       # every CLI, latest versions
     .venv/bin/python bench/agents.py --only qwen,opencode  # a subset
     .venv/bin/python bench/agents.py --version codex=0.171.0 --keep   # pin; keep the folder
+    .venv/bin/python bench/agents.py --only claude,codex --cut-every 2  # every 2nd stream breaks
+
+With `--cut-every N` the demo's emulated Cerebras breaks every N-th stream off after a few
+events (`TRIOPROXY_DEMO_CUT_EVERY`) and the proxy has the next provider finish it; each line then
+says how many streams were continued.
 """
 
 from __future__ import annotations
@@ -319,10 +324,11 @@ def install(agents: list[Agent], pins: dict[str, str], prefix: Path) -> dict[str
             for agent in agents}
 
 
-def start_demo(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`python -m trioproxy --demo` on a free port; returns the process and its origin."""
+def start_demo(log_path: Path, cut_every: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m trioproxy --demo` on a free port; returns the process and its origin. With
+    `cut_every`, the demo's Cerebras breaks every that many streams off mid-answer."""
     env = {**os.environ, "PORT": "0", "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost"}
+           "no_proxy": "127.0.0.1,localhost", "TRIOPROXY_DEMO_CUT_EVERY": str(cut_every)}
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "trioproxy", "--demo"], env=env,
                                    stdout=log, stderr=subprocess.STDOUT,
@@ -380,11 +386,13 @@ class Served:
 
     counts: Counter[str]  # "api status" -> requests
     errors: list[str]  # each non-200 answer: status, reason and message
+    continued: int = 0  # streams another provider finished after the first broke off
 
 
 def proxy_requests(log_text: str) -> Served:
     counts: Counter[str] = Counter()
     errors: list[str] = []
+    continued = 0
     for line in log_text.splitlines():
         if " trioproxy.request " not in line or "status=" not in line:
             continue
@@ -392,13 +400,14 @@ def proxy_requests(log_text: str) -> Served:
         api = re.search(r"\bapi=(\w+)", line)
         code = status.group(1) if status else "?"
         counts[(f"{api.group(1)} " if api else "") + code] += 1
+        continued += "continued_from=" in line
         if code != "200":
             why = re.search(r"reason=('[^']*'|\"[^\"]*\")", line)
             message = re.search(r"message=('[^']*'|\"[^\"]*\")", line)
             path = re.search(r"path=('[^']*')", line)
             errors.append(" ".join(filter(None, (code, path and path.group(1), why and why.group(1),
                                                  message and message.group(1)[:160]))))
-    return Served(counts, errors)
+    return Served(counts, errors, continued)
 
 
 def verdict(turns: list[tuple[int | None, Outcome]], served: Served) -> tuple[bool, str]:
@@ -420,7 +429,7 @@ def verdict(turns: list[tuple[int | None, Outcome]], served: Served) -> tuple[bo
     proxy = ", ".join(f"{n} x {key}" for key, n in sorted(served.counts.items())) or "no requests"
     facts = (f"{len(turns)} turn{'s' if len(turns) > 1 else ''}, tool steps "
              f"{sum(len(o.tools) for _, o in turns)}{f' ({tools})' if tools else ''}, "
-             f"requests {requests}, errors {len(errors)} ({proxy}); final answer {turns[-1][1].final[:50]!r}")
+             f"requests {requests}, continued {served.continued}, errors {len(errors)} ({proxy}); final answer {turns[-1][1].final[:50]!r}")
     ok = not problems and not errors
     return ok, facts if ok else f"{'; '.join(problems + errors)} | {facts}"
 
@@ -453,6 +462,8 @@ def main() -> int:
                         help="pin an npm version, e.g. codex=0.171.0 (default: latest)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per CLI run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--cut-every", type=int, default=0, metavar="N",
+                        help="the demo's Cerebras breaks every N-th stream off mid-answer (0: never)")
     args = parser.parse_args()
     chosen = [AGENTS[name.strip()] for name in args.only.split(",") if name.strip()]
     pins = dict(pin.split("=", 1) for pin in args.version)
@@ -461,7 +472,7 @@ def main() -> int:
     demo = None
     try:
         versions = install(chosen, pins, root / "npm")
-        demo, origin = start_demo(log_path)
+        demo, origin = start_demo(log_path, args.cut_every)
         print(f"trioproxy --demo at {origin}/v1; folder {root}", flush=True)
         results = []
         for agent in chosen:

@@ -10,7 +10,10 @@ a few malformed bodies and a few clients that leave in the middle of a stream. F
 few seconds a random fault is switched on at Cerebras, Chutes or both for a random number of
 requests (latency, 5xx, 503 "no instances", capacity 429s, resets before the response and in
 the middle of a stream, stalls past the proxy's timeout, an error as the first event, slow
-chunks), with quiet periods between; the emulated Cerebras also enforces tight per-minute
+chunks, and breaks after content: a reset after some events, an error event after content, a
+reset inside a tool call's arguments, at Cerebras while Chutes is healthy, so Chutes can finish
+the answer), with quiet periods between; the emulated Chutes answers Cerebras's text (one model on
+two providers) so either can continue the other's answer; the emulated Cerebras also enforces tight per-minute
 limits the proxy is configured above, so real Cerebras 429s and cooldowns happen throughout.
 
 Everything listens on 127.0.0.1; every loop ends at the deadline; every request is bounded.
@@ -51,6 +54,7 @@ MODEL = "qwen-3-coder"
 REQUEST_TIMEOUT_MS = 2_000  # the proxy's: a stalled provider costs this much before failover
 CLIENT_TIMEOUT = 30.0  # the clients': far above anything the proxy should take
 UNHANDLED = re.compile(r"Traceback|Error in ASGI|Exception in callback|Task exception")
+CONTINUED = re.compile(r"request (\S+): \S+ continues the answer")
 
 # The emulated Cerebras enforces limits below what the proxy is told, so real 429s happen.
 CEREBRAS_LIMITS = {"requests_per_minute": 240, "tokens_per_minute": 2_000_000}
@@ -100,6 +104,7 @@ class Tally:
     latencies: list[float] = attrs.Factory(list)
     faults_switched: collections.Counter[str] = attrs.Factory(collections.Counter)
     rss_samples: list[tuple[float, int]] = attrs.Factory(list)
+    error_event_ids: set[str] = attrs.Factory(set)  # request ids of streams that ended in an error event
 
     def record(self, outcome: str, latency: float | None = None) -> None:
         self.outcomes[outcome] += 1
@@ -116,9 +121,12 @@ class ProxyLog:
     unhandled: int = 0
     errors: int = 0  # lines at ERROR level
     examples: list[str] = attrs.Factory(list)
+    continued_ids: set[str] = attrs.Factory(set)  # streams another provider took over
 
     def feed(self, line: str) -> None:
         self.lines += 1
+        if (continued := CONTINUED.search(line)) is not None:
+            self.continued_ids.add(continued.group(1))
         if " ERROR " in line:
             self.errors += 1
         if UNHANDLED.search(line):
@@ -224,6 +232,8 @@ async def one_request(client: httpx.AsyncClient, rng: random.Random, tally: Tall
                     if abandon:
                         tally.record(f"{kind}: client left mid-stream (on purpose)")
                         return
+                if error_event:
+                    tally.error_event_ids.add(response.headers.get("x-request-id", ""))
                 if error_event and done:
                     outcome = "200 then SSE error event + [DONE]"
                 elif error_event:
@@ -282,9 +292,25 @@ def random_fault(rng: random.Random) -> tuple[str, Faults]:
         ("stall past the timeout", lambda: Faults(stall=True, remaining=rng.randint(1, 6))),
         ("error as first event", lambda: Faults(error_first_event=True, remaining=count)),
         ("slow chunks", lambda: Faults(chunk_delay=rng.uniform(0.005, 0.05), remaining=count)),
+        *mid_stream_faults(rng, count),
     ]
     name, make = rng.choice(menu)
     return name, make()
+
+
+def mid_stream_faults(rng: random.Random, count: int) -> list[tuple[str, Any]]:
+    """Breaks after content reached the client, which another provider can finish."""
+    kinds = ("server", "zai-quota", "response-failed")
+    return [
+        ("break after content", lambda: Faults(break_after_events=rng.randint(2, 9), remaining=count)),
+        ("error event after content", lambda: Faults(error_after_events=rng.randint(2, 9),
+                                                     stream_error=rng.choice(kinds), remaining=count)),
+        ("break inside tool arguments", lambda: Faults(break_after_argument_bytes=rng.randint(1, 30),
+                                                       remaining=count)),
+    ]
+
+
+MID_STREAM = ("break after content", "error event after content", "break inside tool arguments")
 
 
 async def switch_faults(providers: list[emulator.EmulatedProvider], seed: int, deadline: float, tally: Tally) -> None:
@@ -304,6 +330,12 @@ async def switch_faults(providers: list[emulator.EmulatedProvider], seed: int, d
             continue
         name, faults = random_fault(rng)
         targets = rng.choices([[cerebras], [chutes], [cerebras, chutes]], weights=[5, 3, 2])[0]
+        if name in MID_STREAM:
+            # At Cerebras only, with Chutes healthy: Chutes (no limits here) finishes what Cerebras
+            # breaks off. A break at Chutes could be finished only by Cerebras, which this soak
+            # keeps at its per-minute limits: most of the time it has no quota left for it.
+            targets = [cerebras]
+            chutes.faults = Faults()
         for provider in targets:
             provider.faults = attrs.evolve(faults)
         tally.faults_switched[f"{name} @ {'+'.join(p.flavor for p in targets)}"] += 1
@@ -363,7 +395,7 @@ async def soak(args: argparse.Namespace) -> int:
     warmup = args.warmup if args.warmup is not None else min(120.0, max(5.0, seconds * 0.25))
     tally = Tally()
     cerebras = emulator.cerebras(**CEREBRAS_LIMITS)
-    chutes = emulator.chutes()
+    chutes = emulator.chutes(speaks_as="cerebras")  # one model on both: each can finish the other's answer
     workdir = Path(tempfile.mkdtemp(prefix="trioproxy-soak-"))
     log = ProxyLog(Path(args.log) if args.log else workdir / "proxy.log")
     async with trio.open_nursery() as nursery:
@@ -458,6 +490,11 @@ def report(args: argparse.Namespace, tally: Tally, log: ProxyLog, rss_launch: in
             print(f"  {count:7d}  {outcome}")
     print(f"faults switched: {sum(tally.faults_switched.values())} times; "
           + ", ".join(f"{name} x{n}" for name, n in tally.faults_switched.most_common()))
+    broken = log.continued_ids | tally.error_event_ids
+    finished = log.continued_ids - tally.error_event_ids
+    print(f"streams broken after their first byte: {len(broken)} (taken over by another provider: "
+          f"{len(log.continued_ids)}); finished without an error event: {len(finished)} "
+          f"({len(finished) / len(broken) * 100 if broken else float('nan'):.1f} %)")
     print(f"emulators: cerebras served {cerebras.served} over {cerebras.connections} connections, "
           f"chutes served {chutes.served} over {chutes.connections} connections")
     print(f"proxy RSS: at launch {rss_launch / 1024:.1f} MiB, after warm-up {rss_start / 1024:.1f} MiB, "

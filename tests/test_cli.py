@@ -15,17 +15,13 @@ import httpx
 import pytest
 import trio
 
-from support.command import COMMAND, RUN_TIMEOUT, run, scrubbed_env
+from support.command import COMMAND, RUN_TIMEOUT, lines, run, scrubbed_env
 from trioproxy import __version__
 
 pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see scripts/test)
 
 STARTUP_TIMEOUT = 15  # seconds for --demo to print its base URL
 EXIT_TIMEOUT = 10  # seconds for --demo to exit after SIGTERM
-
-
-def lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
 
 
 # --- commands that exit by themselves -------------------------------------------------------

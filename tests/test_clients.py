@@ -12,9 +12,12 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, Proxy, StartProxy, proxy_config
-from test_cli import lines, run, scrubbed_env
-from test_reload import reloadable_proxy
+from support.chat import status_of
+from support.command import lines, run, scrubbed_env
+from support.gemini import client as gemini_client
+from support.gemini import sdk
+from support.proxies import Providers, Proxy, StartProxy, proxy_config
+from support.reload import reloadable_proxy
 from trioproxy.config import Budget, ClientConfig, ConfigError, ModelRoute, RouteProvider, load_config
 from trioproxy.quota.clients import ClientBook
 from trioproxy.quota.ledger import QuotaLedger
@@ -41,13 +44,6 @@ def openai_client(proxy: Proxy, key: str) -> openai.AsyncOpenAI:
 
 def anthropic_client(proxy: Proxy, key: str) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=proxy.base_url.removesuffix("/v1"), api_key=key, max_retries=0)
-
-
-async def status_of(proxy: Proxy, key: str) -> dict:
-    async with httpx.AsyncClient() as client:
-        response = await client.get(proxy.base_url + "/status", headers={"authorization": f"Bearer {key}"})
-    response.raise_for_status()
-    return response.json()
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -284,8 +280,6 @@ async def test_the_gemini_door_knows_the_client_and_answers_its_budget_with_reso
     """Google's SDK with Alice's key: served and counted as Alice; past her budget, Google's 429
     (RESOURCE_EXHAUSTED with RetryInfo) and Retry-After, no provider asked."""
     from google.genai import errors
-
-    from test_gemini_door import client as gemini_client, sdk
 
     proxy = await start_proxy(clients=two_clients(budget=Budget(requests_per_minute=1)))
     await sdk(lambda: gemini_client(proxy, ALICE_KEY).models.generate_content(model=MODEL, contents="hi"))

@@ -5,8 +5,9 @@ import pytest
 import trio
 import trio.testing
 
-from conftest import Providers, StartProxy
-from test_clients import status_of
+from support.chat import status_of
+from support.proxies import Providers, StartProxy
+from support.redis_ledgers import Clock, cerebras, replicas
 from trioproxy.config import ClientConfig
 from trioproxy.routing.fair_share import UNIT, water_fill
 from trioproxy.testing.redis_server import RedisServer
@@ -98,8 +99,6 @@ async def _three_replicas_one_client_each(nursery: trio.Nursery, redis: RedisSer
     Cerebras (12 requests a minute) every second, light and double every 2 s, for three
     minutes; what each got in the last two. With `shared`, the replicas exchange their
     clients' figures every second, as the proxy does."""
-    from test_redis_ledger import Clock, cerebras, replicas
-
     from trioproxy.quota.clients import ClientBook
     from trioproxy.quota.contract import Reservation
     from trioproxy.routing.client_exchange import ClientExchange

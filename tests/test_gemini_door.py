@@ -239,12 +239,28 @@ async def test_no_quota_anywhere_is_resource_exhausted_with_retry_info(start_pro
     assert retry["@type"] == "type.googleapis.com/google.rpc.RetryInfo" and retry["retryDelay"].endswith("s")
 
 
-async def test_a_failure_after_the_first_byte_ends_the_stream_with_an_error(proxy: Proxy, providers: Providers) -> None:
-    providers.cerebras.faults = Faults(reset_mid_stream=True, remaining=1)
+async def test_a_failure_after_the_first_byte_ends_the_stream_with_an_error(start_proxy: StartProxy,
+                                                                           providers: Providers) -> None:
+    """With continuation off, a break after content went out ends the stream with an error."""
+    providers.cerebras.faults = Faults(break_after_events=2, remaining=1)
+    proxy = await start_proxy(max_continuations=0)
     with pytest.raises(errors.APIError) as caught:
         await sdk(lambda: list(client(proxy).models.generate_content_stream(model=MODEL, contents="Hi")))
 
     assert caught.value.code >= 500 and caught.value.status in ("UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED")
+
+
+async def test_a_break_after_the_first_byte_is_finished_by_the_next_provider(start_proxy: StartProxy,
+                                                                             providers: Providers) -> None:
+    """The Gemini door renders the continued answer like any other: whole, no error."""
+    providers.chutes.speaks_as = "cerebras"
+    providers.cerebras.faults = Faults(break_after_events=4, remaining=1)
+    proxy = await start_proxy()
+
+    chunks = await sdk(lambda: list(client(proxy).models.generate_content_stream(model=MODEL, contents="Hi")))
+
+    assert "".join(chunk.text or "" for chunk in chunks) == completion_text("cerebras")
+    assert len(providers.chutes.received) == 1
 
 
 async def test_stream_without_alt_sse_is_one_json_array(proxy: Proxy) -> None:
@@ -259,8 +275,10 @@ async def test_stream_without_alt_sse_is_one_json_array(proxy: Proxy) -> None:
     assert documents[-1]["candidates"][0]["finishReason"] == "STOP" and "usageMetadata" in documents[-1]
 
 
-async def test_a_json_array_stream_that_fails_ends_with_the_error_element(proxy: Proxy, providers: Providers) -> None:
-    providers.cerebras.faults = Faults(reset_mid_stream=True, remaining=1)
+async def test_a_json_array_stream_that_fails_ends_with_the_error_element(start_proxy: StartProxy,
+                                                                        providers: Providers) -> None:
+    providers.cerebras.faults = Faults(break_after_events=2, remaining=1)
+    proxy = await start_proxy(max_continuations=0)
     async with httpx.AsyncClient(base_url=root(proxy)) as http:
         response = await http.post(f"/v1beta/models/{MODEL}:streamGenerateContent", json=HI)
 

@@ -437,11 +437,12 @@ async def test_an_answer_over_max_answer_bytes_fails_over_then_is_a_502(
 async def test_a_stream_event_over_max_stream_event_bytes_ends_the_stream(
     nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy
 ) -> None:
-    """An event that never ends (no blank line) is not buffered without bound."""
+    """An event that never ends (no blank line) is not buffered without bound (continuation off,
+    so the failure reaches the client)."""
 
     endless = b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"z" * (BOUND * 3)
     server = await start_fault_server(nursery, lambda s: send_then_hold(s, SSE_HEAD, ROLE, HELLO, endless))
-    proxy = await start_proxy(max_stream_event_bytes=BOUND, cerebras={"base_url": server.url})
+    proxy = await start_proxy(max_stream_event_bytes=BOUND, cerebras={"base_url": server.url}, max_continuations=0)
     async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as client:
         with trio.fail_after(10):
             response = await client.post("/chat/completions", json={"model": MODEL, "messages": USER, "stream": True})

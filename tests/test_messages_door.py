@@ -157,8 +157,9 @@ async def test_client_keys_are_read_from_x_api_key(start_proxy: StartProxy) -> N
     assert caught.value.body["error"]["type"] == "authentication_error"
 
 
-async def test_a_failure_after_the_first_byte_ends_in_an_error_event(proxy: Proxy, providers: Providers) -> None:
-    providers.cerebras.faults = Faults(reset_mid_stream=True, remaining=1)
+async def test_a_failure_after_the_first_byte_ends_in_an_error_event(start_proxy: StartProxy, providers: Providers) -> None:
+    providers.cerebras.faults = Faults(break_after_events=2, remaining=1)
+    proxy = await start_proxy(max_continuations=0)
     with pytest.raises(anthropic.APIStatusError) as caught:
         async with client(proxy).messages.stream(model=MODEL, max_tokens=300, messages=HELLO) as stream:
             async for _ in stream:

@@ -160,11 +160,21 @@ async def test_a_stream_the_client_abandons_settles_what_was_spent(
     """Leaving mid-stream books the prompt and the events relayed, not the whole 16k budget."""
     providers.cerebras.faults.chunk_delay = 1.0  # the frozen clock holds the stream open
     proxy = await start_proxy()
-    async with client_for(proxy) as client:
+
+    async def release_the_first_content() -> None:
+        """The client's stream starts with the first content, one chunk_delay after the role."""
+        while not providers.cerebras.received:
+            await trio.sleep(0)
+        await trio.testing.wait_all_tasks_blocked()  # the emulator sent the role and sleeps
+        mock_clock.jump(1.0)
+
+    async with client_for(proxy) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(release_the_first_content)
         async with client.stream("POST", "/chat/completions", json=chat(stream=True)) as streaming:
             lines = streaming.aiter_lines()
             assert (await lines.__anext__()).startswith("data: ")
         await trio.testing.wait_all_tasks_blocked()
         state = (await client.get(proxy.base_url.removesuffix("/v1") + "/healthz")).json()
-    used = state["providers"]["cerebras"]["accounts"]["cerebras"]["tpm"]["used"]
+    # tokens/day: the minute's bucket refilled during the second the clock moved
+    used = state["providers"]["cerebras"]["accounts"]["cerebras"]["tpd"]["used"]
     assert 0 < used < 100  # a few prompt tokens and one event, far below the 16,384 reserved

@@ -119,8 +119,9 @@ async def test_quota_is_reserved_through_this_door_too(start_proxy: StartProxy, 
     assert providers.cerebras.served == 1
 
 
-async def test_a_failure_after_the_first_byte_ends_in_response_failed(proxy: Proxy, providers: Providers) -> None:
-    providers.cerebras.faults = Faults(reset_mid_stream=True, remaining=1)
+async def test_a_failure_after_the_first_byte_ends_in_response_failed(start_proxy: StartProxy, providers: Providers) -> None:
+    providers.cerebras.faults = Faults(break_after_events=2, remaining=1)
+    proxy = await start_proxy(max_continuations=0)
     stream = await client(proxy).responses.create(model=MODEL, input="Say hello.", stream=True)
     events = [event async for event in stream]
 

@@ -1034,10 +1034,11 @@ async def test_fault_at_every_provider_gives_an_openai_error(
 async def test_fault_after_first_byte_ends_stream_with_error_event_and_done(
     nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
-    """Cerebras's stream breaks after the client got bytes: what arrived is relayed, then an SSE
-    error event in OpenAI's shape and `data: [DONE]`; never a hang, never a silent truncation."""
+    """Cerebras's stream breaks after the client got bytes and continuation is off: what arrived
+    is relayed, then an SSE error event in OpenAI's shape and `data: [DONE]`; never a hang, never
+    a silent truncation."""
     server = await start_fault_server(nursery, AFTER_FIRST_BYTE[fault])
-    proxy = await start_proxy(**fault_config(providers, cerebras_url=server.url))
+    proxy = await start_proxy(max_continuations=0, **fault_config(providers, cerebras_url=server.url))
     async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
         status, headers, body = await stream_chat(client, chat_body())
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
@@ -1048,6 +1049,28 @@ async def test_fault_after_first_byte_ends_stream_with_error_event_and_done(
     assert isinstance(events[-2], dict) and "error" in events[-2], f"no error event before [DONE]: {events}"
     assert_error_document(events[-2])
     assert providers.chutes.received == []
+    assert await eventually(lambda: server.open == 0), "the proxy kept the broken stream's connection"
+    server.healed = True
+    await assert_healthy(proxy, caplog)
+
+
+@pytest.mark.parametrize("fault", list(AFTER_FIRST_BYTE))
+async def test_fault_after_first_byte_is_finished_by_the_next_provider(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    """The same breaks with continuation on (restart): Chutes, answering the same text, finishes
+    the answer; the client sees one whole answer and no error."""
+    providers.chutes.speaks_as = "cerebras"
+    server = await start_fault_server(nursery, AFTER_FIRST_BYTE[fault])
+    proxy = await start_proxy(**fault_config(providers, cerebras_url=server.url))
+    async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
+        with trio.fail_after(5):
+            status, _, body = await stream_chat(client, chat_body())
+    events = sse_events(body)
+    assert status == 200 and events[-1] == "[DONE]"
+    assert not any(isinstance(e, dict) and "error" in e for e in events), events
+    assert stream_text(events) == completion_text("cerebras")
+    assert len(providers.chutes.received) == 1
     assert await eventually(lambda: server.open == 0), "the proxy kept the broken stream's connection"
     server.healed = True
     await assert_healthy(proxy, caplog)
@@ -1113,9 +1136,9 @@ async def test_emulator_faults_at_both_providers(
 async def test_emulator_reset_mid_stream_ends_with_error_event(
     providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A TCP reset after the first event: the client gets an error event and [DONE]."""
-    providers.cerebras.faults = Faults(reset_mid_stream=True, remaining=1)
-    proxy = await start_proxy(request_timeout_ms=FAULT_TIMEOUT_MS)
+    """A TCP reset after the first content, continuation off: the client gets an error event and [DONE]."""
+    providers.cerebras.faults = Faults(break_after_events=2, remaining=1)
+    proxy = await start_proxy(request_timeout_ms=FAULT_TIMEOUT_MS, max_continuations=0)
     async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
         status, _, body = await stream_chat(client, chat_body())
     events = sse_events(body)

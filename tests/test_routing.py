@@ -221,9 +221,21 @@ async def test_cerebras_failure_before_any_byte_fails_over_to_chutes_invisibly(
 # --------------------------------------------------------------------------- 5. stream failures
 
 
-async def test_reset_mid_stream_ends_with_an_error_event_and_done(providers: Providers, proxy: Proxy) -> None:
-    """Cerebras resets after the first event reached the client: first chunk, SSE error event, [DONE]; no hang."""
+async def test_a_reset_after_the_role_announcement_fails_over_invisibly(providers: Providers, proxy: Proxy) -> None:
+    """The role-only first chunk is no content: a reset after it is hidden, and Chutes serves."""
     providers.cerebras.faults = Faults(reset_mid_stream=True)
+    async with client_for(proxy) as client:
+        result = await stream(client, chat())
+    assert not any(isinstance(e, dict) and "error" in e for e in result.events)
+    assert stream_text(result.events) == completion_text("chutes")
+    assert served(providers) == (0, 1)
+
+
+async def test_reset_mid_stream_ends_with_an_error_event_and_done(providers: Providers, start_proxy: StartProxy) -> None:
+    """Cerebras resets after content reached the client and no continuation is allowed: first
+    chunk, SSE error event, [DONE]; no hang."""
+    providers.cerebras.faults = Faults(break_after_events=2)
+    proxy = await start_proxy(max_continuations=0)
     async with client_for(proxy) as client:
         result = await stream(client, chat())
     assert result.status == 200

@@ -99,10 +99,11 @@ async def test_a_provider_repeating_its_key_reaches_no_client_endpoint_or_log(
 async def test_an_error_event_repeating_a_key_is_passed_on_without_it(
     nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy
 ) -> None:
-    """An error event in the middle of a stream comes to the client in OpenAI's shape, keyless."""
+    """An error event in the middle of a stream comes to the client in OpenAI's shape, keyless
+    (continuation off: no other provider finishes the answer)."""
     echo = f'data: {{"error": {{"message": "Key {CEREBRAS_KEY} was revoked mid-stream", "type": "auth"}}}}\n\n'.encode()
     server = await start_fault_server(nursery, lambda s: s.send_all(SSE_HEAD + ROLE + HELLO + echo + FINISH + b"data: [DONE]\n\n"))
-    proxy = await start_proxy(cerebras={"base_url": server.url, "api_key": CEREBRAS_KEY})
+    proxy = await start_proxy(cerebras={"base_url": server.url, "api_key": CEREBRAS_KEY}, max_continuations=0)
     async with authorized(proxy) as client:
         with trio.fail_after(10):
             status, events = await read_stream(client, chat(stream=True))
@@ -216,21 +217,31 @@ async def test_a_trickling_provider_is_failed_over_before_the_first_byte(
     assert await eventually(lambda: server.open == 0, seconds=30)  # virtual: noticed at its next byte
 
 
-async def test_a_stream_that_falls_silent_ends_with_an_error_event(
-    virtual_clock: trio.testing.MockClock, nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy
+@pytest.mark.parametrize("continuations", [0, 2], ids=["continuation-off", "continuation-on"])
+async def test_a_stream_that_falls_silent_ends_with_an_error_event_or_is_continued(
+    virtual_clock: trio.testing.MockClock, nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy,
+    continuations: int,
 ) -> None:
     """After its first events the provider trickles bytes that never complete an event: once the
-    stream has been silent for stream_idle_timeout_ms, the client gets an error event and [DONE]."""
+    stream has been silent for stream_idle_timeout_ms, the client gets an error event and [DONE],
+    or, with continuation on, Chutes (answering the same text) finishes the answer."""
+    providers.chutes.speaks_as = "cerebras"
     server = await start_fault_server(nursery, trickle(SSE_HEAD, ROLE, HELLO, rest=b'data: {"choices": ' + PADDING))
-    proxy = await start_proxy(cerebras={"base_url": server.url}, stream_idle_timeout_ms=45_000)
+    proxy = await start_proxy(cerebras={"base_url": server.url}, stream_idle_timeout_ms=45_000,
+                              max_continuations=continuations)
     started = trio.current_time()
     async with authorized(proxy) as client:
         with trio.fail_after(900):
             status, events = await read_stream(client, chat(stream=True))
     assert 45 <= trio.current_time() - started < 50
-    assert status == 200 and stream_text(events) == "Hello" and events[-1] == "[DONE]"
-    assert events[-2]["error"]["code"] == "upstream_timeout", events
-    assert providers.chutes.received == []
+    assert status == 200 and events[-1] == "[DONE]"
+    if continuations:
+        assert stream_text(events) == completion_text("cerebras") and len(providers.chutes.received) == 1
+        assert not any(isinstance(event, dict) and "error" in event for event in events)
+    else:
+        assert stream_text(events) == "Hello"
+        assert events[-2]["error"]["code"] == "upstream_timeout", events
+        assert providers.chutes.received == []
     assert await eventually(lambda: server.open == 0, seconds=30)  # virtual: noticed at its next byte
 
 

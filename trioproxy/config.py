@@ -23,6 +23,9 @@ from .plans import PLANS
 from .redis_target import TlsFileError, parse_redis_url, tls_context
 
 
+CONTINUATIONS = ("prefill-vllm", "prefix", "restart", "off")  # how a provider finishes a broken stream
+
+
 class ConfigError(Exception):
     """A setting is wrong; the message is one line naming the key and its source."""
 
@@ -253,6 +256,11 @@ class ProviderConfig(PerModel):
     prompt_cache_seconds: float = field(default=0.0, validator=_between(0, 86_400))
     prompt_cache_block_tokens: int = field(default=600, validator=_between(0, 100_000))
     prompt_cache_entries: int = field(default=4096, validator=_between(1, 1_000_000))
+    # How this provider finishes an answer another provider broke off mid-stream: given the
+    # partial answer as a final assistant message it continues it ("prefill-vllm": vLLM/SGLang's
+    # continue_final_message; "prefix": DeepSeek/Mistral's prefix flag), it answers again and
+    # only what extends the sent text passes ("restart"), or it does not ("off").
+    continuation: str = field(default="restart", validator=_one_of(*CONTINUATIONS))
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -431,6 +439,9 @@ class Config:
     first_event_timeout_ms: int = field(default=60_000, validator=_positive)
     answer_timeout_ms: int = field(default=600_000, validator=_positive)
     stream_idle_timeout_ms: int = field(default=60_000, validator=_positive)
+    # How many times one stream may be finished by another provider after its own broke off
+    # with content already sent (0: never; the stream ends with the door's error event).
+    max_continuations: int = field(default=2, validator=_between(0, 10))
     cooldown_period_ms: int = field(default=300_000, validator=_positive)
     # Backoff after a "busy right now" refusal (Cerebras queue_exceeded, Chutes at capacity or
     # without instances) that names no time of its own: not a quota matter, so short.

@@ -1,6 +1,7 @@
 """Demo mode: emulated Cerebras and Chutes inside the proxy's own process, so it runs with no keys."""
 
 import logging
+import os
 
 import attrs
 import trio
@@ -13,6 +14,8 @@ log = logging.getLogger("trioproxy")
 # The emulated Cerebras has a Code Pro key: it enforces that plan's limits and states them in
 # its headers, so the proxy's learned limits are exercised against a provider that says 429.
 DEMO_CEREBRAS_PLAN = "code-pro"
+# Set to n, the demo's Cerebras breaks every n-th stream off mid-answer (continuation at work).
+CUT_EVERY_ENV = "TRIOPROXY_DEMO_CUT_EVERY"
 
 
 @attrs.frozen
@@ -39,6 +42,13 @@ async def start_demo_providers(nursery: trio.Nursery, config: Config) -> DemoPro
     cerebras = emulator.cerebras(model=listed["cerebras"][0], more_models=listed["cerebras"][1:],
                                  plan=DEMO_CEREBRAS_PLAN)
     chutes = emulator.chutes(model=listed["chutes"][0], more_models=listed["chutes"][1:])
+    cut_every = os.environ.get(CUT_EVERY_ENV, "")
+    if cut_every.isdigit() and int(cut_every) > 0:
+        # Cerebras breaks every n-th stream off after a few events; Chutes answers Cerebras's
+        # text, as one model on two providers would, so it can finish what Cerebras broke off.
+        cerebras.break_every_nth_stream = int(cut_every)
+        chutes.speaks_as = "cerebras"
+        log.warning("demo: the emulated Cerebras breaks every %s. stream off (%s)", cut_every, CUT_EVERY_ENV)
     cerebras_url = await nursery.start(emulator.serve, cerebras)
     chutes_url = await nursery.start(emulator.serve, chutes)
     return DemoProviders(cerebras_url, cerebras.api_key, chutes_url, chutes.api_key)

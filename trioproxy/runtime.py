@@ -116,7 +116,7 @@ async def build_runtime(
     routers = {
         name: Router(ups, ledger, cooldowns, config.cooldown_period_ms / 1000, config.capacity_backoff_ms / 1000,
                      config.honour_retry_after, health, name, max_wait_seconds,
-                     fair_share if config.fair_share else None)
+                     fair_share if config.fair_share else None, config.max_continuations)
         for name, ups in routes.items()
     }
     if previous is not None:

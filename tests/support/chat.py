@@ -122,3 +122,10 @@ async def wait_for_health(proxy: Proxy, condition: Callable[[dict[str, Any]], bo
                 if condition(state):
                     return state
                 await trio.sleep(0.01)
+
+
+async def status_of(proxy: Proxy, key: str) -> dict:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(proxy.base_url + "/status", headers={"authorization": f"Bearer {key}"})
+    response.raise_for_status()
+    return response.json()

@@ -44,3 +44,7 @@ async def run(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) 
             check=False,
         )
     return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]

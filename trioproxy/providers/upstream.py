@@ -16,7 +16,7 @@ from attrs import define, frozen
 
 from .. import __version__
 from ..errors import ProxyError
-from .errors import error_from_upstream
+from .errors import carried_error, error_from_upstream, status_of_error
 from ..config import ProviderConfig
 from ..jsoncodec import dump_json, load_json
 from ..secrets import MAX_ERROR_BODY_BYTES, Sanitizer
@@ -237,10 +237,12 @@ class Upstream:
         return self._document(data.encode(), "stream event")
 
     def _document(self, raw: bytes, what: str) -> dict[str, Any]:
-        """`raw` as a JSON object; an error document (a 200 that carries an error) raises its failure."""
+        """`raw` as a JSON object; an error document (a 200 that carries an error) raises its
+        failure, as the status its code stands for, so it fails over and cools down like one."""
         document = json_object(self.name, raw, what)
-        if document.get("error") is not None or document.get("detail") is not None:
-            raise UpstreamFailure(self.name, "protocol", self._error(502, raw))
+        if carried_error(document):
+            status = status_of_error(raw)
+            raise UpstreamFailure(self.name, "status", self._error(status, raw), status)
         return document
 
     async def open_chat(self, body: dict[str, Any], api_key: str) -> httpx.Response:

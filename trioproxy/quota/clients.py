@@ -90,7 +90,8 @@ class ClientBudgets:
             return None
         now = self._clock()
         refusals = [
-            Refusal(name, now + max(1.0, window.seconds_until_fits(now, 1)) if elsewhere else window.seconds_until_fits(now, 1))
+            # What other replicas counted leaves when it leaves there: a second is the least to wait.
+            Refusal(name, now + (max(1.0, window.seconds_until_fits(now, 1)) if elsewhere else window.seconds_until_fits(now, 1)))
             for client_, scope, windows in applying for name, window in windows.items()
             if not window.fits(now, 1 + (elsewhere := self.others.get((client_, scope, name), 0)))
         ]

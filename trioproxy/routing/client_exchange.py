@@ -34,7 +34,7 @@ class ClientExchange:
         self._prefix = prefix
         self._replicas = f"{prefix}{{clients}}:replicas"
         self._usage = f"{prefix}{{clients}}:usage"
-        self._replica = replica
+        self._replica = f"{replica}/{fair.tag}"
         self._book = book
         self._fair = fair
         self._clock = clock

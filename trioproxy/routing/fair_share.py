@@ -16,6 +16,7 @@ shared through Redis (`redis_fair_share.FairShareExchange`).
 """
 
 import math
+import secrets
 from collections.abc import Callable, Mapping
 
 import trio
@@ -183,6 +184,9 @@ class FairShare:
     def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
         self.providers: dict[str, ProviderShare] = {}
         self._clock = clock
+        # Tells this proxy's figures apart from those of others in the same process (their
+        # replica names are alike): it lives as long as this record, across reloads.
+        self.tag = secrets.token_hex(4)
 
     def configure(self, providers: Mapping[str, ProviderConfig], ledger: Ledger) -> None:
         """Keep the record of providers that stay (with the new settings and ledger)."""

@@ -43,6 +43,8 @@ class RouteRecord:
     waited_seconds: float = 0.0  # time patience held the request for a provider's quota
     waited_why: str = ""  # e.g. "patience: rpm 1.8 s"
     failed_over: list[str] = field(factory=list)  # providers that failed it before the next was tried
+    # Streams another provider finished: (the provider that broke off, why), in order.
+    continuations: list[tuple[str, str]] = field(factory=list)
 
 
 @contextmanager

@@ -20,8 +20,9 @@ from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
 from .fair_share import FairShare
 from .patience import Pace, Patience
+from .continuation import SaidSoFar, continuation_body
 from .prompt_cache import PromptMemory, PromptPrefix
-from .relay import OpenStream, StreamRelay
+from .relay import OpenStream, StreamRelay, carries_content
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
 from .tokens import PromptEstimator, requested_completion_tokens
@@ -62,6 +63,7 @@ class Router:
         route: str = "",
         max_wait_seconds: float = 0.0,
         fair_share: FairShare | None = None,
+        max_continuations: int = 0,
     ) -> None:
         self.route = route  # the client-visible model this router serves
         self._fair_share = fair_share  # None: first come, first served
@@ -73,6 +75,7 @@ class Router:
         self._cooldown_seconds = cooldown_seconds
         self._capacity_backoff_seconds = capacity_backoff_seconds
         self._honour_retry_after = honour_retry_after
+        self._max_continuations = max_continuations
         starting = {
             u.quota_key: Pace(u.config.time_to_first_token_ms / 1000, u.config.output_tokens_per_second)
             for u in upstreams
@@ -107,28 +110,41 @@ class Router:
 
     @asynccontextmanager
     async def stream(self, request: ChatRequest, record: RouteRecord) -> AsyncIterator[StreamRelay]:
-        """A stream whose status is 2xx and whose first event has arrived (the first-chunk gate)."""
+        """A stream whose status is 2xx and whose first content has arrived (the first-chunk gate),
+        relayed on by the next providers that can serve should it break off later."""
 
-        async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> StreamRelay:
-            with upstream.first_event_deadline():
-                response = await self._open(upstream, body, settlement.reservation, record)
-                batches = upstream.event_batches(response)
-                try:
-                    with waiting_on_upstream(record):
-                        first, pending = await self._first_event(upstream, batches)
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await batches.aclose()  # type: ignore[attr-defined]
-                        await response.aclose()
-                    raise
-            return StreamRelay(OpenStream(upstream, response, batches, first, pending), settlement)
+        async def resume(said: SaidSoFar, passed_over: frozenset[str]) -> OpenStream | None:
+            def ask(upstream: Upstream, body: dict[str, Any]) -> dict[str, Any] | None:
+                if upstream.name in passed_over:
+                    return None
+                return continuation_body(body, upstream.config.continuation, said)
 
-        relay = await self._route(request, record, attempt)
+            try:
+                return await self._route(request, record, self._open_stream, ask)
+            except ProxyError:
+                return None  # nobody could: the stream ends with the first failure's error
+
+        first = await self._route(request, record, self._open_stream)
+        relay = StreamRelay(first, record, resume, self._max_continuations, requested_completion_tokens(request.body))
         try:
             yield relay
         finally:
             with trio.CancelScope(shield=True):
                 await relay.aclose()
+
+    async def _open_stream(self, upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> OpenStream:
+        with upstream.first_event_deadline():
+            response = await self._open(upstream, body, settlement.reservation, settlement.record)
+            batches = upstream.event_batches(response)
+            try:
+                with waiting_on_upstream(settlement.record):
+                    opening, pending = await self._first_event(upstream, batches)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await batches.aclose()  # type: ignore[attr-defined]
+                    await response.aclose()
+                raise
+        return OpenStream(upstream, response, batches, opening, pending, settlement)
 
     async def _open(
         self, upstream: Upstream, body: dict[str, Any], reservation: Reservation, record: RouteRecord
@@ -162,22 +178,35 @@ class Router:
     @staticmethod
     async def _first_event(
         upstream: Upstream, batches: AsyncIterator[list[str]]
-    ) -> tuple[dict[str, Any], list[str]]:
-        """The first event (an error there fails over) and the rest of its read."""
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """The events up to the first that carries content, and the rest of its read.
+
+        Events before content (a role announcement) are held back with it: an error event
+        among them raises, and the next provider serves as after a status.
+        """
+        opening: list[dict[str, Any]] = []
         async for batch in batches:
-            data, rest = batch[0], batch[1:]
-            if data.strip() == DONE:
-                break
-            return upstream.event(data), rest  # an error event raises: the next provider serves
-        raise protocol_failure(upstream.name, "stream ended before its first event")
+            for position, data in enumerate(batch):
+                if data.strip() == DONE:
+                    raise protocol_failure(upstream.name, "stream ended before its first content")
+                document = upstream.event(data)  # an error event raises: the next provider serves
+                opening.append(document)
+                if carries_content(document):
+                    return opening, batch[position + 1 :]
+        raise protocol_failure(upstream.name, "stream ended before its first content")
 
     async def _route(
         self,
         request: ChatRequest,
         record: RouteRecord,
         attempt: Callable[[Upstream, dict[str, Any], Settlement], Awaitable[T]],
+        ask: Callable[[Upstream, dict[str, Any]], dict[str, Any] | None] | None = None,
     ) -> T:
-        """Run `attempt` on each provider in turn until one delivers; raise ProxyError if none does."""
+        """Run `attempt` on each provider in turn until one delivers; raise ProxyError if none does.
+
+        `ask` turns the body fit for a provider into what to send it (a continuation), or None
+        to pass that provider over.
+        """
         prefix, messages_json = PromptPrefix.of(request.body) if self.prompt_memory else (None, None)
         record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
         order = self._in_order()
@@ -195,6 +224,11 @@ class Router:
             except Unsupported as unsupported:
                 why_not_previous = f"fallback: {unsupported.field}"
                 continue
+            if ask is not None:
+                asked = ask(upstream, body)
+                if asked is None:
+                    continue
+                body = asked
             cost = prompt_estimate + (requested_completion_tokens(body) or 0)
             window = upstream.config.context_window
             if window is not None and cost > window:

@@ -44,13 +44,15 @@ class Settlement:
     on_usage: Callable[[int], None] | None = None  # told the completion tokens, to learn speeds
     on_prompt: Callable[[int], None] | None = None  # told the prompt tokens the provider saw (its cache has them now)
     share: ShareTicket | None = None  # the client's fair share of the provider, settled likewise
-    settled: bool = False
+    settled: tuple[int, int] | None = None  # the (prompt, completion) tokens booked, once settled
+    usage: dict[str, Any] | None = None  # the provider's usage block, when it sent one
 
     async def from_usage(self, document: dict[str, Any]) -> bool:
         """Settle and teach the estimator if `document` carries usage; whether it did."""
         usage = usage_tokens(document)
         if usage is None:
             return False
+        self.usage = document["usage"]
         self.record.prompt_tokens, self.record.completion_tokens = usage
         self.record.cached_tokens = cached_tokens(document, usage[0])
         await self.ledger.settle(self.reservation, sum(usage), usage[0] - self.record.cached_tokens)
@@ -61,14 +63,14 @@ class Settlement:
             self.on_usage(usage[1])
         if self.on_prompt is not None:
             self.on_prompt(usage[0])
-        self.settled = True
+        self.settled = usage
         return True
 
     async def abandon(self, cancelled: bool) -> None:
         """The attempt ended without an answer for the client: unless usage settled it already,
         book the estimated prompt when the client left (the provider had it), nothing when our
         own failure stopped it."""
-        if self.settled:
+        if self.settled is not None:
             return
         if cancelled:
             await self.from_estimate(0)
@@ -76,13 +78,15 @@ class Settlement:
             await self.ledger.settle(self.reservation, 0)
             if self.share is not None:
                 self.share.settle(0)
-            self.settled = True
+            self.settled = (0, 0)
 
-    async def from_estimate(self, completion_tokens: int) -> None:
-        """Without usage, settle the estimated prompt plus what was seen of the completion."""
-        if not self.settled:
+    async def from_estimate(self, completion_tokens: int) -> tuple[int, int]:
+        """Without usage, settle the estimated prompt plus what was seen of the completion; the
+        (prompt, completion) tokens booked either way."""
+        if self.settled is None:
             prompt = round(self.record.prompt_estimate * self.estimator.ratio)
             await self.ledger.settle(self.reservation, prompt + completion_tokens)
             if self.share is not None:
                 self.share.settle(prompt + completion_tokens)
-            self.settled = True
+            self.settled = (prompt, completion_tokens)
+        return self.settled

@@ -27,6 +27,8 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
         served.model, route.provider, served.stream, served.status, reason,
         route.prompt_tokens, route.completion_tokens, latency, first_byte, overhead,
     )
+    for broke_off, why in route.continuations:
+        metrics.continued(broke_off, why)
     history.observe(served, reason, latency, first_byte)
     _count_for_client(served, runtime, metrics)
     if served.status != 200:
@@ -38,7 +40,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     router = runtime.routers.get(served.model, runtime.router)
     quota = " ".join(filter(None, (ledger.summary(upstream.quota_key) for upstream in router.upstreams)))
     log.info(
-        "request %s api=%s provider=%s reason=%r route=%s client=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s%s%s%s quota: %s",
+        "request %s api=%s provider=%s reason=%r route=%s client=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s%s%s%s%s quota: %s",
         served.request_id,
         served.api,
         route.account if route.account != "-" else route.provider,
@@ -53,6 +55,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
         route.waited_seconds * 1000,
         f" waited_for={route.waited_why!r}" if route.waited_why else "",
         f" cached_tokens={route.cached_tokens}" if route.cached_tokens else "",
+        f" continued_from={','.join(name for name, _ in route.continuations)}" if route.continuations else "",
         f" dropped_tools={','.join(served.dropped_tools)}" if served.dropped_tools else "",
         f" message={served.message!r}" if served.message else "",
         quota or "-",

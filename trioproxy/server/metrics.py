@@ -53,6 +53,10 @@ class Metrics:
             "trioproxy_reroutes", "Requests served by another provider than the first, by reason.",
             ("reason",), registry=self.registry,
         )
+        self._continuations = Counter(
+            "trioproxy_continuations", "Streams another provider finished after this one broke off, by why.",
+            ("from_provider", "reason"), registry=self.registry,
+        )
         self._latency = Histogram(
             "trioproxy_latency_seconds", "Time from request to last byte, by provider.",
             ("provider",), buckets=LATENCY_BUCKETS, registry=self.registry,
@@ -115,6 +119,10 @@ class Metrics:
             self._first_byte.labels(provider).observe(first_byte)
         if overhead is not None:
             self._overhead.observe(overhead)
+
+    def continued(self, broke_off: str, reason: str) -> None:
+        """A stream `broke_off` broke off (`reason`: connection, timeout, a status) was finished by another."""
+        self._continuations.labels(broke_off, reason).inc()
 
     def observe_client(
         self,

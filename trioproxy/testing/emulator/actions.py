@@ -37,7 +37,7 @@ class Stream:
     headers: list[tuple[str, str]] = Factory(list)
     delay: float = 0.0
     first_delay: float = 0.0  # before the first event (time to first token)
-    reset_after_first: bool = False
+    reset_after: int | None = None  # reset the connection once this many events went out
     finish: Callable[[], None] | None = None  # runs before the last event (which holds usage)
 
 

@@ -57,7 +57,7 @@ def answer(provider: EmulatedProvider, body: Json, cap: int | None, number: int)
     """
     if _has_tool_results(body["messages"]):
         return _text_answer(provider, body, cap)
-    tools = _chosen_tools(body)
+    tools = _chosen_tools(provider, body)
     if tools:
         calls, finishes, total = [], set(), 0
         for i, (name, arguments) in enumerate(tools):
@@ -91,9 +91,9 @@ def _plain_text(provider: EmulatedProvider, body: Json) -> str:
     """`completion_text`, or as many of its words in a cycle as `completion_words` says."""
     wanted = provider.completion_words
     if wanted is None:
-        return completion_text(provider.flavor)
+        return completion_text(provider.speaks_as or provider.flavor)
     count = max(1, int(wanted(body) if callable(wanted) else wanted))
-    words = completion_text(provider.flavor).split()
+    words = completion_text(provider.speaks_as or provider.flavor).split()
     return " ".join((words * (count // len(words) + 1))[:count])
 
 
@@ -108,11 +108,12 @@ def _truncate(text: str, cap: int | None, finish: str) -> tuple[str, str, int]:
 PARALLEL_CALLS = 2  # how many tools the emulated model calls at once when it may
 
 
-def _chosen_tools(body: Json) -> list[tuple[str, str]]:
+def _chosen_tools(provider: EmulatedProvider, body: Json) -> list[tuple[str, str]]:
     """(name, arguments) of each tool to call: none when tools are absent or disabled; the
-    first offered tool (or the one forced); the first two when `parallel_tool_calls` is true
-    and none is forced. Two, not every one: agents offer a dozen tools, and a model that calls
-    them all at once (ask the user, spawn sub-agents, close the goal) sends an agent astray."""
+    first offered tool (or the one forced); the first two when `parallel_tool_calls` is true (or
+    absent and the provider's default) and none is forced. Two, not every one: agents offer a
+    dozen tools, and a model that calls them all at once (ask the user, spawn sub-agents, close
+    the goal) sends an agent astray."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
     choice = body.get("tool_choice")
     if not tools or choice == "none":
@@ -121,7 +122,8 @@ def _chosen_tools(body: Json) -> list[tuple[str, str]]:
     calls = [(str(function.get("name", "")), tool_arguments(function.get("parameters")))
              for function in (tool.get("function") or {} for tool in tools)
              if wanted is None or function.get("name") == wanted]
-    return calls[:PARALLEL_CALLS] if wanted is None and body.get("parallel_tool_calls") is True else calls[:1]
+    parallel = body.get("parallel_tool_calls", provider.parallel_tool_calls_by_default) is True
+    return calls[:PARALLEL_CALLS] if wanted is None and parallel else calls[:1]
 
 
 def _legacy_function(body: Json) -> tuple[str, str] | None:

@@ -49,9 +49,7 @@ def full_body(meta: Meta, answer: Answer, usage: Json) -> Json:
 
 def stream_action(meta: Meta, answer: Answer, usage: Json, body: Json,
                   faults: Faults, words_per_chunk: int = 1) -> Stream:
-    """The SSE events of a streamed completion (or of an injected stream error)."""
-    if faults.error_first_event:
-        return Stream([stream_error(meta.flavor)], delay=faults.chunk_delay)
+    """The SSE events of a streamed completion, cut short or broken by the stream faults."""
     deltas = [{"role": "assistant", "content": ""}, *_deltas(answer, words_per_chunk)]
     events = [_chunk(meta, delta, None) for delta in deltas]
     final = _chunk(meta, {}, answer.finish_reason)
@@ -61,7 +59,28 @@ def stream_action(meta: Meta, answer: Answer, usage: Json, body: Json,
         final["time_info"] = meta.time_info()
     elif (body.get("stream_options") or {}).get("include_usage"):
         events.append({**meta.head("chat.completion.chunk"), "choices": [], "usage": usage})
-    return Stream(events, delay=faults.chunk_delay, reset_after_first=faults.reset_mid_stream)
+    error_at = 0 if faults.error_first_event else faults.error_after_events
+    if error_at is not None:
+        return Stream([*events[:error_at], stream_error(meta.flavor, faults.stream_error)], delay=faults.chunk_delay)
+    reset_after = 1 if faults.reset_mid_stream else faults.break_after_events
+    if faults.break_after_argument_bytes is not None:
+        reset_after = _cut_in_arguments(events, faults.break_after_argument_bytes)
+    return Stream(events, delay=faults.chunk_delay, reset_after=reset_after)
+
+
+def _cut_in_arguments(events: list[Json], limit: int) -> int | None:
+    """Cut the tool-call fragment in which the arguments sent reach `limit` bytes; the number of
+    events up to it (None when the arguments are shorter)."""
+    sent = 0
+    for position, event in enumerate(events):
+        choices = event.get("choices") or [{}]
+        for call in choices[0].get("delta", {}).get("tool_calls") or ():
+            fragment = call["function"].get("arguments", "").encode()
+            if fragment and sent + len(fragment) >= limit:
+                call["function"]["arguments"] = fragment[:limit - sent].decode("utf-8", "ignore")
+                return position + 1
+            sent += len(fragment)
+    return None
 
 
 def _chunk(meta: Meta, delta: Json, finish_reason: str | None) -> Json:

@@ -10,6 +10,7 @@ from .answers import prompt_tokens
 from .completion import completion
 from .faults import Faults, fault_action, take_faults
 from .limits import admit, with_limit_headers
+from .prefill import refused_prefill
 from .provider import EmulatedProvider
 from .validation import completion_cap, validate
 
@@ -81,7 +82,7 @@ def _checked_completion(provider: EmulatedProvider, body: Json | None,
                                               "Request body is not a JSON object.",
                                               "invalid_request_error", None, "wrong_api_format")
     else:
-        rejected = validate(provider, body)
+        rejected = validate(provider, body) or refused_prefill(provider, body, faults)
     if rejected is None:
         assert body is not None
         cap, prompt = completion_cap(body), prompt_tokens(body)

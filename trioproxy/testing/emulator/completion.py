@@ -7,8 +7,9 @@ import time
 from .actions import Action, Json, Reply
 from .answers import answer as compose_answer
 from .bodies import Meta, full_body, stream_action
-from .faults import Faults
+from .faults import Faults, streams_faults
 from .limits import settle, with_limit_headers
+from .prefill import continued_answer, prefill_of
 from .provider import DEFAULT_RESERVED_COMPLETION, EmulatedProvider, Usage
 
 
@@ -20,7 +21,9 @@ def completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: i
     reservation stays taken meanwhile, as at a real provider.
     """
     number, admitted_at = provider.next_id(), provider.clock()
-    answer = compose_answer(provider, body, cap, number)
+    prefill = prefill_of(body)
+    continued = None if prefill is None else continued_answer(provider, body, prefill, number)
+    answer = continued or compose_answer(provider, body, cap, number)
     used = prompt + answer.completion_tokens
     usage: Json = {"prompt_tokens": prompt, "completion_tokens": answer.completion_tokens,
                    "total_tokens": used}
@@ -31,7 +34,9 @@ def completion(provider: EmulatedProvider, body: Json, faults: Faults, prompt: i
     speed = provider.tokens_per_second
     generation = answer.completion_tokens / speed if speed else 0.0
     stream = bool(body.get("stream"))
-    counted = not (stream and (faults.reset_mid_stream or faults.error_first_event))
+    if stream:
+        faults = streams_faults(provider, faults)
+    counted = not (stream and faults.cuts_stream())
     settled = False
 
     def finish() -> None:

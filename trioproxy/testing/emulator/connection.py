@@ -85,7 +85,7 @@ class HttpConnection:
                 if i == last_event and stream.finish is not None:
                     stream.finish()
                 await self._send(h11.Data(data=f"data: {payload}\n\n".encode()))
-                if stream.reset_after_first:
+                if stream.reset_after is not None and i + 1 >= stream.reset_after:
                     await self.reset()
                     return False
             await self._send(h11.EndOfMessage())

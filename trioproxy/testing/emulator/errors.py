@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from .actions import Json, Reply
 
@@ -86,7 +86,17 @@ def quota_429(message: str, type_: str, code: str, retry_after: str) -> Reply:
                  headers=[("retry-after", retry_after)])
 
 
-def stream_error(flavor: str) -> Json:
-    """The error event a stream carries instead of its first chunk."""
+StreamErrorKind = Literal["server", "zai-quota", "response-failed"]
+
+
+def stream_error(flavor: str, kind: StreamErrorKind = "server") -> Json:
+    """An error event inside a stream that began with 200: the provider's own failure, Z.AI's
+    rate-limit code 1302 as an `error` object, or a Responses-style `response.failed`."""
+    if kind == "zai-quota":
+        return {"error": {"code": 1302, "message": "High concurrency usage of this API, please reduce concurrency "
+                          "or contact customer service to increase limits"}}
+    if kind == "response-failed":
+        return {"type": "response.failed", "response": {"status": "failed", "error": {
+            "code": "server_error", "message": f"Emulated {flavor} failed while generating."}}}
     return {"error": {"message": f"Emulated {flavor} failed while generating.",
                       "type": "server_error", "param": None, "code": "internal_error"}}

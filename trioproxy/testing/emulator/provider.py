@@ -88,6 +88,9 @@ class EmulatedProvider:
       `first_token_seconds` delays the first token too (a plain answer waits it as well).
     - `usage_log`: every completion's usage when it was settled (streams with injected faults
       included: the quota counted them). `quota_refusals`: every quota 429 (Cerebras).
+    - `speaks_as` makes it answer another flavor's text (two providers serving one model, so one
+      can continue the other's answer); `break_every_nth_stream` resets every n-th stream it
+      begins after `break_stream_after_events` events (a provider that cuts streams now and then).
     - A chat request naming another model than `model` or one of `more_models` gets the
       provider's 404, or 503 when it names one of `retired_models` (Cerebras). `/models`
       lists exactly `model` and `more_models`; tests change either at run time (a model the
@@ -122,6 +125,11 @@ class EmulatedProvider:
     tokens_per_second: float | None = None
     first_token_seconds: float = 0.0  # a completion's first token comes this long after admission
     echo_key_in_401: bool = False  # say the wrong key back, as OpenAI-style providers do
+    parallel_tool_calls_by_default: bool = False  # call every tool offered when the request does not say
+    speaks_as: Flavor | None = None  # whose deterministic text it answers (one model on two providers)
+    break_every_nth_stream: int | None = None  # reset every n-th stream ...
+    break_stream_after_events: int = 3  # ... once this many of its events went out
+    streams: int = 0  # streamed completions begun
     usage_log: list[Usage] = Factory(list)
     quota_refusals: list[QuotaRefusal] = Factory(list)
     # Live quota state, kept by `limits` and `serve`.
