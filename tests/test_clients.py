@@ -19,7 +19,8 @@ from support.gemini import sdk
 from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.reload import reloadable_proxy
 from trioproxy.config import Budget, ClientConfig, ConfigError, ModelRoute, RouteProvider, load_config
-from trioproxy.quota.clients import ClientBook
+from trioproxy.quota.clients import ClientBook, ClientBudgets, TokenBooking
+from trioproxy.quota.contract import Refusal
 from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.persist import StatePersister
 
@@ -245,6 +246,73 @@ async def test_a_tokens_budget_of_one_route_counts_usage_and_lets_the_client_bac
     await alice.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
 
 
+async def test_a_request_estimated_past_the_tokens_budget_is_refused_before_any_provider(
+    providers: Providers, start_proxy: StartProxy
+) -> None:
+    """1,000 tokens a minute: a request whose prompt estimate plus max_tokens is 5,000 gets the
+    door's 429 with Retry-After though nothing was spent yet, and no provider is asked."""
+    proxy = await start_proxy(clients=two_clients(budget=Budget(tokens_per_minute=1_000)))
+    alice = openai_client(proxy, ALICE_KEY)
+    served = providers.cerebras.served + providers.chutes.served
+    with pytest.raises(openai.RateLimitError) as refused:
+        await alice.chat.completions.create(model=MODEL, max_tokens=5_000, messages=[{"role": "user", "content": "hi"}])
+    assert 1 <= int(refused.value.response.headers["retry-after"]) <= 60
+    error = refused.value.response.json()["error"]
+    assert error["code"] == "client_budget_exceeded" and "tokens per minute" in error["message"]
+    assert providers.cerebras.served + providers.chutes.served == served
+    budgets = (await status_of(proxy, BOB_KEY))["clients"]["alice"]["budgets"]
+    assert budgets["*"]["tpm"]["used"] == 0
+
+
+async def test_of_two_parallel_requests_that_fit_alone_but_not_together_one_is_refused(
+    providers: Providers, start_proxy: StartProxy
+) -> None:
+    """Each books its estimate at admission, so the second sees the first's tokens before any
+    usage came back."""
+    proxy = await start_proxy(clients=two_clients(budget=Budget(tokens_per_minute=1_000)))
+    alice = openai_client(proxy, ALICE_KEY)
+    outcomes: list[str] = []
+
+    async def send() -> None:
+        try:
+            await alice.chat.completions.create(model=MODEL, max_tokens=600, messages=[{"role": "user", "content": "hi"}])
+            outcomes.append("served")
+        except openai.RateLimitError:
+            outcomes.append("refused")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            nursery.start_soon(send)
+    assert sorted(outcomes) == ["refused", "served"]
+
+
+async def test_after_a_served_request_the_budget_shows_its_real_usage_not_the_estimate(
+    providers: Providers, start_proxy: StartProxy
+) -> None:
+    proxy = await start_proxy(clients=two_clients(budget=Budget(tokens_per_minute=5_000)))
+    alice = openai_client(proxy, ALICE_KEY)
+    answer = await alice.chat.completions.create(model=MODEL, max_tokens=2_000, messages=[{"role": "user", "content": "hi"}])
+    assert answer.usage is not None and answer.usage.total_tokens < 2_000
+    budgets = (await status_of(proxy, BOB_KEY))["clients"]["alice"]["budgets"]
+    assert budgets["*"]["tpm"] == {"used": answer.usage.total_tokens, "limit": 5_000}
+
+
+def test_estimates_count_with_what_other_replicas_booked_and_a_failed_request_keeps_nothing() -> None:
+    """What other replicas publish counts with this request's estimate; a request settled with
+    no usage (no provider answered) gives its whole estimate back, and this replica publishes
+    the estimate while the request runs."""
+    budgets = ClientBudgets(two_clients(budget=Budget(tokens_per_minute=1_000)), clock=lambda: 100.0,
+                            wall_clock=lambda: 0.0)
+    budgets.others = {("alice", "*", "tpm"): 700}
+    assert isinstance(budgets.admit("alice", MODEL, lambda: 400), Refusal)
+    booking = budgets.admit("alice", MODEL, lambda: 300)
+    assert isinstance(booking, TokenBooking)
+    assert budgets.local()[("alice", "*", "tpm")] == 300
+    booking.settle(0)
+    assert budgets.local()[("alice", "*", "tpm")] == 0
+
+
 async def test_a_reload_keeps_what_budgets_counted_and_refuses_bad_clients(providers: Providers) -> None:
     config = proxy_config(providers, clients=two_clients(budget=Budget(requests_per_minute=1)))
     async with reloadable_proxy(config) as (proxy, send_reloads):
@@ -263,7 +331,7 @@ async def test_a_reload_keeps_what_budgets_counted_and_refuses_bad_clients(provi
 async def test_usage_and_budgets_are_saved_with_the_ledgers_state(tmp_path: Path) -> None:
     clients = two_clients(budget=Budget(requests_per_day=5))
     book = ClientBook.for_clients(clients)
-    assert book.budgets.admit("alice", MODEL) is None
+    assert isinstance(book.budgets.admit("alice", MODEL), TokenBooking)
     book.usage.count("alice", MODEL, "cerebras", requests=1, prompt_tokens=100, cached_tokens=40, completion_tokens=7)
     ledger = QuotaLedger([])
     path = tmp_path / "state.json"

@@ -3,8 +3,10 @@
 A budget is the client's own limit, over every provider that serves it: requests and tokens per
 minute (sliding windows) and per day (to the next UTC midnight), for all its routes together
 (scope `*`) or for one route. A request is admitted while every window that applies has room for
-one more request and tokens are left; its tokens are booked when its usage is known, so one
-request may take a tokens budget past its figure, and the next waits until it is back below.
+one more request and for its estimated tokens (prompt estimate plus its completion bound); the
+estimate is booked at admission, so neither one large request nor a parallel burst goes past a
+tokens budget, and settled to the real usage when the request ends (nothing when no provider
+answered).
 
 Usage is counted per client, route and provider (the one that served, or `-`), since the
 state was first saved: requests, prompt tokens (and the cached part), completion tokens,
@@ -21,7 +23,7 @@ from attrs import define, field
 
 from ..config import Budget, ClientConfig
 from .contract import Refusal
-from .ledger import MINUTE, DailyWindow, SlidingWindow, Window, seconds_until_utc_midnight
+from .ledger import MINUTE, DailyWindow, SlidingWindow, Window, _Booking, seconds_until_utc_midnight
 
 ALL_ROUTES = "*"
 USAGE_FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "failovers", "over_budget")
@@ -41,6 +43,19 @@ def _scopes(client: ClientConfig) -> dict[str, Budget]:
     if client.budget.limits():
         scopes[ALL_ROUTES] = client.budget
     return scopes
+
+
+@define
+class TokenBooking:
+    """The estimated tokens one admitted request booked on its client's token windows."""
+
+    _bookings: list[tuple[Window, _Booking]] = field(factory=list)
+
+    def settle(self, tokens: int) -> None:
+        """Replace the estimate by the tokens the request really used (0 when no provider answered)."""
+        for window, booking in self._bookings:
+            window.adjust(booking, max(0, tokens))
+        self._bookings = []
 
 
 class ClientBudgets:
@@ -82,36 +97,33 @@ class ClientBudgets:
             return []
         return [(client, scope, windows) for scope, windows in scopes.items() if scope in (ALL_ROUTES, route)]
 
-    def admit(self, client: str, route: str) -> Refusal | None:
-        """Book one request of `client` on `route`, or say which of its budgets holds it longest
-        and until when (nothing booked)."""
+    def admit(self, client: str, route: str, estimate: Callable[[], int] = lambda: 1) -> Refusal | TokenBooking:
+        """Book one request of `client` on `route` and its estimated tokens (`estimate`, asked
+        only when a tokens budget applies), or say which of its budgets holds it longest and until
+        when (nothing booked). The booking is settled to the real usage when the request ends."""
         applying = self._applying(client, route)
         if not applying:
-            return None
+            return TokenBooking()
         now = self._clock()
-        refusals = [
-            # What other replicas counted leaves when it leaves there: a second is the least to wait.
-            Refusal(name, now + (max(1.0, window.seconds_until_fits(now, 1)) if elsewhere else window.seconds_until_fits(now, 1)))
-            for client_, scope, windows in applying for name, window in windows.items()
-            if not window.fits(now, 1 + (elsewhere := self.others.get((client_, scope, name), 0)))
-        ]
+        tokens = max(1, estimate()) if any(name in windows for _, _, windows in applying for name in _TOKEN_WINDOWS) else 1
+        refusals = []
+        for client_, scope, windows in applying:
+            for name, window in windows.items():
+                amount = tokens if name in _TOKEN_WINDOWS else 1
+                # What other replicas counted leaves when it leaves there: a second is the least to wait.
+                if not window.fits(now, amount + (elsewhere := self.others.get((client_, scope, name), 0))):
+                    wait = window.seconds_until_fits(now, amount)
+                    refusals.append(Refusal(name, now + (max(1.0, wait) if elsewhere else wait)))
         if refusals:
             return max(refusals, key=lambda refusal: refusal.retry_at)
+        bookings = []
         for _, _, windows in applying:
-            for name in _REQUEST_WINDOWS:
-                if name in windows:
-                    windows[name].add(now, 1)
-        return None
-
-    def spend(self, client: str, route: str, tokens: int) -> None:
-        """Book the tokens a request of `client` on `route` used."""
-        if tokens <= 0:
-            return
-        now = self._clock()
-        for _, _, windows in self._applying(client, route):
-            for name in _TOKEN_WINDOWS:
-                if name in windows:
-                    windows[name].add(now, tokens)
+            for name, window in windows.items():
+                if name in _TOKEN_WINDOWS:
+                    bookings.append((window, window.add(now, tokens)))
+                else:
+                    window.add(now, 1)
+        return TokenBooking(bookings)
 
     def snapshot(self, client: str) -> dict[str, dict[str, dict[str, int | None]]]:
         """`{scope: {window: {used, limit}}}` of a client's budgets (every replica's use)."""

@@ -63,8 +63,8 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
 
 
 def _count_for_client(served: ServedRequest, runtime: Runtime, metrics: Metrics) -> None:
-    """The client's usage (and its token budgets) by route and provider; failovers against the
-    provider that failed."""
+    """The client's usage by route and provider, failovers against the provider that failed; its
+    token budgets settled from the estimate booked at admission to what it really used."""
     route, client, model = served.route, served.client, served.model
     usage = runtime.clients.usage
     for failed in route.failed_over:
@@ -77,4 +77,5 @@ def _count_for_client(served: ServedRequest, runtime: Runtime, metrics: Metrics)
     prompt, completion = route.prompt_tokens or 0, route.completion_tokens or 0
     usage.count(client, model, route.provider, requests=1, prompt_tokens=prompt,
                 cached_tokens=route.cached_tokens or 0, completion_tokens=completion)
-    runtime.clients.budgets.spend(client, model, prompt + completion)
+    if served.tokens_booked is not None:
+        served.tokens_booked.settle(prompt + completion)

@@ -3,8 +3,9 @@
 import trio
 
 from ..errors import ProxyError
-from ..quota.clients import retry_after_seconds
+from ..quota.clients import TokenBooking, retry_after_seconds
 from ..routing.request import ChatRequest
+from ..routing.tokens import requested_completion_tokens
 from ..runtime import Runtime
 from .auth import Client
 from .served import ServedRequest
@@ -14,14 +15,21 @@ _WINDOWS = {"rpm": "requests per minute", "tpm": "tokens per minute", "rpd": "re
 
 
 def admit_client(runtime: Runtime, client: Client, request: ChatRequest, served: ServedRequest) -> None:
-    """Book the request on the client's budgets and mark it as the client's; raise a 403 for a
-    route it may not use, or a 429 with Retry-After when one of its own budgets is spent (the
+    """Book the request (and its estimated tokens, settled in accounting) on the client's budgets
+    and mark it as the client's; raise a 403 for a route it may not use, or a 429 with Retry-After when one of its own budgets is spent (the
     client's own limit: nobody else's quota is touched, no provider is asked)."""
     if not client.may_use(request.route):
         raise ProxyError(403, f"This key may not use the model `{request.route}`.", type="permission_error",
                          code="model_not_allowed", param="model")
-    refusal = runtime.clients.budgets.admit(client.name, request.route)
-    if refusal is not None:
+    router = runtime.routers.get(request.route, runtime.router)
+
+    def estimate() -> int:  # what the provider ledger books for it: prompt estimate plus completion bound
+        return router.estimator.estimate(request.body)[1] + (requested_completion_tokens(request.body) or 0)
+
+    refusal = runtime.clients.budgets.admit(client.name, request.route, estimate)
+    if isinstance(refusal, TokenBooking):
+        served.tokens_booked = refusal
+    else:  # a Refusal
         served.over_budget = True
         seconds = retry_after_seconds(refusal, trio.current_time())
         raise ProxyError(

@@ -3,6 +3,7 @@
 import trio
 from attrs import define, field
 
+from ..quota.clients import TokenBooking
 from ..routing.request import RouteRecord
 
 STATUS_CLIENT_CLOSED = 499  # nginx's convention for "client went away", for the log only
@@ -23,6 +24,7 @@ class ServedRequest:
     refusal: str = ""  # why it was refused before any provider was asked (bad body, unknown model, ...)
     client: str = "anonymous"  # who sent it: a client's name, never its key
     over_budget: bool = False  # refused because the client had spent one of its own budgets
+    tokens_booked: TokenBooking | None = None  # its estimate on the client's token budgets, settled at the end
     dropped_tools: tuple[str, ...] = ()  # hosted tools the door left out
     message: str = ""  # an error answer's message, scrubbed and cut short, for logs and views
 
