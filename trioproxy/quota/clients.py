@@ -25,6 +25,7 @@ from .ledger import MINUTE, DailyWindow, SlidingWindow, Window, seconds_until_ut
 
 ALL_ROUTES = "*"
 USAGE_FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "failovers", "over_budget")
+_FIELD_INDEX = {name: position for position, name in enumerate(USAGE_FIELDS)}
 _REQUEST_WINDOWS = ("rpm", "rpd")
 _TOKEN_WINDOWS = ("tpm", "tpd")
 
@@ -157,7 +158,7 @@ def _add(rows: dict[Row, list[int]], key: Row, amounts: Mapping[str, int] | Sequ
         row = rows[key] = [0] * len(USAGE_FIELDS)
     pairs = amounts.items() if isinstance(amounts, Mapping) else zip(USAGE_FIELDS, amounts)
     for name, amount in pairs:
-        row[USAGE_FIELDS.index(name)] += amount
+        row[_FIELD_INDEX[name]] += amount
 
 
 @define
