@@ -147,3 +147,22 @@ async def test_without_the_exchange_each_replica_sees_one_client_and_the_heavy_o
 ) -> None:
     got = await _three_replicas_one_client_each(nursery, redis, shared=False)
     assert got["heavy"] > got["light"] + 3 and got["heavy"] > got["double"], got
+
+
+def test_a_client_held_past_the_active_minute_still_gets_its_share_computed() -> None:
+    """Patience may hold a request longer than a minute: its client's figures leave the windows
+    meanwhile, yet asking again must be answered (it was a KeyError, a 500), and while the
+    provider is untouched nobody is held back."""
+    from trioproxy.config import Config
+    from trioproxy.quota.ledger import QuotaLedger
+    from trioproxy.routing.fair_share import ProviderShare
+
+    clock = trio.testing.MockClock()
+    cerebras = Config().cerebras
+    share = ProviderShare(cerebras, QuotaLedger([cerebras], clock=clock.current_time), clock=clock.current_time)
+    share.asked("patient", 1.0, UNIT // 10)
+    clock.jump(61)
+    share.asked("busy", 1.0, UNIT // 10)
+    share.asked("other", 1.0, UNIT // 10)
+    assert share.refusal("patient", UNIT // 10) is None
+    assert "patient" in share.demands(clock.current_time())

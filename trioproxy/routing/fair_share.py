@@ -111,11 +111,15 @@ class ProviderShare:
         """None if `client` may take a request of `cost` now; else a "share" refusal with the
         time its own use will be below its part again (the others' may change that either way)."""
         now = self._clock()
+        # The asking client is active, and asks for this request, however long patience has held
+        # it (past the last minute, its own figures would have left the windows).
+        self._clients[client].last_asked = now
         demands = self.demands(now)
         if len(demands) <= 1:
             return None
+        weight, asked, used = demands[client]
+        demands[client] = (weight, max(asked, cost), used)
         part = water_fill({name: (weight, asked) for name, (weight, asked, _) in demands.items()}, UNIT)[client]
-        used = demands[client][2]
         # Below its part a client may take one more request, however large: a request larger
         # than a part would otherwise never go, and the overdraft is repaid before the next.
         if used < part or self._headroom() >= SATURATION:
