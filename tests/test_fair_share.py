@@ -166,3 +166,39 @@ def test_a_client_held_past_the_active_minute_still_gets_its_share_computed() ->
     share.asked("other", 1.0, UNIT // 10)
     assert share.refusal("patient", UNIT // 10) is None
     assert "patient" in share.demands(clock.current_time())
+
+
+async def test_a_request_the_provider_refused_costs_nothing_of_the_clients_share(
+    nursery: trio.Nursery, providers: Providers
+) -> None:
+    """A 4xx ran nothing: the ledger books the request and none of its tokens, and the client's
+    share likewise (else it would be held back for tokens that never ran)."""
+    from support.chat import chat
+    from support.proxies import proxy_config
+    from trioproxy.errors import ProxyError
+    from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
+    from trioproxy.quota.cooldown import CooldownTimers
+    from trioproxy.quota.ledger import QuotaLedger
+    from trioproxy.routing.fair_share import FairShare
+    from trioproxy.routing.request import ChatRequest, RouteRecord
+    from trioproxy.routing.router import Router
+    from trioproxy.secrets import Sanitizer
+
+    config = proxy_config(providers)
+    clients = [ProviderClient.for_provider(p, 5.0) for p in (config.cerebras, config.chutes)]
+    upstreams = [Upstream(p, c, Sanitizer(()), Deadlines(10, 10, 10))
+                 for p, c in zip((config.cerebras, config.chutes), clients)]
+    ledger = QuotaLedger([config.cerebras, config.chutes])
+    fair = FairShare()
+    fair.configure({"cerebras": config.cerebras}, ledger)
+    router = Router(upstreams, ledger, CooldownTimers(nursery, ledger), 300, 5, fair_share=fair)
+    providers.cerebras.faults.status = 400
+    with trio.fail_after(10):
+        try:
+            await router.complete(ChatRequest(body=chat(), stream=False, client="agent"), RouteRecord())
+        except ProxyError as error:
+            assert error.status == 400
+    share = fair.providers["cerebras"]
+    assert share.demands(trio.current_time())["agent"][2] == share.cost(0)  # the request, none of its tokens
+    for client in clients:
+        await client.aclose()
