@@ -25,7 +25,7 @@ from .prompt_cache import PromptMemory, PromptPrefix
 from .relay import OpenStream, StreamRelay, carries_content
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
-from .tokens import PromptEstimator, requested_completion_tokens
+from .tokens import PromptEstimator, estimate_answer_tokens, requested_completion_tokens
 
 log = logging.getLogger("trioproxy.router")
 
@@ -103,7 +103,10 @@ class Router:
                         document = await upstream.read_json(response)
                 finally:
                     await response.aclose()
-            await settlement.from_usage(document)
+            if not await settlement.from_usage(document):
+                # Without usage, the answer's own text is the best figure (as a stream's events
+                # are): the reservation's whole completion budget would stay booked.
+                await settlement.from_estimate(estimate_answer_tokens(document))
             return document
 
         return await self._route(request, record, attempt)
