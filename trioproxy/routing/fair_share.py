@@ -24,7 +24,7 @@ from attrs import define, field
 
 from ..config import ProviderConfig, starting_limits
 from ..quota.contract import Ledger, Refusal, snapshot_windows
-from ..quota.ledger import MINUTE, SlidingWindow, _Booking
+from ..quota.ledger import MINUTE, SlidingWindow, WindowBooking
 
 # Below this much left of any of the provider's limits, demand is taken to exceed its quota: a
 # fuller bucket would overflow (its refill lost) if the clients over their parts waited.
@@ -99,11 +99,11 @@ class ProviderShare:
         use.weight, use.last_asked = weight, now
         use.asked.add(now, cost)
 
-    def took(self, client: str, cost: int) -> _Booking:
+    def took(self, client: str, cost: int) -> WindowBooking:
         """A request of `client` got the provider's quota; the booking settles it later."""
         return self._clients[client].used.add(self._clock(), cost)
 
-    def settle(self, client: str, booking: _Booking, tokens: int) -> None:
+    def settle(self, client: str, booking: WindowBooking, tokens: int) -> None:
         """Count what the request really took (the provider gives back the rest of a reservation)."""
         self._clients[client].used.adjust(booking, self.cost(tokens))
 
@@ -168,7 +168,7 @@ class ShareTicket:
     share: ProviderShare
     client: str
     cost: int
-    _booking: _Booking | None = None
+    _booking: WindowBooking | None = None
 
     def refusal(self) -> Refusal | None:
         return self.share.refusal(self.client, self.cost)
