@@ -12,7 +12,7 @@ beyond its client's part is refused with reason "share", so it goes to the next 
 (or waits, where patience says that is faster). With one active client nothing changes.
 
 The figures are this process's, plus what the other replicas publish when the quota is
-shared through Redis (`redis_fair_share.FairShareExchange`).
+shared through Redis (`routing/client_exchange.ClientExchange`).
 """
 
 import math
