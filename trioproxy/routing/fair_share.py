@@ -75,18 +75,28 @@ class ProviderShare:
     """The clients' use of one provider's quota (one quota key), and who may take more."""
 
     def __init__(self, provider: ProviderConfig, ledger: Ledger, clock: Callable[[], float] = trio.current_time) -> None:
-        self.provider = provider
+        self.provider = provider  # sets the per-request cost's limits too
         self.ledger = ledger
         self._clock = clock
         self._clients: dict[str, _ClientUse] = {}
         # Other replicas' last published figures, by client (summed over replicas).
         self.others: dict[str, Published] = {}
 
+    @property
+    def provider(self) -> ProviderConfig:
+        return self._provider
+
+    @provider.setter
+    def provider(self, provider: ProviderConfig) -> None:
+        # Read once per configuration, not twice per request (ask and settle).
+        self._provider = provider
+        limits = starting_limits(provider)
+        self._rpm, self._tpm = limits["rpm"][0], limits["tpm"][0]
+
     def cost(self, tokens: int) -> int:
         """What a request of `tokens` takes of the provider's minute, in units (0: no limit):
         its limits as configured, else as its plan starts them."""
-        limits = starting_limits(self.provider)
-        rpm, tpm = limits["rpm"][0], limits["tpm"][0]
+        rpm, tpm = self._rpm, self._tpm
         shares = ([1 / rpm] if rpm else []) + ([tokens / tpm] if tpm else [])
         return math.ceil(max(shares, default=0.0) * UNIT)
 
