@@ -202,3 +202,33 @@ async def test_a_request_the_provider_refused_costs_nothing_of_the_clients_share
     assert share.demands(trio.current_time())["agent"][2] == share.cost(0)  # the request, none of its tokens
     for client in clients:
         await client.aclose()
+
+
+async def test_a_replica_publishing_figures_of_another_shape_is_left_out(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Figures this replica cannot read (another version's, a corrupted key) are skipped: the
+    exchange goes on with the good ones instead of raising (which stopped the proxy)."""
+    import coredis
+
+    from trioproxy.quota.clients import ClientBook
+    from trioproxy.routing.client_exchange import ClientExchange
+    from trioproxy.routing.fair_share import FairShare
+
+    now = [0.0]
+    provider = cerebras(requests_per_minute=12)
+    ledgers = await replicas(nursery, redis, [provider], Clock(), count=2)
+    fairs = [FairShare(clock=lambda: now[0]) for _ in ledgers]
+    exchanges = []
+    for index, (fair, ledger) in enumerate(zip(fairs, ledgers)):
+        fair.configure({"cerebras": provider}, ledger)
+        exchanges.append(ClientExchange(ledger.store, "test:", f"r{index}", ClientBook.for_clients(()), fair,
+                                        clock=lambda: now[0]))
+    assert fairs[0].ticket("cerebras", "agent", 1.0, 100) is not None
+    async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
+        for bad, figures in enumerate(['{"fair": {"cerebras": {"x": [1]}}}', "not json", '{"budgets": [["a", 1]]}']):
+            await client.set(f"test:{{clients}}:replica:bad{bad}", figures, ex=60)
+            await client.sadd("test:{clients}:replicas", [f"bad{bad}"])
+        await client.hset("test:{clients}:usage", {"not json": "1", '["a","r","p","requests"]': "x"})
+    with trio.fail_after(10):
+        await exchanges[0].exchange()
+        await exchanges[1].exchange()
+    assert fairs[1].providers["cerebras"].others["agent"].asked > 0
