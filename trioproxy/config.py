@@ -165,6 +165,45 @@ class RateLimitHeaders:
         return {name: pair for name, pair in pairs.items() if all(pair)}
 
 
+WINDOW_KINDS = ("requests", "tokens", "uncached_tokens")
+WINDOW_METERINGS = ("rolling", "bucket", "fixed")
+_UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
+
+
+def _window_seconds(instance: object, attribute: attrs.Attribute, value: int) -> None:
+    if not 1 <= value <= 366 * 86_400:
+        raise _InvalidValue(attribute, f"must be between 1 and {366 * 86_400} (a year), got {value}")
+
+
+@frozen(kw_only=True)
+class QuotaWindow:
+    """A quota window of any length: at most `limit` requests or tokens per `seconds`, counted
+    as the provider meters it: "rolling" (what the last `seconds` booked, as Chutes's plans),
+    "bucket" (refills continuously, as Cerebras's per-minute limits) or "fixed" (empties at
+    each boundary, multiples of `seconds` since the Unix epoch, as a daily quota at UTC midnight)."""
+
+    kind: str = field(validator=_one_of(*WINDOW_KINDS))
+    seconds: int = field(validator=_window_seconds)
+    limit: int = field(validator=_positive)
+    metering: str = field(default="rolling", validator=_one_of(*WINDOW_METERINGS))
+
+    @property
+    def name(self) -> str:
+        """Its name in the ledger, status and metrics, e.g. `requests_4h`, `tokens_30d_fixed`:
+        one per kind, length and metering, so the names stay as few as the settings."""
+        length = next(f"{self.seconds // size}{unit}" for unit, size in _UNITS if self.seconds % size == 0)
+        suffix = "" if self.metering == "rolling" else f"_{self.metering}"
+        return f"{self.kind}_{length}{suffix}"
+
+
+def _distinct_windows(instance: object, attribute: attrs.Attribute, value: "tuple[QuotaWindow, ...] | None") -> None:
+    seen = set()
+    for window in value or ():
+        if (window.kind, window.seconds) in seen:
+            raise _InvalidValue(attribute, f"two {window.kind} windows of {window.seconds} s; one figure per window")
+        seen.add((window.kind, window.seconds))
+
+
 @frozen
 class PerModel:
     """Settings a provider may have per model: quota limits, completion cap, context window.
@@ -179,6 +218,8 @@ class PerModel:
     uncached_tokens_per_minute: int | None = field(default=None, validator=_positive)
     requests_per_day: int | None = field(default=None, validator=_positive)
     tokens_per_day: int | None = field(default=None, validator=_positive)
+    # Windows of other lengths (4 hours, 30 days, ...), as the provider meters each one.
+    windows: tuple[QuotaWindow, ...] | None = field(default=None, validator=_distinct_windows)
     # Cerebras books max_completion_tokens against tokens/minute before running a request, so
     # a cap on what is sent saves most of the quota (absent in the request = the cap is sent).
     max_completion_tokens_cap: int | None = field(default=None, validator=_positive)
@@ -623,7 +664,7 @@ def _check_budget(config: Config, client: ClientConfig, budget: Budget, routes: 
 def _quota_settings(provider: ProviderConfig) -> tuple[int | str | None, ...]:
     return (
         provider.requests_per_minute, provider.tokens_per_minute, provider.uncached_tokens_per_minute,
-        provider.requests_per_day, provider.tokens_per_day, provider.plan,
+        provider.requests_per_day, provider.tokens_per_day, provider.plan, provider.windows,
     )
 
 
@@ -632,8 +673,15 @@ _LIMIT_FIELDS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "utpm
 
 
 def configured_limits(provider: ProviderConfig) -> dict[str, int | None]:
-    """`{window: the configured figure}`: the operator's ceilings (None: none set)."""
-    return {window: getattr(provider, name) for window, name in _LIMIT_FIELDS.items()}
+    """`{window: the configured figure}`: the operator's ceilings (None: none set), the
+    windows of other lengths (`QuotaWindow.name`) after the five named ones."""
+    limits = {window: getattr(provider, name) for window, name in _LIMIT_FIELDS.items()}
+    return limits | {window.name: window.limit for window in provider.windows or ()}
+
+
+def extra_windows(provider: ProviderConfig) -> dict[str, QuotaWindow]:
+    """`{name: window}` of the windows declared beyond rpm, tpm, utpm, rpd and tpd."""
+    return {window.name: window for window in provider.windows or ()}
 
 
 def starting_limits(provider: ProviderConfig) -> dict[str, tuple[int | None, str]]:

@@ -24,6 +24,13 @@ def _window(state: dict[str, Any], source: dict[str, Any] | None = None) -> str:
     return f"{text} {_source(source)}" if source else text
 
 
+def _other_windows(state: dict[str, Any]) -> str:
+    """The declared windows, e.g. `requests_4h 3/1000 [configured]`."""
+    sources = state.get("limit_sources", {})
+    shown = [f"{name} {_window(state[name], sources.get(name))}" for name in state.get("other_windows", ())]
+    return ", ".join(shown) or "-"
+
+
 def _source(source: dict[str, Any]) -> str:
     """`[preset]`, `[configured]`, `[provider 12s ago]`: where a limit comes from, and its age."""
     age = source.get("age_seconds")
@@ -42,11 +49,13 @@ def render_table(status: dict[str, Any]) -> str:
     routes = status.get("routes") or [{"name": status.get("model", "-"), "providers": status["providers"]}]
     several = len(routes) > 1
     accounts = [state for route in routes for provider in route["providers"] for state in provider["accounts"].values()]
+    declared = any(state.get("other_windows") for state in accounts)  # windows of other lengths: a column
     # The uncached bucket has a column only where some account has a limit on it.
     windows = ("rpm", "tpm", "utpm", "rpd", "tpd")
     windows = tuple(w for w in windows if w != "utpm" or any((s.get(w) or {}).get("limit") is not None for s in accounts))
     header = ("provider", "model", "account", "usable", "cooldown", *windows, "served", "last error")
     header = ("route", *header) if several else header
+    header = (*header, "other windows") if declared else header
     rows = [header]
     for route in routes:
         for provider in route["providers"]:
@@ -62,7 +71,8 @@ def render_table(status: dict[str, Any]) -> str:
                     str(provider["served_since_start"]["requests"]),
                     provider["last_error"] or "-",
                 )
-                rows.append((route["name"], *row) if several else row)
+                row = (route["name"], *row) if several else row
+                rows.append((*row, _other_windows(state)) if declared else row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     if (store := status.get("quota_store") or {}).get("backend") == "redis":

@@ -319,13 +319,13 @@ class Upstream:
                 async for raw in reads:
                     buffer = (buffer + raw).replace(b"\r\n", b"\n")
                     *complete, buffer = buffer.split(b"\n\n")
-                    if len(buffer) > event_limit:  # an event still incomplete past the bound
-                        raise self._too_large("stream event", event_limit)
                     batch = [data for block in complete if (data := _sse_data(block)) is not None]
-                    if batch:
+                    if batch:  # the whole events go out before an oversized one behind them fails
                         yield batch
                         deadline = trio.current_time() + idle  # silence counts from when we ask again
-                    elif trio.current_time() >= deadline:
+                    if len(buffer) > event_limit:  # an event still incomplete past the bound
+                        raise self._too_large("stream event", event_limit)
+                    if not batch and trio.current_time() >= deadline:
                         # Bytes that complete no event (a trickle, comments) do not keep a stream
                         # alive. No bytes at all trip the transport's read timeout instead: a
                         # clock check here costs nothing, a cancel scope per read would.

@@ -5,6 +5,7 @@ Two implementations: `ledger.QuotaLedger` keeps the quota in this process (the d
 All times given and returned are Trio clock times of the calling process.
 """
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -13,6 +14,19 @@ from attrs import define, frozen
 # utpm: prompt tokens the provider's cache did not hold (Cerebras's uncached bucket); tpm and
 # tpd count every token (its total bucket).
 WINDOW_NAMES = ("rpm", "tpm", "utpm", "rpd", "tpd")
+_DECLARED = re.compile(r"(requests|tokens|uncached_tokens)_\d+[smhd](_\w+)?")
+_KINDS = {"rpm": "requests", "rpd": "requests", "tpm": "tokens", "tpd": "tokens", "utpm": "uncached_tokens"}
+
+
+def window_kind(name: str) -> str:
+    """What a window counts: "requests", "tokens" or "uncached_tokens", for the five named
+    windows and for declared ones (`QuotaWindow.name`: its kind, its length, its metering)."""
+    return _KINDS.get(name) or _DECLARED.match(name)[1]  # type: ignore[index]
+
+
+def snapshot_windows(state: Mapping[str, Any]) -> list[str]:
+    """Every window an account's snapshot holds: the five named ones, then declared ones."""
+    return [*WINDOW_NAMES, *state.get("other_windows", ())]
 
 
 @frozen
@@ -124,7 +138,7 @@ def summary_line(account: str, state: Mapping[str, Any]) -> str:
     """A snapshot in short for logs, e.g. `cerebras[rpm 3/12 tpm 4100/132000]`."""
     parts = [
         f"{name} {state[name]['used']}/{state[name]['limit']}"
-        for name in WINDOW_NAMES
+        for name in snapshot_windows(state)
         if name in state and state[name]["limit"] is not None
     ]
     if state["cooldown_seconds"]:

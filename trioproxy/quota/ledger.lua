@@ -6,7 +6,8 @@
 -- ARGV[1] the time ("" = Redis TIME), ARGV[2] the number of windows k, then k triples: the
 -- window's name, its starting limit and its configured ceiling (-1 = none). Windows: rpm, tpm,
 -- rpd, tpd and utpm (utpm: prompt tokens the provider's cache did not hold; tpm and tpd: every
--- token). An account's limit is the one the provider stated (`learn`), under the ceiling, else
+-- token), then any declared ones, whose name says what they are: kind, length, metering
+-- (`requests_4h`, `tokens_30d_fixed`, `uncached_tokens_1h_bucket`; see config.QuotaWindow). An account's limit is the one the provider stated (`learn`), under the ceiling, else
 -- the starting one. Then one or more operations, run in order, each as: its name, the account's index (1-based;
 -- 0 where the operation chooses), the count of its own arguments, those arguments. Several
 -- replicas' requests arriving together thus cost one call.
@@ -34,6 +35,32 @@ local SPAN, DAY = 60, 86400
 local WINDOWS = {'rpm', 'rpd', 'tpm', 'utpm', 'tpd'} -- the order in which a refusal is reported
 local BUCKETS = {rpm = true, tpm = true, utpm = true}
 local COUNTER = {rpm = 'seq', rpd = 'seq', tpm = 'cum', utpm = 'ucum', tpd = 'cum'} -- what "booked since" counts
+local KIND = {rpm = 'requests', rpd = 'requests', tpm = 'tokens', tpd = 'tokens', utpm = 'uncached_tokens'}
+
+-- Declared windows: name -> {span (seconds), metering: rolling|bucket|fixed}. A rolling one keeps
+-- bins of span / BINS seconds (`<w>_b`, JSON [[slot, amount], ...]), each counted until a whole
+-- span after its slot ends (a booking leaves up to one bin late: the safe side); a fixed one
+-- counts `<w>_u` in period number `<w>_p` (periods are multiples of its span since the epoch).
+local DECLARED, BINS = {}, 60
+local UNITS = {s = 1, m = 60, h = 3600, d = 86400}
+local COUNTERS = {requests = 'seq', tokens = 'cum', uncached_tokens = 'ucum'}
+for j = 0, WINDOW_COUNT - 1 do
+  local w = ARGV[3 + 3 * j]
+  local kind, count, unit, rest = string.match(w, '^(.-)_(%d+)([smhd])(.*)$')
+  if KIND[w] == nil and kind ~= nil then
+    local metering = 'rolling'
+    if rest ~= '' then metering = string.sub(rest, 2) end
+    DECLARED[w] = {span = tonumber(count) * UNITS[unit], metering = metering}
+    KIND[w], COUNTER[w] = kind, COUNTERS[kind]
+    if metering == 'bucket' then BUCKETS[w] = true end
+    WINDOWS[#WINDOWS + 1] = w
+  end
+end
+
+local function span_of(w)
+  if DECLARED[w] then return DECLARED[w].span end
+  return SPAN
+end
 
 local accounts, stored = {}, {} -- index -> the account's fields now, and as read from Redis
 
@@ -63,7 +90,7 @@ local function level(a, w)
   local limit = limit_of(a, w)
   local l, t = number(a, w .. '_l'), number(a, w .. '_t')
   if l == nil then l, t = limit, now end
-  l = math.min(limit, l + math.max(0, now - t) * limit / SPAN)
+  l = math.min(limit, l + math.max(0, now - t) * limit / span_of(w))
   a[w .. '_l'], a[w .. '_t'] = l, math.max(t, now)
   return l
 end
@@ -89,7 +116,57 @@ local function end_cooldown_if_due(a, slack)
   return false
 end
 
+-- A rolling window's bins still counted, oldest first, and their width.
+local function bins(a, w)
+  local span = DECLARED[w].span
+  local width, kept = span / BINS, {}
+  for _, b in ipairs(cjson.decode(a[w .. '_b'] or '[]')) do
+    if (b[1] + 1) * width + span > now then kept[#kept + 1] = b end
+  end
+  return kept, width
+end
+
+-- A fixed window's count, once its period is the current one.
+local function period_count(a, w)
+  local p = math.floor(now / DECLARED[w].span)
+  if number(a, w .. '_p') ~= p then a[w .. '_p'], a[w .. '_u'] = p, 0 end
+  return number(a, w .. '_u')
+end
+
+-- Book `amount` on a declared rolling or fixed window as of booking time `at` (negative: give
+-- back). What leaves a window or period stays gone; more taken is counted now.
+local function declared_add(a, w, amount, at)
+  local d = DECLARED[w]
+  if d.metering == 'fixed' then
+    local u = period_count(a, w)
+    if amount > 0 or (at ~= nil and math.floor(at / d.span) == a[w .. '_p']) then a[w .. '_u'] = math.max(0, u + amount) end
+    return
+  end
+  if amount < 0 and at == nil then return end
+  local list, width = bins(a, w)
+  local slot = math.floor(now / width)
+  if amount < 0 then slot = math.floor(at / width) end
+  for _, b in ipairs(list) do
+    if b[1] == slot then
+      b[2] = math.max(0, b[2] + amount)
+      a[w .. '_b'] = cjson.encode(list)
+      return
+    end
+  end
+  if amount > 0 then
+    list[#list + 1] = {slot, amount}
+    a[w .. '_b'] = cjson.encode(list)
+  end
+end
+
 local function used(a, w)
+  local d = DECLARED[w]
+  if d and d.metering == 'fixed' then return period_count(a, w) end
+  if d and d.metering == 'rolling' then
+    local total = 0
+    for _, b in ipairs((bins(a, w))) do total = total + b[2] end
+    return total
+  end
   if limit_of(a, w) >= 0 and BUCKETS[w] then return math.max(0, math.ceil(limit_of(a, w) - level(a, w) - 1e-9)) end
   if BUCKETS[w] then -- no limit: what this minute booked, for operators
     if number(a, w .. '_min') ~= math.floor(now / SPAN) then return 0 end
@@ -107,8 +184,8 @@ end
 
 -- What `requests` requests of `tokens` in all (`uncached` of them uncached) take from window `w`.
 local function amount(w, tokens, requests, uncached)
-  if w == 'rpm' or w == 'rpd' then return requests end
-  if w == 'utpm' then return uncached end
+  if KIND[w] == 'requests' then return requests end
+  if KIND[w] == 'uncached_tokens' then return uncached end
   return tokens
 end
 
@@ -118,12 +195,23 @@ end
 
 -- {reason, retry_at} of one window that cannot take `need` now, else nil.
 local function window_refusal(a, w, need)
-  local limit = limit_of(a, w)
+  local limit, d = limit_of(a, w), DECLARED[w]
+  if d and d.metering ~= 'bucket' then
+    if limit < 0 or used(a, w) + need <= limit then return nil end
+    if d.metering == 'fixed' then return {w, (a[w .. '_p'] + 1) * d.span} end
+    local list, width = bins(a, w)
+    local excess = used(a, w) + need - limit
+    for _, b in ipairs(list) do
+      excess = excess - b[2]
+      if excess <= 0 then return {w, (b[1] + 1) * width + d.span} end
+    end
+    return {w, now + d.span} -- larger than the limit itself: a whole window is honest
+  end
   if limit >= 0 and BUCKETS[w] then
     local l = level(a, w)
     if l < need then
-      local wait = SPAN
-      if need <= limit then wait = (need - l) * SPAN / limit end
+      local wait = span_of(w)
+      if need <= limit then wait = (need - l) * span_of(w) / limit end
       return {w, now + wait}
     end
   elseif limit >= 0 and a[w .. '_u'] + need > limit then
@@ -167,6 +255,20 @@ local function headroom(a)
   return share
 end
 
+-- Give back `amount` of the declared windows of `kind` booked at `at` (nil: unknown, so only
+-- what takes more counts; negative: take more).
+local function give_back_declared(a, kind, amount, at)
+  for w, d in pairs(DECLARED) do
+    if KIND[w] == kind and limit_of(a, w) >= 0 then
+      if d.metering == 'bucket' then
+        a[w .. '_l'] = math.min(limit_of(a, w), level(a, w) + amount)
+      else
+        declared_add(a, w, -amount, at)
+      end
+    end
+  end
+end
+
 -- Give back `amount` of window `w` (minute, or day `w_day`) booked on day number `day`.
 local function give_back_window(a, minute, daily, amount, day)
   if limit_of(a, minute) >= 0 then
@@ -178,14 +280,16 @@ local function give_back_window(a, minute, daily, amount, day)
   if a.day == tonumber(day) then a[daily .. '_u'] = math.max(0, a[daily .. '_u'] - amount) end
 end
 
--- Give back `tokens` booked by a lease of day number `day` (negative: take more).
-local function give_back(a, tokens, day)
+-- Give back `tokens` booked by a lease of day number `day` at time `at` (negative: take more).
+local function give_back(a, tokens, day, at)
   give_back_window(a, 'tpm', 'tpd', tokens, day)
+  give_back_declared(a, 'tokens', tokens, at)
   a.cum = a.cum - tokens
 end
 
 -- Give back `tokens` of the uncached bucket (negative: take more). It has no daily counter.
-local function give_back_uncached(a, tokens)
+local function give_back_uncached(a, tokens, at)
+  give_back_declared(a, 'uncached_tokens', tokens, at)
   if limit_of(a, 'utpm') >= 0 then
     a.utpm_l = math.min(limit_of(a, 'utpm'), level(a, 'utpm') + tokens)
   elseif number(a, 'utpm_min') == math.floor(now / SPAN) then
@@ -196,8 +300,9 @@ end
 
 -- Give back requests booked but never sent (a share's unspent part). `seq` stays: it orders
 -- the provider's figures, and counting a returned request as booked only makes them stricter.
-local function give_back_requests(a, requests, day)
+local function give_back_requests(a, requests, day, at)
   give_back_window(a, 'rpm', 'rpd', requests, day)
+  give_back_declared(a, 'requests', requests, at)
 end
 
 -- A share ends (returned, or its replica died): what it had not handed out comes back.
@@ -213,8 +318,8 @@ end
 
 -- Share `id` ends: `requests` and `tokens` of it come back (what it had not handed out).
 local function end_share(a, id, share, requests, tokens)
-  give_back_requests(a, requests, share.d)
-  give_back(a, tokens, share.d)
+  give_back_requests(a, requests, share.d, share.a)
+  give_back(a, tokens, share.d, share.a)
   a.sh_r, a.sh_t = a.sh_r - share.n, a.sh_t - share.t
   local ids = {}
   for _, other in ipairs(shares_out(a)) do if other ~= id then ids[#ids + 1] = other end end
@@ -233,7 +338,7 @@ local function expire_leases()
       if lease.n then -- a share: what it had not handed out
         end_share(a, id, lease, lease.n, lease.t)
       else
-        give_back(a, lease.t - lease.f, lease.d)
+        give_back(a, lease.t - lease.f, lease.d, lease.a)
         redis.call('HINCRBY', HOLDERS, lease.r, -1)
       end
       if a.probe == id then a.probe = '' end
@@ -288,6 +393,10 @@ local function book(a, tokens, requests, uncached)
     end
   end
   a.rpd_u, a.tpd_u = a.rpd_u + requests, a.tpd_u + tokens
+  for w, d in pairs(DECLARED) do
+    local need = amount(w, tokens, requests, uncached)
+    if d.metering == 'bucket' then a[w .. '_l'] = level(a, w) - need else declared_add(a, w, need, now) end
+  end
   a.seq, a.cum, a.ucum = a.seq + requests, a.cum + tokens, a.ucum + uncached
 end
 
@@ -379,7 +488,7 @@ function OPS.reserve(_, args)
   local probe = 0
   if a.half_open == 1 then probe, a.probe, a.probe_until = 1, id, now + ttl end
   redis.call('ZADD', LEASES, now + ttl, id)
-  redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day, r = replica}))
+  redis.call('HSET', DATA, id, cjson.encode({i = best, t = tokens, f = floor, d = a.day, r = replica, a = now}))
   redis.call('HINCRBY', HOLDERS, replica, 1)
   return {1, best, a.seq, a.cum, a.day, probe, uncached[best]}
 end
@@ -404,7 +513,7 @@ function OPS.share(_, args)
   local r, t = want_r, want_t
   for _, w in ipairs(WINDOWS) do
     local s = spare(a, w)
-    if s ~= nil and (w == 'rpm' or w == 'rpd') then r = math.min(r, s) elseif s ~= nil then t = math.min(t, s) end
+    if s ~= nil and KIND[w] == 'requests' then r = math.min(r, s) elseif s ~= nil then t = math.min(t, s) end
   end
   if r < 2 or t < least_t then return {0} end
   book(a, t, r, 0)
@@ -414,7 +523,7 @@ function OPS.share(_, args)
   set_shares_out(a, ids)
   redis.call('ZADD', LEASES, now + ttl, id)
   -- n, t: what it still holds; n0, t0: its size; s: the account's seq once it was booked
-  redis.call('HSET', DATA, id, cjson.encode({i = best, n = r, t = t, n0 = r, t0 = t, s = a.seq, d = a.day}))
+  redis.call('HSET', DATA, id, cjson.encode({i = best, n = r, t = t, n0 = r, t0 = t, s = a.seq, d = a.day, a = now}))
   return {1, best, a.seq, a.cum, a.day, r, t, a.rev}
 end
 
@@ -425,6 +534,7 @@ function OPS.draw(index, args)
   local a = load(index)
   local tokens = tonumber(args[3])
   local raw = redis.call('HGET', DATA, args[1])
+  local booked_at = now
   roll_day(a)
   if raw then
     local share = cjson.decode(raw)
@@ -433,11 +543,12 @@ function OPS.draw(index, args)
     share.n, share.t = n, t
     redis.call('HSET', DATA, args[1], cjson.encode(share))
     if share.d ~= a.day then a.rpd_u, a.tpd_u = a.rpd_u + 1, a.tpd_u + tokens end
+    booked_at = share.a or now
   else
     book(a, tokens, 1, 0)
   end
   redis.call('ZADD', LEASES, now + tonumber(args[5]), args[2])
-  redis.call('HSET', DATA, args[2], cjson.encode({i = index, t = tokens, f = tonumber(args[4]), d = a.day, r = args[6]}))
+  redis.call('HSET', DATA, args[2], cjson.encode({i = index, t = tokens, f = tonumber(args[4]), d = a.day, r = args[6], a = booked_at}))
   redis.call('HINCRBY', HOLDERS, args[6], 1)
   return {}
 end
@@ -481,15 +592,17 @@ function OPS.settle(index, args)
   local id, actual, reserved, floor = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   local back = floor - actual -- the lease expired already: it kept its floor
   local raw = redis.call('HGET', DATA, id)
+  local at = nil -- when it was booked (unknown once the lease expired)
   if raw then
-    back = reserved - actual
+    local lease = cjson.decode(raw)
+    back, at = reserved - actual, lease.a
     redis.call('HDEL', DATA, id)
-    redis.call('HINCRBY', HOLDERS, cjson.decode(raw).r, -1)
+    redis.call('HINCRBY', HOLDERS, lease.r, -1)
   end
   redis.call('ZREM', LEASES, id)
-  give_back(a, back, args[5])
-  if args[6] then give_back_requests(a, tonumber(args[6]), args[5]) end -- it was never sent
-  if args[8] then give_back_uncached(a, tonumber(args[8]) - tonumber(args[7])) end
+  give_back(a, back, args[5], at)
+  if args[6] then give_back_requests(a, tonumber(args[6]), args[5], at) end -- it was never sent
+  if args[8] then give_back_uncached(a, tonumber(args[8]) - tonumber(args[7]), at) end
   return {}
 end
 

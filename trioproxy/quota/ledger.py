@@ -11,8 +11,8 @@ from typing import Any
 import trio
 from attrs import define, field, frozen
 
-from ..config import ProviderConfig
-from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs
+from ..config import ProviderConfig, QuotaWindow, extra_windows
+from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs, window_kind
 from .limits import LimitState, limit_states
 
 MINUTE = 60.0
@@ -22,6 +22,9 @@ DAY = 86_400.0
 # Bookings within this many seconds share one bin: memory per window stays at a bin a second
 # however many requests arrive, at the price of expiring a booking up to this much late.
 BIN_SECONDS = 1.0
+# A longer window's bins span this share of it: a 4-hour window keeps at most ~60 bins of
+# 4 minutes (a booking may leave up to one bin late: the safe side).
+BINS_PER_WINDOW = 60
 
 
 @define
@@ -47,6 +50,7 @@ class Window:
     """Amounts booked against an optional limit; subclasses decide when entries expire."""
 
     limit: int | None
+    bin_seconds: float = field(default=BIN_SECONDS, kw_only=True)
     _entries: deque[_Bin] = field(factory=deque, kw_only=True)
     _total: int = field(default=0, kw_only=True)
 
@@ -71,7 +75,7 @@ class Window:
         self._expire(now)
         day = self._day_of_booking()
         last = self._entries[-1] if self._entries else None
-        if last is None or not last.live or last.day != day or now - last.started >= BIN_SECONDS:
+        if last is None or not last.live or last.day != day or now - last.started >= self.bin_seconds:
             last = _Bin(now, 0, seq, day=day, started=now)
             self._entries.append(last)
         last.at, last.amount, last.last_seq = max(last.at, now), last.amount + amount, seq
@@ -216,15 +220,18 @@ class RefillingBucket(SlidingWindow):
 
 
 @define
-class DailyWindow(Window):
-    """A counter that empties at the provider's day boundary, as Cerebras's daily quotas do.
+class FixedWindow(Window):
+    """A counter that empties at each boundary, `period` seconds apart: as Cerebras's daily
+    quotas do (the day), or a provider's fixed windows of other lengths.
 
-    The boundary starts as the next UTC midnight and is corrected by the provider's
-    `reset-*-day` headers when they arrive.
+    A day's boundary starts as the next UTC midnight and is corrected by the provider's
+    `reset-*-day` headers when they arrive; other periods' are multiples of the period since
+    the Unix epoch.
     """
 
-    day_ends_at: float = 0.0
-    _day: int = field(default=0, kw_only=True)
+    day_ends_at: float = 0.0  # the current period's end (a day's, for the daily windows)
+    period: float = DAY
+    _day: int = field(default=0, kw_only=True)  # the periods passed
 
     # Entries are kept only this long: enough to tell what a provider's fresh figure includes.
     # The day's total stays; an entry settled later still finds its day by number, so memory
@@ -233,8 +240,8 @@ class DailyWindow(Window):
 
     def _expire(self, now: float) -> None:
         if now >= self.day_ends_at:
-            skipped = math.floor((now - self.day_ends_at) / DAY) + 1
-            self.day_ends_at += skipped * DAY
+            skipped = math.floor((now - self.day_ends_at) / self.period) + 1
+            self.day_ends_at += skipped * self.period
             self._day += skipped
             self._entries.clear()
             self._total = 0
@@ -259,9 +266,23 @@ class DailyWindow(Window):
             self.add(now, int(saved["used"]))
 
     def move_boundary(self, now: float, seconds_to_reset: float) -> None:
-        """Align the day to the provider's reset time (its figure wins over our guess)."""
+        """Align the period to the provider's reset time (its figure wins over our guess)."""
         self._expire(now)
         self.day_ends_at = now + seconds_to_reset
+
+
+DailyWindow = FixedWindow  # the daily windows (rpd, tpd) are fixed windows of a day
+
+
+def window_of(window: QuotaWindow, now: float, wall: float) -> Window:
+    """The ledger's window for a declared one, as its provider meters it."""
+    limit, span = window.limit, float(window.seconds)
+    bins = max(BIN_SECONDS, span / BINS_PER_WINDOW)
+    if window.metering == "bucket":
+        return RefillingBucket(limit, span=span, bin_seconds=bins)
+    if window.metering == "fixed":
+        return FixedWindow(limit, day_ends_at=now + span - wall % span, period=span)
+    return SlidingWindow(limit, span=span, bin_seconds=bins)
 
 
 @frozen
@@ -313,6 +334,7 @@ class AccountQuota:
             "rpd": DailyWindow(limits["rpd"].limit, day_ends_at=day_ends_at),
             "tpd": DailyWindow(limits["tpd"].limit, day_ends_at=day_ends_at),
         }
+        windows |= {name: window_of(declared, now, wall) for name, declared in extra_windows(provider).items()}
         return cls(name=name, provider=provider.name, key_index=key_index, windows=windows, limits=limits)
 
     def take_limits(self, fresh: "AccountQuota", now: float) -> None:
@@ -340,7 +362,8 @@ class AccountQuota:
             self.half_open, self.probe_in_flight = True, False
 
     def _amounts(self, tokens: int, requests: int = 1, uncached: int = 0) -> dict[str, int]:
-        return {"rpm": requests, "rpd": requests, "tpm": tokens, "utpm": uncached, "tpd": tokens}
+        amounts = {"requests": requests, "tokens": tokens, "uncached_tokens": uncached}
+        return {name: amounts[window_kind(name)] for name in self.windows}
 
     def refusal(self, now: float, tokens: int) -> Refusal | None:
         return next(iter(self.refusals(now, tokens)), None)
@@ -461,7 +484,7 @@ class QuotaLedger:
         entries = {}
         for name, amount in best._amounts(tokens, 1, cost).items():
             entry = best.windows[name].add(now, amount, self._seq)
-            if name in ("tpm", "tpd", "utpm"):
+            if window_kind(name) != "requests":
                 entries[name] = (best.windows[name], entry)
         probe = best.half_open
         best.probe_in_flight = probe
@@ -475,7 +498,7 @@ class QuotaLedger:
         actual_tokens = max(0, actual_tokens)
         uncached = settled_uncached(reservation, actual_tokens, uncached_tokens)
         for name, (window, entry) in reservation._entries.items():
-            window.adjust(entry, uncached if name == "utpm" else actual_tokens)
+            window.adjust(entry, uncached if window_kind(name) == "uncached_tokens" else actual_tokens)
         reservation.tokens, reservation.uncached = actual_tokens, uncached
 
     async def sync(self, reservation: Reservation, figures: Mapping[str, tuple[float, float]]) -> None:
@@ -543,7 +566,14 @@ class QuotaLedger:
         state: dict[str, Any] = {}
         for name, account in self._accounts.items():
             state[name] = {
-                "windows": {window: account.windows[window].export(now, wall_offset) for window in WINDOW_NAMES},
+                "windows": {
+                    **{window: account.windows[window].export(now, wall_offset) for window in WINDOW_NAMES},
+                    "other": {
+                        name: window.export(now, wall_offset)
+                        for name, window in account.windows.items()
+                        if name not in WINDOW_NAMES
+                    },
+                },
                 "synced": {
                     window: [figure.remaining, figure.valid_until + wall_offset]
                     for window, figure in account.synced.items()
@@ -563,9 +593,12 @@ class QuotaLedger:
             account = self._accounts.get(name)
             if account is None:
                 continue
-            for window in WINDOW_NAMES:
-                if window in saved["windows"]:  # (state saved before a window existed lacks it)
-                    account.windows[window].restore(now, saved["windows"][window], trio_offset)  # type: ignore[arg-type]
+            windows = {**saved["windows"].get("other", {}), **saved["windows"]}
+            for window, kept in account.windows.items():
+                # (state saved before a window existed lacks it; one saved as another metering
+                # has another shape)
+                if window in windows and isinstance(windows[window], list) == isinstance(kept, SlidingWindow):
+                    kept.restore(now, windows[window], trio_offset)
             for window, (remaining, valid_until) in saved["synced"].items():
                 if window in WINDOW_NAMES and now < valid_until + trio_offset:
                     account.synced[window] = Synced(int(remaining), self._seq, valid_until + trio_offset)
@@ -608,8 +641,7 @@ class QuotaLedger:
         quota = self._accounts[account]
         now = self._clock()
         state: dict[str, Any] = {}
-        for name in WINDOW_NAMES:
-            window = quota.windows[name]
+        for name, window in quota.windows.items():
             entry: dict[str, Any] = {"used": window.used(now), "limit": window.limit}
             remaining = quota.provider_remaining(name, now)
             if remaining != math.inf:
@@ -624,6 +656,7 @@ class QuotaLedger:
         assert isinstance(daily, DailyWindow)
         state["day_resets_seconds"] = round(daily.day_ends_at - now, 1)  # after used() rolled the day
         state["limit_sources"] = {name: limit.view(now) for name, limit in quota.limits.items() if limit.limit is not None}
+        state["other_windows"] = [name for name in quota.windows if name not in WINDOW_NAMES]
         return state
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:

@@ -25,8 +25,8 @@ import attrs
 import trio
 from attrs import define
 
-from ..config import ProviderConfig, configured_limits, starting_limits
-from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs
+from ..config import ProviderConfig, configured_limits, extra_windows, starting_limits
+from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs, window_kind
 from .ledger import QuotaLedger, account_name
 from .limits import limit_states
 from .redis_store import Lane, QuotaStore, Reply
@@ -74,6 +74,7 @@ def _per_replica(provider: ProviderConfig, replicas: int) -> ProviderConfig:
         requests_per_day=share("rpd"),
         tokens_per_day=share("tpd"),
         uncached_tokens_per_minute=share("utpm"),
+        windows=tuple(attrs.evolve(w, limit=max(1, w.limit // replicas)) for w in provider.windows or ()) or None,
     )
 
 
@@ -309,7 +310,8 @@ class RedisLedger:
         view, provider = self._views[account], self._providers[self._where[account][0]]
         state: dict[str, Any] = {}
         sources = limit_states(provider)
-        for name in WINDOW_NAMES:
+        other = list(extra_windows(provider))
+        for name in (*WINDOW_NAMES, *other):
             limit = view["lim"][name]
             state[name] = {"used": view["u"][name], "limit": None if limit < 0 else limit}
             if name in view["st"]:
@@ -317,7 +319,8 @@ class RedisLedger:
                 sources[name].stated_at = self.store.to_trio(float(at))
             if name in view["pr"]:
                 state[name]["provider_remaining"] = int(view["pr"][name])
-            held = 0 if name == "utpm" else view["sh"][name in ("tpm", "tpd")]  # shares book no uncached tokens
+            kind = window_kind(name)
+            held = 0 if kind == "uncached_tokens" else view["sh"][kind == "tokens"]  # shares book no uncached tokens
             if held:
                 state[name]["in_shares"] = held  # booked in shares, not handed out yet
         left = self.store.to_trio(view["cd"]) - self.now() if view["cd"] else 0.0
@@ -326,7 +329,8 @@ class RedisLedger:
         state["half_open"] = bool(view["ho"])
         now = self.now()
         state["limit_sources"] = {name: limit.view(now) for name, limit in sources.items() if limit.limit is not None}
-        return {name: state[name] for name in (*WINDOW_NAMES, "cooldown_seconds", "cooldown_reason", "half_open", "limit_sources")}
+        state["other_windows"] = other
+        return state
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:
         return {account: self.snapshot(account) for account in self._names[provider]}

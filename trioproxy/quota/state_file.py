@@ -20,6 +20,7 @@ _MAX_AMOUNT = 10**12
 # stepped back a little); a day boundary, cooldown or provider figure at most a day ahead.
 _CLOCK_SKEW = 300.0
 _MAX_AHEAD = DAY + 3600.0
+_MAX_PERIOD_AHEAD = 366 * DAY + 3600.0  # a declared fixed window's end (windows up to a year)
 
 Amount = Annotated[int, msgspec.Meta(ge=0, le=_MAX_AMOUNT)]
 WindowName = Literal["rpm", "tpm", "utpm", "rpd", "tpd"]
@@ -40,6 +41,9 @@ class _Windows(msgspec.Struct, forbid_unknown_fields=True):
     rpd: _Daily
     tpd: _Daily
     utpm: list[tuple[float, Amount]] = []  # (a file saved before the uncached bucket has none)
+    # Declared windows (`QuotaWindow.name`): bookings of a rolling one or a bucket, or a fixed
+    # one's period end and count.
+    other: dict[Annotated[str, msgspec.Meta(max_length=60)], list[tuple[float, Amount]] | _Daily] = {}
 
 
 class _Account(msgspec.Struct, forbid_unknown_fields=True):
@@ -124,9 +128,12 @@ def _check_times(name: str, account: _Account, wall_now: float) -> None:
         if value > limit:
             raise StateFileError(f"{name}: {what} is {value - wall_now:.0f} s in the future")
 
-    for window in (account.windows.rpm, account.windows.tpm, account.windows.utpm):
+    other = account.windows.other.values()
+    for window in (account.windows.rpm, account.windows.tpm, account.windows.utpm, *(w for w in other if isinstance(w, list))):
         for at, _ in window:
             at_most(at, wall_now + _CLOCK_SKEW, "a booking")
+    for period in (w for w in other if isinstance(w, _Daily)):
+        at_most(period.day_ends_at, wall_now + _MAX_PERIOD_AHEAD, "a window's end")
     for daily in (account.windows.rpd, account.windows.tpd):
         at_most(daily.day_ends_at, wall_now + _MAX_AHEAD, "a day boundary")
     for _, valid_until in account.synced.values():

@@ -23,7 +23,7 @@ import trio
 from attrs import define, field
 
 from ..config import ProviderConfig, starting_limits
-from ..quota.contract import WINDOW_NAMES, Ledger, Refusal
+from ..quota.contract import Ledger, Refusal, snapshot_windows
 from ..quota.ledger import MINUTE, SlidingWindow, _Booking
 
 # Below this much left of any of the provider's limits, demand is taken to exceed its quota: a
@@ -150,9 +150,9 @@ class ProviderShare:
             if state.get("cooldown_seconds"):
                 continue
             shares = [1 - state[window]["used"] / state[window]["limit"]
-                      for window in WINDOW_NAMES if state[window]["limit"]]
+                      for window in snapshot_windows(state) if state[window]["limit"]]
             shares += [state[window]["provider_remaining"] / state[window]["limit"]
-                       for window in WINDOW_NAMES if state[window]["limit"] and "provider_remaining" in state[window]]
+                       for window in snapshot_windows(state) if state[window]["limit"] and "provider_remaining" in state[window]]
             best = max(best, min(shares, default=1.0))
         return best
 

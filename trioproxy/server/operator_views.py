@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 
 from ..providers.upstream import Upstream
 from ..quota.clients import USAGE_FIELDS
-from ..quota.contract import WINDOW_NAMES
+from ..quota.contract import snapshot_windows
 from ..routing.router import Router
 from ..runtime import Runtime
 from .metrics import Metrics
@@ -110,7 +110,7 @@ def live_families(runtime: Runtime) -> Iterable[Metric]:
         offered.add_metric((upstream.name, model or upstream.config.model[0]), float(model is not None))
         for account, state in runtime.ledger.provider_snapshot(quota_key).items():
             cooling.add_metric((upstream.name, account), float(state["cooldown_seconds"] > 0))
-            for window in WINDOW_NAMES:
+            for window in snapshot_windows(state):
                 limit, provider_figure = state[window]["limit"], state[window].get("provider_remaining")
                 left = [value for value in (limit - state[window]["used"] if limit else None, provider_figure) if value is not None]
                 if left:

@@ -14,6 +14,12 @@ const WINDOW_LABELS = {
 };
 // Shown only where it has a limit: most providers have no uncached bucket.
 const OPTIONAL_WINDOWS = new Set(["utpm"]);
+
+// A declared window's name, `requests_4h` or `tokens_30d_fixed`, as `requests / 4h (fixed)`.
+function windowLabel(name) {
+  const [, kind, length, metering] = name.match(/^(.*)_(\d+[smhd])(?:_(\w+))?$/) || [null, name, "", ""];
+  return `${kind.replace("_", " ")} / ${length}${metering ? ` (${metering})` : ""}`;
+}
 const COLOURS = ["#e8590c", "#1c7ed6", "#2f9e44", "#ae3ec9", "#f08c00", "#0c8599"];
 
 const $ = (id) => document.getElementById(id);
@@ -131,7 +137,7 @@ function gauge(name, window, source) {
   const box = el("div", null, "gauge");
   const limit = window.limit;
   const remaining = window.provider_remaining;
-  box.append(el("span", WINDOW_LABELS[name], "gauge-name"));
+  box.append(el("span", WINDOW_LABELS[name] || windowLabel(name), "gauge-name"));
   const meter = document.createElement("meter");
   meter.min = 0;
   meter.max = limit || 1;
@@ -184,7 +190,7 @@ function providerCard(provider, receivedAt) {
       cooldown.textContent = state.half_open ? "cooldown over, next request probes" : "no cooldown";
     }
     section.append(cooldown);
-    for (const name of WINDOWS) {
+    for (const name of [...WINDOWS, ...(state.other_windows || [])]) {
       if (state[name] && (state[name].limit != null || !OPTIONAL_WINDOWS.has(name))) {
         section.append(gauge(name, state[name], (state.limit_sources || {})[name]));
       }
