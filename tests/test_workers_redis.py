@@ -176,8 +176,9 @@ async def test_a_daemon_with_two_workers_reloads_them_all_and_stops(
         assert not pidfile.exists()
         assert not any(alive(pid) for pid in [supervisor, *workers])
         assert len(re.findall(r"worker \d \(pid \d+\) stopped", log_file.read_text())) == 2
-    finally:
-        for pid in [supervisor, *workers]:
+    finally:  # every worker the log names, also when the test failed before reading them
+        started_workers = re.findall(r"worker \d started \(pid (\d+)\)", log_file.read_text())
+        for pid in {supervisor, *workers, *map(int, started_workers)}:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 

@@ -37,12 +37,6 @@ class SaidSoFar:
         return message
 
 
-def budget_left(body: dict[str, Any], said: SaidSoFar) -> int | None:
-    """The completion tokens the client's budget leaves after what was said; None for no budget."""
-    named = [body[key] for key in _BUDGET_FIELDS if type(body.get(key)) is int]
-    return min(named) - said.tokens if named else None
-
-
 def continuation_body(body: dict[str, Any], mode: str, said: SaidSoFar) -> dict[str, Any] | None:
     """The request that asks a provider of `mode` for the rest of the answer (None for "off")."""
     if mode == "off":

@@ -25,7 +25,7 @@ from .prompt_cache import PromptMemory, PromptPrefix
 from .relay import OpenStream, StreamRelay, carries_content
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
-from .tokens import PromptEstimator, requested_completion_tokens
+from .tokens import PromptEstimator, estimate_answer_tokens, requested_completion_tokens
 
 log = logging.getLogger("trioproxy.router")
 
@@ -103,7 +103,10 @@ class Router:
                         document = await upstream.read_json(response)
                 finally:
                     await response.aclose()
-            await settlement.from_usage(document)
+            if not await settlement.from_usage(document):
+                # Without usage, the answer's own text is the best figure (as a stream's events
+                # are): the reservation's whole completion budget would stay booked.
+                await settlement.from_estimate(estimate_answer_tokens(document))
             return document
 
         return await self._route(request, record, attempt)
@@ -125,8 +128,7 @@ class Router:
                 return None  # nobody could: the stream ends with the first failure's error
 
         async def broke_off(stream: OpenStream, failure: UpstreamFailure) -> None:
-            reservation = stream.settlement.reservation
-            await self._after_failure(stream.upstream, stream.model, failure, reservation, record, mid_stream=True)
+            await self._after_failure(stream.upstream, stream.model, failure, stream.settlement, mid_stream=True)
 
         first = await self._route(request, record, self._open_stream)
         relay = StreamRelay(first, record, resume, broke_off, self._max_continuations,
@@ -271,7 +273,7 @@ class Router:
                 return result
             except UpstreamFailure as failure:
                 last_failure = failure
-                await self._after_failure(upstream, model, failure, reservation, record)
+                await self._after_failure(upstream, model, failure, settlement)
                 if not is_retryable(failure):
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
@@ -328,7 +330,7 @@ class Router:
         return error
 
     async def _after_failure(
-        self, upstream: Upstream, model: str, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord,
+        self, upstream: Upstream, model: str, failure: UpstreamFailure, settlement: Settlement,
         mid_stream: bool = False,
     ) -> None:
         """What a provider's failure teaches: a missing model, a refusal's booking, a cooldown.
@@ -336,6 +338,7 @@ class Router:
         `mid_stream`: it broke off after content went out, so the stream's settlement books
         what it spent; the cooldown rules are those of the same failure before content.
         """
+        reservation = settlement.reservation
         log.warning(
             "request %s: %s failed%s (%s): %s", REQUEST_ID.get(), upstream.name, " mid-stream" if mid_stream else "",
             failure.label, failure.error.message,
@@ -344,8 +347,9 @@ class Router:
         if missing:
             self._health_of(upstream).mark_missing(upstream.name, model)
         if not mid_stream and (missing or (failure.status is not None and failure.status < 500)):
-            # A refused request ran nothing; only the request itself counts, not its tokens.
-            await self.ledger.settle(reservation, 0)
+            # A refused request ran nothing; only the request itself counts, not its tokens
+            # (in the ledger and in the client's fair share alike).
+            await settlement.abandon(cancelled=False)
         if missing:
             return  # no cooldown: the key is fine, and the next candidate may serve at once
         backoff = backoff_for(
