@@ -25,7 +25,7 @@ from .prompt_cache import PromptMemory, PromptPrefix
 from .relay import OpenStream, StreamRelay, carries_content
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
-from .tokens import PromptEstimator, requested_completion_tokens
+from .tokens import PromptEstimator, estimate_answer_tokens, requested_completion_tokens
 
 log = logging.getLogger("trioproxy.router")
 
@@ -103,7 +103,10 @@ class Router:
                         document = await upstream.read_json(response)
                 finally:
                     await response.aclose()
-            await settlement.from_usage(document)
+            if not await settlement.from_usage(document):
+                # Without usage, the answer's own text is the best figure (as a stream's events
+                # are): the reservation's whole completion budget would stay booked.
+                await settlement.from_estimate(estimate_answer_tokens(document))
             return document
 
         return await self._route(request, record, attempt)
@@ -266,7 +269,7 @@ class Router:
                 return result
             except UpstreamFailure as failure:
                 last_failure = failure
-                await self._after_failure(upstream, model, failure, reservation, record)
+                await self._after_failure(upstream, model, failure, settlement)
                 if not is_retryable(failure):
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
@@ -323,8 +326,9 @@ class Router:
         return error
 
     async def _after_failure(
-        self, upstream: Upstream, model: str, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord
+        self, upstream: Upstream, model: str, failure: UpstreamFailure, settlement: Settlement
     ) -> None:
+        reservation = settlement.reservation
         log.warning(
             "request %s: %s failed (%s): %s", REQUEST_ID.get(), upstream.name, failure.label, failure.error.message
         )
@@ -332,8 +336,9 @@ class Router:
         if missing:
             self._health_of(upstream).mark_missing(upstream.name, model)
         if missing or (failure.status is not None and failure.status < 500):
-            # A refused request ran nothing; only the request itself counts, not its tokens.
-            await self.ledger.settle(reservation, 0)
+            # A refused request ran nothing; only the request itself counts, not its tokens
+            # (in the ledger and in the client's fair share alike).
+            await settlement.abandon(cancelled=False)
         if missing:
             return  # no cooldown: the key is fine, and the next candidate may serve at once
         backoff = backoff_for(
