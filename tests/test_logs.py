@@ -62,7 +62,8 @@ async def test_text_lines_show_the_request_id(
 
 async def test_a_key_a_reload_brings_is_redacted_from_log_lines(providers: Providers, captured: io.StringIO) -> None:
     """Lines are scrubbed by the running configuration's sanitizer: a key that arrived with a
-    reload is redacted, whole or as a run of 8 of its characters a provider echoes."""
+    reload is redacted, whole or as a run of 8 of its characters a provider echoes; the key it
+    replaced stays redacted (streams still on the old configuration may log it)."""
     config = proxy_config(providers)
     configure_logging("INFO", Sanitizer([providers.cerebras.api_key, providers.chutes.api_key]), captured, "text")
     new_key = "csk-arrived-with-reload-0123456789"
@@ -73,8 +74,10 @@ async def test_a_key_a_reload_brings_is_redacted_from_log_lines(providers: Provi
         echo = logging.getLogger("trioproxy.test")
         echo.warning("provider said: Incorrect API key provided: %s.", new_key)
         echo.warning("provider said: key ...%s is not allowed", new_key[-12:])
+        echo.warning("old stream said: %s", providers.cerebras.api_key)
     written = captured.getvalue()
     assert new_key not in written and new_key[-12:] not in written
+    assert providers.cerebras.api_key not in written and "old stream said: [redacted]" in written
     assert "Incorrect API key provided: [redacted]." in written and "key ...[redacted] is not allowed" in written
 
 

@@ -112,8 +112,10 @@ def configure_logging(level: str, sanitizer: Sanitizer, stream: TextIO = sys.std
 
 
 def redact_with(sanitizer: Sanitizer) -> None:
-    """From now on the root logger's lines are scrubbed by `sanitizer`: the running
-    configuration's, so keys a reload brings are redacted too."""
+    """From now on the root logger's lines are scrubbed by `sanitizer` (the running
+    configuration's, so keys a reload brings are redacted too) and by the one they had: a key a
+    reload removed may still be logged by a stream on the old configuration, and stays a secret."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler.formatter, _Redacting):
-            handler.formatter.sanitizer = sanitizer
+            kept = handler.formatter.sanitizer.secrets
+            handler.formatter.sanitizer = Sanitizer(kept | sanitizer.secrets)

@@ -35,6 +35,7 @@ class Sanitizer:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         present = {secret for secret in secrets if secret}
+        self.secrets = frozenset(present)
         self._short = short_secrets_pattern(present)  # shorter than a run: recognised whole only
         self._runs = frozenset(
             secret[start : start + SECRET_RUN]
