@@ -147,3 +147,88 @@ async def test_without_the_exchange_each_replica_sees_one_client_and_the_heavy_o
 ) -> None:
     got = await _three_replicas_one_client_each(nursery, redis, shared=False)
     assert got["heavy"] > got["light"] + 3 and got["heavy"] > got["double"], got
+
+
+def test_a_client_held_past_the_active_minute_still_gets_its_share_computed() -> None:
+    """Patience may hold a request longer than a minute: its client's figures leave the windows
+    meanwhile, yet asking again must be answered (it was a KeyError, a 500), and while the
+    provider is untouched nobody is held back."""
+    from trioproxy.config import Config
+    from trioproxy.quota.ledger import QuotaLedger
+    from trioproxy.routing.fair_share import ProviderShare
+
+    clock = trio.testing.MockClock()
+    cerebras = Config().cerebras
+    share = ProviderShare(cerebras, QuotaLedger([cerebras], clock=clock.current_time), clock=clock.current_time)
+    share.asked("patient", 1.0, UNIT // 10)
+    clock.jump(61)
+    share.asked("busy", 1.0, UNIT // 10)
+    share.asked("other", 1.0, UNIT // 10)
+    assert share.refusal("patient", UNIT // 10) is None
+    assert "patient" in share.demands(clock.current_time())
+
+
+async def test_a_request_the_provider_refused_costs_nothing_of_the_clients_share(
+    nursery: trio.Nursery, providers: Providers
+) -> None:
+    """A 4xx ran nothing: the ledger books the request and none of its tokens, and the client's
+    share likewise (else it would be held back for tokens that never ran)."""
+    from support.chat import chat
+    from support.proxies import proxy_config
+    from trioproxy.errors import ProxyError
+    from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
+    from trioproxy.quota.cooldown import CooldownTimers
+    from trioproxy.quota.ledger import QuotaLedger
+    from trioproxy.routing.fair_share import FairShare
+    from trioproxy.routing.request import ChatRequest, RouteRecord
+    from trioproxy.routing.router import Router
+    from trioproxy.secrets import Sanitizer
+
+    config = proxy_config(providers)
+    clients = [ProviderClient.for_provider(p, 5.0) for p in (config.cerebras, config.chutes)]
+    upstreams = [Upstream(p, c, Sanitizer(()), Deadlines(10, 10, 10))
+                 for p, c in zip((config.cerebras, config.chutes), clients)]
+    ledger = QuotaLedger([config.cerebras, config.chutes])
+    fair = FairShare()
+    fair.configure({"cerebras": config.cerebras}, ledger)
+    router = Router(upstreams, ledger, CooldownTimers(nursery, ledger), 300, 5, fair_share=fair)
+    providers.cerebras.faults.status = 400
+    with trio.fail_after(10):
+        try:
+            await router.complete(ChatRequest(body=chat(), stream=False, client="agent"), RouteRecord())
+        except ProxyError as error:
+            assert error.status == 400
+    share = fair.providers["cerebras"]
+    assert share.demands(trio.current_time())["agent"][2] == share.cost(0)  # the request, none of its tokens
+    for client in clients:
+        await client.aclose()
+
+
+async def test_a_replica_publishing_figures_of_another_shape_is_left_out(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Figures this replica cannot read (another version's, a corrupted key) are skipped: the
+    exchange goes on with the good ones instead of raising (which stopped the proxy)."""
+    import coredis
+
+    from trioproxy.quota.clients import ClientBook
+    from trioproxy.routing.client_exchange import ClientExchange
+    from trioproxy.routing.fair_share import FairShare
+
+    now = [0.0]
+    provider = cerebras(requests_per_minute=12)
+    ledgers = await replicas(nursery, redis, [provider], Clock(), count=2)
+    fairs = [FairShare(clock=lambda: now[0]) for _ in ledgers]
+    exchanges = []
+    for index, (fair, ledger) in enumerate(zip(fairs, ledgers)):
+        fair.configure({"cerebras": provider}, ledger)
+        exchanges.append(ClientExchange(ledger.store, "test:", f"r{index}", ClientBook.for_clients(()), fair,
+                                        clock=lambda: now[0]))
+    assert fairs[0].ticket("cerebras", "agent", 1.0, 100) is not None
+    async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
+        for bad, figures in enumerate(['{"fair": {"cerebras": {"x": [1]}}}', "not json", '{"budgets": [["a", 1]]}']):
+            await client.set(f"test:{{clients}}:replica:bad{bad}", figures, ex=60)
+            await client.sadd("test:{clients}:replicas", [f"bad{bad}"])
+        await client.hset("test:{clients}:usage", {"not json": "1", '["a","r","p","requests"]': "x"})
+    with trio.fail_after(10):
+        await exchanges[0].exchange()
+        await exchanges[1].exchange()
+    assert fairs[1].providers["cerebras"].others["agent"].asked > 0

@@ -5,6 +5,7 @@ Every door is driven through real HTTP against the emulated providers; the ledge
 through /v1/status, the counts through /metrics.
 """
 
+import functools
 import json
 import logging
 import socket
@@ -14,6 +15,8 @@ import attrs
 import httpx
 import pytest
 import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
 
 from support.chat import assert_openai_error
 from support.fault_server import HELLO, ROLE, send_then_close, send_then_hold, start_fault_server
@@ -491,3 +494,27 @@ async def test_a_client_that_stops_reading_a_stream_loses_it_and_the_provider_st
     client.close()
     async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as http:  # still serving
         assert (await http.get("/models")).status_code == 200
+
+
+async def test_a_plain_hypercorn_server_in_the_same_process_still_answers(
+    nursery: trio.Nursery, start_proxy: StartProxy
+) -> None:
+    """trioproxy puts its connection class into Hypercorn's modules; another Hypercorn server
+    with Hypercorn's own Config (no client_stall_seconds) serves on beside it."""
+    proxy = await start_proxy()
+
+    async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"plain hypercorn"})
+
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    stop = trio.Event()
+    bound = await nursery.start(functools.partial(hypercorn_serve, hello, config, shutdown_trigger=stop.wait))
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.get(bound[0] + "/")
+            assert (answer.status_code, answer.text) == (200, "plain hypercorn")
+            assert (await http.get(proxy.base_url + "/models")).status_code == 200
+    finally:
+        stop.set()

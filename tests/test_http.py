@@ -19,8 +19,8 @@ import trio.testing
 from support.proxies import Providers, Proxy, proxy_config
 from support.raw_http import root_of
 from trioproxy.config import Config
-from trioproxy.logs import REDACTED, RedactingFormatter
-from trioproxy.secrets import Sanitizer
+from trioproxy.logs import RedactingFormatter
+from trioproxy.secrets import REDACTED, Sanitizer
 from trioproxy.supervisor import run_proxy
 from trioproxy.testing.emulator import Faults, completion_text
 
@@ -415,7 +415,7 @@ async def test_keys_never_leak_on_401(nursery: trio.Nursery, providers: Provider
 def test_redacting_formatter_hides_secrets() -> None:
     """RedactingFormatter replaces each configured secret in the message and the traceback."""
     secret = "csk-supersecret-42"
-    formatter = RedactingFormatter([secret, "cpk_other", ""])
+    formatter = RedactingFormatter(Sanitizer([secret, "cpk_other", ""]))
     try:
         raise RuntimeError(f"upstream said Bearer {secret}")
     except RuntimeError:
@@ -432,7 +432,7 @@ def test_redacting_formatter_via_handler() -> None:
     """A logger using the formatter writes a redacted line to its stream."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(RedactingFormatter(["cpk_live_key"]))
+    handler.setFormatter(RedactingFormatter(Sanitizer(["cpk_live_key"])))
     logger = logging.getLogger("trioproxy.test.redaction")
     logger.addHandler(handler)
     logger.propagate = False
@@ -447,7 +447,7 @@ def test_redacting_formatter_via_handler() -> None:
 
 def test_a_short_secret_is_redacted_as_a_whole_token_and_leaves_words_alone() -> None:
     """A test key such as "x" would otherwise cut every word that holds the letter."""
-    formatter = RedactingFormatter(["x"])
+    formatter = RedactingFormatter(Sanitizer(["x"]))
     record = logging.LogRecord("trioproxy.test", logging.INFO, __file__, 1, "trioproxy sent Bearer %s; key=%s", ("x", "x"), None)
     text = formatter.format(record)
     assert "trioproxy sent Bearer [redacted]; key=[redacted]" in text

@@ -157,3 +157,13 @@ def test_tests_import_support_never_each_other() -> None:
         if name.split(".")[0].startswith("test_") or name.split(".")[0] == "conftest"
     ]
     assert imported == []
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    """A name with a leading underscore is its module's own: one another module needs is public."""
+    private = [f"trioproxy/{module.replace('.', '/')}.py:{node.lineno}: {alias.name}"
+               for module, path in MODULES.items()
+               for node in ast.walk(ast.parse(path.read_text(), str(path)))
+               if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("trioproxy"))
+               for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert private == []

@@ -6,13 +6,17 @@ import json
 import logging
 from collections.abc import Iterator
 
+import attrs
 import httpx
 import pytest
 import trio.testing
 
 from support.chat import chat, client_for
 from support.proxies import Providers, StartProxy
+from support.proxies import proxy_config
+from support.reload import reloadable_proxy
 from trioproxy.logs import ACCEPT_LOGGER, OncePerEpisode, configure_logging
+from trioproxy.secrets import Sanitizer
 
 
 @pytest.fixture
@@ -29,7 +33,7 @@ async def test_json_lines_carry_the_request_id_on_every_line_of_a_request(
     providers: Providers, start_proxy: StartProxy, captured: io.StringIO
 ) -> None:
     """A failover produces several lines; each is JSON with the client's x-request-id."""
-    configure_logging("INFO", [providers.cerebras.api_key, providers.chutes.api_key], captured, "json")
+    configure_logging("INFO", Sanitizer([providers.cerebras.api_key, providers.chutes.api_key]), captured, "json")
     proxy = await start_proxy()
     providers.cerebras.faults.status = 500
     async with client_for(proxy) as client:
@@ -47,7 +51,7 @@ async def test_json_lines_carry_the_request_id_on_every_line_of_a_request(
 async def test_text_lines_show_the_request_id(
     providers: Providers, start_proxy: StartProxy, captured: io.StringIO
 ) -> None:
-    configure_logging("INFO", [], captured, "text")
+    configure_logging("INFO", Sanitizer([]), captured, "text")
     proxy = await start_proxy()
     async with client_for(proxy) as client:
         await client.post("/chat/completions", json=chat(), headers={"x-request-id": "req-text-1"})
@@ -56,8 +60,29 @@ async def test_text_lines_show_the_request_id(
     assert request_lines and all("[req-text-1]" in line for line in request_lines)
 
 
+async def test_a_key_a_reload_brings_is_redacted_from_log_lines(providers: Providers, captured: io.StringIO) -> None:
+    """Lines are scrubbed by the running configuration's sanitizer: a key that arrived with a
+    reload is redacted, whole or as a run of 8 of its characters a provider echoes; the key it
+    replaced stays redacted (streams still on the old configuration may log it)."""
+    config = proxy_config(providers)
+    configure_logging("INFO", Sanitizer([providers.cerebras.api_key, providers.chutes.api_key]), captured, "text")
+    new_key = "csk-arrived-with-reload-0123456789"
+    async with reloadable_proxy(config) as (_proxy, send_reloads):
+        await send_reloads.send(attrs.evolve(config, cerebras=attrs.evolve(config.cerebras, api_key=new_key)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert "configuration reloaded" in captured.getvalue()
+        echo = logging.getLogger("trioproxy.test")
+        echo.warning("provider said: Incorrect API key provided: %s.", new_key)
+        echo.warning("provider said: key ...%s is not allowed", new_key[-12:])
+        echo.warning("old stream said: %s", providers.cerebras.api_key)
+    written = captured.getvalue()
+    assert new_key not in written and new_key[-12:] not in written
+    assert providers.cerebras.api_key not in written and "old stream said: [redacted]" in written
+    assert "Incorrect API key provided: [redacted]." in written and "key ...[redacted] is not allowed" in written
+
+
 def test_secrets_are_redacted_in_json_too(captured: io.StringIO) -> None:
-    configure_logging("DEBUG", ["csk-very-secret"], captured, "json")
+    configure_logging("DEBUG", Sanitizer(["csk-very-secret"]), captured, "json")
     logging.getLogger("trioproxy.test").warning("key is %s", "csk-very-secret")
     line = json.loads(captured.getvalue())
     assert "csk-very-secret" not in captured.getvalue() and "[redacted]" in line["message"]
@@ -65,7 +90,7 @@ def test_secrets_are_redacted_in_json_too(captured: io.StringIO) -> None:
 
 async def test_unsafe_request_ids_are_replaced(start_proxy: StartProxy, captured: io.StringIO) -> None:
     """Control characters or 10 KB in x-request-id: a new id, in the header and in the log."""
-    configure_logging("INFO", [], captured, "text")
+    configure_logging("INFO", Sanitizer([]), captured, "text")
     proxy = await start_proxy()
     async with client_for(proxy) as client:
         ids = {}
@@ -83,7 +108,7 @@ async def test_unsafe_request_ids_are_replaced(start_proxy: StartProxy, captured
 
 async def test_http2_header_blocks_stay_out_of_the_debug_log(start_proxy: StartProxy, captured: io.StringIO) -> None:
     """At DEBUG, hpack used to print each HTTP/2 header block, Authorization in clear."""
-    configure_logging("DEBUG", [], captured, "text")
+    configure_logging("DEBUG", Sanitizer([]), captured, "text")
     proxy = await start_proxy()
     async with httpx.AsyncClient(base_url=proxy.base_url, http1=False, http2=True) as client:
         response = await client.get("/models", headers={"authorization": "Bearer sk-client-own-key"})
@@ -94,7 +119,7 @@ async def test_http2_header_blocks_stay_out_of_the_debug_log(start_proxy: StartP
 
 def test_accept_failures_are_logged_once_per_episode(captured: io.StringIO) -> None:
     """EMFILE from accept(): Trio logs a traceback every 0.1 s; one line per episode reaches the log."""
-    configure_logging("INFO", [], captured, "text")
+    configure_logging("INFO", Sanitizer([]), captured, "text")
     clock = [0.0]
     logging.getLogger(ACCEPT_LOGGER).filters = [OncePerEpisode(quiet=10.0, clock=lambda: clock[0])]
     try:

@@ -85,6 +85,30 @@ async def test_an_error_event_after_content_is_continued_or_ends_with_the_doors_
         assert providers.chutes.received == []
 
 
+@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("continuations", [0, 2])
+async def test_a_quota_error_event_after_content_cools_the_key_down_too(
+    providers: Providers, start_proxy: StartProxy, door: str, continuations: int
+) -> None:
+    """A quota error after content cools the key down as one before content does, whether the
+    next provider finishes the answer or not: the next request goes straight to the next provider."""
+    providers.chutes.speaks_as = "cerebras"
+    providers.cerebras.faults = Faults(error_after_events=3, stream_error="zai-quota", remaining=1)
+    proxy = await start_proxy(cooldown_period_ms=120_000, max_continuations=continuations)
+
+    broken = await door_answer(door, proxy)
+    following = await door_answer(door, proxy)
+
+    assert (broken.error is None) == bool(continuations)
+    assert following.error is None and following.text == completion_text("cerebras")
+    assert len(providers.cerebras.received) == 1  # cooling down: not even tried the second time
+    assert len(providers.chutes.received) == (2 if continuations else 1)
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(proxy.base_url.removesuffix("/v1") + "/healthz")).json()
+    account = health["providers"]["cerebras"]["accounts"]["cerebras"]
+    assert 0 < account["cooldown_seconds"] <= 120 and "429" in account["cooldown_reason"]
+
+
 @pytest.mark.parametrize(
     ("event", "status"),
     [

@@ -374,3 +374,29 @@ async def test_honour_retry_after_false_restores_the_fixed_cooldown(
     assert answer.status_code == 200 and providers.chutes.served == 1
     cooldown = await cooldown_seconds(proxy)
     assert cooldown <= 1 if honour else 197 <= cooldown <= 200, cooldown
+
+
+async def test_an_answer_without_usage_is_settled_from_its_text(nursery: trio.Nursery, providers: Providers) -> None:
+    """A non-streamed answer without `usage` books its estimated prompt and its text's tokens,
+    not the whole completion budget the reservation held."""
+    from trioproxy.routing.tokens import estimate_prompt_tokens
+
+    answer = json.dumps({"id": "x", "object": "chat.completion", "model": "qwen-3-coder", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "a" * 400}}]}).encode()
+
+    async def send(stream: trio.SocketStream) -> None:
+        await stream.send_all(json_head(200, len(answer)) + answer)
+
+    server = await start_fault_server(nursery, send)
+    config = attrs.evolve(proxy_config(providers).cerebras, base_url=server.url)
+    client = ProviderClient.for_provider(config, 5.0)
+    ledger = QuotaLedger([config], clock=lambda: 0.0)  # still: the minute's bucket does not refill
+    router = Router([Upstream(config, client, Sanitizer(()), Deadlines(10, 10, 10))], ledger,
+                    CooldownTimers(nursery, ledger), 300, 5)
+    body = chat(max_tokens=5000)
+    with trio.fail_after(5):
+        await router.complete(ChatRequest(body=body, stream=False), RouteRecord())
+    (state,) = ledger.provider_snapshot("cerebras").values()
+    # about 100 tokens of text and a prompt of some ten, not the 5000 the client allowed
+    assert 100 < state["tpm"]["used"] <= 100 + 2 * estimate_prompt_tokens(body) + 10, state["tpm"]
+    await client.aclose()

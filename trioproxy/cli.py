@@ -18,6 +18,7 @@ from .config import Config, ConfigError, keyless_route, load_config, redacted, s
 from .demo import demo_choices, show_demo_banner
 from .errors import found_in
 from .logs import configure_logging
+from .secrets import Sanitizer
 from .quota.persist import default_state_path
 from .quota.redis_store import QuotaStoreError
 from .status_table import fetch_status, render_table
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if pidfile is not None:
         daemon.claim_pidfile(pidfile)
     log_stream = open(log_file, "a", buffering=1) if log_file is not None and report is None else sys.stderr
-    configure_logging(config.log_level, secrets(config), log_stream, config.log_format)
+    configure_logging(config.log_level, Sanitizer(secrets(config)), log_stream, config.log_format)
     try:
         banner = _demo_banner(config, report is not None, pidfile) if args.demo else None
         if workers > 1:

@@ -5,11 +5,11 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TextIO
 
-from .secrets import REDACTED, SECRET_RUN, short_secrets_pattern
+from .secrets import Sanitizer
 
 LEVELS = {"ERROR": logging.ERROR, "WARN": logging.WARNING, "INFO": logging.INFO, "DEBUG": logging.DEBUG}
 FORMATS = ("text", "json")
@@ -58,25 +58,22 @@ class OncePerEpisode(logging.Filter):
 
 
 class _Redacting(logging.Formatter):
-    """Replaces any configured secret that reaches a line, e.g. inside an exception text."""
+    """Scrubs each line with the running configuration's `Sanitizer` (the one scrubber), e.g. a
+    key inside an exception text; `redact_with` swaps it when a reload brings new keys."""
 
-    def __init__(self, secrets: Iterable[str], fmt: str | None = None) -> None:
+    def __init__(self, sanitizer: Sanitizer, fmt: str | None = None) -> None:
         super().__init__(fmt, "%Y-%m-%d %H:%M:%S")
-        secrets = tuple(s for s in secrets if s)
-        self._secrets = tuple(s for s in secrets if len(s) >= SECRET_RUN)
-        self._short = short_secrets_pattern(secrets)
+        self.sanitizer = sanitizer
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return self._short.sub(REDACTED, text) if self._short is not None else text
+        return self.sanitizer.redact(text)
 
 
 class RedactingFormatter(_Redacting):
     """Text lines: `time LEVEL logger [request id]: message`."""
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__(secrets, "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+    def __init__(self, sanitizer: Sanitizer) -> None:
+        super().__init__(sanitizer, "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         if not hasattr(record, "request_id"):
@@ -100,10 +97,10 @@ class JsonFormatter(_Redacting):
         return self.redact(json.dumps(line, ensure_ascii=False))
 
 
-def configure_logging(level: str, secrets: Iterable[str], stream: TextIO = sys.stderr, fmt: str = "text") -> None:
-    """Send every logger's records to `stream` at `level`, secrets redacted."""
+def configure_logging(level: str, sanitizer: Sanitizer, stream: TextIO = sys.stderr, fmt: str = "text") -> None:
+    """Send every logger's records to `stream` at `level`, scrubbed by `sanitizer`."""
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else RedactingFormatter(secrets))
+    handler.setFormatter(JsonFormatter(sanitizer) if fmt == "json" else RedactingFormatter(sanitizer))
     handler.addFilter(_RequestIdFilter())
     root = logging.getLogger()
     root.handlers = [handler]
@@ -112,3 +109,13 @@ def configure_logging(level: str, secrets: Iterable[str], stream: TextIO = sys.s
         logging.getLogger(name).setLevel(max(LEVELS[level], logging.WARNING))
     accept = logging.getLogger(ACCEPT_LOGGER)
     accept.filters = [OncePerEpisode()]
+
+
+def redact_with(sanitizer: Sanitizer) -> None:
+    """From now on the root logger's lines are scrubbed by `sanitizer` (the running
+    configuration's, so keys a reload brings are redacted too) and by the one they had: a key a
+    reload removed may still be logged by a stream on the old configuration, and stays a secret."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, _Redacting):
+            kept = handler.formatter.sanitizer.secrets
+            handler.formatter.sanitizer = Sanitizer(kept | sanitizer.secrets)

@@ -4,7 +4,7 @@ Whatever a provider writes into an error (its message, code, a stream's error ev
 the client, `/healthz`, `/v1/status` and the logs. Providers in OpenAI's style repeat the key
 they were sent ("Incorrect API key provided: csk-..."), and some answer an error with megabytes.
 The upstream boundary passes every such text through a `Sanitizer` before it goes anywhere,
-and the logs scrub their lines with the same patterns: the one scrubber, at the package's root
+and the logs scrub their lines with the running configuration's: the one scrubber, at the package's root
 so that both (and everything between them) import it downwards.
 """
 
@@ -35,6 +35,7 @@ class Sanitizer:
 
     def __init__(self, secrets: Iterable[str]) -> None:
         present = {secret for secret in secrets if secret}
+        self.secrets = frozenset(present)
         self._short = short_secrets_pattern(present)  # shorter than a run: recognised whole only
         self._runs = frozenset(
             secret[start : start + SECRET_RUN]

@@ -15,7 +15,7 @@ from .server.edges import HttpEdges
 from .config import Config, ConfigError, keyless_route
 from .demo import DemoProviders, start_demo_providers
 from .server.drain import Drain
-from .logs import LEVELS
+from .logs import LEVELS, redact_with
 from .quota.persist import StatePersister, resolve_state_path
 from .errors import found_in
 from .quota.redis_client import QuotaStoreError
@@ -58,6 +58,7 @@ async def run_proxy(
     try:
         async with trio.open_nursery() as nursery:
             runtime = await build_runtime(config, pool, nursery)
+            redact_with(runtime.sanitizer)
             app = ProxyApp(runtime)
 
             async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
@@ -130,6 +131,7 @@ async def _apply_reloads(
             continue
         current.prober_scope.cancel()
         logging.getLogger().setLevel(LEVELS[config.log_level])
+        redact_with(app.runtime.sanitizer)
         log.info("configuration reloaded: %s%s", _describe(config), restart)
 
 

@@ -27,6 +27,7 @@ from .ledger import MINUTE, DailyWindow, SlidingWindow, Window, _Booking, second
 
 ALL_ROUTES = "*"
 USAGE_FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "failovers", "over_budget")
+_FIELD_INDEX = {name: position for position, name in enumerate(USAGE_FIELDS)}
 _REQUEST_WINDOWS = ("rpm", "rpd")
 _TOKEN_WINDOWS = ("tpm", "tpd")
 
@@ -169,7 +170,7 @@ def _add(rows: dict[Row, list[int]], key: Row, amounts: Mapping[str, int] | Sequ
         row = rows[key] = [0] * len(USAGE_FIELDS)
     pairs = amounts.items() if isinstance(amounts, Mapping) else zip(USAGE_FIELDS, amounts)
     for name, amount in pairs:
-        row[USAGE_FIELDS.index(name)] += amount
+        row[_FIELD_INDEX[name]] += amount
 
 
 @define

@@ -38,7 +38,7 @@ class _Bin:
 
 
 @define
-class _Booking:
+class WindowBooking:
     """One request's share of a bin, so settling it corrects the right amount."""
 
     bin: _Bin
@@ -71,7 +71,7 @@ class Window:
     def _day_of_booking(self) -> int:
         return 0
 
-    def add(self, now: float, amount: int, seq: int = 0) -> _Booking:
+    def add(self, now: float, amount: int, seq: int = 0) -> WindowBooking:
         self._expire(now)
         day = self._day_of_booking()
         last = self._entries[-1] if self._entries else None
@@ -80,9 +80,9 @@ class Window:
             self._entries.append(last)
         last.at, last.amount, last.last_seq = max(last.at, now), last.amount + amount, seq
         self._total += amount
-        return _Booking(last, amount)
+        return WindowBooking(last, amount)
 
-    def adjust(self, booking: _Booking, amount: int) -> None:
+    def adjust(self, booking: WindowBooking, amount: int) -> None:
         """Correct an earlier booking to its real amount (an estimate settled by usage)."""
         if booking.bin.live and booking.bin.day == self._day_of_booking():
             booking.bin.amount += amount - booking.amount
@@ -176,12 +176,12 @@ class RefillingBucket(SlidingWindow):
             return super().used(now)
         return max(0, math.ceil(self.limit - self._refill(now) - 1e-9))
 
-    def add(self, now: float, amount: int, seq: int = 0) -> _Booking:
+    def add(self, now: float, amount: int, seq: int = 0) -> WindowBooking:
         if self.limit is not None:
             self._level = self._refill(now) - amount
         return super().add(now, amount, seq)
 
-    def adjust(self, booking: _Booking, amount: int) -> None:
+    def adjust(self, booking: WindowBooking, amount: int) -> None:
         if self.limit is not None and self._level is not None:
             # The provider gives back an unused reservation whenever it settles, however old.
             self._level = min(float(self.limit), self._level + booking.amount - amount)
@@ -296,7 +296,7 @@ class Synced:
 
 @define
 class MemoryReservation(Reservation):
-    _entries: dict[str, tuple[Window, _Booking]] = field(factory=dict)  # the token windows, for settling
+    _entries: dict[str, tuple[Window, WindowBooking]] = field(factory=dict)  # the token windows, for settling
 
 
 def seconds_until_utc_midnight(wall_time: float) -> float:

@@ -11,9 +11,11 @@ The keys share one hash tag, `{clients}`, so a Redis Cluster keeps them on one n
 """
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import trio
 
 from ..quota.clients import USAGE_FIELDS, ClientBook
@@ -23,6 +25,32 @@ from .fair_share import FairShare, Published
 
 INTERVAL = 1.0
 EXPIRES = 5  # seconds a replica's figures outlive its last publication
+
+log = logging.getLogger("trioproxy.client_exchange")
+
+
+class PeerFigures(msgspec.Struct):
+    """What one replica publishes: `fair` is `{quota_key: {client: (weight, asked, used)}}`,
+    `budgets` is `[(client, scope, window, used)]`."""
+
+    fair: dict[str, dict[str, tuple[float, int, int]]] = msgspec.field(default_factory=dict)
+    budgets: list[tuple[str, str, str, int]] = msgspec.field(default_factory=list)
+
+
+_peer_decoder = msgspec.json.Decoder(PeerFigures)
+
+
+def decode_peers(published: list[str]) -> list[PeerFigures]:
+    """The other replicas' figures; one that is not in the shape this replica writes (another
+    version, a corrupted key) is left out with a warning, never an exception that would stop
+    the exchange and the proxy with it."""
+    peers = []
+    for raw in published:
+        try:
+            peers.append(_peer_decoder.decode(raw))
+        except msgspec.DecodeError as error:  # ValidationError is one
+            log.warning("a replica's client figures were left out: %s", error)
+    return peers
 
 
 class ClientExchange:
@@ -75,7 +103,7 @@ class ClientExchange:
             self._book.usage.return_pending(pending)
             return
         others, usage = answer
-        self._take_others([json.loads(published) for published in others])
+        self._take_others(decode_peers(others))
         self._book.usage.shared = _usage_rows(usage)
 
     def _key(self, replica: str) -> str:
@@ -87,15 +115,15 @@ class ClientExchange:
         budgets = [[*key, used] for key, used in self._book.budgets.local().items() if used]
         return {"fair": fair, "budgets": budgets}
 
-    def _take_others(self, others: list[dict[str, Any]]) -> None:
+    def _take_others(self, others: list[PeerFigures]) -> None:
         fair: dict[str, dict[str, Published]] = {}
         budgets: dict[tuple[str, str, str], int] = {}
         for published in others:
-            for quota_key, clients in published.get("fair", {}).items():
+            for quota_key, clients in published.fair.items():
                 for name, (weight, asked, used) in clients.items():
                     before = fair.setdefault(quota_key, {}).get(name, Published(weight, 0, 0))
                     fair[quota_key][name] = Published(weight, before.asked + asked, before.used + used)
-            for name, scope, window, used in published.get("budgets", []):
+            for name, scope, window, used in published.budgets:
                 budgets[(name, scope, window)] = budgets.get((name, scope, window), 0) + used
         for quota_key, share in self._fair.providers.items():
             share.others = fair.get(quota_key, {})
@@ -105,9 +133,12 @@ class ClientExchange:
 def _usage_rows(usage: dict[str, Any]) -> dict[tuple[str, str, str], list[int]]:
     rows: dict[tuple[str, str, str], list[int]] = {}
     for key, value in usage.items():
-        parts = json.loads(key)
-        if len(parts) != 4 or parts[3] not in USAGE_FIELDS:
+        try:
+            parts, count = json.loads(key), int(value)
+        except ValueError:
+            continue  # not a field this proxy writes
+        if not isinstance(parts, list) or len(parts) != 4 or parts[3] not in USAGE_FIELDS:
             continue
-        row = rows.setdefault((parts[0], parts[1], parts[2]), [0] * len(USAGE_FIELDS))
-        row[USAGE_FIELDS.index(parts[3])] = int(value)
+        row = rows.setdefault((str(parts[0]), str(parts[1]), str(parts[2])), [0] * len(USAGE_FIELDS))
+        row[USAGE_FIELDS.index(parts[3])] = count
     return rows

@@ -24,7 +24,7 @@ from attrs import define, field
 
 from ..config import ProviderConfig, starting_limits
 from ..quota.contract import Ledger, Refusal, snapshot_windows
-from ..quota.ledger import MINUTE, SlidingWindow, _Booking
+from ..quota.ledger import MINUTE, SlidingWindow, WindowBooking
 
 # Below this much left of any of the provider's limits, demand is taken to exceed its quota: a
 # fuller bucket would overflow (its refill lost) if the clients over their parts waited.
@@ -109,11 +109,11 @@ class ProviderShare:
         use.weight, use.last_asked = weight, now
         use.asked.add(now, cost)
 
-    def took(self, client: str, cost: int) -> _Booking:
+    def took(self, client: str, cost: int) -> WindowBooking:
         """A request of `client` got the provider's quota; the booking settles it later."""
         return self._clients[client].used.add(self._clock(), cost)
 
-    def settle(self, client: str, booking: _Booking, tokens: int) -> None:
+    def settle(self, client: str, booking: WindowBooking, tokens: int) -> None:
         """Count what the request really took (the provider gives back the rest of a reservation)."""
         self._clients[client].used.adjust(booking, self.cost(tokens))
 
@@ -121,11 +121,15 @@ class ProviderShare:
         """None if `client` may take a request of `cost` now; else a "share" refusal with the
         time its own use will be below its part again (the others' may change that either way)."""
         now = self._clock()
+        # The asking client is active, and asks for this request, however long patience has held
+        # it (past the last minute, its own figures would have left the windows).
+        self._clients[client].last_asked = now
         demands = self.demands(now)
         if len(demands) <= 1:
             return None
+        weight, asked, used = demands[client]
+        demands[client] = (weight, max(asked, cost), used)
         part = water_fill({name: (weight, asked) for name, (weight, asked, _) in demands.items()}, UNIT)[client]
-        used = demands[client][2]
         # Below its part a client may take one more request, however large: a request larger
         # than a part would otherwise never go, and the overdraft is repaid before the next.
         if used < part or self._headroom() >= SATURATION:
@@ -174,7 +178,7 @@ class ShareTicket:
     share: ProviderShare
     client: str
     cost: int
-    _booking: _Booking | None = None
+    _booking: WindowBooking | None = None
 
     def refusal(self) -> Refusal | None:
         return self.share.refusal(self.client, self.cost)

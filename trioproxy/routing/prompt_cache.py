@@ -105,8 +105,9 @@ class PromptMemory:
         conversations of the same agent share (its tokens estimated in proportion)."""
         if not 0 <= key_index < len(self._keys) or prompt_tokens <= 0:
             return
-        memory, until = self._keys[key_index], self._clock() + self._ttl
-        memory.drop_expired(self._clock())
+        memory, now = self._keys[key_index], self._clock()
+        until = now + self._ttl
+        memory.drop_expired(now)
         if len(prefix.digests) > 2:
             shared = math.floor(prompt_tokens * prefix.chars[1] / max(1, prefix.chars[-1]))
             memory.put(prefix.digests[1], shared, until)

@@ -33,6 +33,7 @@ class OpenStream:
     """A provider stream whose status was 2xx and whose first content has arrived."""
 
     upstream: Upstream
+    model: str  # the model asked of it
     response: httpx.Response
     batches: AsyncIterator[list[str]]
     opening: list[dict[str, Any]]  # the events up to the first with content
@@ -51,6 +52,8 @@ class OpenStream:
 # Asks the next provider that can serve for the rest of the answer, passing over the named
 # providers; None when none can.
 Resume = Callable[[SaidSoFar, frozenset[str]], Awaitable["OpenStream | None"]]
+# Applies a provider's failure after content (a quota error's cooldown) as before content.
+BrokeOff = Callable[[OpenStream, UpstreamFailure], Awaitable[None]]
 
 
 def carries_content(document: dict[str, Any]) -> bool:
@@ -98,11 +101,12 @@ class _Replay:
 class StreamRelay:
     """Chat chunk documents of one streamed answer, from one provider or, after breaks, several."""
 
-    def __init__(self, stream: OpenStream, record: RouteRecord, resume: Resume, max_continuations: int,
-                 budget: int | None) -> None:
+    def __init__(self, stream: OpenStream, record: RouteRecord, resume: Resume, broke_off: BrokeOff,
+                 max_continuations: int, budget: int | None) -> None:
         self._stream = stream
         self._record = record
         self._resume = resume
+        self._broke_off = broke_off
         self._continuations_left = max_continuations
         self._budget = budget  # the client's completion budget, None for none
         self._said = SaidSoFar()
@@ -129,7 +133,7 @@ class StreamRelay:
                         yield batch
                 break
             except UpstreamFailure as failure:
-                log.warning("%s failed mid-stream: %s", failure.provider, failure.label)
+                await self._broke_off(self._stream, failure)
                 await self._continue_after(failure)
         if self._usage:
             usage = _summed(self._usage)

@@ -25,7 +25,7 @@ from .prompt_cache import PromptMemory, PromptPrefix
 from .relay import OpenStream, StreamRelay, carries_content
 from .request import ChatRequest, RouteRecord, waiting_on_upstream
 from .settlement import Settlement
-from .tokens import PromptEstimator, requested_completion_tokens
+from .tokens import PromptEstimator, estimate_answer_tokens, requested_completion_tokens
 
 log = logging.getLogger("trioproxy.router")
 
@@ -103,7 +103,10 @@ class Router:
                         document = await upstream.read_json(response)
                 finally:
                     await response.aclose()
-            await settlement.from_usage(document)
+            if not await settlement.from_usage(document):
+                # Without usage, the answer's own text is the best figure (as a stream's events
+                # are): the reservation's whole completion budget would stay booked.
+                await settlement.from_estimate(estimate_answer_tokens(document))
             return document
 
         return await self._route(request, record, attempt)
@@ -124,8 +127,12 @@ class Router:
             except ProxyError:
                 return None  # nobody could: the stream ends with the first failure's error
 
+        async def broke_off(stream: OpenStream, failure: UpstreamFailure) -> None:
+            await self._after_failure(stream.upstream, stream.model, failure, stream.settlement, mid_stream=True)
+
         first = await self._route(request, record, self._open_stream)
-        relay = StreamRelay(first, record, resume, self._max_continuations, requested_completion_tokens(request.body))
+        relay = StreamRelay(first, record, resume, broke_off, self._max_continuations,
+                            requested_completion_tokens(request.body))
         try:
             yield relay
         finally:
@@ -144,7 +151,7 @@ class Router:
                     await batches.aclose()  # type: ignore[attr-defined]
                     await response.aclose()
                 raise
-        return OpenStream(upstream, response, batches, opening, pending, settlement)
+        return OpenStream(upstream, body["model"], response, batches, opening, pending, settlement)
 
     async def _open(
         self, upstream: Upstream, body: dict[str, Any], reservation: Reservation, record: RouteRecord
@@ -266,7 +273,7 @@ class Router:
                 return result
             except UpstreamFailure as failure:
                 last_failure = failure
-                await self._after_failure(upstream, model, failure, reservation, record)
+                await self._after_failure(upstream, model, failure, settlement)
                 if not is_retryable(failure):
                     raise failure.error from None
                 why_not_previous = f"failover: {failure.label}"
@@ -323,17 +330,26 @@ class Router:
         return error
 
     async def _after_failure(
-        self, upstream: Upstream, model: str, failure: UpstreamFailure, reservation: Reservation, record: RouteRecord
+        self, upstream: Upstream, model: str, failure: UpstreamFailure, settlement: Settlement,
+        mid_stream: bool = False,
     ) -> None:
+        """What a provider's failure teaches: a missing model, a refusal's booking, a cooldown.
+
+        `mid_stream`: it broke off after content went out, so the stream's settlement books
+        what it spent; the cooldown rules are those of the same failure before content.
+        """
+        reservation = settlement.reservation
         log.warning(
-            "request %s: %s failed (%s): %s", REQUEST_ID.get(), upstream.name, failure.label, failure.error.message
+            "request %s: %s failed%s (%s): %s", REQUEST_ID.get(), upstream.name, " mid-stream" if mid_stream else "",
+            failure.label, failure.error.message,
         )
         missing = failure.model_missing
         if missing:
             self._health_of(upstream).mark_missing(upstream.name, model)
-        if missing or (failure.status is not None and failure.status < 500):
-            # A refused request ran nothing; only the request itself counts, not its tokens.
-            await self.ledger.settle(reservation, 0)
+        if not mid_stream and (missing or (failure.status is not None and failure.status < 500)):
+            # A refused request ran nothing; only the request itself counts, not its tokens
+            # (in the ledger and in the client's fair share alike).
+            await settlement.abandon(cancelled=False)
         if missing:
             return  # no cooldown: the key is fine, and the next candidate may serve at once
         backoff = backoff_for(

@@ -27,6 +27,16 @@ def estimate_prompt_tokens(body: dict[str, Any], messages_json: bytes | None = N
     return max(1, tokens)
 
 
+def estimate_answer_tokens(document: dict[str, Any]) -> int:
+    """Estimated completion tokens of a non-streamed chat answer: its choices' messages (text
+    and tool calls), for an answer that came without usage."""
+    choices = document.get("choices")
+    if not isinstance(choices, list):
+        return 0
+    messages = [choice.get("message") for choice in choices if isinstance(choice, dict)]
+    return _text_tokens(dump_json(messages).decode())
+
+
 def requested_completion_tokens(body: dict[str, Any]) -> int | None:
     """The completion budget the client asked for, if any (`max_completion_tokens` wins)."""
     for key in ("max_completion_tokens", "max_tokens"):

@@ -235,13 +235,7 @@ class ProxyApp:
         runtime = self.runtime  # a reload mid-request does not change what serves it
         served = ServedRequest(request_id, door.api, client=client.name)
         extra = {"x-request-id": request_id}
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
+        sent = _SentSoFar(send)
         try:
             exchange = door.parse(await self._read_body(scope, receive), runtime.models)
             served.stream, served.model = exchange.request.stream, exchange.request.route
@@ -253,8 +247,7 @@ class ProxyApp:
             admit_client(runtime, client, exchange.request, served)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
-            await _cancel_on_disconnect(receive, tracking_send,
-                                        lambda send: self._serve(runtime, exchange, served, send, extra))
+            await _cancel_on_disconnect(receive, sent, lambda send: self._serve(runtime, exchange, served, send, extra))
         except ProxyError as error:
             served.status = error.status
             if served.route.provider == "-":  # refused before any provider was asked
@@ -265,7 +258,7 @@ class ProxyApp:
             served.status = STATUS_CLIENT_CLOSED
         except Exception:  # a bug of ours: a 500 in the door's shape, the traceback in the log, once
             log.exception("request %s failed inside trioproxy", request_id)
-            if not started:
+            if not sent.started:
                 served.status = 500
                 await _send_error(send, door.error_body, internal_error(request_id), extra)
         finally:
@@ -355,25 +348,34 @@ def _too_large(limit: int) -> ProxyError:
     return ProxyError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
 
 
-async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Send], Awaitable[None]]) -> None:
+class _SentSoFar:
+    """A `send` that notes whether the response has started and whether its last body message
+    is on its way (one wrapper for both: each layer costs every message a coroutine call)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.finished = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = True
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
+
+
+async def _cancel_on_disconnect(receive: Receive, send: _SentSoFar, work: Callable[[Send], Awaitable[None]]) -> None:
     """Run `work(send)`, cancelling it the moment the client disconnects (Hypercorn never cancels us).
 
     Without this, a proxy keeps reading, and paying for, upstream tokens nobody will read.
     """
-    finished = False  # the last body message is on its way: a disconnect now is the normal end
     disconnected = False
-
-    async def tracking_send(message: Message) -> None:
-        nonlocal finished
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            finished = True
-        await send(message)
 
     async def watch(cancel_scope: trio.CancelScope) -> None:
         nonlocal disconnected
         while (await receive())["type"] != "http.disconnect":
             pass
-        if not finished:
+        if not send.finished:  # the last body message is on its way: a disconnect now is the normal end
             disconnected = True
             cancel_scope.cancel()
 
@@ -381,7 +383,7 @@ async def _cancel_on_disconnect(receive: Receive, send: Send, work: Callable[[Se
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch, nursery.cancel_scope)
         try:
-            await work(tracking_send)
+            await work(send)
         except ProxyError as error:
             refused = error  # raised below, unwrapped: a nursery would put it in an ExceptionGroup
         nursery.cancel_scope.cancel()

@@ -18,7 +18,10 @@
    once, between the answer's head and its body. Such bytes are never served, so they are
    dropped instead and the answer completes.
 
-Hypercorn offers no hook for its connection or protocol class, so `serve` puts these in place.
+Hypercorn offers no hook for its connection or protocol class, so `install_into_hypercorn` puts
+these in its modules, for the whole process: any other Hypercorn server in it gets them too, and
+with a plain Config (no `client_stall_seconds`) its connections have no stall bound, as before.
+They override private methods of Hypercorn's TCPServer, so pyproject.toml bounds its version.
 """
 
 import socket as _socket
@@ -49,14 +52,15 @@ class ProxyConnection(TCPServer):
     """One client connection: Hypercorn's, bounded in how long a client may leave bytes unread,
     with a lingering close."""
 
-    config: ServerConfig
+    config: ServerConfig | HypercornConfig  # another Hypercorn server's plain Config too
     _reader: trio.lowlevel.Task | None = None  # the task in `_read_data`, while it reads
     _read_done: trio.Event
 
     async def _read_data(self) -> None:
         tcp = getattr(self.stream, "transport_stream", self.stream)  # under TLS, the TCP stream
-        if hasattr(_socket, "TCP_USER_TIMEOUT") and isinstance(tcp, trio.SocketStream):  # Linux
-            tcp.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_USER_TIMEOUT, int(self.config.client_stall_seconds * 1000))
+        stall = getattr(self.config, "client_stall_seconds", None)  # None: another server's plain Config
+        if stall is not None and hasattr(_socket, "TCP_USER_TIMEOUT") and isinstance(tcp, trio.SocketStream):  # Linux
+            tcp.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_USER_TIMEOUT, int(stall * 1000))
         self._reader, self._read_done = trio.lowlevel.current_task(), trio.Event()
         try:
             await super()._read_data()
@@ -98,9 +102,17 @@ class ProxyH11Protocol(H11Protocol):
         await super().handle(event)
 
 
+def install_into_hypercorn() -> None:
+    """Make Hypercorn's Trio server build ProxyConnection and ProxyH11Protocol (idempotent: the
+    classes are put in place once and stay, since servers already running look them up too)."""
+    if hypercorn_run.TCPServer is not ProxyConnection:
+        hypercorn_run.TCPServer = ProxyConnection  # type: ignore[misc]
+    if hypercorn_protocol.H11Protocol is not ProxyH11Protocol:
+        hypercorn_protocol.H11Protocol = ProxyH11Protocol  # type: ignore[misc]
+
+
 async def serve(app: Any, config: ServerConfig, *, shutdown_trigger: Any,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """`hypercorn.trio.serve`, every connection a ProxyConnection."""
-    hypercorn_run.TCPServer = ProxyConnection  # type: ignore[misc]
-    hypercorn_protocol.H11Protocol = ProxyH11Protocol  # type: ignore[misc]
+    install_into_hypercorn()
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status)
