@@ -23,7 +23,7 @@ from attrs import define, field
 
 from ..config import Budget, ClientConfig
 from .contract import Refusal
-from .ledger import MINUTE, DailyWindow, SlidingWindow, Window, _Booking, seconds_until_utc_midnight
+from .ledger import MINUTE, DailyWindow, SlidingWindow, Window, WindowBooking, seconds_until_utc_midnight
 
 ALL_ROUTES = "*"
 USAGE_FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "failovers", "over_budget")
@@ -50,7 +50,7 @@ def _scopes(client: ClientConfig) -> dict[str, Budget]:
 class TokenBooking:
     """The estimated tokens one admitted request booked on its client's token windows."""
 
-    _bookings: list[tuple[Window, _Booking]] = field(factory=list)
+    _bookings: list[tuple[Window, WindowBooking]] = field(factory=list)
 
     def settle(self, tokens: int) -> None:
         """Replace the estimate by the tokens the request really used (0 when no provider answered)."""
