@@ -25,9 +25,20 @@ class SaidSoFar:
     """What the client holds of the answer: its text, its whole tool calls, and about how many
     completion tokens they took (one per streamed event that carried them)."""
 
-    text: str = ""
+    # The text's pieces as they went out, joined only when a continuation needs them: `+=` on an
+    # attribute copies the whole text at every event, quadratic in a long answer.
+    pieces: list[str] = Factory(list)
     calls: list[dict[str, Any]] = Factory(list)  # chat tool calls: id, type, function{name, arguments}
     tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def said(self, text: str) -> None:
+        """One more piece of text reached the client (one event's worth of tokens)."""
+        self.pieces.append(text)
+        self.tokens += 1
 
     def prefill(self) -> dict[str, Any]:
         """The partial answer as a final assistant message."""

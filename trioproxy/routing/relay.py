@@ -217,8 +217,7 @@ class StreamRelay:
             out += self._complete_calls()
             text = self._replayed(upstream, text)
             if text:
-                self._said.text += text
-                self._said.tokens += 1
+                self._said.said(text)
                 passed["content"] = text
         if passed:
             out.append(_delta_choice(passed))
@@ -308,7 +307,7 @@ class StreamRelay:
             raise failure.error from None
         self._record.continuations.append((stream.upstream.name, failure.label))
         self._stream = following
-        if following.upstream.config.continuation == "restart" and (self._said.text or self._said.calls):
+        if following.upstream.config.continuation == "restart" and (self._said.pieces or self._said.calls):
             self._replay = _Replay(self._said.text, list(self._said.calls))
         log.warning("request %s: %s continues the answer %s broke off (%s)", REQUEST_ID.get(),
                  following.upstream.name, stream.upstream.name, failure.label)
