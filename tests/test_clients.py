@@ -21,6 +21,7 @@ from support.reload import reloadable_proxy
 from trioproxy.config import Budget, ClientConfig, ConfigError, ModelRoute, RouteProvider, load_config
 from trioproxy.quota.clients import ClientBook, ClientBudgets, TokenBooking
 from trioproxy.quota.contract import Refusal
+from trioproxy.testing.emulator.faults import Faults
 from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.persist import StatePersister
 
@@ -267,24 +268,24 @@ async def test_a_request_estimated_past_the_tokens_budget_is_refused_before_any_
 async def test_of_two_parallel_requests_that_fit_alone_but_not_together_one_is_refused(
     providers: Providers, start_proxy: StartProxy
 ) -> None:
-    """Each books its estimate at admission, so the second sees the first's tokens before any
-    usage came back."""
+    """Each books its estimate at admission: while the first is still at the provider (held
+    there), the second sees the first's tokens before any usage came back and is refused."""
     proxy = await start_proxy(clients=two_clients(budget=Budget(tokens_per_minute=1_000)))
+    providers.cerebras.faults = providers.chutes.faults = Faults(latency=30)
     alice = openai_client(proxy, ALICE_KEY)
-    outcomes: list[str] = []
 
     async def send() -> None:
-        try:
-            await alice.chat.completions.create(model=MODEL, max_tokens=600, messages=[{"role": "user", "content": "hi"}])
-            outcomes.append("served")
-        except openai.RateLimitError:
-            outcomes.append("refused")
+        await alice.chat.completions.create(model=MODEL, max_tokens=600, messages=[{"role": "user", "content": "hi"}])
 
-    with trio.fail_after(30):
+    with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send)
-            nursery.start_soon(send)
-    assert sorted(outcomes) == ["refused", "served"]
+            while not (providers.cerebras.received or providers.chutes.received):  # the first is in flight
+                await trio.sleep(0.01)
+            with pytest.raises(openai.RateLimitError) as refused:
+                await send()
+            nursery.cancel_scope.cancel()
+    assert "tokens per minute" in refused.value.response.json()["error"]["message"]
 
 
 async def test_after_a_served_request_the_budget_shows_its_real_usage_not_the_estimate(
