@@ -19,7 +19,7 @@ from attrs import field, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .logs import FORMATS, LEVELS
-from .plans import PLANS
+from .plans import PLANS, WINDOW_SETTINGS
 from .redis_target import TlsFileError, parse_redis_url, tls_context
 
 
@@ -319,8 +319,6 @@ class Budget:
         return {window: limit for window, limit in figures.items() if limit is not None}
 
 
-_BUDGET_FIELDS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "rpd": "requests_per_day",
-                  "tpd": "tokens_per_day"}
 _CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _KEY_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -651,7 +649,7 @@ def _check_budget(config: Config, client: ClientConfig, budget: Budget, routes: 
     as configured or as their plans start (a window some provider does not limit allows any)."""
     everyone = {p.name: p for p in (config.cerebras, config.chutes, *config.extra_providers)}
     for window, limit in budget.limits().items():
-        name = _BUDGET_FIELDS[window]
+        name = WINDOW_SETTINGS[window]
         if limit <= 0:
             raise _InvalidKey(f"{key}.{name}", f"client {client.name!r} must be greater than 0, got {limit}")
         for route in routes:
@@ -668,14 +666,10 @@ def _quota_settings(provider: ProviderConfig) -> tuple[int | str | None, ...]:
     )
 
 
-_LIMIT_FIELDS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "utpm": "uncached_tokens_per_minute",
-                 "rpd": "requests_per_day", "tpd": "tokens_per_day"}
-
-
 def configured_limits(provider: ProviderConfig) -> dict[str, int | None]:
     """`{window: the configured figure}`: the operator's ceilings (None: none set), the
     windows of other lengths (`QuotaWindow.name`) after the five named ones."""
-    limits = {window: getattr(provider, name) for window, name in _LIMIT_FIELDS.items()}
+    limits = {window: getattr(provider, name) for window, name in WINDOW_SETTINGS.items()}
     return limits | {window.name: window.limit for window in provider.windows or ()}
 
 

@@ -8,6 +8,13 @@ stays a ceiling over both.
 
 from collections.abc import Mapping
 
+# The setting that holds each window's figure: a provider's field in the configuration and the
+# emulated provider's keyword of the same name.
+WINDOW_SETTINGS: Mapping[str, str] = {
+    "rpm": "requests_per_minute", "tpm": "tokens_per_minute", "utpm": "uncached_tokens_per_minute",
+    "rpd": "requests_per_day", "tpd": "tokens_per_day",
+}
+
 PLANS: Mapping[str, Mapping[str, int]] = {
     # Cerebras Code Pro: 24M tokens/day; the per-minute figures are those the original proxy
     # was built for (15 requests, 165,000 tokens).

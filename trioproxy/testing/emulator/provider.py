@@ -8,7 +8,7 @@ from typing import Any, Literal
 import trio
 from attrs import Factory, define, field, frozen
 
-from ...plans import PLANS
+from ...plans import PLANS, WINDOW_SETTINGS
 from .actions import Json
 from .faults import Faults
 from .prompt_cache import PromptCache
@@ -165,17 +165,13 @@ class EmulatedProvider:
         }
 
 
-_PLAN_FIELDS = {"rpm": "requests_per_minute", "tpm": "tokens_per_minute", "rpd": "requests_per_day",
-                "tpd": "tokens_per_day"}
-
-
 def cerebras(api_key: str = "csk-emulated", plan: str | None = None, **kw: Any) -> EmulatedProvider:
     """An emulated Cerebras with today's catalogue (retired ids answer 503) and the paid
     131,072-token window. Given `model` alone, it lists only that model. `plan` (a name in
     `trioproxy.plans.PLANS`) sets the limits a key of that plan has (limits given win), and so
     the `x-ratelimit-limit-*` headers it states."""
     for window, figure in (PLANS[plan] if plan is not None else {}).items():
-        kw.setdefault(_PLAN_FIELDS[window], figure)
+        kw.setdefault(WINDOW_SETTINGS[window], figure)
     if "model" not in kw:
         kw.setdefault("more_models", list(CEREBRAS_MODELS[1:]))
     kw.setdefault("model", CEREBRAS_MODEL)
