@@ -7,17 +7,38 @@ is known here by its message prefix: a chain of digests, one after each leading 
 tool definitions first), each of the one before and the message, so the digests of every
 prefix cost one pass over the prompt. No prompt text is kept, only digests and token counts.
 The digests are Python's own 64-bit hashes (SipHash, seeded per process): 20 times faster
-than a cryptographic digest, and the memory that keeps them lives in this process only.
+than a cryptographic digest, for a memory that lives in this process only. A memory shared
+between processes (`routing/prompt_exchange`) needs digests every process computes alike:
+there each is the CRC-32 of the prefix's JSON, continued message by message, beside the
+prefix's length (about 1.6 times the cost of `hash`, 4 times cheaper than BLAKE2).
 """
 
 import math
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from attrs import frozen
 
 from ..jsoncodec import dump_json
+
+# At most this many entries wait for publication (a memory shared between processes); a burst
+# beyond is not passed on: the others then book those turns as uncached, which is safe.
+OUTBOX_ENTRIES = 10_000
+
+
+@frozen
+class Remembered:
+    """One prefix a key was sent, as processes sharing the memory tell each other: the key's
+    index, the prefix's stable digest, its prompt tokens, and how long the cache keeps it."""
+
+    key_index: int
+    digest: int
+    tokens: int
+    seconds_left: float
+
 
 @frozen
 class PromptPrefix:
@@ -28,13 +49,15 @@ class PromptPrefix:
     chars: tuple[int, ...]
 
     @classmethod
-    def of(cls, body: dict[str, Any]) -> tuple["PromptPrefix", bytes | None]:
+    def of(cls, body: dict[str, Any], stable: bool = False) -> tuple["PromptPrefix", bytes | None]:
         """The body's prefix, and its messages as compact JSON (each message is dumped once
-        here; the estimate reads the same bytes), None when `messages` is not a list."""
+        here; the estimate reads the same bytes), None when `messages` is not a list.
+        `stable`: digests that every process computes alike (for a shared memory)."""
         tools = body.get("tools") or body.get("functions") or []
         part = dump_json(tools)
-        digest = hash(part)
-        digests, chars, total = [digest], [len(part)], len(part)
+        total = len(part)
+        digest = _stable(zlib.crc32(part), total) if stable else hash(part)
+        digests, chars = [digest], [total]
         messages = body.get("messages")
         if not isinstance(messages, list):
             return cls(tuple(digests), tuple(chars)), None
@@ -42,11 +65,17 @@ class PromptPrefix:
         for message in messages:
             part = dump_json(message)
             parts.append(part)
-            digest = hash((digest, part))
             total += len(part)
+            digest = _stable(zlib.crc32(part, digest >> 32), total) if stable else hash((digest, part))
             digests.append(digest)
             chars.append(total)
         return cls(tuple(digests), tuple(chars)), b"[" + b",".join(parts) + b"]"
+
+
+def _stable(crc: int, length: int) -> int:
+    """A 64-bit digest of a prefix: its running CRC-32 (high half, continued by the next
+    message) and its length in bytes (low half), so two prefixes agree only if both do."""
+    return (crc << 32) | (length & 0xFFFF_FFFF)
 
 
 class _KeyMemory:
@@ -83,6 +112,42 @@ class PromptMemory:
     def __init__(self, keys: int, ttl: float, block: int, entries: int, clock: Callable[[], float]) -> None:
         self._ttl, self._block, self._clock = ttl, block, clock
         self._keys = [_KeyMemory(entries) for _ in range(keys)]
+        # While shared with other processes: what this one remembered since it last published.
+        self._outbox: list[Remembered] | None = None
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
+    @property
+    def shared(self) -> bool:
+        return self._outbox is not None
+
+    def share(self) -> None:
+        """From now on keep what is remembered here for `take_remembered` (a shared memory)."""
+        if self._outbox is None:
+            self._outbox = []
+
+    def take_remembered(self) -> list["Remembered"]:
+        """What this process remembered since the last call, each with the seconds it has left."""
+        if not self._outbox:
+            return []
+        taken, self._outbox = self._outbox, []
+        now = self._clock()
+        return [attrs.evolve(entry, seconds_left=entry.seconds_left - now) for entry in taken
+                if entry.seconds_left > now]
+
+    def learn(self, entry: "Remembered") -> None:
+        """Another process sent key `entry.key_index` a prompt with this prefix: remember it
+        here too, for the seconds it has left (at most the cache's life), without passing it on."""
+        if not 0 <= entry.key_index < len(self._keys) or entry.tokens <= 0 or entry.seconds_left <= 0:
+            return
+        now = self._clock()
+        memory = self._keys[entry.key_index]
+        until = now + min(entry.seconds_left, self._ttl)
+        known = memory.table.get(entry.digest)
+        if known is None or known[1] < until:
+            memory.put(entry.digest, entry.tokens, until)
 
     def cached(self, prefix: PromptPrefix, prompt_tokens: int) -> list[int]:
         """Per key (in key order), the prompt tokens its cache likely holds of this prompt."""
@@ -110,8 +175,14 @@ class PromptMemory:
         memory.drop_expired(now)
         if len(prefix.digests) > 2:
             shared = math.floor(prompt_tokens * prefix.chars[1] / max(1, prefix.chars[-1]))
-            memory.put(prefix.digests[1], shared, until)
-        memory.put(prefix.digests[-1], prompt_tokens, until)
+            self._put(key_index, prefix.digests[1], shared, until)
+        self._put(key_index, prefix.digests[-1], prompt_tokens, until)
+
+    def _put(self, key_index: int, digest: int, tokens: int, until: float) -> None:
+        self._keys[key_index].put(digest, tokens, until)
+        if self._outbox is not None and len(self._outbox) < OUTBOX_ENTRIES:
+            # Until published, `seconds_left` holds the deadline on this process's clock.
+            self._outbox.append(Remembered(key_index, digest, tokens, until))
 
     def size(self) -> int:
         """Entries held over all keys (for tests and operators)."""
