@@ -221,47 +221,43 @@ async def test_the_shared_ledger_keeps_both_buckets_and_the_cache_affinity(nurse
 # --------------------------------------------------------------------------- the memory shared through Redis
 
 
-def test_stable_digests_are_the_same_in_every_process() -> None:
-    """Processes with other hash seeds compute the same stable digests (Python's `hash` differs)."""
+def test_digests_are_the_same_in_every_process() -> None:
+    """Processes with other hash seeds compute the same digests (a memory shared between them)."""
     program = ("import json, sys; from trioproxy.routing.prompt_cache import PromptPrefix; "
-               "body = json.loads(sys.stdin.read()); "
-               "print(json.dumps([PromptPrefix.of(body, stable)[0].digests for stable in (True, False)]))")
+               "print(json.dumps(PromptPrefix.of(json.loads(sys.stdin.read()))[0].digests))")
     body = json.dumps({"messages": turn(3), "tools": [{"type": "function", "function": {"name": "f"}}]})
-    seen = []
-    for seed in ("1", "2"):
-        done = subprocess.run([sys.executable, "-c", program], input=body, capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": seed}, timeout=60)
-        seen.append(json.loads(done.stdout))
-    (stable_one, hashed_one), (stable_two, hashed_two) = seen
-    assert stable_one == stable_two and len(set(stable_one)) == len(stable_one)
-    assert hashed_one != hashed_two  # why a shared memory cannot use them
+    seen = [json.loads(subprocess.run([sys.executable, "-c", program], input=body, capture_output=True, text=True,
+                                      check=True, env={**os.environ, "PYTHONHASHSEED": seed}, timeout=60).stdout)
+            for seed in ("1", "2")]
+    assert seen[0] == seen[1] == list(PromptPrefix.of(json.loads(body))[0].digests)
+    assert len(set(seen[0])) == len(seen[0])
 
 
-def test_a_stable_digest_of_a_prompt_continues_that_of_its_prefix() -> None:
-    shorter, longer = (PromptPrefix.of({"messages": turn(n)}, stable=True)[0] for n in (3, 4))
+def test_the_digests_of_a_prompt_continue_those_of_its_prefix() -> None:
+    shorter, longer = (PromptPrefix.of({"messages": turn(n)})[0] for n in (3, 4))
     assert longer.digests[: len(shorter.digests)] == shorter.digests
-    assert PromptPrefix.of({"messages": turn(3, size=401)}, stable=True)[0].digests[2:] != shorter.digests[2:]
+    assert PromptPrefix.of({"messages": turn(3, size=401)})[0].digests[2:] != shorter.digests[2:]
 
 
 def test_what_another_process_tells_is_kept_for_its_time_left_at_most_the_cache_life() -> None:
     clock = FakeClock()
     memory = PromptMemory(keys=2, ttl=300, block=100, entries=64, clock=clock)
-    digest = PromptPrefix.of({"messages": turn(3)}, stable=True)[0].digests[-1]
+    digest = PromptPrefix.of({"messages": turn(3)})[0].digests[-1]
     memory.learn(Remembered(1, digest, 5_000, seconds_left=10_000))  # beyond the cache's life
     memory.learn(Remembered(2, digest, 5_000, seconds_left=60))  # no such key
     memory.learn(Remembered(0, digest, -5, seconds_left=60))  # nonsense tokens
-    longer = PromptPrefix.of({"messages": turn(4)}, stable=True)[0]
+    longer = PromptPrefix.of({"messages": turn(4)})[0]
     assert memory.cached(longer, 6_000) == [0, 4_900]
     clock.now += 300
     assert memory.cached(longer, 6_000) == [0, 0]
-    assert not memory.shared and memory.take_remembered() == []  # not shared: nothing kept to publish
+    assert memory.take_remembered() == []  # not shared: nothing kept to publish
 
 
 def test_what_waits_for_publication_is_bounded() -> None:
     memory = PromptMemory(keys=1, ttl=300, block=0, entries=64, clock=FakeClock())
     memory.share()
     for number in range(OUTBOX_ENTRIES + 10):
-        memory.remember(0, PromptPrefix.of({"messages": [{"role": "user", "content": str(number)}]}, stable=True)[0], 10)
+        memory.remember(0, PromptPrefix.of({"messages": [{"role": "user", "content": str(number)}]})[0], 10)
     taken = memory.take_remembered()
     assert len(taken) == OUTBOX_ENTRIES and {entry.seconds_left for entry in taken} == {300}
     assert memory.take_remembered() == [] and memory.size() == 64
@@ -285,9 +281,8 @@ async def test_a_turn_on_another_replica_is_booked_by_its_tail_once_the_replicas
     nursery: trio.Nursery, redis: RedisServer
 ) -> None:
     clock, (one, two), (first, second) = await _two_replicas_sharing(nursery, redis)
-    assert one.shared and two.shared
-    one.remember(0, PromptPrefix.of({"messages": turn(3)}, stable=True)[0], 5_000)
-    following = PromptPrefix.of({"messages": turn(4)}, stable=True)[0]
+    one.remember(0, PromptPrefix.of({"messages": turn(3)})[0], 5_000)
+    following = PromptPrefix.of({"messages": turn(4)})[0]
     await second.exchange()
     assert two.cached(following, 6_000) == [0]  # not yet published: booked as uncached, safely
     clock.now += 100
@@ -310,11 +305,11 @@ async def test_a_message_of_another_shape_is_left_out_with_a_warning(
     async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
         for garbage in ("not json", '[["cerebras", "zero", 1, 2, 3]]', '{"e": 1}'):
             await client.xadd("test:{prompts}:sent", {"r": "other", "e": garbage})
-    one.remember(0, PromptPrefix.of({"messages": turn(3)}, stable=True)[0], 5_000)
+    one.remember(0, PromptPrefix.of({"messages": turn(3)})[0], 5_000)
     await first.exchange()
     with caplog.at_level(logging.WARNING, "trioproxy.prompt_exchange"):
         await second.exchange()
-    assert two.cached(PromptPrefix.of({"messages": turn(4)}, stable=True)[0], 6_000) == [4_900]
+    assert two.cached(PromptPrefix.of({"messages": turn(4)})[0], 6_000) == [4_900]
     warned = {r.getMessage() for r in caplog.records if "prompt prefixes were left out" in r.getMessage()}
     assert len(warned) == 3, warned
 

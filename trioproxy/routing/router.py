@@ -91,12 +91,6 @@ class Router:
             if u.config.prompt_cache_seconds > 0
         }
 
-    @property
-    def _stable_digests(self) -> bool:
-        """Whether prompt prefixes need digests every process computes alike (a memory shared
-        through Redis, see `prompt_exchange`)."""
-        return any(memory.shared for memory in self.prompt_memory.values())
-
     async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers."""
 
@@ -220,8 +214,7 @@ class Router:
         `ask` turns the body fit for a provider into what to send it (a continuation), or None
         to pass that provider over.
         """
-        prefix, messages_json = (PromptPrefix.of(request.body, self._stable_digests) if self.prompt_memory
-                                 else (None, None))
+        prefix, messages_json = PromptPrefix.of(request.body) if self.prompt_memory else (None, None)
         record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
         order = self._in_order()
         if not order:
