@@ -4,7 +4,7 @@ fails here until the text follows it."""
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # From the repository's root (`bench/soak.py`), or inside the package (`quota/ledger.py`); not in
 # a quoted string ("trioproxy/qwen-3-coder" is a model a client names).
