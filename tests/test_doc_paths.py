@@ -9,7 +9,7 @@ DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs"
 # From the repository's root (`bench/soak.py`), or inside the package (`quota/ledger.py`); not in
 # a quoted string ("trioproxy/qwen-3-coder" is a model a client names).
 FROM_ROOT = re.compile(r"(?<![\w/.\"-])((?:trioproxy|tests|bench|scripts|docs|\.ci)/[\w./*-]*[\w*/])")
-IN_PACKAGE = re.compile(r"(?<![\w/.\"-])((?:server|doors|routing|providers|quota|testing|emulator)/[\w./*-]*[\w*/])")
+IN_PACKAGE = re.compile(r"(?<![\w/.\"-])((?:server|doors|routing|providers|quota|testing|emulator|cli|process|config)/[\w./*-]*[\w*/])")
 GENERATED = ("bench/.cache/",)  # what benchmarks write; not in the repository
 
 

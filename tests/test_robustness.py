@@ -47,7 +47,7 @@ from support.fault_server import (
 )
 from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.raw_http import SSE_HEAD, abort_with_reset, json_head, read_raw_request
-from trioproxy.supervisor import run_proxy
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing.emulator import EmulatedProvider, Faults, completion_text, serve
 
 MODEL = "qwen-3-coder"

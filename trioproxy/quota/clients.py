@@ -21,7 +21,7 @@ from typing import Any
 import trio
 from attrs import define, field
 
-from ..config import Budget, ClientConfig
+from ..config.schema import Budget, ClientConfig
 from .contract import Refusal
 from .ledger import MINUTE, DailyWindow, SlidingWindow, Window, WindowBooking, seconds_until_utc_midnight
 
