@@ -16,7 +16,7 @@ from trioproxy.config.validators import ConfigError
 from trioproxy.config.load import load_config
 from trioproxy.config.redaction import redacted
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.toml.example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.toml.example"
 
 
 def _toml_value(value: Any) -> str:
