@@ -26,8 +26,8 @@ import msgspec
 import trio
 from coredis.tokens import PureToken
 
-from ..quota.redis_client import Client
-from ..quota.redis_store import QuotaStore
+from ..quota.redis.client import Client
+from ..quota.redis.store import QuotaStore
 from .prompt_cache import PromptMemory, Remembered
 
 INTERVAL = 0.25  # seconds between rounds: agents' turns come a second or more apart
