@@ -112,6 +112,47 @@ async def test_a_requests_cost_is_priced_from_the_limits_the_provider_states() -
     assert share.cost(33_000) == UNIT // 10  # tokens weigh more than the request now
 
 
+async def test_a_request_counts_against_its_clients_share_while_the_ledger_answers() -> None:
+    """A shared ledger answers after a round trip: a second request of the same client, checked
+    meanwhile, sees the first one's part taken (and a refused one gives it back)."""
+    import attrs
+
+    from trioproxy.config import Config
+    from trioproxy.quota.contract import Refusal, Reservation
+    from trioproxy.quota.ledger import QuotaLedger
+    from trioproxy.routing.fair_share import FairShare
+    from trioproxy.routing.patience import _Booking
+
+    class RoundTrip(QuotaLedger):
+        async def reserve(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            await trio.sleep(0.01)
+            return await super().reserve(*args, **kwargs)
+
+    cerebras = attrs.evolve(Config().cerebras, plan=None, requests_per_minute=10, tokens_per_minute=None,
+                            tokens_per_day=None, api_key="csk-one")
+    ledger = RoundTrip([cerebras])
+    for _ in range(5):  # half the minute spent: below the point where shares apply
+        assert isinstance(await QuotaLedger.reserve(ledger, "cerebras", 1), Reservation)
+    fair = FairShare()
+    fair.configure({"cerebras": cerebras}, ledger)
+    for _ in range(10):  # both ask for more than their half
+        fair.ticket("cerebras", "b", 1.0, 1)
+        ticket = fair.ticket("cerebras", "a", 1.0, 1)
+    for _ in range(4):  # a has 4 of its 5 requests
+        assert ticket is not None
+        ticket.took()
+    got: list[object] = []
+
+    async def ask() -> None:
+        got.append(await _Booking(1, 1, None, fair.ticket("cerebras", "a", 1.0, 1)).reserve(ledger, "cerebras"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        nursery.start_soon(ask)
+    assert sum(isinstance(answer, Reservation) for answer in got) == 1
+    assert [answer.reason for answer in got if isinstance(answer, Refusal)] == ["share"]
+
+
 # --- across replicas, on a real redis-server ------------------------------------------------------
 
 

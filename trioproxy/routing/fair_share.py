@@ -133,6 +133,10 @@ class ProviderShare:
         """Count what the request really took (the provider gives back the rest of a reservation)."""
         self._clients[client].used.adjust(booking, self.cost(tokens))
 
+    def give_back(self, client: str, booking: WindowBooking) -> None:
+        """A request counted by `took` that the provider did not take after all."""
+        self._clients[client].used.adjust(booking, 0)
+
     def refusal(self, client: str, cost: int) -> Refusal | None:
         """None if `client` may take a request of `cost` now; else a "share" refusal with the
         time its own use will be below its part again (the others' may change that either way)."""
@@ -206,6 +210,12 @@ class ShareTicket:
         """The request's real tokens, once known (its reservation was an estimate)."""
         if self._booking is not None:
             self.share.settle(self.client, self._booking, tokens)
+
+    def give_back(self) -> None:
+        """The provider did not take the request after all (its ledger refused it)."""
+        if self._booking is not None:
+            self.share.give_back(self.client, self._booking)
+            self._booking = None
 
 
 class FairShare:
