@@ -17,7 +17,7 @@ it hands the request on) for one task at a time, in three cases:
 Shown: the median over rounds of each round's p50 and p99 in microseconds, and the calls of the
 ledger script per decision (`INFO commandstats`), each a round trip the request waits for.
 (A request that waits costs one call more, for the reservation after the refill; see
-tests/test_redis_patience.py.)
+tests/redis/test_redis_patience.py.)
 """
 
 import argparse
@@ -29,13 +29,13 @@ import attrs
 import trio
 
 from ledger_latency import percentile, run_on_own_redis, script_stat
-from trioproxy.config import Config, ProviderConfig
+from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.secrets import Sanitizer
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.contract import Ledger, Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
-from trioproxy.quota.redis_ledger import RedisLedger
-from trioproxy.quota.redis_store import QuotaStore
+from trioproxy.quota.redis.ledger import RedisLedger
+from trioproxy.quota.redis.store import QuotaStore
 from trioproxy.routing.patience import Pace, Patience
 from trioproxy.routing.request import RouteRecord
 
