@@ -9,8 +9,6 @@ import attrs
 import trio
 from attrs import define
 
-from .server.auth import ClientKeys, client_keys, operator_keys
-from .server.browser_guard import BrowserGuard
 from .config.schema import Config, ProviderConfig
 from .config.derived import quota_name
 from .config.redaction import secrets
@@ -35,11 +33,8 @@ class Runtime:
     models: ModelNames
     routers: dict[str, Router]  # one per route, by the route's name
     ledger: Ledger
-    client_keys: ClientKeys
-    operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope  # ends the prober (and the client exchange) when a reload replaces it
     sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
-    guard: BrowserGuard  # Host and Origin, checked before anything else
     clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
     fair_share: FairShare  # the clients' use of each provider with limits; carried over too
 
@@ -91,7 +86,7 @@ def upstream_maker(config: Config, pool: ClientPool) -> Callable[[ProviderConfig
 async def build_runtime(
     config: Config, pool: ClientPool, nursery: trio.Nursery, previous: Runtime | None = None
 ) -> Runtime:
-    """Routers, ledger, prober and keys for `config`; the ledger and health carry over from `previous`.
+    """Routers, ledger and prober for `config`; the ledger and health carry over from `previous`.
 
     Routes share the providers' connection pools, one health record per provider, and one
     ledger whose quotas are per provider account and model.
@@ -161,8 +156,4 @@ async def build_runtime(
         ServedModel(route.name, route.aliases, route_limits((u.config for u in routes[route.name]), route.context_window,
                                                            route.max_output_tokens))
         for route in config.routes))
-    # The socket stays where it was bound until a restart, whatever a reload says.
-    bound_host = previous.guard.bound_host if previous is not None else config.host
-    guard = BrowserGuard(bound_host, config.allowed_hosts, config.allowed_origins)
-    return Runtime(config, models, routers, ledger, client_keys(config), operator_keys(config), prober_scope,
-                   Sanitizer(secrets(config)), guard, clients, fair_share)
+    return Runtime(config, models, routers, ledger, prober_scope, Sanitizer(secrets(config)), clients, fair_share)

@@ -115,7 +115,7 @@ async def _apply_reloads(
         if (keyless := keyless_route(config)) is not None:
             log.error("reload refused: %s; keeping the running configuration", keyless)
             continue
-        bound = current.guard.bound_host, current.config.port
+        bound = current.config.host, current.config.port  # a reload keeps them (below)
         restart = ""
         if (config.host, config.port) != bound:
             restart = (f"; host and port need a restart: still listening on {bound[0]}:{bound[1]}, "
