@@ -4,7 +4,7 @@
     python bench/dashboard_history.py            # medians of 5 runs
 
 `observe` runs once for every request in `finish_request`; compare it with trioproxy's own
-overhead per request (about 650 us at concurrency 1, README "Performance"). `snapshot` runs
+overhead per request (about 650 us at concurrency 1, docs/performance.md). `snapshot` runs
 once per poll of an open dashboard (once a second), on a full history: 100 recent requests,
 60 minutes of two providers with reroutes, errors and latency histograms.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Take the README's screenshot of the dashboard: docs/dashboard.png.
+"""Take the screenshot of the dashboard that docs/operations.md shows: docs/dashboard.png.
 
     .venv/bin/python scripts/dashboard_screenshot.py [--out docs/dashboard.png]
 
