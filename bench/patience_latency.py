@@ -17,7 +17,7 @@ it hands the request on) for one task at a time, in three cases:
 Shown: the median over rounds of each round's p50 and p99 in microseconds, and the calls of the
 ledger script per decision (`INFO commandstats`), each a round trip the request waits for.
 (A request that waits costs one call more, for the reservation after the refill; see
-tests/test_redis_patience.py.)
+tests/redis/test_redis_patience.py.)
 """
 
 import argparse

@@ -1,6 +1,6 @@
 // trioproxy driven by the official `openai` npm package, with Node's built-in test runner.
 //
-// Run by tests/test_node_sdk.py, which starts the emulated providers and trioproxy and passes:
+// Run by tests/doors/test_node_sdk.py, which starts the emulated providers and trioproxy and passes:
 //   TRIOPROXY_BASE_URL  the proxy's base URL, e.g. http://127.0.0.1:43817/v1
 //   EXPECTED_TEXT       the text the emulated Cerebras answers every plain request with
 // Each request carries a marker (`node:<case>`) in its last user message, so the pytest side can
@@ -13,8 +13,8 @@ import OpenAI from "openai";
 
 const baseURL = process.env.TRIOPROXY_BASE_URL;
 const expectedText = process.env.EXPECTED_TEXT;
-assert.ok(baseURL, "TRIOPROXY_BASE_URL must be set (run through tests/test_node_sdk.py)");
-assert.ok(expectedText, "EXPECTED_TEXT must be set (run through tests/test_node_sdk.py)");
+assert.ok(baseURL, "TRIOPROXY_BASE_URL must be set (run through tests/doors/test_node_sdk.py)");
+assert.ok(expectedText, "EXPECTED_TEXT must be set (run through tests/doors/test_node_sdk.py)");
 
 const MODEL = "qwen-3-coder";
 const client = new OpenAI({ baseURL, apiKey: "sk-node-anything", maxRetries: 0, timeout: 10_000 });

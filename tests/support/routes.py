@@ -23,7 +23,7 @@ ROUTES = (
 
 # These tests route between two models of one catalogue: the original Qwen3-Coder ids as the
 # providers' own models (one candidate each) and gpt-oss. Today's catalogues are
-# tests/test_catalogues.py's business.
+# tests/routing/test_catalogues.py's business.
 CEREBRAS_QWEN = "qwen-3-coder-480b"
 CHUTES_QWEN = "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"
 

@@ -241,7 +241,7 @@ async def test_a_reload_while_the_workers_start_does_not_end_them(
     providers: Providers, redis: RedisServer, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     """SIGHUP to the supervisor before its workers serve: a worker that has not yet set up its
-    signal handling would die of it (each gets it once it serves: tests/test_workers_reload.py)."""
+    signal handling would die of it (each gets it once it serves: tests/process/test_workers_reload.py)."""
     port = free_port()
     settings = write_settings(tmp_path / "w.toml", providers, port=port, quota_backend="redis", redis_url=redis.url)
     async with proxy_process(nursery, ["--config", str(settings), "--workers", "2"], environment(providers), port) as proxy:

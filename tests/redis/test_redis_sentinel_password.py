@@ -1,6 +1,6 @@
 """Sentinels with a password of their own (redis_sentinel_password, REDIS_SENTINEL_PASSWORD), beside
 the data nodes' password in redis_url: a real primary, replica and sentinel, each asking for one.
-Serving through them and following a failover: tests/test_redis_deployments.py ("sentinel-passwords")."""
+Serving through them and following a failover: tests/redis/test_redis_deployments.py ("sentinel-passwords")."""
 
 import json
 import os

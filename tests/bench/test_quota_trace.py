@@ -62,7 +62,7 @@ def test_reads_the_azure_format(small_path: Path) -> None:
 
 
 def test_the_shipped_trace_reads_whole() -> None:
-    path = Path(__file__).resolve().parents[1] / "bench" / "traces" / "azure-llm-code-2023.csv"
+    path = Path(__file__).resolve().parents[2] / "bench" / "traces" / "azure-llm-code-2023.csv"
     trace = llm_trace.read_trace(path)
     assert len(trace.rows) == 8819 and trace.note == ""
     assert 57 < trace.seconds / 60 < 58

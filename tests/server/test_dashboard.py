@@ -1,6 +1,6 @@
 """The dashboard's HTTP side (paths, keys, state) and its fixed-size history.
 
-What the page does with the state is tested in a real browser: tests/test_dashboard_browser.py.
+What the page does with the state is tested in a real browser: tests/server/test_dashboard_browser.py.
 """
 
 import httpx

@@ -20,7 +20,7 @@ import trio
 from support.proxies import Providers, StartProxy
 from trioproxy.testing.emulator import completion_text
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 TEST_FILE = NODE_DIR / "client.test.mjs"
 TIMEOUT_SECONDS = 60
 # Enough quota that every request of the Node run goes to (emulated) Cerebras.

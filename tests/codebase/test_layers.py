@@ -7,7 +7,7 @@ from pathlib import Path
 
 import attrs
 
-PACKAGE = Path(__file__).resolve().parent.parent / "trioproxy"
+PACKAGE = Path(__file__).resolve().parents[2] / "trioproxy"
 # Top to bottom, as docs/architecture.md lists them: a module may import its own layer and those
 # below it. A name is a folder (all its modules) or a module at the package's root.
 LAYERS: list[tuple[str, set[str]]] = [
@@ -145,7 +145,7 @@ def test_the_scan_sees_upward_imports_and_cycles() -> None:
 
 def test_tests_import_support_never_each_other() -> None:
     """Shared helpers live in tests/support/; a test module (or conftest) is never imported."""
-    tests = Path(__file__).resolve().parent
+    tests = Path(__file__).resolve().parents[1]
     imported = [
         f"{path.relative_to(tests)}: line {node.lineno} imports {name}"
         for path in sorted(tests.rglob("*.py")) if "node_modules" not in path.parts

@@ -6,7 +6,7 @@ until the text follows it."""
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *PAGES]
 # From the repository's root (`bench/soak.py`), or inside the package (`quota/ledger.py`); not in

@@ -1,7 +1,7 @@
 """The provider side, hardened (issue 11): keys in provider texts never passed on, error bodies
 bounded, trickling providers timed out, a late cancel still closes the provider's response,
 Retry-After and reset headers in all their forms.
-(A reload with requests in flight: tests/test_reload.py.)"""
+(A reload with requests in flight: tests/process/test_reload.py.)"""
 
 import email.utils
 import json

@@ -23,7 +23,7 @@ from trioproxy.config import (
     redacted,
 )
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.toml.example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.toml.example"
 
 
 def _toml_value(value: Any) -> str:

@@ -340,7 +340,7 @@ async def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
         assert done.returncode == expected
 
 
-START_SCRIPT = Path(__file__).parent.parent / "scripts" / "start"
+START_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "start"
 
 
 async def test_start_script_installs_only_when_pyproject_changes(tmp_path: Path) -> None:
