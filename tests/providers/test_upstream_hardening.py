@@ -18,7 +18,8 @@ from support.chat import chat, stream_text
 from support.fault_server import FINISH, HELLO, ROLE, Behaviour, eventually, start_fault_server
 from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.raw_http import SSE_HEAD, json_head
-from trioproxy.config import ConfigError, load_config
+from trioproxy.config.validators import ConfigError
+from trioproxy.config.load import load_config
 from trioproxy.providers.upstream import Deadlines, OpenAnswer, ProviderClient, Upstream
 from trioproxy.quota.cooldown import CooldownTimers
 from trioproxy.quota.ledger import QuotaLedger, Reservation

@@ -5,7 +5,7 @@ import pytest
 import trio
 import trio.testing
 
-from trioproxy.config import Config, ProviderConfig
+from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.quota.cooldown import CooldownTimers
 from trioproxy.quota.ledger import BIN_SECONDS, DAY, DailyWindow, QuotaLedger, Refusal, RefillingBucket, Reservation, SlidingWindow
 from trioproxy.routing.tokens import PromptEstimator

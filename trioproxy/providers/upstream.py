@@ -14,7 +14,7 @@ import trio
 from attrs import define, frozen
 
 from .. import __version__
-from ..config import ProviderConfig
+from ..config.schema import ProviderConfig
 from ..jsoncodec import dump_json, load_json
 from ..secrets import MAX_ERROR_BODY_BYTES, Sanitizer
 from .failures import (UpstreamFailure, carried_error, carried_failure, protocol_failure, status_failure,

@@ -1,5 +1,5 @@
 """The in-process quota ledger: windows per provider account (one per API key), reservations,
-cooldowns. It implements `contract.Ledger`; `redis_ledger` is the shared implementation.
+cooldowns. It implements `contract.Ledger`; `redis.ledger` is the shared implementation.
 """
 
 import math
@@ -11,7 +11,8 @@ from typing import Any
 import trio
 from attrs import define, field, frozen
 
-from ..config import ProviderConfig, QuotaWindow, extra_windows
+from ..config.schema import ProviderConfig, QuotaWindow
+from ..config.derived import extra_windows
 from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs, window_kind
 from .limits import LimitState, limit_states
 

@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 import trio
 from attrs import define, field
 
-from ..config import ProviderConfig, starting_limits
+from ..config.schema import ProviderConfig
+from ..config.derived import starting_limits
 from ..quota.contract import Ledger, Refusal, snapshot_windows
 from ..quota.ledger import MINUTE, SlidingWindow, WindowBooking
 

@@ -75,11 +75,14 @@ class ProxyConnection(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         """Hypercorn's, but a free send lock is taken without a trip through the scheduler (the
-        write itself is the checkpoint): three writes a request each paid one."""
+        write itself is the checkpoint), and nothing is written for no bytes (h11's end of a
+        body of known length): each cost every response a pass of the scheduler."""
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
         await trio.lowlevel.checkpoint_if_cancelled()
+        if not event.data:  # the end of a body of known length: nothing to write
+            return
         try:
             self.send_lock.acquire_nowait()
         except trio.WouldBlock:
@@ -100,10 +103,28 @@ class ProxyConnection(TCPServer):
             tcp.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_USER_TIMEOUT, int(stall * 1000))
         self._reader, self._read_done = trio.lowlevel.current_task(), trio.Event()
         try:
-            await super()._read_data()
+            await self._read_until_closed()
         finally:
             self._reader = None
             self._read_done.set()
+
+    async def _read_until_closed(self) -> None:
+        """Hypercorn's read loop, without a cancel scope per read when no read_timeout is set
+        (the default: a scope with no deadline bounded nothing, at a generator's cost per read)."""
+        timeout = self.config.read_timeout or None  # as Hypercorn reads it: 0 is none
+        while True:
+            try:
+                if timeout is None:
+                    data = await self.stream.receive_some(MAX_RECV)
+                else:
+                    with trio.fail_after(timeout):
+                        data = await self.stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
 
     async def _close(self) -> None:
         try:

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 import trio
 from attrs import frozen
 
-from .config import Config
-from .providers.failures import UpstreamFailure
-from .providers.upstream import Upstream
-from .runtime import ClientPool, upstream_maker
+from ..config.schema import Config
+from ..providers.failures import UpstreamFailure
+from ..providers.upstream import Upstream
+from ..runtime import ClientPool, upstream_maker
 
 
 @frozen
