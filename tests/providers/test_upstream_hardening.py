@@ -22,7 +22,8 @@ from trioproxy.config.validators import ConfigError
 from trioproxy.config.load import load_config
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.cooldown import CooldownTimers
-from trioproxy.quota.ledger import QuotaLedger, Reservation
+from trioproxy.quota.contract import Reservation
+from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.routing.request import ChatRequest, RouteRecord
 from trioproxy.routing.router import Router
 from trioproxy.secrets import MAX_MESSAGE_CHARS, REDACTED, SECRET_RUN, Sanitizer
