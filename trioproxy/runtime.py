@@ -21,6 +21,7 @@ from .quota.clients import ClientBook
 from .quota.redis.ledger import RedisLedger
 from .quota.contract import Ledger
 from .routing.client_exchange import ClientExchange
+from .routing.prompt_exchange import PromptExchange
 from .routing.fair_share import FairShare
 from .routing.limits import route_limits
 from .routing.models import ModelNames, ServedModel
@@ -37,7 +38,7 @@ class Runtime:
     ledger: Ledger
     client_keys: ClientKeys
     operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
-    prober_scope: trio.CancelScope  # ends the prober (and the client exchange) when a reload replaces it
+    prober_scope: trio.CancelScope  # ends the prober (and the Redis exchanges) when a reload replaces it
     sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
     guard: BrowserGuard  # Host and Origin, checked before anything else
     clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
@@ -143,17 +144,18 @@ async def build_runtime(
         clients.budgets.reconfigure(config.clients)
     else:
         clients = ClientBook.for_clients(config.clients)
-    exchange = None
+    exchanges: list[ClientExchange | PromptExchange] = []
     if isinstance(ledger, RedisLedger):
-        exchange = ClientExchange(ledger.store, config.redis_key_prefix, replica_name(), clients, fair_share)
+        exchanges.append(ClientExchange(ledger.store, config.redis_key_prefix, replica_name(), clients, fair_share))
+        memories = [(quota_key, memory) for router in routers.values() for quota_key, memory in router.prompt_memory.items()]
+        if memories:
+            exchanges.append(PromptExchange(ledger.store, config.redis_key_prefix, memories))
 
     async def probe() -> None:
         with prober_scope:
-            if exchange is None:
-                await prober.run()
-                return
             async with trio.open_nursery() as tasks:
-                tasks.start_soon(exchange.run)
+                for exchange in exchanges:
+                    tasks.start_soon(exchange.run)
                 await prober.run()
 
     nursery.start_soon(probe)

@@ -88,7 +88,7 @@ def _workers_refusal(workers: int, config: Config, demo: bool) -> str | None:
     if workers > 1 and config.quota_backend == "memory":
         return (
             f"workers {workers}: each process would spend the whole quota on its own (memory ledger); "
-            'set quota_backend = "redis" and redis_url (README: Several processes and machines)'
+            'set quota_backend = "redis" and redis_url (docs/scaling.md)'
         )
     if workers > 1 and demo:
         return f"workers {workers}: --demo runs in one process"

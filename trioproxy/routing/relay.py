@@ -287,14 +287,15 @@ class StreamRelay:
         return out
 
     def _match_replayed(self, call: dict[str, Any]) -> None:
-        """A restarted answer's call must be the sent one at its place, id and all: a client that
-        ran a call by one id cannot be told it was another."""
+        """A restarted answer's call must be the sent one at its place: the same function and
+        the same arguments. Its id may differ, since every provider mints its own: the client
+        keeps the one it was sent (nothing of the new call reaches it)."""
         replay = self._replay
         assert replay is not None
         if replay.text_matched < len(replay.text) or replay.calls_matched >= len(replay.calls):
             raise mismatch(self._stream.upstream.name, "its new answer calls a tool where other content was sent")
-        if replay.calls[replay.calls_matched] != call:
-            raise mismatch(self._stream.upstream.name, "its new answer has another tool call (or call id) than the one sent")
+        if replay.calls[replay.calls_matched]["function"] != call["function"]:
+            raise mismatch(self._stream.upstream.name, "its new answer has another tool call than the one sent")
         replay.calls_matched += 1
         if replay.done():
             self._replay = None
