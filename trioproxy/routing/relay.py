@@ -175,21 +175,25 @@ class StreamRelay:
         if not self._head:
             self._head = {key: document[key] for key in _HEAD_FIELDS if key in document}
         shaped: list[dict[str, Any]] = []
-        extra = {key: value for key, value in document.items() if key not in _NOT_EXTRA}
+        # What each chunk made of this one carries besides its choice: its other fields, then the answer's head.
+        common = {key: value for key, value in document.items() if key not in _NOT_EXTRA}
+        common.update(self._head)
         for choice in document.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
             if choice.get("index", 0) != 0:  # several choices: relayed as they come, not continued
                 self._continuable = False
-                shaped.append({**extra, **self._head, "choices": [choice]})
+                shaped.append({**common, "choices": [choice]})
             else:
-                shaped += [{**extra, **self._head, "choices": [c]} for c in self._choice(stream.upstream, choice)]
+                shaped += [{**common, "choices": [c]} for c in self._choice(stream.upstream, choice)]
         return shaped
 
     def _choice(self, upstream: Upstream, choice: dict[str, Any]) -> list[dict[str, Any]]:
         """The client's choices for one provider choice: text and other fields as they come,
         tool calls once whole, the finish after everything."""
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = {}
         out: list[dict[str, Any]] = []
         passed = {key: value for key, value in delta.items() if key not in _HELD_BACK}
         if "function_call" in passed:
@@ -199,8 +203,10 @@ class StreamRelay:
             self._role_sent = True
         text = delta.get("content")
         if isinstance(text, str) and text:
-            out += self._complete_calls()
-            text = self._replayed(upstream, text)
+            if self._held:
+                out += self._complete_calls()
+            if self._replay is not None:
+                text = self._replayed(upstream, text)
             if text:
                 self._said.said(text)
                 passed["content"] = text
@@ -210,7 +216,8 @@ class StreamRelay:
             if isinstance(fragment, dict):
                 out += self._hold(fragment)
         if choice.get("finish_reason"):
-            out += self._complete_calls()
+            if self._held:
+                out += self._complete_calls()
             if self._replay is not None and not self._replay.done():
                 raise mismatch(upstream.name, "its answer ended before it had said again what was sent")
             self._finished = True
