@@ -30,6 +30,7 @@ from .auth import ANYONE, Client
 from .asgi import CLIENT_GONE, ClientGone, Message, Receive, Scope, Send, encode_headers, header, send_response
 from .browser_guard import check_json_body
 from .dashboard import Dashboard
+from .door_choice import DOORS, RESPONSES_PATH, error_door
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
 from .metrics import CONTENT_TYPE, Metrics
@@ -45,12 +46,6 @@ STATUS_PATH = "/v1/status"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
-RESPONSES_PATH = "/v1/responses"
-DOORS = {
-    "/v1/chat/completions": Door(chat.API, chat.parse, chat.error_body),
-    RESPONSES_PATH: Door(responses.API, responses.parse, chat.error_body),
-    "/v1/messages": Door(messages.API, messages.parse, messages.error_body),
-}
 _ALLOWED = {**{path: "POST" for path in DOORS}, COUNT_TOKENS_PATH: "POST", MODELS_PATH: "GET",
             STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
 OVERHEAD_HEADER = "x-trioproxy-overhead-ms"
@@ -60,11 +55,6 @@ _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"
 
 class ClientDisconnected(Exception):
     """The client closed its connection before we were done."""
-
-
-def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
-    """Errors on Anthropic's paths in Anthropic's shape; everywhere else (but Gemini's) in OpenAI's."""
-    return messages.error_body if path.startswith("/v1/messages") else chat.error_body
 
 
 class ProxyApp:
@@ -118,7 +108,7 @@ class ProxyApp:
             return
         await send({"type": "websocket.http.response.start", "status": error.status,
                     "headers": encode_headers({"content-type": "application/json", "x-request-id": request_id})})
-        await send({"type": "websocket.http.response.body", "body": dump_json(_error_shape(path)(error))})
+        await send({"type": "websocket.http.response.body", "body": dump_json(error_door(path, False).body(error))})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Hypercorn's Trio worker expects a lifespan answer; the supervisor owns real start-up.
@@ -140,8 +130,7 @@ class ProxyApp:
         query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
         google_key = header(scope, b"x-goog-api-key")
         # Known before anything can fail, so that every error on Gemini's paths has Google's shape.
-        is_gemini = gemini.owns(path, google_key is not None or "key" in query)
-        shape = gemini.error_body if is_gemini else _error_shape(path)
+        errors = error_door(path, google_key is not None or "key" in query)
         host, origin = header(scope, b"host"), header(scope, b"origin")
         if origin is not None and (cors := serving.guard.cors_headers(origin, host)):
             send = _with_headers(send, cors)
@@ -152,7 +141,7 @@ class ProxyApp:
         try:
             if (refused := serving.guard.refusal(host, origin)) is not None:
                 raise refused
-            if is_gemini:
+            if errors.gemini:
                 await self._gemini(scope, query, google_key, receive, send, request_id)
                 return
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
@@ -192,12 +181,11 @@ class ProxyApp:
             else:
                 raise ProxyError(404, f"Unknown path {quoted(path)}.", code="not_found")
         except ProxyError as error:
-            api = gemini.API if shape is gemini.error_body else DOORS[path].api if path in DOORS else "none"
-            self._refused(request_id, api, method, path, error)
-            await _send_error(send, shape, error, extra)
+            self._refused(request_id, errors.api, method, path, error)
+            await _send_error(send, errors.body, error, extra)
         except Exception:
             log.exception("request %s failed inside trioproxy", request_id)
-            await _send_error(send, shape, internal_error(request_id), extra)
+            await _send_error(send, errors.body, internal_error(request_id), extra)
 
     async def _gemini(self, scope: Scope, query: dict[str, list[str]], google_key: str | None, receive: Receive,
                       send: Send, request_id: str) -> None:
