@@ -52,12 +52,14 @@ class ClientPool:
         self._clients: dict[tuple[str, float], ProviderClient] = {}
 
     def client(self, provider: ProviderConfig, timeout: float) -> ProviderClient:
+        """The pooled client for the provider's address; the pool owns it (closed by `aclose`)."""
         key = (provider.base_url, timeout)
         if key not in self._clients:
             self._clients[key] = ProviderClient.for_provider(provider, timeout)
         return self._clients[key]
 
     async def aclose(self) -> None:
+        """Close every client, shielded: it runs while the process stops, also when cancelled."""
         with trio.CancelScope(shield=True):
             for client in self._clients.values():
                 await client.aclose()
@@ -88,6 +90,11 @@ async def build_runtime(
     config: Config, pool: ClientPool, nursery: trio.Nursery, previous: Runtime | None = None
 ) -> Runtime:
     """Routers, ledger and prober for `config`; the ledger and health carry over from `previous`.
+
+    The prober (and the Redis exchanges) run in `nursery` until `Runtime.prober_scope` is
+    cancelled, which the caller does when it replaces this runtime; a Redis store started here
+    belongs to `nursery` too. Raises QuotaStoreError when a new Redis store cannot start (the
+    previous runtime then keeps serving).
 
     Routes share the providers' connection pools, one health record per provider, and one
     ledger whose quotas are per provider account and model.
