@@ -11,7 +11,8 @@ import trio.testing
 from support.chat import chat, client_for, health, post
 from support.proxies import Providers, Proxy, proxy_config
 from trioproxy.config.schema import Config, ProviderConfig
-from trioproxy.quota.ledger import QuotaLedger, Reservation
+from trioproxy.quota.contract import Reservation
+from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.persist import StatePersister
 from trioproxy.process.supervisor import run_proxy
 

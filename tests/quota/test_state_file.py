@@ -13,7 +13,8 @@ import trio
 from support.chat import chat, client_for, post
 from support.proxies import Providers, Proxy, proxy_config
 from trioproxy.config.schema import Config
-from trioproxy.quota.ledger import QuotaLedger, Reservation
+from trioproxy.quota.contract import Reservation
+from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.persist import StatePersister
 from trioproxy.process.supervisor import run_proxy
 

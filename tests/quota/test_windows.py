@@ -17,7 +17,8 @@ from trioproxy.config.schema import Config, ModelRoute, ProviderConfig, QuotaWin
 from trioproxy.quota.contract import Refusal
 from trioproxy.quota.redis.ledger import SharedReservation
 from trioproxy.quota.state_file import decode_state, encode_state
-from trioproxy.quota.ledger import QuotaLedger, Reservation
+from trioproxy.quota.contract import Reservation
+from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.cli.status_table import render_table
 from trioproxy.testing.emulator.windows import RollingCount
 from trioproxy.testing.redis_server import RedisServer

@@ -23,7 +23,7 @@ from attrs import define, field
 
 from ..config.schema import Budget, ClientConfig
 from .contract import Refusal
-from .ledger import MINUTE, DailyWindow, SlidingWindow, Window, WindowBooking, seconds_until_utc_midnight
+from .windows import MINUTE, DailyWindow, SlidingWindow, Window, WindowBooking, seconds_until_utc_midnight
 
 ALL_ROUTES = "*"
 USAGE_FIELDS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "failovers", "over_budget")

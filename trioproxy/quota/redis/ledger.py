@@ -28,7 +28,8 @@ from attrs import define
 from ...config.schema import ProviderConfig
 from ...config.derived import configured_limits, extra_windows, starting_limits
 from ..contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs, window_kind
-from ..ledger import QuotaLedger, account_name
+from ..account import account_name
+from ..ledger import QuotaLedger
 from ..limits import limit_states
 from .store import Lane, QuotaStore, Reply
 from .share_keeper import ShareKeeper
