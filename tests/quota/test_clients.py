@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anthropic
@@ -307,6 +308,15 @@ async def test_of_two_parallel_requests_that_fit_alone_but_not_together_one_is_r
     async def send() -> None:
         await alice.chat.completions.create(model=MODEL, max_tokens=600, messages=[{"role": "user", "content": "hi"}])
 
+    refused = await _second_while_the_first_is_at_the_provider(providers, send)
+    assert "tokens per minute" in refused.response.json()["error"]["message"]
+
+
+async def _second_while_the_first_is_at_the_provider(
+    providers: Providers, send: Callable[[], Awaitable[None]], during: Callable[[], Awaitable[None]] | None = None
+) -> openai.RateLimitError:
+    """Send once, and again while the first is held at the provider: the second's refusal
+    (`during` runs before the first is let go)."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send)
@@ -314,8 +324,10 @@ async def test_of_two_parallel_requests_that_fit_alone_but_not_together_one_is_r
                 await trio.sleep(0.01)
             with pytest.raises(openai.RateLimitError) as refused:
                 await send()
+            if during is not None:
+                await during()
             nursery.cancel_scope.cancel()
-    assert "tokens per minute" in refused.value.response.json()["error"]["message"]
+    return refused.value
 
 
 async def test_a_request_without_max_tokens_is_booked_with_the_answer_its_provider_is_sent(
@@ -332,17 +344,12 @@ async def test_a_request_without_max_tokens_is_booked_with_the_answer_its_provid
     async def send(**budget: int) -> None:
         await alice.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], **budget)
 
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
-            while not (providers.cerebras.received or providers.chutes.received):  # the first is in flight
-                await trio.sleep(0.01)
-            with pytest.raises(openai.RateLimitError) as refused:
-                await send()
-            budgets = (await status_of(proxy, BOB_KEY))["clients"]["alice"]["budgets"]
-            assert 16_384 < budgets["*"]["tpm"]["used"] < 16_384 + 100
-            nursery.cancel_scope.cancel()
-    assert "tokens per minute" in refused.value.response.json()["error"]["message"]
+    async def booked() -> None:
+        budgets = (await status_of(proxy, BOB_KEY))["clients"]["alice"]["budgets"]
+        assert 16_384 < budgets["*"]["tpm"]["used"] < 16_384 + 100
+
+    refused = await _second_while_the_first_is_at_the_provider(providers, send, booked)
+    assert "tokens per minute" in refused.response.json()["error"]["message"]
     providers.cerebras.faults = providers.chutes.faults = Faults()
     await send(max_tokens=30_000)  # more than the budget, but Cerebras is sent at most the cap
 
