@@ -171,14 +171,19 @@ async def test_failovers_and_cached_tokens_are_counted_per_client(providers: Pro
     assert routes["chutes"]["requests"] == 1
 
 
-async def test_a_client_may_use_only_its_routes(providers: Providers, start_proxy: StartProxy) -> None:
-    """A route the client is not given: 403 in the door's shape, before any provider is asked."""
+async def _alice_on_one_of_two_routes(providers: Providers, start_proxy: StartProxy) -> Proxy:
+    """Routes MODEL (Cerebras, then Chutes) and "big" (Chutes); Alice may use MODEL only, Bob both."""
     routes = (ModelRoute(MODEL, (RouteProvider(provider="cerebras"), RouteProvider(provider="chutes"))),
               ModelRoute("big", (RouteProvider(provider="chutes", model="openai/gpt-oss-120b"),)))
     providers.chutes.more_models.append("openai/gpt-oss-120b")
-    proxy = await start_proxy(models=routes, clients=(
+    return await start_proxy(models=routes, clients=(
         ClientConfig(name="alice", api_keys=(ALICE_KEY,), routes=(MODEL,)),
         ClientConfig(name="bob", api_keys=(BOB_KEY,))))
+
+
+async def test_a_client_may_use_only_its_routes(providers: Providers, start_proxy: StartProxy) -> None:
+    """A route the client is not given: 403 in the door's shape, before any provider is asked."""
+    proxy = await _alice_on_one_of_two_routes(providers, start_proxy)
     ok = await openai_client(proxy, ALICE_KEY).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert ok.choices[0].message.content
     with pytest.raises(openai.PermissionDeniedError) as refused:
@@ -196,12 +201,7 @@ async def test_a_client_limited_to_some_routes_is_listed_only_those(providers: P
     client without `routes` sees them all."""
     from google.genai import errors
 
-    routes = (ModelRoute(MODEL, (RouteProvider(provider="cerebras"), RouteProvider(provider="chutes"))),
-              ModelRoute("big", (RouteProvider(provider="chutes", model="openai/gpt-oss-120b"),)))
-    providers.chutes.more_models.append("openai/gpt-oss-120b")
-    proxy = await start_proxy(models=routes, clients=(
-        ClientConfig(name="alice", api_keys=(ALICE_KEY,), routes=(MODEL,)),
-        ClientConfig(name="bob", api_keys=(BOB_KEY,))))
+    proxy = await _alice_on_one_of_two_routes(providers, start_proxy)
     alice, bob = openai_client(proxy, ALICE_KEY), openai_client(proxy, BOB_KEY)
     assert [model.id for model in (await alice.models.list()).data] == [MODEL]
     assert [model.id for model in (await bob.models.list()).data] == [MODEL, "big"]
