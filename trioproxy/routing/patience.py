@@ -102,6 +102,8 @@ class Patience:
                 self.paces[name] = Pace(pace.first_token_seconds, pace.tokens_per_second)
 
     def timer(self, upstream: Upstream) -> AnswerTimer:
+        """A new timer for one answer of `upstream`, the caller's: what it measures teaches this
+        provider's pace and the completions' typical length."""
         return AnswerTimer(self.paces[upstream.quota_key], self._learn_completion)
 
     def _learn_completion(self, tokens: int) -> None:
