@@ -38,9 +38,9 @@ if __package__:  # imported as bench.agent_sessions (the tests)
     from .quota_sim import CLIENT_TIMEOUT, REDIS_IDLE_SECONDS, SIM_EPOCH, Deployment, Speeds, _pct
 else:  # run as a script: its folder is on sys.path
     from quota_sim import CLIENT_TIMEOUT, REDIS_IDLE_SECONDS, SIM_EPOCH, Deployment, Speeds, _pct
-from trioproxy.config import Config
-from trioproxy.quota.redis_store import STORE_CLOCK
-from trioproxy.supervisor import run_proxy
+from trioproxy.config.schema import Config
+from trioproxy.quota.redis.store import STORE_CLOCK
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing import emulator
 
 RPM, TPM, UNCACHED_TPM = 120, 1_500_000, 40_000

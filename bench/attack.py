@@ -48,7 +48,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from soak import free_port, rss_kib
-from trioproxy.config import ENV_VARS
+from trioproxy.config.env import ENV_VARS
 
 MODEL = "qwen-3-coder"
 CEREBRAS_KEY = "csk-attack-provider-key-0001"

@@ -30,11 +30,11 @@ import attrs
 import coredis
 import trio
 
-from trioproxy.config import Config, ProviderConfig
+from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.quota.contract import Ledger, Reservation
 from trioproxy.quota.ledger import QuotaLedger
-from trioproxy.quota.redis_ledger import RedisLedger
-from trioproxy.quota.redis_store import QuotaStore
+from trioproxy.quota.redis.ledger import RedisLedger
+from trioproxy.quota.redis.store import QuotaStore
 from trioproxy.testing.redis_server import running_redis
 
 T = TypeVar("T")

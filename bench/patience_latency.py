@@ -29,13 +29,13 @@ import attrs
 import trio
 
 from ledger_latency import percentile, run_on_own_redis, script_stat
-from trioproxy.config import Config, ProviderConfig
+from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.secrets import Sanitizer
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.contract import Ledger, Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
-from trioproxy.quota.redis_ledger import RedisLedger
-from trioproxy.quota.redis_store import QuotaStore
+from trioproxy.quota.redis.ledger import RedisLedger
+from trioproxy.quota.redis.store import QuotaStore
 from trioproxy.routing.patience import Pace, Patience
 from trioproxy.routing.request import RouteRecord
 

@@ -83,9 +83,9 @@ if __package__:  # imported as bench.quota_sim (the tests)
 else:  # run as a script: its folder is on sys.path
     import llm_trace
 from trioproxy.testing import emulator
-from trioproxy.config import ClientConfig, Config
-from trioproxy.quota.redis_store import STORE_CLOCK
-from trioproxy.supervisor import run_proxy
+from trioproxy.config.schema import ClientConfig, Config
+from trioproxy.quota.redis.store import STORE_CLOCK
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing.redis_server import running_redis
 from trioproxy.routing.tokens import estimate_prompt_tokens
 

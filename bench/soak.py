@@ -46,7 +46,7 @@ import httpx
 import trio
 
 from trioproxy.testing import emulator
-from trioproxy.config import ENV_VARS
+from trioproxy.config.env import ENV_VARS
 from trioproxy.testing.emulator import Faults
 from trioproxy.testing.ports import free_port
 

@@ -26,8 +26,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trioproxy.config import Config  # noqa: E402
-from trioproxy.supervisor import run_proxy  # noqa: E402
+from trioproxy.config.schema import Config  # noqa: E402
+from trioproxy.process.supervisor import run_proxy  # noqa: E402
 from trioproxy.testing import emulator  # noqa: E402
 from trioproxy.testing.emulator import Faults  # noqa: E402
 

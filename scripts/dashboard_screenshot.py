@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.live_proxy import chromium, live_proxy  # noqa: E402
-from trioproxy.config import ModelRoute, RouteProvider  # noqa: E402
+from trioproxy.config.schema import ModelRoute, RouteProvider  # noqa: E402
 from trioproxy.testing.emulator import Faults  # noqa: E402
 
 

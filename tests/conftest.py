@@ -10,7 +10,7 @@ import trio
 pytest.register_assert_rewrite("support")  # the helpers' asserts explain themselves as tests' do
 
 from support.proxies import Providers, Proxy, StartProxy, proxy_config
-from trioproxy.supervisor import run_proxy
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing import emulator
 from trioproxy.testing.redis_server import RedisServer, running_redis
 

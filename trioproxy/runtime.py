@@ -11,12 +11,14 @@ from attrs import define
 
 from .server.auth import ClientKeys, client_keys, operator_keys
 from .server.browser_guard import BrowserGuard
-from .config import Config, ProviderConfig, quota_name, secrets
+from .config.schema import Config, ProviderConfig
+from .config.derived import quota_name
+from .config.redaction import secrets
 from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.backends import open_ledger, replica_name
 from .quota.clients import ClientBook
-from .quota.redis_ledger import RedisLedger
+from .quota.redis.ledger import RedisLedger
 from .quota.contract import Ledger
 from .routing.client_exchange import ClientExchange
 from .routing.fair_share import FairShare

@@ -11,14 +11,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "trioproxy"
 # Top to bottom, as docs/architecture.md lists them: a module may import its own layer and those
 # below it. A name is a folder (all its modules) or a module at the package's root.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("cli", {"__main__", "cli", "status_table", "catalogue"}),
-    ("process", {"supervisor", "workers", "daemon", "demo"}),
+    ("cli", {"__main__", "cli"}),
+    ("process", {"process"}),
     ("server", {"server"}),
     ("doors", {"doors"}),
     ("runtime", {"runtime"}),
     ("routing", {"routing"}),
     ("providers/quota", {"providers", "quota"}),
-    ("config", {"config", "redis_target", "logs"}),
+    ("config", {"config", "logs"}),
     ("testing", {"testing"}),
     ("errors/secrets", {"__init__", "errors", "secrets", "jsoncodec", "plans"}),
 ]

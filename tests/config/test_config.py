@@ -10,18 +10,11 @@ import attrs
 import pytest
 
 from support.settings import load, refusal
-from trioproxy.config import (
-    ENV_VARS,
-    Adaptation,
-    Config,
-    ConfigError,
-    ModelRoute,
-    ProviderConfig,
-    RateLimitHeaders,
-    RouteProvider,
-    load_config,
-    redacted,
-)
+from trioproxy.config.env import ENV_VARS
+from trioproxy.config.schema import Adaptation, Config, ModelRoute, ProviderConfig, RateLimitHeaders, RouteProvider
+from trioproxy.config.validators import ConfigError
+from trioproxy.config.load import load_config
+from trioproxy.config.redaction import redacted
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.toml.example"
 

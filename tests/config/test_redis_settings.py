@@ -7,9 +7,9 @@ import pytest
 import trustme
 
 from support.settings import load, refusal
-from trioproxy.config import redacted, secrets
-from trioproxy.quota.redis_store import redacted_url
-from trioproxy.redis_target import RedisTarget, parse_redis_url
+from trioproxy.config.redaction import redacted, secrets
+from trioproxy.quota.redis.store import redacted_url
+from trioproxy.config.redis_target import RedisTarget, parse_redis_url
 
 
 def settings(url: str, **extra: str) -> str:

@@ -7,7 +7,7 @@ import httpx
 import openai
 
 from support.proxies import Providers, Proxy, StartProxy
-from trioproxy.config import ModelRoute, RouteProvider
+from trioproxy.config.schema import ModelRoute, RouteProvider
 
 MODEL = "qwen-3-coder"
 

@@ -13,7 +13,7 @@ import trio
 from openai.types.chat import ChatCompletionChunk
 
 from support.proxies import Providers, Proxy, proxy_config
-from trioproxy.supervisor import run_proxy
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing.emulator import Faults, completion_text
 
 MODEL = "qwen-3-coder"

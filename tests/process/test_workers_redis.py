@@ -25,7 +25,7 @@ from support.processes import (
 )
 from support.proxies import Providers
 from support.workers import alive
-from trioproxy.daemon import running_pid
+from trioproxy.process.daemon import running_pid
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
 

@@ -207,11 +207,14 @@ async def test_proxy_reaches_providers_over_tls(
     proxy = await start_proxy(cerebras={"base_url": tls_url})
     async with client_for(proxy) as client:
         plain = await post(client, chat())
+        # The prober's first model list may still hold a connection of its own while the plain
+        # request is sent: counted from here, as the connections the stream opened.
+        connections = providers.cerebras.connections
         streamed = await stream(client, chat())
     assert plain.status_code == 200 and plain.json()["choices"][0]["message"]["content"]
     assert streamed.status == 200 and stream_text(streamed.events) and streamed.events[-1] == "[DONE]"
     assert (providers.cerebras.served, providers.chutes.served) == (2, 0)
-    assert providers.cerebras.connections == 1  # the stream reused the plain request's connection
+    assert providers.cerebras.connections == connections  # the stream reused a connection it found
 
 
 async def test_proxy_from_the_environment_carries_chat_requests(

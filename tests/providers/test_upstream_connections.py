@@ -22,7 +22,7 @@ from support.robustness import (
 from support.task_tree import (
     busy_tasks, emulator_task, idle_connections_only, open_connections, proxy_task, task_difference, wait_for_exit,
 )
-from trioproxy.supervisor import run_proxy
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing.emulator import Faults
 
 

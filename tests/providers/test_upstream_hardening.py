@@ -18,10 +18,12 @@ from support.chat import chat, stream_text
 from support.fault_server import FINISH, HELLO, ROLE, Behaviour, eventually, start_fault_server
 from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.raw_http import SSE_HEAD, json_head
-from trioproxy.config import ConfigError, load_config
+from trioproxy.config.validators import ConfigError
+from trioproxy.config.load import load_config
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.cooldown import CooldownTimers
-from trioproxy.quota.ledger import QuotaLedger, Reservation
+from trioproxy.quota.contract import Reservation
+from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.routing.request import ChatRequest, RouteRecord
 from trioproxy.routing.router import Router
 from trioproxy.secrets import MAX_MESSAGE_CHARS, REDACTED, SECRET_RUN, Sanitizer

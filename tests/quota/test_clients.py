@@ -18,7 +18,9 @@ from support.gemini import client as gemini_client
 from support.gemini import sdk
 from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.reload import reloadable_proxy
-from trioproxy.config import Budget, ClientConfig, ConfigError, ModelRoute, RouteProvider, load_config
+from trioproxy.config.schema import Budget, ClientConfig, ModelRoute, RouteProvider
+from trioproxy.config.validators import ConfigError
+from trioproxy.config.load import load_config
 from trioproxy.quota.clients import ClientBook, ClientBudgets, TokenBooking
 from trioproxy.quota.contract import Refusal
 from trioproxy.testing.emulator.faults import Faults
@@ -142,7 +144,7 @@ async def test_each_client_is_known_by_name_never_by_key(
                                     headers={"authorization": f"Bearer {ALICE_KEY}"})).text
     assert f'trioproxy_client_requests_total{{client="bob",provider="chutes",route="{MODEL}"}} 1.0' in metrics
     assert f'trioproxy_client_requests_total{{client="alice",provider="cerebras",route="{MODEL}"}} 1.0' in metrics
-    from trioproxy.status_table import render_table
+    from trioproxy.cli.status_table import render_table
     table = render_table(status)
     assert "alice" in table and "cerebras 1, chutes 1" in table
     for secret in (ALICE_KEY, BOB_KEY, "nobody-key-secret"):

@@ -13,7 +13,7 @@ import trio
 from support.chat import chat, client_for, post
 from support.proxies import Providers, StartProxy
 from support.redis_ledgers import Clock, cerebras, replica
-from trioproxy.config import Config
+from trioproxy.config.schema import Config
 from trioproxy.plans import PLANS
 from trioproxy.providers.ratelimit import stated_limits
 from trioproxy.quota.contract import Refusal, Reservation

@@ -10,10 +10,11 @@ import trio.testing
 
 from support.chat import chat, client_for, health, post
 from support.proxies import Providers, Proxy, proxy_config
-from trioproxy.config import Config, ProviderConfig
-from trioproxy.quota.ledger import QuotaLedger, Reservation
+from trioproxy.config.schema import Config, ProviderConfig
+from trioproxy.quota.contract import Reservation
+from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.persist import StatePersister
-from trioproxy.supervisor import run_proxy
+from trioproxy.process.supervisor import run_proxy
 
 
 def cerebras(**settings: object) -> ProviderConfig:

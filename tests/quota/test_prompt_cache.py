@@ -17,14 +17,14 @@ from support.emulator_http import FakeClock, start, stream_events
 from support.proxies import Providers, StartProxy
 from support.redis_ledgers import Clock, replica
 from support.redis_ledgers import cerebras as redis_cerebras
-from trioproxy.config import Config, ProviderConfig
+from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
-from trioproxy.quota.redis_ledger import SharedReservation
+from trioproxy.quota.redis.ledger import SharedReservation
 from trioproxy.routing.prompt_cache import PromptMemory, PromptPrefix
 from trioproxy.routing.request import RouteRecord
 from trioproxy.routing.settlement import Settlement
-from trioproxy.status_table import render_table
+from trioproxy.cli.status_table import render_table
 from trioproxy.routing.tokens import PromptEstimator, estimate_prompt_tokens
 from trioproxy.testing import emulator
 from trioproxy.testing.redis_server import RedisServer

@@ -5,9 +5,11 @@ import pytest
 import trio
 import trio.testing
 
-from trioproxy.config import Config, ProviderConfig
+from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.quota.cooldown import CooldownTimers
-from trioproxy.quota.ledger import BIN_SECONDS, DAY, DailyWindow, QuotaLedger, Refusal, RefillingBucket, Reservation, SlidingWindow
+from trioproxy.quota.contract import Refusal, Reservation
+from trioproxy.quota.ledger import QuotaLedger
+from trioproxy.quota.windows import BIN_SECONDS, DAY, DailyWindow, RefillingBucket, SlidingWindow
 from trioproxy.routing.tokens import PromptEstimator
 
 

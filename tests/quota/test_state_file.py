@@ -12,10 +12,11 @@ import trio
 
 from support.chat import chat, client_for, post
 from support.proxies import Providers, Proxy, proxy_config
-from trioproxy.config import Config
-from trioproxy.quota.ledger import QuotaLedger, Reservation
+from trioproxy.config.schema import Config
+from trioproxy.quota.contract import Reservation
+from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.persist import StatePersister
-from trioproxy.supervisor import run_proxy
+from trioproxy.process.supervisor import run_proxy
 
 WALL = 1_800_000_000.0  # a fixed wall clock: every saved time below is relative to it
 

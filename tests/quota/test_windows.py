@@ -13,12 +13,13 @@ from support.command import run, scrubbed_env
 from support.metrics import sample_values
 from support.proxies import Providers, StartProxy
 from support.redis_ledgers import Clock, replicas
-from trioproxy.config import Config, ModelRoute, ProviderConfig, QuotaWindow, RouteProvider
+from trioproxy.config.schema import Config, ModelRoute, ProviderConfig, QuotaWindow, RouteProvider
 from trioproxy.quota.contract import Refusal
-from trioproxy.quota.redis_ledger import SharedReservation
+from trioproxy.quota.redis.ledger import SharedReservation
 from trioproxy.quota.state_file import decode_state, encode_state
-from trioproxy.quota.ledger import QuotaLedger, Reservation
-from trioproxy.status_table import render_table
+from trioproxy.quota.contract import Reservation
+from trioproxy.quota.ledger import QuotaLedger
+from trioproxy.cli.status_table import render_table
 from trioproxy.testing.emulator.windows import RollingCount
 from trioproxy.testing.redis_server import RedisServer
 

@@ -27,11 +27,11 @@ from support.redis_deployments import (
     tls_redis,
 )
 from support.redis_ledgers import Clock, alternate, cerebras, start_unwrapped
-from trioproxy.config import Config, ProviderConfig
+from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
-from trioproxy.quota.redis_client import RedisAccess
-from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
-from trioproxy.quota.redis_store import QuotaStore, QuotaStoreError
+from trioproxy.quota.redis.client import RedisAccess
+from trioproxy.quota.redis.ledger import RedisLedger, SharedReservation
+from trioproxy.quota.redis.store import QuotaStore, QuotaStoreError
 from trioproxy.testing.ports import free_port
 
 pytestmark = pytest.mark.xdist_group("redis_deployments")  # on one worker: each deployment (a module fixture) is started once

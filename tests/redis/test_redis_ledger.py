@@ -8,11 +8,11 @@ import trio
 import trio.testing
 
 from support.redis_ledgers import Clock, cerebras, chutes, replica, replicas, script_calls, start_unwrapped
-from trioproxy.config import Config
+from trioproxy.config.schema import Config
 from trioproxy.quota.backends import open_ledger
 from trioproxy.quota.contract import Refusal, Reservation
-from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
-from trioproxy.quota.redis_store import IDLE_LANE_SECONDS, QuotaStore, QuotaStoreError
+from trioproxy.quota.redis.ledger import RedisLedger, SharedReservation
+from trioproxy.quota.redis.store import IDLE_LANE_SECONDS, QuotaStore, QuotaStoreError
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer, running_redis
 

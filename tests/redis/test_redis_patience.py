@@ -20,8 +20,8 @@ from support.proxies import Providers, StartProxy
 from support.redis_ledgers import cerebras, chutes, replica, script_calls
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.contract import Refusal, Reservation
-from trioproxy.quota.redis_ledger import RedisLedger
-from trioproxy.quota.redis_store import STORE_CLOCK
+from trioproxy.quota.redis.ledger import RedisLedger
+from trioproxy.quota.redis.store import STORE_CLOCK
 from trioproxy.routing.patience import Pace, Patience
 from trioproxy.routing.request import RouteRecord
 from trioproxy.secrets import Sanitizer

@@ -11,9 +11,9 @@ import trio
 from support.chat import chat, client_for, post
 from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.redis_ledgers import alternate
-from trioproxy.config import Config
-from trioproxy.status_table import render_table
-from trioproxy.supervisor import run_proxy
+from trioproxy.config.schema import Config
+from trioproxy.cli.status_table import render_table
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer, running_redis
 

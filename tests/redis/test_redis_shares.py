@@ -8,8 +8,8 @@ import trio.testing
 
 from support.redis_ledgers import Clock, cerebras, replica, replicas, script_calls
 from trioproxy.quota.contract import Refusal, Reservation
-from trioproxy.quota.redis_ledger import RedisLedger, SharedReservation
-from trioproxy.quota.shares import FIRST_ASK, SHARE_SECONDS, Share, ShareBook
+from trioproxy.quota.redis.ledger import RedisLedger, SharedReservation
+from trioproxy.quota.redis.shares import FIRST_ASK, SHARE_SECONDS, Share, ShareBook
 from trioproxy.testing.redis_server import RedisServer
 
 ROOMY = {"requests_per_minute": 10_000, "tokens_per_minute": 10_000_000, "tokens_per_day": 100_000_000}

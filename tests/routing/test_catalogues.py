@@ -15,8 +15,9 @@ from support.command import run, scrubbed_env
 from support.gemini import client as gemini_client
 from support.gemini import sdk
 from support.proxies import Providers, Proxy, StartProxy
-from trioproxy.config import CEREBRAS_MODELS, CHUTES_MODELS, Config, load_config
-from trioproxy.demo import demo_choices
+from trioproxy.config.schema import CEREBRAS_MODELS, CHUTES_MODELS, Config
+from trioproxy.config.load import load_config
+from trioproxy.process.demo import demo_choices
 from trioproxy.providers.health import ProviderHealth
 from trioproxy.testing import emulator
 from trioproxy.testing.emulator import completion_text

@@ -8,7 +8,7 @@ import trio.testing
 from support.chat import status_of
 from support.proxies import Providers, StartProxy
 from support.redis_ledgers import Clock, cerebras, replicas
-from trioproxy.config import ClientConfig
+from trioproxy.config.schema import ClientConfig
 from trioproxy.routing.fair_share import UNIT, water_fill
 from trioproxy.testing.redis_server import RedisServer
 
@@ -78,7 +78,7 @@ async def test_without_fair_share_the_heavy_client_takes_most(
 
 
 def test_one_active_client_is_never_held_back() -> None:
-    from trioproxy.config import Config
+    from trioproxy.config.schema import Config
     from trioproxy.quota.ledger import QuotaLedger
     from trioproxy.routing.fair_share import ProviderShare
 
@@ -153,7 +153,7 @@ def test_a_client_held_past_the_active_minute_still_gets_its_share_computed() ->
     """Patience may hold a request longer than a minute: its client's figures leave the windows
     meanwhile, yet asking again must be answered (it was a KeyError, a 500), and while the
     provider is untouched nobody is held back."""
-    from trioproxy.config import Config
+    from trioproxy.config.schema import Config
     from trioproxy.quota.ledger import QuotaLedger
     from trioproxy.routing.fair_share import ProviderShare
 

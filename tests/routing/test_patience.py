@@ -25,7 +25,8 @@ from support.patience import (
     waited_ms,
 )
 from support.proxies import Providers, StartProxy
-from trioproxy.config import ConfigError, load_config
+from trioproxy.config.validators import ConfigError
+from trioproxy.config.load import load_config
 from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.routing.patience import AnswerTimer, Pace, Patience
 

@@ -7,7 +7,7 @@ import trio.testing
 
 from support.chat import chat, client_for, post, sized_messages
 from support.proxies import Providers, StartProxy
-from trioproxy.config import Config
+from trioproxy.config.schema import Config
 from trioproxy.testing import emulator
 
 

@@ -18,11 +18,12 @@ from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.reload import reloadable_proxy
 from support.routes import CEREBRAS_OSS, CEREBRAS_QWEN, CHUTES_OSS, CHUTES_QWEN, OSS, QWEN, ROUTES, on, qwen_settings
 from support.settings import load, refusal
-from trioproxy.config import Config, ModelRoute, keyless_route
+from trioproxy.config.schema import Config, ModelRoute
+from trioproxy.config.checks import keyless_route
 from trioproxy.errors import ProxyError
 from trioproxy.providers.upstream import UpstreamFailure
-from trioproxy.status_table import render_table
-from trioproxy.supervisor import run_proxy
+from trioproxy.cli.status_table import render_table
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing import emulator
 
 PROBE_INTERVAL_MS = 60_000

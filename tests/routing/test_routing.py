@@ -32,7 +32,7 @@ from support.chat import (
     strict_tool,
 )
 from support.proxies import Providers, Proxy, StartProxy
-from trioproxy.config import Adaptation
+from trioproxy.config.schema import Adaptation
 from trioproxy.testing.emulator import CEREBRAS_MODEL, CHUTES_MODEL, Faults, completion_text, prompt_tokens
 
 # --------------------------------------------------------------------------- helpers

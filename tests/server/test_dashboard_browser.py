@@ -199,7 +199,7 @@ def test_every_route_shows_its_providers_per_model_windows_and_a_missing_model(p
 
 def test_the_clients_table_names_each_client_never_its_key(page: Page) -> None:
     """Each client's row: its name, weight, requests by provider, budgets; no key on the page."""
-    from trioproxy.config import Budget, ClientConfig
+    from trioproxy.config.schema import Budget, ClientConfig
 
     clients = (ClientConfig(name="ci-batch", api_keys=(CLIENT_KEY,), weight=3, budget=Budget(requests_per_minute=5)),
                ClientConfig(name="idle-agent", api_keys=("sk-idle-agent-key",)))

@@ -18,10 +18,10 @@ import trio.testing
 
 from support.proxies import Providers, Proxy, proxy_config
 from support.raw_http import root_of
-from trioproxy.config import Config
+from trioproxy.config.schema import Config
 from trioproxy.logs import RedactingFormatter
 from trioproxy.secrets import REDACTED, Sanitizer
-from trioproxy.supervisor import run_proxy
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing.emulator import Faults, completion_text
 
 MODEL = "qwen-3-coder"

@@ -11,7 +11,7 @@ import trio.testing
 from support.metrics import sample_values
 from support.proxies import Providers, StartProxy
 from trioproxy.server.refusals import PATH_FAMILIES, path_family
-from trioproxy.status_table import render_table
+from trioproxy.cli.status_table import render_table
 from trioproxy.testing.emulator import Faults
 
 MODEL = "qwen-3-coder"

@@ -13,7 +13,7 @@ from support.robustness import (
     BAD_BODIES, CHAT, PROTOCOL_JUNK, STALL_BOUND, assert_healthy, chat_body, unhandled_errors,
 )
 from support.task_tree import busy_tasks, idle_connections_only, proxy_task, task_difference, wait_for_exit
-from trioproxy.supervisor import run_proxy
+from trioproxy.process.supervisor import run_proxy
 
 
 # --------------------------------------------------------------------------- slow and stalled clients

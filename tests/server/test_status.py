@@ -11,7 +11,7 @@ import trio.testing
 from support.chat import chat, client_for, post, stream
 from support.metrics import sample_values
 from support.proxies import Providers, StartProxy
-from trioproxy.status_table import render_table
+from trioproxy.cli.status_table import render_table
 
 
 async def test_status_reports_quota_traffic_and_reroutes(providers: Providers, start_proxy: StartProxy) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from trioproxy.config import ENV_VARS
+from trioproxy.config.env import ENV_VARS
 
 COMMAND = [sys.executable, "-m", "trioproxy"]
 RUN_TIMEOUT = 20  # seconds for a command that should exit by itself

@@ -15,7 +15,7 @@ import trio
 from playwright.sync_api import Browser, BrowserContext, sync_playwright
 
 from support.proxies import Providers, proxy_config
-from trioproxy.supervisor import run_proxy
+from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing import emulator
 
 CHROMIUM = "/usr/bin/chromium"

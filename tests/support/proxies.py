@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 import trio
 
-from trioproxy.config import Config
+from trioproxy.config.schema import Config
 from trioproxy.testing import emulator
 
 

@@ -19,7 +19,7 @@ import attrs
 import trustme
 from attrs import Factory, define
 
-from trioproxy.quota.redis_client import RedisAccess
+from trioproxy.quota.redis.client import RedisAccess
 from trioproxy.testing.ports import free_port
 
 NO_PERSISTENCE = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]

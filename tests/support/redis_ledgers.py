@@ -12,9 +12,9 @@ import trio.testing
 
 from support.chat import chat, client_for, post
 from support.proxies import Proxy
-from trioproxy.config import Config, ProviderConfig
-from trioproxy.quota.redis_ledger import RedisLedger
-from trioproxy.quota.redis_store import QuotaStore
+from trioproxy.config.schema import Config, ProviderConfig
+from trioproxy.quota.redis.ledger import RedisLedger
+from trioproxy.quota.redis.store import QuotaStore
 from trioproxy.testing.redis_server import RedisServer
 
 START = 1_800_000_000.0  # a store time (seconds since the epoch) well before a UTC midnight

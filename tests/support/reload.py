@@ -7,8 +7,8 @@ import trio
 import trio.testing
 
 from support.proxies import Proxy
-from trioproxy.config import Config
-from trioproxy.supervisor import run_proxy
+from trioproxy.config.schema import Config
+from trioproxy.process.supervisor import run_proxy
 
 
 @asynccontextmanager

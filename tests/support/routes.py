@@ -3,7 +3,7 @@ emulators that list the original Qwen3-Coder ids as the providers' own models.""
 
 from typing import Any
 
-from trioproxy.config import ModelRoute, RouteProvider
+from trioproxy.config.schema import ModelRoute, RouteProvider
 from trioproxy.testing import emulator
 
 

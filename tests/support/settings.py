@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from trioproxy.config import (
-    Config,
-    ConfigError,
-    load_config,
-)
+from trioproxy.config.schema import Config
+from trioproxy.config.validators import ConfigError
+from trioproxy.config.load import load_config
 
 
 def load(

@@ -39,7 +39,10 @@ class ProviderHealth:
         Until a probe has answered, the first candidate not known to be missing: a provider
         that says it does not exist moves the choice to the next one at once.
         """
-        return next((model for model in candidates if self.offers(model) is not False), None)
+        for model in candidates:
+            if self.offers(model) is not False:
+                return model
+        return None
 
     def offers(self, model: str) -> bool | None:
         """Whether the provider offers `model`; None while no probe has answered."""

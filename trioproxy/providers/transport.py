@@ -12,8 +12,8 @@ through such a proxy is not served by this one (see upstream.ProviderClient).
 
 import math
 import ssl
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from types import TracebackType
 
 import h11
 import httpx
@@ -36,13 +36,18 @@ class _Connection:
     async def next_event(self, read_timeout: float | None) -> object:
         """The next h11 event, reading from the network as needed."""
         while (event := self.h11.next_event()) is h11.NEED_DATA:
-            with trio.fail_after(_seconds(read_timeout)):
+            # move_on_after and a check, not fail_after: the same scope without a generator.
+            with trio.move_on_after(_seconds(read_timeout)) as waited:
                 self.h11.receive_data(await self.stream.receive_some(_READ_SIZE))
+            if waited.cancelled_caught:
+                raise trio.TooSlowError
         return event
 
     async def send_all(self, data: bytes, write_timeout: float | None) -> None:
-        with trio.fail_after(_seconds(write_timeout)):
+        with trio.move_on_after(_seconds(write_timeout)) as waited:
             await self.stream.send_all(data)
+        if waited.cancelled_caught:
+            raise trio.TooSlowError
 
     def reusable(self) -> bool:
         """Both sides finished a keep-alive exchange: ready for the next request."""
@@ -56,20 +61,34 @@ def _seconds(timeout: float | None) -> float:
     return math.inf if timeout is None else timeout
 
 
-@contextmanager
-def _httpx_errors(request: httpx.Request, timeout: type[httpx.TimeoutException],
-                  network: type[httpx.NetworkError]) -> Iterator[None]:
-    """Raise what httpx's own transport would: callers handle only httpx's exception types."""
-    try:
-        yield
-    except trio.TooSlowError as exc:
-        raise timeout(str(exc) or timeout.__name__, request=request) from exc
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        raise network(str(exc) or type(exc).__name__, request=request) from exc
-    except h11.RemoteProtocolError as exc:
-        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-    except h11.LocalProtocolError as exc:
-        raise httpx.LocalProtocolError(str(exc), request=request) from exc
+class _HttpxErrors:
+    """Raise what httpx's own transport would: callers handle only httpx's exception types.
+
+    A class rather than a generator-based context manager: it wraps every phase of every request.
+    """
+
+    __slots__ = ("_request", "_timeout", "_network")
+
+    def __init__(self, request: httpx.Request, timeout: type[httpx.TimeoutException],
+                 network: type[httpx.NetworkError]) -> None:
+        self._request, self._timeout, self._network = request, timeout, network
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if exc is None:
+            return
+        request = self._request
+        if isinstance(exc, trio.TooSlowError):
+            raise self._timeout(str(exc) or self._timeout.__name__, request=request) from exc
+        if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+            raise self._network(str(exc) or type(exc).__name__, request=request) from exc
+        if isinstance(exc, h11.RemoteProtocolError):
+            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+        if isinstance(exc, h11.LocalProtocolError):
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -90,10 +109,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
         origin: Origin = (url.raw_scheme, url.host, url.port or _DEFAULT_PORTS.get(url.raw_scheme, 80))
         conn = await self._idle_connection(origin)
         if conn is None:
-            with _httpx_errors(request, httpx.ConnectTimeout, httpx.ConnectError):
+            with _HttpxErrors(request, httpx.ConnectTimeout, httpx.ConnectError):
                 conn = await self._connect(origin, timeouts.get("connect"))
         try:
-            with _httpx_errors(request, httpx.WriteTimeout, httpx.WriteError):
+            with _HttpxErrors(request, httpx.WriteTimeout, httpx.WriteError):
                 # Head and body in one write: trioproxy's bodies are in memory, and a write
                 # per part would cost a system call each.
                 outgoing = [conn.h11.send(h11.Request(method=request.method, target=url.raw_path,
@@ -102,7 +121,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     outgoing.append(conn.h11.send(h11.Data(data=chunk)))
                 outgoing.append(conn.h11.send(h11.EndOfMessage()))
                 await conn.send_all(b"".join(filter(None, outgoing)), timeouts.get("write"))
-            with _httpx_errors(request, httpx.ReadTimeout, httpx.ReadError):
+            with _HttpxErrors(request, httpx.ReadTimeout, httpx.ReadError):
                 head = await conn.next_event(timeouts.get("read"))
                 while isinstance(head, h11.InformationalResponse):
                     head = await conn.next_event(timeouts.get("read"))
@@ -174,7 +193,7 @@ class _ResponseBody(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             return
-        with _httpx_errors(self._request, httpx.ReadTimeout, httpx.ReadError):
+        with _HttpxErrors(self._request, httpx.ReadTimeout, httpx.ReadError):
             while isinstance(event := await conn.next_event(self._read_timeout), h11.Data):
                 yield bytes(event.data)
         if not isinstance(event, h11.EndOfMessage):

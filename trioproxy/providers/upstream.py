@@ -17,7 +17,7 @@ from attrs import define, frozen
 from .. import __version__
 from ..errors import ProxyError
 from .errors import carried_error, error_from_upstream, status_of_error
-from ..config import ProviderConfig
+from ..config.schema import ProviderConfig
 from ..jsoncodec import dump_json, load_json
 from ..secrets import MAX_ERROR_BODY_BYTES, Sanitizer
 from .transport import LeanTransport

@@ -6,12 +6,12 @@ import socket
 
 import trio
 
-from ..config import Config, ProviderConfig
+from ..config.schema import Config, ProviderConfig
 from .contract import Ledger
 from .ledger import QuotaLedger
-from .redis_ledger import RedisLedger
-from .redis_client import RedisAccess
-from .redis_store import QuotaStore
+from .redis.ledger import RedisLedger
+from .redis.client import RedisAccess
+from .redis.store import QuotaStore
 
 log = logging.getLogger("trioproxy.quota")
 

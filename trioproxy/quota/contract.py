@@ -1,7 +1,7 @@
 """The ledger contract: what the router, cooldown timers and operator views ask of a quota ledger.
 
 Two implementations: `ledger.QuotaLedger` keeps the quota in this process (the default);
-`redis_ledger.RedisLedger` keeps it in Redis, shared by every worker and replica.
+`redis.ledger.RedisLedger` keeps it in Redis, shared by every worker and replica.
 All times given and returned are Trio clock times of the calling process.
 """
 

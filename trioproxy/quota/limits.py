@@ -10,7 +10,8 @@ from typing import Any
 
 from attrs import define
 
-from ..config import ProviderConfig, configured_limits, starting_limits
+from ..config.schema import ProviderConfig
+from ..config.derived import configured_limits, starting_limits
 
 
 @define

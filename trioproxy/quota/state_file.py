@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from .ledger import DAY
+from .windows import DAY
 
 STATE_VERSION = 1
 # A few accounts with a minute of one-second bins each is a few kilobytes.

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from ..config import ProviderConfig
+from ..config.schema import ProviderConfig
 
 
 class Unsupported(Exception):

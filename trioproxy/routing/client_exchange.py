@@ -19,8 +19,8 @@ import msgspec
 import trio
 
 from ..quota.clients import USAGE_FIELDS, ClientBook
-from ..quota.redis_client import Client
-from ..quota.redis_store import QuotaStore
+from ..quota.redis.client import Client
+from ..quota.redis.store import QuotaStore
 from .fair_share import FairShare, Published
 
 INTERVAL = 1.0

@@ -22,9 +22,10 @@ from collections.abc import Callable, Mapping
 import trio
 from attrs import define, field
 
-from ..config import ProviderConfig, starting_limits
+from ..config.schema import ProviderConfig
+from ..config.derived import starting_limits
 from ..quota.contract import Ledger, Refusal, snapshot_windows
-from ..quota.ledger import MINUTE, SlidingWindow, WindowBooking
+from ..quota.windows import MINUTE, SlidingWindow, WindowBooking
 
 # Below this much left of any of the provider's limits, demand is taken to exceed its quota: a
 # fuller bucket would overflow (its refill lost) if the clients over their parts waited.

@@ -4,7 +4,7 @@ from collections.abc import Iterable
 
 from attrs import frozen
 
-from ..config import ProviderConfig
+from ..config.schema import ProviderConfig
 
 
 @frozen

@@ -26,6 +26,8 @@ log = logging.getLogger("trioproxy.router")
 
 DRAIN_SECONDS = 1.0  # how long to read on after a stream's [DONE] for its end
 _HEAD_FIELDS = ("id", "object", "created", "model")  # every chunk of one answer carries the first's
+_NOT_EXTRA = frozenset(("choices", "usage", *_HEAD_FIELDS))  # a chunk's other fields are relayed as they come
+_HELD_BACK = frozenset(("role", "content", "tool_calls"))  # delta fields the relay shapes itself
 
 
 @define
@@ -186,11 +188,12 @@ class StreamRelay:
     async def _take(self, stream: OpenStream, document: dict[str, Any]) -> list[dict[str, Any]]:
         """Account for one provider chunk; the chunks the client gets for it (maybe none yet)."""
         stream.events += 1
-        await stream.settlement.from_usage(document)
+        if document.get("usage"):  # most chunks carry none: no settlement to await
+            await stream.settlement.from_usage(document)
         if not self._head:
             self._head = {key: document[key] for key in _HEAD_FIELDS if key in document}
         shaped: list[dict[str, Any]] = []
-        extra = {key: value for key, value in document.items() if key not in ("choices", "usage", *_HEAD_FIELDS)}
+        extra = {key: value for key, value in document.items() if key not in _NOT_EXTRA}
         for choice in document.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
@@ -206,7 +209,7 @@ class StreamRelay:
         tool calls once whole, the finish after everything."""
         delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
         out: list[dict[str, Any]] = []
-        passed = {key: value for key, value in delta.items() if key not in ("role", "content", "tool_calls")}
+        passed = {key: value for key, value in delta.items() if key not in _HELD_BACK}
         if "function_call" in passed:
             self._continuable = False  # a legacy function call is relayed as it comes
         if delta.get("role") and not self._role_sent:

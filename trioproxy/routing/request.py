@@ -1,7 +1,5 @@
 """What the routing pipeline takes in and what it records: one shape whichever door a request used."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import trio
@@ -47,11 +45,22 @@ class RouteRecord:
     continuations: list[tuple[str, str]] = field(factory=list)
 
 
-@contextmanager
-def waiting_on_upstream(record: RouteRecord) -> Iterator[None]:
-    """Count the time inside as the provider's, not the proxy's."""
-    started = trio.current_time()
-    try:
-        yield
-    finally:
-        record.upstream_seconds += trio.current_time() - started
+def waiting_on_upstream(record: RouteRecord) -> "_UpstreamTime":
+    """Count the time inside (a `with` block) as the provider's, not the proxy's."""
+    return _UpstreamTime(record)
+
+
+class _UpstreamTime:
+    """A class rather than a generator-based context manager: it wraps two phases of every request."""
+
+    __slots__ = ("_record", "_started")
+
+    def __init__(self, record: RouteRecord) -> None:
+        self._record = record
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = trio.current_time()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._record.upstream_seconds += trio.current_time() - self._started

@@ -298,6 +298,8 @@ class Router:
         """
         offering = [u for u in self.upstreams if self._health_of(u).choose(u.config.model) is not None]
         up = [u for u in offering if self._health_of(u).up]
+        if len(up) == len(self.upstreams):  # the usual case: all up and offering, none passed over
+            return [(upstream, None) for upstream in up]
         order: list[tuple[Upstream, str | None]] = []
         for upstream in up + [u for u in offering if u not in up]:
             tried = [u for u, _ in order]

@@ -27,7 +27,7 @@ from . import operator_views as operator
 from .accounting import finish_request
 from .admission import admit_client
 from .auth import ANYONE, Client
-from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
+from .asgi import CLIENT_GONE, ClientGone, Message, Receive, Scope, Send, encode_headers, header, send_response
 from .browser_guard import check_json_body
 from .dashboard import Dashboard
 from .drain import SHUTDOWN_ERROR, Drain
@@ -247,7 +247,7 @@ class ProxyApp:
             admit_client(runtime, client, exchange.request, served)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
-            await _cancel_on_disconnect(receive, sent, lambda send: self._serve(runtime, exchange, served, send, extra))
+            await _cancel_on_disconnect(scope, receive, sent, lambda send: self._serve(runtime, exchange, served, send, extra))
         except ProxyError as error:
             served.status = error.status
             if served.route.provider == "-":  # refused before any provider was asked
@@ -307,20 +307,21 @@ class ProxyApp:
         size = 0
         # A client that stops sending its body would hold a connection and a task forever.
         deadline = trio.current_time() + self.runtime.config.request_timeout_ms / 1000
-        while True:
-            with trio.move_on_at(deadline):
+        with trio.move_on_at(deadline):  # one scope for every read of the body
+            while True:
                 message = await receive()
-            if trio.current_time() >= deadline:
-                raise ProxyError(408, "The request body did not arrive in time.", code="request_timeout")
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise _too_large(max_body_bytes)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+                if trio.current_time() >= deadline:
+                    break
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise _too_large(max_body_bytes)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        raise ProxyError(408, "The request body did not arrive in time.", code="request_timeout")
 
 
 def _limits(runtime: Runtime) -> Callable[[str], RouteLimits]:
@@ -364,31 +365,58 @@ class _SentSoFar:
         await self._send(message)
 
 
-async def _cancel_on_disconnect(receive: Receive, send: _SentSoFar, work: Callable[[Send], Awaitable[None]]) -> None:
+async def _cancel_on_disconnect(scope: Scope, receive: Receive, send: _SentSoFar,
+                                work: Callable[[Send], Awaitable[None]]) -> None:
     """Run `work(send)`, cancelling it the moment the client disconnects (Hypercorn never cancels us).
 
-    Without this, a proxy keeps reading, and paying for, upstream tokens nobody will read.
+    Without this, a proxy keeps reading, and paying for, upstream tokens nobody will read. Our
+    server says so through the scope's ClientGone; under another, a task waits on `receive`.
     """
     disconnected = False
+    refused: ProxyError | None = None
+    gone: ClientGone | None = scope.get("extensions", {}).get(CLIENT_GONE)
+    with trio.CancelScope() as cancel_scope:
 
-    async def watch(cancel_scope: trio.CancelScope) -> None:
-        nonlocal disconnected
+        def client_gone() -> None:
+            nonlocal disconnected
+            if not send.finished:  # the last body message is on its way: a disconnect now is the normal end
+                disconnected = True
+                cancel_scope.cancel()
+
+        try:
+            if gone is not None:
+                gone.callback = client_gone
+                await work(send)
+            else:
+                await _watching_receive(receive, client_gone, lambda: work(send))
+        except ProxyError as error:
+            refused = error
+        finally:
+            if gone is not None:
+                gone.callback = None
+    if disconnected:
+        raise ClientDisconnected()
+    if refused is not None:
+        raise refused
+
+
+async def _watching_receive(receive: Receive, client_gone: Callable[[], None],
+                            work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work()` while a task waits on `receive` for `http.disconnect` and then calls `client_gone`."""
+
+    async def watch() -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        if not send.finished:  # the last body message is on its way: a disconnect now is the normal end
-            disconnected = True
-            cancel_scope.cancel()
+        client_gone()
 
     refused: ProxyError | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, nursery.cancel_scope)
+        nursery.start_soon(watch)
         try:
-            await work(send)
+            await work()
         except ProxyError as error:
             refused = error  # raised below, unwrapped: a nursery would put it in an ExceptionGroup
         nursery.cancel_scope.cancel()
-    if disconnected:
-        raise ClientDisconnected()
     if refused is not None:
         raise refused
 

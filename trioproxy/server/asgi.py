@@ -8,6 +8,20 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+# A scope extension our server (connections.py) adds to every HTTP/1.1 request: a ClientGone.
+CLIENT_GONE = "trioproxy.client_gone"
+
+
+class ClientGone:
+    """Where the app leaves a callback for the moment the server would queue `http.disconnect`
+    (the client left, or the response is complete): called at once, in the server's task, so
+    an app need not keep a task waiting on `receive` for it."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], None] | None = None
+
 
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of request header `name` (lower case), or None."""

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 from attrs import frozen
 
-from ..config import ClientConfig, Config, key_digest
+from ..config.schema import ClientConfig, Config
+from ..config.derived import key_digest
 from ..errors import ProxyError
 
 

@@ -18,24 +18,37 @@
    once, between the answer's head and its body. Such bytes are never served, so they are
    dropped instead and the answer completes.
 
+It also does Hypercorn's per-request bookkeeping with fewer trips through Trio's scheduler (the
+same behaviour): the keep-alive timer is started with `start_soon` and cancelled without a lock,
+a write takes its connection's lock without a checkpoint when nobody holds it, and an HTTP/1.1
+request's scope carries a `ClientGone` (asgi.CLIENT_GONE) whose callback is called where
+Hypercorn queues `http.disconnect`, so the app needs no task per request waiting for it.
+
 Hypercorn offers no hook for its connection or protocol class, so `install_into_hypercorn` puts
 these in its modules, for the whole process: any other Hypercorn server in it gets them too, and
 with a plain Config (no `client_stall_seconds`) its connections have no stall bound, as before.
 They override private methods of Hypercorn's TCPServer, so pyproject.toml bounds its version.
 """
 
+import functools
 import socket as _socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import h11
 import trio
 from hypercorn import protocol as hypercorn_protocol
+from hypercorn.protocol import h11 as hypercorn_h11
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Event, RawData
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import Request, StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+
+from .asgi import CLIENT_GONE, ClientGone
 
 _CLOSING = (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 LINGER_SECONDS = 2.0  # how long a closing connection reads on for the client's own close
@@ -56,6 +69,33 @@ class ProxyConnection(TCPServer):
     _reader: trio.lowlevel.Task | None = None  # the task in `_read_data`, while it reads
     _read_done: trio.Event
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.idle_task = _IdleTask()  # type: ignore[assignment]
+
+    async def protocol_send(self, event: Event) -> None:
+        """Hypercorn's, but a free send lock is taken without a trip through the scheduler (the
+        write itself is the checkpoint), and nothing is written for no bytes (h11's end of a
+        body of known length): each cost every response a pass of the scheduler."""
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not event.data:  # the end of a body of known length: nothing to write
+            return
+        try:
+            self.send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self.send_lock.acquire()
+        try:
+            try:
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+        finally:
+            self.send_lock.release()
+
     async def _read_data(self) -> None:
         tcp = getattr(self.stream, "transport_stream", self.stream)  # under TLS, the TCP stream
         stall = getattr(self.config, "client_stall_seconds", None)  # None: another server's plain Config
@@ -63,10 +103,28 @@ class ProxyConnection(TCPServer):
             tcp.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_USER_TIMEOUT, int(stall * 1000))
         self._reader, self._read_done = trio.lowlevel.current_task(), trio.Event()
         try:
-            await super()._read_data()
+            await self._read_until_closed()
         finally:
             self._reader = None
             self._read_done.set()
+
+    async def _read_until_closed(self) -> None:
+        """Hypercorn's read loop, without a cancel scope per read when no read_timeout is set
+        (the default: a scope with no deadline bounded nothing, at a generator's cost per read)."""
+        timeout = self.config.read_timeout or None  # as Hypercorn reads it: 0 is none
+        while True:
+            try:
+                if timeout is None:
+                    data = await self.stream.receive_some(MAX_RECV)
+                else:
+                    with trio.fail_after(timeout):
+                        data = await self.stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
 
     async def _close(self) -> None:
         try:
@@ -91,6 +149,33 @@ class ProxyConnection(TCPServer):
             pass
 
 
+class _IdleTask:
+    """Hypercorn's TrioSingleTask (the keep-alive timer, restarted whenever the connection turns
+    idle and stopped when a request arrives) without its lock and its `nursery.start` handshake:
+    three trips through the scheduler per request. Neither method checkpoints, so no lock is
+    needed; the cancel scope exists before its task runs, so a stop at once still stops it."""
+
+    def __init__(self) -> None:
+        self._scope: trio.CancelScope | None = None
+
+    async def restart(self, task_group: Any, action: Callable[[], Awaitable[None]]) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        self._scope = scope = trio.CancelScope()
+
+        @functools.wraps(action)  # the task is named after the action, as Hypercorn's is
+        async def in_scope() -> None:
+            with scope:
+                await action()
+
+        task_group.spawn(in_scope)
+
+    async def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+        self._scope = None
+
+
 class ProxyH11Protocol(H11Protocol):
     """Hypercorn's HTTP/1.1 protocol, dropping what a client sends once the connection is closing
     (after we said `connection: close`, or a protocol error): none of it will be served."""
@@ -102,13 +187,33 @@ class ProxyH11Protocol(H11Protocol):
         await super().handle(event)
 
 
+class ProxyHTTPStream(HTTPStream):
+    """Hypercorn's HTTP/1.1 request stream, whose scope carries a ClientGone (asgi.CLIENT_GONE):
+    its callback is called where Hypercorn queues `http.disconnect` for the app."""
+
+    _client_gone: ClientGone | None = None
+
+    async def handle(self, event: Any) -> None:
+        if isinstance(event, StreamClosed) and not self.closed and self._client_gone is not None:
+            if (callback := self._client_gone.callback) is not None:
+                callback()
+        await super().handle(event)
+        if isinstance(event, Request) and not self.closed:
+            # The app's task was started with start_soon and has not run yet (nothing above
+            # checkpoints after starting it): it finds the extension in its scope.
+            self._client_gone = self.scope["extensions"][CLIENT_GONE] = ClientGone()
+
+
 def install_into_hypercorn() -> None:
-    """Make Hypercorn's Trio server build ProxyConnection and ProxyH11Protocol (idempotent: the
-    classes are put in place once and stay, since servers already running look them up too)."""
+    """Make Hypercorn's Trio server build ProxyConnection, ProxyH11Protocol and ProxyHTTPStream
+    (idempotent: the classes are put in place once and stay, since servers already running
+    look them up too)."""
     if hypercorn_run.TCPServer is not ProxyConnection:
         hypercorn_run.TCPServer = ProxyConnection  # type: ignore[misc]
     if hypercorn_protocol.H11Protocol is not ProxyH11Protocol:
         hypercorn_protocol.H11Protocol = ProxyH11Protocol  # type: ignore[misc]
+    if hypercorn_h11.HTTPStream is not ProxyHTTPStream:
+        hypercorn_h11.HTTPStream = ProxyHTTPStream  # type: ignore[misc]
 
 
 async def serve(app: Any, config: ServerConfig, *, shutdown_trigger: Any,

@@ -18,15 +18,16 @@ class Drain:
     def __init__(self) -> None:
         self._scopes: set[trio.CancelScope] = set()
         self._cutting = False
-        self.requests = 0  # every HTTP request being served, streams included
+        self._in_flight = _Counted()
 
-    @contextmanager
-    def request(self) -> Iterator[None]:
-        self.requests += 1
-        try:
-            yield
-        finally:
-            self.requests -= 1
+    @property
+    def requests(self) -> int:
+        """Every HTTP request being served, streams included."""
+        return self._in_flight.count
+
+    def request(self) -> "_Counted":
+        """A block counted as one request in flight."""
+        return self._in_flight
 
     @contextmanager
     def stream(self) -> Iterator[trio.CancelScope]:
@@ -51,3 +52,18 @@ class Drain:
     @property
     def streams(self) -> int:
         return len(self._scopes)
+
+
+class _Counted:
+    """Counts the blocks it is entered in (a class, not a generator: it wraps every request)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1

@@ -6,7 +6,7 @@ counted but read when scraped, through a collector that asks the proxy for them.
 """
 
 from collections.abc import Callable, Iterable
-
+from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -17,6 +17,17 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # The proxy's own time: well under a millisecond when all is well.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+_CLIENT_TOKEN_KINDS = ("prompt", "cached", "completion")
+
+
+@frozen
+class _ServedSeries:
+    """The series one request adds to, for one route, provider, stream flag and status."""
+
+    requests: Counter
+    route_requests: Counter
+    tokens: tuple[Counter, Counter, Counter, Counter]  # the provider's prompt and completion, then the route's
+    latency: Histogram
 
 
 class _LiveState(Collector):
@@ -92,6 +103,10 @@ class Metrics:
             ("client", "route"), registry=self.registry,
         )
         self.registry.register(_LiveState(live))
+        # The labelled series each request adds to, looked up once per label combination:
+        # prometheus_client checks and converts the labels on every `labels()` call.
+        self._served: dict[tuple[str, str, bool, int], _ServedSeries] = {}
+        self._client_served: dict[tuple[str, str, str], tuple[Counter, ...]] = {}
 
     def observe(
         self,
@@ -106,15 +121,25 @@ class Metrics:
         first_byte: float | None,
         overhead: float | None,
     ) -> None:
-        self._requests.labels(provider, "yes" if stream else "no", str(status)).inc()
-        self._tokens.labels(provider, "prompt").inc(prompt_tokens or 0)
-        self._tokens.labels(provider, "completion").inc(completion_tokens or 0)
-        self._route_requests.labels(route, provider, str(status)).inc()
-        self._route_tokens.labels(route, provider, "prompt").inc(prompt_tokens or 0)
-        self._route_tokens.labels(route, provider, "completion").inc(completion_tokens or 0)
+        series = self._served.get((route, provider, stream, status))
+        if series is None:
+            series = self._served[route, provider, stream, status] = _ServedSeries(
+                requests=self._requests.labels(provider, "yes" if stream else "no", str(status)),
+                route_requests=self._route_requests.labels(route, provider, str(status)),
+                tokens=(self._tokens.labels(provider, "prompt"), self._tokens.labels(provider, "completion"),
+                        self._route_tokens.labels(route, provider, "prompt"),
+                        self._route_tokens.labels(route, provider, "completion")),
+                latency=self._latency.labels(provider))
+        series.requests.inc()
+        series.route_requests.inc()
+        provider_prompt, provider_completion, route_prompt, route_completion = series.tokens
+        provider_prompt.inc(prompt_tokens or 0)
+        provider_completion.inc(completion_tokens or 0)
+        route_prompt.inc(prompt_tokens or 0)
+        route_completion.inc(completion_tokens or 0)
         if reason.startswith(("fallback:", "failover:")):
             self._reroutes.labels(reason).inc()
-        self._latency.labels(provider).observe(latency)
+        series.latency.observe(latency)
         if first_byte is not None:
             self._first_byte.labels(provider).observe(first_byte)
         if overhead is not None:
@@ -140,10 +165,16 @@ class Metrics:
         if over_budget:
             self._client_over_budget.labels(client, route).inc()
             return
-        self._client_requests.labels(client, route, provider).inc()
-        for kind, tokens in (("prompt", prompt_tokens), ("cached", cached_tokens), ("completion", completion_tokens)):
+        series = self._client_served.get((client, route, provider))
+        if series is None:
+            series = self._client_served[client, route, provider] = (
+                self._client_requests.labels(client, route, provider),
+                *(self._client_tokens.labels(client, route, provider, kind) for kind in _CLIENT_TOKEN_KINDS))
+        requests, *by_kind = series
+        requests.inc()
+        for counter, tokens in zip(by_kind, (prompt_tokens, cached_tokens, completion_tokens)):
             if tokens:
-                self._client_tokens.labels(client, route, provider, kind).inc(tokens)
+                counter.inc(tokens)
 
     def unknown_path(self, method: str, family: str) -> None:
         """Count a request for an unknown path; `method` and `family` come from a bounded set."""

@@ -23,7 +23,7 @@ import trio
 from attrs import define, field, frozen
 from coredis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
-from .redis_client import Client, QuotaStoreError, RedisAccess, explain, open_redis
+from .client import Client, QuotaStoreError, RedisAccess, explain, open_redis
 
 log = logging.getLogger("trioproxy.quota")
 

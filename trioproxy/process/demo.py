@@ -6,8 +6,8 @@ import os
 import attrs
 import trio
 
-from .testing import emulator
-from .config import Config
+from ..testing import emulator
+from ..config.schema import Config
 
 log = logging.getLogger("trioproxy")
 

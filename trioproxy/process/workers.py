@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
-from .config import Config
+from ..config.schema import Config
 from .daemon import FAILED, READY
 
 log = logging.getLogger("trioproxy")

@@ -1,7 +1,7 @@
 """One process's shares of the shared quota and their traffic with Redis: asking for the next
 share in the background, handing out requests, returning what a share did not hand out.
 
-The bookkeeping itself is `shares.py`; the ledger (`redis_ledger.py`) asks this keeper first
+The bookkeeping itself is `shares.py`; the ledger (`ledger.py`) asks this keeper first
 and books a request on its own when the keeper cannot admit it. Every answer from Redis comes
 through the store's sender task as a callback: nothing here waits.
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 import trio
 from attrs import frozen
 
-from .redis_store import Lane, QuotaStore, Reply
+from .store import Lane, QuotaStore, Reply
 from .shares import SHARE_LEASE_SECONDS, SHARE_SECONDS, Share, ShareBook
 
 

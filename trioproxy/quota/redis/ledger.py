@@ -25,11 +25,13 @@ import attrs
 import trio
 from attrs import define
 
-from ..config import ProviderConfig, configured_limits, extra_windows, starting_limits
-from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs, window_kind
-from .ledger import QuotaLedger, account_name
-from .limits import limit_states
-from .redis_store import Lane, QuotaStore, Reply
+from ...config.schema import ProviderConfig
+from ...config.derived import configured_limits, extra_windows, starting_limits
+from ..contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs, window_kind
+from ..account import account_name
+from ..ledger import QuotaLedger
+from ..limits import limit_states
+from .store import Lane, QuotaStore, Reply
 from .share_keeper import ShareKeeper
 
 OUTAGE_RETRY_SECONDS = 1.0  # what a "refuse" refusal tells the router about trying again

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 import trio
 from attrs import frozen
 
-from .config import Config
-from .providers.upstream import Upstream, UpstreamFailure
-from .runtime import ClientPool, upstream_maker
+from ..config.schema import Config
+from ..providers.upstream import Upstream, UpstreamFailure
+from ..runtime import ClientPool, upstream_maker
 
 
 @frozen

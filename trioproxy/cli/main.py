@@ -12,18 +12,23 @@ from typing import NoReturn
 import httpx
 import trio
 
-from . import __version__, daemon
+from .. import __version__
+from ..process import daemon
 from . import catalogue
-from .config import Config, ConfigError, keyless_route, load_config, redacted, secrets
-from .demo import demo_choices, show_demo_banner
-from .errors import found_in
-from .logs import configure_logging
-from .secrets import Sanitizer
-from .quota.persist import default_state_path
-from .quota.redis_store import QuotaStoreError
+from ..config.schema import Config
+from ..config.validators import ConfigError
+from ..config.checks import keyless_route
+from ..config.load import load_config
+from ..config.redaction import redacted, secrets
+from ..process.demo import demo_choices, show_demo_banner
+from ..errors import found_in
+from ..logs import configure_logging
+from ..secrets import Sanitizer
+from ..quota.persist import default_state_path
+from ..quota.redis.store import QuotaStoreError
 from .status_table import fetch_status, render_table
-from .supervisor import supervise
-from .workers import WorkerStartError, serve_as_worker, supervise_workers
+from ..process.supervisor import supervise
+from ..process.workers import WorkerStartError, serve_as_worker, supervise_workers
 
 EXIT_USAGE = 2
 

@@ -1,4 +1,4 @@
-"""The coredis client for `redis_url` (see `redis_target`): one server over TCP, TLS or a unix
+"""The coredis client for `redis_url` (see `config.redis_target`): one server over TCP, TLS or a unix
 socket, a Redis Cluster, or the primary that Redis Sentinel names (and names again after a
 failover). Every client answers within the store's timeout and leaves retrying to the store."""
 
@@ -15,7 +15,7 @@ from coredis.connection import TCPLocation
 from coredis.exceptions import AuthenticationError, AuthenticationRequiredError, RedisClusterError, RedisError, ResponseError
 from coredis.retry import NoRetryPolicy
 
-from ..redis_target import parse_redis_url, tls_context
+from ...config.redis_target import parse_redis_url, tls_context
 
 log = logging.getLogger("trioproxy.quota")
 

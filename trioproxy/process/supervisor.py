@@ -8,18 +8,20 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from .server.app import ProxyApp
-from .server.connections import ServerConfig, serve
-from .server.auth import is_loopback
-from .server.edges import HttpEdges
-from .config import Config, ConfigError, keyless_route
+from ..server.app import ProxyApp
+from ..server.connections import ServerConfig, serve
+from ..server.auth import is_loopback
+from ..server.edges import HttpEdges
+from ..config.schema import Config
+from ..config.validators import ConfigError
+from ..config.checks import keyless_route
 from .demo import DemoProviders, start_demo_providers
-from .server.drain import Drain
-from .logs import LEVELS, redact_with
-from .quota.persist import StatePersister, resolve_state_path
-from .errors import found_in
-from .quota.redis_client import QuotaStoreError
-from .runtime import ClientPool, build_runtime, serving_providers
+from ..server.drain import Drain
+from ..logs import LEVELS, redact_with
+from ..quota.persist import StatePersister, resolve_state_path
+from ..errors import found_in
+from ..quota.redis.client import QuotaStoreError
+from ..runtime import ClientPool, build_runtime, serving_providers
 
 log = logging.getLogger("trioproxy")
 
