@@ -21,6 +21,12 @@ Everything listens on 127.0.0.1; every loop ends at the deadline; every request 
     python bench/soak.py --quick            # 0.5 minute
     python bench/soak.py --minutes 10       # the default
     python bench/soak.py --minutes 3 --clients 24 --log /tmp/soak-proxy.log
+    python bench/soak.py --mid-stream --broken 400 --minutes 8   # continuation: breaks after content only
+
+`--mid-stream` switches only the breaks after content (at Cerebras, Chutes healthy) and quiet
+periods, so broken streams come quickly; `--broken N` ends the run once N streams broke after
+their first byte (or at `--minutes`, whichever comes first). The proxy then logs at INFO, and
+every broken stream that still ended with an error event is shown with its log lines.
 
 Exit status 0 when the targets are met (RSS growth after warm-up under 10 %, no unhandled
 exception in the proxy's log, no stream left without `data: [DONE]`, clean proxy exit), else 1.
@@ -105,6 +111,7 @@ class Tally:
     faults_switched: collections.Counter[str] = attrs.Factory(collections.Counter)
     rss_samples: list[tuple[float, int]] = attrs.Factory(list)
     error_event_ids: set[str] = attrs.Factory(set)  # request ids of streams that ended in an error event
+    stopping: bool = False  # --broken reached: clients end after their request in flight
 
     def record(self, outcome: str, latency: float | None = None) -> None:
         self.outcomes[outcome] += 1
@@ -273,7 +280,7 @@ async def client_loop(base_url: str, seed: int, deadline: float, tally: Tally) -
     rng = random.Random(seed)
     async with httpx.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT,
                                  headers={"authorization": "Bearer sk-soak"}) as client:
-        while trio.current_time() < deadline:
+        while trio.current_time() < deadline and not tally.stopping:
             await one_request(client, rng, tally)
 
 
@@ -313,8 +320,10 @@ def mid_stream_faults(rng: random.Random, count: int) -> list[tuple[str, Any]]:
 MID_STREAM = ("break after content", "error event after content", "break inside tool arguments")
 
 
-async def switch_faults(providers: list[emulator.EmulatedProvider], seed: int, deadline: float, tally: Tally) -> None:
-    """Every 0.5-4 s: a random fault on, at one provider or both, or all faults off."""
+async def switch_faults(providers: list[emulator.EmulatedProvider], seed: int, deadline: float, tally: Tally,
+                        mid_stream_only: bool = False) -> None:
+    """Every 0.5-4 s: a random fault on, at one provider or both, or all faults off (only breaks
+    after content and quiet periods with `mid_stream_only`)."""
     rng = random.Random(seed)
     cerebras, chutes = providers
     while trio.current_time() < deadline:
@@ -328,7 +337,11 @@ async def switch_faults(providers: list[emulator.EmulatedProvider], seed: int, d
             cerebras.faults, chutes.faults = Faults(), Faults()
             tally.faults_switched["all off"] += 1
             continue
-        name, faults = random_fault(rng)
+        if mid_stream_only:
+            name, make = rng.choice(mid_stream_faults(rng, rng.randint(1, 25)))
+            faults = make()
+        else:
+            name, faults = random_fault(rng)
         targets = rng.choices([[cerebras], [chutes], [cerebras, chutes]], weights=[5, 3, 2])[0]
         if name in MID_STREAM:
             # At Cerebras only, with Chutes healthy: Chutes (no limits here) finishes what Cerebras
@@ -351,11 +364,11 @@ async def sample_rss(pid: int, deadline: float, tally: Tally, every: float = 2.0
 # --------------------------------------------------------------------------- the proxy
 
 
-def write_config(directory: Path, port: int, cerebras_url: str, chutes_url: str) -> Path:
+def write_config(directory: Path, port: int, cerebras_url: str, chutes_url: str, log_level: str = "WARN") -> Path:
     path = directory / "soak.toml"
     cerebras_limits = "\n".join(f"{k} = {v}" for k, v in PROXY_CEREBRAS_LIMITS.items())
     path.write_text(
-        f'host = "127.0.0.1"\nport = {port}\nlog_level = "WARN"\n'
+        f'host = "127.0.0.1"\nport = {port}\nlog_level = "{log_level}"\n'
         f"request_timeout_ms = {REQUEST_TIMEOUT_MS}\ncooldown_period_ms = 15000\n"
         'state_file = ""\n\n'
         f'[cerebras]\nbase_url = "{cerebras_url}"\n{cerebras_limits}\n\n'
@@ -402,7 +415,7 @@ async def soak(args: argparse.Namespace) -> int:
         cerebras_url = await nursery.start(emulator.serve, cerebras)
         chutes_url = await nursery.start(emulator.serve, chutes)
         port = free_port()
-        config = write_config(workdir, port, cerebras_url, chutes_url)
+        config = write_config(workdir, port, cerebras_url, chutes_url, "INFO" if args.mid_stream else "WARN")
         base_url = f"http://127.0.0.1:{port}/v1"
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "trioproxy", "--config", str(config)],
@@ -420,22 +433,27 @@ async def soak(args: argparse.Namespace) -> int:
             deadline = began + seconds
             rss_start = fds_start = 0
             async with trio.open_nursery() as load:
-                load.start_soon(switch_faults, [cerebras, chutes], args.seed, deadline, tally)
+                load.start_soon(switch_faults, [cerebras, chutes], args.seed, deadline, tally, args.mid_stream)
                 load.start_soon(sample_rss, process.pid, deadline, tally)
-                for i in range(args.clients):
-                    load.start_soon(client_loop, base_url, args.seed * 1000 + i, deadline, tally)
-                await trio.sleep(min(warmup, seconds))
-                rss_start, fds_start = rss_kib(process.pid), open_fds(process.pid)
-                served_at_warmup = tally.served
-                print(f"after warm-up: RSS {rss_start / 1024:.1f} MiB, {fds_start} fds, {tally.served} served", flush=True)
-                next_report = trio.current_time() + 60
-                while trio.current_time() < deadline:
-                    await trio.sleep(min(1.0, max(0.0, deadline - trio.current_time())))
-                    if trio.current_time() >= next_report:
-                        next_report += 60
-                        print(f"  t={trio.current_time() - began:5.0f} s: {sum(tally.outcomes.values())} requests, "
-                              f"{tally.served} served, RSS {rss_kib(process.pid) / 1024:.1f} MiB, "
-                              f"{open_fds(process.pid)} fds", flush=True)
+                async with trio.open_nursery() as clients:
+                    for i in range(args.clients):
+                        clients.start_soon(client_loop, base_url, args.seed * 1000 + i, deadline, tally)
+                    await trio.sleep(min(warmup, seconds))
+                    rss_start, fds_start = rss_kib(process.pid), open_fds(process.pid)
+                    served_at_warmup = tally.served
+                    print(f"after warm-up: RSS {rss_start / 1024:.1f} MiB, {fds_start} fds, {tally.served} served", flush=True)
+                    next_report = trio.current_time() + 60
+                    while trio.current_time() < deadline and not tally.stopping:
+                        await trio.sleep(min(1.0, max(0.0, deadline - trio.current_time())))
+                        if args.broken and len(log.continued_ids | tally.error_event_ids) >= args.broken:
+                            tally.stopping = True  # each client ends after its request in flight
+                        if trio.current_time() >= next_report:
+                            next_report += 60
+                            print(f"  t={trio.current_time() - began:5.0f} s: {sum(tally.outcomes.values())} requests, "
+                                  f"{tally.served} served, {len(log.continued_ids | tally.error_event_ids)} broken "
+                                  f"after the first byte, RSS {rss_kib(process.pid) / 1024:.1f} MiB, "
+                                  f"{open_fds(process.pid)} fds", flush=True)
+                load.cancel_scope.cancel()
             # The load has ended (every client finished its last request); let sockets settle.
             cerebras.faults, chutes.faults = Faults(), Faults()
             await trio.sleep(1.0)
@@ -459,6 +477,15 @@ async def stop(process: trio.Process) -> int | None:
             await process.wait()
             return None
     return process.returncode
+
+
+def log_lines(path: Path, request_id: str) -> list[str]:
+    """The proxy's log lines about one request (its id in brackets or after 'request ')."""
+    if not request_id:
+        return []
+    marks = (f"[{request_id}]", f"request {request_id}")
+    with path.open(encoding="utf-8", errors="replace") as file:
+        return [line.rstrip()[:400] for line in file if any(mark in line for mark in marks)]
 
 
 def report(args: argparse.Namespace, tally: Tally, log: ProxyLog, rss_launch: int, rss_start: int, rss_end: int,
@@ -495,6 +522,10 @@ def report(args: argparse.Namespace, tally: Tally, log: ProxyLog, rss_launch: in
     print(f"streams broken after their first byte: {len(broken)} (taken over by another provider: "
           f"{len(log.continued_ids)}); finished without an error event: {len(finished)} "
           f"({len(finished) / len(broken) * 100 if broken else float('nan'):.1f} %)")
+    for request_id in sorted(broken - finished)[:12]:
+        print(f"  ended with an error event: {request_id}")
+        for line in log_lines(log.path, request_id)[:8]:
+            print(f"    {line}")
     print(f"emulators: cerebras served {cerebras.served} over {cerebras.connections} connections, "
           f"chutes served {chutes.served} over {chutes.connections} connections")
     print(f"proxy RSS: at launch {rss_launch / 1024:.1f} MiB, after warm-up {rss_start / 1024:.1f} MiB, "
@@ -534,11 +565,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=None, help="seconds before the start RSS is taken "
                         "(default 25 %% of the run, 5-120 s)")
     parser.add_argument("--seed", type=int, default=1, help="random seed for traffic and faults")
+    parser.add_argument("--mid-stream", action="store_true", help="only breaks after content (and quiet periods); "
+                        "the proxy logs at INFO and each broken stream that ended with an error event is shown")
+    parser.add_argument("--broken", type=int, default=0, help="end the run once this many streams broke after "
+                        "their first byte (0: run for --minutes)")
     parser.add_argument("--log", help="where to write the proxy's stderr (default: a temporary directory)")
     args = parser.parse_args()
     if args.quick:
         args.minutes = 0.5
-    if args.minutes <= 0 or args.clients <= 0:
+    if args.minutes <= 0 or args.clients <= 0 or args.broken < 0:
         parser.error("--minutes and --clients must be positive")
     sys.exit(trio.run(soak, args))
 

@@ -15,7 +15,9 @@ import trio
 
 from trioproxy.testing.emulator import Faults
 
+from support.fault_server import ROLE, send_then_close, start_fault_server, tiny_chunk
 from support.proxies import Providers, Proxy, StartProxy
+from support.raw_http import SSE_HEAD
 from support.door_answers import DOORS, MODEL, door_answer
 
 TEXT_WORDS = 18  # with the role chunk and the finish: a 20-event answer
@@ -171,18 +173,41 @@ async def test_a_continuation_that_fails_ends_in_the_doors_error(
 
 
 @pytest.mark.parametrize("door", DOORS)
-async def test_a_restart_with_another_tool_call_id_ends_in_the_doors_error(
+async def test_a_restart_that_mints_its_own_id_for_a_sent_call_goes_on_under_the_sent_id(
     providers: Providers, start_proxy: StartProxy, door: str
 ) -> None:
-    """The first call went out with Cerebras's id; Chutes's new answer has its own id for it."""
+    """The first call went out with Cerebras's id; Chutes's new answer has its own id for the
+    same call (as every provider mints its own): the client keeps the id it holds."""
     proxy = await same_model(providers, start_proxy, "restart")
-    await door_answer(door, proxy, tools=True)  # Cerebras's call ids now differ from Chutes's
+    unbroken = await door_answer(door, proxy, tools=True)  # Cerebras's call ids now differ from Chutes's
+    providers.cerebras.faults = Faults(break_after_argument_bytes=30, remaining=1)  # inside the second call
+
+    with trio.fail_after(10):
+        answer = await door_answer(door, proxy, tools=True)
+
+    assert answer.error is None and answer.without_ids() == unbroken.without_ids()
+    (first_id, _, _), (second_id, _, _) = answer.calls
+    assert "call_2" in first_id and "call_1_1" in second_id  # Cerebras's 2nd answer's, Chutes's 1st's
+
+
+@pytest.mark.parametrize("door", DOORS)
+async def test_a_restart_that_calls_another_tool_where_one_was_sent_ends_in_the_doors_error(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, door: str
+) -> None:
+    """Chutes's new answer calls another tool first than the one Cerebras sent."""
+    other = tiny_chunk({"tool_calls": [{"index": 0, "id": "call_other", "type": "function",
+                                        "function": {"name": "other_tool", "arguments": "{}"}}]})
+    chutes = await start_fault_server(nursery, lambda s: send_then_close(
+        s, SSE_HEAD, ROLE, other, tiny_chunk({}, "tool_calls"), b"data: [DONE]\n\n"))
+    providers.cerebras.parallel_tool_calls_by_default = True
+    proxy = await start_proxy(chutes={"continuation": "restart", "base_url": chutes.url})
     providers.cerebras.faults = Faults(break_after_argument_bytes=30, remaining=1)  # inside the second call
 
     with trio.fail_after(10):
         answer = await door_answer(door, proxy, tools=True)
 
     assert answer.error is not None and "continu" in answer.error
+    assert chutes.requests == 1  # the restart was asked for, and refused for its other call
 
 
 @pytest.mark.parametrize("door", DOORS)

@@ -265,6 +265,42 @@ async def test_demo_serves_falls_back_and_stops_on_sigterm(tmp_path: Path) -> No
         assert "Traceback" not in proxy.stderr
 
 
+async def test_demo_shows_cerebras_two_buckets_the_cache_share_and_where_limits_come_from(tmp_path: Path) -> None:
+    """An agent's turns (one conversation growing) on --demo: /v1/status, `trioproxy status` and
+    the dashboard's state show the uncached bucket beside the total one, the share of the prompt
+    tokens Cerebras's cache held, and each limit's source (the plan's preset, the provider's
+    header, the demo's setting)."""
+    async with started(["--demo"], tmp_path, scrubbed_env(PORT="0")) as proxy:
+        base_url = (await proxy.wait_for(r"base URL: (http://\S+)", "stdout", STARTUP_TIMEOUT)).group(1)
+        messages: list[dict[str, str]] = [{"role": "system", "content": "You are a coding agent. " * 400}]
+        async with httpx.AsyncClient(base_url=base_url, headers={"authorization": "Bearer any-key"}, timeout=10) as client:
+            for turn in range(4):
+                messages.append({"role": "user", "content": f"tool result {turn}: " + "x = 1\n" * 200})
+                response = await client.post("/chat/completions", json={"model": "qwen-3-coder", "messages": messages,
+                                                                        "max_tokens": 100})
+                assert response.status_code == 200, response.text
+                messages.append(response.json()["choices"][0]["message"])
+            status = (await client.get("/status")).json()
+            dashboard = (await client.get(base_url.removesuffix("/v1") + "/dashboard/api/state")).json()
+        table = await run(["status", "--url", base_url], tmp_path, scrubbed_env())
+
+    cerebras = status["providers"][0]
+    account = cerebras["accounts"]["cerebras"]
+    served = cerebras["served_since_start"]
+    assert cerebras["name"] == "cerebras" and served["requests"] == 4
+    assert 0.5 * served["prompt_tokens"] < served["cached_tokens"] < served["prompt_tokens"]  # later turns: mostly cached
+    assert account["utpm"]["limit"] == 55_000 and 0 < account["utpm"]["used"] < account["tpm"]["used"]
+    sources = account["limit_sources"]
+    assert sources["utpm"]["source"] == "configured" and sources["rpm"]["source"] == "preset"
+    assert sources["tpm"]["source"] == "provider" and sources["tpm"]["stated"] == 165_000
+    assert dashboard["routes"][0]["providers"][0]["served_since_start"] == served
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[5:8] == ["rpm", "tpm", "utpm"]
+    share = round(100 * served["cached_tokens"] / served["prompt_tokens"])
+    assert f"/55000 [configured]" in row and "[provider " in row and f"4 ({share}% cached)" in row
+
+
 async def test_demo_stops_on_ctrl_c(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT), the stop the demo banner advertises, exits 0 without a traceback."""
     async with started(["--demo"], tmp_path, scrubbed_env(PORT="0")) as proxy:

@@ -2,8 +2,12 @@
 prediction that books a conversation's turn by its new tail: the prefix memory, both ledgers,
 the emulated Cerebras's cache, and the proxy end to end."""
 
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -21,7 +25,8 @@ from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.redis.ledger import SharedReservation
-from trioproxy.routing.prompt_cache import PromptMemory, PromptPrefix
+from trioproxy.routing.prompt_cache import OUTBOX_ENTRIES, PromptMemory, PromptPrefix, Remembered
+from trioproxy.routing.prompt_exchange import PromptExchange
 from trioproxy.routing.request import RouteRecord
 from trioproxy.routing.settlement import Settlement
 from trioproxy.cli.status_table import render_table
@@ -211,6 +216,123 @@ async def test_the_shared_ledger_keeps_both_buckets_and_the_cache_affinity(nurse
     assert used(one, "cerebras#2") == (5_200, 700)
     assert await one.refusal("cerebras", 100, 1, 4_300) is None  # key 2 has 4,300 left, key 1 1,500
     assert isinstance(await one.refusal("cerebras", 100, 1, 4_301), Refusal)
+
+
+# --------------------------------------------------------------------------- the memory shared through Redis
+
+
+def test_digests_are_the_same_in_every_process() -> None:
+    """Processes with other hash seeds compute the same digests (a memory shared between them)."""
+    program = ("import json, sys; from trioproxy.routing.prompt_cache import PromptPrefix; "
+               "print(json.dumps(PromptPrefix.of(json.loads(sys.stdin.read()))[0].digests))")
+    body = json.dumps({"messages": turn(3), "tools": [{"type": "function", "function": {"name": "f"}}]})
+    seen = [json.loads(subprocess.run([sys.executable, "-c", program], input=body, capture_output=True, text=True,
+                                      check=True, env={**os.environ, "PYTHONHASHSEED": seed}, timeout=60).stdout)
+            for seed in ("1", "2")]
+    assert seen[0] == seen[1] == list(PromptPrefix.of(json.loads(body))[0].digests)
+    assert len(set(seen[0])) == len(seen[0])
+
+
+def test_the_digests_of_a_prompt_continue_those_of_its_prefix() -> None:
+    shorter, longer = (PromptPrefix.of({"messages": turn(n)})[0] for n in (3, 4))
+    assert longer.digests[: len(shorter.digests)] == shorter.digests
+    assert PromptPrefix.of({"messages": turn(3, size=401)})[0].digests[2:] != shorter.digests[2:]
+
+
+def test_what_another_process_tells_is_kept_for_its_time_left_at_most_the_cache_life() -> None:
+    clock = FakeClock()
+    memory = PromptMemory(keys=2, ttl=300, block=100, entries=64, clock=clock)
+    digest = PromptPrefix.of({"messages": turn(3)})[0].digests[-1]
+    memory.learn(Remembered(1, digest, 5_000, seconds_left=10_000))  # beyond the cache's life
+    memory.learn(Remembered(2, digest, 5_000, seconds_left=60))  # no such key
+    memory.learn(Remembered(0, digest, -5, seconds_left=60))  # nonsense tokens
+    longer = PromptPrefix.of({"messages": turn(4)})[0]
+    assert memory.cached(longer, 6_000) == [0, 4_900]
+    clock.now += 300
+    assert memory.cached(longer, 6_000) == [0, 0]
+    assert memory.take_remembered() == []  # not shared: nothing kept to publish
+
+
+def test_what_waits_for_publication_is_bounded() -> None:
+    memory = PromptMemory(keys=1, ttl=300, block=0, entries=64, clock=FakeClock())
+    memory.share()
+    for number in range(OUTBOX_ENTRIES + 10):
+        memory.remember(0, PromptPrefix.of({"messages": [{"role": "user", "content": str(number)}]})[0], 10)
+    taken = memory.take_remembered()
+    assert len(taken) == OUTBOX_ENTRIES and {entry.seconds_left for entry in taken} == {300}
+    assert memory.take_remembered() == [] and memory.size() == 64
+
+
+async def _two_replicas_sharing(nursery: trio.Nursery, redis: RedisServer) -> tuple[FakeClock, list[PromptMemory], list[PromptExchange]]:
+    clock = FakeClock()
+    provider = redis_cerebras(tokens_per_minute=100_000, uncached_tokens_per_minute=50_000)
+    memories, exchanges = [], []
+    for name in ("r1", "r2"):
+        ledger = await replica(nursery, redis.url, [provider], Clock(), name=name)
+        memory = PromptMemory(keys=1, ttl=300, block=100, entries=64, clock=clock)
+        memories.append(memory)
+        exchanges.append(PromptExchange(ledger.store, "test:", [("cerebras", memory)]))
+    for exchange in exchanges:  # the first round only finds where the stream ends
+        await exchange.exchange()
+    return clock, memories, exchanges
+
+
+async def test_a_turn_on_another_replica_is_booked_by_its_tail_once_the_replicas_exchanged(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    clock, (one, two), (first, second) = await _two_replicas_sharing(nursery, redis)
+    one.remember(0, PromptPrefix.of({"messages": turn(3)})[0], 5_000)
+    following = PromptPrefix.of({"messages": turn(4)})[0]
+    await second.exchange()
+    assert two.cached(following, 6_000) == [0]  # not yet published: booked as uncached, safely
+    clock.now += 100
+    await first.exchange()
+    await second.exchange()
+    assert two.cached(following, 6_000) == [4_900]
+    await first.exchange()  # its own message is not learned again, nor sent back by the other (2 entries:
+    # the whole prompt and the system prompt other conversations of the agent share)
+    assert one.size() == two.size() == 2 and one.take_remembered() == two.take_remembered() == []
+    clock.now += 200  # the cache's life since the first process sent it
+    assert two.cached(following, 6_000) == [0]
+
+
+async def test_a_message_of_another_shape_is_left_out_with_a_warning(
+    nursery: trio.Nursery, redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import coredis
+
+    _, (one, two), (first, second) = await _two_replicas_sharing(nursery, redis)
+    async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
+        for garbage in ("not json", '[["cerebras", "zero", 1, 2, 3]]', '{"e": 1}'):
+            await client.xadd("test:{prompts}:sent", {"r": "other", "e": garbage})
+    one.remember(0, PromptPrefix.of({"messages": turn(3)})[0], 5_000)
+    await first.exchange()
+    with caplog.at_level(logging.WARNING, "trioproxy.prompt_exchange"):
+        await second.exchange()
+    assert two.cached(PromptPrefix.of({"messages": turn(4)})[0], 6_000) == [4_900]
+    warned = {r.getMessage() for r in caplog.records if "prompt prefixes were left out" in r.getMessage()}
+    assert len(warned) == 3, warned
+
+
+async def test_a_proxy_on_the_redis_ledger_tells_the_others_what_it_sent(
+    providers: Providers, start_proxy: StartProxy, redis: RedisServer
+) -> None:
+    """The proxy starts the exchange on its own on the Redis ledger: a turn it served reaches the
+    stream (digests and counts, never the prompt's text), which expires with the cache's life."""
+    import coredis
+
+    proxy = await start_proxy(quota_backend="redis", redis_url=redis.url, redis_timeout_ms=10_000, redis_key_prefix="e2e:")
+    async with client_for(proxy) as client:
+        assert (await post(client, {"model": PROXY_MODEL, "messages": turn(3), "max_tokens": 20})).status_code == 200
+    async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
+        with trio.fail_after(10):
+            while not (sent := await client.xrange("e2e:{prompts}:sent", "-", "+")):
+                await trio.sleep(0.05)
+        assert 0 < await client.ttl("e2e:{prompts}:sent") <= 300
+    entries = json.loads(sent[0].field_values["e"])
+    assert {tuple(entry[:2]) for entry in entries} == {(entries[0][0], 0)} and entries[0][0].startswith("cerebras")
+    assert {entry[2] for entry in entries} <= set(PromptPrefix.of({"messages": turn(3)})[0].digests)
+    assert "result 0" not in sent[0].field_values["e"]
 
 
 # --------------------------------------------------------------------------- the emulated Cerebras

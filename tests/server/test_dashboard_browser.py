@@ -4,6 +4,7 @@ Plain (not Trio) tests: Playwright's sync API runs here, the proxy on its own Tr
 Every wait is one of Playwright's polling assertions with a deadline, never a fixed sleep.
 """
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -93,6 +94,18 @@ def test_page_shows_providers_and_a_request_within_seconds(proxy: LiveProxy, pag
     page.goto(proxy.root_url + "/dashboard")
     expect(recent_row(page, "first-request-1")).to_have_count(1)
     assert problems == []
+
+
+def test_a_provider_card_shows_the_share_of_prompt_tokens_its_cache_held(proxy: LiveProxy, page: Page) -> None:
+    """Two turns of one conversation: Cerebras's cache holds most of the second; its card says so."""
+    page.goto(proxy.root_url + "/")
+    messages = [{"role": "system", "content": "You are a coding agent. " * 400}]
+    for turn in range(2):
+        messages.append({"role": "user", "content": f"tool result {turn}: " + "x = 1\n" * 200})
+        send(proxy, f"turn-{turn}", messages=list(messages))
+    served = page.locator('article[data-provider="cerebras"] .served')
+    expect(served).to_contain_text("served since start: 2 requests")
+    expect(served).to_contain_text(re.compile(r"prompt tokens, [1-9]\d? % of them from its prompt cache"))
 
 
 def test_forced_cerebras_429_shows_a_cooldown_counting_down(proxy: LiveProxy, page: Page) -> None:

@@ -37,6 +37,15 @@ def _source(source: dict[str, Any]) -> str:
     return f"[{source['source']} {age:g}s ago]" if source["source"] == "provider" and age is not None else f"[{source['source']}]"
 
 
+def _served(served: dict[str, Any]) -> str:
+    """Requests served since start and, where the provider's prompt cache held some of their
+    prompts, what share of the prompt tokens it held: `12 (84% cached)`."""
+    cached, prompt = served.get("cached_tokens") or 0, served.get("prompt_tokens") or 0
+    if not cached or not prompt:
+        return str(served["requests"])
+    return f"{served['requests']} ({cached / prompt:.0%} cached)"
+
+
 def _model(provider: dict[str, Any]) -> str:
     """The model serving, or which candidates are all missing."""
     if provider.get("model"):
@@ -68,7 +77,7 @@ def render_table(status: dict[str, Any]) -> str:
                     "yes" if provider["usable"] else "no",
                     cooldown,
                     *(_window(state[name], state.get("limit_sources", {}).get(name)) for name in windows),
-                    str(provider["served_since_start"]["requests"]),
+                    _served(provider["served_since_start"]),
                     provider["last_error"] or "-",
                 )
                 row = (route["name"], *row) if several else row

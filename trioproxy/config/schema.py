@@ -380,7 +380,7 @@ class Config:
     extra_providers: tuple[ProviderConfig, ...] = ()
     # Order of preference by name; providers it does not name follow, in file order.
     provider_order: tuple[str, ...] = ("cerebras", "chutes")
-    # Several processes and machines (README): "memory" keeps quota in this process (saved to
+    # Several processes and machines (docs/scaling.md): "memory" keeps quota in this process (saved to
     # state_file); "redis" shares it through redis_url between every worker and replica.
     quota_backend: str = field(default="memory", validator=one_of("memory", "redis"))
     redis_url: str = field(default="", validator=parsable_redis_url, repr=False)  # may hold a password

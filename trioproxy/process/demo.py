@@ -14,6 +14,11 @@ log = logging.getLogger("trioproxy")
 # The emulated Cerebras has a Code Pro key: it enforces that plan's limits and states them in
 # its headers, so the proxy's learned limits are exercised against a provider that says 429.
 DEMO_CEREBRAS_PLAN = "code-pro"
+# Cerebras counts uncached prompt tokens in a bucket of their own, whose figure no header states:
+# the demo's Cerebras keeps one of a third of the plan's tokens a minute (one summary says the
+# total is typically about 3x the uncached, unconfirmed), and the demo's settings name it, so
+# both buckets and the prompt cache's share show in the status and the dashboard.
+DEMO_UNCACHED_TOKENS_PER_MINUTE = 55_000
 # Set to n, the demo's Cerebras breaks every n-th stream off mid-answer (continuation at work).
 CUT_EVERY_ENV = "TRIOPROXY_DEMO_CUT_EVERY"
 
@@ -28,10 +33,13 @@ class DemoProviders:
     chutes_key: str
 
     def apply(self, config: Config) -> Config:
+        """`config` pointed at the emulators (a new Config), with nothing saved to a state file."""
         return attrs.evolve(
             config,
             state_file="",  # the emulators' quota is not the real one: never save it
-            cerebras=attrs.evolve(config.cerebras, base_url=self.cerebras_url, api_key=self.cerebras_key),
+            cerebras=attrs.evolve(config.cerebras, base_url=self.cerebras_url, api_key=self.cerebras_key,
+                                  uncached_tokens_per_minute=config.cerebras.uncached_tokens_per_minute
+                                  or DEMO_UNCACHED_TOKENS_PER_MINUTE),
             chutes=attrs.evolve(config.chutes, base_url=self.chutes_url, api_key=self.chutes_key),
         )
 
@@ -40,7 +48,7 @@ async def start_demo_providers(nursery: trio.Nursery, config: Config) -> DemoPro
     """Start both emulators in `nursery`, listing today's catalogues (and the models `config` asks for)."""
     listed = demo_catalogues(config)
     cerebras = emulator.cerebras(model=listed["cerebras"][0], more_models=listed["cerebras"][1:],
-                                 plan=DEMO_CEREBRAS_PLAN)
+                                 plan=DEMO_CEREBRAS_PLAN, uncached_tokens_per_minute=DEMO_UNCACHED_TOKENS_PER_MINUTE)
     chutes = emulator.chutes(model=listed["chutes"][0], more_models=listed["chutes"][1:])
     cut_every = os.environ.get(CUT_EVERY_ENV, "")
     if cut_every.isdigit() and int(cut_every) > 0:

@@ -186,6 +186,12 @@ class Metrics:
             "requests": self._value("trioproxy_route_requests_total", route=route, provider=provider, status="200"),
             "prompt_tokens": self._value("trioproxy_route_tokens_total", route=route, provider=provider, kind="prompt"),
             "completion_tokens": self._value("trioproxy_route_tokens_total", route=route, provider=provider, kind="completion"),
+            # The provider's prompt cache held this many of the prompt tokens (its usage's
+            # cached_tokens), over all clients.
+            "cached_tokens": int(sum(
+                sample.value for family in self._client_tokens.collect() for sample in family.samples
+                if sample.name.endswith("_total") and sample.labels["kind"] == "cached"
+                and sample.labels["route"] == route and sample.labels["provider"] == provider)),
         }
 
     def reroutes(self) -> dict[str, int]:

@@ -177,6 +177,7 @@ function providerCard(provider, receivedAt) {
     const rest = others.length ? `; candidates: ${others.join(", ")}` : "";
     card.append(el("p", `model ${provider.model}${provider.model_offered ? " (offered)" : ""}${rest}`, "muted"));
   }
+  if (provider.served_since_start) card.append(el("p", servedLine(provider.served_since_start), "muted served"));
   if (provider.last_error) card.append(el("p", `last error: ${provider.last_error}`, "error"));
   for (const [account, state] of Object.entries(provider.accounts)) {
     const section = el("div", null, "account");
@@ -202,6 +203,14 @@ function providerCard(provider, receivedAt) {
     card.append(section);
   }
   return card;
+}
+
+// Requests and prompt tokens since start, and the share of them the provider's prompt cache held.
+function servedLine(served) {
+  const cached = served.cached_tokens && served.prompt_tokens
+    ? `, ${Math.round((100 * served.cached_tokens) / served.prompt_tokens)} % of them from its prompt cache (${fmt(served.cached_tokens)})`
+    : "";
+  return `served since start: ${fmt(served.requests)} requests, ${fmt(served.prompt_tokens)} prompt tokens${cached}`;
 }
 
 function routeBlock(route, receivedAt) {
