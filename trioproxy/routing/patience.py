@@ -237,7 +237,11 @@ class _Booking:
         # Counted before the ledger's answer (a round trip to a shared ledger): the client's
         # next request, checked meanwhile, sees this one; given back if the ledger refuses.
         self.ticket.took()
-        got = await ledger.reserve(name, self.tokens, floor=self.floor, uncached=self.uncached)
+        try:
+            got = await ledger.reserve(name, self.tokens, floor=self.floor, uncached=self.uncached)
+        except BaseException:  # cancelled (the client left) or the ledger failed: nothing was taken
+            self.ticket.give_back()
+            raise
         if not isinstance(got, Reservation):
             self.ticket.give_back()
         return got

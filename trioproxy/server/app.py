@@ -386,7 +386,7 @@ async def _cancel_on_disconnect(scope: Scope, receive: Receive, send: _SentSoFar
 
         try:
             if gone is not None:
-                gone.callback = client_gone
+                gone.watch(client_gone)
                 await work(send)
             else:
                 await _watching_receive(receive, client_gone, lambda: work(send))
@@ -394,7 +394,7 @@ async def _cancel_on_disconnect(scope: Scope, receive: Receive, send: _SentSoFar
             refused = error
         finally:
             if gone is not None:
-                gone.callback = None
+                gone.watch(None)
     if disconnected:
         raise ClientDisconnected()
     if refused is not None:
