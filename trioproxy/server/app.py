@@ -34,8 +34,9 @@ from .door_choice import DOORS, RESPONSES_PATH, error_door
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
 from .metrics import CONTENT_TYPE, Metrics
-from .refusals import MESSAGE_CHARS, Refusals, log_refusal, refusal_reason
+from .refusals import MESSAGE_CHARS, Refusals, refusal_reason
 from .request_id import request_id_from
+from .request_log import log_refused
 from .served import STATUS_CLIENT_CLOSED, ServedRequest
 
 log = logging.getLogger("trioproxy.request")
@@ -212,7 +213,7 @@ class ProxyApp:
             self.metrics.unknown_path(*self.refusals.unknown_path(method, path))
         self.refusals.observe(request_id, api, method, path, error.status, refusal_reason(error), message,
                               refused=True)
-        log_refusal(request_id, api, method, path, error, message)
+        log_refused(request_id, api, method, path, error, refusal_reason(error), message)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         await send_response(send, 200, self.metrics.render(), CONTENT_TYPE, extra)
