@@ -256,13 +256,14 @@ class ProxyApp:
     async def _serve(self, runtime: Runtime, exchange: Exchange, served: ServedRequest, send: Send,
                      extra: dict[str, str]) -> None:
         request = exchange.request
-        router = runtime.routers[request.route]
+        routing = runtime.routers[request.route].take(request)
+        served.route = routing.outcome  # the one copy: routing writes it, the request's log line reads it
         if not request.stream:
-            document = await router.complete(request, served.route)
+            document = await routing.complete()
             served.status = 200
             await _send_json(send, 200, exchange.answer(document), {**extra, OVERHEAD_HEADER: _overhead_ms(served)})
             return
-        async with router.stream(request, served.route) as relay:
+        async with routing.stream() as relay:
             served.status = 200
             served.first_byte_at = trio.current_time()
             headers = [*encode_headers({OVERHEAD_HEADER: _overhead_ms(served)}), (b"content-type", exchange.stream_content_type),
