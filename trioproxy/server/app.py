@@ -37,6 +37,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .refusals import MESSAGE_CHARS, Refusals, refusal_reason
 from .request_id import request_id_from
 from .request_log import log_refused
+from .serving import Serving
 from .served import STATUS_CLIENT_CLOSED, ServedRequest
 
 log = logging.getLogger("trioproxy.request")
@@ -61,7 +62,7 @@ class ProxyApp:
     """The ASGI callable. State is passed in, so one process can host several proxies."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime  # replaced whole on reload; see runtime.py
+        self.serving = Serving.of(runtime)  # replaced whole on reload; see runtime.py
         self._created = int(time.time())
         self.metrics = Metrics(live=lambda: operator.live_families(self.runtime))
         self.drain = Drain()
@@ -69,7 +70,17 @@ class ProxyApp:
         self.refusals = Refusals()
         # The page shows what /v1/status shows, so it asks for the same (operator) key.
         self.dashboard = Dashboard(self.history, lambda: operator.status(self.runtime, self.metrics, self.refusals),
-                                   lambda: self.runtime.operator_keys)
+                                   lambda: self.serving.operator_keys)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime new requests start on."""
+        return self.serving.runtime
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        """Swap `runtime` in, with the keys and browser guard its settings describe."""
+        self.serving = Serving.of(runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -115,20 +126,21 @@ class ProxyApp:
         request_id = request_id_from(header(scope, b"x-request-id"))
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
-        runtime = self.runtime
+        serving = self.serving
+        runtime = serving.runtime
         query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
         google_key = header(scope, b"x-goog-api-key")
         # Known before anything can fail, so that every error on Gemini's paths has Google's shape.
         errors = error_door(path, google_key is not None or "key" in query)
         host, origin = header(scope, b"host"), header(scope, b"origin")
-        if origin is not None and (cors := runtime.guard.cors_headers(origin, host)):
+        if origin is not None and (cors := serving.guard.cors_headers(origin, host)):
             send = _with_headers(send, cors)
             if method == "OPTIONS":  # a preflight from an allowed origin
-                await send_response(send, 204, b"", "text/plain", {**extra, **runtime.guard.preflight_headers(
+                await send_response(send, 204, b"", "text/plain", {**extra, **serving.guard.preflight_headers(
                     header(scope, b"access-control-request-headers"))})
                 return
         try:
-            if (refused := runtime.guard.refusal(host, origin)) is not None:
+            if (refused := serving.guard.refusal(host, origin)) is not None:
                 raise refused
             if errors.gemini:
                 await self._gemini(scope, query, google_key, receive, send, request_id)
@@ -136,7 +148,7 @@ class ProxyApp:
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
             client = ANYONE
             if path.startswith("/v1/") and path != STATUS_PATH:
-                client = runtime.client_keys.identify(authorization, x_api_key)
+                client = serving.client_keys.identify(authorization, x_api_key)
             door = DOORS.get(path)
             if door is not None and method == "POST":
                 await self._door(door, client, scope, receive, send, request_id)
@@ -154,13 +166,13 @@ class ProxyApp:
                 listing = messages if header(scope, b"anthropic-version") else chat
                 await _send_json(send, 200, listing.model_card(model, self._created), extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
-                code, body = operator.health(runtime, runtime.operator_keys.accepts(authorization, x_api_key))
+                code, body = operator.health(runtime, serving.operator_keys.accepts(authorization, x_api_key))
                 await _send_json(send, code, body, extra)
             elif path == STATUS_PATH and method == "GET":
-                runtime.operator_keys.check(authorization, x_api_key)
+                serving.operator_keys.check(authorization, x_api_key)
                 await _send_json(send, 200, operator.status(runtime, self.metrics, self.refusals), extra)
             elif path == METRICS_PATH and method == "GET":
-                runtime.operator_keys.check(authorization, x_api_key)
+                serving.operator_keys.check(authorization, x_api_key)
                 await self._metrics(send, extra)
             elif Dashboard.owns(path):
                 await self.dashboard.handle(path, method, authorization, x_api_key, send, extra)
@@ -179,14 +191,15 @@ class ProxyApp:
     async def _gemini(self, scope: Scope, query: dict[str, list[str]], google_key: str | None, receive: Receive,
                       send: Send, request_id: str) -> None:
         """Gemini's paths: the key from `x-goog-api-key` or `?key=` (one of them), then the call."""
-        runtime = self.runtime
+        serving = self.serving
+        runtime = serving.runtime
         extra = {"x-request-id": request_id}
         query_keys = query.get("key", [])
         if len(query_keys) + (google_key is not None) > 1:
             raise ProxyError(400, "Send the API key once: in the x-goog-api-key header or in the `key` query "
                              "parameter, not both.", code="invalid_argument")
         presented = google_key or next(iter(query_keys), None) or header(scope, b"x-api-key")
-        client = runtime.client_keys.identify(header(scope, b"authorization"), presented)
+        client = serving.client_keys.identify(header(scope, b"authorization"), presented)
         call = gemini.gemini_call(scope["path"])
         if scope["method"] != call.http_method:
             raise ProxyError(405, f"Method {scope['method']} is not allowed on {quoted(scope['path'])}; use {call.http_method}.",

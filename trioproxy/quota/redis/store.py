@@ -169,6 +169,7 @@ class QuotaStore:
                 await self._flush()
 
     def close(self) -> None:
+        """End `run`: what is queued still goes to Redis first (briefly). Idempotent."""
         self._closing.set()
 
     def reaches(self, url: str, access: RedisAccess, timeout: float) -> bool:
@@ -415,6 +416,7 @@ class QuotaStore:
             return None
 
     def status(self) -> dict[str, Any]:
+        """Where Redis is (its URL without the password) and how it has fared: a new dict."""
         return {
             "url": redacted_url(self.url),
             "connected": self.connected,
@@ -433,4 +435,5 @@ class QuotaStore:
         return repr(trio.current_time() + self.offset + 2 * self._timeout) if self._offset_known else ""
 
     def to_trio(self, store_time: float) -> float:
+        """A time of the store's clock (Redis's TIME, or the injected one) on this process's Trio clock."""
         return store_time - self.offset if store_time not in (math.inf, -math.inf) else store_time
