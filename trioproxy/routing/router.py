@@ -81,6 +81,18 @@ class Router:
         the Routing returned, which routing alone writes."""
         return Routing(self, request)
 
+    def expected_tokens(self, body: dict[str, Any]) -> int:
+        """The tokens a request is expected to take in all, as its first provider books it: the
+        prompt's estimate plus the completion budget it is sent with (the client's, within the
+        provider's cap; the cap when the client names none). With neither, the answers' learned
+        mean length (the one patience expects), not nothing: the answer counts too."""
+        prompt = self.estimator.estimate(body)[1]
+        named = requested_completion_tokens(body)
+        cap = self.upstreams[0].config.max_completion_tokens_cap if self.upstreams else None
+        if named is not None:
+            return prompt + (named if cap is None else min(named, cap))
+        return prompt + (cap if cap is not None else math.ceil(self.patience.completion_tokens))
+
     async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers; `record` is the
         request's outcome, filled in as routing goes (see `take`)."""

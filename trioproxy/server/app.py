@@ -160,9 +160,9 @@ class ProxyApp:
                 raise responses.no_stored_responses()
             elif path == MODELS_PATH and method == "GET":
                 listing = messages if header(scope, b"anthropic-version") else chat  # Anthropic's SDKs send it
-                await _send_json(send, 200, listing.models_list(runtime.models, self._created), extra)
+                await _send_json(send, 200, listing.models_list(runtime.models.for_routes(client.routes), self._created), extra)
             elif path.startswith(MODELS_PATH + "/") and method == "GET":
-                model = runtime.models.card(path[len(MODELS_PATH) + 1 :])
+                model = runtime.models.for_routes(client.routes).card(path[len(MODELS_PATH) + 1 :])
                 listing = messages if header(scope, b"anthropic-version") else chat
                 await _send_json(send, 200, listing.model_card(model, self._created), extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
@@ -212,9 +212,9 @@ class ProxyApp:
             counted = gemini.count_tokens(raw, runtime.models, call, lambda route: runtime.routers[route].estimator)
             await _send_json(send, 200, counted, extra)
         elif call.model is None:
-            await _send_json(send, 200, gemini.models_list(runtime.models, _limits(runtime)), extra)
+            await _send_json(send, 200, gemini.models_list(runtime.models.for_routes(client.routes), _limits(runtime)), extra)
         else:
-            route = runtime.models.resolve(call.model)
+            route = runtime.models.for_routes(client.routes).resolve(call.model)
             await _send_json(send, 200, gemini.model_card(route, _limits(runtime)(route)), extra)
 
     def _refused(self, request_id: str, api: str, method: str, path: str, error: ProxyError) -> None:

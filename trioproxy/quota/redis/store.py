@@ -199,7 +199,8 @@ class QuotaStore:
         self.connected = True
         log.info("quota shared through Redis at %s", redacted_url(self.url))
 
-    def _time_arg(self) -> str:
+    def time_arg(self) -> str:
+        """The time a script is told ('' = Redis's own TIME; a simulation's clock otherwise)."""
         return "" if self._clock is None else repr(self._clock())
 
     async def call(
@@ -275,7 +276,7 @@ class QuotaStore:
         if not batch:
             return
         keys, head = lane
-        args: list[Any] = [self._time_arg(), *head]
+        args: list[Any] = [self.time_arg(), *head]
         for pending in batch:
             args += [pending.op, pending.index, len(pending.args), *pending.args]
         replies, revisions = await self._evaluate(list(keys), args, len(batch))
