@@ -35,9 +35,9 @@ import trio.testing
 from attrs import define, field, frozen
 
 if __package__:  # imported as bench.agent_sessions (the tests)
-    from .quota_sim import CLIENT_TIMEOUT, REDIS_IDLE_SECONDS, SIM_EPOCH, Deployment, Speeds, _pct
+    from .quota_sim import CLIENT_TIMEOUT, SIM_EPOCH, Deployment, Speeds, _pct, simulated_clock
 else:  # run as a script: its folder is on sys.path
-    from quota_sim import CLIENT_TIMEOUT, REDIS_IDLE_SECONDS, SIM_EPOCH, Deployment, Speeds, _pct
+    from quota_sim import CLIENT_TIMEOUT, SIM_EPOCH, Deployment, Speeds, _pct, simulated_clock
 from trioproxy.config.schema import Config
 from trioproxy.quota.redis.store import STORE_CLOCK
 from trioproxy.process.supervisor import run_proxy
@@ -309,8 +309,8 @@ def simulate(workload: AgentWorkload, deployment: Deployment = Deployment(), spe
     async def main() -> list[AgentResult]:
         return [await run_column(column, workload, planned, deployment, speeds) for column in columns]
 
-    idle = REDIS_IDLE_SECONDS if deployment.backend == "redis" else 0
-    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=idle))
+    with simulated_clock(deployment) as clock:
+        return trio.run(main, clock=clock)
 
 
 def report(results: Sequence[AgentResult], deployment: Deployment) -> tuple[str, bool]:

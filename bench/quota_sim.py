@@ -84,7 +84,7 @@ else:  # run as a script: its folder is on sys.path
     import llm_trace
 from trioproxy.testing import emulator
 from trioproxy.config.schema import ClientConfig, Config
-from trioproxy.quota.redis.store import STORE_CLOCK
+from trioproxy.quota.redis.store import STORE_CLOCK, QuotaStore
 from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing.redis_server import running_redis
 from trioproxy.routing.tokens import estimate_prompt_tokens
@@ -777,10 +777,18 @@ class RunResult:
         return sum(self.errors.values())
 
     def cerebras_by_client(self) -> dict[str, int]:
-        """`--clients`: Cerebras tokens each client's answers took (prompt and completion)."""
+        """`--clients`: Cerebras tokens each client's answers took (prompt and completion), of
+        the requests sent while every client is active (from the last one's first request on:
+        before, fewer clients share, and one alone takes what it likes, by design)."""
         tokens = {name: 0 for name, _ in getattr(self.workload, "clients", ())}
-        for request in self.workload.requests():
-            if self.served_by.get(f"sim-{request.index}") == "cerebras" and request.index in self.answers:
+        requests = self.workload.requests()
+        firsts: dict[str, float] = {}
+        for request in requests:
+            firsts.setdefault(request.client, request.at)
+        all_active = max(firsts.values(), default=0.0)
+        for request in requests:
+            if (request.at >= all_active and self.served_by.get(f"sim-{request.index}") == "cerebras"
+                    and request.index in self.answers):
                 tokens[request.client] += sum(self.answers[request.index])
         return tokens
 
@@ -1062,8 +1070,46 @@ def simulate(workload: AnyWorkload, setups: Sequence[Setup] = SETUPS,
     async def main() -> list[RunResult]:
         return [await run_setup(setup, workload, requests, deployment, speeds) for setup in setups]
 
+    with simulated_clock(deployment) as clock:
+        return trio.run(main, clock=clock)
+
+
+@contextmanager
+def simulated_clock(deployment: Deployment) -> Iterator[trio.testing.MockClock]:
+    """The autojumping clock of a simulation. With Redis, it also stands still while a call to
+    Redis is on its way: on loopback a call takes a fraction of a millisecond of real time, but
+    on a loaded machine its answer can come later than the idle threshold, and the clock jumped
+    meanwhile (measured on a 2-core machine under load: one call of the clients' exchange spanned
+    up to 3.3 simulated seconds). The shared ledger and the clients' figures then lived through
+    time that nobody else did, and the runs' figures depended on the machine's load."""
     idle = REDIS_IDLE_SECONDS if deployment.backend == "redis" else 0
-    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=idle))
+    clock = trio.testing.MockClock(autojump_threshold=idle)
+    if deployment.backend != "redis":
+        yield clock
+        return
+    in_flight = 0
+
+    def held(call: Callable[..., Any]) -> Callable[..., Any]:
+        async def holding(*args: Any, **kwargs: Any) -> Any:
+            nonlocal in_flight
+            in_flight += 1
+            clock.autojump_threshold = math.inf
+            try:
+                return await call(*args, **kwargs)
+            finally:
+                in_flight -= 1
+                if not in_flight:
+                    clock.autojump_threshold = idle
+        return holding
+
+    saved = {name: getattr(QuotaStore, name) for name in ("_evaluate", "commands")}
+    for name, call in saved.items():
+        setattr(QuotaStore, name, held(call))
+    try:
+        yield clock
+    finally:
+        for name, call in saved.items():
+            setattr(QuotaStore, name, call)
 
 
 def rpm_ceiling(arrivals: Sequence[float]) -> int:
@@ -1174,11 +1220,11 @@ def report(results: Sequence[RunResult], deployment: Deployment = Deployment(),
     row("Requests patience held / mean wait", lambda r: f"{len(r.waits)} / "
         + (f"{sum(r.waits) / len(r.waits):.1f} s" if r.waits else "-"))
     for name, _ in getattr(w, "clients", ()):
-        row(f"Client {name}: Cerebras share / mean time", lambda r, n=name: "{0}  / {1:.1f} s ({2} req)".format(
+        row(f"Client {name}: Cerebras share (all active) / mean time", lambda r, n=name: "{0}  / {1:.1f} s ({2} req)".format(
             _pct(r.cerebras_by_client()[n] / max(1, sum(r.cerebras_by_client().values()))),
             sum(r.client_times.get(n, [0])) / max(1, len(r.client_times.get(n, []))), len(r.client_times.get(n, []))))
     if getattr(w, "clients", ()):
-        row("Jain index of the clients' Cerebras shares", lambda r: f"{r.jain():.3f}")
+        row("Jain index of the clients' Cerebras shares (all active)", lambda r: f"{r.jain():.3f}")
     row("Wall time", lambda r: f"{r.wall_seconds:.1f} s")
     width = max(len(label) for label, _ in rows) + 2
     col = max(28, *(len(v) + 2 for _, values in rows for v in values))

@@ -7,6 +7,8 @@ vocabulary (`invalid_request_error`, `rate_limit_error`, `api_error`, ...) as th
 
 from typing import TypeVar
 
+from attrs import frozen
+
 E = TypeVar("E", bound=BaseException)
 
 
@@ -40,15 +42,44 @@ def quoted(text: object) -> str:
     return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "..."
 
 
+@frozen
+class ErrorTypes:
+    """What one status is called in each protocol's error vocabulary."""
+
+    openai: str  # the neutral vocabulary: OpenAI's, which the Chat and Responses doors speak
+    anthropic: str
+    google: str  # google.rpc.Code's name, as Google's HTTP APIs map statuses to it
+
+
+_CLIENT = ErrorTypes("invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT")
+_SERVER = ErrorTypes("api_error", "api_error", "INTERNAL")
+# The one map from a status to its error type, per protocol; other statuses are _CLIENT or _SERVER.
+ERROR_TYPES = {
+    401: ErrorTypes("authentication_error", "authentication_error", "UNAUTHENTICATED"),
+    402: ErrorTypes("invalid_request_error", "billing_error", "INVALID_ARGUMENT"),
+    403: ErrorTypes("authentication_error", "permission_error", "PERMISSION_DENIED"),
+    404: ErrorTypes("invalid_request_error", "not_found_error", "NOT_FOUND"),
+    408: ErrorTypes("invalid_request_error", "timeout_error", "DEADLINE_EXCEEDED"),
+    409: ErrorTypes("invalid_request_error", "invalid_request_error", "ABORTED"),
+    413: ErrorTypes("invalid_request_error", "request_too_large", "INVALID_ARGUMENT"),
+    429: ErrorTypes("rate_limit_error", "rate_limit_error", "RESOURCE_EXHAUSTED"),
+    499: ErrorTypes("invalid_request_error", "invalid_request_error", "CANCELLED"),
+    501: ErrorTypes("api_error", "api_error", "UNIMPLEMENTED"),
+    502: ErrorTypes("api_error", "api_error", "UNAVAILABLE"),
+    503: ErrorTypes("api_error", "overloaded_error", "UNAVAILABLE"),
+    504: ErrorTypes("api_error", "api_error", "DEADLINE_EXCEEDED"),
+    529: ErrorTypes("api_error", "overloaded_error", "INTERNAL"),
+}
+
+
+def error_types(status: int) -> ErrorTypes:
+    """The names of `status`'s error type, in each protocol."""
+    return ERROR_TYPES.get(status) or (_SERVER if status >= 500 else _CLIENT)
+
+
 def default_type(status: int) -> str:
-    """The error type a status implies when nobody named one."""
-    if status == 429:
-        return "rate_limit_error"
-    if status in (401, 403):
-        return "authentication_error"
-    if status >= 500:
-        return "api_error"
-    return "invalid_request_error"
+    """The error type a status implies when nobody named one (the neutral vocabulary)."""
+    return error_types(status).openai
 
 
 def found_in(error: BaseException, kind: type[E]) -> E | None:

@@ -9,8 +9,6 @@ import attrs
 import trio
 from attrs import define
 
-from .server.auth import ClientKeys, client_keys, operator_keys
-from .server.browser_guard import BrowserGuard
 from .config.schema import Config, ProviderConfig
 from .config.derived import quota_name
 from .config.redaction import secrets
@@ -36,11 +34,8 @@ class Runtime:
     models: ModelNames
     routers: dict[str, Router]  # one per route, by the route's name
     ledger: Ledger
-    client_keys: ClientKeys
-    operator_keys: ClientKeys  # for /healthz details, /v1/status and /metrics
     prober_scope: trio.CancelScope  # ends the prober (and the Redis exchanges) when a reload replaces it
     sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
-    guard: BrowserGuard  # Host and Origin, checked before anything else
     clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
     fair_share: FairShare  # the clients' use of each provider with limits; carried over too
 
@@ -57,12 +52,14 @@ class ClientPool:
         self._clients: dict[tuple[str, float], ProviderClient] = {}
 
     def client(self, provider: ProviderConfig, timeout: float) -> ProviderClient:
+        """The pooled client for the provider's address; the pool owns it (closed by `aclose`)."""
         key = (provider.base_url, timeout)
         if key not in self._clients:
             self._clients[key] = ProviderClient.for_provider(provider, timeout)
         return self._clients[key]
 
     async def aclose(self) -> None:
+        """Close every client, shielded: it runs while the process stops, also when cancelled."""
         with trio.CancelScope(shield=True):
             for client in self._clients.values():
                 await client.aclose()
@@ -92,7 +89,12 @@ def upstream_maker(config: Config, pool: ClientPool) -> Callable[[ProviderConfig
 async def build_runtime(
     config: Config, pool: ClientPool, nursery: trio.Nursery, previous: Runtime | None = None
 ) -> Runtime:
-    """Routers, ledger, prober and keys for `config`; the ledger and health carry over from `previous`.
+    """Routers, ledger and prober for `config`; the ledger and health carry over from `previous`.
+
+    The prober (and the Redis exchanges) run in `nursery` until `Runtime.prober_scope` is
+    cancelled, which the caller does when it replaces this runtime; a Redis store started here
+    belongs to `nursery` too. Raises QuotaStoreError when a new Redis store cannot start (the
+    previous runtime then keeps serving).
 
     Routes share the providers' connection pools, one health record per provider, and one
     ledger whose quotas are per provider account and model.
@@ -163,8 +165,4 @@ async def build_runtime(
         ServedModel(route.name, route.aliases, route_limits((u.config for u in routes[route.name]), route.context_window,
                                                            route.max_output_tokens))
         for route in config.routes))
-    # The socket stays where it was bound until a restart, whatever a reload says.
-    bound_host = previous.guard.bound_host if previous is not None else config.host
-    guard = BrowserGuard(bound_host, config.allowed_hosts, config.allowed_origins)
-    return Runtime(config, models, routers, ledger, client_keys(config), operator_keys(config), prober_scope,
-                   Sanitizer(secrets(config)), guard, clients, fair_share)
+    return Runtime(config, models, routers, ledger, prober_scope, Sanitizer(secrets(config)), clients, fair_share)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from trioproxy.providers.errors import status_of_error
+from trioproxy.providers.failures import status_of_error
 from trioproxy.testing.emulator import Faults, completion_text
 
 from support.proxies import Providers, StartProxy

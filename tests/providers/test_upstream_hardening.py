@@ -20,7 +20,7 @@ from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.raw_http import SSE_HEAD, json_head
 from trioproxy.config.validators import ConfigError
 from trioproxy.config.load import load_config
-from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
+from trioproxy.providers.upstream import Deadlines, OpenAnswer, ProviderClient, Upstream
 from trioproxy.quota.cooldown import CooldownTimers
 from trioproxy.quota.contract import Reservation
 from trioproxy.quota.ledger import QuotaLedger
@@ -273,12 +273,12 @@ class CancellingLedger(QuotaLedger):
 class RecordingUpstream(Upstream):
     """Keeps every chat response it opens, so the test can see whether it was closed."""
 
-    opened: list[httpx.Response]
+    opened: list[OpenAnswer]
 
-    async def open_chat(self, body: dict[str, Any], api_key: str) -> httpx.Response:
-        response = await super().open_chat(body, api_key)
-        self.opened.append(response)
-        return response
+    async def open_chat(self, body: dict[str, Any], api_key: str) -> OpenAnswer:
+        answer = await super().open_chat(body, api_key)
+        self.opened.append(answer)
+        return answer
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
@@ -304,7 +304,7 @@ async def test_a_cancel_while_syncing_quota_headers_closes_the_response(
             else:
                 await router.complete(request, RouteRecord())
     assert scope.cancelled_caught and len(upstream.opened) == 1
-    assert upstream.opened[0].is_closed, "the provider's response was left open"
+    assert upstream.opened[0].closed, "the provider's response was left open"
     assert await eventually(lambda: server.open == 0)
     await client.aclose()
 

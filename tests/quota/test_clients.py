@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anthropic
@@ -170,14 +171,19 @@ async def test_failovers_and_cached_tokens_are_counted_per_client(providers: Pro
     assert routes["chutes"]["requests"] == 1
 
 
-async def test_a_client_may_use_only_its_routes(providers: Providers, start_proxy: StartProxy) -> None:
-    """A route the client is not given: 403 in the door's shape, before any provider is asked."""
+async def _alice_on_one_of_two_routes(providers: Providers, start_proxy: StartProxy) -> Proxy:
+    """Routes MODEL (Cerebras, then Chutes) and "big" (Chutes); Alice may use MODEL only, Bob both."""
     routes = (ModelRoute(MODEL, (RouteProvider(provider="cerebras"), RouteProvider(provider="chutes"))),
               ModelRoute("big", (RouteProvider(provider="chutes", model="openai/gpt-oss-120b"),)))
     providers.chutes.more_models.append("openai/gpt-oss-120b")
-    proxy = await start_proxy(models=routes, clients=(
+    return await start_proxy(models=routes, clients=(
         ClientConfig(name="alice", api_keys=(ALICE_KEY,), routes=(MODEL,)),
         ClientConfig(name="bob", api_keys=(BOB_KEY,))))
+
+
+async def test_a_client_may_use_only_its_routes(providers: Providers, start_proxy: StartProxy) -> None:
+    """A route the client is not given: 403 in the door's shape, before any provider is asked."""
+    proxy = await _alice_on_one_of_two_routes(providers, start_proxy)
     ok = await openai_client(proxy, ALICE_KEY).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert ok.choices[0].message.content
     with pytest.raises(openai.PermissionDeniedError) as refused:
@@ -188,6 +194,28 @@ async def test_a_client_may_use_only_its_routes(providers: Providers, start_prox
     assert providers.chutes.served == 0
     await openai_client(proxy, BOB_KEY).chat.completions.create(model="big", messages=[{"role": "user", "content": "hi"}])
     assert providers.chutes.served == 1
+
+
+async def test_a_client_limited_to_some_routes_is_listed_only_those(providers: Providers, start_proxy: StartProxy) -> None:
+    """Every door's model list and card show a restricted client its routes and no other; a
+    client without `routes` sees them all."""
+    from google.genai import errors
+
+    proxy = await _alice_on_one_of_two_routes(providers, start_proxy)
+    alice, bob = openai_client(proxy, ALICE_KEY), openai_client(proxy, BOB_KEY)
+    assert [model.id for model in (await alice.models.list()).data] == [MODEL]
+    assert [model.id for model in (await bob.models.list()).data] == [MODEL, "big"]
+    assert [model.id for model in (await anthropic_client(proxy, ALICE_KEY).models.list()).data] == [MODEL]
+    listed = await sdk(lambda: list(gemini_client(proxy, ALICE_KEY).models.list()))
+    assert [model.name for model in listed] == [f"models/{MODEL}"]
+    assert (await alice.models.retrieve(MODEL)).id == MODEL
+    with pytest.raises(openai.NotFoundError) as unknown:
+        await alice.models.retrieve("big")
+    assert "big" not in unknown.value.response.json()["error"]["message"].split("serves")[1]
+    with pytest.raises(errors.ClientError) as gemini_unknown:
+        await sdk(lambda: gemini_client(proxy, ALICE_KEY).models.get(model="big"))
+    assert gemini_unknown.value.code == 404
+    assert (await bob.models.retrieve("big")).id == "big"
 
 
 # --- budgets -------------------------------------------------------------------------------------
@@ -237,16 +265,17 @@ async def test_a_tokens_budget_of_one_route_counts_usage_and_lets_the_client_bac
     """Tokens are booked from usage; once the minute's tokens are spent the next request waits
     for its window (Retry-After), and is served again after it."""
     proxy = await start_proxy(clients=(ClientConfig(name="alice", api_keys=(ALICE_KEY,),
-                                                    route_budgets={MODEL: Budget(tokens_per_minute=15)}),))
+                                                    route_budgets={MODEL: Budget(tokens_per_minute=30)}),))
     alice = openai_client(proxy, ALICE_KEY)
-    first = await alice.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-    assert first.usage is not None and first.usage.total_tokens >= 15
+    # Booked: the prompt's estimate (8) and max_tokens, then what the answer took.
+    first = await alice.chat.completions.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+    assert first.usage is not None and first.usage.total_tokens > 30 - 28
     with pytest.raises(openai.RateLimitError) as refused:
-        await alice.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        await alice.chat.completions.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi"}])
     wait = int(refused.value.response.headers["retry-after"])
     assert 55 <= wait <= 60
     await trio.sleep(wait)
-    await alice.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    await alice.chat.completions.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi"}])
 
 
 async def test_a_request_estimated_past_the_tokens_budget_is_refused_before_any_provider(
@@ -279,6 +308,15 @@ async def test_of_two_parallel_requests_that_fit_alone_but_not_together_one_is_r
     async def send() -> None:
         await alice.chat.completions.create(model=MODEL, max_tokens=600, messages=[{"role": "user", "content": "hi"}])
 
+    refused = await _second_while_the_first_is_at_the_provider(providers, send)
+    assert "tokens per minute" in refused.response.json()["error"]["message"]
+
+
+async def _second_while_the_first_is_at_the_provider(
+    providers: Providers, send: Callable[[], Awaitable[None]], during: Callable[[], Awaitable[None]] | None = None
+) -> openai.RateLimitError:
+    """Send once, and again while the first is held at the provider: the second's refusal
+    (`during` runs before the first is let go)."""
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send)
@@ -286,8 +324,34 @@ async def test_of_two_parallel_requests_that_fit_alone_but_not_together_one_is_r
                 await trio.sleep(0.01)
             with pytest.raises(openai.RateLimitError) as refused:
                 await send()
+            if during is not None:
+                await during()
             nursery.cancel_scope.cancel()
-    assert "tokens per minute" in refused.value.response.json()["error"]["message"]
+    return refused.value
+
+
+async def test_a_request_without_max_tokens_is_booked_with_the_answer_its_provider_is_sent(
+    providers: Providers, start_proxy: StartProxy
+) -> None:
+    """20,000 tokens a minute, Cerebras capping answers at 16,384: a request naming no budget is
+    booked its prompt plus the cap (what Cerebras's reservation books), so a second one while the
+    first is at the provider is refused; a budget named above the cap is booked the cap, so it
+    is admitted alone."""
+    proxy = await start_proxy(clients=two_clients(budget=Budget(tokens_per_minute=20_000)))
+    providers.cerebras.faults = providers.chutes.faults = Faults(latency=30)
+    alice = openai_client(proxy, ALICE_KEY)
+
+    async def send(**budget: int) -> None:
+        await alice.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], **budget)
+
+    async def booked() -> None:
+        budgets = (await status_of(proxy, BOB_KEY))["clients"]["alice"]["budgets"]
+        assert 16_384 < budgets["*"]["tpm"]["used"] < 16_384 + 100
+
+    refused = await _second_while_the_first_is_at_the_provider(providers, send, booked)
+    assert "tokens per minute" in refused.response.json()["error"]["message"]
+    providers.cerebras.faults = providers.chutes.faults = Faults()
+    await send(max_tokens=30_000)  # more than the budget, but Cerebras is sent at most the cap
 
 
 async def test_after_a_served_request_the_budget_shows_its_real_usage_not_the_estimate(

@@ -314,6 +314,27 @@ async def test_a_message_of_another_shape_is_left_out_with_a_warning(
     assert len(warned) == 3, warned
 
 
+async def test_a_proxy_on_the_redis_ledger_tells_the_others_what_it_sent(
+    providers: Providers, start_proxy: StartProxy, redis: RedisServer
+) -> None:
+    """The proxy starts the exchange on its own on the Redis ledger: a turn it served reaches the
+    stream (digests and counts, never the prompt's text), which expires with the cache's life."""
+    import coredis
+
+    proxy = await start_proxy(quota_backend="redis", redis_url=redis.url, redis_timeout_ms=10_000, redis_key_prefix="e2e:")
+    async with client_for(proxy) as client:
+        assert (await post(client, {"model": PROXY_MODEL, "messages": turn(3), "max_tokens": 20})).status_code == 200
+    async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
+        with trio.fail_after(10):
+            while not (sent := await client.xrange("e2e:{prompts}:sent", "-", "+")):
+                await trio.sleep(0.05)
+        assert 0 < await client.ttl("e2e:{prompts}:sent") <= 300
+    entries = json.loads(sent[0].field_values["e"])
+    assert {tuple(entry[:2]) for entry in entries} == {(entries[0][0], 0)} and entries[0][0].startswith("cerebras")
+    assert {entry[2] for entry in entries} <= set(PromptPrefix.of({"messages": turn(3)})[0].digests)
+    assert "result 0" not in sent[0].field_values["e"]
+
+
 # --------------------------------------------------------------------------- the emulated Cerebras
 
 

@@ -7,7 +7,7 @@ import trio.testing
 
 from support.chat import status_of
 from support.proxies import Providers, StartProxy
-from support.redis_ledgers import Clock, cerebras, replicas
+from support.redis_ledgers import Clock, cerebras, replicas, script_calls
 from trioproxy.config.schema import ClientConfig
 from trioproxy.routing.fair_share import UNIT, water_fill
 from trioproxy.testing.redis_server import RedisServer
@@ -89,6 +89,68 @@ def test_one_active_client_is_never_held_back() -> None:
         share.asked("only", 1.0, UNIT // 10)
         assert share.refusal("only", UNIT // 10) is None
         share.took("only", UNIT // 10)
+
+
+async def test_a_requests_cost_is_priced_from_the_limits_the_provider_states() -> None:
+    """Cerebras's plan starts at 15 requests a minute; once it states 30 (and twice the tokens),
+    a request costs half as much of its minute, from the next second on."""
+    from trioproxy.config.schema import Config
+    from trioproxy.quota.contract import Reservation
+    from trioproxy.quota.ledger import QuotaLedger
+    from trioproxy.routing.fair_share import ProviderShare
+
+    clock = trio.testing.MockClock()
+    cerebras = Config().cerebras
+    ledger = QuotaLedger([cerebras], clock=clock.current_time)
+    share = ProviderShare(cerebras, ledger, clock=clock.current_time)
+    assert share.cost(1) == -(-UNIT // 15)
+    reservation = await ledger.reserve("cerebras", 10)
+    assert isinstance(reservation, Reservation)
+    await ledger.adopt_limits(reservation, {"rpm": 30, "tpm": 330_000})
+    clock.jump(1)
+    assert share.cost(1) == -(-UNIT // 30)
+    assert share.cost(33_000) == UNIT // 10  # tokens weigh more than the request now
+
+
+async def test_a_request_counts_against_its_clients_share_while_the_ledger_answers() -> None:
+    """A shared ledger answers after a round trip: a second request of the same client, checked
+    meanwhile, sees the first one's part taken (and a refused one gives it back)."""
+    import attrs
+
+    from trioproxy.config.schema import Config
+    from trioproxy.quota.contract import Refusal, Reservation
+    from trioproxy.quota.ledger import QuotaLedger
+    from trioproxy.routing.fair_share import FairShare
+    from trioproxy.routing.patience import _Booking
+
+    class RoundTrip(QuotaLedger):
+        async def reserve(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            await trio.sleep(0.01)
+            return await super().reserve(*args, **kwargs)
+
+    cerebras = attrs.evolve(Config().cerebras, plan=None, requests_per_minute=10, tokens_per_minute=None,
+                            tokens_per_day=None, api_key="csk-one")
+    ledger = RoundTrip([cerebras])
+    for _ in range(5):  # half the minute spent: below the point where shares apply
+        assert isinstance(await QuotaLedger.reserve(ledger, "cerebras", 1), Reservation)
+    fair = FairShare()
+    fair.configure({"cerebras": cerebras}, ledger)
+    for _ in range(10):  # both ask for more than their half
+        fair.ticket("cerebras", "b", 1.0, 1)
+        ticket = fair.ticket("cerebras", "a", 1.0, 1)
+    for _ in range(4):  # a has 4 of its 5 requests
+        assert ticket is not None
+        ticket.took()
+    got: list[object] = []
+
+    async def ask() -> None:
+        got.append(await _Booking(1, 1, None, fair.ticket("cerebras", "a", 1.0, 1)).reserve(ledger, "cerebras"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        nursery.start_soon(ask)
+    assert sum(isinstance(answer, Reservation) for answer in got) == 1
+    assert [answer.reason for answer in got if isinstance(answer, Refusal)] == ["share"]
 
 
 # --- across replicas, on a real redis-server ------------------------------------------------------
@@ -225,10 +287,45 @@ async def test_a_replica_publishing_figures_of_another_shape_is_left_out(nursery
     assert fairs[0].ticket("cerebras", "agent", 1.0, 100) is not None
     async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
         for bad, figures in enumerate(['{"fair": {"cerebras": {"x": [1]}}}', "not json", '{"budgets": [["a", 1]]}']):
-            await client.set(f"test:{{clients}}:replica:bad{bad}", figures, ex=60)
-            await client.sadd("test:{clients}:replicas", [f"bad{bad}"])
+            await client.hset("test:{clients}:figures", {f"bad{bad}": figures})
+            await client.zadd("test:{clients}:expiry", {f"bad{bad}": 1e12})
         await client.hset("test:{clients}:usage", {"not json": "1", '["a","r","p","requests"]': "x"})
     with trio.fail_after(10):
         await exchanges[0].exchange()
         await exchanges[1].exchange()
     assert fairs[1].providers["cerebras"].others["agent"].asked > 0
+
+
+async def test_a_round_of_the_exchange_is_one_script_call_and_a_silent_replica_drops_out(
+    nursery: trio.Nursery, redis: RedisServer
+) -> None:
+    """Publishing, adding usage and reading everyone's figures is one EVALSHA (one atomic
+    step); the usage of two rounds adds up in the shared counters; a replica that stops
+    publishing leaves the others' figures once its figures expire (the store's time)."""
+    from trioproxy.quota.clients import ClientBook
+    from trioproxy.routing.client_exchange import EXPIRES, ClientExchange
+    from trioproxy.routing.fair_share import FairShare
+
+    now, store_clock = [0.0], Clock()
+    provider = cerebras(requests_per_minute=12)
+    ledgers = await replicas(nursery, redis, [provider], store_clock, count=2)
+    books = [ClientBook.for_clients(()) for _ in ledgers]
+    fairs = [FairShare(clock=lambda: now[0]) for _ in ledgers]
+    exchanges = []
+    for index, (fair, ledger, book) in enumerate(zip(fairs, ledgers, books)):
+        fair.configure({"cerebras": provider}, ledger)
+        exchanges.append(ClientExchange(ledger.store, "test:", f"r{index}", book, fair, clock=lambda: now[0]))
+    assert fairs[1].ticket("cerebras", "agent", 1.0, 100) is not None
+    for book in books:
+        book.usage.count("agent", MODEL, "cerebras", requests=1, prompt_tokens=10)
+    with trio.fail_after(10):
+        await exchanges[1].exchange()  # (the first call loads the script)
+        calls = await script_calls(redis)
+        await exchanges[0].exchange()
+        assert await script_calls(redis) == calls + 1
+    assert fairs[0].providers["cerebras"].others["agent"].asked > 0
+    assert books[0].usage.view()["agent"]["total"]["requests"] == 2
+    store_clock.time += EXPIRES + 1  # r1 publishes no more
+    with trio.fail_after(10):
+        await exchanges[0].exchange()
+    assert fairs[0].providers["cerebras"].others == {}

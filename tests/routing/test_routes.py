@@ -20,8 +20,6 @@ from support.routes import CEREBRAS_OSS, CEREBRAS_QWEN, CHUTES_OSS, CHUTES_QWEN,
 from support.settings import load, refusal
 from trioproxy.config.schema import Config, ModelRoute
 from trioproxy.config.checks import keyless_route
-from trioproxy.errors import ProxyError
-from trioproxy.providers.upstream import UpstreamFailure
 from trioproxy.cli.status_table import render_table
 from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing import emulator
@@ -222,20 +220,6 @@ async def test_a_route_no_provider_offers_gets_a_503_naming_it_with_retry_after(
         await advance(mock_clock, PROBE_INTERVAL_MS / 1000)
         assert (await post(client, chat(model=OSS))).status_code == 200
     assert models_received(two_models.chutes) == [CHUTES_OSS]
-
-
-def _failure(status: int, message: str, code: str | None = None) -> UpstreamFailure:
-    return UpstreamFailure("p", "status", ProxyError(status, message, code=code), status)
-
-
-def test_which_answers_say_the_model_does_not_exist() -> None:
-    """Cerebras's 503 for a retired id and 404s say so; a cold Chutes or a plain 503 do not."""
-    assert _failure(503, "Model qwen-3-coder-480b does not exist or you do not have access to it.").model_missing
-    assert _failure(404, "model not found: openai/gpt-oss-120b").model_missing
-    assert _failure(404, "Not here", code="model_not_found").model_missing
-    assert not _failure(503, "No instances available for this model right now.").model_missing
-    assert not _failure(503, "Service Unavailable").model_missing
-    assert not _failure(400, "Model x does not exist").model_missing
 
 
 # --- names and aliases ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.raw_http import SSE_HEAD, json_head
 from support.reload import reloadable_proxy
 from trioproxy.doors.body import MAX_NESTING
-from trioproxy.providers.upstream import Upstream
+from trioproxy.providers.upstream import OpenAnswer, Upstream
 from trioproxy.testing.emulator import Faults
 
 MODEL = "qwen-3-coder"
@@ -119,7 +119,7 @@ async def test_a_failure_of_ours_after_the_reservation_is_a_500_and_settles_the_
     """A bug between booking and sending: the client gets a 500 in its door's shape naming the
     request id, the log one traceback, /metrics the status 500; the booking is given back."""
 
-    async def broken(self: Upstream, body: dict[str, Any], api_key: str) -> httpx.Response:
+    async def broken(self: Upstream, body: dict[str, Any], api_key: str) -> OpenAnswer:
         raise RuntimeError("a bug after the reservation")
 
     monkeypatch.setattr(Upstream, "open_chat", broken)

@@ -57,6 +57,16 @@ async def test_content_length_with_transfer_encoding_is_refused_and_closed(proxy
     assert json.loads(body)["error"]["code"] == "ambiguous_framing"
 
 
+async def test_the_edges_guard_answers_in_the_doors_own_shape(proxy: Proxy) -> None:
+    """Anthropic's path gets Anthropic's error shape, Gemini's Google's, as the app's own errors do."""
+    cases = {b"/v1/messages": lambda body: (body["type"], body["error"]["type"]) == ("error", "invalid_request_error"),
+             b"/v1beta/models/m:generateContent": lambda body: body["error"]["status"] == "INVALID_ARGUMENT"}
+    for path, shaped in cases.items():
+        received, closed = await exchange(proxy, AMBIGUOUS.replace(b"/v1/chat/completions", path))
+        status, _, body = one_response(received)
+        assert closed and status == 400 and shaped(json.loads(body)), (path, body)
+
+
 async def test_a_request_smuggled_behind_ambiguous_framing_is_never_served(proxy: Proxy) -> None:
     """The bytes after the chunked body used to be served as a second request on the same connection."""
     received, closed = await exchange(proxy, AMBIGUOUS + b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")

@@ -12,7 +12,8 @@ import trio
 from attrs import frozen
 
 from ..config.schema import Config
-from ..providers.upstream import Upstream, UpstreamFailure
+from ..providers.failures import UpstreamFailure
+from ..providers.upstream import Upstream
 from ..runtime import ClientPool, upstream_maker
 
 
@@ -34,7 +35,7 @@ async def list_every_key(config: Config) -> list[KeyListing]:
         try:
             models = frozenset(await upstream.list_models(key))
         except UpstreamFailure as failure:
-            listings.append(KeyListing(upstream.name, number, None, f"{failure.label}: {failure.error.message}"))
+            listings.append(KeyListing(upstream.name, number, None, f"{failure.label}: {failure.message}"))
             return
         listings.append(KeyListing(upstream.name, number, models))
 

@@ -96,10 +96,12 @@ def _workers_refusal(workers: int, config: Config, demo: bool) -> str | None:
 
 
 def default_pidfile() -> Path:
+    """Where `--daemon` writes its pid and `stop` looks for it: beside the state file."""
     return default_state_path().with_name("trioproxy.pid")
 
 
 def default_log_file() -> Path:
+    """Where a daemon's output goes unless `--log-file` says otherwise: beside the state file."""
     return default_state_path().with_name("trioproxy.log")
 
 
@@ -164,6 +166,9 @@ def _probe(config: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command `argv` asks for (the process's arguments when None); returns the exit
+    code: 0 done, 1 failed at run time, 2 wrong usage or settings. A usage error, `--help`
+    and `--version` raise SystemExit, as argparse does."""
     args = _parser().parse_args(argv)
     if args.command == "status":
         return _status(args)

@@ -60,6 +60,8 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def parse_env_value(name: str, raw: str, kind: type, origin: str) -> Any:
+    """The value of variable `name` as `kind` (int, a comma list as tuple, else the text);
+    raises ConfigError naming the variable and `origin` for a number that is none."""
     if kind is int:
         try:
             return int(raw.strip().replace("_", ""))

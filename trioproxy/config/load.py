@@ -79,7 +79,8 @@ def load_config(
     dotenv_path: Path | None = None,
     flags: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Build the effective settings, or raise ConfigError with one line naming the key.
+    """Build the effective settings, or raise ConfigError with one line naming the key and
+    where its value came from. The Config returned is new and frozen: share it freely.
 
     `flags` are command-line settings (`{"port": 3005}`); they win over everything else.
     """

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from ..errors import ProxyError
+from ..errors import ProxyError, error_types
 from ..jsoncodec import dump_json
 from .body import SSE_CONTENT_TYPE
 from .chunks import ChunkWalker, Event
@@ -11,19 +11,13 @@ from .messages_stream import tool_input
 # Google reports a function call as STOP: the call itself is the sign of what the model wants.
 _FINISH_REASONS = {"stop": "STOP", "tool_calls": "STOP", "function_call": "STOP", "length": "MAX_TOKENS",
                    "content_filter": "SAFETY"}
-# Google's canonical error names by HTTP status (google.rpc.Code as Google's HTTP APIs map them).
-_STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-                 408: "DEADLINE_EXCEEDED", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
-                 500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
-                 504: "DEADLINE_EXCEEDED"}
 ARRAY_CONTENT_TYPE = b"application/json; charset=utf-8"
 
 
 def error_body(error: ProxyError) -> dict[str, Any]:
     """Google's error shape; a known retry time goes in a RetryInfo detail, where Google's
     clients (Gemini CLI among them) read how long to wait."""
-    name = _STATUS_NAMES.get(error.status, "INTERNAL" if error.status >= 500 else "INVALID_ARGUMENT")
-    body: dict[str, Any] = {"code": error.status, "message": error.message, "status": name}
+    body: dict[str, Any] = {"code": error.status, "message": error.message, "status": error_types(error.status).google}
     retry_after = error.headers.get("retry-after")
     if retry_after is not None and retry_after.isdigit():
         body["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after}s"}]

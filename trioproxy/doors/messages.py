@@ -5,7 +5,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ProxyError, quoted
+from ..errors import ProxyError, error_types, quoted
 from ..jsoncodec import dump_json
 from ..routing.models import ModelNames, ServedModel
 from ..routing.request import ChatRequest
@@ -15,9 +15,6 @@ from .chunks import first_choice
 from .messages_stream import MessageStream, message_usage, stop_reason, tool_input
 
 API = "messages"
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-                403: "permission_error", 404: "not_found_error", 408: "timeout_error", 413: "request_too_large",
-                429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 # Accepted and left out: Anthropic-only features with no upstream equivalent.
 _IGNORED = frozenset({"thinking", "metadata", "service_tier", "container", "context_management", "cache_control",
                       "output_config"})
@@ -27,8 +24,7 @@ _KNOWN = frozenset({"model", "messages", "system", "max_tokens", "stop_sequences
 
 def error_body(error: ProxyError) -> dict[str, Any]:
     """Anthropic's error shape; the type follows from the status as Anthropic's API assigns it."""
-    kind = _ERROR_TYPES.get(error.status, "api_error" if error.status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": error.message}}
+    return {"type": "error", "error": {"type": error_types(error.status).anthropic, "message": error.message}}
 
 
 def _bad(message: str) -> ProxyError:

@@ -37,7 +37,7 @@ def running_pid(pidfile: Path) -> int | None:
 
 
 def claim_pidfile(pidfile: Path) -> None:
-    """Write our pid, refusing if another live instance holds the file."""
+    """Write our pid, atomically; raises DaemonError if another live instance holds the file."""
     other = running_pid(pidfile)
     if other is not None and other != os.getpid():
         raise DaemonError(f"trioproxy is already running (pid {other}, pidfile {pidfile})")
@@ -48,6 +48,7 @@ def claim_pidfile(pidfile: Path) -> None:
 
 
 def release_pidfile(pidfile: Path) -> None:
+    """Remove the pidfile if it still names this process (another instance may have taken it)."""
     if running_pid(pidfile) == os.getpid():
         pidfile.unlink(missing_ok=True)
 
@@ -105,7 +106,8 @@ def _redirect_stdio(log_file: Path) -> None:
 
 
 def stop(pidfile: Path, timeout: float) -> str:
-    """SIGTERM the instance in `pidfile` and wait (bounded) until it has exited."""
+    """SIGTERM the instance in `pidfile` and wait (bounded) until it has exited; returns the line
+    to show. Raises DaemonError when none runs or it outlives `timeout`."""
     pid = running_pid(pidfile)
     if pid is None:
         raise DaemonError(f"no trioproxy is running (pidfile {pidfile})")

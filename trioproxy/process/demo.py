@@ -33,6 +33,7 @@ class DemoProviders:
     chutes_key: str
 
     def apply(self, config: Config) -> Config:
+        """`config` pointed at the emulators (a new Config), with nothing saved to a state file."""
         return attrs.evolve(
             config,
             state_file="",  # the emulators' quota is not the real one: never save it

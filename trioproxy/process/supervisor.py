@@ -50,6 +50,8 @@ async def run_proxy(
 
     Each Config received on `reloads` replaces the running one without dropping connections.
     Only providers with an API key take part. Everything started here ends before this returns.
+    Raises ValueError when no provider has a key or a route has none that does, and
+    QuotaStoreError when the Redis ledger cannot start.
     """
     if not serving_providers(config):
         raise ValueError("no provider has an API key")
@@ -115,7 +117,7 @@ async def _apply_reloads(
         if (keyless := keyless_route(config)) is not None:
             log.error("reload refused: %s; keeping the running configuration", keyless)
             continue
-        bound = current.guard.bound_host, current.config.port
+        bound = current.config.host, current.config.port  # a reload keeps them (below)
         restart = ""
         if (config.host, config.port) != bound:
             restart = (f"; host and port need a restart: still listening on {bound[0]}:{bound[1]}, "
@@ -201,6 +203,7 @@ async def supervise(
     """The whole process: signals, the demo's emulated providers if asked, and the proxy.
 
     `on_ready(base_url)` is called once the proxy serves; `reload()` re-reads the settings on SIGHUP.
+    Returns once the proxy has drained after SIGTERM or SIGINT; raises what `run_proxy` raises.
     """
     shutdown = trio.Event()
     send_reloads, receive_reloads = trio.open_memory_channel[Config](1)

@@ -31,7 +31,8 @@ STEADY_SECONDS = 10.0  # a worker that ran this long died of something passing: 
 
 
 def bind_listener(config: Config) -> socket.socket:
-    """The one listening socket, bound as the single-process server would bind it."""
+    """The one listening socket, bound as the single-process server would bind it; the caller
+    owns it (and closes it). Raises OSError when the address cannot be bound."""
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -50,6 +51,7 @@ class WorkerStartError(Exception):
 
 
 def worker_command(listen_fd: int, config_path: str | None) -> list[str]:
+    """The command line of one worker: this Python running trioproxy on the inherited socket."""
     command = [sys.executable, "-m", "trioproxy", "--listen-fd", str(listen_fd)]
     return command + (["--config", config_path] if config_path else [])
 
@@ -154,6 +156,7 @@ class WorkerPool:
             self._reload_when_serving.discard(number)  # its successor reads the settings afresh
 
     def signal_all(self, signum: int) -> None:
+        """Send `signum` to every worker process alive."""
         for process in self._processes.values():
             process.send_signal(signum)
 
@@ -201,7 +204,9 @@ def _exit_text(code: int) -> str:
 async def supervise_workers(
     config: Config, count: int, config_path: str | None, on_ready: Callable[[str], None] | None = None
 ) -> None:
-    """Bind, start `count` workers, and relay signals to them until they have all drained."""
+    """Bind, start `count` workers, and relay signals to them until they have all drained.
+    Raises OSError when the address cannot be bound, WorkerStartError when the first workers
+    cannot start (with their reason)."""
     listener = bind_listener(config)
     host, port = listener.getsockname()[:2]
     base_url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"

@@ -13,7 +13,8 @@ from typing import Any
 import trio
 from attrs import define, field
 
-from .upstream import Upstream, UpstreamFailure
+from .failures import UpstreamFailure
+from .upstream import Upstream
 
 log = logging.getLogger("trioproxy.health")
 
@@ -110,7 +111,7 @@ class HealthProber:
             listed = frozenset(await upstream.list_models())
         except UpstreamFailure as failure:
             health.consecutive_failures += 1
-            health.last_error = f"{failure.label}: {failure.error.message}"
+            health.last_error = f"{failure.label}: {failure.message}"
             if health.up and health.consecutive_failures >= self._failures_to_down:
                 health.up = False
                 log.warning("%s marked down after %d failed probes: %s", upstream.name, health.consecutive_failures, health.last_error)

@@ -1,46 +1,13 @@
-"""Reading a provider's rate-limit answers: what kind of refusal, and when capacity returns."""
+"""Reading a provider's rate-limit headers: what remains, when it resets, the limits it states."""
 
 import logging
 import re
 import time
+from collections.abc import Mapping
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 
-import httpx
-from attrs import frozen
-
-from .upstream import UpstreamFailure
-
 log = logging.getLogger("trioproxy.ratelimit")
-
-# Codes and messages that say "busy right now" rather than "your quota is spent".
-_CAPACITY_CODES = frozenset({"queue_exceeded"})
-_CAPACITY_WORDS = ("capacity", "high traffic", "no instances", "try again soon")
-
-
-@frozen
-class Backoff:
-    """How long to leave a provider alone, and a short label for logs and state."""
-
-    seconds: float
-    kind: str  # "rpm", "tpm", "utpm", "rpd", "tpd", "capacity" or "unknown"
-    from_provider: bool  # the provider named the time (Retry-After or a reset header)
-
-
-def refusal_kind(failure: UpstreamFailure) -> str:
-    """Tell apart per-minute, per-day and capacity refusals (Cerebras's `param` is "quota" for all)."""
-    message = failure.error.message.lower()
-    if failure.error.code in _CAPACITY_CODES or failure.status == 503 or any(w in message for w in _CAPACITY_WORDS):
-        return "capacity"
-    per_day = "per day" in message
-    if "uncached" in message and not per_day:
-        return "utpm"
-    if "token" in message:
-        return "tpd" if per_day else "tpm"
-    if "request" in message:
-        return "rpd" if per_day else "rpm"
-    return "unknown"
-
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?")
 
@@ -59,7 +26,7 @@ def parse_seconds(raw: str) -> float | None:
     return value if value >= 0 and value != float("inf") else None
 
 
-def seconds_header(headers: httpx.Headers, name: str) -> float | None:
+def seconds_header(headers: Mapping[str, str], name: str) -> float | None:
     """A header holding a time to wait, as seconds (`11.38`), a duration (`1m30s`) or an HTTP
     date (`Wed, 02 Dec 2026 10:00:00 GMT`); None when absent or malformed."""
     raw = headers.get(name)
@@ -79,7 +46,7 @@ def _seconds_until_date(raw: str) -> float | None:
     return max(0.0, moment.timestamp() - time.time())
 
 
-def quota_figures(headers: httpx.Headers, pairs: dict[str, tuple[str, str]]) -> dict[str, tuple[float, float]]:
+def quota_figures(headers: Mapping[str, str], pairs: dict[str, tuple[str, str]]) -> dict[str, tuple[float, float]]:
     """`{window: (remaining, seconds to reset)}` from the provider's rate-limit headers."""
     figures = {}
     for window, (remaining_name, reset_name) in pairs.items():
@@ -99,7 +66,7 @@ _STATED_WINDOWS = {"requests-minute": "rpm", "tokens-minute": "tpm", "requests-d
 LARGEST_LIMIT = 10**12
 
 
-def stated_limits(headers: httpx.Headers, prefix: str) -> dict[str, int]:
+def stated_limits(headers: Mapping[str, str], prefix: str) -> dict[str, int]:
     """`{window: limit}` from the provider's `<prefix>{requests,tokens}-{minute,day}` headers.
 
     A figure that is not a number from 1 to LARGEST_LIMIT (negative, NaN, huge, text) is left
@@ -130,35 +97,6 @@ def _limit_figure(raw: str) -> int | None:
     return int(value)
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Retry-After as seconds, in either of its forms (seconds or an HTTP date)."""
     return seconds_header(headers, "retry-after")
-
-
-_RESET_HEADER = {
-    "tpm": "x-ratelimit-reset-tokens-minute",
-    "rpd": "x-ratelimit-reset-requests-day",
-    "tpd": "x-ratelimit-reset-requests-day",  # Cerebras's only daily reset header
-}
-
-
-def backoff_for(
-    failure: UpstreamFailure, quota_cooldown: float, capacity_backoff: float, honour_hints: bool = True
-) -> Backoff | None:
-    """The cooldown a 429 or 503 calls for; None for failures that need none.
-
-    The provider's own figure wins (Retry-After, then the matching reset header); without
-    one, a quota refusal waits `quota_cooldown` and a capacity refusal `capacity_backoff`.
-    With `honour_hints` off (the original design), every 429 waits `quota_cooldown`.
-    """
-    if failure.status not in (429, 503):
-        return None
-    kind = refusal_kind(failure)
-    if not honour_hints:
-        return Backoff(quota_cooldown, kind, False) if failure.status == 429 else None
-    named = retry_after(failure.headers)
-    if named is None and kind in _RESET_HEADER:
-        named = seconds_header(failure.headers, _RESET_HEADER[kind])
-    if named is not None:
-        return Backoff(max(named, 1.0), kind, True)
-    return Backoff(capacity_backoff if kind == "capacity" else quota_cooldown, kind, False)

@@ -1,11 +1,10 @@
-"""Talking to one provider over httpx: sending, SSE reading, and mapping failures to one type.
+"""Talking to one provider over httpx: sending, SSE reading; failures as `failures` maps them.
 
 Every httpx exception is translated here, at one boundary, into `UpstreamFailure`.
 """
 
-import re
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any
@@ -15,60 +14,16 @@ import trio
 from attrs import define, frozen
 
 from .. import __version__
-from ..errors import ProxyError
-from .errors import carried_error, error_from_upstream, status_of_error
 from ..config.schema import ProviderConfig
 from ..jsoncodec import dump_json, load_json
 from ..secrets import MAX_ERROR_BODY_BYTES, Sanitizer
+from .failures import (UpstreamFailure, carried_error, carried_failure, protocol_failure, status_failure,
+                       timeout_failure, transport_failure)
 from .transport import LeanTransport
 
-DONE = "[DONE]"
-# How providers say a model id does not exist: Cerebras's 404 "Model X does not exist or you do
-# not have access to it" (and a 503 for retired ids), vLLM's "model not found: X".
-_MODEL_MISSING = re.compile(r"model\b.*\b(does not exist|not found|not exist|no longer available|retired)"
-                            r"|(unknown|no such|invalid) model", re.IGNORECASE)
 _HEADERS = {"user-agent": f"trioproxy/{__version__}"}
-
-
-class UpstreamFailure(Exception):
-    """A provider did not deliver. `kind` is "status", "timeout", "connection" or "protocol"."""
-
-    def __init__(
-        self,
-        provider: str,
-        kind: str,
-        error: ProxyError,
-        status: int | None = None,
-        headers: httpx.Headers | None = None,
-    ) -> None:
-        super().__init__(f"{provider}: {kind} {status or ''} {error.message}")
-        self.provider = provider
-        self.kind = kind
-        self.error = error
-        self.status = status
-        self.headers = headers or httpx.Headers()
-
-    @property
-    def model_missing(self) -> bool:
-        """A 404 or 503 whose body says the model does not exist: no use asking again soon."""
-        if self.status not in (404, 503):
-            return False
-        return self.error.code == "model_not_found" or bool(_MODEL_MISSING.search(self.error.message or ""))
-
-    @property
-    def label(self) -> str:
-        """Short reason for logs: the status, the error code, or the kind."""
-        if self.status is not None:
-            return f"{self.status} {self.error.code}" if self.error.code else str(self.status)
-        return self.kind
-
-
-def _failure_from_exception(provider: str, exc: httpx.HTTPError) -> UpstreamFailure:
-    if isinstance(exc, httpx.TimeoutException):
-        error = ProxyError(504, f"{provider} did not answer in time.", type="api_error", code="upstream_timeout")
-        return UpstreamFailure(provider, "timeout", error)
-    error = ProxyError(502, f"{provider} could not be reached or dropped the connection.", type="api_error", code="upstream_unavailable")
-    return UpstreamFailure(provider, "connection", error)
+DONE = "[DONE]"  # the data of the event that ends a chat stream
+DRAIN_SECONDS = 1.0  # how long to read on after a stream's [DONE] for its end
 
 
 @frozen
@@ -97,11 +52,6 @@ def _sse_data(block: bytes) -> str | None:
     """
     data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(data).decode("utf-8", "replace") if data else None
-
-
-def protocol_failure(provider: str, what: str) -> UpstreamFailure:
-    error = ProxyError(502, f"{provider} sent an invalid response: {what}.", type="api_error", code="upstream_bad_response")
-    return UpstreamFailure(provider, "protocol", error)
 
 
 def json_object(provider: str, raw: bytes | str, what: str) -> dict[str, Any]:
@@ -207,8 +157,7 @@ class Upstream:
         return _Deadline(self, seconds, what)
 
     def timeout(self, seconds: float, what: str) -> UpstreamFailure:
-        error = ProxyError(504, f"{self.name} did not {what} within {seconds:g} s.", type="api_error", code="upstream_timeout")
-        return UpstreamFailure(self.name, "timeout", error)
+        return timeout_failure(self.name, seconds, what)
 
     def first_event_deadline(self) -> "_Deadline":
         """Bounds sending a request until its status line (and, for a stream, its first event)."""
@@ -218,45 +167,28 @@ class Upstream:
         """Bounds sending a request until its whole non-streamed answer."""
         return self._within(self.deadlines.answer, "finish its answer")
 
-    def _error(self, status: int, raw: bytes) -> ProxyError:
-        """The provider's error body in OpenAI's shape, every text in it sanitized."""
-        error = error_from_upstream(status, raw, self.name)
-        error.message = self._sanitizer.text(error.message)
-        for name in ("type", "code", "param"):
-            value = getattr(error, name)
-            if value is not None:
-                setattr(error, name, self._sanitizer.text(value, limit=100))
-        return error
-
     def _status_failure(self, response: httpx.Response, raw: bytes) -> UpstreamFailure:
-        error = self._error(response.status_code, raw)
-        return UpstreamFailure(self.name, "status", error, response.status_code, response.headers)
-
-    def event(self, data: str) -> dict[str, Any]:
-        """One stream event as a JSON object; an error event raises its failure, sanitized."""
-        return self._document(data.encode(), "stream event")
+        return status_failure(self.name, response.status_code, raw, self._sanitizer, response.headers)
 
     def _document(self, raw: bytes, what: str) -> dict[str, Any]:
         """`raw` as a JSON object; an error document (a 200 that carries an error) raises its
         failure, as the status its code stands for, so it fails over and cools down like one."""
         document = json_object(self.name, raw, what)
         if carried_error(document):
-            status = status_of_error(raw)
-            raise UpstreamFailure(self.name, "status", self._error(status, raw), status)
+            raise carried_failure(self.name, raw, self._sanitizer)
         return document
 
-    async def open_chat(self, body: dict[str, Any], api_key: str) -> httpx.Response:
-        """Send a chat request with `api_key`; return the open response once its status is 2xx.
+    async def open_chat(self, body: dict[str, Any], api_key: str) -> "OpenAnswer":
+        """Send a chat request with `api_key`; return the answer, open, once its status is 2xx.
 
-        The caller must `aclose()` the response. A non-2xx status raises UpstreamFailure
-        carrying the provider's error mapped to OpenAI's shape.
+        The caller owns the answer and must `aclose()` it. A non-2xx status raises its UpstreamFailure.
         """
         try:
             response = await self._client.send_chat(dump_json(body), api_key)
         except httpx.HTTPError as exc:
-            raise _failure_from_exception(self.name, exc) from exc
+            raise transport_failure(self.name, exc) from exc
         if response.is_success:
-            return response
+            return OpenAnswer(self, response)
         raise self._status_failure(response, await _error_body(response))
 
     async def list_models(self, api_key: str | None = None) -> list[str]:
@@ -274,14 +206,14 @@ class Upstream:
                 finally:
                     await response.aclose()
         except httpx.HTTPError as exc:
-            raise _failure_from_exception(self.name, exc) from exc
+            raise transport_failure(self.name, exc) from exc
         try:
             data = load_json(raw)["data"]
             return [entry["id"] for entry in data if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
         except (ValueError, RecursionError, KeyError, TypeError):
             raise protocol_failure(self.name, "model list is not {\"data\": [...]}") from None
 
-    async def read_json(self, response: httpx.Response) -> dict[str, Any]:
+    async def _read_json(self, response: httpx.Response) -> dict[str, Any]:
         """The whole body of a non-streamed answer as a JSON object; a protocol failure past
         `bounds.answer` bytes (the rest is left unread; the caller closes the response)."""
         limit = self.bounds.answer
@@ -298,13 +230,13 @@ class Upstream:
                         raise self._too_large("answer", limit)
                     chunks.append(chunk)
         except httpx.HTTPError as exc:
-            raise _failure_from_exception(self.name, exc) from exc
+            raise transport_failure(self.name, exc) from exc
         return self._document(b"".join(chunks), "body")
 
     def _too_large(self, what: str, limit: int) -> UpstreamFailure:
         return protocol_failure(self.name, f"its {what} is larger than the limit of {limit} bytes")
 
-    async def event_batches(self, response: httpx.Response) -> AsyncIterator[list[str]]:
+    async def _event_batches(self, response: httpx.Response) -> AsyncIterator[list[str]]:
         """The `data` payloads of an SSE stream, grouped by the network read that completed them.
 
         Relaying a group as one write costs the client nothing (those events had all arrived)
@@ -334,7 +266,82 @@ class Upstream:
             if last is not None:
                 yield [last]
         except httpx.HTTPError as exc:
-            raise _failure_from_exception(self.name, exc) from exc
+            raise transport_failure(self.name, exc) from exc
+
+
+class OpenAnswer:
+    """A provider's 2xx chat answer, open: its headers, then its whole document or its events.
+
+    Owned by whoever `open_chat` returned it to, who must `aclose()` it. Read one way only:
+    `document()` for a non-streamed answer, `events()` for a stream.
+    """
+
+    __slots__ = ("_upstream", "_response", "_events", "headers", "done")
+
+    def __init__(self, upstream: Upstream, response: httpx.Response) -> None:
+        self._upstream = upstream
+        self._response = response
+        self._events: AsyncIterator[list[dict[str, Any]]] | None = None
+        self.headers: Mapping[str, str] = response.headers
+        self.done = False  # the stream's [DONE] arrived
+
+    @property
+    def closed(self) -> bool:
+        return self._response.is_closed
+
+    async def document(self) -> dict[str, Any]:
+        """The whole non-streamed answer as a JSON object; an error document raises its failure,
+        as does an answer larger than `bounds.answer` bytes (the rest is left unread)."""
+        return await self._upstream._read_json(self._response)
+
+    def events(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The stream's event documents, those one network read completed together.
+
+        An error event raises its failure once the events before it are out; the stream ends
+        at [DONE] (`done` is then set), after the little that follows it is read so the
+        connection goes back to the pool.
+        """
+        if self._events is None:
+            self._events = self._documents()
+        return self._events
+
+    async def _documents(self) -> AsyncIterator[list[dict[str, Any]]]:
+        upstream = self._upstream
+        async with aclosing(upstream._event_batches(self._response)) as batches:
+            async for batch in batches:
+                documents: list[dict[str, Any]] = []
+                for data in batch:
+                    if data.strip() == DONE:
+                        self.done = True
+                        break
+                    try:
+                        documents.append(upstream._document(data.encode(), "stream event"))
+                    except UpstreamFailure:
+                        if documents:  # what came before a broken event still reaches the client
+                            yield documents
+                        raise
+                if documents:
+                    yield documents
+                if self.done:
+                    await _drain(batches)
+                    return
+
+    async def aclose(self) -> None:
+        """Close the answer's stream of events, if read, and the response."""
+        if self._events is not None:
+            await self._events.aclose()  # type: ignore[attr-defined]
+        await self._response.aclose()
+
+
+async def _drain(batches: AsyncIterator[list[str]]) -> None:
+    """Read the little that follows [DONE], so the connection goes back to the pool; a provider
+    that holds the body open after it only costs that connection."""
+    with trio.move_on_after(DRAIN_SECONDS):
+        try:
+            async for _ in batches:
+                pass
+        except UpstreamFailure:
+            pass
 
 
 class _Deadline:

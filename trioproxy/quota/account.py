@@ -44,6 +44,8 @@ class AccountQuota:
 
     @classmethod
     def from_config(cls, name: str, provider: ProviderConfig, key_index: int, now: float, wall: float) -> "AccountQuota":
+        """A fresh account with the provider's windows and starting limits; daily windows end at
+        the next UTC midnight after `wall` (Unix time), told on the clock of `now`."""
         day_ends_at = now + seconds_until_utc_midnight(wall)
         limits = limit_states(provider)
         windows: dict[str, Window] = {
@@ -76,6 +78,7 @@ class AccountQuota:
                 self.windows[name].set_limit(now, state.limit)
 
     def end_cooldown_if_due(self, now: float) -> None:
+        """A cooldown that has run out ends here, and the account becomes half-open."""
         if self.cooldown_until != -math.inf and now >= self.cooldown_until:
             self.cooldown_until, self.cooldown_reason = -math.inf, ""
             self.half_open, self.probe_in_flight = True, False
@@ -87,6 +90,7 @@ class AccountQuota:
         return {name: amounts[window_kind(name)] for name in self.windows}
 
     def refusal(self, now: float, tokens: int) -> Refusal | None:
+        """The first reason one request of `tokens` would be refused now, None if it would not."""
         return next(iter(self.refusals(now, tokens)), None)
 
     def longest_refusal(self, now: float, tokens: int, requests: int = 1, uncached: int = 0) -> Refusal | None:

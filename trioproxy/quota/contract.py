@@ -56,11 +56,23 @@ class Reservation:
 
 
 class Ledger(Protocol):
+    """Quota of every provider account a runtime routes to, as the router and views use it.
+
+    A provider or account name the ledger was not built with raises KeyError (a caller's
+    mistake: routers ask only for their own). Redis being unreachable never raises out of a
+    call: the shared ledger answers from its local stand-in or refuses with reason "redis", as
+    `redis_outage` says. Whatever a call returns is new and the caller's: a Reservation is
+    settled by the caller (at most once) and closed with `finish_probe`; snapshots, lists and
+    summaries are copies the ledger no longer touches.
+    """
+
     def now(self) -> float:
         """The clock every deadline given to or returned by the ledger is on."""
         ...
 
-    def accounts(self) -> list[str]: ...
+    def accounts(self) -> list[str]:
+        """Every account name (`cerebras`, `cerebras#2`, `cerebras:gpt-oss-120b`), never a key."""
+        ...
 
     async def reserve(
         self, provider: str, tokens: int, *, floor: int = 0, uncached: Sequence[int] | None = None
@@ -116,18 +128,26 @@ class Ledger(Protocol):
         """The earliest moment any account of `provider` might take a small request again."""
         ...
 
-    def in_cooldown(self, provider: str) -> bool: ...
+    def in_cooldown(self, provider: str) -> bool:
+        """True when every account of `provider` is cooling down."""
+        ...
 
     def snapshot(self, account: str) -> dict[str, Any]:
         """Used and limit of each window, the provider's own figures, the cooldown, and in
         `limit_sources` where each limit in force comes from (`LimitState.view`)."""
         ...
 
-    def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]: ...
+    def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:
+        """`{account: snapshot}` of each account of `provider`, in key order."""
+        ...
 
-    def summary(self, provider: str) -> str: ...
+    def summary(self, provider: str) -> str:
+        """The provider's accounts in short for logs, e.g. `cerebras[rpm 3/12 tpm 4100/132000]`."""
+        ...
 
-    def account_summary(self, account: str) -> str: ...
+    def account_summary(self, account: str) -> str:
+        """One account in short for logs (`summary_line`); empty when no window has a limit."""
+        ...
 
     def store_status(self) -> dict[str, Any]:
         """Where the quota lives and whether it is reachable, for /healthz, /v1/status, /metrics."""

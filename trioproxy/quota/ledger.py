@@ -67,9 +67,11 @@ class QuotaLedger:
             self._accounts.update((a.name, a) for a in accounts)
 
     def now(self) -> float:
+        """The clock of every time given to or returned by this ledger (Trio's, unless injected)."""
         return self._clock()
 
     def accounts(self) -> list[str]:
+        """Every account name, those of removed providers or keys included; a new list."""
         return list(self._accounts)
 
     async def reserve(
@@ -235,6 +237,7 @@ class QuotaLedger:
         return state
 
     def provider_snapshot(self, provider: str) -> dict[str, dict[str, Any]]:
+        """`{account: snapshot}` for each account of `provider`; KeyError for an unknown one."""
         return {account.name: self.snapshot(account.name) for account in self._by_provider[provider]}
 
     def summary(self, provider: str) -> str:
@@ -242,7 +245,9 @@ class QuotaLedger:
         return " ".join(filter(None, (self.account_summary(a.name) for a in self._by_provider[provider])))
 
     def account_summary(self, account: str) -> str:
+        """One account in short for logs (`contract.summary_line`)."""
         return summary_line(account, self.snapshot(account))
 
     def store_status(self) -> dict[str, Any]:
+        """Where the quota lives: in this process, always reachable."""
         return {"backend": "memory"}

@@ -61,16 +61,20 @@ class Window:
         self._total -= entry.amount
 
     def used(self, now: float) -> int:
+        """What counts against the limit at `now` (entries that left the window no longer do)."""
         self._expire(now)
         return self._total
 
     def fits(self, now: float, amount: int) -> bool:
+        """Whether `amount` more stays within the limit at `now` (always, without a limit)."""
         return self.limit is None or self.used(now) + amount <= self.limit
 
     def _day_of_booking(self) -> int:
         return 0
 
     def add(self, now: float, amount: int, seq: int = 0) -> WindowBooking:
+        """Book `amount` at `now` for the request numbered `seq`, whether it fits or not (the
+        caller checked). Returns the booking, which the caller keeps to `adjust` it later."""
         self._expire(now)
         day = self._day_of_booking()
         last = self._entries[-1] if self._entries else None
@@ -98,6 +102,8 @@ class Window:
         return total
 
     def seconds_until_fits(self, now: float, amount: int) -> float:
+        """How long from `now` until `amount` more would fit: 0.0 if it does now; an amount
+        larger than the limit itself gets a whole window (it never fits; a retry is honest)."""
         raise NotImplementedError
 
     def set_limit(self, now: float, limit: int | None) -> None:
@@ -105,9 +111,13 @@ class Window:
         self.limit = limit
 
     def export(self, now: float, offset: float) -> Any:
+        """What the state file keeps of this window, times plus `offset` (to wall-clock time);
+        plain values, new and the caller's."""
         raise NotImplementedError
 
     def restore(self, now: float, saved: Any, offset: float) -> None:
+        """Book again what `export` saved, times plus `offset` (back to this clock), leaving out
+        what has left the window since."""
         raise NotImplementedError
 
 
@@ -283,4 +293,5 @@ def window_of(window: QuotaWindow, now: float, wall: float) -> Window:
     return SlidingWindow(limit, span=span, bin_seconds=bins)
 
 def seconds_until_utc_midnight(wall_time: float) -> float:
+    """Seconds from `wall_time` (Unix time) to the next UTC midnight, where daily quotas reset."""
     return DAY - (wall_time % DAY)

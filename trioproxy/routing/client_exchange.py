@@ -1,17 +1,19 @@
 """Clients' figures shared between the processes of one Redis ledger, every second.
 
-Each process publishes, in a key of its own that expires unless renewed, what its clients
-asked of and used of each provider over the last minute (for the fair share) and what each of
-their budget windows counted; it reads the others' and hands their sums to the fair share and
-the budgets. Usage counters are added to one shared hash (HINCRBY) and read back for the
-views. A second of delay is the price of keeping every Redis call off the requests' path; a
-process that stops publishing drops out when its key expires.
+Each process publishes what its clients asked of and used of each provider over the last
+minute (for the fair share) and what each of their budget windows counted, adds the usage it
+counted since the last round to one shared hash, and reads back every process's figures and the
+shared usage: all in one script call (`client_exchange.lua`), so a round is one round trip and
+one atomic step (no process reads another's figures half written, and usage is added whole or
+not at all). A second of delay is the price of keeping every Redis call off the requests' path;
+a process that stops publishing drops out when its figures expire.
 
 The keys share one hash tag, `{clients}`, so a Redis Cluster keeps them on one node.
 """
 
 import json
 import logging
+from importlib import resources
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,7 @@ from .fair_share import FairShare, Published
 
 INTERVAL = 1.0
 EXPIRES = 5  # seconds a replica's figures outlive its last publication
+SCRIPT = resources.files(__package__).joinpath("client_exchange.lua").read_text()
 
 log = logging.getLogger("trioproxy.client_exchange")
 
@@ -59,9 +62,7 @@ class ClientExchange:
     def __init__(self, store: QuotaStore, prefix: str, replica: str, book: ClientBook, fair: FairShare,
                  clock: Callable[[], float] = trio.current_time) -> None:
         self._store = store
-        self._prefix = prefix
-        self._replicas = f"{prefix}{{clients}}:replicas"
-        self._usage = f"{prefix}{{clients}}:usage"
+        self._keys = [f"{prefix}{{clients}}:{name}" for name in ("figures", "expiry", "usage")]
         self._replica = f"{replica}/{fair.tag}"
         self._book = book
         self._fair = fair
@@ -75,39 +76,25 @@ class ClientExchange:
             await trio.sleep(INTERVAL)
 
     async def exchange(self) -> None:
-        """One round: publish, add usage, read the others. Skipped while Redis is down (usage
-        counted meanwhile waits for the next round)."""
-        figures = json.dumps(self._figures(self._clock()))
+        """One round: publish, add usage, read everyone's, in one call. Skipped while Redis is
+        down (usage counted meanwhile waits for the next round)."""
         pending = self._book.usage.take_pending()
+        args: list[str | int] = [self._store.time_arg(), self._replica, json.dumps(self._figures(self._clock())), EXPIRES]
+        for (name, route, provider), row in pending.items():
+            for field, amount in zip(USAGE_FIELDS, row):
+                if amount:
+                    args += [json.dumps([name, route, provider, field]), amount]
 
-        async def talk(client: Client) -> tuple[list[str], dict[str, str]]:
-            await client.set(self._key(self._replica), figures, ex=EXPIRES)
-            await client.sadd(self._replicas, [self._replica])
-            for (name, route, provider), row in pending.items():
-                for field, amount in zip(USAGE_FIELDS, row):
-                    if amount:
-                        await client.hincrby(self._usage, json.dumps([name, route, provider, field]), amount)
-            others = []
-            for replica in await client.smembers(self._replicas):
-                if replica == self._replica:
-                    continue
-                published = await client.get(self._key(replica))
-                if published is None:  # expired: it stopped publishing
-                    await client.srem(self._replicas, [replica])
-                else:
-                    others.append(published)
-            return others, await client.hgetall(self._usage)
+        async def talk(client: Client) -> list[Any]:
+            return await client.register_script(SCRIPT)(keys=self._keys, args=args)  # type: ignore[no-any-return]
 
         answer = await self._store.commands(talk)
         if answer is None:
             self._book.usage.return_pending(pending)
             return
-        others, usage = answer
-        self._take_others(decode_peers(others))
+        figures, usage = (_pairs(flat) for flat in answer)
+        self._take_others(decode_peers([published for replica, published in figures.items() if replica != self._replica]))
         self._book.usage.shared = _usage_rows(usage)
-
-    def _key(self, replica: str) -> str:
-        return f"{self._prefix}{{clients}}:replica:{replica}"
 
     def _figures(self, now: float) -> dict[str, Any]:
         fair = {quota_key: {name: [p.weight, p.asked, p.used] for name, p in share.local(now).items()}
@@ -128,6 +115,11 @@ class ClientExchange:
         for quota_key, share in self._fair.providers.items():
             share.others = fair.get(quota_key, {})
         self._book.budgets.others = budgets
+
+
+def _pairs(flat: list[Any]) -> dict[str, Any]:
+    """A flat HGETALL reply (field, value, field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def _usage_rows(usage: dict[str, Any]) -> dict[tuple[str, str, str], list[int]]:

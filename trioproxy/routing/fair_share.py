@@ -33,6 +33,8 @@ SATURATION = 0.8
 # Costs are kept in millionths of a minute's capacity: whole numbers for the windows.
 UNIT = 1_000_000
 ACTIVE_SECONDS = MINUTE
+# How often a request's cost is priced again from the limits in force (they change seldom).
+LIMITS_SECONDS = 1.0
 
 
 def water_fill(demands: Mapping[str, tuple[float, int]], capacity: int) -> dict[str, float]:
@@ -89,17 +91,31 @@ class ProviderShare:
 
     @provider.setter
     def provider(self, provider: ProviderConfig) -> None:
-        # Read once per configuration, not twice per request (ask and settle).
         self._provider = provider
         limits = starting_limits(provider)
         self._rpm, self._tpm = limits["rpm"][0], limits["tpm"][0]
+        self._limits_due = -math.inf  # read the ledger's limits at the next cost
 
     def cost(self, tokens: int) -> int:
         """What a request of `tokens` takes of the provider's minute, in units (0: no limit):
-        its limits as configured, else as its plan starts them."""
+        its limits in force in the ledger (the provider's stated figures once it stated them,
+        under a configured ceiling), read again every LIMITS_SECONDS, not twice per request."""
+        if (now := self._clock()) >= self._limits_due:
+            self._learn_limits(now)
         rpm, tpm = self._rpm, self._tpm
         shares = ([1 / rpm] if rpm else []) + ([tokens / tpm] if tpm else [])
         return math.ceil(max(shares, default=0.0) * UNIT)
+
+    def _learn_limits(self, now: float) -> None:
+        """The provider's minute as the ledger counts it now: each window's limits summed over
+        its accounts (no limit on one account: none for the provider). Costs already counted
+        keep the figures they were priced with; they leave within the minute."""
+        self._limits_due = now + LIMITS_SECONDS
+        accounts = self.ledger.provider_snapshot(self.provider.name).values()
+        if not accounts:
+            return
+        limits = [[state[window]["limit"] for state in accounts] for window in ("rpm", "tpm")]
+        self._rpm, self._tpm = (None if None in figures else sum(figures) for figures in limits)
 
     def asked(self, client: str, weight: float, cost: int) -> None:
         """A request of `client` wants the provider (counted once per request)."""
@@ -117,6 +133,10 @@ class ProviderShare:
     def settle(self, client: str, booking: WindowBooking, tokens: int) -> None:
         """Count what the request really took (the provider gives back the rest of a reservation)."""
         self._clients[client].used.adjust(booking, self.cost(tokens))
+
+    def give_back(self, client: str, booking: WindowBooking) -> None:
+        """A request counted by `took` that the provider did not take after all."""
+        self._clients[client].used.adjust(booking, 0)
 
     def refusal(self, client: str, cost: int) -> Refusal | None:
         """None if `client` may take a request of `cost` now; else a "share" refusal with the
@@ -191,6 +211,12 @@ class ShareTicket:
         """The request's real tokens, once known (its reservation was an estimate)."""
         if self._booking is not None:
             self.share.settle(self.client, self._booking, tokens)
+
+    def give_back(self) -> None:
+        """The provider did not take the request after all (its ledger refused it)."""
+        if self._booking is not None:
+            self.share.give_back(self.client, self._booking)
+            self._booking = None
 
 
 class FairShare:

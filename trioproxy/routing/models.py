@@ -46,6 +46,13 @@ class ModelNames:
     def names(self) -> list[str]:
         return [model.name for model in self.models]
 
+    def for_routes(self, routes: frozenset[str]) -> "ModelNames":
+        """The names a client limited to `routes` sees (all of them when `routes` is empty): its
+        model lists and cards show no other route, and another route's name is unknown to it."""
+        if not routes:
+            return self
+        return ModelNames(tuple(model for model in self.models if model.name in routes))
+
     def card(self, name: object) -> ServedModel:
         """The route `name` stands for, with what model lists say of it; errors as `resolve`."""
         route = self.resolve(name)

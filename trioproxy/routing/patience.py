@@ -228,9 +228,14 @@ class _Booking:
         return min(self.uncached) if self.uncached else self.floor
 
     async def reserve(self, ledger: Ledger, name: str) -> Reservation | Refusal:
-        if self.ticket is not None and (beyond := self.ticket.refusal()) is not None:
+        if self.ticket is None:
+            return await ledger.reserve(name, self.tokens, floor=self.floor, uncached=self.uncached)
+        if (beyond := self.ticket.refusal()) is not None:
             return beyond
+        # Counted before the ledger's answer (a round trip to a shared ledger): the client's
+        # next request, checked meanwhile, sees this one; given back if the ledger refuses.
+        self.ticket.took()
         got = await ledger.reserve(name, self.tokens, floor=self.floor, uncached=self.uncached)
-        if self.ticket is not None and isinstance(got, Reservation):
-            self.ticket.took()
+        if not isinstance(got, Reservation):
+            self.ticket.give_back()
         return got

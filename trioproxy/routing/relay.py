@@ -11,20 +11,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
-import httpx
 import trio
 from attrs import define
 
-from ..errors import ProxyError
 from ..logs import REQUEST_ID
-from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
+from ..providers.failures import UpstreamFailure, protocol_failure
+from ..providers.upstream import OpenAnswer, Upstream
 from .continuation import SaidSoFar, mismatch
+from .failures import client_error
 from .request import RouteRecord
 from .settlement import Settlement
 
 log = logging.getLogger("trioproxy.router")
 
-DRAIN_SECONDS = 1.0  # how long to read on after a stream's [DONE] for its end
 _HEAD_FIELDS = ("id", "object", "created", "model")  # every chunk of one answer carries the first's
 _NOT_EXTRA = frozenset(("choices", "usage", *_HEAD_FIELDS))  # a chunk's other fields are relayed as they come
 _HELD_BACK = frozenset(("role", "content", "tool_calls"))  # delta fields the relay shapes itself
@@ -36,18 +35,16 @@ class OpenStream:
 
     upstream: Upstream
     model: str  # the model asked of it
-    response: httpx.Response
-    batches: AsyncIterator[list[str]]
+    answer: OpenAnswer
     opening: list[dict[str, Any]]  # the events up to the first with content
-    pending: list[str]  # events that arrived in the same read as the first content
+    pending: list[dict[str, Any]]  # events that arrived in the same read as the first content
     settlement: Settlement
     events: int = 0  # a streamed event carries about one completion token
 
     async def aclose(self) -> tuple[int, int]:
         """Close it; without usage from the provider, settle what was spent so far (not the
         whole completion budget). The (prompt, completion) tokens booked for it."""
-        await self.batches.aclose()  # type: ignore[attr-defined]
-        await self.response.aclose()
+        await self.answer.aclose()
         return await self.settlement.from_estimate(self.events)
 
 
@@ -152,37 +149,22 @@ class StreamRelay:
                 for document in opening:
                     documents += await self._take(stream, document)
                 opening = []
-                done, failure = False, None
-                for data in batch:
-                    if data.strip() == DONE:
-                        done = True
-                        break
-                    try:
-                        document = stream.upstream.event(data)
-                    except UpstreamFailure as broken:
-                        failure = broken
-                        break
+                for document in batch:
                     documents += await self._take(stream, document)
                 if documents:
-                    yield documents  # what came before a broken event still reaches the client
-                if failure is not None:
-                    raise failure
-                if done:
-                    break
-            else:
-                if not self._finished:
-                    raise protocol_failure(stream.upstream.name, "stream ended before the answer was complete")
+                    yield documents
+        if not stream.answer.done and not self._finished:
+            raise protocol_failure(stream.upstream.name, "stream ended before the answer was complete")
         if self._held:
             yield self._complete_calls()
-        await self._drain(stream)
         if stream.settlement.usage is not None:
             self._usage.append(stream.settlement.usage)
 
     @staticmethod
-    async def _reads(stream: OpenStream) -> AsyncIterator[list[str]]:
+    async def _reads(stream: OpenStream) -> AsyncIterator[list[dict[str, Any]]]:
         """The first read's events after the gate, then each further read's."""
         yield stream.pending
-        async for batch in stream.batches:
+        async for batch in stream.answer.events():
             yield batch
 
     async def _take(self, stream: OpenStream, document: dict[str, Any]) -> list[dict[str, Any]]:
@@ -304,7 +286,7 @@ class StreamRelay:
         """Switch to the next provider that can finish the answer; raise the failure's error if none."""
         stream = self._stream
         if not self._may_continue(stream.upstream, failure):
-            raise failure.error from None
+            raise client_error(failure) from None
         booked = await stream.aclose()
         self._usage.append(stream.settlement.usage or _usage_block(booked))
         self._held.clear()  # a call cut off is asked for again, whole
@@ -315,7 +297,7 @@ class StreamRelay:
         self._record.reason = reason
         if following is None:
             log.warning("request %s: no provider could continue what %s broke off", REQUEST_ID.get(), stream.upstream.name)
-            raise failure.error from None
+            raise client_error(failure) from None
         self._record.continuations.append((stream.upstream.name, failure.label))
         self._stream = following
         if following.upstream.config.continuation == "restart" and (self._said.pieces or self._said.calls):
@@ -335,16 +317,6 @@ class StreamRelay:
             log.info("request %s: %s broke off (%s); no continuation: %s", REQUEST_ID.get(), upstream.name,
                      failure.label, why_not)
         return why_not is None
-
-    async def _drain(self, stream: OpenStream) -> None:
-        """Read the little that follows [DONE], so the connection goes back to the pool; a
-        provider that holds the body open after it only costs that connection."""
-        with trio.move_on_after(DRAIN_SECONDS):
-            try:
-                async for _ in stream.batches:
-                    pass
-            except UpstreamFailure:
-                pass
 
     async def aclose(self) -> None:
         """Close the provider stream in use; one that ended without usage (client gone, provider

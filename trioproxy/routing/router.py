@@ -3,21 +3,22 @@
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import httpx
 import trio
 
 from ..errors import ProxyError
 from ..logs import REQUEST_ID
 from ..providers.health import ProviderHealth
 from ..quota.contract import Ledger, Refusal, Reservation
-from ..providers.ratelimit import backoff_for, quota_figures, stated_limits
-from ..providers.upstream import DONE, Upstream, UpstreamFailure, protocol_failure
+from ..providers.failures import Kind, UpstreamFailure, protocol_failure
+from ..providers.ratelimit import quota_figures, stated_limits
+from ..providers.upstream import OpenAnswer, Upstream
 from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
+from .failures import HANDLING, RETRY_STATUSES, backoff_for, client_error
 from .fair_share import FairShare
 from .patience import Pace, Patience
 from .continuation import SaidSoFar, continuation_body
@@ -30,23 +31,6 @@ from .tokens import PromptEstimator, estimate_answer_tokens, requested_completio
 log = logging.getLogger("trioproxy.router")
 
 T = TypeVar("T")
-
-# Client errors that are the provider's peculiarity rather than the client's fault: the next
-# provider may well accept the same request.
-_FAILOVER_CODES = frozenset({"wrong_api_format", "context_length_exceeded"})
-_FAILOVER_STATUSES = frozenset({401, 402, 403, 404, 408, 409, 429})
-
-
-def is_retryable(failure: UpstreamFailure) -> bool:
-    """Whether another provider should get the request after this failure."""
-    if failure.kind != "status" or failure.status is None:
-        return True  # timeouts, resets, garbage: the next provider may well be fine
-    return (
-        failure.status >= 500
-        or failure.status in _FAILOVER_STATUSES
-        or (failure.status == 400 and failure.error.code in _FAILOVER_CODES)
-    )
-
 
 class Router:
     """Tries providers in order of preference, within quota, failing over on what is retryable."""
@@ -91,18 +75,30 @@ class Router:
             if u.config.prompt_cache_seconds > 0
         }
 
+    def expected_tokens(self, body: dict[str, Any]) -> int:
+        """The tokens a request is expected to take in all, as its first provider books it: the
+        prompt's estimate plus the completion budget it is sent with (the client's, within the
+        provider's cap; the cap when the client names none). With neither, the answers' learned
+        mean length (the one patience expects), not nothing: the answer counts too."""
+        prompt = self.estimator.estimate(body)[1]
+        named = requested_completion_tokens(body)
+        cap = self.upstreams[0].config.max_completion_tokens_cap if self.upstreams else None
+        if named is not None:
+            return prompt + (named if cap is None else min(named, cap))
+        return prompt + (cap if cap is not None else math.ceil(self.patience.completion_tokens))
+
     async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> dict[str, Any]:
             with upstream.answer_deadline():
                 with upstream.first_event_deadline():
-                    response = await self._open(upstream, body, settlement.reservation, record)
+                    answer = await self._open(upstream, body, settlement.reservation, record)
                 try:
                     with waiting_on_upstream(record):
-                        document = await upstream.read_json(response)
+                        document = await answer.document()
                 finally:
-                    await response.aclose()
+                    await answer.aclose()
             if not await settlement.from_usage(document):
                 # Without usage, the answer's own text is the best figure (as a stream's events
                 # are): the reservation's whole completion budget would stay booked.
@@ -141,37 +137,35 @@ class Router:
 
     async def _open_stream(self, upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> OpenStream:
         with upstream.first_event_deadline():
-            response = await self._open(upstream, body, settlement.reservation, settlement.record)
-            batches = upstream.event_batches(response)
+            answer = await self._open(upstream, body, settlement.reservation, settlement.record)
             try:
                 with waiting_on_upstream(settlement.record):
-                    opening, pending = await self._first_event(upstream, batches)
+                    opening, pending = await self._first_event(upstream, answer)
             except BaseException:
                 with trio.CancelScope(shield=True):
-                    await batches.aclose()  # type: ignore[attr-defined]
-                    await response.aclose()
+                    await answer.aclose()
                 raise
-        return OpenStream(upstream, body["model"], response, batches, opening, pending, settlement)
+        return OpenStream(upstream, body["model"], answer, opening, pending, settlement)
 
     async def _open(
         self, upstream: Upstream, body: dict[str, Any], reservation: Reservation, record: RouteRecord
-    ) -> httpx.Response:
+    ) -> OpenAnswer:
         """Send with the reserved account's key; the provider's quota headers correct the ledger."""
         try:
             with waiting_on_upstream(record):
-                response = await upstream.open_chat(body, upstream.config.keys[reservation.key_index])
+                answer = await upstream.open_chat(body, upstream.config.keys[reservation.key_index])
         except UpstreamFailure as failure:
             await self._sync(upstream, reservation, failure.headers)
             raise
         try:
-            await self._sync(upstream, reservation, response.headers)
+            await self._sync(upstream, reservation, answer.headers)
         except BaseException:  # a cancel can land here, after the provider answered
             with trio.CancelScope(shield=True):
-                await response.aclose()
+                await answer.aclose()
             raise
-        return response
+        return answer
 
-    async def _sync(self, upstream: Upstream, reservation: Reservation, headers: httpx.Headers) -> None:
+    async def _sync(self, upstream: Upstream, reservation: Reservation, headers: Mapping[str, str]) -> None:
         if not upstream.config.sync_rate_limit_headers:
             return
         names = upstream.config.rate_limit_headers
@@ -184,19 +178,16 @@ class Router:
 
     @staticmethod
     async def _first_event(
-        upstream: Upstream, batches: AsyncIterator[list[str]]
-    ) -> tuple[list[dict[str, Any]], list[str]]:
+        upstream: Upstream, answer: OpenAnswer
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The events up to the first that carries content, and the rest of its read.
 
         Events before content (a role announcement) are held back with it: an error event
         among them raises, and the next provider serves as after a status.
         """
         opening: list[dict[str, Any]] = []
-        async for batch in batches:
-            for position, data in enumerate(batch):
-                if data.strip() == DONE:
-                    raise protocol_failure(upstream.name, "stream ended before its first content")
-                document = upstream.event(data)  # an error event raises: the next provider serves
+        async for batch in answer.events():  # an error event raises: the next provider serves
+            for position, document in enumerate(batch):
                 opening.append(document)
                 if carries_content(document):
                     return opening, batch[position + 1 :]
@@ -274,8 +265,8 @@ class Router:
             except UpstreamFailure as failure:
                 last_failure = failure
                 await self._after_failure(upstream, model, failure, settlement)
-                if not is_retryable(failure):
-                    raise failure.error from None
+                if not HANDLING[failure.kind].failover:
+                    raise client_error(failure) from None
                 why_not_previous = f"failover: {failure.label}"
                 record.failed_over.append(upstream.name)
             except BaseException as error:  # a client gone (Cancelled), or a bug: no answer follows
@@ -343,17 +334,14 @@ class Router:
         reservation = settlement.reservation
         log.warning(
             "request %s: %s failed%s (%s): %s", REQUEST_ID.get(), upstream.name, " mid-stream" if mid_stream else "",
-            failure.label, failure.error.message,
+            failure.label, failure.message,
         )
-        missing = failure.model_missing
-        if missing:
+        if failure.kind is Kind.MODEL_MISSING:
             self._health_of(upstream).mark_missing(upstream.name, model)
-        if not mid_stream and (missing or (failure.status is not None and failure.status < 500)):
+        if not mid_stream and HANDLING[failure.kind].ran_nothing:
             # A refused request ran nothing; only the request itself counts, not its tokens
             # (in the ledger and in the client's fair share alike).
             await settlement.abandon(cancelled=False)
-        if missing:
-            return  # no cooldown: the key is fine, and the next candidate may serve at once
         backoff = backoff_for(
             failure, self._cooldown_seconds, self._capacity_backoff_seconds, self._honour_retry_after
         )
@@ -370,20 +358,9 @@ class Router:
                 type="rate_limit_error",
                 code="rate_limit_exceeded",
             )
-        elif last_failure.status in (401, 403):
-            # The provider refused trioproxy's own key: the client's key is not in question.
-            error = ProxyError(
-                502,
-                f"{last_failure.provider} refused trioproxy's API key for it ({last_failure.status}: "
-                f"{last_failure.error.message}); the operator must check the provider keys in its settings.",
-                type="api_error",
-                code="provider_key_refused",
-            )
         else:
-            error = last_failure.error
-            if error.status >= 500 and error.status not in (502, 503, 504):
-                error.status = 502
-        if error.status in (429, 503):
+            error = client_error(last_failure)
+        if error.status in RETRY_STATUSES:
             error.headers["retry-after"] = str(self._seconds_until_capacity())
         return error
 

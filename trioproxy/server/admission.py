@@ -5,7 +5,6 @@ import trio
 from ..errors import ProxyError
 from ..quota.clients import TokenBooking, retry_after_seconds
 from ..routing.request import ChatRequest
-from ..routing.tokens import requested_completion_tokens
 from ..runtime import Runtime
 from .auth import Client
 from .served import ServedRequest
@@ -22,11 +21,7 @@ def admit_client(runtime: Runtime, client: Client, request: ChatRequest, served:
         raise ProxyError(403, f"This key may not use the model `{request.route}`.", type="permission_error",
                          code="model_not_allowed", param="model")
     router = runtime.routers.get(request.route, runtime.router)
-
-    def estimate() -> int:  # what the provider ledger books for it: prompt estimate plus completion bound
-        return router.estimator.estimate(request.body)[1] + (requested_completion_tokens(request.body) or 0)
-
-    refusal = runtime.clients.budgets.admit(client.name, request.route, estimate)
+    refusal = runtime.clients.budgets.admit(client.name, request.route, lambda: router.expected_tokens(request.body))
     if isinstance(refusal, TokenBooking):
         served.tokens_booked = refusal
     else:  # a Refusal

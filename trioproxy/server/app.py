@@ -30,11 +30,13 @@ from .auth import ANYONE, Client
 from .asgi import CLIENT_GONE, ClientGone, Message, Receive, Scope, Send, encode_headers, header, send_response
 from .browser_guard import check_json_body
 from .dashboard import Dashboard
+from .door_choice import DOORS, RESPONSES_PATH, error_door
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
 from .metrics import CONTENT_TYPE, Metrics
 from .refusals import MESSAGE_CHARS, Refusals, log_refusal, refusal_reason
 from .request_id import request_id_from
+from .serving import Serving
 from .served import STATUS_CLIENT_CLOSED, ServedRequest
 
 log = logging.getLogger("trioproxy.request")
@@ -44,12 +46,6 @@ STATUS_PATH = "/v1/status"
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
-RESPONSES_PATH = "/v1/responses"
-DOORS = {
-    "/v1/chat/completions": Door(chat.API, chat.parse, chat.error_body),
-    RESPONSES_PATH: Door(responses.API, responses.parse, chat.error_body),
-    "/v1/messages": Door(messages.API, messages.parse, messages.error_body),
-}
 _ALLOWED = {**{path: "POST" for path in DOORS}, COUNT_TOKENS_PATH: "POST", MODELS_PATH: "GET",
             STATUS_PATH: "GET", HEALTH_PATH: "GET", METRICS_PATH: "GET"}
 OVERHEAD_HEADER = "x-trioproxy-overhead-ms"
@@ -61,16 +57,11 @@ class ClientDisconnected(Exception):
     """The client closed its connection before we were done."""
 
 
-def _error_shape(path: str) -> Callable[[ProxyError], dict[str, Any]]:
-    """Errors on Anthropic's paths in Anthropic's shape; everywhere else (but Gemini's) in OpenAI's."""
-    return messages.error_body if path.startswith("/v1/messages") else chat.error_body
-
-
 class ProxyApp:
     """The ASGI callable. State is passed in, so one process can host several proxies."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime  # replaced whole on reload; see runtime.py
+        self.serving = Serving.of(runtime)  # replaced whole on reload; see runtime.py
         self._created = int(time.time())
         self.metrics = Metrics(live=lambda: operator.live_families(self.runtime))
         self.drain = Drain()
@@ -78,7 +69,17 @@ class ProxyApp:
         self.refusals = Refusals()
         # The page shows what /v1/status shows, so it asks for the same (operator) key.
         self.dashboard = Dashboard(self.history, lambda: operator.status(self.runtime, self.metrics, self.refusals),
-                                   lambda: self.runtime.operator_keys)
+                                   lambda: self.serving.operator_keys)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime new requests start on."""
+        return self.serving.runtime
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        """Swap `runtime` in, with the keys and browser guard its settings describe."""
+        self.serving = Serving.of(runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -107,7 +108,7 @@ class ProxyApp:
             return
         await send({"type": "websocket.http.response.start", "status": error.status,
                     "headers": encode_headers({"content-type": "application/json", "x-request-id": request_id})})
-        await send({"type": "websocket.http.response.body", "body": dump_json(_error_shape(path)(error))})
+        await send({"type": "websocket.http.response.body", "body": dump_json(error_door(path, False).body(error))})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Hypercorn's Trio worker expects a lifespan answer; the supervisor owns real start-up.
@@ -124,29 +125,29 @@ class ProxyApp:
         request_id = request_id_from(header(scope, b"x-request-id"))
         REQUEST_ID.set(request_id)  # every log line of this request carries it
         extra = {"x-request-id": request_id}
-        runtime = self.runtime
+        serving = self.serving
+        runtime = serving.runtime
         query = parse_qs(scope["query_string"].decode("latin-1")) if scope.get("query_string") else {}
         google_key = header(scope, b"x-goog-api-key")
         # Known before anything can fail, so that every error on Gemini's paths has Google's shape.
-        is_gemini = gemini.owns(path, google_key is not None or "key" in query)
-        shape = gemini.error_body if is_gemini else _error_shape(path)
+        errors = error_door(path, google_key is not None or "key" in query)
         host, origin = header(scope, b"host"), header(scope, b"origin")
-        if origin is not None and (cors := runtime.guard.cors_headers(origin, host)):
+        if origin is not None and (cors := serving.guard.cors_headers(origin, host)):
             send = _with_headers(send, cors)
             if method == "OPTIONS":  # a preflight from an allowed origin
-                await send_response(send, 204, b"", "text/plain", {**extra, **runtime.guard.preflight_headers(
+                await send_response(send, 204, b"", "text/plain", {**extra, **serving.guard.preflight_headers(
                     header(scope, b"access-control-request-headers"))})
                 return
         try:
-            if (refused := runtime.guard.refusal(host, origin)) is not None:
+            if (refused := serving.guard.refusal(host, origin)) is not None:
                 raise refused
-            if is_gemini:
+            if errors.gemini:
                 await self._gemini(scope, query, google_key, receive, send, request_id)
                 return
             authorization, x_api_key = header(scope, b"authorization"), header(scope, b"x-api-key")
             client = ANYONE
             if path.startswith("/v1/") and path != STATUS_PATH:
-                client = runtime.client_keys.identify(authorization, x_api_key)
+                client = serving.client_keys.identify(authorization, x_api_key)
             door = DOORS.get(path)
             if door is not None and method == "POST":
                 await self._door(door, client, scope, receive, send, request_id)
@@ -158,19 +159,19 @@ class ProxyApp:
                 raise responses.no_stored_responses()
             elif path == MODELS_PATH and method == "GET":
                 listing = messages if header(scope, b"anthropic-version") else chat  # Anthropic's SDKs send it
-                await _send_json(send, 200, listing.models_list(runtime.models, self._created), extra)
+                await _send_json(send, 200, listing.models_list(runtime.models.for_routes(client.routes), self._created), extra)
             elif path.startswith(MODELS_PATH + "/") and method == "GET":
-                model = runtime.models.card(path[len(MODELS_PATH) + 1 :])
+                model = runtime.models.for_routes(client.routes).card(path[len(MODELS_PATH) + 1 :])
                 listing = messages if header(scope, b"anthropic-version") else chat
                 await _send_json(send, 200, listing.model_card(model, self._created), extra)
             elif path == HEALTH_PATH and method in ("GET", "HEAD"):
-                code, body = operator.health(runtime, runtime.operator_keys.accepts(authorization, x_api_key))
+                code, body = operator.health(runtime, serving.operator_keys.accepts(authorization, x_api_key))
                 await _send_json(send, code, body, extra)
             elif path == STATUS_PATH and method == "GET":
-                runtime.operator_keys.check(authorization, x_api_key)
+                serving.operator_keys.check(authorization, x_api_key)
                 await _send_json(send, 200, operator.status(runtime, self.metrics, self.refusals), extra)
             elif path == METRICS_PATH and method == "GET":
-                runtime.operator_keys.check(authorization, x_api_key)
+                serving.operator_keys.check(authorization, x_api_key)
                 await self._metrics(send, extra)
             elif Dashboard.owns(path):
                 await self.dashboard.handle(path, method, authorization, x_api_key, send, extra)
@@ -180,24 +181,24 @@ class ProxyApp:
             else:
                 raise ProxyError(404, f"Unknown path {quoted(path)}.", code="not_found")
         except ProxyError as error:
-            api = gemini.API if shape is gemini.error_body else DOORS[path].api if path in DOORS else "none"
-            self._refused(request_id, api, method, path, error)
-            await _send_error(send, shape, error, extra)
+            self._refused(request_id, errors.api, method, path, error)
+            await _send_error(send, errors.body, error, extra)
         except Exception:
             log.exception("request %s failed inside trioproxy", request_id)
-            await _send_error(send, shape, internal_error(request_id), extra)
+            await _send_error(send, errors.body, internal_error(request_id), extra)
 
     async def _gemini(self, scope: Scope, query: dict[str, list[str]], google_key: str | None, receive: Receive,
                       send: Send, request_id: str) -> None:
         """Gemini's paths: the key from `x-goog-api-key` or `?key=` (one of them), then the call."""
-        runtime = self.runtime
+        serving = self.serving
+        runtime = serving.runtime
         extra = {"x-request-id": request_id}
         query_keys = query.get("key", [])
         if len(query_keys) + (google_key is not None) > 1:
             raise ProxyError(400, "Send the API key once: in the x-goog-api-key header or in the `key` query "
                              "parameter, not both.", code="invalid_argument")
         presented = google_key or next(iter(query_keys), None) or header(scope, b"x-api-key")
-        client = runtime.client_keys.identify(header(scope, b"authorization"), presented)
+        client = serving.client_keys.identify(header(scope, b"authorization"), presented)
         call = gemini.gemini_call(scope["path"])
         if scope["method"] != call.http_method:
             raise ProxyError(405, f"Method {scope['method']} is not allowed on {quoted(scope['path'])}; use {call.http_method}.",
@@ -210,9 +211,9 @@ class ProxyApp:
             counted = gemini.count_tokens(raw, runtime.models, call, lambda route: runtime.routers[route].estimator)
             await _send_json(send, 200, counted, extra)
         elif call.model is None:
-            await _send_json(send, 200, gemini.models_list(runtime.models, _limits(runtime)), extra)
+            await _send_json(send, 200, gemini.models_list(runtime.models.for_routes(client.routes), _limits(runtime)), extra)
         else:
-            route = runtime.models.resolve(call.model)
+            route = runtime.models.for_routes(client.routes).resolve(call.model)
             await _send_json(send, 200, gemini.model_card(route, _limits(runtime)(route)), extra)
 
     def _refused(self, request_id: str, api: str, method: str, path: str, error: ProxyError) -> None:

@@ -12,14 +12,14 @@ Hypercorn bounds a request head only while it is still arriving (h11_max_incompl
 
 import logging
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
 
-from ..doors.chat import error_body
 from ..errors import ProxyError
 from ..jsoncodec import dump_json
 from .asgi import Scope, header
+from .door_choice import error_door
 from .request_id import request_id_from
 
 log = logging.getLogger("trioproxy.request")
@@ -60,10 +60,13 @@ class HttpEdges:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Any, error: ProxyError, reason: str) -> None:
-        """Answer `error` (OpenAI's shape) and close the connection: nothing after it is served."""
+        """Answer `error` in the shape of the door the path belongs to and close the connection:
+        nothing after it is served."""
         request_id = request_id_from(header(scope, b"x-request-id"))
         log.info("request %s refused: status=%d reason=%r", request_id, error.status, reason)
-        body = dump_json(error_body(error))
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        google_key = header(scope, b"x-goog-api-key") is not None or "key" in query
+        body = dump_json(error_door(origin_form(scope)["path"], google_key).body(error))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

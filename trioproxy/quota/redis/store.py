@@ -169,6 +169,7 @@ class QuotaStore:
                 await self._flush()
 
     def close(self) -> None:
+        """End `run`: what is queued still goes to Redis first (briefly). Idempotent."""
         self._closing.set()
 
     def reaches(self, url: str, access: RedisAccess, timeout: float) -> bool:
@@ -198,7 +199,8 @@ class QuotaStore:
         self.connected = True
         log.info("quota shared through Redis at %s", redacted_url(self.url))
 
-    def _time_arg(self) -> str:
+    def time_arg(self) -> str:
+        """The time a script is told ('' = Redis's own TIME; a simulation's clock otherwise)."""
         return "" if self._clock is None else repr(self._clock())
 
     async def call(
@@ -274,7 +276,7 @@ class QuotaStore:
         if not batch:
             return
         keys, head = lane
-        args: list[Any] = [self._time_arg(), *head]
+        args: list[Any] = [self.time_arg(), *head]
         for pending in batch:
             args += [pending.op, pending.index, len(pending.args), *pending.args]
         replies, revisions = await self._evaluate(list(keys), args, len(batch))
@@ -415,6 +417,7 @@ class QuotaStore:
             return None
 
     def status(self) -> dict[str, Any]:
+        """Where Redis is (its URL without the password) and how it has fared: a new dict."""
         return {
             "url": redacted_url(self.url),
             "connected": self.connected,
@@ -433,4 +436,5 @@ class QuotaStore:
         return repr(trio.current_time() + self.offset + 2 * self._timeout) if self._offset_known else ""
 
     def to_trio(self, store_time: float) -> float:
+        """A time of the store's clock (Redis's TIME, or the injected one) on this process's Trio clock."""
         return store_time - self.offset if store_time not in (math.inf, -math.inf) else store_time
