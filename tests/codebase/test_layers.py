@@ -150,6 +150,13 @@ def test_tests_import_support_never_each_other() -> None:
     assert imported == []
 
 
+def test_every_test_file_is_in_the_folder_of_its_area() -> None:
+    """tests/ holds folders by area (docs/architecture.md draws them), conftest.py and support/;
+    a test file at its root belongs in one of the folders."""
+    tests = Path(__file__).resolve().parents[1]
+    assert sorted(path.name for path in tests.glob("test_*.py")) == []
+
+
 def test_no_module_imports_another_modules_private_name() -> None:
     """A name with a leading underscore is its module's own: one another module needs is public."""
     private = [f"trioproxy/{module.replace('.', '/')}.py:{node.lineno}: {alias.name}"

@@ -153,6 +153,35 @@ async def test_a_request_counts_against_its_clients_share_while_the_ledger_answe
     assert [answer.reason for answer in got if isinstance(answer, Refusal)] == ["share"]
 
 
+async def test_a_request_cancelled_while_the_ledger_answers_gives_its_part_back() -> None:
+    """A client that leaves during the ledger's round trip cancels the reservation: its part of
+    the share must not stay taken until the window slides."""
+    import attrs
+
+    from trioproxy.config.schema import Config
+    from trioproxy.quota.ledger import QuotaLedger
+    from trioproxy.routing.fair_share import FairShare
+    from trioproxy.routing.patience import _Booking
+
+    class NeverAnswers(QuotaLedger):
+        async def reserve(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            await trio.sleep_forever()
+
+    cerebras = attrs.evolve(Config().cerebras, plan=None, requests_per_minute=10, tokens_per_minute=None,
+                            tokens_per_day=None, api_key="csk-one")
+    ledger = NeverAnswers([cerebras])
+    fair = FairShare()
+    fair.configure({"cerebras": cerebras}, ledger)
+    ticket = fair.ticket("cerebras", "a", 1.0, 1)
+    assert ticket is not None
+    share = fair.providers["cerebras"]
+    before = share.demands(trio.current_time())["a"][2]
+    with trio.move_on_after(0.05) as waited:
+        await _Booking(1, 1, None, ticket).reserve(ledger, "cerebras")
+    assert waited.cancelled_caught
+    assert share.demands(trio.current_time())["a"][2] == before
+
+
 # --- across replicas, on a real redis-server ------------------------------------------------------
 
 

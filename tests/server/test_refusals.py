@@ -8,7 +8,9 @@ import pytest
 import trio
 import trio.testing
 
+from support.fault_server import dumps
 from support.metrics import sample_values
+from support.raw_http import RawConnection, raw_request
 from support.proxies import Providers, StartProxy
 from trioproxy.server.refusals import PATH_FAMILIES, path_family
 from trioproxy.cli.status_table import render_table
@@ -100,6 +102,26 @@ async def test_a_client_that_leaves_is_an_error_not_a_refusal(start_proxy: Start
                 await trio.sleep(0.05)
 
     assert status["refusals"]["failed"] == {"499": 1} and status["refusals"]["refused"] == {}
+
+
+async def test_a_client_that_sends_its_request_and_leaves_at_once_is_noticed(
+        start_proxy: StartProxy, providers: Providers) -> None:
+    """The request and the close may both arrive before the proxy starts on the request: the
+    proxy must still stop paying for an answer nobody reads."""
+    proxy = await start_proxy()
+    clients = 8  # which comes first depends on the scheduler: several clients meet both orders
+    providers.cerebras.faults = Faults(latency=5.0, remaining=clients)
+    body = dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    for _ in range(clients):
+        connection = await RawConnection.open(proxy)
+        await connection.send(raw_request("POST", "/v1/chat/completions", body))
+        await connection.aclose()
+    async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as http:
+        with trio.fail_after(3):  # well before the slow provider would have answered
+            while sum((status := (await http.get("/status")).json())["refusals"]["failed"].values()) < clients:
+                await trio.sleep(0.05)
+
+    assert status["refusals"]["failed"] == {"499": clients}
 
 
 async def test_unknown_paths_are_counted_by_method_and_family_in_a_bounded_set(start_proxy: StartProxy) -> None:

@@ -12,7 +12,9 @@ from support.raw_http import RawConnection, abort_with_reset, raw_request
 from support.robustness import (
     BAD_BODIES, CHAT, PROTOCOL_JUNK, STALL_BOUND, assert_healthy, chat_body, unhandled_errors,
 )
-from support.task_tree import busy_tasks, idle_connections_only, proxy_task, task_difference, wait_for_exit
+from support.task_tree import (
+    busy_tasks, idle_connections_only, proxy_task, serving_no_request, task_difference, wait_for_exit,
+)
 from trioproxy.process.supervisor import run_proxy
 
 
@@ -114,6 +116,7 @@ async def test_barrage_of_bad_input_leaves_the_proxy_healthy(
         proxy = Proxy(base_url, config, shutdown)
         served = proxy_task(shutdown)
         await assert_healthy(proxy)
+        assert await eventually(lambda: serving_no_request(served))
         before = busy_tasks(served)
         limiter = trio.CapacityLimiter(32)
 

@@ -73,6 +73,12 @@ def idle_connections_only(proxy_task: trio.lowlevel.Task) -> bool:
     return handlers <= sum(name.endswith("TCPServer._idle_timeout") for name in names)
 
 
+def serving_no_request(proxy_task: trio.lowlevel.Task) -> bool:
+    """No request is being handled: Hypercorn's handler task of the last one has ended too (it
+    can outlive the response its client has already read)."""
+    return not any(t.name.endswith("._handle") for t in descendants(proxy_task))
+
+
 def task_difference(before: list[str], after: list[str]) -> dict[str, int]:
     """Tasks by name that are more (or fewer, negative) now than before."""
     counts = collections.Counter(after)

@@ -142,6 +142,8 @@ class PerModel:
 
 @frozen(kw_only=True)
 class ProviderConfig(PerModel):
+    """One provider: where it is, its keys, the models it may serve, and how it is spoken to."""
+
     name: str
     base_url: str = field(validator=http_url)
     # Candidates in order of preference: the first one the provider's `GET /models` lists serves.
@@ -306,6 +308,9 @@ def _default_chutes() -> ProviderConfig:
 
 @frozen
 class Config:
+    """Every setting, frozen. Built by `load.load_config`; building one directly checks each key
+    and the keys together too (InvalidValue, InvalidKey), so a Config that exists is valid."""
+
     host: str = "127.0.0.1"
     port: int = field(default=3000, validator=port_number)
     log_level: str = field(default="INFO", converter=normalize_level, validator=known_log_level)

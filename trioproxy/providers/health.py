@@ -96,6 +96,8 @@ class HealthProber:
         self._failures_to_down = failures_to_down
 
     async def run(self) -> None:
+        """Probe every provider each interval, until cancelled (the runtime's prober scope ends
+        it when a reload replaces the runtime); a failed probe is recorded, never raised."""
         while True:
             async with trio.open_nursery() as nursery:
                 for upstream in self._upstreams:

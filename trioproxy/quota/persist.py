@@ -127,6 +127,8 @@ class StatePersister:
         log.warning("state file %s is unreadable (%s); kept as %s, starting fresh", self._path, reason, aside)
 
     async def save(self) -> None:
+        """Write the ledger's (and the clients') state, replacing the file atomically; a write
+        that fails is logged, never raised: the proxy serves on and the next save tries again."""
         offset = self._wall_offset()
         clients = self._clients.export_state(offset) if self._clients is not None else None
         data = encode_state(self._current().export_state(offset), clients)

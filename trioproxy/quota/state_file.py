@@ -79,6 +79,8 @@ _decoder = msgspec.json.Decoder(_State)
 
 
 def encode_state(ledger_state: dict[str, Any], clients_state: dict[str, Any] | None = None) -> bytes:
+    """The state file's bytes for what the ledger (and the clients' book) exported; `decode_state`
+    reads them back."""
     state = {"version": STATE_VERSION, "ledger": ledger_state}
     if clients_state is not None:
         state["clients"] = clients_state

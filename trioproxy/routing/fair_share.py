@@ -205,6 +205,8 @@ class ShareTicket:
         return self.share.refusal(self.client, self.cost)
 
     def took(self) -> None:
+        """Count the request against its client's share now (before the ledger answers); settle
+        it with `settle`, or undo it with `give_back` if the provider does not take it."""
         self._booking = self.share.took(self.client, self.cost)
 
     def settle(self, tokens: int) -> None:

@@ -102,6 +102,8 @@ class Patience:
                 self.paces[name] = Pace(pace.first_token_seconds, pace.tokens_per_second)
 
     def timer(self, upstream: Upstream) -> AnswerTimer:
+        """A new timer for one answer of `upstream`, the caller's: what it measures teaches this
+        provider's pace and the completions' typical length."""
         return AnswerTimer(self.paces[upstream.quota_key], self._learn_completion)
 
     def _learn_completion(self, tokens: int) -> None:
@@ -235,7 +237,11 @@ class _Booking:
         # Counted before the ledger's answer (a round trip to a shared ledger): the client's
         # next request, checked meanwhile, sees this one; given back if the ledger refuses.
         self.ticket.took()
-        got = await ledger.reserve(name, self.tokens, floor=self.floor, uncached=self.uncached)
+        try:
+            got = await ledger.reserve(name, self.tokens, floor=self.floor, uncached=self.uncached)
+        except BaseException:  # cancelled (the client left) or the ledger failed: nothing was taken
+            self.ticket.give_back()
+            raise
         if not isinstance(got, Reservation):
             self.ticket.give_back()
         return got

@@ -17,7 +17,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from attrs import frozen
 from xxhash import xxh3_64_intdigest
 
@@ -103,8 +102,9 @@ class PromptMemory:
     def __init__(self, keys: int, ttl: float, block: int, entries: int, clock: Callable[[], float]) -> None:
         self._ttl, self._block, self._clock = ttl, block, clock
         self._keys = [_KeyMemory(entries) for _ in range(keys)]
-        # While shared with other processes: what this one remembered since it last published.
-        self._outbox: list[Remembered] | None = None
+        # While shared with other processes: what this one remembered since it last published,
+        # as (key index, digest, tokens, deadline on this process's clock).
+        self._outbox: list[tuple[int, int, int, float]] | None = None
 
     @property
     def ttl(self) -> float:
@@ -115,16 +115,16 @@ class PromptMemory:
         if self._outbox is None:
             self._outbox = []
 
-    def take_remembered(self) -> list["Remembered"]:
+    def take_remembered(self) -> list[Remembered]:
         """What this process remembered since the last call, each with the seconds it has left."""
         if not self._outbox:
             return []
         taken, self._outbox = self._outbox, []
         now = self._clock()
-        return [attrs.evolve(entry, seconds_left=entry.seconds_left - now) for entry in taken
-                if entry.seconds_left > now]
+        return [Remembered(key_index, digest, tokens, until - now) for key_index, digest, tokens, until in taken
+                if until > now]
 
-    def learn(self, entry: "Remembered") -> None:
+    def learn(self, entry: Remembered) -> None:
         """Another process sent key `entry.key_index` a prompt with this prefix: remember it
         here too, for the seconds it has left (at most the cache's life), without passing it on."""
         if not 0 <= entry.key_index < len(self._keys) or entry.tokens <= 0 or entry.seconds_left <= 0:
@@ -168,8 +168,7 @@ class PromptMemory:
     def _put(self, key_index: int, digest: int, tokens: int, until: float) -> None:
         self._keys[key_index].put(digest, tokens, until)
         if self._outbox is not None and len(self._outbox) < OUTBOX_ENTRIES:
-            # Until published, `seconds_left` holds the deadline on this process's clock.
-            self._outbox.append(Remembered(key_index, digest, tokens, until))
+            self._outbox.append((key_index, digest, tokens, until))
 
     def size(self) -> int:
         """Entries held over all keys (for tests and operators)."""

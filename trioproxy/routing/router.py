@@ -4,10 +4,11 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
+from attrs import define, field
 
 from ..errors import ProxyError
 from ..logs import REQUEST_ID
@@ -75,6 +76,11 @@ class Router:
             if u.config.prompt_cache_seconds > 0
         }
 
+    def take(self, request: ChatRequest) -> "Routing":
+        """`request`'s way through this router; what routing does for it is the `outcome` of
+        the Routing returned, which routing alone writes."""
+        return Routing(self, request)
+
     def expected_tokens(self, body: dict[str, Any]) -> int:
         """The tokens a request is expected to take in all, as its first provider books it: the
         prompt's estimate plus the completion budget it is sent with (the client's, within the
@@ -88,7 +94,8 @@ class Router:
         return prompt + (cap if cap is not None else math.ceil(self.patience.completion_tokens))
 
     async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
-        """A non-streamed chat answer from the first provider that delivers."""
+        """A non-streamed chat answer from the first provider that delivers; `record` is the
+        request's outcome, filled in as routing goes (see `take`)."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> dict[str, Any]:
             with upstream.answer_deadline():
@@ -110,7 +117,8 @@ class Router:
     @asynccontextmanager
     async def stream(self, request: ChatRequest, record: RouteRecord) -> AsyncIterator[StreamRelay]:
         """A stream whose status is 2xx and whose first content has arrived (the first-chunk gate),
-        relayed on by the next providers that can serve should it break off later."""
+        relayed on by the next providers that can serve should it break off later; `record` is
+        the request's outcome, complete when the stream ends (see `take`)."""
 
         async def resume(said: SaidSoFar, passed_over: frozenset[str]) -> OpenStream | None:
             def ask(upstream: Upstream, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -347,7 +355,7 @@ class Router:
         )
         if backoff is not None:
             source = "provider's hint" if backoff.from_provider else "default"
-            await self._cooldowns.start(reservation.account, backoff.seconds, f"{failure.status} {backoff.kind}, {source}")
+            await self._cooldowns.start(reservation.account, backoff.seconds, f"{failure.status} {backoff.window}, {source}")
 
     def _final_error(self, last_failure: UpstreamFailure | None) -> ProxyError:
         """The client's error when no provider delivered: the last provider's, or a quota refusal."""
@@ -369,3 +377,23 @@ class Router:
         now = self.ledger.now()
         soonest = min(self.ledger.available_at(upstream.quota_key) for upstream in self.upstreams)
         return max(1, math.ceil(soonest - now))
+
+
+@define
+class Routing:
+    """One request's way through a router. `outcome` is what routing did (providers tried, why,
+    tokens, time waited); routing alone writes it, as it goes: it is whole once `complete`
+    returns or raises, or once the stream ends. A request cancelled half-way keeps what was done.
+    """
+
+    router: Router
+    request: ChatRequest
+    outcome: RouteRecord = field(factory=RouteRecord)
+
+    async def complete(self) -> dict[str, Any]:
+        """The non-streamed answer; a ProxyError when no provider delivered."""
+        return await self.router.complete(self.request, self.outcome)
+
+    def stream(self) -> AbstractAsyncContextManager[StreamRelay]:
+        """The stream, open past the first-chunk gate; a ProxyError when no provider delivered."""
+        return self.router.stream(self.request, self.outcome)

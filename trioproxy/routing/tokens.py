@@ -61,6 +61,8 @@ class PromptEstimator:
         return raw, max(1, round(raw * self.ratio))
 
     def learn(self, raw_estimate: int, actual: int) -> None:
+        """Move the ratio a step towards `actual / raw_estimate` (within BOUNDS); a figure of 0
+        or less on either side teaches nothing."""
         if raw_estimate <= 0 or actual <= 0:
             return
         low, high = self.BOUNDS

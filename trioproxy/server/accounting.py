@@ -1,6 +1,4 @@
-"""The one place a finished request is accounted for: its log line, metrics and the dashboard's history."""
-
-import logging
+"""The one place a finished request is accounted for: its log line (request_log), metrics and the dashboard's history."""
 
 import trio
 
@@ -8,10 +6,8 @@ from ..runtime import Runtime
 from .history import TrafficHistory
 from .metrics import Metrics
 from .refusals import Refusals
+from .request_log import log_served
 from .served import ServedRequest
-
-log = logging.getLogger("trioproxy.request")
-
 
 def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, history: TrafficHistory,
                    refusals: Refusals) -> None:
@@ -34,32 +30,7 @@ def finish_request(served: ServedRequest, runtime: Runtime, metrics: Metrics, hi
     if served.status != 200:
         refusals.observe(served.request_id, served.api, "POST", "", served.status, reason, served.message,
                          refused=bool(served.refusal))
-    if not log.isEnabledFor(logging.INFO):
-        return
-    ledger = runtime.ledger
-    router = runtime.routers.get(served.model, runtime.router)
-    quota = " ".join(filter(None, (ledger.summary(upstream.quota_key) for upstream in router.upstreams)))
-    log.info(
-        "request %s api=%s provider=%s reason=%r route=%s client=%s stream=%s status=%d prompt_tokens=%s completion_tokens=%s latency_ms=%.0f waited_ms=%.0f%s%s%s%s%s quota: %s",
-        served.request_id,
-        served.api,
-        route.account if route.account != "-" else route.provider,
-        reason,
-        served.model,
-        served.client,
-        "yes" if served.stream else "no",
-        served.status,
-        route.prompt_tokens if route.prompt_tokens is not None else "-",
-        route.completion_tokens if route.completion_tokens is not None else "-",
-        latency * 1000,
-        route.waited_seconds * 1000,
-        f" waited_for={route.waited_why!r}" if route.waited_why else "",
-        f" cached_tokens={route.cached_tokens}" if route.cached_tokens else "",
-        f" continued_from={','.join(name for name, _ in route.continuations)}" if route.continuations else "",
-        f" dropped_tools={','.join(served.dropped_tools)}" if served.dropped_tools else "",
-        f" message={served.message!r}" if served.message else "",
-        quota or "-",
-    )
+    log_served(served, runtime, reason, latency)
 
 
 def _count_for_client(served: ServedRequest, runtime: Runtime, metrics: Metrics) -> None:

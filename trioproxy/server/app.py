@@ -34,8 +34,9 @@ from .door_choice import DOORS, RESPONSES_PATH, error_door
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
 from .metrics import CONTENT_TYPE, Metrics
-from .refusals import MESSAGE_CHARS, Refusals, log_refusal, refusal_reason
+from .refusals import MESSAGE_CHARS, Refusals, refusal_reason
 from .request_id import request_id_from
+from .request_log import log_refused
 from .serving import Serving
 from .served import STATUS_CLIENT_CLOSED, ServedRequest
 
@@ -225,7 +226,7 @@ class ProxyApp:
             self.metrics.unknown_path(*self.refusals.unknown_path(method, path))
         self.refusals.observe(request_id, api, method, path, error.status, refusal_reason(error), message,
                               refused=True)
-        log_refusal(request_id, api, method, path, error, message)
+        log_refused(request_id, api, method, path, error, refusal_reason(error), message)
 
     async def _metrics(self, send: Send, extra: dict[str, str]) -> None:
         await send_response(send, 200, self.metrics.render(), CONTENT_TYPE, extra)
@@ -268,13 +269,14 @@ class ProxyApp:
     async def _serve(self, runtime: Runtime, exchange: Exchange, served: ServedRequest, send: Send,
                      extra: dict[str, str]) -> None:
         request = exchange.request
-        router = runtime.routers[request.route]
+        routing = runtime.routers[request.route].take(request)
+        served.route = routing.outcome  # the one copy: routing writes it, the request's log line reads it
         if not request.stream:
-            document = await router.complete(request, served.route)
+            document = await routing.complete()
             served.status = 200
             await _send_json(send, 200, exchange.answer(document), {**extra, OVERHEAD_HEADER: _overhead_ms(served)})
             return
-        async with router.stream(request, served.route) as relay:
+        async with routing.stream() as relay:
             served.status = 200
             served.first_byte_at = trio.current_time()
             headers = [*encode_headers({OVERHEAD_HEADER: _overhead_ms(served)}), (b"content-type", exchange.stream_content_type),
@@ -386,7 +388,7 @@ async def _cancel_on_disconnect(scope: Scope, receive: Receive, send: _SentSoFar
 
         try:
             if gone is not None:
-                gone.callback = client_gone
+                gone.watch(client_gone)
                 await work(send)
             else:
                 await _watching_receive(receive, client_gone, lambda: work(send))
@@ -394,7 +396,7 @@ async def _cancel_on_disconnect(scope: Scope, receive: Receive, send: _SentSoFar
             refused = error
         finally:
             if gone is not None:
-                gone.callback = None
+                gone.watch(None)
     if disconnected:
         raise ClientDisconnected()
     if refused is not None:

@@ -13,14 +13,27 @@ CLIENT_GONE = "trioproxy.client_gone"
 
 
 class ClientGone:
-    """Where the app leaves a callback for the moment the server would queue `http.disconnect`
-    (the client left, or the response is complete): called at once, in the server's task, so
-    an app need not keep a task waiting on `receive` for it."""
+    """Tells the app the moment the server would queue `http.disconnect` (the client left, or the
+    response is complete), in the server's task, so an app need not keep a task waiting on
+    `receive` for it. It remembers the moment: a client may leave before the app is watching."""
 
-    __slots__ = ("callback",)
+    __slots__ = ("_callback", "gone")
 
     def __init__(self) -> None:
-        self.callback: Callable[[], None] | None = None
+        self._callback: Callable[[], None] | None = None
+        self.gone = False
+
+    def watch(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` when the client is gone, at once if it is gone already; None stops watching."""
+        self._callback = callback
+        if callback is not None and self.gone:
+            callback()
+
+    def notify(self) -> None:
+        """The server's side: the client is gone (or the response is complete)."""
+        self.gone = True
+        if self._callback is not None:
+            self._callback()
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -195,8 +195,7 @@ class ProxyHTTPStream(HTTPStream):
 
     async def handle(self, event: Any) -> None:
         if isinstance(event, StreamClosed) and not self.closed and self._client_gone is not None:
-            if (callback := self._client_gone.callback) is not None:
-                callback()
+            self._client_gone.notify()
         await super().handle(event)
         if isinstance(event, Request) and not self.closed:
             # The app's task was started with start_soon and has not run yet (nothing above

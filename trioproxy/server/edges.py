@@ -10,7 +10,6 @@ Hypercorn bounds a request head only while it is still arriving (h11_max_incompl
 16 KiB): a head that arrives whole in one read of up to 64 KiB passes. The bound is kept here.
 """
 
-import logging
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -21,8 +20,7 @@ from ..jsoncodec import dump_json
 from .asgi import Scope, header
 from .door_choice import error_door
 from .request_id import request_id_from
-
-log = logging.getLogger("trioproxy.request")
+from .request_log import log_edge_refusal
 
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers, as Hypercorn's h11_max_incomplete_size
 
@@ -63,7 +61,7 @@ class HttpEdges:
         """Answer `error` in the shape of the door the path belongs to and close the connection:
         nothing after it is served."""
         request_id = request_id_from(header(scope, b"x-request-id"))
-        log.info("request %s refused: status=%d reason=%r", request_id, error.status, reason)
+        log_edge_refusal(request_id, error, reason)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         google_key = header(scope, b"x-goog-api-key") is not None or "key" in query
         body = dump_json(error_door(origin_form(scope)["path"], google_key).body(error))

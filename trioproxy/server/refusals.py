@@ -6,7 +6,6 @@ the last `RECENT_REFUSALS` refusals, and unknown paths by method and a path fami
 capped (a scanner that tries thousands of paths adds one family, `other`).
 """
 
-import logging
 import re
 import time
 from collections import Counter, deque
@@ -14,8 +13,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..errors import ProxyError
-
-log = logging.getLogger("trioproxy.request")
 
 MESSAGE_CHARS = 200  # a refusal's message as logged and shown: the gist, not a document
 RECENT_REFUSALS = 20
@@ -93,18 +90,3 @@ class Refusals:
                               for (method, family), count in self.unknown_paths.most_common()],
             "recent": [refusal._asdict() for refusal in reversed(self._recent)],
         }
-
-
-def log_refusal(request_id: str, api: str, method: str, path: str, error: ProxyError, message: str) -> None:
-    """One INFO line for a request refused before a front door took it (unknown path or
-    method, a missing key), in the request line's format plus method, path and the message."""
-    log.info(
-        "request %s api=%s provider=- reason=%r status=%d method=%s path=%r message=%r",
-        request_id,
-        api,
-        refusal_reason(error),
-        error.status,
-        method[:16],
-        path[:MESSAGE_CHARS],
-        message,
-    )

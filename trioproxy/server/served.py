@@ -15,7 +15,7 @@ class ServedRequest:
 
     request_id: str
     api: str  # the front door: chat, responses or messages
-    route: RouteRecord = field(factory=RouteRecord)
+    route: RouteRecord = field(factory=RouteRecord)  # routing's outcome, copied in once routing starts
     model: str = "-"  # the model route the client's model name resolved to
     stream: bool = False
     status: int = 0
