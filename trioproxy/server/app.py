@@ -239,7 +239,7 @@ class ProxyApp:
         extra = {"x-request-id": request_id}
         sent = _SentSoFar(send)
         try:
-            exchange = door.parse(await self._read_body(scope, receive), runtime.models)
+            exchange = door.parse(await self._read_body(scope, receive), runtime.models.offering(client.routes))
             served.stream, served.model = exchange.request.stream, exchange.request.route
             if dropped := exchange.request.dropped_tools:
                 if runtime.config.hosted_tools == "refuse":
