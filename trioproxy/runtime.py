@@ -34,7 +34,7 @@ class Runtime:
     models: ModelNames
     routers: dict[str, Router]  # one per route, by the route's name
     ledger: Ledger
-    prober_scope: trio.CancelScope  # ends the prober (and the Redis exchanges) when a reload replaces it
+    background_scope: trio.CancelScope  # ends the prober and the Redis exchanges when a reload replaces it
     sanitizer: Sanitizer  # the one scrubber: what a client or provider wrote, before logs and views
     clients: ClientBook  # budgets and usage by client; carried over a reload, like the ledger
     fair_share: FairShare  # the clients' use of each provider with limits; carried over too
@@ -91,7 +91,7 @@ async def build_runtime(
 ) -> Runtime:
     """Routers, ledger and prober for `config`; the ledger and health carry over from `previous`.
 
-    The prober (and the Redis exchanges) run in `nursery` until `Runtime.prober_scope` is
+    The prober (and the Redis exchanges) run in `nursery` until `Runtime.background_scope` is
     cancelled, which the caller does when it replaces this runtime; a Redis store started here
     belongs to `nursery` too. Raises QuotaStoreError when a new Redis store cannot start (the
     previous runtime then keeps serving).
@@ -139,7 +139,7 @@ async def build_runtime(
                 wanted[u.name].append(u.config.model)
     prober = HealthProber([upstream(p, None) for p in providers], wanted, health,
                           config.health_check_interval_ms / 1000, config.health_check_failures)
-    prober_scope = trio.CancelScope()
+    background_scope = trio.CancelScope()
 
     if previous is not None:
         clients = previous.clients
@@ -153,16 +153,16 @@ async def build_runtime(
         if memories:
             exchanges.append(PromptExchange(ledger.store, config.redis_key_prefix, memories))
 
-    async def probe() -> None:
-        with prober_scope:
+    async def background() -> None:
+        with background_scope:
             async with trio.open_nursery() as tasks:
                 for exchange in exchanges:
                     tasks.start_soon(exchange.run)
                 await prober.run()
 
-    nursery.start_soon(probe)
+    nursery.start_soon(background)
     models = ModelNames(tuple(
         ServedModel(route.name, route.aliases, route_limits((u.config for u in routes[route.name]), route.context_window,
                                                            route.max_output_tokens))
         for route in config.routes))
-    return Runtime(config, models, routers, ledger, prober_scope, Sanitizer(secrets(config)), clients, fair_share)
+    return Runtime(config, models, routers, ledger, background_scope, Sanitizer(secrets(config)), clients, fair_share)

@@ -189,6 +189,10 @@ async def test_a_client_may_use_only_its_routes(providers: Providers, start_prox
     with pytest.raises(openai.PermissionDeniedError) as refused:
         await openai_client(proxy, ALICE_KEY).chat.completions.create(model="big", messages=[{"role": "user", "content": "hi"}])
     assert refused.value.response.json()["error"]["code"] == "model_not_allowed"
+    with pytest.raises(openai.NotFoundError) as unknown:  # an unknown name: offered only its routes
+        await openai_client(proxy, ALICE_KEY).chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    assert "`big`" not in unknown.value.response.json()["error"]["message"]
+    assert f"`{MODEL}`" in unknown.value.response.json()["error"]["message"]
     with pytest.raises(anthropic.PermissionDeniedError):
         await anthropic_client(proxy, ALICE_KEY).messages.create(model="big", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert providers.chutes.served == 0

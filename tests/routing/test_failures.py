@@ -49,8 +49,10 @@ def test_every_door_renders_every_status_routing_can_answer_with() -> None:
             body = json.loads(json.dumps(render(error)))
             inner = body["error"]
             assert inner["message"] == f"status {status}", (api, status)
-            named = inner.get("status") or inner["type"]  # Google's name, or OpenAI's or Anthropic's type
-            assert named in (error_types(status).openai, error_types(status).anthropic, error_types(status).google)
+            names = error_types(status)
+            expected = {"messages": ("type", names.anthropic), gemini.API: ("status", names.google)}.get(
+                api, ("type", names.openai))  # Chat and Responses speak OpenAI's vocabulary
+            assert (expected[0], inner.get(expected[0])) == expected, (api, status, inner)
 
 
 @pytest.mark.parametrize(("status", "message", "code", "kind"), [
@@ -94,7 +96,7 @@ def test_the_wait_the_provider_names_wins() -> None:
     refused = failure(429, "Tokens per minute limit exceeded", headers={"x-ratelimit-reset-tokens-minute": "42"})
     assert (refused.window, refused.retry_after) == ("tpm", 42)
     backoff = backoff_for(refused, quota_cooldown=60, capacity_backoff=5)
-    assert backoff is not None and (backoff.seconds, backoff.kind, backoff.from_provider) == (42, "tpm", True)
+    assert backoff is not None and (backoff.seconds, backoff.window, backoff.from_provider) == (42, "tpm", True)
     assert backoff_for(refused, 60, 5, honour_hints=False).seconds == 60  # type: ignore[union-attr]
     assert backoff_for(failure(503, "busy"), 60, 5, honour_hints=False) is None
     assert backoff_for(failure(500, "oops"), 60, 5) is None

@@ -133,7 +133,7 @@ async def _apply_reloads(
                 raise
             log.error("reload refused: %s; keeping the running configuration", refused)
             continue
-        current.prober_scope.cancel()
+        current.background_scope.cancel()
         logging.getLogger().setLevel(LEVELS[config.log_level])
         redact_with(app.runtime.sanitizer)
         log.info("configuration reloaded: %s%s", _describe(config), restart)

@@ -194,8 +194,17 @@ class _ResponseBody(httpx.AsyncByteStream):
         if conn is None:
             return
         with _HttpxErrors(self._request, httpx.ReadTimeout, httpx.ReadError):
-            while isinstance(event := await conn.next_event(self._read_timeout), h11.Data):
-                yield bytes(event.data)
+            event = await conn.next_event(self._read_timeout)
+            while isinstance(event, h11.Data):
+                # h11 hands a chunked body over chunk by chunk (an SSE event is often a chunk):
+                # the chunks one network read brought go on as one piece, so the events that
+                # arrived together are relayed in one write, as Upstream.event_batches intends.
+                parts = [event.data]
+                while isinstance(event := conn.h11.next_event(), h11.Data):
+                    parts.append(event.data)
+                yield b"".join(parts)
+                if event is h11.NEED_DATA:
+                    event = await conn.next_event(self._read_timeout)
         if not isinstance(event, h11.EndOfMessage):
             raise httpx.RemoteProtocolError("connection closed before the body was complete",
                                             request=self._request)

@@ -103,6 +103,8 @@ class ProviderClient:
         return cls(client, chat_url, transport, timeout.as_dict())
 
     async def send_chat(self, content: bytes, api_key: str) -> httpx.Response:
+        """POST `content` to the chat URL; the response is open (its body unread) and the caller
+        must close it. Raises httpx's errors as they come (the caller maps them)."""
         headers = {**_HEADERS, "content-type": "application/json", "authorization": f"Bearer {api_key}"}
         if self.direct is None:
             request = self.client.build_request("POST", self.chat_url, content=content, headers=headers)
@@ -157,6 +159,7 @@ class Upstream:
         return _Deadline(self, seconds, what)
 
     def timeout(self, seconds: float, what: str) -> UpstreamFailure:
+        """The failure to raise when this provider took longer than `seconds` to `what`."""
         return timeout_failure(self.name, seconds, what)
 
     def first_event_deadline(self) -> "_Deadline":

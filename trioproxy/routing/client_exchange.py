@@ -3,7 +3,7 @@
 Each process publishes what its clients asked of and used of each provider over the last
 minute (for the fair share) and what each of their budget windows counted, adds the usage it
 counted since the last round to one shared hash, and reads back every process's figures and the
-shared usage: all in one script call (`client_exchange.lua`), so a round is one round trip and
+shared usage: all in one script call (`quota/redis/client_exchange.lua`), so a round is one round trip and
 one atomic step (no process reads another's figures half written, and usage is added whole or
 not at all). A second of delay is the price of keeping every Redis call off the requests' path;
 a process that stops publishing drops out when its figures expire.
@@ -13,7 +13,6 @@ The keys share one hash tag, `{clients}`, so a Redis Cluster keeps them on one n
 
 import json
 import logging
-from importlib import resources
 from collections.abc import Callable
 from typing import Any
 
@@ -22,12 +21,13 @@ import trio
 
 from ..quota.clients import USAGE_FIELDS, ClientBook
 from ..quota.redis.client import Client
+from ..quota.redis.scripts import script
 from ..quota.redis.store import QuotaStore
 from .fair_share import FairShare, Published
 
 INTERVAL = 1.0
 EXPIRES = 5  # seconds a replica's figures outlive its last publication
-SCRIPT = resources.files(__package__).joinpath("client_exchange.lua").read_text()
+SCRIPT = script("client_exchange.lua")
 
 log = logging.getLogger("trioproxy.client_exchange")
 
@@ -71,6 +71,8 @@ class ClientExchange:
             book.usage.shared = {}
 
     async def run(self) -> None:
+        """Exchange every INTERVAL seconds until cancelled (the runtime's background scope owns
+        it); a round while Redis is down is skipped, and the store reports the outage."""
         while True:
             await self.exchange()
             await trio.sleep(INTERVAL)

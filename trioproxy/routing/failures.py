@@ -59,7 +59,7 @@ class Backoff:
     """How long to leave a provider alone, and a short label for logs and state."""
 
     seconds: float
-    kind: str  # "rpm", "tpm", "utpm", "rpd", "tpd", "capacity" or "unknown"
+    window: str  # the limit that ran out: "rpm", "tpm", "utpm", "rpd", "tpd", "capacity" or "unknown"
     from_provider: bool  # the provider named the time (Retry-After or a reset header)
 
 

@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from ..errors import ProxyError, quoted
 from .limits import RouteLimits
@@ -32,6 +32,7 @@ class ModelNames:
     """The routes' names; `resolve` turns what a client asked for into a route name."""
 
     models: tuple[ServedModel, ...]
+    offered: tuple[str, ...] | None = None  # the names a 404 offers (None: every route's)
     _exact: dict[str, str] = field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -53,6 +54,14 @@ class ModelNames:
             return self
         return ModelNames(tuple(model for model in self.models if model.name in routes))
 
+    def offering(self, routes: frozenset[str]) -> "ModelNames":
+        """These names, whose 404 for an unknown name offers only `routes` (a client limited to
+        them; all when empty). Every route still resolves, for admission to refuse another
+        route with a 403 that says so."""
+        if not routes:
+            return self
+        return evolve(self, offered=tuple(name for name in self.names if name in routes))
+
     def card(self, name: object) -> ServedModel:
         """The route `name` stands for, with what model lists say of it; errors as `resolve`."""
         route = self.resolve(name)
@@ -68,7 +77,7 @@ class ModelNames:
         for model in self.models:
             if any(fnmatchcase(name, alias) for alias in model.aliases):
                 return model.name
-        served = ", ".join(f"`{model}`" for model in self.names)
+        served = ", ".join(f"`{model}`" for model in (self.names if self.offered is None else self.offered))
         raise ProxyError(
             404,
             f"The model `{quoted(name)}` does not exist. This proxy serves {served}"

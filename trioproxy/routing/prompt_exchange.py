@@ -60,6 +60,8 @@ class PromptExchange:
             memory.share()
 
     async def run(self) -> None:
+        """Exchange every INTERVAL seconds until cancelled (the runtime's background scope owns
+        it); a round while Redis is down is skipped, and the store reports the outage."""
         while True:
             await self.exchange()
             await trio.sleep(INTERVAL)

@@ -355,7 +355,7 @@ class Router:
         )
         if backoff is not None:
             source = "provider's hint" if backoff.from_provider else "default"
-            await self._cooldowns.start(reservation.account, backoff.seconds, f"{failure.status} {backoff.kind}, {source}")
+            await self._cooldowns.start(reservation.account, backoff.seconds, f"{failure.status} {backoff.window}, {source}")
 
     def _final_error(self, last_failure: UpstreamFailure | None) -> ProxyError:
         """The client's error when no provider delivered: the last provider's, or a quota refusal."""

@@ -7,7 +7,7 @@ back; this module only moves bytes between Hypercorn and the door, whichever it 
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -27,15 +27,16 @@ from . import operator_views as operator
 from .accounting import finish_request
 from .admission import admit_client
 from .auth import ANYONE, Client
-from .asgi import CLIENT_GONE, ClientGone, Message, Receive, Scope, Send, encode_headers, header, send_response
-from .browser_guard import check_json_body
+from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
 from .dashboard import Dashboard
+from .disconnect import ClientDisconnected, SentSoFar, cancel_on_disconnect
 from .door_choice import DOORS, RESPONSES_PATH, error_door
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
 from .metrics import CONTENT_TYPE, Metrics
 from .refusals import MESSAGE_CHARS, Refusals, refusal_reason
 from .request_id import request_id_from
+from .request_body import read_body
 from .request_log import log_refused
 from .serving import Serving
 from .served import STATUS_CLIENT_CLOSED, ServedRequest
@@ -52,10 +53,6 @@ _ALLOWED = {**{path: "POST" for path in DOORS}, COUNT_TOKENS_PATH: "POST", MODEL
 OVERHEAD_HEADER = "x-trioproxy-overhead-ms"
 DROPPED_TOOLS_HEADER = "x-trioproxy-dropped-tools"  # hosted tools left out of what went upstream
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-
-
-class ClientDisconnected(Exception):
-    """The client closed its connection before we were done."""
 
 
 class ProxyApp:
@@ -153,7 +150,7 @@ class ProxyApp:
             if door is not None and method == "POST":
                 await self._door(door, client, scope, receive, send, request_id)
             elif path == COUNT_TOKENS_PATH and method == "POST":
-                raw = await self._read_body(scope, receive)
+                raw = await read_body(scope, receive, self.runtime.config)
                 counted = messages.count_tokens(raw, runtime.models, lambda route: runtime.routers[route].estimator)
                 await _send_json(send, 200, counted, extra)
             elif path.startswith(RESPONSES_PATH + "/"):
@@ -208,7 +205,7 @@ class ProxyApp:
             parse = partial(gemini.parse, call=call, sse=query.get("alt") == ["sse"])
             await self._door(Door(gemini.API, parse, gemini.error_body), client, scope, receive, send, request_id)
         elif call.method == gemini.COUNT:
-            raw = await self._read_body(scope, receive)
+            raw = await read_body(scope, receive, self.runtime.config)
             counted = gemini.count_tokens(raw, runtime.models, call, lambda route: runtime.routers[route].estimator)
             await _send_json(send, 200, counted, extra)
         elif call.model is None:
@@ -237,9 +234,9 @@ class ProxyApp:
         runtime = self.runtime  # a reload mid-request does not change what serves it
         served = ServedRequest(request_id, door.api, client=client.name)
         extra = {"x-request-id": request_id}
-        sent = _SentSoFar(send)
+        sent = SentSoFar(send)
         try:
-            exchange = door.parse(await self._read_body(scope, receive), runtime.models)
+            exchange = door.parse(await read_body(scope, receive, self.runtime.config), runtime.models.offering(client.routes))
             served.stream, served.model = exchange.request.stream, exchange.request.route
             if dropped := exchange.request.dropped_tools:
                 if runtime.config.hosted_tools == "refuse":
@@ -249,7 +246,7 @@ class ProxyApp:
             admit_client(runtime, client, exchange.request, served)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
-            await _cancel_on_disconnect(scope, receive, sent, lambda send: self._serve(runtime, exchange, served, send, extra))
+            await cancel_on_disconnect(scope, receive, sent, lambda send: self._serve(runtime, exchange, served, send, extra))
         except ProxyError as error:
             served.status = error.status
             if served.route.provider == "-":  # refused before any provider was asked
@@ -298,33 +295,6 @@ class ProxyApp:
                 failure = SHUTDOWN_ERROR
             await send({"type": "http.response.body", "body": exchange.stream_end(failure), "more_body": False})
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """The whole body of a request, which must be declared JSON (what a web page cannot send
-        unasked), within max_body_bytes and request_timeout_ms."""
-        check_json_body(header(scope, b"content-type"))
-        max_body_bytes = self.runtime.config.max_body_bytes
-        declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            raise _too_large(max_body_bytes)
-        chunks: list[bytes] = []
-        size = 0
-        # A client that stops sending its body would hold a connection and a task forever.
-        deadline = trio.current_time() + self.runtime.config.request_timeout_ms / 1000
-        with trio.move_on_at(deadline):  # one scope for every read of the body
-            while True:
-                message = await receive()
-                if trio.current_time() >= deadline:
-                    break
-                if message["type"] == "http.disconnect":
-                    raise ClientDisconnected()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > max_body_bytes:
-                    raise _too_large(max_body_bytes)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-        raise ProxyError(408, "The request body did not arrive in time.", code="request_timeout")
 
 
 def _limits(runtime: Runtime) -> Callable[[str], RouteLimits]:
@@ -346,82 +316,6 @@ def internal_error(request_id: str) -> ProxyError:
     """What a client is told when trioproxy itself failed: the id to find the log's traceback by."""
     return ProxyError(500, f"trioproxy failed on this request (request id {request_id}); its log has the details.",
                       type="api_error", code="internal_error")
-
-
-def _too_large(limit: int) -> ProxyError:
-    return ProxyError(413, f"Request body is larger than the limit of {limit} bytes.", code="request_too_large")
-
-
-class _SentSoFar:
-    """A `send` that notes whether the response has started and whether its last body message
-    is on its way (one wrapper for both: each layer costs every message a coroutine call)."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.started = False
-        self.finished = False
-
-    async def __call__(self, message: Message) -> None:
-        self.started = True
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.finished = True
-        await self._send(message)
-
-
-async def _cancel_on_disconnect(scope: Scope, receive: Receive, send: _SentSoFar,
-                                work: Callable[[Send], Awaitable[None]]) -> None:
-    """Run `work(send)`, cancelling it the moment the client disconnects (Hypercorn never cancels us).
-
-    Without this, a proxy keeps reading, and paying for, upstream tokens nobody will read. Our
-    server says so through the scope's ClientGone; under another, a task waits on `receive`.
-    """
-    disconnected = False
-    refused: ProxyError | None = None
-    gone: ClientGone | None = scope.get("extensions", {}).get(CLIENT_GONE)
-    with trio.CancelScope() as cancel_scope:
-
-        def client_gone() -> None:
-            nonlocal disconnected
-            if not send.finished:  # the last body message is on its way: a disconnect now is the normal end
-                disconnected = True
-                cancel_scope.cancel()
-
-        try:
-            if gone is not None:
-                gone.watch(client_gone)
-                await work(send)
-            else:
-                await _watching_receive(receive, client_gone, lambda: work(send))
-        except ProxyError as error:
-            refused = error
-        finally:
-            if gone is not None:
-                gone.watch(None)
-    if disconnected:
-        raise ClientDisconnected()
-    if refused is not None:
-        raise refused
-
-
-async def _watching_receive(receive: Receive, client_gone: Callable[[], None],
-                            work: Callable[[], Awaitable[None]]) -> None:
-    """Run `work()` while a task waits on `receive` for `http.disconnect` and then calls `client_gone`."""
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        client_gone()
-
-    refused: ProxyError | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
-        try:
-            await work()
-        except ProxyError as error:
-            refused = error  # raised below, unwrapped: a nursery would put it in an ExceptionGroup
-        nursery.cancel_scope.cancel()
-    if refused is not None:
-        raise refused
 
 
 def _with_headers(send: Send, headers: dict[str, str]) -> Send:

@@ -14,7 +14,6 @@ import ipaddress
 from fnmatch import fnmatchcase
 
 from ..errors import ProxyError, quoted
-from .asgi import Scope
 
 _JSON = "application/json"
 

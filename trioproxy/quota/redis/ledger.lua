@@ -17,13 +17,7 @@
 -- ''. Revisions: each account's (see `share`), -1 for one the call did not read. A reservation
 -- granted is the hot path: it answers a few numbers and writes only the fields that changed.
 
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-else
-  now = tonumber(ARGV[1])
-end
+-- (`now` comes from the prelude, now.lua)
 local START, CEILING = {}, {}
 local WINDOW_COUNT = tonumber(ARGV[2])
 for j = 0, WINDOW_COUNT - 1 do

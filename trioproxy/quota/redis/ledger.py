@@ -89,6 +89,11 @@ def account_key(prefix: str, provider: str, api_key: str) -> str:
 
 
 class RedisLedger:
+    """The quota ledger shared through Redis by every replica and worker (the `Ledger` contract
+    of `quota/contract.py`, whose docstrings say what each method answers and raises). It books
+    from a share the store took ahead for this process while far from a limit, and through one
+    script call per request near one; the store (`store.py`) owns the connection and outages."""
+
     def __init__(
         self,
         providers: Iterable[ProviderConfig],

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from importlib import resources
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -24,12 +23,13 @@ from attrs import define, field, frozen
 from coredis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
 from .client import Client, QuotaStoreError, RedisAccess, explain, open_redis
+from .scripts import script
 
 log = logging.getLogger("trioproxy.quota")
 
 T = TypeVar("T")
 
-SCRIPT = resources.files(__package__).joinpath("ledger.lua").read_text()
+SCRIPT = script("ledger.lua")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # A simulation on Trio's MockClock sets this for the stores it starts: their time then comes
 # from that clock instead of Redis's TIME (buckets refill in simulated time).

@@ -5,13 +5,7 @@
 -- ARGV[1] the time ("" = Redis TIME), ARGV[2] this replica, ARGV[3] its figures,
 -- ARGV[4] seconds they outlive this call, then pairs (usage field, amount to add).
 -- Returns {figures of every replica still publishing (flat hash), the usage counters (flat hash)}.
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-else
-  now = tonumber(ARGV[1])
-end
+-- (`now` comes from the prelude, now.lua)
 local expires = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[2], now + expires, ARGV[2])
