@@ -195,6 +195,15 @@ async def test_a_client_may_use_only_its_routes(providers: Providers, start_prox
     assert f"`{MODEL}`" in unknown.value.response.json()["error"]["message"]
     with pytest.raises(anthropic.PermissionDeniedError):
         await anthropic_client(proxy, ALICE_KEY).messages.create(model="big", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    async with httpx.AsyncClient(base_url=proxy.base_url, headers={"x-api-key": ALICE_KEY}, timeout=10) as http:
+        count = {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}  # counting tokens too
+        other = await http.post("/messages/count_tokens", json={**count, "model": "big"})
+        assert (other.status_code, other.json()["error"]["type"]) == (403, "permission_error")
+        unknown_count = await http.post("/messages/count_tokens", json={**count, "model": "gpt-9"})
+        assert unknown_count.status_code == 404 and "`big`" not in unknown_count.json()["error"]["message"]
+        gemini_other = await http.post(proxy.base_url.removesuffix("/v1") + "/v1beta/models/big:countTokens", headers={"x-goog-api-key": ALICE_KEY},
+                                       json={"contents": [{"role": "user", "parts": [{"text": "x"}]}]})
+        assert gemini_other.status_code == 403
     assert providers.chutes.served == 0
     await openai_client(proxy, BOB_KEY).chat.completions.create(model="big", messages=[{"role": "user", "content": "hi"}])
     assert providers.chutes.served == 1

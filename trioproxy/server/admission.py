@@ -13,13 +13,18 @@ _WINDOWS = {"rpm": "requests per minute", "tpm": "tokens per minute", "rpd": "re
             "tpd": "tokens per day"}
 
 
+def check_route(client: Client, route: str) -> None:
+    """Raise the 403 for a route `client` may not use."""
+    if not client.may_use(route):
+        raise ProxyError(403, f"This key may not use the model `{route}`.", type="permission_error",
+                         code="model_not_allowed", param="model")
+
+
 def admit_client(runtime: Runtime, client: Client, request: ChatRequest, served: ServedRequest) -> None:
     """Book the request (and its estimated tokens, settled in accounting) on the client's budgets
     and mark it as the client's; raise a 403 for a route it may not use, or a 429 with Retry-After when one of its own budgets is spent (the
     client's own limit: nobody else's quota is touched, no provider is asked)."""
-    if not client.may_use(request.route):
-        raise ProxyError(403, f"This key may not use the model `{request.route}`.", type="permission_error",
-                         code="model_not_allowed", param="model")
+    check_route(client, request.route)
     router = runtime.routers.get(request.route, runtime.router)
     refusal = runtime.clients.budgets.admit(client.name, request.route, lambda: router.expected_tokens(request.body))
     if isinstance(refusal, TokenBooking):

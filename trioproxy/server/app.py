@@ -21,11 +21,12 @@ from ..doors.responses_tools import refuse_hosted_tools
 from ..errors import ProxyError, quoted
 from ..jsoncodec import dump_json
 from ..logs import REQUEST_ID
+from ..routing.tokens import PromptEstimator
 from ..routing.limits import RouteLimits
 from ..runtime import Runtime
 from . import operator_views as operator
 from .accounting import finish_request
-from .admission import admit_client
+from .admission import admit_client, check_route
 from .auth import ANYONE, Client
 from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
 from .dashboard import Dashboard
@@ -151,7 +152,7 @@ class ProxyApp:
                 await self._door(door, client, scope, receive, send, request_id)
             elif path == COUNT_TOKENS_PATH and method == "POST":
                 raw = await read_body(scope, receive, self.runtime.config)
-                counted = messages.count_tokens(raw, runtime.models, lambda route: runtime.routers[route].estimator)
+                counted = messages.count_tokens(raw, runtime.models.offering(client.routes), _estimator_for(runtime, client))
                 await _send_json(send, 200, counted, extra)
             elif path.startswith(RESPONSES_PATH + "/"):
                 raise responses.no_stored_responses()
@@ -206,7 +207,7 @@ class ProxyApp:
             await self._door(Door(gemini.API, parse, gemini.error_body), client, scope, receive, send, request_id)
         elif call.method == gemini.COUNT:
             raw = await read_body(scope, receive, self.runtime.config)
-            counted = gemini.count_tokens(raw, runtime.models, call, lambda route: runtime.routers[route].estimator)
+            counted = gemini.count_tokens(raw, runtime.models.offering(client.routes), call, _estimator_for(runtime, client))
             await _send_json(send, 200, counted, extra)
         elif call.model is None:
             await _send_json(send, 200, gemini.models_list(runtime.models.for_routes(client.routes), _limits(runtime)), extra)
@@ -295,6 +296,16 @@ class ProxyApp:
                 failure = SHUTDOWN_ERROR
             await send({"type": "http.response.body", "body": exchange.stream_end(failure), "more_body": False})
 
+
+
+def _estimator_for(runtime: Runtime, client: Client) -> Callable[[str], PromptEstimator]:
+    """Each route's prompt estimator, for a client that may use the route (a 403 otherwise)."""
+
+    def estimator(route: str) -> PromptEstimator:
+        check_route(client, route)
+        return runtime.routers[route].estimator
+
+    return estimator
 
 
 def _limits(runtime: Runtime) -> Callable[[str], RouteLimits]:
