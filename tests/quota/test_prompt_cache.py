@@ -253,6 +253,17 @@ def test_what_another_process_tells_is_kept_for_its_time_left_at_most_the_cache_
     assert memory.take_remembered() == []  # not shared: nothing kept to publish
 
 
+def test_a_learned_prefix_expires_even_behind_one_that_lives_longer() -> None:
+    clock = FakeClock()
+    memory = PromptMemory(keys=1, ttl=300, block=0, entries=64, clock=clock)
+    memory.remember(0, PromptPrefix.of({"messages": [{"role": "user", "content": "another"}]})[0], 1_000)  # lives 300 s
+    learned = PromptPrefix.of({"messages": turn(3)})[0]
+    memory.learn(Remembered(0, learned.digests[-1], 5_000, 10))  # another process's, 10 s left
+    assert memory.cached(learned, 6_000) == [5_000]
+    clock.now += 20
+    assert memory.cached(learned, 6_000) == [0]
+
+
 def test_what_waits_for_publication_is_bounded() -> None:
     memory = PromptMemory(keys=1, ttl=300, block=0, entries=64, clock=FakeClock())
     memory.share()
@@ -312,6 +323,24 @@ async def test_a_message_of_another_shape_is_left_out_with_a_warning(
     assert two.cached(PromptPrefix.of({"messages": turn(4)})[0], 6_000) == [4_900]
     warned = {r.getMessage() for r in caplog.records if "prompt prefixes were left out" in r.getMessage()}
     assert len(warned) == 3, warned
+
+
+async def test_a_message_read_late_counts_the_time_it_waited(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """A replica that reads a backlog (after a Redis outage) counts each message's age: what the
+    provider's cache has dropped since is not predicted as cached."""
+    import coredis
+
+    clock, (_, two), (_, second) = await _two_replicas_sharing(nursery, redis)
+    sent = PromptPrefix.of({"messages": turn(3)})[0].digests[-1]
+    following = PromptPrefix.of({"messages": turn(4)})[0]
+    async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
+        now_ms = int((await client.time()).timestamp() * 1000)
+        await client.xadd("test:{prompts}:sent", {"r": "other", "e": json.dumps([["cerebras", 0, sent, 5_000, 300_000]])},
+                          identifier=f"{now_ms - 250_000}-0")  # published 250 s ago, with 300 s left then
+    await second.exchange()
+    assert two.cached(following, 6_000) == [4_900]
+    clock.now += 60  # 310 s since it was published
+    assert two.cached(following, 6_000) == [0]
 
 
 async def test_a_proxy_on_the_redis_ledger_tells_the_others_what_it_sent(

@@ -145,7 +145,7 @@ class PromptMemory:
             tokens = 0
             for digest in reversed(prefix.digests):
                 hit = memory.table.get(digest)
-                if hit is not None:
+                if hit is not None and hit[1] > now:  # a learned entry may expire before older ones
                     tokens = hit[0]
                     break
             found.append(max(0, min(prompt_tokens, tokens - self._block)))

@@ -72,7 +72,7 @@ class PromptExchange:
         outgoing = [(quota_key, e.key_index, e.digest, e.tokens, int(e.seconds_left * 1000))
                     for quota_key, memory in self._memories for e in memory.take_remembered()]
 
-        async def talk(client: Client) -> list[tuple[str, dict[str, str]]]:
+        async def talk(client: Client) -> tuple[float, list[tuple[str, dict[str, str]]]]:
             if outgoing:
                 await client.xadd(self._stream, {"r": self._tag, "e": msgspec.json.encode(outgoing).decode()},
                                   trim_strategy=PureToken.MAXLEN, threshold=STREAM_MESSAGES,
@@ -81,20 +81,25 @@ class PromptExchange:
             if self._last_id is None:  # the first round: only what comes from now on
                 newest = await client.xrevrange(self._stream, end="+", start="-", count=1)
                 self._last_id = newest[0].identifier if newest else "0-0"
-                return []
-            return [(m.identifier, dict(m.field_values))
+                return 0.0, []
+            read = [(m.identifier, dict(m.field_values))
                     for m in await client.xrange(self._stream, start=f"({self._last_id}", end="+",
                                                           count=READ_MESSAGES)]
+            # A message's id is Redis's time when it was added: with Redis's time now, its age
+            # (a backlog read after an outage is old, and what it tells has less time left).
+            return ((await client.time()).timestamp() if read else 0.0), read
 
-        messages = await self._store.commands(talk)
-        if not messages:
+        answer = await self._store.commands(talk)
+        if answer is None or not answer[1]:
             return
+        now, messages = answer
         self._last_id = messages[-1][0]
-        for _, fields in messages:
+        for identifier, fields in messages:
             if fields.get("r") != self._tag:
-                self._learn(fields.get("e", ""))
+                self._learn(fields.get("e", ""), max(0.0, now - int(identifier.split("-")[0]) / 1000))
 
-    def _learn(self, raw: str) -> None:
+    def _learn(self, raw: str, age: float) -> None:
+        """Teach the memories a message's entries, `age` seconds after it was published."""
         try:
             entries = _entries_decoder.decode(raw)
         except msgspec.DecodeError as error:  # ValidationError is one
@@ -103,4 +108,4 @@ class PromptExchange:
         for quota_key, key_index, digest, tokens, left_ms in entries:
             for known_key, memory in self._memories:
                 if known_key == quota_key:
-                    memory.learn(Remembered(key_index, digest, tokens, left_ms / 1000))
+                    memory.learn(Remembered(key_index, digest, tokens, left_ms / 1000 - age))
