@@ -129,6 +129,28 @@ async def test_chunked_body_arrives_in_parts_and_the_connection_is_reused(nurser
     assert len(connections) == 1
 
 
+async def test_chunks_that_arrive_together_are_handed_on_as_one_piece(nursery: trio.Nursery) -> None:
+    """Stream events that one network read brought leave the proxy in one write: the body's
+    chunks already received come as one piece, and nothing waits for chunks still to come."""
+    more = trio.Event()
+
+    async def two_reads(stream: trio.SocketStream) -> None:
+        await read_raw_request(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                              b"5\r\nfirst\r\n6\r\nsecond\r\n")
+        await more.wait()
+        await stream.send_all(b"5\r\nthird\r\n0\r\n\r\n")
+
+    url, _ = await serve_raw(nursery, two_reads)
+    pieces: list[bytes] = []
+    async with httpx.AsyncClient(transport=LeanTransport()) as client:
+        async with client.stream("GET", url) as response:
+            async for piece in response.aiter_raw():
+                pieces.append(piece)
+                more.set()
+    assert pieces == [b"firstsecond", b"third"]
+
+
 async def test_informational_response_is_skipped(nursery: trio.Nursery) -> None:
     url, _ = await serve_raw(nursery, partial(answer_each, [b"HTTP/1.1 100 Continue\r\n\r\n" + OK]))
     async with httpx.AsyncClient(transport=LeanTransport()) as client:
