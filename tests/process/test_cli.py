@@ -298,7 +298,7 @@ async def test_demo_shows_cerebras_two_buckets_the_cache_share_and_where_limits_
     header, row = table.stdout.splitlines()[:2]
     assert header.split()[5:8] == ["rpm", "tpm", "utpm"]
     share = round(100 * served["cached_tokens"] / served["prompt_tokens"])
-    assert f"/55000 [configured]" in row and "[provider " in row and f"4 ({share}% cached)" in row
+    assert "/55000 [configured]" in row and "[provider " in row and f"4 ({share}% cached)" in row
 
 
 async def test_demo_stops_on_ctrl_c(tmp_path: Path) -> None:

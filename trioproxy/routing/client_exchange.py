@@ -24,6 +24,7 @@ from ..quota.redis.client import Client
 from ..quota.redis.scripts import script
 from ..quota.redis.store import QuotaStore
 from .fair_share import FairShare, Published
+from .rounds import every
 
 INTERVAL = 1.0
 EXPIRES = 5  # seconds a replica's figures outlive its last publication
@@ -73,9 +74,7 @@ class ClientExchange:
     async def run(self) -> None:
         """Exchange every INTERVAL seconds until cancelled (the runtime's background scope owns
         it); a round while Redis is down is skipped, and the store reports the outage."""
-        while True:
-            await self.exchange()
-            await trio.sleep(INTERVAL)
+        await every(INTERVAL, self.exchange)
 
     async def exchange(self) -> None:
         """One round: publish, add usage, read everyone's, in one call. Skipped while Redis is

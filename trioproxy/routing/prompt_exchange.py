@@ -23,12 +23,12 @@ import secrets
 from collections.abc import Sequence
 
 import msgspec
-import trio
 from coredis.tokens import PureToken
 
 from ..quota.redis.client import Client
 from ..quota.redis.store import QuotaStore
 from .prompt_cache import PromptMemory, Remembered
+from .rounds import every
 
 INTERVAL = 0.25  # seconds between rounds: agents' turns come a second or more apart
 STREAM_MESSAGES = 2_000
@@ -62,9 +62,7 @@ class PromptExchange:
     async def run(self) -> None:
         """Exchange every INTERVAL seconds until cancelled (the runtime's background scope owns
         it); a round while Redis is down is skipped, and the store reports the outage."""
-        while True:
-            await self.exchange()
-            await trio.sleep(INTERVAL)
+        await every(INTERVAL, self.exchange)
 
     async def exchange(self) -> None:
         """One round: append what was remembered here, read what others appended. While Redis

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
-import trio
 from attrs import define
 
 from ..logs import REQUEST_ID
