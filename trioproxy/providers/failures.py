@@ -136,10 +136,12 @@ def status_failure(provider: str, status: int, raw: bytes, scrub: Sanitizer,
                    headers: Mapping[str, str] = _NO_HEADERS) -> UpstreamFailure:
     """An error status and its body (at most MAX_ERROR_BODY_BYTES of it) as its failure: the
     provider's message, type, code and param, whatever shape its body had, scrubbed."""
-    try:
-        parsed = load_json(raw) if raw else None
-    except (ValueError, RecursionError):
-        parsed = None
+    return _failure(provider, status, raw, _parsed(raw), scrub, headers)
+
+
+def _failure(provider: str, status: int, raw: bytes, parsed: Any, scrub: Sanitizer,
+             headers: Mapping[str, str] = _NO_HEADERS) -> UpstreamFailure:
+    """`status_failure` of a body already parsed (`parsed`: None when it is not JSON)."""
     message, type_, code, param = None, None, None, None
     if isinstance(parsed, dict):
         inner = _inner(parsed)
@@ -165,16 +167,17 @@ def carried_error(document: dict[str, Any]) -> bool:
 
 def carried_failure(provider: str, raw: bytes, scrub: Sanitizer) -> UpstreamFailure:
     """An error a 200 carried (its body or a stream event) as the failure of the status it stands for."""
-    return status_failure(provider, status_of_error(raw), raw, scrub)
+    parsed = _parsed(raw)
+    return _failure(provider, _status_named(parsed), raw, parsed, scrub)
 
 
 def status_of_error(raw: bytes) -> int:
     """The status an error that came without one (inside a 200) stands for: a status-like number
     it names, else its code or type looked up in STATUS_OF_CODE, else UNKNOWN_ERROR_STATUS."""
-    try:
-        parsed = load_json(raw)
-    except (ValueError, RecursionError):
-        return UNKNOWN_ERROR_STATUS
+    return _status_named(_parsed(raw))
+
+
+def _status_named(parsed: Any) -> int:
     inner = _inner(parsed) if isinstance(parsed, dict) else {}
     for name in ("status", "status_code", "code"):
         value = inner.get(name)
@@ -221,6 +224,14 @@ def _named_wait(headers: Mapping[str, str], window: str) -> float | None:
     if named is None and window in _RESET_HEADER:
         named = seconds_header(headers, _RESET_HEADER[window])
     return named
+
+
+def _parsed(raw: bytes) -> Any:
+    """`raw` as JSON; None when it is empty or not JSON."""
+    try:
+        return load_json(raw) if raw else None
+    except (ValueError, RecursionError):
+        return None
 
 
 def _inner(parsed: dict[str, Any]) -> dict[str, Any]:

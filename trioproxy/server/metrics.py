@@ -6,6 +6,7 @@ counted but read when scraped, through a collector that asks the proxy for them.
 """
 
 from collections.abc import Callable, Iterable
+
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST

@@ -21,6 +21,7 @@ from .served import ServedRequest
 
 log = logging.getLogger("trioproxy.request")
 
+
 def log_served(served: ServedRequest, runtime: Runtime, reason: str, latency: float) -> None:
     """The line of a request a front door took, with the quota left on its route's providers."""
     if not log.isEnabledFor(logging.INFO):
