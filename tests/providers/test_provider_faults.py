@@ -130,3 +130,23 @@ async def test_sse_without_done_after_finish_is_completed(
     assert await eventually(lambda: server.open == 0)
     server.healed = True
     await assert_healthy(proxy, caplog)
+
+
+async def test_stream_event_with_invalid_utf8_is_relayed_with_replacement_characters(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event whose text is not valid UTF-8 is read with U+FFFD for the invalid bytes, not
+    refused; a `[DONE]` with blanks around it still ends the stream."""
+    broken = HELLO.replace(b"Hello", b"Hel\xfflo")
+    server = await start_fault_server(
+        nursery, lambda s: send_then_close(s, SSE_HEAD, ROLE, broken, WORLD, FINISH, b"data:  [DONE] \n\n"))
+    proxy = await start_proxy(**fault_config(providers, cerebras_url=server.url))
+    async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
+        status, _, body = await stream_chat(client, chat_body())
+    events = sse_events(body)
+    assert status == 200 and stream_text(events) == "Hel\ufffdlo world" and events[-1] == "[DONE]"
+    assert not any(isinstance(e, dict) and "error" in e for e in events)
+    assert providers.chutes.received == []  # nothing failed over
+    assert await eventually(lambda: server.open == 0)
+    server.healed = True
+    await assert_healthy(proxy, caplog)

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import trio
-from attrs import define, frozen
+from attrs import define, field, frozen
 
 from .. import __version__
 from ..config.schema import ProviderConfig
@@ -19,10 +19,14 @@ from ..jsoncodec import dump_json, load_json
 from ..secrets import MAX_ERROR_BODY_BYTES, Sanitizer
 from .failures import (UpstreamFailure, carried_error, carried_failure, protocol_failure, status_failure,
                        timeout_failure, transport_failure)
+from .ratelimit import QuotaHeaders, header_dict
 from .transport import LeanTransport
 
 _HEADERS = {"user-agent": f"trioproxy/{__version__}"}
+_USER_AGENT = (b"user-agent", _HEADERS["user-agent"].encode())
+_JSON = (b"content-type", b"application/json")
 DONE = "[DONE]"  # the data of the event that ends a chat stream
+_DONE_BYTES = DONE.encode()
 DRAIN_SECONDS = 1.0  # how long to read on after a stream's [DONE] for its end
 
 
@@ -45,13 +49,24 @@ class AnswerBounds:
     event: int = 4 * 1024 * 1024  # one SSE event of a stream
 
 
-def _sse_data(block: bytes) -> str | None:
-    """The joined `data:` lines of one SSE event; None for an event without data.
+def _sse_data(block: bytes) -> bytes | None:
+    """The joined `data:` lines of one SSE event, as bytes; None for an event without data.
 
-    Comments (`:`), `event:`, `id:` and `retry:` lines carry nothing we relay.
+    Comments (`:`), `event:`, `id:` and `retry:` lines carry nothing we relay. The data is
+    read as UTF-8 with invalid bytes replaced (U+FFFD): `_is_done` and `_event_document` do that
+    only when it could matter, the bytes of valid UTF-8 being those of their text already.
     """
     data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(data).decode("utf-8", "replace") if data else None
+    return b"\n".join(data) if data else None
+
+
+def _as_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _is_done(data: bytes) -> bool:
+    """Whether an event's data is the [DONE] that ends a chat stream (blanks around it allowed)."""
+    return _DONE_BYTES in data and _as_text(data).strip() == DONE
 
 
 def json_object(provider: str, raw: bytes | str, what: str) -> dict[str, Any]:
@@ -89,6 +104,10 @@ class ProviderClient:
     chat_url: httpx.URL
     direct: LeanTransport | None
     timeout: dict[str, float | None]
+    _host: tuple[bytes, bytes] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._host = (b"Host", self.chat_url.netloc)
 
     @classmethod
     def for_provider(cls, config: ProviderConfig, timeout_seconds: float) -> "ProviderClient":
@@ -105,11 +124,15 @@ class ProviderClient:
     async def send_chat(self, content: bytes, api_key: str) -> httpx.Response:
         """POST `content` to the chat URL; the response is open (its body unread) and the caller
         must close it. Raises httpx's errors as they come (the caller maps them)."""
-        headers = {**_HEADERS, "content-type": "application/json", "authorization": f"Bearer {api_key}"}
         if self.direct is None:
+            headers = {**_HEADERS, "content-type": "application/json", "authorization": f"Bearer {api_key}"}
             request = self.client.build_request("POST", self.chat_url, content=content, headers=headers)
             return await self.client.send(request, stream=True)
-        request = httpx.Request("POST", self.chat_url, content=content, headers=headers,
+        # The headers httpx would work out from `content=`, in its order, given whole: that path
+        # costs about four times as much (headers normalised twice, the body's stream guessed).
+        headers = [self._host, _USER_AGENT, _JSON, (b"authorization", b"Bearer " + api_key.encode("ascii")),
+                   (b"Content-Length", str(len(content)).encode())]
+        request = httpx.Request("POST", self.chat_url, headers=headers, stream=httpx.ByteStream(content),
                                 extensions={"timeout": self.timeout})
         response = await self.direct.handle_async_request(request)
         response.request = request
@@ -151,6 +174,7 @@ class Upstream:
         self.bounds = bounds
         self.name = config.name
         self.quota_key = quota_key or config.name
+        self.quota_headers = QuotaHeaders.of(config.rate_limit_headers)
         self._client = client
         self._sanitizer = sanitizer
         self.deadlines = deadlines
@@ -171,7 +195,7 @@ class Upstream:
         return self._within(self.deadlines.answer, "finish its answer")
 
     def _status_failure(self, response: httpx.Response, raw: bytes) -> UpstreamFailure:
-        return status_failure(self.name, response.status_code, raw, self._sanitizer, response.headers)
+        return status_failure(self.name, response.status_code, raw, self._sanitizer, header_dict(response.headers))
 
     def _document(self, raw: bytes, what: str) -> dict[str, Any]:
         """`raw` as a JSON object; an error document (a 200 that carries an error) raises its
@@ -180,6 +204,16 @@ class Upstream:
         if carried_error(document):
             raise carried_failure(self.name, raw, self._sanitizer)
         return document
+
+    def _event_document(self, data: bytes) -> dict[str, Any]:
+        """One stream event's data as `_document` reads it, invalid UTF-8 replaced (U+FFFD)."""
+        try:
+            return self._document(data, "stream event")
+        except UpstreamFailure:
+            replaced = _as_text(data).encode()
+            if replaced == data:  # valid UTF-8: the failure stands
+                raise
+            return self._document(replaced, "stream event")
 
     async def open_chat(self, body: dict[str, Any], api_key: str) -> "OpenAnswer":
         """Send a chat request with `api_key`; return the answer, open, once its status is 2xx.
@@ -216,11 +250,11 @@ class Upstream:
         except (ValueError, RecursionError, KeyError, TypeError):
             raise protocol_failure(self.name, "model list is not {\"data\": [...]}") from None
 
-    async def _read_json(self, response: httpx.Response) -> dict[str, Any]:
-        """The whole body of a non-streamed answer as a JSON object; a protocol failure past
-        `bounds.answer` bytes (the rest is left unread; the caller closes the response)."""
+    async def _read_json(self, response: httpx.Response, declared: str) -> dict[str, Any]:
+        """The whole body of a non-streamed answer as a JSON object (`declared`: its
+        Content-Length, or ""); a protocol failure past `bounds.answer` bytes (the rest is left
+        unread; the caller closes the response)."""
         limit = self.bounds.answer
-        declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise self._too_large("answer", limit)
         chunks: list[bytes] = []
@@ -239,7 +273,7 @@ class Upstream:
     def _too_large(self, what: str, limit: int) -> UpstreamFailure:
         return protocol_failure(self.name, f"its {what} is larger than the limit of {limit} bytes")
 
-    async def _event_batches(self, response: httpx.Response) -> AsyncIterator[list[str]]:
+    async def _event_batches(self, response: httpx.Response) -> AsyncIterator[list[bytes]]:
         """The `data` payloads of an SSE stream, grouped by the network read that completed them.
 
         Relaying a group as one write costs the client nothing (those events had all arrived)
@@ -285,7 +319,7 @@ class OpenAnswer:
         self._upstream = upstream
         self._response = response
         self._events: AsyncIterator[list[dict[str, Any]]] | None = None
-        self.headers: Mapping[str, str] = response.headers
+        self.headers: Mapping[str, str] = header_dict(response.headers)  # lower-case names
         self.done = False  # the stream's [DONE] arrived
 
     @property
@@ -295,7 +329,7 @@ class OpenAnswer:
     async def document(self) -> dict[str, Any]:
         """The whole non-streamed answer as a JSON object; an error document raises its failure,
         as does an answer larger than `bounds.answer` bytes (the rest is left unread)."""
-        return await self._upstream._read_json(self._response)
+        return await self._upstream._read_json(self._response, self.headers.get("content-length", ""))
 
     def events(self) -> AsyncIterator[list[dict[str, Any]]]:
         """The stream's event documents, those one network read completed together.
@@ -314,11 +348,11 @@ class OpenAnswer:
             async for batch in batches:
                 documents: list[dict[str, Any]] = []
                 for data in batch:
-                    if data.strip() == DONE:
+                    if _is_done(data):
                         self.done = True
                         break
                     try:
-                        documents.append(upstream._document(data.encode(), "stream event"))
+                        documents.append(upstream._event_document(data))
                     except UpstreamFailure:
                         if documents:  # what came before a broken event still reaches the client
                             yield documents
@@ -336,7 +370,7 @@ class OpenAnswer:
         await self._response.aclose()
 
 
-async def _drain(batches: AsyncIterator[list[str]]) -> None:
+async def _drain(batches: AsyncIterator[list[bytes]]) -> None:
     """Read the little that follows [DONE], so the connection goes back to the pool; a provider
     that holds the body open after it only costs that connection."""
     with trio.move_on_after(DRAIN_SECONDS):
