@@ -190,9 +190,10 @@ class Upstream:
         """Bounds sending a request until its status line (and, for a stream, its first event)."""
         return self._within(self.deadlines.first_event, "start its answer")
 
-    def answer_deadline(self) -> "_Deadline":
-        """Bounds sending a request until its whole non-streamed answer."""
-        return self._within(self.deadlines.answer, "finish its answer")
+    def answer_deadlines(self) -> "_AnswerDeadlines":
+        """Bounds sending a request until its status line, then until its whole non-streamed
+        answer (`started()` marks the status line's arrival); the two in one scope."""
+        return _AnswerDeadlines(self)
 
     def _status_failure(self, response: httpx.Response, raw: bytes) -> UpstreamFailure:
         return status_failure(self.name, response.status_code, raw, self._sanitizer, header_dict(response.headers))
@@ -250,17 +251,18 @@ class Upstream:
         except (ValueError, RecursionError, KeyError, TypeError):
             raise protocol_failure(self.name, "model list is not {\"data\": [...]}") from None
 
-    async def _read_json(self, response: httpx.Response, declared: str) -> dict[str, Any]:
-        """The whole body of a non-streamed answer as a JSON object (`declared`: its
-        Content-Length, or ""); a protocol failure past `bounds.answer` bytes (the rest is left
-        unread; the caller closes the response)."""
+    async def _read_json(self, response: httpx.Response, headers: Mapping[str, str]) -> dict[str, Any]:
+        """The whole body of a non-streamed answer as a JSON object (`headers`: the answer's, as
+        `header_dict` gives them); a protocol failure past `bounds.answer` bytes (the rest is
+        left unread; the caller closes the response)."""
         limit = self.bounds.answer
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise self._too_large("answer", limit)
         chunks: list[bytes] = []
         size = 0
         try:
-            async with aclosing(response.aiter_bytes()) as reads:
+            async with aclosing(_body_reads(response, headers)) as reads:
                 async for chunk in reads:
                     size += len(chunk)
                     if size > limit:
@@ -273,7 +275,7 @@ class Upstream:
     def _too_large(self, what: str, limit: int) -> UpstreamFailure:
         return protocol_failure(self.name, f"its {what} is larger than the limit of {limit} bytes")
 
-    async def _event_batches(self, response: httpx.Response) -> AsyncIterator[list[bytes]]:
+    async def _event_batches(self, response: httpx.Response, headers: Mapping[str, str]) -> AsyncIterator[list[bytes]]:
         """The `data` payloads of an SSE stream, grouped by the network read that completed them.
 
         Relaying a group as one write costs the client nothing (those events had all arrived)
@@ -284,7 +286,7 @@ class Upstream:
         idle = self.deadlines.stream_idle
         deadline = trio.current_time() + idle
         try:
-            async with aclosing(response.aiter_bytes()) as reads:
+            async with aclosing(_body_reads(response, headers)) as reads:
                 async for raw in reads:
                     buffer = (buffer + raw).replace(b"\r\n", b"\n")
                     *complete, buffer = buffer.split(b"\n\n")
@@ -329,7 +331,7 @@ class OpenAnswer:
     async def document(self) -> dict[str, Any]:
         """The whole non-streamed answer as a JSON object; an error document raises its failure,
         as does an answer larger than `bounds.answer` bytes (the rest is left unread)."""
-        return await self._upstream._read_json(self._response, self.headers.get("content-length", ""))
+        return await self._upstream._read_json(self._response, self.headers)
 
     def events(self) -> AsyncIterator[list[dict[str, Any]]]:
         """The stream's event documents, those one network read completed together.
@@ -344,7 +346,7 @@ class OpenAnswer:
 
     async def _documents(self) -> AsyncIterator[list[dict[str, Any]]]:
         upstream = self._upstream
-        async with aclosing(upstream._event_batches(self._response)) as batches:
+        async with aclosing(upstream._event_batches(self._response, self.headers)) as batches:
             async for batch in batches:
                 documents: list[dict[str, Any]] = []
                 for data in batch:
@@ -368,6 +370,17 @@ class OpenAnswer:
         if self._events is not None:
             await self._events.aclose()  # type: ignore[attr-defined]
         await self._response.aclose()
+
+
+def _body_reads(response: httpx.Response, headers: Mapping[str, str]) -> AsyncIterator[bytes]:
+    """The body of a 2xx answer as the network reads bring it. An encoded body (gzip, ...) goes
+    through httpx's `aiter_bytes`, which decodes it; any other is the transport's own stream,
+    which `aiter_bytes` would only pass through two more generators, a decoder and a chunker
+    on every read. Either way the response is marked consumed; the caller closes it."""
+    if "content-encoding" in headers:
+        return response.aiter_bytes()
+    response.is_stream_consumed = True  # as aiter_raw marks it: a second read raises StreamConsumed
+    return response.stream.__aiter__()  # type: ignore[union-attr]  # an AsyncByteStream on an async client
 
 
 async def _drain(batches: AsyncIterator[list[bytes]]) -> None:
@@ -402,4 +415,41 @@ class _Deadline:
         handled = self._scope.__exit__(kind, error, traceback)
         if self._scope.cancelled_caught:
             raise self._upstream.timeout(self._seconds, self._what) from None
+        return handled
+
+
+class _AnswerDeadlines:
+    """A non-streamed answer's two deadlines, both counted from entering: its status line
+    within `first_event` (`started()` marks it), the whole answer within `answer`. Expiry raises
+    the provider's timeout failure for the deadline that ran out (the whole answer's when both
+    did). One CancelScope whose deadline moves: nested ones cost a second scope's enter and exit."""
+
+    __slots__ = ("_upstream", "_first_at", "_answer_at", "_started", "_scope")
+
+    def __init__(self, upstream: Upstream) -> None:
+        now = trio.current_time()
+        self._upstream = upstream
+        self._first_at = now + upstream.deadlines.first_event
+        self._answer_at = now + upstream.deadlines.answer
+        self._started = False
+        self._scope = trio.CancelScope(deadline=min(self._first_at, self._answer_at))
+
+    def __enter__(self) -> "_AnswerDeadlines":
+        self._scope.__enter__()
+        return self
+
+    def started(self) -> None:
+        """The status line arrived: from here only the whole answer's deadline holds."""
+        self._started = True
+        if self._answer_at > self._first_at:
+            self._scope.deadline = self._answer_at
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
+        handled = self._scope.__exit__(kind, error, traceback)
+        if self._scope.cancelled_caught:
+            deadlines = self._upstream.deadlines
+            if self._started or self._answer_at <= self._first_at:
+                raise self._upstream.timeout(deadlines.answer, "finish its answer") from None
+            raise self._upstream.timeout(deadlines.first_event, "start its answer") from None
         return handled

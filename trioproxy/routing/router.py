@@ -97,9 +97,9 @@ class Router:
         request's outcome, filled in as routing goes (see `take`)."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> dict[str, Any]:
-            with upstream.answer_deadline():
-                with upstream.first_event_deadline():
-                    answer = await self._open(upstream, body, settlement.reservation, record)
+            with upstream.answer_deadlines() as deadlines:
+                answer = await self._open(upstream, body, settlement.reservation, record)
+                deadlines.started()
                 try:
                     with waiting_on_upstream(record):
                         document = await answer.document()
