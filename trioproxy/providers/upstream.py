@@ -15,7 +15,7 @@ from attrs import define, field, frozen
 
 from .. import __version__
 from ..config.schema import ProviderConfig
-from ..jsoncodec import dump_json, load_json
+from ..jsoncodec import dump_json, load_json, load_utf8_json
 from ..secrets import MAX_ERROR_BODY_BYTES, Sanitizer
 from .failures import (UpstreamFailure, carried_error, carried_failure, protocol_failure, status_failure,
                        timeout_failure, transport_failure)
@@ -66,7 +66,7 @@ def _as_text(data: bytes) -> str:
 
 def _is_done(data: bytes) -> bool:
     """Whether an event's data is the [DONE] that ends a chat stream (blanks around it allowed)."""
-    return _DONE_BYTES in data and _as_text(data).strip() == DONE
+    return _as_text(data).strip() == DONE
 
 
 def json_object(provider: str, raw: bytes | str, what: str) -> dict[str, Any]:
@@ -209,12 +209,12 @@ class Upstream:
     def _event_document(self, data: bytes) -> dict[str, Any]:
         """One stream event's data as `_document` reads it, invalid UTF-8 replaced (U+FFFD)."""
         try:
-            return self._document(data, "stream event")
-        except UpstreamFailure:
-            replaced = _as_text(data).encode()
-            if replaced == data:  # valid UTF-8: the failure stands
-                raise
-            return self._document(replaced, "stream event")
+            document = load_utf8_json(data)
+        except (ValueError, RecursionError):  # not UTF-8, or not what msgspec reads: the long way
+            return self._document(_as_text(data).encode(), "stream event")
+        if isinstance(document, dict) and not carried_error(document):
+            return document  # the usual event, in one parse
+        return self._document(data, "stream event")  # raises the failure it stands for
 
     async def open_chat(self, body: dict[str, Any], api_key: str) -> "OpenAnswer":
         """Send a chat request with `api_key`; return the answer, open, once its status is 2xx.
@@ -350,7 +350,7 @@ class OpenAnswer:
             async for batch in batches:
                 documents: list[dict[str, Any]] = []
                 for data in batch:
-                    if _is_done(data):
+                    if _DONE_BYTES in data and _is_done(data):
                         self.done = True
                         break
                     try:
