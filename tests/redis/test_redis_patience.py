@@ -21,7 +21,7 @@ from support.redis_ledgers import cerebras, chutes, replica, script_calls
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis.ledger import RedisLedger
-from trioproxy.quota.redis.store import STORE_CLOCK
+from trioproxy.quota.redis.clock import STORE_CLOCK
 from trioproxy.routing.patience import Pace, Patience, Waiting
 from trioproxy.secrets import Sanitizer
 from trioproxy.testing.redis_server import RedisServer
@@ -83,7 +83,7 @@ async def patience_on_an_empty_bucket(
     the providers as the router hands them over."""
     configs = [cerebras(requests_per_minute=6), chutes()]
     ledger = await replica(nursery, redis.url, configs, trio.current_time)  # type: ignore[arg-type]
-    ledger.store.listener = WithoutViews(ledger)  # the view refresh every second would add calls of its own
+    ledger.store.listen(WithoutViews(ledger))  # the view refresh every second would add calls of its own
     for _ in range(6):
         assert isinstance(await ledger.reserve("cerebras", 100), Reservation)
     patience = Patience(ledger, {"cerebras": Pace(0.3, 2_000.0), "chutes": Pace(2.0, 50.0)}, max_wait)
