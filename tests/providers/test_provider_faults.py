@@ -150,3 +150,23 @@ async def test_stream_event_with_invalid_utf8_is_relayed_with_replacement_charac
     assert await eventually(lambda: server.open == 0)
     server.healed = True
     await assert_healthy(proxy, caplog)
+
+
+async def test_sse_comments_fields_and_multi_line_data_are_read_as_the_spec_says(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Comments and `event:`/`id:` lines carry nothing; `data:` with or without its space, and
+    an event's several `data:` lines joined by newlines, are the event's data."""
+    split_over_lines = b"event: chunk\nid: 7\n" + HELLO.replace(b'"choices": ', b'"choices":\ndata: ')
+    unspaced = WORLD.replace(b"data: ", b"data:")
+    server = await start_fault_server(nursery, lambda s: send_then_close(
+        s, SSE_HEAD, b": keep-alive\n\n", ROLE, split_over_lines, b"retry: 100\n\n", unspaced, FINISH, b"data: [DONE]\n\n"))
+    proxy = await start_proxy(**fault_config(providers, cerebras_url=server.url))
+    async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
+        status, _, body = await stream_chat(client, chat_body())
+    events = sse_events(body)
+    assert status == 200 and stream_text(events) == "Hello world" and events[-1] == "[DONE]"
+    assert not any(isinstance(e, dict) and "error" in e for e in events)
+    assert providers.chutes.received == []
+    server.healed = True
+    await assert_healthy(proxy, caplog)

@@ -56,6 +56,8 @@ def _sse_data(block: bytes) -> bytes | None:
     read as UTF-8 with invalid bytes replaced (U+FFFD): `_is_done` and `_event_document` do that
     only when it could matter, the bytes of valid UTF-8 being those of their text already.
     """
+    if b"\n" not in block:  # one line, as providers send a chat chunk
+        return block[5:].removeprefix(b" ") if block.startswith(b"data:") else None
     data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(data) if data else None
 
