@@ -44,6 +44,8 @@ def test_configured_header_names_are_read_whatever_their_case() -> None:
     assert names.stated_limits(answer) == {"tpm": 250_000}
     assert names.quota_figures(answer)["rpm"] == (7.0, 90.0)
     assert answer["vary"] == "a, b"
+    assert header_dict(httpx.Headers([("X-Note", "caf\u00e9".encode()), ("x-ratelimit-limit-tokens-minute", b"9")])) == {
+        "x-note": "caf\u00e9", "x-ratelimit-limit-tokens-minute": "9"}  # not ASCII: read as httpx reads it
     assert QuotaHeaders.of(RateLimitHeaders(limit_prefix="")).stated_limits(answer) == {}  # reading turned off
 
 

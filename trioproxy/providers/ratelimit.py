@@ -118,7 +118,14 @@ def header_dict(headers: httpx.Headers) -> dict[str, str]:
     """A response's headers as a plain dict with lower-case names, a repeated header's values
     joined with ", " (as httpx's `get` gives them): built once per answer, each lookup then a
     dict's, where httpx's case-insensitive one lowers, encodes and scans every header."""
-    return dict(headers.items())
+    found: dict[str, str] = {}
+    try:
+        for key, value in headers.raw:
+            name, text = key.lower().decode("ascii"), value.decode("ascii")
+            found[name] = f"{found[name]}, {text}" if name in found else text
+    except UnicodeDecodeError:  # httpx reads them all as UTF-8 (or Latin-1) then: its own way
+        return dict(headers.items())
+    return found
 
 
 @frozen
