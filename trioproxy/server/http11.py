@@ -85,9 +85,16 @@ class _Refusal:
 
 class ProxyHTTPStream(HTTPStream):
     """Hypercorn's HTTP/1.1 request stream, whose scope carries a ClientGone (asgi.CLIENT_GONE):
-    its callback is called where Hypercorn queues `http.disconnect` for the app."""
+    its callback is called where Hypercorn queues `http.disconnect` for the app. `ending` says
+    the app's last body message is being sent: its bytes may wait for the answer's end."""
 
     _client_gone: ClientGone | None = None
+    ending = False
+
+    async def app_send(self, message: Any) -> None:
+        if message is not None and message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.ending = True
+        await super().app_send(message)
 
     async def handle(self, event: Any) -> None:
         if isinstance(event, StreamClosed) and not self.closed and self._client_gone is not None:
@@ -330,13 +337,15 @@ class Http11Protocol:
             elif type(item) is _Refusal:
                 await self._refused(item.status)
                 return
-            elif self.stream is not None:
+            else:
                 if type(item) is EndBody:
                     self._their_done = True
-                await self.stream.handle(item)
+                if self.stream is not None:  # None: the answer is over, the rest of the body unread
+                    await self.stream.handle(item)
 
     async def _start(self, head: _Head) -> None:
         self._cycle_open, self._keep_alive = True, head.keep_alive
+        self._their_done = self._our_done = self._response_started = False
         self._method, self._version = head.method, head.version
         await self.send(Updated(idle=False))
         if head.h2c:
@@ -375,10 +384,11 @@ class Http11Protocol:
         if type(event) is Body:
             if self._closing:
                 return
-            data = self._framed(event.data)
-            if self._pending:
-                data, self._pending = self._pending + data, b""
-            if data:
+            data = self._pending + self._framed(event.data)
+            if getattr(self.stream, "ending", False):
+                self._pending = data  # the end follows at once: one write for both
+            elif data:
+                self._pending = b""
                 await self._write(data)
         elif type(event) is EndBody:
             if self._closing:
@@ -405,12 +415,15 @@ class Http11Protocol:
 
     def _response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
         """The answer's head, framed as h11 frames it: the app's Content-Length or
-        Transfer-Encoding, else chunked (HTTP/1.1) or until the close (HTTP/1.0)."""
+        Transfer-Encoding, else chunked (HTTP/1.1) or until the close (HTTP/1.0). An answer
+        that starts before the request's body was read says `connection: close`: the
+        connection ends after it (as with h11), and a client told so does not send another
+        request on it."""
         headers = [*headers, *self._server_headers()]
         if self.keep_alive_requests >= self.config.keep_alive_max_requests:
             headers.append((b"connection", b"close"))
         length = encoding = None
-        closes = False
+        closes = not self._request_read()  # answered before its body came: the connection ends
         for name, value in headers:
             lowered = name.lower()
             if lowered == b"content-length":
@@ -488,18 +501,29 @@ class Http11Protocol:
             self._keep_alive = False  # the client waits for bytes that will not come: close
         return b""
 
+    def _request_read(self) -> bool:
+        """Whether the request answered was read whole: handed on, or its end parsed and queued
+        (the app may answer before the reader hands on what it already has)."""
+        if self._their_done:
+            return True
+        for item in self._queue:
+            if type(item) is not Body:
+                return type(item) is EndBody
+        return False
+
     async def _write(self, data: bytes) -> None:
         await self.send(RawData(data=data))
 
     async def _recycle(self) -> None:
         """The answer is done: ready for the next request, or close."""
+        request_read = self._request_read()
         await self._close_stream()
         if self._pending and not self._closing:  # an answer that ended without a body message
             data, self._pending = self._pending, b""
             await self._write(data)
-        if (self._their_done and self._our_done and self._keep_alive and not self._closing
+        if (request_read and self._our_done and self._keep_alive and not self._closing
                 and not self._websocket and not self.context.terminated.is_set()):
-            self._cycle_open = self._their_done = self._our_done = self._response_started = False
+            self._cycle_open = self._response_started = self._our_done = False
             await self.can_read.set()
             await self.send(Updated(idle=True))
         else:
