@@ -39,7 +39,7 @@ if __package__:  # imported as bench.agent_sessions (the tests)
 else:  # run as a script: its folder is on sys.path
     from quota_sim import CLIENT_TIMEOUT, SIM_EPOCH, Deployment, Speeds, _pct, simulated_clock
 from trioproxy.config.schema import Config
-from trioproxy.quota.redis.store import STORE_CLOCK
+from trioproxy.quota.redis.clock import STORE_CLOCK
 from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing import emulator
 

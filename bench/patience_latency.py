@@ -37,7 +37,6 @@ from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.redis.ledger import RedisLedger
 from trioproxy.quota.redis.store import QuotaStore
 from trioproxy.routing.patience import Pace, Patience
-from trioproxy.routing.request import RouteRecord
 
 PACES = {"cerebras": Pace(0.3, 2_000.0), "chutes": Pace(2.0, 50.0)}
 # case -> (max_wait seconds, a fresh Patience for each decision)
@@ -62,7 +61,7 @@ async def cell(ledger: Ledger, upstreams: list[Upstream], case: str, count: int)
         if fresh:
             patience = Patience(ledger, PACES, max_wait)
         started = time.perf_counter()
-        got = await patience.reserve(upstreams[0], 100, BODY, upstreams[1:], RouteRecord())
+        got = await patience.reserve(upstreams[0], 100, BODY, upstreams[1:])
         durations.append(time.perf_counter() - started)
         assert isinstance(got, Refusal), got
     return durations

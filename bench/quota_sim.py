@@ -84,7 +84,8 @@ else:  # run as a script: its folder is on sys.path
     import llm_trace
 from trioproxy.testing import emulator
 from trioproxy.config.schema import ClientConfig, Config
-from trioproxy.quota.redis.store import STORE_CLOCK, QuotaStore
+from trioproxy.quota.redis.clock import STORE_CLOCK
+from trioproxy.quota.redis.store import QuotaStore
 from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing.redis_server import running_redis
 from trioproxy.routing.tokens import estimate_prompt_tokens
@@ -1102,7 +1103,7 @@ def simulated_clock(deployment: Deployment) -> Iterator[trio.testing.MockClock]:
                     clock.autojump_threshold = idle
         return holding
 
-    saved = {name: getattr(QuotaStore, name) for name in ("_evaluate", "commands")}
+    saved = {name: getattr(QuotaStore, name) for name in ("send", "commands")}
     for name, call in saved.items():
         setattr(QuotaStore, name, held(call))
     try:

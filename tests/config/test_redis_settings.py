@@ -8,7 +8,7 @@ import trustme
 
 from support.settings import load, refusal
 from trioproxy.config.redaction import redacted, secrets
-from trioproxy.quota.redis.store import redacted_url
+from trioproxy.quota.redis.connection import redacted_url
 from trioproxy.config.redis_target import RedisTarget, parse_redis_url
 
 

@@ -27,8 +27,7 @@ from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.redis.ledger import SharedReservation
 from trioproxy.routing.prompt_cache import OUTBOX_ENTRIES, PromptMemory, PromptPrefix, Remembered
 from trioproxy.routing.prompt_exchange import PromptExchange
-from trioproxy.routing.request import RouteRecord
-from trioproxy.routing.settlement import Settlement
+from trioproxy.routing.settlement import Reported, Settlement
 from trioproxy.cli.status_table import render_table
 from trioproxy.routing.tokens import PromptEstimator, estimate_prompt_tokens
 from trioproxy.testing import emulator
@@ -186,11 +185,10 @@ async def test_usage_with_cached_tokens_beyond_the_prompt_or_nonsense_never_over
     for details, uncached in cases:
         reservation = await ledger.reserve("cerebras", 3_000, floor=1_000)
         assert isinstance(reservation, Reservation)
-        record = RouteRecord()
-        settlement = Settlement(ledger, PromptEstimator(), reservation, record)
+        settlement = Settlement(ledger, PromptEstimator(), reservation, 1_000)
         assert await settlement.from_usage(await usage_document(1_000, 50, details))
         assert reservation.uncached == uncached and reservation.tokens == 1_050
-        assert record.cached_tokens == 1_000 - uncached
+        assert settlement.reported == Reported(1_000, 50, 1_000 - uncached)
     assert used(ledger, "cerebras") == (7 * 1_050, 600 + 5 * 1_000)
 
 

@@ -31,7 +31,8 @@ from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis.client import RedisAccess
 from trioproxy.quota.redis.ledger import RedisLedger, SharedReservation
-from trioproxy.quota.redis.store import QuotaStore, QuotaStoreError
+from trioproxy.quota.redis.client import QuotaStoreError
+from trioproxy.quota.redis.store import QuotaStore
 from trioproxy.testing.ports import free_port
 
 pytestmark = pytest.mark.xdist_group("redis_deployments")  # on one worker: each deployment (a module fixture) is started once

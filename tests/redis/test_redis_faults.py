@@ -26,7 +26,7 @@ from support.processes import (
     write_settings,
 )
 from support.proxies import Providers
-from trioproxy.quota.redis.store import SCRIPT
+from trioproxy.quota.redis.ledger_script import SCRIPT
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
 

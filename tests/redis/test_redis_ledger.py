@@ -12,7 +12,9 @@ from trioproxy.config.schema import Config
 from trioproxy.quota.backends import open_ledger
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis.ledger import RedisLedger, SharedReservation
-from trioproxy.quota.redis.store import IDLE_LANE_SECONDS, QuotaStore, QuotaStoreError
+from trioproxy.quota.redis.client import QuotaStoreError
+from trioproxy.quota.redis.lanes import IDLE_LANE_SECONDS
+from trioproxy.quota.redis.store import QuotaStore
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer, running_redis
 
@@ -328,7 +330,7 @@ async def test_a_reload_that_changes_the_limits_leaves_no_idle_sender_behind(
     await nursery.start(store.run)
 
     def senders() -> int:
-        return len(store._nursery.child_tasks)  # type: ignore[union-attr]
+        return store.lane_senders
 
     idle = senders()
     def reloaded(limit: int) -> RedisLedger:  # a reload builds a new ledger on the same store

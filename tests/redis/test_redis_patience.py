@@ -21,11 +21,16 @@ from support.redis_ledgers import cerebras, chutes, replica, script_calls
 from trioproxy.providers.upstream import Deadlines, ProviderClient, Upstream
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.redis.ledger import RedisLedger
-from trioproxy.quota.redis.store import STORE_CLOCK
-from trioproxy.routing.patience import Pace, Patience
-from trioproxy.routing.request import RouteRecord
+from trioproxy.quota.redis.clock import STORE_CLOCK
+from trioproxy.routing.patience import Pace, Patience, Waiting
 from trioproxy.secrets import Sanitizer
 from trioproxy.testing.redis_server import RedisServer
+
+
+async def reserved(patience: Patience, *args: Any) -> Reservation | Refusal:
+    """What patience hands a request on with, after waiting in line when it decides to."""
+    got = await patience.reserve(*args)
+    return await got.turn() if isinstance(got, Waiting) else got
 
 
 @attrs.frozen
@@ -78,7 +83,7 @@ async def patience_on_an_empty_bucket(
     the providers as the router hands them over."""
     configs = [cerebras(requests_per_minute=6), chutes()]
     ledger = await replica(nursery, redis.url, configs, trio.current_time)  # type: ignore[arg-type]
-    ledger.store.listener = WithoutViews(ledger)  # the view refresh every second would add calls of its own
+    ledger.store.listen(WithoutViews(ledger))  # the view refresh every second would add calls of its own
     for _ in range(6):
         assert isinstance(await ledger.reserve("cerebras", 100), Reservation)
     patience = Patience(ledger, {"cerebras": Pace(0.3, 2_000.0), "chutes": Pace(2.0, 50.0)}, max_wait)
@@ -109,7 +114,7 @@ async def test_a_patient_request_asks_redis_once_per_fact_it_needs(
     reservation after the refill."""
     async with patience_on_an_empty_bucket(nursery, redis, max_wait) as (patience, (cerebras_, *later)):
         before = await script_calls(redis)
-        got = await patience.reserve(cerebras_, 100, task("patient", max_tokens), later, RouteRecord())
+        got = await reserved(patience, cerebras_, 100, task("patient", max_tokens), later)
         assert isinstance(got, outcome)
         assert await script_calls(redis) - before == calls
 
@@ -125,13 +130,13 @@ async def test_a_request_behind_a_waiter_that_goes_elsewhere_asks_no_more_than_i
         waited: list[Reservation | Refusal] = []
 
         async def wait() -> None:
-            waited.append(await patience.reserve(cerebras_, 100, task("waiter", 500), later, RouteRecord()))
+            waited.append(await reserved(patience, cerebras_, 100, task("waiter", 500), later))
 
         async with trio.open_nursery() as requests:
             requests.start_soon(wait)
             await trio.sleep(0.5)  # the mock clock moves only once the waiter has asked and sleeps in line
             assert not waited
             before = await script_calls(redis)
-            got = await patience.reserve(cerebras_, 100, task("short", 100), later, RouteRecord())
+            got = await reserved(patience, cerebras_, 100, task("short", 100), later)
             assert isinstance(got, Refusal) and await script_calls(redis) - before == 2
         assert isinstance(waited[0], Reservation)

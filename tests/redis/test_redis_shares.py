@@ -143,7 +143,7 @@ async def test_a_dead_replicas_share_keeps_what_its_requests_cost_and_gives_back
     for _ in range(3):
         assert isinstance(await dead.reserve("cerebras", 100, floor=25), SharedReservation)
     await dead.store.drained()
-    dead.store.listener = None  # it dies: nothing of it reaches Redis any more
+    dead.store.listen(None)  # it dies: nothing of it reaches Redis any more
     dead.store.close()
     clock.time += 11
     figures = await shared_figures(alive)

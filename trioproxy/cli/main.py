@@ -25,7 +25,7 @@ from ..errors import found_in
 from ..logs import configure_logging
 from ..secrets import Sanitizer
 from ..quota.persist import default_state_path
-from ..quota.redis.store import QuotaStoreError
+from ..quota.redis.client import QuotaStoreError
 from .status_table import fetch_status, render_table
 from ..process.supervisor import supervise
 from ..process.workers import WorkerStartError, serve_as_worker, supervise_workers

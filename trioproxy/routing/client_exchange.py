@@ -80,7 +80,7 @@ class ClientExchange:
         """One round: publish, add usage, read everyone's, in one call. Skipped while Redis is
         down (usage counted meanwhile waits for the next round)."""
         pending = self._book.usage.take_pending()
-        args: list[str | int] = [self._store.time_arg(), self._replica, json.dumps(self._figures(self._clock())), EXPIRES]
+        args: list[str | int] = [self._store.clock.script_arg(), self._replica, json.dumps(self._figures(self._clock())), EXPIRES]
         for (name, route, provider), row in pending.items():
             for field, amount in zip(USAGE_FIELDS, row):
                 if amount:

@@ -12,9 +12,10 @@ next one when it leaves, so waiters are served in arrival order as quota returns
 stampede. A new request also queues behind them rather than taking the quota they wait for.
 """
 
+import functools
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -23,7 +24,6 @@ from attrs import define, field
 from ..providers.upstream import Upstream
 from ..quota.contract import Ledger, Refusal, Reservation
 from .fair_share import ShareTicket
-from .request import RouteRecord
 from .tokens import requested_completion_tokens
 
 # Weight of the newest observation in the moving averages.
@@ -110,12 +110,14 @@ class Patience:
         self.completion_tokens = _moving(self.completion_tokens, tokens)
 
     async def reserve(
-        self, upstream: Upstream, tokens: int, body: dict[str, Any], later: Sequence[Upstream], record: RouteRecord,
+        self, upstream: Upstream, tokens: int, body: dict[str, Any], later: Sequence[Upstream],
         floor: int = 0, uncached: Sequence[int] | None = None, ticket: ShareTicket | None = None,
-    ) -> Reservation | Refusal:
-        """The ledger's reservation, after waiting in line for it if that finishes sooner.
-        `floor` and `uncached` go to the ledger's `reserve`. A request beyond its client's fair
-        share (`ticket`) is refused as over quota ("share").
+    ) -> "Reservation | Refusal | Waiting":
+        """The ledger's reservation or refusal now, or, when waiting in line for this provider's
+        quota finishes sooner than going elsewhere, a place in line: the caller's `Waiting`,
+        whose `turn()` gives the reservation or refusal after the wait (call it at once: the
+        decision holds for now). `floor` and `uncached` go to the ledger's `reserve`. A request
+        beyond its client's fair share (`ticket`) is refused as over quota ("share").
 
         Providers are known by their quota key (provider account and model), as the ledger knows them."""
         name = upstream.quota_key
@@ -134,7 +136,7 @@ class Patience:
             ) or Refusal("queue", self._ledger.now())
         wait = max(0.0, refusal.retry_at - self._ledger.now())
         if refusal.foreseen and await self._worth_waiting(upstream, wait, tokens, body, later):
-            got = await self._wait_in_line(name, queue, booking, refusal, alone, record)
+            return Waiting(functools.partial(self._wait_in_line, name, queue, booking, refusal, alone))
         elif (
             queue
             and queue[0].tokens > tokens
@@ -146,11 +148,13 @@ class Patience:
             got = await booking.reserve(self._ledger, name)
         else:
             got = refusal
-        if isinstance(got, Reservation):
-            return got
-        refusal = got
-        self._passed_over[name].append(self._ledger.now())
-        return refusal
+        return self._counted(name, got)
+
+    def _counted(self, name: str, got: Reservation | Refusal) -> Reservation | Refusal:
+        """`got`; a refusal counts as a request passed over the provider (its contention)."""
+        if isinstance(got, Refusal):
+            self._passed_over[name].append(self._ledger.now())
+        return got
 
     def _contention(self, provider: str) -> float:
         """Requests per second passed over `provider` for quota lately."""
@@ -178,10 +182,11 @@ class Patience:
         return wait + self.paces[upstream.quota_key].seconds_for(completion)
 
     async def _wait_in_line(
-        self, name: str, queue: deque[_Waiter], booking: "_Booking", refusal: Refusal, alone: bool, record: RouteRecord
+        self, name: str, queue: deque[_Waiter], booking: "_Booking", refusal: Refusal, alone: bool, waiting: "Waiting"
     ) -> Reservation | Refusal:
         """Queue up; at the head, take quota as it returns. Leaves the queue however it ends,
-        a client's disconnect (cancellation) included, and hands the turn to the next.
+        a client's disconnect (cancellation) included, hands the turn to the next, and tells
+        `waiting` how long it waited and why.
 
         `alone`: `refusal` was about this request alone. If it is also first in line, it asks
         the ledger again only when that refusal said, as it does after each refusal of its own."""
@@ -204,15 +209,30 @@ class Patience:
                         return got
                     refusal, reason, told = got, got.reason, True
                     if got.retry_at > deadline or not got.foreseen:
-                        return got  # quota returns too late, or Redis is gone: go elsewhere now
-            return refusal
+                        return self._counted(name, got)  # quota returns too late, or Redis is gone: go elsewhere now
+            return self._counted(name, refusal)
         finally:
-            waited = self._ledger.now() - started
-            record.waited_seconds += waited
-            record.waited_why = f"patience: {reason} {waited:.1f} s"
+            waiting.seconds = self._ledger.now() - started
+            waiting.why = f"patience: {reason} {waiting.seconds:.1f} s"
             queue.remove(waiter)
             if queue:
                 queue[0].turn.set()
+
+
+@define(eq=False)
+class Waiting:
+    """A request's place in line for a provider's quota, as patience decided. Once `turn()`
+    ends, however it ends (a client's disconnect included), `seconds` and `why` tell how long
+    the request waited and for which limit."""
+
+    _wait: Callable[["Waiting"], Awaitable[Reservation | Refusal]]
+    seconds: float = 0.0
+    why: str = ""  # e.g. "patience: rpm 1.8 s"
+
+    async def turn(self) -> Reservation | Refusal:
+        """Wait in line; the reservation at the head of it, or the refusal that sends the
+        request elsewhere (quota returns too late)."""
+        return await self._wait(self)
 
 
 @define

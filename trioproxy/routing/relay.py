@@ -11,15 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
-from attrs import define
+from attrs import define, frozen
 
 from ..logs import REQUEST_ID
 from ..providers.failures import UpstreamFailure, protocol_failure
 from ..providers.upstream import OpenAnswer, Upstream
 from .continuation import SaidSoFar, mismatch
 from .failures import client_error
-from .request import RouteRecord
-from .settlement import Settlement
+from .settlement import Reported, Settlement
 
 log = logging.getLogger("trioproxy.router")
 
@@ -45,6 +44,17 @@ class OpenStream:
         whole completion budget). The (prompt, completion) tokens booked for it."""
         await self.answer.aclose()
         return await self.settlement.from_estimate(self.events)
+
+
+@frozen
+class StreamOutcome:
+    """What the relay did for one streamed answer, as far as it went (see `StreamRelay.outcome`)."""
+
+    reported: Reported | None  # the last usage a provider reported, should any have
+    # The whole answer's (prompt, completion) tokens, added over the providers that served it,
+    # when several did and the answer was whole.
+    answer_tokens: tuple[int, int] | None
+    continuations: tuple[tuple[str, str], ...]  # (the provider that broke off, why), in order
 
 
 # Asks the next provider that can serve for the rest of the answer, passing over the named
@@ -99,10 +109,10 @@ class _Replay:
 class StreamRelay:
     """Chat chunk documents of one streamed answer, from one provider or, after breaks, several."""
 
-    def __init__(self, stream: OpenStream, record: RouteRecord, resume: Resume, broke_off: BrokeOff,
+    def __init__(self, stream: OpenStream, resume: Resume, broke_off: BrokeOff,
                  max_continuations: int, budget: int | None) -> None:
         self._stream = stream
-        self._record = record
+        self._served = [stream]  # every provider stream of the answer, in order
         self._resume = resume
         self._broke_off = broke_off
         self._continuations_left = max_continuations
@@ -116,6 +126,15 @@ class StreamRelay:
         self._finished = False  # a finish_reason arrived: the answer is whole
         self._usage: list[dict[str, Any]] = []  # what each provider reported, or what was booked for it
         self._failed: set[str] = set()
+        self._continuations: list[tuple[str, str]] = []
+        self._answer_tokens: tuple[int, int] | None = None
+
+    @property
+    def outcome(self) -> StreamOutcome:
+        """What the relay did so far: whole once `batches` ended or the relay was closed."""
+        reports = (stream.settlement.reported for stream in reversed(self._served))
+        reported = next((report for report in reports if report is not None), None)
+        return StreamOutcome(reported, self._answer_tokens, tuple(self._continuations))
 
     async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
         """Chunk documents, those of one upstream read together (one client write per read).
@@ -136,7 +155,7 @@ class StreamRelay:
         if self._usage:
             usage = _summed(self._usage)
             if len(self._usage) > 1:  # the log line tells the whole answer's tokens
-                self._record.prompt_tokens, self._record.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
+                self._answer_tokens = usage["prompt_tokens"], usage["completion_tokens"]
             yield [{**self._head, "choices": [], "usage": usage}]
 
     async def _relay(self, stream: OpenStream) -> AsyncIterator[list[dict[str, Any]]]:
@@ -291,14 +310,13 @@ class StreamRelay:
         self._held.clear()  # a call cut off is asked for again, whole
         self._failed.add(stream.upstream.name)
         self._continuations_left -= 1
-        reason = self._record.reason
         following = await self._resume(self._said, frozenset(self._failed))
-        self._record.reason = reason
         if following is None:
             log.warning("request %s: no provider could continue what %s broke off", REQUEST_ID.get(), stream.upstream.name)
             raise client_error(failure) from None
-        self._record.continuations.append((stream.upstream.name, failure.label))
+        self._continuations.append((stream.upstream.name, failure.label))
         self._stream = following
+        self._served.append(following)
         if following.upstream.config.continuation == "restart" and (self._said.pieces or self._said.calls):
             self._replay = _Replay(self._said.text, list(self._said.calls))
         log.warning("request %s: %s continues the answer %s broke off (%s)", REQUEST_ID.get(),

@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import trio
 from attrs import define, field
 
 
@@ -28,7 +27,8 @@ class ChatRequest:
 
 @define
 class RouteRecord:
-    """What routing did for one request: written by the routing layer only, read when it is logged."""
+    """What routing did for one request: written by the router only (routing/router.py), from
+    what patience, settlement and the stream relay hand it; read when the request is logged."""
 
     provider: str = "-"
     account: str = "-"  # which key's quota paid, e.g. cerebras#2; never the key itself
@@ -45,22 +45,6 @@ class RouteRecord:
     continuations: list[tuple[str, str]] = field(factory=list)
 
 
-def waiting_on_upstream(record: RouteRecord) -> "_UpstreamTime":
-    """Count the time inside (a `with` block) as the provider's, not the proxy's."""
-    return _UpstreamTime(record)
-
-
-class _UpstreamTime:
-    """A class rather than a generator-based context manager: it wraps two phases of every request."""
-
-    __slots__ = ("_record", "_started")
-
-    def __init__(self, record: RouteRecord) -> None:
-        self._record = record
-        self._started = 0.0
-
-    def __enter__(self) -> None:
-        self._started = trio.current_time()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._record.upstream_seconds += trio.current_time() - self._started
+# The outcome of a request that never reached routing (its door or admission refused it): no
+# provider asked. Shared and only read: the router writes only the records it makes (`Routing`).
+NOT_ROUTED = RouteRecord()

@@ -21,12 +21,12 @@ from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
 from .failures import HANDLING, RETRY_STATUSES, backoff_for, client_error
 from .fair_share import FairShare
-from .patience import Pace, Patience
+from .patience import Pace, Patience, Waiting
 from .continuation import SaidSoFar, continuation_body
 from .prompt_cache import PromptMemory, PromptPrefix
-from .relay import OpenStream, StreamRelay, carries_content
-from .request import ChatRequest, RouteRecord, waiting_on_upstream
-from .settlement import Settlement
+from .relay import OpenStream, StreamOutcome, StreamRelay, carries_content
+from .request import ChatRequest, RouteRecord
+from .settlement import Reported, Settlement
 from .tokens import PromptEstimator, estimate_answer_tokens, requested_completion_tokens
 
 log = logging.getLogger("trioproxy.router")
@@ -93,9 +93,9 @@ class Router:
             return prompt + (named if cap is None else min(named, cap))
         return prompt + (cap if cap is not None else math.ceil(self.patience.completion_tokens))
 
-    async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
+    async def _complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers; `record` is the
-        request's outcome, filled in as routing goes (see `take`)."""
+        request's outcome, which this router writes as it goes (see `take`)."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> dict[str, Any]:
             with upstream.answer_deadline():
@@ -115,10 +115,11 @@ class Router:
         return await self._route(request, record, attempt)
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest, record: RouteRecord) -> AsyncIterator[StreamRelay]:
+    async def _stream(self, request: ChatRequest, record: RouteRecord) -> AsyncIterator[StreamRelay]:
         """A stream whose status is 2xx and whose first content has arrived (the first-chunk gate),
         relayed on by the next providers that can serve should it break off later; `record` is
-        the request's outcome, complete when the stream ends (see `take`)."""
+        the request's outcome, which this router writes, complete when the stream ends (see `take`)."""
+        open_stream = functools.partial(self._open_stream, record)
 
         async def resume(said: SaidSoFar, passed_over: frozenset[str]) -> OpenStream | None:
             def ask(upstream: Upstream, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -126,28 +127,35 @@ class Router:
                     return None
                 return continuation_body(body, upstream.config.continuation, said)
 
+            reason = record.reason  # the answer's: why its first provider served it
             try:
-                return await self._route(request, record, self._open_stream, ask)
+                following = await self._route(request, record, open_stream, ask)
             except ProxyError:
-                return None  # nobody could: the stream ends with the first failure's error
+                following = None  # nobody could: the stream ends with the first failure's error
+            record.reason = reason
+            return following
 
         async def broke_off(stream: OpenStream, failure: UpstreamFailure) -> None:
             await self._after_failure(stream.upstream, stream.model, failure, stream.settlement, mid_stream=True)
 
-        first = await self._route(request, record, self._open_stream)
-        relay = StreamRelay(first, record, resume, broke_off, self._max_continuations,
-                            requested_completion_tokens(request.body))
+        first = await self._route(request, record, open_stream)
+        relay = StreamRelay(first, resume, broke_off, self._max_continuations, requested_completion_tokens(request.body))
         try:
             yield relay
         finally:
-            with trio.CancelScope(shield=True):
-                await relay.aclose()
-
-    async def _open_stream(self, upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> OpenStream:
-        with upstream.first_event_deadline():
-            answer = await self._open(upstream, body, settlement.reservation, settlement.record)
             try:
-                with waiting_on_upstream(settlement.record):
+                with trio.CancelScope(shield=True):
+                    await relay.aclose()
+            finally:
+                _record_stream(record, relay.outcome)
+
+    async def _open_stream(
+        self, record: RouteRecord, upstream: Upstream, body: dict[str, Any], settlement: Settlement
+    ) -> OpenStream:
+        with upstream.first_event_deadline():
+            answer = await self._open(upstream, body, settlement.reservation, record)
+            try:
+                with waiting_on_upstream(record):
                     opening, pending = await self._first_event(upstream, answer)
             except BaseException:
                 with trio.CancelScope(shield=True):
@@ -214,7 +222,8 @@ class Router:
         to pass that provider over.
         """
         prefix, messages_json = PromptPrefix.of(request.body) if self.prompt_memory else (None, None)
-        record.prompt_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
+        raw_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
+        record.prompt_estimate = raw_estimate
         order = self._in_order()
         if not order:
             raise self._model_unavailable()
@@ -250,8 +259,10 @@ class Router:
             if self._fair_share is not None and later:
                 ticket = self._fair_share.ticket(upstream.quota_key, request.client, request.weight, cost)
             reservation = await self.patience.reserve(
-                upstream, cost, body, later, record, floor=prompt_estimate, uncached=uncached, ticket=ticket
+                upstream, cost, body, later, floor=prompt_estimate, uncached=uncached, ticket=ticket
             )
+            if isinstance(reservation, Waiting):
+                reservation = await _wait(reservation, record)
             if isinstance(reservation, Refusal):
                 why_not_previous = f"fallback: {reservation.reason}"
                 log.debug("request %s: %s skipped (%s)", REQUEST_ID.get(), upstream.name, reservation.reason)
@@ -263,7 +274,7 @@ class Router:
             remember = None
             if memory is not None and prefix is not None:
                 remember = functools.partial(memory.remember, reservation.key_index, prefix)
-            settlement = Settlement(self.ledger, self.estimator, reservation, record, timer.usage, remember, ticket)
+            settlement = Settlement(self.ledger, self.estimator, reservation, raw_estimate, timer.usage, remember, ticket)
             try:
                 result = await attempt(upstream, body, settlement)
                 if request.stream:
@@ -283,6 +294,8 @@ class Router:
                 raise
             finally:
                 self.ledger.finish_probe(reservation, succeeded)
+                if settlement.reported is not None:  # a plain answer's usage (a stream's comes later)
+                    _record_usage(record, settlement.reported)
         raise self._final_error(last_failure)
 
     def _in_order(self) -> list[tuple[Upstream, str | None]]:
@@ -379,12 +392,58 @@ class Router:
         return max(1, math.ceil(soonest - now))
 
 
+async def _wait(waiting: Waiting, record: RouteRecord) -> Reservation | Refusal:
+    """Wait in line as patience decided; the time it took and why go on `record`, however it ends."""
+    try:
+        return await waiting.turn()
+    finally:
+        record.waited_seconds += waiting.seconds
+        record.waited_why = waiting.why
+
+
+def _record_usage(record: RouteRecord, reported: Reported) -> None:
+    record.prompt_tokens, record.completion_tokens = reported.prompt_tokens, reported.completion_tokens
+    record.cached_tokens = reported.cached_tokens
+
+
+def _record_stream(record: RouteRecord, outcome: StreamOutcome) -> None:
+    """A stream's part of `record`, once it ended: its tokens (the whole answer's when several
+    providers served it) and the providers that broke off."""
+    if outcome.reported is not None:
+        _record_usage(record, outcome.reported)
+    if outcome.answer_tokens is not None:
+        record.prompt_tokens, record.completion_tokens = outcome.answer_tokens
+    record.continuations.extend(outcome.continuations)
+
+
+def waiting_on_upstream(record: RouteRecord) -> "_UpstreamTime":
+    """Count the time inside (a `with` block) as the provider's, not the proxy's."""
+    return _UpstreamTime(record)
+
+
+class _UpstreamTime:
+    """A class rather than a generator-based context manager: it wraps two phases of every request."""
+
+    __slots__ = ("_record", "_started")
+
+    def __init__(self, record: RouteRecord) -> None:
+        self._record = record
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = trio.current_time()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._record.upstream_seconds += trio.current_time() - self._started
+
+
 @define
 class Routing:
     """One request's way through a router. `outcome` is what routing did (providers tried, why,
-    tokens, time waited); routing alone writes it, as it goes: it is whole once `complete`
-    returns or raises, or once the stream ends. A request cancelled half-way keeps what was done.
-    """
+    tokens, time waited); the router alone writes it, as it goes, from the parts patience,
+    settlement and the stream relay return: it is whole once `complete` returns or raises, or
+    once the stream ends. A request cancelled half-way keeps what was done; a failure's
+    outcome is there too (a ProxyError carries the client's answer, not the outcome)."""
 
     router: Router
     request: ChatRequest
@@ -392,8 +451,8 @@ class Routing:
 
     async def complete(self) -> dict[str, Any]:
         """The non-streamed answer; a ProxyError when no provider delivered."""
-        return await self.router.complete(self.request, self.outcome)
+        return await self.router._complete(self.request, self.outcome)
 
     def stream(self) -> AbstractAsyncContextManager[StreamRelay]:
         """The stream, open past the first-chunk gate; a ProxyError when no provider delivered."""
-        return self.router.stream(self.request, self.outcome)
+        return self.router._stream(self.request, self.outcome)

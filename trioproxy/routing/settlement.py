@@ -3,11 +3,10 @@
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define
+from attrs import define, frozen
 
 from ..quota.contract import Ledger, Reservation
 from .fair_share import ShareTicket
-from .request import RouteRecord
 from .tokens import PromptEstimator
 
 
@@ -35,17 +34,30 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+@frozen
+class Reported:
+    """The tokens a provider's usage block gave for one answer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int  # of the prompt, what the provider's cache held
+
+
 @define
 class Settlement:
+    """Books one attempt's reservation once; what it booked is `settled`, what the provider
+    reported is `reported` (read by the router for the request's outcome)."""
+
     ledger: Ledger
     estimator: PromptEstimator
     reservation: Reservation
-    record: RouteRecord
+    prompt_estimate: int  # the raw estimate of the prompt, so usage can teach the estimator
     on_usage: Callable[[int], None] | None = None  # told the completion tokens, to learn speeds
     on_prompt: Callable[[int], None] | None = None  # told the prompt tokens the provider saw (its cache has them now)
     share: ShareTicket | None = None  # the client's fair share of the provider, settled likewise
     settled: tuple[int, int] | None = None  # the (prompt, completion) tokens booked, once settled
     usage: dict[str, Any] | None = None  # the provider's usage block, when it sent one
+    reported: Reported | None = None  # its figures (the last block's, should several come)
 
     async def from_usage(self, document: dict[str, Any]) -> bool:
         """Settle and teach the estimator if `document` carries usage; whether it did."""
@@ -53,12 +65,12 @@ class Settlement:
         if usage is None:
             return False
         self.usage = document["usage"]
-        self.record.prompt_tokens, self.record.completion_tokens = usage
-        self.record.cached_tokens = cached_tokens(document, usage[0])
-        await self.ledger.settle(self.reservation, sum(usage), usage[0] - self.record.cached_tokens)
+        cached = cached_tokens(document, usage[0])
+        self.reported = Reported(usage[0], usage[1], cached)
+        await self.ledger.settle(self.reservation, sum(usage), usage[0] - cached)
         if self.share is not None:
             self.share.settle(sum(usage))
-        self.estimator.learn(self.record.prompt_estimate, usage[0])
+        self.estimator.learn(self.prompt_estimate, usage[0])
         if self.on_usage is not None:
             self.on_usage(usage[1])
         if self.on_prompt is not None:
@@ -84,7 +96,7 @@ class Settlement:
         """Without usage, settle the estimated prompt plus what was seen of the completion; the
         (prompt, completion) tokens booked either way."""
         if self.settled is None:
-            prompt = round(self.record.prompt_estimate * self.estimator.ratio)
+            prompt = round(self.prompt_estimate * self.estimator.ratio)
             await self.ledger.settle(self.reservation, prompt + completion_tokens)
             if self.share is not None:
                 self.share.settle(prompt + completion_tokens)

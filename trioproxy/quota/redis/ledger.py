@@ -31,7 +31,8 @@ from ..contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, sum
 from ..account import account_name
 from ..ledger import QuotaLedger
 from ..limits import limit_states
-from .store import Lane, QuotaStore, Reply
+from .ledger_script import Lane, Reply
+from .store import QuotaStore
 from .share_keeper import ShareKeeper
 
 OUTAGE_RETRY_SECONDS = 1.0  # what a "refuse" refusal tells the router about trying again
@@ -92,7 +93,8 @@ class RedisLedger:
     """The quota ledger shared through Redis by every replica and worker (the `Ledger` contract
     of `quota/contract.py`, whose docstrings say what each method answers and raises). It books
     from a share the store took ahead for this process while far from a limit, and through one
-    script call per request near one; the store (`store.py`) owns the connection and outages."""
+    script call per request near one; the store (`store.py`) owns the connection and outages, the
+    lanes and the clock, and tells this ledger (its listener, from construction on) what it must hear."""
 
     def __init__(
         self,
@@ -140,7 +142,7 @@ class RedisLedger:
         self._shares = ShareKeeper(
             store, self._lanes, self._new_lease, lease_seconds=lease_seconds, replica=replica, enabled=shares
         )
-        store.listener = self
+        store.listen(self)
 
     def with_providers(self, providers: Iterable[ProviderConfig]) -> "RedisLedger":
         """The same shared ledger for other provider settings (a reload)."""
@@ -187,7 +189,7 @@ class RedisLedger:
             return await self._reserve_locally(provider, tokens, floor, costs)
         self._absorb(provider, reply)
         if reply.result[0] == 0:
-            return Refusal(reply.result[1], self.store.to_trio(float(reply.result[2])))
+            return Refusal(reply.result[1], self.store.clock.to_trio(float(reply.result[2])))
         _, index, seq, cum, day, probe, booked_uncached = reply.result
         account = self._names[provider][index - 1]
         return SharedReservation(
@@ -224,7 +226,7 @@ class RedisLedger:
             return await self._fallback.refusal(provider, tokens, requests, uncached)
         if reply.result[0] == 0:
             return None
-        return Refusal(reply.result[1], self.store.to_trio(float(reply.result[2])))
+        return Refusal(reply.result[1], self.store.clock.to_trio(float(reply.result[2])))
 
     async def settle(self, reservation: Reservation, actual_tokens: int, uncached_tokens: int | None = None) -> None:
         if not isinstance(reservation, SharedReservation):
@@ -303,13 +305,13 @@ class RedisLedger:
     def available_at(self, provider: str) -> float:
         if not self._shared(self._names[provider]):
             return self._fallback.available_at(provider)
-        return min(self.store.to_trio(self._views[account]["av"]) for account in self._names[provider])
+        return min(self.store.clock.to_trio(self._views[account]["av"]) for account in self._names[provider])
 
     def in_cooldown(self, provider: str) -> bool:
         if not self._shared(self._names[provider]):
             return self._fallback.in_cooldown(provider)
         now = self.now()
-        return all(self.store.to_trio(self._views[a]["cd"]) > now for a in self._names[provider])
+        return all(self.store.clock.to_trio(self._views[a]["cd"]) > now for a in self._names[provider])
 
     def snapshot(self, account: str) -> dict[str, Any]:
         if not self._shared([account]):
@@ -323,14 +325,14 @@ class RedisLedger:
             state[name] = {"used": view["u"][name], "limit": None if limit < 0 else limit}
             if name in view["st"]:
                 sources[name].stated, at = view["st"][name]
-                sources[name].stated_at = self.store.to_trio(float(at))
+                sources[name].stated_at = self.store.clock.to_trio(float(at))
             if name in view["pr"]:
                 state[name]["provider_remaining"] = int(view["pr"][name])
             kind = window_kind(name)
             held = 0 if kind == "uncached_tokens" else view["sh"][kind == "tokens"]  # shares book no uncached tokens
             if held:
                 state[name]["in_shares"] = held  # booked in shares, not handed out yet
-        left = self.store.to_trio(view["cd"]) - self.now() if view["cd"] else 0.0
+        left = self.store.clock.to_trio(view["cd"]) - self.now() if view["cd"] else 0.0
         state["cooldown_seconds"] = round(left, 1) if left > 0 else 0
         state["cooldown_reason"] = view["why"] if left > 0 else ""
         state["half_open"] = bool(view["ho"])

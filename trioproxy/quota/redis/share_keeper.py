@@ -11,7 +11,8 @@ from collections.abc import Callable
 import trio
 from attrs import frozen
 
-from .store import Lane, QuotaStore, Reply
+from .ledger_script import Lane, Reply
+from .store import QuotaStore
 from .shares import SHARE_LEASE_SECONDS, SHARE_SECONDS, Share, ShareBook
 
 
