@@ -136,6 +136,7 @@ class ProviderClient:
                    (b"Content-Length", str(len(content)).encode())]
         request = httpx.Request("POST", self.chat_url, headers=headers, stream=httpx.ByteStream(content),
                                 extensions={"timeout": self.timeout})
+        request.read()  # `content` set, as `content=` sets it: the transport takes the body whole
         response = await self.direct.handle_async_request(request)
         response.request = request
         return response
