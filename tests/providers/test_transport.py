@@ -1,4 +1,4 @@
-"""The lean httpx transport (trioproxy/transport.py) against real servers on 127.0.0.1.
+"""The lean httpx transport (trioproxy/providers/transport.py) against real servers on 127.0.0.1.
 
 Keep-alive reuse, stale and expired idle connections, bodies cut short or left unread, timeouts,
 refused connections, and TLS, both on the transport alone and through the whole proxy.
@@ -6,7 +6,6 @@ refused connections, and TLS, both on the transport alone and through the whole 
 
 import json
 import ssl
-from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -18,38 +17,11 @@ import trustme
 
 from support.chat import chat, client_for, post, stream, stream_text
 from support.proxies import Providers, StartProxy
-from support.raw_http import read_raw_request
+from support.raw_http import answer_each, read_raw_request, serve_raw
 from trioproxy.providers.transport import LeanTransport
 from trioproxy.testing import emulator
 
-Handler = Callable[[trio.SocketStream], Awaitable[None]]
-
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-
-
-async def serve_raw(nursery: trio.Nursery, handler: Handler) -> tuple[str, list[int]]:
-    """A scripted HTTP server: `handler` gets each connection. Returns its URL and a list
-    that counts connections (its length)."""
-    connections: list[int] = []
-
-    async def counted(stream: trio.SocketStream) -> None:
-        connections.append(1)
-        async with stream:
-            await handler(stream)
-
-    listeners = await nursery.start(partial(trio.serve_tcp, counted, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
-    return f"http://127.0.0.1:{port}/", connections
-
-
-async def answer_each(responses: list[bytes], stream: trio.SocketStream) -> None:
-    """Answer one request per entry on the same connection, then wait for the client to go."""
-    for response in responses:
-        if not await read_raw_request(stream):
-            return
-        await stream.send_all(response)
-    while await stream.receive_some(65536):
-        pass
 
 
 async def test_sequential_requests_share_one_connection(nursery: trio.Nursery) -> None:

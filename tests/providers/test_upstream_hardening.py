@@ -24,7 +24,7 @@ from trioproxy.providers.upstream import Deadlines, OpenAnswer, ProviderClient, 
 from trioproxy.quota.cooldown import CooldownTimers
 from trioproxy.quota.contract import Reservation
 from trioproxy.quota.ledger import QuotaLedger
-from trioproxy.routing.request import ChatRequest, RouteRecord
+from trioproxy.routing.request import ChatRequest
 from trioproxy.routing.router import Router
 from trioproxy.secrets import MAX_MESSAGE_CHARS, REDACTED, SECRET_RUN, Sanitizer
 from trioproxy.testing.emulator import Faults, completion_text
@@ -299,10 +299,10 @@ async def test_a_cancel_while_syncing_quota_headers_closes_the_response(
         with trio.CancelScope() as scope:
             ledger.scope = scope
             if stream:
-                async with router.stream(request, RouteRecord()):
+                async with router.take(request).stream():
                     pytest.fail("the stream opened although its request was cancelled")
             else:
-                await router.complete(request, RouteRecord())
+                await router.take(request).complete()
     assert scope.cancelled_caught and len(upstream.opened) == 1
     assert upstream.opened[0].closed, "the provider's response was left open"
     assert await eventually(lambda: server.open == 0)
@@ -397,7 +397,7 @@ async def test_an_answer_without_usage_is_settled_from_its_text(nursery: trio.Nu
                     CooldownTimers(nursery, ledger), 300, 5)
     body = chat(max_tokens=5000)
     with trio.fail_after(5):
-        await router.complete(ChatRequest(body=body, stream=False), RouteRecord())
+        await router.take(ChatRequest(body=body, stream=False)).complete()
     (state,) = ledger.provider_snapshot("cerebras").values()
     # about 100 tokens of text and a prompt of some ten, not the 5000 the client allowed
     assert 100 < state["tpm"]["used"] <= 100 + 2 * estimate_prompt_tokens(body) + 10, state["tpm"]

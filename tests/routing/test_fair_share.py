@@ -272,7 +272,7 @@ async def test_a_request_the_provider_refused_costs_nothing_of_the_clients_share
     from trioproxy.quota.cooldown import CooldownTimers
     from trioproxy.quota.ledger import QuotaLedger
     from trioproxy.routing.fair_share import FairShare
-    from trioproxy.routing.request import ChatRequest, RouteRecord
+    from trioproxy.routing.request import ChatRequest
     from trioproxy.routing.router import Router
     from trioproxy.secrets import Sanitizer
 
@@ -287,7 +287,7 @@ async def test_a_request_the_provider_refused_costs_nothing_of_the_clients_share
     providers.cerebras.faults.status = 400
     with trio.fail_after(10):
         try:
-            await router.complete(ChatRequest(body=chat(), stream=False, client="agent"), RouteRecord())
+            await router.take(ChatRequest(body=chat(), stream=False, client="agent")).complete()
         except ProxyError as error:
             assert error.status == 400
     share = fair.providers["cerebras"]

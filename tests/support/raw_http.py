@@ -1,12 +1,14 @@
-"""HTTP below the clients: the proxy's root URL, a request read off a socket, response heads
-written by hand, a connection closed with a reset, and a raw client that sends any bytes and
-parses HTTP/1.x responses off the socket."""
+"""HTTP below the clients: the proxy's root URL, a request read off a socket, a scripted server
+answering with bytes written by hand, response heads written by hand, a connection closed with
+a reset, and a raw client that sends any bytes and parses HTTP/1.x responses off the socket."""
 
 from __future__ import annotations
 
 import json
 import socket
 import struct
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -48,6 +50,34 @@ async def read_raw_request(stream: trio.SocketStream) -> tuple[str, bytes] | Non
             return None
         body += more
     return head.split(b" ")[1].decode("latin-1"), body
+
+
+Handler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+async def serve_raw(nursery: trio.Nursery, handler: Handler) -> tuple[str, list[int]]:
+    """A scripted HTTP server: `handler` gets each connection. Returns its URL and a list
+    that counts connections (its length)."""
+    connections: list[int] = []
+
+    async def counted(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        async with stream:
+            await handler(stream)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, counted, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    return f"http://127.0.0.1:{port}/", connections
+
+
+async def answer_each(responses: list[bytes], stream: trio.SocketStream) -> None:
+    """Answer one request per entry on the same connection, then wait for the client to go."""
+    for response in responses:
+        if not await read_raw_request(stream):
+            return
+        await stream.send_all(response)
+    while await stream.receive_some(65536):
+        pass
 
 
 def root_of(proxy: Proxy) -> str:

@@ -1,13 +1,15 @@
-"""A lean HTTP/1.1 transport for httpx: h11 over Trio, a stack of idle connections per origin.
+"""A lean HTTP/1.1 transport for httpx: llhttp over Trio, a stack of idle connections per origin.
 
 httpx's default transport (httpcore) rescans every pooled connection, with one poll() each, on
 every request and again on every response close. With the 64 connections a busy proxy keeps,
 that bookkeeping was a fifth of trioproxy's CPU (bench/profile.py). Here a request takes the
 most recently used idle connection of its origin and checks only that one: O(1).
 
-httpx stays the interface (requests, responses, timeouts, exceptions); only the wire work is
-ours. httpx ignores HTTP(S)_PROXY for a client given its own transport, so a provider reached
-through such a proxy is not served by this one (see upstream.ProviderClient).
+Responses are parsed by httptools (llhttp, the C parser uvicorn uses), one parser per
+connection, whose callbacks fill in the response being read; requests are written by hand, head
+and body in one write. httpx stays the interface (requests, responses, timeouts, exceptions);
+only the wire work is ours. httpx ignores HTTP(S)_PROXY for a client given its own transport, so
+a provider reached through such a proxy is not served by this one (see upstream.ProviderClient).
 """
 
 import math
@@ -15,50 +17,164 @@ import ssl
 from collections.abc import AsyncIterator
 from types import TracebackType
 
-import h11
+import httptools
 import httpx
 import trio
-from attrs import define
 
 _READ_SIZE = 65536
+_MAX_HEAD = 16384  # bytes of a response head before it is refused (h11's bound): a head never ends
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 Origin = tuple[bytes, str, int]
 
 
-@define(eq=False)
-class _Connection:
-    stream: trio.abc.Stream
-    socket: trio.socket.SocketType  # the TCP socket under a TLS stream too: for the liveness check
-    h11: h11.Connection
-    idle_since: float = 0.0
+class _Malformed(Exception):
+    """The response breaks HTTP/1.1 in a way the parser cannot see: cut short, or a head too long."""
 
-    async def next_event(self, read_timeout: float | None) -> object:
-        """The next h11 event, reading from the network as needed."""
-        while (event := self.h11.next_event()) is h11.NEED_DATA:
-            # move_on_after and a check, not fail_after: the same scope without a generator.
-            with trio.move_on_after(_seconds(read_timeout)) as waited:
-                self.h11.receive_data(await self.stream.receive_some(_READ_SIZE))
-            if waited.cancelled_caught:
-                raise trio.TooSlowError
-        return event
+
+class _Connection:
+    """One connection and the response being read on it.
+
+    The connection is the parser's protocol: llhttp calls the `on_*` methods as it parses, and
+    they record the final response's status, reason, headers and body parts here. 1xx responses
+    are parsed and passed over.
+    """
+
+    __slots__ = ("stream", "socket", "idle_since", "_parser", "status", "reason", "headers", "body",
+                 "complete", "keep_alive", "_head_only", "_fault")
+
+    def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
+        self.stream = stream
+        self.socket = socket  # the TCP socket under a TLS stream too: for the liveness check
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        # As h11 did: Transfer-Encoding overrides Content-Length, and a bare LF ends a line.
+        self._parser.set_dangerous_leniencies(lenient_chunked_length=True, lenient_optional_cr_before_lf=True)
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []  # reused: httpx copies them into its Headers
+        self.body: list[bytes] = []  # parts parsed and not yet handed on
+        self.expect("POST")
+
+    def expect(self, method: str) -> None:
+        """Get ready to read the response to a `method` request."""
+        self.status = 0  # set once the final response's head is complete
+        self.complete = False
+        self.keep_alive = False
+        self._head_only = method == "HEAD"
+        self._fault = ""  # what makes the head unacceptable though llhttp parses it
+
+    def on_message_begin(self) -> None:
+        if self.status:  # a response after the one asked for: the connection is out of step
+            self.keep_alive = False
+        else:
+            self.reason = b""
+            self.headers.clear()
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason  # in pieces when the status line spans reads
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")  # llhttp strips the leading whitespace only
+        if len(name) == 17 and name.lower() == b"transfer-encoding" and value.lower() != b"chunked":
+            self._fault = f"transfer coding {value!r} is not supported"  # llhttp would pass it on undecoded
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if self.status or 100 <= status < 200:
+            return  # an informational response, or one after the final response
+        self.status = status
+        if status < 100:
+            self._fault = f"status code {status}"
+        if self._head_only:  # no body follows whatever the head says; llhttp cannot be told so
+            self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.complete:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.status and not self.complete:
+            self.complete = True
+            # Read here: llhttp forgets the message's connection header once it completes.
+            self.keep_alive = self._parser.should_keep_alive()
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except _PARSER_ERRORS:
+            if not self.complete:
+                raise
+            self.keep_alive = False  # what follows a whole response is no HTTP: not reused
+
+    async def receive(self, read_timeout: float | None) -> bytes:
+        # move_on_after, not fail_after: the same scope without a generator.
+        with trio.move_on_after(_seconds(read_timeout)):
+            return await self.stream.receive_some(_READ_SIZE)
+        raise trio.TooSlowError
 
     async def send_all(self, data: bytes, write_timeout: float | None) -> None:
-        with trio.move_on_after(_seconds(write_timeout)) as waited:
-            await self.stream.send_all(data)
-        if waited.cancelled_caught:
-            raise trio.TooSlowError
+        with trio.move_on_after(_seconds(write_timeout)):
+            return await self.stream.send_all(data)
+        raise trio.TooSlowError
+
+    async def read_head(self, read_timeout: float | None) -> bool:
+        """Read until the final response's head is complete; False if the server closed the
+        connection without sending a byte."""
+        received = 0
+        while not self.status:
+            data = await self.receive(read_timeout)
+            if not data:
+                if received:
+                    raise _Malformed("connection closed within the response head")
+                return False
+            received += len(data)
+            self.feed(data)
+            if not self.status and received > _MAX_HEAD:
+                raise _Malformed(f"response head longer than {_MAX_HEAD} bytes")
+        if self._fault:
+            raise _Malformed(self._fault)
+        return True
+
+    async def read_body(self, read_timeout: float | None) -> None:
+        """Read once more of the body; at the end of the connection, the body is complete if its
+        head gave it no length (it ends there), and cut short otherwise."""
+        data = await self.receive(read_timeout)
+        if data:
+            self.feed(data)
+        elif any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
+            raise _Malformed("connection closed before the body was complete")
+        else:
+            self.complete = True  # keep_alive stays False: the connection has ended
 
     def reusable(self) -> bool:
-        """Both sides finished a keep-alive exchange: ready for the next request."""
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            self.h11.start_next_cycle()
-            return True
-        return False
+        """The response was read whole and both sides keep the connection: ready for the next request."""
+        return self.complete and self.keep_alive
 
 
 def _seconds(timeout: float | None) -> float:
     return math.inf if timeout is None else timeout
+
+
+async def _outgoing(request: httpx.Request) -> bytes:
+    """The request as it goes on the wire: its head and body in one piece.
+
+    trioproxy's bodies are in memory, and a write per part would cost a system call each.
+    """
+    fields = request.headers.raw
+    head = b"\r\n".join([b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path),
+                         *map(b": ".join, fields)])
+    # A CR or LF inside a field would split it into lines of the attacker's choosing.
+    if head.count(b"\n") != len(fields) or head.count(b"\r") != len(fields):
+        raise httpx.LocalProtocolError("a request header contains CR or LF", request=request)
+    try:
+        body = request.content
+    except httpx.RequestNotRead:  # a streamed body: read whole, framed as its headers say
+        body = await request.aread()
+        if "transfer-encoding" in request.headers:  # httpx sets it only to chunked
+            body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+    return b"".join((head, b"\r\n\r\n", body))
 
 
 class _HttpxErrors:
@@ -85,10 +201,8 @@ class _HttpxErrors:
             raise self._timeout(str(exc) or self._timeout.__name__, request=request) from exc
         if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
             raise self._network(str(exc) or type(exc).__name__, request=request) from exc
-        if isinstance(exc, h11.RemoteProtocolError):
-            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-        if isinstance(exc, h11.LocalProtocolError):
-            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        if isinstance(exc, (_Malformed, *_PARSER_ERRORS)):
+            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
@@ -107,33 +221,26 @@ class LeanTransport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout", {})
         url = request.url
         origin: Origin = (url.raw_scheme, url.host, url.port or _DEFAULT_PORTS.get(url.raw_scheme, 80))
+        outgoing = await _outgoing(request)
         conn = await self._idle_connection(origin)
         if conn is None:
             with _HttpxErrors(request, httpx.ConnectTimeout, httpx.ConnectError):
                 conn = await self._connect(origin, timeouts.get("connect"))
+        conn.expect(request.method)
         try:
             with _HttpxErrors(request, httpx.WriteTimeout, httpx.WriteError):
-                # Head and body in one write: trioproxy's bodies are in memory, and a write
-                # per part would cost a system call each.
-                outgoing = [conn.h11.send(h11.Request(method=request.method, target=url.raw_path,
-                                                      headers=request.headers.raw))]
-                async for chunk in request.stream:  # type: ignore[union-attr]
-                    outgoing.append(conn.h11.send(h11.Data(data=chunk)))
-                outgoing.append(conn.h11.send(h11.EndOfMessage()))
-                await conn.send_all(b"".join(filter(None, outgoing)), timeouts.get("write"))
+                await conn.send_all(outgoing, timeouts.get("write"))
             with _HttpxErrors(request, httpx.ReadTimeout, httpx.ReadError):
-                head = await conn.next_event(timeouts.get("read"))
-                while isinstance(head, h11.InformationalResponse):
-                    head = await conn.next_event(timeouts.get("read"))
+                answered = await conn.read_head(timeouts.get("read"))
         except BaseException:
             await trio.aclose_forcefully(conn.stream)
             raise
-        if not isinstance(head, h11.Response):  # h11 raises for anything malformed; this is EOF
+        if not answered:
             await trio.aclose_forcefully(conn.stream)
             raise httpx.RemoteProtocolError("server closed the connection without answering", request=request)
         body = _ResponseBody(self, origin, conn, request, timeouts.get("read"))
-        return httpx.Response(head.status_code, headers=head.headers.raw_items(), stream=body,
-                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": head.reason})
+        return httpx.Response(conn.status, headers=conn.headers, stream=body,
+                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason})
 
     async def _idle_connection(self, origin: Origin) -> _Connection | None:
         """The most recently used idle connection that is still good, closing stale ones."""
@@ -160,7 +267,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     await trio.aclose_forcefully(tcp)
                     raise
                 stream = tls
-        return _Connection(stream, tcp.socket, h11.Connection(h11.CLIENT))
+        return _Connection(stream, tcp.socket)
 
     async def release(self, origin: Origin, conn: _Connection) -> None:
         """Keep a connection whose exchange completed for the next request, or close it."""
@@ -193,21 +300,19 @@ class _ResponseBody(httpx.AsyncByteStream):
         conn = self._conn
         if conn is None:
             return
+        parts = conn.body
         with _HttpxErrors(self._request, httpx.ReadTimeout, httpx.ReadError):
-            event = await conn.next_event(self._read_timeout)
-            while isinstance(event, h11.Data):
-                # h11 hands a chunked body over chunk by chunk (an SSE event is often a chunk):
-                # the chunks one network read brought go on as one piece, so the events that
-                # arrived together are relayed in one write, as Upstream.event_batches intends.
-                parts = [event.data]
-                while isinstance(event := conn.h11.next_event(), h11.Data):
-                    parts.append(event.data)
-                yield b"".join(parts)
-                if event is h11.NEED_DATA:
-                    event = await conn.next_event(self._read_timeout)
-        if not isinstance(event, h11.EndOfMessage):
-            raise httpx.RemoteProtocolError("connection closed before the body was complete",
-                                            request=self._request)
+            while True:
+                if parts:
+                    # llhttp hands a chunked body over chunk by chunk (an SSE event is often a
+                    # chunk): the parts one network read brought go on as one piece, so the events
+                    # that arrived together are relayed in one write, as Upstream.event_batches intends.
+                    piece = b"".join(parts)
+                    parts.clear()
+                    yield piece
+                if conn.complete:
+                    break
+                await conn.read_body(self._read_timeout)
         self._conn = None
         await self._transport.release(self._origin, conn)
 

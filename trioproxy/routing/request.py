@@ -44,3 +44,7 @@ class RouteRecord:
     # Streams another provider finished: (the provider that broke off, why), in order.
     continuations: list[tuple[str, str]] = field(factory=list)
 
+
+# The outcome of a request that never reached routing (its door or admission refused it): no
+# provider asked. Shared and only read: the router writes only the records it makes (`Routing`).
+NOT_ROUTED = RouteRecord()

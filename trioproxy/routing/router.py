@@ -93,7 +93,7 @@ class Router:
             return prompt + (named if cap is None else min(named, cap))
         return prompt + (cap if cap is not None else math.ceil(self.patience.completion_tokens))
 
-    async def complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
+    async def _complete(self, request: ChatRequest, record: RouteRecord) -> dict[str, Any]:
         """A non-streamed chat answer from the first provider that delivers; `record` is the
         request's outcome, which this router writes as it goes (see `take`)."""
 
@@ -115,7 +115,7 @@ class Router:
         return await self._route(request, record, attempt)
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest, record: RouteRecord) -> AsyncIterator[StreamRelay]:
+    async def _stream(self, request: ChatRequest, record: RouteRecord) -> AsyncIterator[StreamRelay]:
         """A stream whose status is 2xx and whose first content has arrived (the first-chunk gate),
         relayed on by the next providers that can serve should it break off later; `record` is
         the request's outcome, which this router writes, complete when the stream ends (see `take`)."""
@@ -451,8 +451,8 @@ class Routing:
 
     async def complete(self) -> dict[str, Any]:
         """The non-streamed answer; a ProxyError when no provider delivered."""
-        return await self.router.complete(self.request, self.outcome)
+        return await self.router._complete(self.request, self.outcome)
 
     def stream(self) -> AbstractAsyncContextManager[StreamRelay]:
         """The stream, open past the first-chunk gate; a ProxyError when no provider delivered."""
-        return self.router.stream(self.request, self.outcome)
+        return self.router._stream(self.request, self.outcome)

@@ -4,7 +4,7 @@ import trio
 from attrs import define, field
 
 from ..quota.clients import TokenBooking
-from ..routing.request import RouteRecord
+from ..routing.request import NOT_ROUTED, RouteRecord
 
 STATUS_CLIENT_CLOSED = 499  # nginx's convention for "client went away", for the log only
 
@@ -15,7 +15,7 @@ class ServedRequest:
 
     request_id: str
     api: str  # the front door: chat, responses or messages
-    route: RouteRecord = field(factory=RouteRecord)  # routing's outcome, copied in once routing starts
+    route: RouteRecord = NOT_ROUTED  # routing's outcome (`Routing.outcome`), copied in once routing starts
     model: str = "-"  # the model route the client's model name resolved to
     stream: bool = False
     status: int = 0
