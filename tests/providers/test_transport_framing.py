@@ -187,3 +187,17 @@ async def test_request_line_keeps_the_raw_path_and_a_streamed_body_goes_chunked(
     assert head.startswith(b"POST /v1/chat?x=1 HTTP/1.1\r\n")
     assert b"\r\ntransfer-encoding: chunked" in head.lower()
     assert dechunked(body) == b'{"a": 1}'
+
+
+@pytest.mark.parametrize("trailers", [
+    pytest.param(b"x-filler: " + b"a" * 200_000, id="one-endless-trailer"),
+    pytest.param(b"x-t: a\r\n" * 25_000, id="trailers-without-end"),
+])
+async def test_trailers_that_never_end_are_refused(nursery: trio.Nursery, trailers: bytes) -> None:
+    """A chunked body's trailers are a header block too: bounded as the head is, never read
+    (and kept) for as long as the server sends them."""
+    endless = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" + trailers
+    url, _ = await serve_raw(nursery, partial(answer_then_hold, endless))
+    async with httpx.AsyncClient(transport=LeanTransport(), timeout=5) as client:
+        with pytest.raises(httpx.RemoteProtocolError):  # not a read timeout
+            await client.get(url)

@@ -22,7 +22,7 @@ import httpx
 import trio
 
 _READ_SIZE = 65536
-_MAX_HEAD = 16384  # bytes of a response head before it is refused (h11's bound): a head never ends
+_MAX_HEAD = 16384  # bytes of a response head (or of trailers) before it is refused (h11's bound)
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
@@ -42,7 +42,7 @@ class _Connection:
     """
 
     __slots__ = ("stream", "socket", "idle_since", "_parser", "status", "reason", "headers", "body",
-                 "complete", "keep_alive", "_head_only", "_fault")
+                 "complete", "keep_alive", "_head_only", "_fault", "_past_body")
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
         self.stream = stream
@@ -63,6 +63,7 @@ class _Connection:
         self.keep_alive = False
         self._head_only = method == "HEAD"
         self._fault = ""  # what makes the head unacceptable though llhttp parses it
+        self._past_body = 0  # bytes read since the last body bytes: trailers or chunk framing
 
     def on_message_begin(self) -> None:
         if self.status:  # a response after the one asked for: the connection is out of step
@@ -142,7 +143,14 @@ class _Connection:
         head gave it no length (it ends there), and cut short otherwise."""
         data = await self.receive(read_timeout)
         if data:
+            parts = len(self.body)
             self.feed(data)
+            if self.complete or len(self.body) > parts:
+                self._past_body = 0
+            else:  # llhttp keeps a trailer whole until its end: bounded as the head is
+                self._past_body += len(data)
+                if self._past_body > _MAX_HEAD:
+                    raise _Malformed(f"more than {_MAX_HEAD} bytes of trailers or chunk framing")
         elif any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
             raise _Malformed("connection closed before the body was complete")
         else:
