@@ -13,16 +13,11 @@
    reset, which destroys an answer still on its way to the client (a 400 for ambiguous framing
    with a pipelined request behind it). Here a close shuts the write side down first, then reads
    and discards input until the client closes too or LINGER_SECONDS pass, as web servers do.
-3. **Bytes after `connection: close`.** Once the answer says `connection: close`, h11 treats any
-   further byte from the client as a protocol error, and Hypercorn then closes the connection at
-   once, between the answer's head and its body. Such bytes are never served, so they are
-   dropped instead and the answer completes.
 
 It also does Hypercorn's per-request bookkeeping with fewer trips through Trio's scheduler (the
 same behaviour): the keep-alive timer is started with `start_soon` and cancelled without a lock,
-a write takes its connection's lock without a checkpoint when nobody holds it, and an HTTP/1.1
-request's scope carries a `ClientGone` (asgi.CLIENT_GONE) whose callback is called where
-Hypercorn queues `http.disconnect`, so the app needs no task per request waiting for it.
+and a write takes its connection's lock without a checkpoint when nobody holds it. HTTP/1.1 is
+spoken by `http11.Http11Protocol` (on httptools) instead of Hypercorn's h11 protocol.
 
 Hypercorn offers no hook for its connection or protocol class, so `install_into_hypercorn` puts
 these in its modules, for the whole process: any other Hypercorn server in it gets them too, and
@@ -35,22 +30,16 @@ import socket as _socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import h11
 import trio
 from hypercorn import protocol as hypercorn_protocol
-from hypercorn.protocol import h11 as hypercorn_h11
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
-from hypercorn.protocol.events import Request, StreamClosed
-from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 
-from .asgi import CLIENT_GONE, ClientGone
+from .http11 import Http11Protocol
 
-_CLOSING = (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 LINGER_SECONDS = 2.0  # how long a closing connection reads on for the client's own close
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
 
@@ -176,43 +165,13 @@ class _IdleTask:
         self._scope = None
 
 
-class ProxyH11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol, dropping what a client sends once the connection is closing
-    (after we said `connection: close`, or a protocol error): none of it will be served."""
-
-    async def handle(self, event: Event) -> None:
-        if (isinstance(event, RawData) and event.data and isinstance(self.connection, h11.Connection)
-                and (self.connection.their_state in _CLOSING or self.connection.our_state in _CLOSING)):
-            return
-        await super().handle(event)
-
-
-class ProxyHTTPStream(HTTPStream):
-    """Hypercorn's HTTP/1.1 request stream, whose scope carries a ClientGone (asgi.CLIENT_GONE):
-    its callback is called where Hypercorn queues `http.disconnect` for the app."""
-
-    _client_gone: ClientGone | None = None
-
-    async def handle(self, event: Any) -> None:
-        if isinstance(event, StreamClosed) and not self.closed and self._client_gone is not None:
-            self._client_gone.notify()
-        await super().handle(event)
-        if isinstance(event, Request) and not self.closed:
-            # The app's task was started with start_soon and has not run yet (nothing above
-            # checkpoints after starting it): it finds the extension in its scope.
-            self._client_gone = self.scope["extensions"][CLIENT_GONE] = ClientGone()
-
-
 def install_into_hypercorn() -> None:
-    """Make Hypercorn's Trio server build ProxyConnection, ProxyH11Protocol and ProxyHTTPStream
-    (idempotent: the classes are put in place once and stay, since servers already running
-    look them up too)."""
+    """Make Hypercorn's Trio server build ProxyConnection and Http11Protocol (idempotent: the
+    classes are put in place once and stay, since servers already running look them up too)."""
     if hypercorn_run.TCPServer is not ProxyConnection:
         hypercorn_run.TCPServer = ProxyConnection  # type: ignore[misc]
-    if hypercorn_protocol.H11Protocol is not ProxyH11Protocol:
-        hypercorn_protocol.H11Protocol = ProxyH11Protocol  # type: ignore[misc]
-    if hypercorn_h11.HTTPStream is not ProxyHTTPStream:
-        hypercorn_h11.HTTPStream = ProxyHTTPStream  # type: ignore[misc]
+    if hypercorn_protocol.H11Protocol is not Http11Protocol:
+        hypercorn_protocol.H11Protocol = Http11Protocol  # type: ignore[misc]
 
 
 async def serve(app: Any, config: ServerConfig, *, shutdown_trigger: Any,

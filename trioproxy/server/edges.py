@@ -1,12 +1,12 @@
 """HTTP edges the server passes to the app but the app should not serve as they are.
 
-Hypercorn (through h11) lets a request with both Content-Length and Transfer-Encoding through,
-framed by Transfer-Encoding; RFC 9112 (6.3) calls that a possible smuggling attempt that must
-not be kept alive, so it gets a 400 and the connection closes (`connection: close` makes h11
-end it after the answer, whatever bytes follow). An absolute-form target
+The HTTP layer (`http11.py`, as h11 did) lets a request with both Content-Length and
+Transfer-Encoding through, framed by Transfer-Encoding; RFC 9112 (6.3) calls that a possible
+smuggling attempt that must not be kept alive, so it gets a 400 and the connection closes
+(`connection: close` ends it after the answer, whatever bytes follow). An absolute-form target
 (`GET http://host/v1/models`, as sent to a proxy) reaches the app with the whole URL as its
 path; the server must accept it (RFC 9112, 3.2.2), so it is reduced to its path here.
-Hypercorn bounds a request head only while it is still arriving (h11_max_incomplete_size,
+The HTTP layer bounds a request head only while it is still arriving (h11_max_incomplete_size,
 16 KiB): a head that arrives whole in one read of up to 64 KiB passes. The bound is kept here.
 """
 
