@@ -35,9 +35,20 @@ def error_door(path: str, google_key: bool) -> ErrorDoor:
     when a Google key came with the request) in Google's, Anthropic's in Anthropic's, everything
     else in OpenAI's."""
     if gemini.owns(path, google_key):
-        return ErrorDoor(gemini.API, gemini.error_body, True)
+        return _GEMINI_ERRORS
+    known = _DOOR_ERRORS.get(path)  # a door's own path: every request of the hot path asks
+    if known is not None:
+        return known
+    return _error_door(path)
+
+
+def _error_door(path: str) -> ErrorDoor:
     door = DOORS.get(path)
     api = door.api if door is not None else "none"
     if path.startswith(MESSAGES_PATH):
         return ErrorDoor(api, messages.error_body, False)
     return ErrorDoor(api, chat.error_body, False)
+
+
+_GEMINI_ERRORS = ErrorDoor(gemini.API, gemini.error_body, True)
+_DOOR_ERRORS = {path: _error_door(path) for path in DOORS}

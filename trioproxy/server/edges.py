@@ -43,12 +43,19 @@ class HttpEdges:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if header(scope, b"content-length") is not None and header(scope, b"transfer-encoding") is not None:
+        head = len(scope["raw_path"]) + len(scope["query_string"])
+        length = chunked = False
+        for key, value in scope["headers"]:  # one pass for both checks: every request takes it
+            head += len(key) + len(value) + 4
+            if key == b"content-length":
+                length = True
+            elif key == b"transfer-encoding":
+                chunked = True
+        if length and chunked:
             await self._refuse(scope, send, ProxyError(
                 400, "A request may not carry both Content-Length and Transfer-Encoding (RFC 9112, 6.3).",
                 code="ambiguous_framing"), "both Content-Length and Transfer-Encoding")
             return
-        head = len(scope["raw_path"]) + len(scope["query_string"]) + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
         if head > MAX_HEAD_BYTES:
             await self._refuse(scope, send, ProxyError(
                 431, f"The request line and headers are larger than {MAX_HEAD_BYTES} bytes.",

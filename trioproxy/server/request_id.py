@@ -4,8 +4,8 @@ The id is echoed in a response header and written into every log line of the req
 client must not be able to put control characters, or ten kilobytes, into either.
 """
 
+import os
 import re
-import secrets
 
 MAX_LENGTH = 128
 # Letters, digits and the punctuation of UUIDs, ULIDs, base64 and trace ids (W3C, X-Ray).
@@ -13,7 +13,7 @@ _SANE = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{MAX_LENGTH}}}")
 
 
 def new_request_id() -> str:
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()  # secrets.token_hex(8), two calls shorter
 
 
 def request_id_from(header: str | None) -> str:
