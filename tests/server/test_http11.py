@@ -83,6 +83,21 @@ async def test_a_chunked_body_with_trailers_is_served(proxy: Proxy) -> None:
     assert response.status_code == 200, response
 
 
+async def test_expect_100_continue_is_invited_then_served(proxy: Proxy) -> None:
+    """`Expect: 100-continue`: a 100 at once, the body sent after it is read and answered."""
+    body = dumps(chat_body())
+    head = raw_request("POST", CHAT, body, headers={"expect": "100-continue"}).removesuffix(body)
+    with trio.fail_after(5):
+        connection = await RawConnection.open(proxy)
+        await connection.send(head)
+        invited = await connection.read_response()
+        await connection.send(body)
+        response = await connection.read_response()
+        await connection.aclose()
+    assert invited.status_code == 100
+    assert response.status_code == 200, response
+
+
 async def test_h2c_upgrade_switches_to_http2(proxy: Proxy) -> None:
     """`Upgrade: h2c` without a body: 101, then the server speaks HTTP/2 (its SETTINGS frame)."""
     request = (b"GET /healthz HTTP/1.1\r\n" + HOST + b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
