@@ -9,6 +9,7 @@ import trio
 
 pytest.register_assert_rewrite("support")  # the helpers' asserts explain themselves as tests' do
 
+from support.leftovers import end_left_behind
 from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from trioproxy.process.supervisor import run_proxy
 from trioproxy.testing import emulator
@@ -54,3 +55,26 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A real redis-server of this test's own (scripts/test installs Debian's package)."""
     with running_redis(tmp_path) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves a process running fails, and the process is killed: found by the
+    test's tmp_path on its command line (a daemon that detached after the test gave up on it,
+    its workers). Only tests with a tmp_path can start one that holds it."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    directory: Path = request.getfixturevalue("tmp_path")
+    yield
+    left = trio.run(end_left_behind, directory)
+    assert not left, f"the test left these running (killed now): {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same over this run's whole temporary root, at its end: module and session fixtures'
+    directories too (each run, and each xdist worker, has a root of its own)."""
+    yield
+    left = trio.run(end_left_behind, tmp_path_factory.getbasetemp())
+    assert not left, f"the tests left these running (killed now): {left}"

@@ -36,6 +36,13 @@ def load_json(raw: bytes | str) -> Any:
         return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
+def load_utf8_json(raw: bytes) -> Any:
+    """Parse JSON that is valid UTF-8 and that msgspec reads; raise ValueError (or
+    RecursionError) for anything else, which the caller reads its own way (with `load_json`,
+    after mending the text, ...). What it returns is what `load_json` would."""
+    return _decoder.decode(raw)
+
+
 def dump_json(document: Any) -> bytes:
     """Compact UTF-8 JSON; lone surrogates, which UTF-8 cannot carry, stay escaped."""
     try:

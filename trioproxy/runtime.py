@@ -16,7 +16,9 @@ from .quota.cooldown import CooldownTimers
 from .providers.health import HealthProber, ProviderHealth
 from .quota.backends import open_ledger, replica_name
 from .quota.clients import ClientBook
+from .quota.redis.client_figures import RedisClientFigures
 from .quota.redis.ledger import RedisLedger
+from .quota.redis.prompt_stream import RedisPromptStream
 from .quota.contract import Ledger
 from .routing.client_exchange import ClientExchange
 from .routing.prompt_exchange import PromptExchange
@@ -148,10 +150,11 @@ async def build_runtime(
         clients = ClientBook.for_clients(config.clients)
     exchanges: list[ClientExchange | PromptExchange] = []
     if isinstance(ledger, RedisLedger):
-        exchanges.append(ClientExchange(ledger.store, config.redis_key_prefix, replica_name(), clients, fair_share))
+        figures = RedisClientFigures(ledger.store, config.redis_key_prefix)
+        exchanges.append(ClientExchange(figures, replica_name(), clients, fair_share))
         memories = [(quota_key, memory) for router in routers.values() for quota_key, memory in router.prompt_memory.items()]
         if memories:
-            exchanges.append(PromptExchange(ledger.store, config.redis_key_prefix, memories))
+            exchanges.append(PromptExchange(RedisPromptStream(ledger.store, config.redis_key_prefix), memories))
 
     async def background() -> None:
         with background_scope:

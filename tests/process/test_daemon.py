@@ -1,7 +1,6 @@
 """Running as a daemon: detach, pidfile, log file, `trioproxy stop`, one instance per pidfile."""
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 import trio
 
 from support.command import run, scrubbed_env
+from support.leftovers import kill_holding
 
 pytestmark = pytest.mark.xdist_group("processes")  # starts trioproxy processes: one at a time (see scripts/test)
 
@@ -18,12 +18,12 @@ async def test_daemon_starts_serves_refuses_a_twin_and_stops(tmp_path: Path) -> 
     """--daemon returns once serving; a second start on the pidfile is refused; stop ends it cleanly."""
     pidfile, log_file = tmp_path / "trioproxy.pid", tmp_path / "trioproxy.log"
     env = scrubbed_env(PORT="0", STATE_FILE="")
-    started = await run(["--demo", "--daemon", "--pidfile", str(pidfile), "--log-file", str(log_file)], tmp_path, env)
-    assert started.returncode == 0, started.stderr
-    url = re.search(r"running in the background at (\S+)", started.stdout)
-    assert url is not None, started.stdout
-    pid = int(pidfile.read_text())
     try:
+        started = await run(["--demo", "--daemon", "--pidfile", str(pidfile), "--log-file", str(log_file)], tmp_path, env)
+        assert started.returncode == 0, started.stderr
+        url = re.search(r"running in the background at (\S+)", started.stdout)
+        assert url is not None, started.stdout
+        pid = int(pidfile.read_text())
         async with httpx.AsyncClient() as client:
             health = await client.get(url.group(1).removesuffix("/v1") + "/healthz")
         assert health.status_code == 200
@@ -38,14 +38,12 @@ async def test_daemon_starts_serves_refuses_a_twin_and_stops(tmp_path: Path) -> 
         assert not pidfile.exists()
         assert "received SIGTERM" in log_file.read_text()
     finally:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+        await kill_holding(tmp_path)  # also a daemon that came up after `run` gave up on it
 
 
 async def test_a_daemon_that_cannot_bind_says_why(tmp_path: Path) -> None:
-    """The waiting parent reports the bind error and exits 1; nothing is left running."""
+    """The waiting parent reports the bind error and exits 1; nothing is left running (the
+    check every test ends with, in conftest.py, fails the test otherwise)."""
     with trio.socket.socket() as taken:
         await taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -70,17 +68,13 @@ async def test_a_json_daemon_writes_only_json_lines_and_names_its_stop_command(t
     """--daemon with LOG_FORMAT=json: the demo's banner is a JSON line too, saying how to stop it."""
     pidfile, log_file = tmp_path / "trioproxy.pid", tmp_path / "trioproxy.log"
     env = scrubbed_env(PORT="0", STATE_FILE="", LOG_FORMAT="json")
-    started = await run(["--demo", "--daemon", "--pidfile", str(pidfile), "--log-file", str(log_file)], tmp_path, env)
-    assert started.returncode == 0, started.stderr
-    pid = int(pidfile.read_text())
     try:
+        started = await run(["--demo", "--daemon", "--pidfile", str(pidfile), "--log-file", str(log_file)], tmp_path, env)
+        assert started.returncode == 0, started.stderr
         stopped = await run(["--pidfile", str(pidfile), "stop", "--timeout", "15"], tmp_path, env)
         assert stopped.returncode == 0, stopped.stderr
     finally:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+        await kill_holding(tmp_path)  # also a daemon that came up after `run` gave up on it
     records = [json.loads(line) for line in log_file.read_text().splitlines()]  # every line is JSON
     banner = [record["message"] for record in records if record["message"].startswith("demo:")]
     assert len(banner) == 1 and f"stop: trioproxy stop --pidfile {pidfile}" in banner[0]

@@ -12,6 +12,7 @@ import trio
 
 from support.chat import chat, sized_messages
 from support.command import run
+from support.leftovers import kill_holding
 from support.processes import (
     Outcome,
     account,
@@ -25,7 +26,6 @@ from support.processes import (
 )
 from support.proxies import Providers
 from support.workers import alive
-from trioproxy.process.daemon import running_pid
 from trioproxy.testing.ports import free_port
 from trioproxy.testing.redis_server import RedisServer
 
@@ -155,12 +155,11 @@ async def test_a_daemon_with_two_workers_reloads_them_all_and_stops(
     settings, pidfile, log_file = configure(600), tmp_path / "trioproxy.pid", tmp_path / "trioproxy.log"
     env, root = environment(providers), f"http://127.0.0.1:{port}"
     arguments = ["--config", str(settings), "--workers", "2", "--daemon", "--pidfile", str(pidfile), "--log-file", str(log_file)]
-    started = await run(arguments, tmp_path, env)
-    assert started.returncode == 0, started.stderr
-    assert f"running in the background at {root}/v1" in started.stdout
-    supervisor = int(pidfile.read_text())
-    workers: list[int] = []
     try:
+        started = await run(arguments, tmp_path, env)
+        assert started.returncode == 0, started.stderr
+        assert f"running in the background at {root}/v1" in started.stdout
+        supervisor = int(pidfile.read_text())
         await until(lambda: log_file.read_text().count("trioproxy serving") == 2, "both workers serve")
         workers = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", log_file.read_text())]
         assert len(workers) == 2 and supervisor not in workers
@@ -179,11 +178,8 @@ async def test_a_daemon_with_two_workers_reloads_them_all_and_stops(
         assert not pidfile.exists()
         assert not any(alive(pid) for pid in [supervisor, *workers])
         assert len(re.findall(r"worker \d \(pid \d+\) stopped", log_file.read_text())) == 2
-    finally:  # every worker the log names, also when the test failed before reading them
-        started_workers = re.findall(r"worker \d started \(pid (\d+)\)", log_file.read_text())
-        for pid in {supervisor, *workers, *map(int, started_workers)}:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    finally:  # the supervisor and its workers, also when they came up after `run` gave up on them
+        await kill_holding(tmp_path)
 
 
 async def test_a_stop_while_a_dead_worker_waits_to_restart_ends_the_supervisor(
@@ -229,13 +225,10 @@ async def test_a_daemon_whose_workers_cannot_start_says_why(providers: Providers
     pidfile = tmp_path / "trioproxy.pid"
     arguments = ["--config", str(settings), "--workers", "2", "--daemon", "--pidfile", str(pidfile), "--log-file", str(tmp_path / "log")]
     started = await run(arguments, tmp_path, environment(providers))
-    try:
-        assert started.returncode == 1
-        assert "the daemon did not start: redis_url: cannot reach Redis at" in started.stderr
-        await until(lambda: not pidfile.exists(), "the pidfile is removed")
-    finally:
-        if (left := running_pid(pidfile)) is not None:  # a daemon that claimed to run
-            os.kill(left, signal.SIGKILL)
+    assert started.returncode == 1
+    assert "the daemon did not start: redis_url: cannot reach Redis at" in started.stderr
+    await until(lambda: not pidfile.exists(), "the pidfile is removed")  # (and nothing is left running:
+    # the check every test ends with, in conftest.py, fails the test otherwise)
 
 
 async def test_a_reload_while_the_workers_start_does_not_end_them(

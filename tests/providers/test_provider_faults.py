@@ -115,18 +115,36 @@ async def test_fault_after_first_byte_is_finished_by_the_next_provider(
     await assert_healthy(proxy, caplog)
 
 
-async def test_sse_without_done_after_finish_is_completed(
-    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+# What a provider sends after its SSE head, and the text the client reads from the proxy's stream.
+SSE_READINGS: dict[str, tuple[tuple[bytes, ...], str]] = {
+    # It finishes its answer (finish_reason) but closes without `[DONE]`: the client still gets
+    # the whole answer and a `[DONE]`.
+    "no-done-after-finish": ((ROLE, HELLO, WORLD, FINISH), "Hello world"),
+    # Text that is not valid UTF-8 is read with U+FFFD for the invalid bytes, not refused; a
+    # `[DONE]` with blanks around it still ends the stream.
+    "invalid-utf8": ((ROLE, HELLO.replace(b"Hello", b"Hel\xfflo"), WORLD, FINISH, b"data:  [DONE] \n\n"),
+                     "Hel\ufffdlo world"),
+    # Comments and `event:`/`id:`/`retry:` lines carry nothing; `data:` with or without its
+    # space, and an event's several `data:` lines joined by newlines, are the event's data.
+    "sse-fields": ((b": keep-alive\n\n", ROLE, b"event: chunk\nid: 7\n" + HELLO.replace(b'"choices": ', b'"choices":\ndata: '),
+                    b"retry: 100\n\n", WORLD.replace(b"data: ", b"data:"), FINISH, b"data: [DONE]\n\n"), "Hello world"),
+}
+
+
+@pytest.mark.parametrize("case", list(SSE_READINGS))
+async def test_a_providers_stream_is_read_as_sse_says(
+    nursery: trio.Nursery, providers: Providers, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture, case: str
 ) -> None:
-    """A provider that finishes its answer (finish_reason) but closes without `[DONE]`: the
-    client gets the whole answer and a `[DONE]`, no error event."""
-    server = await start_fault_server(nursery, lambda s: send_then_close(s, SSE_HEAD, ROLE, HELLO, WORLD, FINISH))
+    """The client gets the provider's whole text and a `[DONE]`, no error event, nothing failed over."""
+    parts, text = SSE_READINGS[case]
+    server = await start_fault_server(nursery, lambda s: send_then_close(s, SSE_HEAD, *parts))
     proxy = await start_proxy(**fault_config(providers, cerebras_url=server.url))
     async with http_client(base_url=proxy.base_url, timeout=5.0) as client:
         status, _, body = await stream_chat(client, chat_body())
     events = sse_events(body)
-    assert status == 200 and stream_text(events) == "Hello world" and events[-1] == "[DONE]"
+    assert status == 200 and stream_text(events) == text and events[-1] == "[DONE]"
     assert not any(isinstance(e, dict) and "error" in e for e in events)
+    assert providers.chutes.received == []
     assert await eventually(lambda: server.open == 0)
     server.healed = True
     await assert_healthy(proxy, caplog)

@@ -187,3 +187,35 @@ async def test_request_line_keeps_the_raw_path_and_a_streamed_body_goes_chunked(
     assert head.startswith(b"POST /v1/chat?x=1 HTTP/1.1\r\n")
     assert b"\r\ntransfer-encoding: chunked" in head.lower()
     assert dechunked(body) == b'{"a": 1}'
+
+
+async def test_request_larger_than_the_socket_takes_at_once_arrives_whole(nursery: trio.Nursery) -> None:
+    """A body of several socket buffers: the part the first write leaves is sent as the server reads."""
+    body = bytes(range(256)) * 16384  # 4 MiB
+    received: list[bytes] = []
+
+    async def read_slowly(stream: trio.SocketStream) -> None:
+        await trio.testing.wait_all_tasks_blocked()  # the client's write has filled the buffers
+        request = await read_raw_request(stream)
+        assert request is not None
+        received.append(request[1])
+        await stream.send_all(OK)
+
+    url, _ = await serve_raw(nursery, read_slowly)
+    async with httpx.AsyncClient(transport=LeanTransport()) as client:
+        assert (await client.post(url, content=body)).content == b"ok"
+    assert received == [body]
+
+
+@pytest.mark.parametrize("trailers", [
+    pytest.param(b"x-filler: " + b"a" * 200_000, id="one-endless-trailer"),
+    pytest.param(b"x-t: a\r\n" * 25_000, id="trailers-without-end"),
+])
+async def test_trailers_that_never_end_are_refused(nursery: trio.Nursery, trailers: bytes) -> None:
+    """A chunked body's trailers are a header block too: bounded as the head is, never read
+    (and kept) for as long as the server sends them."""
+    endless = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" + trailers
+    url, _ = await serve_raw(nursery, partial(answer_then_hold, endless))
+    async with httpx.AsyncClient(transport=LeanTransport(), timeout=5) as client:
+        with pytest.raises(httpx.RemoteProtocolError):  # not a read timeout
+            await client.get(url)

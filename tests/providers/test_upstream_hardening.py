@@ -20,6 +20,7 @@ from support.proxies import Providers, Proxy, StartProxy, proxy_config
 from support.raw_http import SSE_HEAD, json_head
 from trioproxy.config.validators import ConfigError
 from trioproxy.config.load import load_config
+from trioproxy.providers.failures import Kind, UpstreamFailure
 from trioproxy.providers.upstream import Deadlines, OpenAnswer, ProviderClient, Upstream
 from trioproxy.quota.cooldown import CooldownTimers
 from trioproxy.quota.contract import Reservation
@@ -402,3 +403,27 @@ async def test_an_answer_without_usage_is_settled_from_its_text(nursery: trio.Nu
     # about 100 tokens of text and a prompt of some ten, not the 5000 the client allowed
     assert 100 < state["tpm"]["used"] <= 100 + 2 * estimate_prompt_tokens(body) + 10, state["tpm"]
     await client.aclose()
+
+
+@pytest.mark.parametrize(("first_event", "answer", "status_line_at", "expected"), [
+    (5, 30, None, "did not start its answer within 5 s"),  # no status line
+    (5, 30, 1, "did not finish its answer within 30 s"),  # the status line came, the body did not
+    (60, 30, None, "did not finish its answer within 30 s"),  # the whole answer's deadline is the sooner
+])
+async def test_a_plain_answer_times_out_on_the_deadline_that_ran_out(
+    autojump_clock: trio.testing.MockClock, providers: Providers, first_event: float, answer: float,
+    status_line_at: float | None, expected: str,
+) -> None:
+    """A non-streamed answer's deadlines, to its status line and to its whole body, both count
+    from sending; the failure names the one that ran out, at the moment it ran out."""
+    config = proxy_config(providers).cerebras
+    upstream = Upstream(config, ProviderClient.for_provider(config, 5.0), Sanitizer(()), Deadlines(first_event, answer, 10))
+    started = trio.current_time()
+    with pytest.raises(UpstreamFailure) as failure:
+        with upstream.answer_deadlines() as deadlines:
+            if status_line_at is not None:
+                await trio.sleep(status_line_at)
+                deadlines.started()
+            await trio.sleep_forever()
+    assert expected in failure.value.message and failure.value.kind is Kind.TIMEOUT
+    assert trio.current_time() - started == (min(first_event, answer) if status_line_at is None else answer)

@@ -13,9 +13,9 @@ import trio
 from support.chat import chat, client_for, post
 from support.proxies import Providers, StartProxy
 from support.redis_ledgers import Clock, cerebras, replica
-from trioproxy.config.schema import Config
+from trioproxy.config.schema import Config, RateLimitHeaders
 from trioproxy.plans import PLANS
-from trioproxy.providers.ratelimit import stated_limits
+from trioproxy.providers.ratelimit import QuotaHeaders, header_dict, stated_limits
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.testing import emulator
@@ -32,6 +32,21 @@ def test_stated_limits_are_read_per_window() -> None:
     assert stated_limits(headers(tokens_minute="250000", requests_day="14400"), PREFIX) == {"tpm": 250_000, "rpd": 14_400}
     assert stated_limits(headers(requests_minute="1e3", tokens_day="2400000.0"), PREFIX) == {"rpm": 1_000, "tpd": 2_400_000}
     assert stated_limits(headers(tokens_minute="250000"), "") == {}  # reading turned off
+
+
+def test_configured_header_names_are_read_whatever_their_case() -> None:
+    """Names configured in any case read a provider's headers in any case; a repeated header
+    reads as its values joined, as httpx gives it."""
+    names = QuotaHeaders.of(RateLimitHeaders(limit_prefix="X-RateLimit-Limit-",
+                                             remaining_requests_minute="X-Left-Requests", reset_requests_minute="X-Reset-Requests"))
+    answer = header_dict(httpx.Headers([("x-ratelimit-limit-tokens-minute", "250000"), ("X-LEFT-REQUESTS", "7"),
+                                        ("x-reset-requests", "1m30s"), ("Vary", "a"), ("vary", "b")]))
+    assert names.stated_limits(answer) == {"tpm": 250_000}
+    assert names.quota_figures(answer)["rpm"] == (7.0, 90.0)
+    assert answer["vary"] == "a, b"
+    assert header_dict(httpx.Headers([("X-Note", "caf\u00e9".encode()), ("x-ratelimit-limit-tokens-minute", b"9")])) == {
+        "x-note": "caf\u00e9", "x-ratelimit-limit-tokens-minute": "9"}  # not ASCII: read as httpx reads it
+    assert QuotaHeaders.of(RateLimitHeaders(limit_prefix="")).stated_limits(answer) == {}  # reading turned off
 
 
 @pytest.mark.parametrize("garbage", ["-5", "0", "NaN", "nan", "inf", "1e13", "lots", "", "12 tokens", "0x10"])

@@ -26,6 +26,7 @@ from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.quota.redis.ledger import SharedReservation
 from trioproxy.routing.prompt_cache import OUTBOX_ENTRIES, PromptMemory, PromptPrefix, Remembered
+from trioproxy.quota.redis.prompt_stream import RedisPromptStream
 from trioproxy.routing.prompt_exchange import PromptExchange
 from trioproxy.routing.settlement import Reported, Settlement
 from trioproxy.cli.status_table import render_table
@@ -280,7 +281,7 @@ async def _two_replicas_sharing(nursery: trio.Nursery, redis: RedisServer) -> tu
         ledger = await replica(nursery, redis.url, [provider], Clock(), name=name)
         memory = PromptMemory(keys=1, ttl=300, block=100, entries=64, clock=clock)
         memories.append(memory)
-        exchanges.append(PromptExchange(ledger.store, "test:", [("cerebras", memory)]))
+        exchanges.append(PromptExchange(RedisPromptStream(ledger.store, "test:"), [("cerebras", memory)]))
     for exchange in exchanges:  # the first round only finds where the stream ends
         await exchange.exchange()
     return clock, memories, exchanges

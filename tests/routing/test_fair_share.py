@@ -192,6 +192,7 @@ async def _three_replicas_one_client_each(nursery: trio.Nursery, redis: RedisSer
     clients' figures every second, as the proxy does."""
     from trioproxy.quota.clients import ClientBook
     from trioproxy.quota.contract import Reservation
+    from trioproxy.quota.redis.client_figures import RedisClientFigures
     from trioproxy.routing.client_exchange import ClientExchange
     from trioproxy.routing.fair_share import FairShare
 
@@ -205,7 +206,7 @@ async def _three_replicas_one_client_each(nursery: trio.Nursery, redis: RedisSer
         fair = FairShare(clock=lambda: now[0])
         fair.configure({"cerebras": provider}, ledger)
         fairs.append(fair)
-        exchanges.append(ClientExchange(ledger.store, "test:", f"r{index}", ClientBook.for_clients(()), fair,
+        exchanges.append(ClientExchange(RedisClientFigures(ledger.store, "test:"), f"r{index}", ClientBook.for_clients(()), fair,
                                         clock=lambda: now[0]))
     got = {name: 0 for name, _, _ in clients}
     for second in range(180):
@@ -301,6 +302,7 @@ async def test_a_replica_publishing_figures_of_another_shape_is_left_out(nursery
     import coredis
 
     from trioproxy.quota.clients import ClientBook
+    from trioproxy.quota.redis.client_figures import RedisClientFigures
     from trioproxy.routing.client_exchange import ClientExchange
     from trioproxy.routing.fair_share import FairShare
 
@@ -311,7 +313,7 @@ async def test_a_replica_publishing_figures_of_another_shape_is_left_out(nursery
     exchanges = []
     for index, (fair, ledger) in enumerate(zip(fairs, ledgers)):
         fair.configure({"cerebras": provider}, ledger)
-        exchanges.append(ClientExchange(ledger.store, "test:", f"r{index}", ClientBook.for_clients(()), fair,
+        exchanges.append(ClientExchange(RedisClientFigures(ledger.store, "test:"), f"r{index}", ClientBook.for_clients(()), fair,
                                         clock=lambda: now[0]))
     assert fairs[0].ticket("cerebras", "agent", 1.0, 100) is not None
     async with coredis.Redis.from_url(redis.url, decode_responses=True) as client:
@@ -332,7 +334,8 @@ async def test_a_round_of_the_exchange_is_one_script_call_and_a_silent_replica_d
     step); the usage of two rounds adds up in the shared counters; a replica that stops
     publishing leaves the others' figures once its figures expire (the store's time)."""
     from trioproxy.quota.clients import ClientBook
-    from trioproxy.routing.client_exchange import EXPIRES, ClientExchange
+    from trioproxy.quota.redis.client_figures import EXPIRES, RedisClientFigures
+    from trioproxy.routing.client_exchange import ClientExchange
     from trioproxy.routing.fair_share import FairShare
 
     now, store_clock = [0.0], Clock()
@@ -343,7 +346,7 @@ async def test_a_round_of_the_exchange_is_one_script_call_and_a_silent_replica_d
     exchanges = []
     for index, (fair, ledger, book) in enumerate(zip(fairs, ledgers, books)):
         fair.configure({"cerebras": provider}, ledger)
-        exchanges.append(ClientExchange(ledger.store, "test:", f"r{index}", book, fair, clock=lambda: now[0]))
+        exchanges.append(ClientExchange(RedisClientFigures(ledger.store, "test:"), f"r{index}", book, fair, clock=lambda: now[0]))
     assert fairs[1].ticket("cerebras", "agent", 1.0, 100) is not None
     for book in books:
         book.usage.count("agent", MODEL, "cerebras", requests=1, prompt_tokens=10)

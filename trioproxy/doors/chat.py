@@ -54,14 +54,17 @@ class ChatExchange:
 
     def stream_events(self, documents: list[dict[str, Any]]) -> bytes:
         frames = []
+        model, drop_usage = self.client_model, not self.wants_usage
         for document in documents:
-            if "usage" in document and not self.wants_usage:
+            if drop_usage and "usage" in document:
                 # The client did not ask for usage: drop it, and drop a chunk that held only usage.
                 del document["usage"]
                 if not document.get("choices"):
                     continue
-            frames.append(b"data: " + dump_json(self.answer(document)) + b"\n\n")
-        return b"".join(frames)
+            if "model" in document:  # as `answer` does
+                document["model"] = model
+            frames.append(dump_json(document))
+        return b"data: " + b"\n\ndata: ".join(frames) + b"\n\n" if frames else b""
 
     def stream_end(self, error: ProxyError | None) -> bytes:
         failure = b"data: " + dump_json(error_body(error)) + b"\n\n" if error is not None else b""

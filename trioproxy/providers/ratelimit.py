@@ -7,6 +7,11 @@ from collections.abc import Mapping
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 
+import httpx
+from attrs import frozen
+
+from ..config.schema import RateLimitHeaders
+
 log = logging.getLogger("trioproxy.ratelimit")
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?")
@@ -50,8 +55,11 @@ def quota_figures(headers: Mapping[str, str], pairs: dict[str, tuple[str, str]])
     """`{window: (remaining, seconds to reset)}` from the provider's rate-limit headers."""
     figures = {}
     for window, (remaining_name, reset_name) in pairs.items():
-        remaining, reset = headers.get(remaining_name), seconds_header(headers, reset_name)
-        if remaining is None or reset is None:
+        remaining = headers.get(remaining_name)
+        if remaining is None:
+            continue
+        reset = seconds_header(headers, reset_name)
+        if reset is None:
             continue
         try:
             figures[window] = (max(0.0, float(remaining)), reset)
@@ -74,14 +82,18 @@ def stated_limits(headers: Mapping[str, str], prefix: str) -> dict[str, int]:
     """
     if not prefix:
         return {}
+    return _stated(headers, [(prefix + suffix, window) for suffix, window in _STATED_WINDOWS.items()])
+
+
+def _stated(headers: Mapping[str, str], names: list[tuple[str, str]]) -> dict[str, int]:
     stated = {}
-    for suffix, window in _STATED_WINDOWS.items():
-        raw = headers.get(prefix + suffix)
+    for name, window in names:
+        raw = headers.get(name)
         if raw is None:
             continue
         figure = _limit_figure(raw)
         if figure is None:
-            log.debug("ignored %s%s: %r is not a limit", prefix, suffix, raw[:40])
+            log.debug("ignored %s: %r is not a limit", name, raw[:40])
         else:
             stated[window] = figure
     return stated
@@ -100,3 +112,41 @@ def _limit_figure(raw: str) -> int | None:
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """Retry-After as seconds, in either of its forms (seconds or an HTTP date)."""
     return seconds_header(headers, "retry-after")
+
+
+def header_dict(headers: httpx.Headers) -> dict[str, str]:
+    """A response's headers as a plain dict with lower-case names, a repeated header's values
+    joined with ", " (as httpx's `get` gives them): built once per answer, each lookup then a
+    dict's, where httpx's case-insensitive one lowers, encodes and scans every header."""
+    found: dict[str, str] = {}
+    try:
+        for key, value in headers.raw:
+            name, text = key.lower().decode("ascii"), value.decode("ascii")
+            found[name] = f"{found[name]}, {text}" if name in found else text
+    except UnicodeDecodeError:  # httpx reads them all as UTF-8 (or Latin-1) then: its own way
+        return dict(headers.items())
+    return found
+
+
+@frozen
+class QuotaHeaders:
+    """One provider's rate-limit header names, lower case, read from a lower-case header dict
+    (`header_dict`); the names are worked out once, not on every answer."""
+
+    stated_names: list[tuple[str, str]]  # (header, window) of the limits the provider states
+    pairs: dict[str, tuple[str, str]]  # window -> (remaining header, reset header)
+
+    @classmethod
+    def of(cls, names: RateLimitHeaders) -> "QuotaHeaders":
+        prefix = names.limit_prefix.lower()
+        stated = [(prefix + suffix, window) for suffix, window in _STATED_WINDOWS.items()] if prefix else []
+        pairs = {window: (remaining.lower(), reset.lower()) for window, (remaining, reset) in names.pairs().items()}
+        return cls(stated, pairs)
+
+    def stated_limits(self, headers: Mapping[str, str]) -> dict[str, int]:
+        """`stated_limits` of these names."""
+        return _stated(headers, self.stated_names) if self.stated_names else {}
+
+    def quota_figures(self, headers: Mapping[str, str]) -> dict[str, tuple[float, float]]:
+        """`quota_figures` of these names."""
+        return quota_figures(headers, self.pairs) if self.pairs else {}

@@ -7,12 +7,16 @@ most recently used idle connection of its origin and checks only that one: O(1).
 
 Responses are parsed by httptools (llhttp, the C parser uvicorn uses), one parser per
 connection, whose callbacks fill in the response being read; requests are written by hand, head
-and body in one write. httpx stays the interface (requests, responses, timeouts, exceptions);
-only the wire work is ours. httpx ignores HTTP(S)_PROXY for a client given its own transport, so
-a provider reached through such a proxy is not served by this one (see upstream.ProviderClient).
+and body in one write. On plain TCP the socket is tried before Trio's stream: most writes and
+many reads need no wait, and then cost no cancel scope and no pass through the scheduler.
+
+httpx stays the interface (requests, responses, timeouts, exceptions); only the wire work is
+ours. httpx ignores HTTP(S)_PROXY for a client given its own transport, so a provider reached
+through such a proxy is not served by this one (see upstream.ProviderClient).
 """
 
 import math
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -22,7 +26,7 @@ import httpx
 import trio
 
 _READ_SIZE = 65536
-_MAX_HEAD = 16384  # bytes of a response head before it is refused (h11's bound): a head never ends
+_MAX_HEAD = 16384  # bytes of a response head (or of trailers) before it is refused (h11's bound)
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
@@ -41,12 +45,13 @@ class _Connection:
     are parsed and passed over.
     """
 
-    __slots__ = ("stream", "socket", "idle_since", "_parser", "status", "reason", "headers", "body",
-                 "complete", "keep_alive", "_head_only", "_fault")
+    __slots__ = ("stream", "socket", "idle_since", "_direct", "_parser", "status", "reason", "headers",
+                 "body", "complete", "keep_alive", "_head_only", "_fault", "_past_body")
 
-    def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
+    def __init__(self, stream: trio.abc.Stream, tcp: trio.socket.SocketType, direct: socket.socket | None) -> None:
         self.stream = stream
-        self.socket = socket  # the TCP socket under a TLS stream too: for the liveness check
+        self.socket = tcp  # the TCP socket under a TLS stream too: for the liveness check
+        self._direct = direct  # plain TCP's stdlib socket, tried before the stream; None under TLS
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         # As h11 did: Transfer-Encoding overrides Content-Length, and a bare LF ends a line.
@@ -63,6 +68,7 @@ class _Connection:
         self.keep_alive = False
         self._head_only = method == "HEAD"
         self._fault = ""  # what makes the head unacceptable though llhttp parses it
+        self._past_body = 0  # bytes read since the last body bytes: trailers or chunk framing
 
     def on_message_begin(self) -> None:
         if self.status:  # a response after the one asked for: the connection is out of step
@@ -109,12 +115,25 @@ class _Connection:
             self.keep_alive = False  # what follows a whole response is no HTTP: not reused
 
     async def receive(self, read_timeout: float | None) -> bytes:
+        if self._direct is not None:
+            try:
+                return self._direct.recv(_READ_SIZE)
+            except BlockingIOError:
+                pass
         # move_on_after, not fail_after: the same scope without a generator.
         with trio.move_on_after(_seconds(read_timeout)):
             return await self.stream.receive_some(_READ_SIZE)
         raise trio.TooSlowError
 
     async def send_all(self, data: bytes, write_timeout: float | None) -> None:
+        if self._direct is not None:
+            try:
+                sent = self._direct.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         with trio.move_on_after(_seconds(write_timeout)):
             return await self.stream.send_all(data)
         raise trio.TooSlowError
@@ -142,7 +161,14 @@ class _Connection:
         head gave it no length (it ends there), and cut short otherwise."""
         data = await self.receive(read_timeout)
         if data:
+            parts = len(self.body)
             self.feed(data)
+            if self.complete or len(self.body) > parts:
+                self._past_body = 0
+            else:  # llhttp keeps a trailer whole until its end: bounded as the head is
+                self._past_body += len(data)
+                if self._past_body > _MAX_HEAD:
+                    raise _Malformed(f"more than {_MAX_HEAD} bytes of trailers or chunk framing")
         elif any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
             raise _Malformed("connection closed before the body was complete")
         else:
@@ -258,7 +284,6 @@ class LeanTransport(httpx.AsyncBaseTransport):
         scheme, host, port = origin
         with trio.fail_after(_seconds(connect_timeout)):
             tcp = await trio.open_tcp_stream(host, port)
-            stream: trio.abc.Stream = tcp
             if scheme == b"https":
                 tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=host, https_compatible=True)
                 try:
@@ -266,8 +291,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 except BaseException:
                     await trio.aclose_forcefully(tcp)
                     raise
-                stream = tls
-        return _Connection(stream, tcp.socket)
+                return _Connection(tls, tcp.socket, None)
+        # The same connection, its stdlib socket kept: Trio hands out only its own wrapper.
+        direct = socket.socket(fileno=tcp.socket.detach())
+        tcp = trio.SocketStream(trio.socket.from_stdlib_socket(direct))
+        return _Connection(tcp, tcp.socket, direct)
 
     async def release(self, origin: Origin, conn: _Connection) -> None:
         """Keep a connection whose exchange completed for the next request, or close it."""

@@ -11,18 +11,22 @@ from typing import Any
 
 import httpx
 import trio
-from attrs import define, frozen
+from attrs import define, field, frozen
 
 from .. import __version__
 from ..config.schema import ProviderConfig
-from ..jsoncodec import dump_json, load_json
+from ..jsoncodec import dump_json, load_json, load_utf8_json
 from ..secrets import MAX_ERROR_BODY_BYTES, Sanitizer
 from .failures import (UpstreamFailure, carried_error, carried_failure, protocol_failure, status_failure,
                        timeout_failure, transport_failure)
+from .ratelimit import QuotaHeaders, header_dict
 from .transport import LeanTransport
 
 _HEADERS = {"user-agent": f"trioproxy/{__version__}"}
+_USER_AGENT = (b"user-agent", _HEADERS["user-agent"].encode())
+_JSON = (b"content-type", b"application/json")
 DONE = "[DONE]"  # the data of the event that ends a chat stream
+_DONE_BYTES = DONE.encode()
 DRAIN_SECONDS = 1.0  # how long to read on after a stream's [DONE] for its end
 
 
@@ -45,13 +49,26 @@ class AnswerBounds:
     event: int = 4 * 1024 * 1024  # one SSE event of a stream
 
 
-def _sse_data(block: bytes) -> str | None:
-    """The joined `data:` lines of one SSE event; None for an event without data.
+def _sse_data(block: bytes) -> bytes | None:
+    """The joined `data:` lines of one SSE event, as bytes; None for an event without data.
 
-    Comments (`:`), `event:`, `id:` and `retry:` lines carry nothing we relay.
+    Comments (`:`), `event:`, `id:` and `retry:` lines carry nothing we relay. The data is
+    read as UTF-8 with invalid bytes replaced (U+FFFD): `_is_done` and `_event_document` do that
+    only when it could matter, the bytes of valid UTF-8 being those of their text already.
     """
+    if b"\n" not in block:  # one line, as providers send a chat chunk
+        return block[5:].removeprefix(b" ") if block.startswith(b"data:") else None
     data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(data).decode("utf-8", "replace") if data else None
+    return b"\n".join(data) if data else None
+
+
+def _as_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _is_done(data: bytes) -> bool:
+    """Whether an event's data is the [DONE] that ends a chat stream (blanks around it allowed)."""
+    return _as_text(data).strip() == DONE
 
 
 def json_object(provider: str, raw: bytes | str, what: str) -> dict[str, Any]:
@@ -89,6 +106,10 @@ class ProviderClient:
     chat_url: httpx.URL
     direct: LeanTransport | None
     timeout: dict[str, float | None]
+    _host: tuple[bytes, bytes] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._host = (b"Host", self.chat_url.netloc)
 
     @classmethod
     def for_provider(cls, config: ProviderConfig, timeout_seconds: float) -> "ProviderClient":
@@ -105,12 +126,17 @@ class ProviderClient:
     async def send_chat(self, content: bytes, api_key: str) -> httpx.Response:
         """POST `content` to the chat URL; the response is open (its body unread) and the caller
         must close it. Raises httpx's errors as they come (the caller maps them)."""
-        headers = {**_HEADERS, "content-type": "application/json", "authorization": f"Bearer {api_key}"}
         if self.direct is None:
+            headers = {**_HEADERS, "content-type": "application/json", "authorization": f"Bearer {api_key}"}
             request = self.client.build_request("POST", self.chat_url, content=content, headers=headers)
             return await self.client.send(request, stream=True)
-        request = httpx.Request("POST", self.chat_url, content=content, headers=headers,
+        # The headers httpx would work out from `content=`, in its order, given whole: that path
+        # costs about four times as much (headers normalised twice, the body's stream guessed).
+        headers = [self._host, _USER_AGENT, _JSON, (b"authorization", b"Bearer " + api_key.encode("ascii")),
+                   (b"Content-Length", str(len(content)).encode())]
+        request = httpx.Request("POST", self.chat_url, headers=headers, stream=httpx.ByteStream(content),
                                 extensions={"timeout": self.timeout})
+        request.read()  # `content` set, as `content=` sets it: the transport takes the body whole
         response = await self.direct.handle_async_request(request)
         response.request = request
         return response
@@ -151,6 +177,7 @@ class Upstream:
         self.bounds = bounds
         self.name = config.name
         self.quota_key = quota_key or config.name
+        self.quota_headers = QuotaHeaders.of(config.rate_limit_headers)
         self._client = client
         self._sanitizer = sanitizer
         self.deadlines = deadlines
@@ -166,12 +193,13 @@ class Upstream:
         """Bounds sending a request until its status line (and, for a stream, its first event)."""
         return self._within(self.deadlines.first_event, "start its answer")
 
-    def answer_deadline(self) -> "_Deadline":
-        """Bounds sending a request until its whole non-streamed answer."""
-        return self._within(self.deadlines.answer, "finish its answer")
+    def answer_deadlines(self) -> "_AnswerDeadlines":
+        """Bounds sending a request until its status line, then until its whole non-streamed
+        answer (`started()` marks the status line's arrival); the two in one scope."""
+        return _AnswerDeadlines(self)
 
     def _status_failure(self, response: httpx.Response, raw: bytes) -> UpstreamFailure:
-        return status_failure(self.name, response.status_code, raw, self._sanitizer, response.headers)
+        return status_failure(self.name, response.status_code, raw, self._sanitizer, header_dict(response.headers))
 
     def _document(self, raw: bytes, what: str) -> dict[str, Any]:
         """`raw` as a JSON object; an error document (a 200 that carries an error) raises its
@@ -180,6 +208,16 @@ class Upstream:
         if carried_error(document):
             raise carried_failure(self.name, raw, self._sanitizer)
         return document
+
+    def _event_document(self, data: bytes) -> dict[str, Any]:
+        """One stream event's data as `_document` reads it, invalid UTF-8 replaced (U+FFFD)."""
+        try:
+            document = load_utf8_json(data)
+        except (ValueError, RecursionError):  # not UTF-8, or not what msgspec reads: the long way
+            return self._document(_as_text(data).encode(), "stream event")
+        if isinstance(document, dict) and not carried_error(document):
+            return document  # the usual event, in one parse
+        return self._document(data, "stream event")  # raises the failure it stands for
 
     async def open_chat(self, body: dict[str, Any], api_key: str) -> "OpenAnswer":
         """Send a chat request with `api_key`; return the answer, open, once its status is 2xx.
@@ -216,17 +254,18 @@ class Upstream:
         except (ValueError, RecursionError, KeyError, TypeError):
             raise protocol_failure(self.name, "model list is not {\"data\": [...]}") from None
 
-    async def _read_json(self, response: httpx.Response) -> dict[str, Any]:
-        """The whole body of a non-streamed answer as a JSON object; a protocol failure past
-        `bounds.answer` bytes (the rest is left unread; the caller closes the response)."""
+    async def _read_json(self, response: httpx.Response, headers: Mapping[str, str]) -> dict[str, Any]:
+        """The whole body of a non-streamed answer as a JSON object (`headers`: the answer's, as
+        `header_dict` gives them); a protocol failure past `bounds.answer` bytes (the rest is
+        left unread; the caller closes the response)."""
         limit = self.bounds.answer
-        declared = response.headers.get("content-length", "")
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise self._too_large("answer", limit)
         chunks: list[bytes] = []
         size = 0
         try:
-            async with aclosing(response.aiter_bytes()) as reads:
+            async with aclosing(_body_reads(response, headers)) as reads:
                 async for chunk in reads:
                     size += len(chunk)
                     if size > limit:
@@ -239,7 +278,7 @@ class Upstream:
     def _too_large(self, what: str, limit: int) -> UpstreamFailure:
         return protocol_failure(self.name, f"its {what} is larger than the limit of {limit} bytes")
 
-    async def _event_batches(self, response: httpx.Response) -> AsyncIterator[list[str]]:
+    async def _event_batches(self, response: httpx.Response, headers: Mapping[str, str]) -> AsyncIterator[list[bytes]]:
         """The `data` payloads of an SSE stream, grouped by the network read that completed them.
 
         Relaying a group as one write costs the client nothing (those events had all arrived)
@@ -250,7 +289,7 @@ class Upstream:
         idle = self.deadlines.stream_idle
         deadline = trio.current_time() + idle
         try:
-            async with aclosing(response.aiter_bytes()) as reads:
+            async with aclosing(_body_reads(response, headers)) as reads:
                 async for raw in reads:
                     buffer = (buffer + raw).replace(b"\r\n", b"\n")
                     *complete, buffer = buffer.split(b"\n\n")
@@ -285,7 +324,7 @@ class OpenAnswer:
         self._upstream = upstream
         self._response = response
         self._events: AsyncIterator[list[dict[str, Any]]] | None = None
-        self.headers: Mapping[str, str] = response.headers
+        self.headers: Mapping[str, str] = header_dict(response.headers)  # lower-case names
         self.done = False  # the stream's [DONE] arrived
 
     @property
@@ -295,7 +334,7 @@ class OpenAnswer:
     async def document(self) -> dict[str, Any]:
         """The whole non-streamed answer as a JSON object; an error document raises its failure,
         as does an answer larger than `bounds.answer` bytes (the rest is left unread)."""
-        return await self._upstream._read_json(self._response)
+        return await self._upstream._read_json(self._response, self.headers)
 
     def events(self) -> AsyncIterator[list[dict[str, Any]]]:
         """The stream's event documents, those one network read completed together.
@@ -310,15 +349,15 @@ class OpenAnswer:
 
     async def _documents(self) -> AsyncIterator[list[dict[str, Any]]]:
         upstream = self._upstream
-        async with aclosing(upstream._event_batches(self._response)) as batches:
+        async with aclosing(upstream._event_batches(self._response, self.headers)) as batches:
             async for batch in batches:
                 documents: list[dict[str, Any]] = []
                 for data in batch:
-                    if data.strip() == DONE:
+                    if _DONE_BYTES in data and _is_done(data):
                         self.done = True
                         break
                     try:
-                        documents.append(upstream._document(data.encode(), "stream event"))
+                        documents.append(upstream._event_document(data))
                     except UpstreamFailure:
                         if documents:  # what came before a broken event still reaches the client
                             yield documents
@@ -336,7 +375,18 @@ class OpenAnswer:
         await self._response.aclose()
 
 
-async def _drain(batches: AsyncIterator[list[str]]) -> None:
+def _body_reads(response: httpx.Response, headers: Mapping[str, str]) -> AsyncIterator[bytes]:
+    """The body of a 2xx answer as the network reads bring it. An encoded body (gzip, ...) goes
+    through httpx's `aiter_bytes`, which decodes it; any other is the transport's own stream,
+    which `aiter_bytes` would only pass through two more generators, a decoder and a chunker
+    on every read. Either way the response is marked consumed; the caller closes it."""
+    if "content-encoding" in headers:
+        return response.aiter_bytes()
+    response.is_stream_consumed = True  # as aiter_raw marks it: a second read raises StreamConsumed
+    return response.stream.__aiter__()  # type: ignore[union-attr]  # an AsyncByteStream on an async client
+
+
+async def _drain(batches: AsyncIterator[list[bytes]]) -> None:
     """Read the little that follows [DONE], so the connection goes back to the pool; a provider
     that holds the body open after it only costs that connection."""
     with trio.move_on_after(DRAIN_SECONDS):
@@ -368,4 +418,41 @@ class _Deadline:
         handled = self._scope.__exit__(kind, error, traceback)
         if self._scope.cancelled_caught:
             raise self._upstream.timeout(self._seconds, self._what) from None
+        return handled
+
+
+class _AnswerDeadlines:
+    """A non-streamed answer's two deadlines, both counted from entering: its status line
+    within `first_event` (`started()` marks it), the whole answer within `answer`. Expiry raises
+    the provider's timeout failure for the deadline that ran out (the whole answer's when both
+    did). One CancelScope whose deadline moves: nested ones cost a second scope's enter and exit."""
+
+    __slots__ = ("_upstream", "_first_at", "_answer_at", "_started", "_scope")
+
+    def __init__(self, upstream: Upstream) -> None:
+        now = trio.current_time()
+        self._upstream = upstream
+        self._first_at = now + upstream.deadlines.first_event
+        self._answer_at = now + upstream.deadlines.answer
+        self._started = False
+        self._scope = trio.CancelScope(deadline=min(self._first_at, self._answer_at))
+
+    def __enter__(self) -> "_AnswerDeadlines":
+        self._scope.__enter__()
+        return self
+
+    def started(self) -> None:
+        """The status line arrived: from here only the whole answer's deadline holds."""
+        self._started = True
+        if self._answer_at > self._first_at:
+            self._scope.deadline = self._answer_at
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
+        handled = self._scope.__exit__(kind, error, traceback)
+        if self._scope.cancelled_caught:
+            deadlines = self._upstream.deadlines
+            if self._started or self._answer_at <= self._first_at:
+                raise self._upstream.timeout(deadlines.answer, "finish its answer") from None
+            raise self._upstream.timeout(deadlines.first_event, "start its answer") from None
         return handled

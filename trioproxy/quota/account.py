@@ -41,6 +41,11 @@ class AccountQuota:
     cooldown_reason: str = ""
     half_open: bool = False
     probe_in_flight: bool = False
+    # What each window counts (`contract.window_kind`), worked out once: every booking asks.
+    kinds: dict[str, str] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.kinds = {name: window_kind(name) for name in self.windows}
 
     @classmethod
     def from_config(cls, name: str, provider: ProviderConfig, key_index: int, now: float, wall: float) -> "AccountQuota":
@@ -87,7 +92,7 @@ class AccountQuota:
         """`{window: amount}` a booking of `requests` requests of `tokens` takes from each window,
         by the window's kind (`uncached` for the uncached prompt tokens' windows)."""
         amounts = {"requests": requests, "tokens": tokens, "uncached_tokens": uncached}
-        return {name: amounts[window_kind(name)] for name in self.windows}
+        return {name: amounts[kind] for name, kind in self.kinds.items()}
 
     def refusal(self, now: float, tokens: int) -> Refusal | None:
         """The first reason one request of `tokens` would be refused now, None if it would not."""

@@ -12,14 +12,15 @@ from attrs import define, field
 
 from ..config.schema import ProviderConfig
 from .account import AccountQuota, Synced, account_name
-from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs, window_kind
+from .contract import WINDOW_NAMES, Refusal, Reservation, settled_uncached, summary_line, uncached_costs
 from .ledger_state import export_accounts, import_accounts
 from .windows import DailyWindow, RefillingBucket, Window, WindowBooking
 
 
 @define
 class MemoryReservation(Reservation):
-    _entries: dict[str, tuple[Window, WindowBooking]] = field(factory=dict)  # the token windows, for settling
+    # The token windows, for settling: each with its booking and whether it counts uncached tokens.
+    _entries: list[tuple[Window, WindowBooking, bool]] = field(factory=list)
 
 
 class QuotaLedger:
@@ -98,11 +99,13 @@ class QuotaLedger:
             return min(refusals, key=lambda r: r.retry_at)
         self._seq += 1
         cost = costs[best.key_index]
-        entries = {}
+        entries = []
+        kinds, windows = best.kinds, best.windows
         for name, amount in best.amounts(tokens, 1, cost).items():
-            entry = best.windows[name].add(now, amount, self._seq)
-            if window_kind(name) != "requests":
-                entries[name] = (best.windows[name], entry)
+            window = windows[name]
+            entry = window.add(now, amount, self._seq)
+            if (kind := kinds[name]) != "requests":
+                entries.append((window, entry, kind == "uncached_tokens"))
         probe = best.half_open
         best.probe_in_flight = probe
         return MemoryReservation(
@@ -114,8 +117,8 @@ class QuotaLedger:
         assert isinstance(reservation, MemoryReservation)
         actual_tokens = max(0, actual_tokens)
         uncached = settled_uncached(reservation, actual_tokens, uncached_tokens)
-        for name, (window, entry) in reservation._entries.items():
-            window.adjust(entry, uncached if window_kind(name) == "uncached_tokens" else actual_tokens)
+        for window, entry, counts_uncached in reservation._entries:
+            window.adjust(entry, uncached if counts_uncached else actual_tokens)
         reservation.tokens, reservation.uncached = actual_tokens, uncached
 
     async def sync(self, reservation: Reservation, figures: Mapping[str, tuple[float, float]]) -> None:

@@ -1,34 +1,27 @@
-"""Clients' figures shared between the processes of one Redis ledger, every second.
+"""Clients' figures shared between the processes of one Redis ledger, every second: the policy.
 
 Each process publishes what its clients asked of and used of each provider over the last
 minute (for the fair share) and what each of their budget windows counted, adds the usage it
-counted since the last round to one shared hash, and reads back every process's figures and the
-shared usage: all in one script call (`quota/redis/client_exchange.lua`), so a round is one round trip and
-one atomic step (no process reads another's figures half written, and usage is added whole or
-not at all). A second of delay is the price of keeping every Redis call off the requests' path;
-a process that stops publishing drops out when its figures expire.
-
-The keys share one hash tag, `{clients}`, so a Redis Cluster keeps them on one node.
+counted since the last round to the shared counters, and takes back every other process's
+figures (into the fair share and the budgets) and the shared usage (into the clients' usage
+view). A round is one atomic step in the shared store (`SharedClientFigures`; in Redis,
+`quota/redis/client_figures.py`). A second of delay is the price of keeping every Redis call
+off the requests' path.
 """
 
 import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import msgspec
 import trio
 
-from ..quota.clients import USAGE_FIELDS, ClientBook
-from ..quota.redis.client import Client
-from ..quota.redis.scripts import script
-from ..quota.redis.store import QuotaStore
+from ..quota.clients import ClientBook, Row
 from .fair_share import FairShare, Published
 from .rounds import every
 
 INTERVAL = 1.0
-EXPIRES = 5  # seconds a replica's figures outlive its last publication
-SCRIPT = script("client_exchange.lua")
 
 log = logging.getLogger("trioproxy.client_exchange")
 
@@ -57,13 +50,26 @@ def decode_peers(published: list[str]) -> list[PeerFigures]:
     return peers
 
 
-class ClientExchange:
-    """Publishes this process's client figures and reads the other replicas', until cancelled."""
+class SharedClientFigures(Protocol):
+    """Where the replicas publish their clients' figures and add up their usage
+    (`quota.redis.client_figures.RedisClientFigures`)."""
 
-    def __init__(self, store: QuotaStore, prefix: str, replica: str, book: ClientBook, fair: FairShare,
+    async def exchange(
+        self, replica: str, published: str, usage: Mapping[Row, Sequence[int]]
+    ) -> tuple[dict[str, str], dict[Row, list[int]]] | None:
+        """Publish `replica`'s figures, add `usage`, and return every publishing replica's
+        figures by replica and the shared usage (new dicts); None when the store is down
+        (nothing was added). Never raises for the store's failures."""
+        ...
+
+
+class ClientExchange:
+    """Publishes this process's client figures through `shared` and takes the other replicas',
+    until cancelled."""
+
+    def __init__(self, shared: SharedClientFigures, replica: str, book: ClientBook, fair: FairShare,
                  clock: Callable[[], float] = trio.current_time) -> None:
-        self._store = store
-        self._keys = [f"{prefix}{{clients}}:{name}" for name in ("figures", "expiry", "usage")]
+        self._shared = shared
         self._replica = f"{replica}/{fair.tag}"
         self._book = book
         self._fair = fair
@@ -80,22 +86,13 @@ class ClientExchange:
         """One round: publish, add usage, read everyone's, in one call. Skipped while Redis is
         down (usage counted meanwhile waits for the next round)."""
         pending = self._book.usage.take_pending()
-        args: list[str | int] = [self._store.clock.script_arg(), self._replica, json.dumps(self._figures(self._clock())), EXPIRES]
-        for (name, route, provider), row in pending.items():
-            for field, amount in zip(USAGE_FIELDS, row):
-                if amount:
-                    args += [json.dumps([name, route, provider, field]), amount]
-
-        async def talk(client: Client) -> list[Any]:
-            return await client.register_script(SCRIPT)(keys=self._keys, args=args)  # type: ignore[no-any-return]
-
-        answer = await self._store.commands(talk)
+        answer = await self._shared.exchange(self._replica, json.dumps(self._figures(self._clock())), pending)
         if answer is None:
             self._book.usage.return_pending(pending)
             return
-        figures, usage = (_pairs(flat) for flat in answer)
+        figures, usage = answer
         self._take_others(decode_peers([published for replica, published in figures.items() if replica != self._replica]))
-        self._book.usage.shared = _usage_rows(usage)
+        self._book.usage.shared = usage
 
     def _figures(self, now: float) -> dict[str, Any]:
         fair = {quota_key: {name: [p.weight, p.asked, p.used] for name, p in share.local(now).items()}
@@ -117,21 +114,3 @@ class ClientExchange:
             share.others = fair.get(quota_key, {})
         self._book.budgets.others = budgets
 
-
-def _pairs(flat: list[Any]) -> dict[str, Any]:
-    """A flat HGETALL reply (field, value, field, value, ...) as a dict."""
-    return dict(zip(flat[::2], flat[1::2]))
-
-
-def _usage_rows(usage: dict[str, Any]) -> dict[tuple[str, str, str], list[int]]:
-    rows: dict[tuple[str, str, str], list[int]] = {}
-    for key, value in usage.items():
-        try:
-            parts, count = json.loads(key), int(value)
-        except ValueError:
-            continue  # not a field this proxy writes
-        if not isinstance(parts, list) or len(parts) != 4 or parts[3] not in USAGE_FIELDS:
-            continue
-        row = rows.setdefault((str(parts[0]), str(parts[1]), str(parts[2])), [0] * len(USAGE_FIELDS))
-        row[USAGE_FIELDS.index(parts[3])] = count
-    return rows

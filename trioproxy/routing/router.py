@@ -15,7 +15,6 @@ from ..logs import REQUEST_ID
 from ..providers.health import ProviderHealth
 from ..quota.contract import Ledger, Refusal, Reservation
 from ..providers.failures import Kind, UpstreamFailure, protocol_failure
-from ..providers.ratelimit import quota_figures, stated_limits
 from ..providers.upstream import OpenAnswer, Upstream
 from ..quota.cooldown import CooldownTimers
 from .adapt import Unsupported, adapt_request
@@ -98,9 +97,9 @@ class Router:
         request's outcome, which this router writes as it goes (see `take`)."""
 
         async def attempt(upstream: Upstream, body: dict[str, Any], settlement: Settlement) -> dict[str, Any]:
-            with upstream.answer_deadline():
-                with upstream.first_event_deadline():
-                    answer = await self._open(upstream, body, settlement.reservation, record)
+            with upstream.answer_deadlines() as deadlines:
+                answer = await self._open(upstream, body, settlement.reservation, record)
+                deadlines.started()
                 try:
                     with waiting_on_upstream(record):
                         document = await answer.document()
@@ -184,11 +183,11 @@ class Router:
     async def _sync(self, upstream: Upstream, reservation: Reservation, headers: Mapping[str, str]) -> None:
         if not upstream.config.sync_rate_limit_headers:
             return
-        names = upstream.config.rate_limit_headers
-        stated = stated_limits(headers, names.limit_prefix)
+        names = upstream.quota_headers
+        stated = names.stated_limits(headers)
         if stated:  # before the figures: what remains is measured against the stated limit
             await self.ledger.adopt_limits(reservation, stated)
-        figures = quota_figures(headers, names.pairs())
+        figures = names.quota_figures(headers)
         if figures:
             await self.ledger.sync(reservation, figures)
 
@@ -223,7 +222,6 @@ class Router:
         """
         prefix, messages_json = PromptPrefix.of(request.body) if self.prompt_memory else (None, None)
         raw_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
-        record.prompt_estimate = raw_estimate
         order = self._in_order()
         if not order:
             raise self._model_unavailable()

@@ -1,7 +1,6 @@
 """Graceful shutdown of streams: let them finish within a grace period, then end them cleanly."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 import trio
 
@@ -29,18 +28,9 @@ class Drain:
         """A block counted as one request in flight."""
         return self._in_flight
 
-    @contextmanager
-    def stream(self) -> Iterator[trio.CancelScope]:
-        """A scope around relaying one stream; `cut()` cancels it."""
-        scope = trio.CancelScope()
-        if self._cutting:
-            scope.cancel()
-        self._scopes.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._scopes.discard(scope)
+    def stream(self) -> "_Relaying":
+        """A block relaying one stream, in a cancel scope (what the block is given) that `cut()` cancels."""
+        return _Relaying(self._scopes, self._cutting)
 
     def cut(self) -> int:
         """End every stream still relaying; returns how many."""
@@ -52,6 +42,30 @@ class Drain:
     @property
     def streams(self) -> int:
         return len(self._scopes)
+
+
+class _Relaying:
+    """One stream's scope, known to its Drain while entered (a class, not a generator: it wraps every stream)."""
+
+    __slots__ = ("_scopes", "_scope")
+
+    def __init__(self, scopes: set[trio.CancelScope], cut: bool) -> None:
+        self._scopes = scopes
+        self._scope = trio.CancelScope()
+        if cut:
+            self._scope.cancel()
+
+    def __enter__(self) -> trio.CancelScope:
+        entered = self._scope.__enter__()
+        self._scopes.add(self._scope)
+        return entered
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> bool:
+        try:
+            return self._scope.__exit__(kind, error, traceback)
+        finally:
+            self._scopes.discard(self._scope)
 
 
 class _Counted:
