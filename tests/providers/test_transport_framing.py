@@ -205,3 +205,17 @@ async def test_request_larger_than_the_socket_takes_at_once_arrives_whole(nurser
     async with httpx.AsyncClient(transport=LeanTransport()) as client:
         assert (await client.post(url, content=body)).content == b"ok"
     assert received == [body]
+
+
+@pytest.mark.parametrize("trailers", [
+    pytest.param(b"x-filler: " + b"a" * 200_000, id="one-endless-trailer"),
+    pytest.param(b"x-t: a\r\n" * 25_000, id="trailers-without-end"),
+])
+async def test_trailers_that_never_end_are_refused(nursery: trio.Nursery, trailers: bytes) -> None:
+    """A chunked body's trailers are a header block too: bounded as the head is, never read
+    (and kept) for as long as the server sends them."""
+    endless = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" + trailers
+    url, _ = await serve_raw(nursery, partial(answer_then_hold, endless))
+    async with httpx.AsyncClient(transport=LeanTransport(), timeout=5) as client:
+        with pytest.raises(httpx.RemoteProtocolError):  # not a read timeout
+            await client.get(url)

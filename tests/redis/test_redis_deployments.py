@@ -29,9 +29,10 @@ from support.redis_deployments import (
 from support.redis_ledgers import Clock, alternate, cerebras, start_unwrapped
 from trioproxy.config.schema import Config, ProviderConfig
 from trioproxy.quota.contract import Refusal, Reservation
-from trioproxy.quota.redis.client import RedisAccess
+from trioproxy.quota.redis.client import QuotaStoreError, RedisAccess
+from trioproxy.quota.redis.client_figures import RedisClientFigures
 from trioproxy.quota.redis.ledger import RedisLedger, SharedReservation
-from trioproxy.quota.redis.client import QuotaStoreError
+from trioproxy.quota.redis.prompt_stream import RedisPromptStream
 from trioproxy.quota.redis.store import QuotaStore
 from trioproxy.testing.ports import free_port
 
@@ -99,6 +100,28 @@ async def test_header_figures_and_cooldowns_reach_the_other_ledger(nursery: trio
     cooling = await b.reserve("together", 10)
     assert isinstance(cooling, Refusal) and cooling.reason == "cooldown"
     assert b.in_cooldown("together") and b.snapshot("together")["cooldown_reason"] == "429 tokens"
+
+
+async def test_the_replicas_exchanges_work_through_each_deployment(nursery: trio.Nursery, deployment: Deployment, prefix: str) -> None:
+    """The prompt stream (read with Redis's time, which a cluster client cannot ask for on its
+    own: the read is keyed on the stream) and the clients' figures, between two stores."""
+    a, b = [await ledger(nursery, deployment, [cerebras()], Clock(), name, prefix=prefix) for name in ("a", "b")]
+    streams = [RedisPromptStream(a.store, prefix), RedisPromptStream(b.store, prefix)]
+    for stream in streams:  # the first round only finds where the stream ends
+        assert await stream.exchange(None, 60) == []
+    assert await streams[0].exchange("turn 1", 60) == []  # its own message is not read back
+    [(message, age)] = await streams[1].exchange(None, 60) or [("", -1.0)]
+    assert message == "turn 1" and 0 <= age < 5
+    assert a.store.connected and b.store.connected
+
+    figures = [RedisClientFigures(a.store, prefix), RedisClientFigures(b.store, prefix)]
+    assert await figures[0].exchange("a", "figures of a", {("agent", "route", "cerebras"): [1, 10, 0, 0, 5, 0]}) is not None
+    answer = await figures[1].exchange("b", "figures of b", {("agent", "route", "cerebras"): [1, 0, 0, 0, 0, 0]})
+    assert answer is not None
+    published, usage = answer
+    assert published == {"a": "figures of a", "b": "figures of b"}
+    assert usage == {("agent", "route", "cerebras"): [2, 10, 0, 0, 5, 0]}
+    assert a.store.connected and b.store.connected
 
 
 async def test_a_cluster_spreads_the_providers_over_its_primaries(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import httpx
 import trio
 
 _READ_SIZE = 65536
-_MAX_HEAD = 16384  # bytes of a response head before it is refused (h11's bound): a head never ends
+_MAX_HEAD = 16384  # bytes of a response head (or of trailers) before it is refused (h11's bound)
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 _NO_TIMEOUTS: dict[str, float | None] = {}  # read only: a request without httpx's timeout extension
@@ -47,7 +47,7 @@ class _Connection:
     """
 
     __slots__ = ("stream", "socket", "idle_since", "_direct", "_parser", "status", "reason", "headers",
-                 "body", "complete", "keep_alive", "_head_only", "_fault")
+                 "body", "complete", "keep_alive", "_head_only", "_fault", "_past_body")
 
     def __init__(self, stream: trio.abc.Stream, tcp: trio.socket.SocketType, direct: socket.socket | None) -> None:
         self.stream = stream
@@ -69,6 +69,7 @@ class _Connection:
         self.keep_alive = False
         self._head_only = method == "HEAD"
         self._fault = ""  # what makes the head unacceptable though llhttp parses it
+        self._past_body = 0  # bytes read since the last body bytes: trailers or chunk framing
 
     def on_message_begin(self) -> None:
         if self.status:  # a response after the one asked for: the connection is out of step
@@ -161,7 +162,14 @@ class _Connection:
         head gave it no length (it ends there), and cut short otherwise."""
         data = await self.receive(read_timeout)
         if data:
+            parts = len(self.body)
             self.feed(data)
+            if self.complete or len(self.body) > parts:
+                self._past_body = 0
+            else:  # llhttp keeps a trailer whole until its end: bounded as the head is
+                self._past_body += len(data)
+                if self._past_body > _MAX_HEAD:
+                    raise _Malformed(f"more than {_MAX_HEAD} bytes of trailers or chunk framing")
         elif any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
             raise _Malformed("connection closed before the body was complete")
         else:

@@ -12,7 +12,10 @@ h11's rules are kept where llhttp is more lenient or Hypercorn relied on h11:
 - Transfer-Encoding other than `chunked`: 501; Content-Length and Transfer-Encoding together
   are let through framed by Transfer-Encoding, as h11 did (`edges.py` answers them with a 400);
 - a request head still incomplete beyond `h11_max_incomplete_size`: 431 (counted in whole
-  reads from the one where the head began);
+  reads from the one where the head began); so are a chunked body's trailers (reads that bring
+  no body bytes), which llhttp, like a head, keeps whole until their line ends;
+- the body of a head llhttp stops at (an Upgrade it is not asked for, CONNECT) is read by its
+  Content-Length, never as requests behind it;
 - a method llhttp does not know but HTTP allows (any token, e.g. `BREW`) reaches the app,
   when the request starts a read (it is parsed as PUT and keeps its own name); after another
   request in the same read, it gets a 400;
@@ -126,7 +129,7 @@ class Http11Protocol:
         self._headers: list[tuple[bytes, bytes]] = []
         self._noted: dict[bytes, list[bytes]] = {}
         self._in_head = self._in_body = False
-        self._head_size = 0  # bytes read since the head being parsed began
+        self._head_size = 0  # bytes read since the head being parsed began, or since the body last moved on
         self._method_override: str | None = None
         self._completed = 0  # requests the current read completed
         self._raw_left = 0  # body bytes of an upgrade head that llhttp left to us
@@ -180,6 +183,7 @@ class Http11Protocol:
             return
         at_start = not self._in_head and not self._in_body
         self._completed = 0
+        queued = len(self._queue)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -187,10 +191,14 @@ class Http11Protocol:
         except httptools.HttpParserError as error:
             self._failed(error, data, at_start and not self._completed)
         else:
-            if self._in_head:
+            if self._in_head or (self._in_body and len(self._queue) == queued):
+                # A head, or trailers (and chunk framing) that brought no body bytes: llhttp
+                # keeps a header line whole until its end, so both are bounded as h11 bounded them.
                 self._head_size += len(data)
                 if self._head_size > self.config.h11_max_incomplete_size:
                     self._refuse(431)
+            elif self._in_body:
+                self._head_size = 0
 
     def _failed(self, error: httptools.HttpParserError, data: bytes, at_start: bool) -> None:
         if self._their_close:
@@ -282,7 +290,7 @@ class Http11Protocol:
         method = self._method_override or parser.get_method().decode("ascii")
         self._method_override = None
         head = self._head = _Head(method, self._url, self._headers, version)
-        if b"connection" in noted or b"expect" in noted or b"upgrade" in noted:
+        if b"connection" in noted or b"expect" in noted or b"upgrade" in noted or parser.should_upgrade():  # CONNECT
             self._note_connection(head, noted, encodings is not None)
         self._queue.append(head)
 

@@ -13,10 +13,12 @@ import secrets
 from coredis.tokens import PureToken
 
 from .client import Client
+from .scripts import script
 from .store import QuotaStore
 
 STREAM_MESSAGES = 2_000
 READ_MESSAGES = 500
+READ = script("prompt_read.lua")
 
 
 class RedisPromptStream:
@@ -45,10 +47,9 @@ class RedisPromptStream:
                 newest = await client.xrevrange(self._stream, end="+", start="-", count=1)
                 self._last_id = newest[0].identifier if newest else "0-0"
                 return 0.0, []
-            read = [(m.identifier, dict(m.field_values))
-                    for m in await client.xrange(self._stream, start=f"({self._last_id}", end="+", count=READ_MESSAGES)]
-            # A message's id is Redis's time when it was added: with Redis's time now, its age.
-            return ((await client.time()).timestamp() if read else 0.0), read
+            now, read = await client.register_script(READ)(
+                keys=[self._stream], args=["", f"({self._last_id}", READ_MESSAGES])  # type: ignore[misc]
+            return float(now), [(identifier, dict(zip(flat[::2], flat[1::2]))) for identifier, flat in read]
 
         answer = await self._store.commands(talk)
         if answer is None:

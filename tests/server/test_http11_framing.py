@@ -1,0 +1,67 @@
+"""Request framing at the client-facing edge (server/http11.py, on llhttp) as an attacker meets
+it: what llhttp leaves to the server (the body of a head it stops at, trailers it keeps whole)
+is framed and bounded as h11 framed and bounded it."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from support.fault_server import dumps
+from support.proxies import Proxy
+from support.raw_http import RawConnection, raw_request
+from support.robustness import CHAT, assert_healthy, chat_body
+
+
+def healthz(request_id: str, *, close: bool = False) -> bytes:
+    return raw_request("GET", "/healthz", headers={"x-request-id": request_id}, close=close)
+
+
+async def answers_until_closed(proxy: Proxy, data: bytes) -> list[tuple[int, str | None]]:
+    """(status, x-request-id) of every answer to `data`, read until the proxy closes."""
+    answers = []
+    with trio.fail_after(5):
+        connection = await RawConnection.open(proxy)
+        await connection.send(data)
+        while True:
+            try:
+                response = await connection.read_response()
+            except EOFError:
+                break
+            answers.append((response.status_code, response.headers.get("x-request-id")))
+        await connection.aclose()
+    return answers
+
+
+async def test_the_body_of_a_connect_request_is_never_served_as_a_request(proxy: Proxy) -> None:
+    """llhttp stops at a CONNECT's head and leaves what follows as another protocol's bytes; as
+    h11 did, the server reads its Content-Length as its body, never as a request behind it."""
+    smuggled = healthz("smuggled")
+    connect = (b"CONNECT 127.0.0.1:80 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-request-id: connect\r\n"
+               b"content-length: %d\r\n\r\n" % len(smuggled))
+    answers = await answers_until_closed(proxy, connect + smuggled + healthz("after", close=True))
+    assert "smuggled" not in [request_id for _, request_id in answers], answers
+    assert answers[0][1] == "connect" and 400 <= answers[0][0] < 500, answers
+    assert answers[1:] in ([], [(200, "after")]), answers
+
+
+@pytest.mark.parametrize("trailers", [
+    pytest.param(b"x-filler: " + b"a" * 200_000, id="one-endless-trailer"),
+    pytest.param(b"x-t: a\r\n" * 25_000, id="trailers-without-end"),
+])
+async def test_trailers_that_never_end_are_a_431(proxy: Proxy, caplog: pytest.LogCaptureFixture,
+                                                 trailers: bytes) -> None:
+    """A chunked body's trailers are bounded as the head is (h11_max_incomplete_size): llhttp
+    keeps a trailer whole until its end, so bytes sent for as long as the client likes must not
+    be read (and kept) for as long as it sends them."""
+    body = dumps(chat_body())
+    request = raw_request("POST", CHAT, b"%x\r\n%b\r\n0\r\n" % (len(body), body) + trailers,
+                          headers={"transfer-encoding": "chunked"})
+    with trio.fail_after(5):
+        connection = await RawConnection.open(proxy)
+        await connection.send(request)
+        response = await connection.read_response()
+        assert await connection.closed_within(3)
+        await connection.aclose()
+    assert response.status_code == 431, response
+    await assert_healthy(proxy, caplog)
