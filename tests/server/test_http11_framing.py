@@ -65,3 +65,11 @@ async def test_trailers_that_never_end_are_a_431(proxy: Proxy, caplog: pytest.Lo
         await connection.aclose()
     assert response.status_code == 431, response
     await assert_healthy(proxy, caplog)
+
+
+@pytest.mark.parametrize("method", [b"get", b"Get"])
+async def test_a_method_in_lower_case_is_served_upper_cased_as_hypercorn_served_it(proxy: Proxy, method: bytes) -> None:
+    """llhttp knows methods in capitals only; Hypercorn gave the app h11's method upper-cased."""
+    answers = await answers_until_closed(proxy, method + b" /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                                         b"x-request-id: lower\r\nconnection: close\r\n\r\n")
+    assert answers == [(200, "lower")]
