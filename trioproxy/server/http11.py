@@ -157,7 +157,7 @@ class Http11Protocol:
     async def handle(self, event: Event) -> None:
         """Parse bytes the client sent and hand the requests on, one at a time; or close."""
         if isinstance(event, RawData):
-            if self._closing or self._their_close:
+            if self._closing or (self._their_close and not self._raw_left):
                 return  # never served: the connection ends after the answer under way
             if self._websocket:
                 self._queue.append(Data(stream_id=STREAM_ID, data=event.data))
@@ -238,11 +238,10 @@ class Http11Protocol:
         elif head.h2c:
             head.upgrade_rest = rest  # HTTP/2 takes it once the 101 is out
             self._closing_parser()
-        elif head.upgrade_length:  # served as HTTP/1.1 (h2c with a body, as Hypercorn did)
+        else:  # served as HTTP/1.1 (h2c with a body, as Hypercorn did; CONNECT), then the next request
             self._raw_left = head.upgrade_length
-            self._read(rest)
-        else:
-            self._read(rest)  # no body: the next request follows
+            if rest:
+                self._read(rest)
 
     def _read_raw_body(self, data: bytes) -> bytes:
         """The body bytes of an upgrade head llhttp stopped at; returns what follows it."""
