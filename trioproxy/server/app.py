@@ -30,14 +30,14 @@ from .admission import admit_client, check_route
 from .auth import ANYONE, Client
 from .asgi import Message, Receive, Scope, Send, encode_headers, header, send_response
 from .dashboard import Dashboard
-from .disconnect import ClientDisconnected, SentSoFar, cancel_on_disconnect
+from .disconnect import ClientDisconnected, RequestScope, SentSoFar
 from .door_choice import DOORS, RESPONSES_PATH, error_door
 from .drain import SHUTDOWN_ERROR, Drain
 from .history import TrafficHistory
 from .metrics import CONTENT_TYPE, Metrics
 from .refusals import MESSAGE_CHARS, Refusals, refusal_reason
 from .request_id import request_id_from
-from .request_body import read_body
+from .request_body import body_deadline, body_timeout, read_body, read_body_by
 from .request_log import log_refused
 from .serving import Serving
 from .served import STATUS_CLIENT_CLOSED, ServedRequest
@@ -236,18 +236,24 @@ class ProxyApp:
         served = ServedRequest(request_id, door.api, client=client.name)
         extra = {"x-request-id": request_id}
         sent = SentSoFar(send)
+        config = self.runtime.config
         try:
-            exchange = door.parse(await read_body(scope, receive, self.runtime.config), runtime.models.offering(client.routes))
-            served.stream, served.model = exchange.request.stream, exchange.request.route
-            if dropped := exchange.request.dropped_tools:
-                if runtime.config.hosted_tools == "refuse":
-                    raise refuse_hosted_tools(list(dropped))
-                served.dropped_tools = dropped
-                extra[DROPPED_TOOLS_HEADER] = ", ".join(dropped)
-            admit_client(runtime, client, exchange.request, served)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
-            await cancel_on_disconnect(scope, receive, sent, lambda send: self._serve(runtime, exchange, served, send, extra))
+            with RequestScope(scope, sent, body_deadline(config)) as request_scope:
+                raw = await read_body_by(scope, receive, config, request_scope.body_deadline)
+                request_scope.body_read()
+                exchange = door.parse(raw, runtime.models.offering(client.routes))
+                served.stream, served.model = exchange.request.stream, exchange.request.route
+                if dropped := exchange.request.dropped_tools:
+                    if runtime.config.hosted_tools == "refuse":
+                        raise refuse_hosted_tools(list(dropped))
+                    served.dropped_tools = dropped
+                    extra[DROPPED_TOOLS_HEADER] = ", ".join(dropped)
+                admit_client(runtime, client, exchange.request, served)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("request %s tool parameters: %s", request_id, _tool_parameters(exchange.request.body))
+                await request_scope.serve(receive, lambda send: self._serve(runtime, exchange, served, send, extra))
+            if request_scope.body_timed_out:
+                raise body_timeout()
         except ProxyError as error:
             served.status = error.status
             if served.route.provider == "-":  # refused before any provider was asked

@@ -108,6 +108,9 @@ class Metrics:
         # prometheus_client checks and converts the labels on every `labels()` call.
         self._served: dict[tuple[str, str, bool, int], _ServedSeries] = {}
         self._client_served: dict[tuple[str, str, str], tuple[Counter, ...]] = {}
+        # Created on first use, as `labels()` would: a series appears once it has counted something.
+        self._first_byte_of: dict[str, Histogram] = {}
+        self._reroutes_by: dict[str, Counter] = {}
 
     def observe(
         self,
@@ -139,10 +142,16 @@ class Metrics:
         route_prompt.inc(prompt_tokens or 0)
         route_completion.inc(completion_tokens or 0)
         if reason.startswith(("fallback:", "failover:")):
-            self._reroutes.labels(reason).inc()
+            reroutes = self._reroutes_by.get(reason)
+            if reroutes is None:
+                reroutes = self._reroutes_by[reason] = self._reroutes.labels(reason)
+            reroutes.inc()
         series.latency.observe(latency)
         if first_byte is not None:
-            self._first_byte.labels(provider).observe(first_byte)
+            first_byte_series = self._first_byte_of.get(provider)
+            if first_byte_series is None:
+                first_byte_series = self._first_byte_of[provider] = self._first_byte.labels(provider)
+            first_byte_series.observe(first_byte)
         if overhead is not None:
             self._overhead.observe(overhead)
 
