@@ -54,7 +54,7 @@ async def test_a_plain_answer_s_outcome_names_its_provider_and_its_usage(
     assert (outcome.provider, outcome.account, outcome.reason) == ("cerebras", "cerebras", "preferred")
     usage = document["usage"]
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
-    assert outcome.prompt_estimate > 0 and outcome.upstream_seconds > 0
+    assert outcome.upstream_seconds > 0
     assert outcome.failed_over == [] and outcome.continuations == []
 
 

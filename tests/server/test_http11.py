@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
 from hypercorn.events import Event, RawData
@@ -82,6 +83,21 @@ async def test_a_chunked_body_with_trailers_is_served(proxy: Proxy) -> None:
     assert response.status_code == 200, response
 
 
+async def test_expect_100_continue_is_invited_then_served(proxy: Proxy) -> None:
+    """`Expect: 100-continue`: a 100 at once, the body sent after it is read and answered."""
+    body = dumps(chat_body())
+    head = raw_request("POST", CHAT, body, headers={"expect": "100-continue"}).removesuffix(body)
+    with trio.fail_after(5):
+        connection = await RawConnection.open(proxy)
+        await connection.send(head)
+        invited = await connection.read_response()
+        await connection.send(body)
+        response = await connection.read_response()
+        await connection.aclose()
+    assert invited.status_code == 100
+    assert response.status_code == 200, response
+
+
 async def test_h2c_upgrade_switches_to_http2(proxy: Proxy) -> None:
     """`Upgrade: h2c` without a body: 101, then the server speaks HTTP/2 (its SETTINGS frame)."""
     request = (b"GET /healthz HTTP/1.1\r\n" + HOST + b"connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
@@ -97,10 +113,20 @@ async def test_h2c_upgrade_switches_to_http2(proxy: Proxy) -> None:
     assert connection.buffer[3] == 0x4  # an HTTP/2 frame header: type SETTINGS
 
 
-async def test_h2c_upgrade_with_a_body_is_served_over_http_1_1(proxy: Proxy) -> None:
+@pytest.mark.parametrize("body_apart", [False, True], ids=["body-with-head", "body-in-its-own-write"])
+async def test_h2c_upgrade_with_a_body_is_served_over_http_1_1(proxy: Proxy, body_apart: bool) -> None:
     """As Hypercorn does: the upgrade is ignored when the request has a body."""
-    response = await exchange(proxy, raw_request("POST", CHAT, dumps(chat_body()), headers={
-        "connection": "Upgrade, HTTP2-Settings", "upgrade": "h2c", "http2-settings": "AAMAAABkAAQAAP__"}))
+    body = dumps(chat_body())
+    request = raw_request("POST", CHAT, body, headers={
+        "connection": "Upgrade, HTTP2-Settings", "upgrade": "h2c", "http2-settings": "AAMAAABkAAQAAP__"})
+    with trio.fail_after(5):
+        connection = await RawConnection.open(proxy)
+        if body_apart:
+            await connection.send(request.removesuffix(body))
+            await trio.testing.wait_all_tasks_blocked()  # the proxy has read the head alone
+        await connection.send(body if body_apart else request)
+        response = await connection.read_response()
+        await connection.aclose()
     assert response.status_code == 200 and response.version == "HTTP/1.1", response
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from support.fault_server import dumps
 from support.proxies import Proxy
@@ -65,3 +66,27 @@ async def test_trailers_that_never_end_are_a_431(proxy: Proxy, caplog: pytest.Lo
         await connection.aclose()
     assert response.status_code == 431, response
     await assert_healthy(proxy, caplog)
+
+
+@pytest.mark.parametrize("method", [b"get", b"Get"])
+async def test_a_method_in_lower_case_is_served_upper_cased_as_hypercorn_served_it(proxy: Proxy, method: bytes) -> None:
+    """llhttp knows methods in capitals only; Hypercorn gave the app h11's method upper-cased."""
+    answers = await answers_until_closed(proxy, method + b" /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                                         b"x-request-id: lower\r\nconnection: close\r\n\r\n")
+    assert answers == [(200, "lower")]
+
+
+async def test_the_body_of_a_last_request_llhttp_stops_at_is_read_when_it_comes_later(proxy: Proxy) -> None:
+    """An Upgrade head that is also the connection's last (`connection: upgrade, close`): its
+    body, sent after the head, is still read and the request served (not left to time out)."""
+    body = dumps(chat_body())
+    head = raw_request("POST", CHAT, headers={"connection": "upgrade, close", "upgrade": "foo",
+                                              "content-length": str(len(body))})
+    with trio.fail_after(5):
+        connection = await RawConnection.open(proxy)
+        await connection.send(head)
+        await trio.testing.wait_all_tasks_blocked()  # the head is read on its own
+        await connection.send(body)
+        response = await connection.read_response()
+        await connection.aclose()
+    assert response.status_code == 200, response

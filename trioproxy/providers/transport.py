@@ -29,6 +29,7 @@ _READ_SIZE = 65536
 _MAX_HEAD = 16384  # bytes of a response head (or of trailers) before it is refused (h11's bound)
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+_NO_TIMEOUTS: dict[str, float | None] = {}  # read only: a request without httpx's timeout extension
 
 Origin = tuple[bytes, str, int]
 
@@ -244,7 +245,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._ssl_context.set_alpn_protocols(["http/1.1"])
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout", {})
+        timeouts = request.extensions.get("timeout", _NO_TIMEOUTS)
         url = request.url
         origin: Origin = (url.raw_scheme, url.host, url.port or _DEFAULT_PORTS.get(url.raw_scheme, 80))
         outgoing = await _outgoing(request)
@@ -299,7 +300,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def release(self, origin: Origin, conn: _Connection) -> None:
         """Keep a connection whose exchange completed for the next request, or close it."""
-        stack = self._idle.setdefault(origin, [])
+        stack = self._idle.get(origin)
+        if stack is None:  # the origin's first: setdefault would build a list on every release
+            stack = self._idle[origin] = []
         if conn.reusable() and len(stack) < self._max_idle:
             conn.idle_since = trio.current_time()
             stack.append(conn)

@@ -36,7 +36,6 @@ class RouteRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None  # of the prompt, what the provider's cache held
-    prompt_estimate: int = 0  # the raw estimate, so usage can teach the estimator
     upstream_seconds: float = 0.0  # time spent waiting on providers, to tell the proxy's own overhead
     waited_seconds: float = 0.0  # time patience held the request for a provider's quota
     waited_why: str = ""  # e.g. "patience: rpm 1.8 s"

@@ -222,7 +222,6 @@ class Router:
         """
         prefix, messages_json = PromptPrefix.of(request.body) if self.prompt_memory else (None, None)
         raw_estimate, prompt_estimate = self.estimator.estimate(request.body, messages_json)
-        record.prompt_estimate = raw_estimate
         order = self._in_order()
         if not order:
             raise self._model_unavailable()

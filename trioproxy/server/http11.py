@@ -17,8 +17,8 @@ h11's rules are kept where llhttp is more lenient or Hypercorn relied on h11:
 - the body of a head llhttp stops at (an Upgrade it is not asked for, CONNECT) is read by its
   Content-Length, never as requests behind it;
 - a method llhttp does not know but HTTP allows (any token, e.g. `BREW`) reaches the app,
-  when the request starts a read (it is parsed as PUT and keeps its own name); after another
-  request in the same read, it gets a 400;
+  when the request starts a read (it is parsed as PUT and keeps its own name, upper-cased as
+  Hypercorn hands methods on); after another request in the same read, it gets a 400;
 - keep-alive only for HTTP/1.1 without `connection: close`; after a request or an answer that
   closes, nothing more is read as a request; pipelined requests wait for the answer before;
 - `Expect: 100-continue` is answered with a 100 at once, as Hypercorn does;
@@ -157,7 +157,7 @@ class Http11Protocol:
     async def handle(self, event: Event) -> None:
         """Parse bytes the client sent and hand the requests on, one at a time; or close."""
         if isinstance(event, RawData):
-            if self._closing or self._their_close:
+            if self._closing or (self._their_close and not self._raw_left):
                 return  # never served: the connection ends after the answer under way
             if self._websocket:
                 self._queue.append(Data(stream_id=STREAM_ID, data=event.data))
@@ -209,7 +209,8 @@ class Http11Protocol:
         if at_start and isinstance(error, httptools.HttpParserInvalidMethodError):
             method, space, rest = data.lstrip(b"\r\n").partition(b" ")
             if space and _TOKEN.fullmatch(method):  # a method llhttp does not know: HTTP allows it
-                self._parser, self._method_override = self._new_parser(), method.decode("ascii")
+                # upper-cased, as Hypercorn hands the app h11's method (`get` is GET)
+                self._parser, self._method_override = self._new_parser(), method.decode("ascii").upper()
                 self._in_head = False
                 self._read(b"PUT " + rest)
                 return
@@ -237,11 +238,10 @@ class Http11Protocol:
         elif head.h2c:
             head.upgrade_rest = rest  # HTTP/2 takes it once the 101 is out
             self._closing_parser()
-        elif head.upgrade_length:  # served as HTTP/1.1 (h2c with a body, as Hypercorn did)
+        else:  # served as HTTP/1.1 (h2c with a body, as Hypercorn did; CONNECT), then the next request
             self._raw_left = head.upgrade_length
-            self._read(rest)
-        else:
-            self._read(rest)  # no body: the next request follows
+            if rest:
+                self._read(rest)
 
     def _read_raw_body(self, data: bytes) -> bytes:
         """The body bytes of an upgrade head llhttp stopped at; returns what follows it."""
