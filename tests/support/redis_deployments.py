@@ -180,29 +180,54 @@ def _auth(cli: list[str], password: str) -> list[str]:
     return [*cli, "--no-auth-warning", "-a", password] if password else cli
 
 
+CREATE_SECONDS = 30  # redis-cli --cluster create takes 2-4 s; seen once to wait forever
+
+
 @contextmanager
 def redis_cluster(folder: Path, tls: bool = False, ports: list[int] | None = None) -> Iterator[Deployment]:
     """Three primaries sharing the 16,384 slots (on `ports`, or free ones), joined by redis-cli
     --cluster create; with `tls`, clients and the cluster bus speak TLS only (certificates as
-    for tls_redis)."""
-    ports = ports or cluster_ports()
+    for tls_redis). A create that hangs (redis-cli waits without end for nodes to agree) is
+    tried once more on fresh nodes, on fresh ports unless `ports` were given; a second hang
+    raises with what the nodes logged."""
     certificates = _certificates(folder / "certificates")
+    for attempt in (1, 2):
+        with ExitStack() as stack:
+            try:
+                cluster = _joined_cluster(stack, folder / f"attempt{attempt}", certificates, tls,
+                                          ports or cluster_ports())
+            except subprocess.TimeoutExpired:
+                if attempt == 2:
+                    raise AssertionError(f"redis-cli --cluster create hung twice; the nodes logged:\n"
+                                         f"{_logs_tail(folder / f'attempt{attempt}')}") from None
+                continue
+            yield cluster
+            return
+
+
+def _joined_cluster(stack: ExitStack, folder: Path, certificates: Certificates, tls: bool,
+                    ports: list[int]) -> Deployment:
+    """Three cluster nodes started on `stack` and joined; raises TimeoutExpired if the join hangs."""
     listen, cli, client = _listening(certificates, tls)
-    with ExitStack() as stack:
-        processes = {
-            f"node{i}": _start(stack, folder / f"node{i}", *listen(port), "--cluster-enabled", "yes",
-                               "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
-            for i, port in enumerate(ports)
-        }
-        for port in ports:
-            _wait_until(lambda: _accepts(("127.0.0.1", port)), f"cluster node on port {port}")
-        nodes = [f"127.0.0.1:{port}" for port in ports]
-        subprocess.run(["redis-cli", *cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
-                       capture_output=True, timeout=60, check=True)
-        for port in ports:
-            _wait_until(lambda: "cluster_state:ok" in _cli(port, *cli, "cluster", "info"), f"cluster node on port {port}")
-        yield Deployment(f"{'rediss' if tls else 'redis'}+cluster://{nodes[0]},{nodes[1]}", client, certificates.wrong_ca,
-                         processes, {f"node{i}": port for i, port in enumerate(ports)})
+    processes = {
+        f"node{i}": _start(stack, folder / f"node{i}", *listen(port), "--cluster-enabled", "yes",
+                           "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
+        for i, port in enumerate(ports)
+    }
+    for port in ports:
+        _wait_until(lambda: _accepts(("127.0.0.1", port)), f"cluster node on port {port}")
+    nodes = [f"127.0.0.1:{port}" for port in ports]
+    subprocess.run(["redis-cli", *cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                   capture_output=True, timeout=CREATE_SECONDS, check=True)
+    for port in ports:
+        _wait_until(lambda: "cluster_state:ok" in _cli(port, *cli, "cluster", "info"), f"cluster node on port {port}")
+    return Deployment(f"{'rediss' if tls else 'redis'}+cluster://{nodes[0]},{nodes[1]}", client, certificates.wrong_ca,
+                      processes, {f"node{i}": port for i, port in enumerate(ports)})
+
+
+def _logs_tail(folder: Path, lines: int = 15) -> str:
+    return "\n".join(f"{log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+                     for log in sorted(folder.glob("node*/redis.log")))
 
 
 def cluster_ports() -> list[int]:
