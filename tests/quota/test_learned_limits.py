@@ -15,7 +15,7 @@ from support.proxies import Providers, StartProxy
 from support.redis_ledgers import Clock, cerebras, replica
 from trioproxy.config.schema import Config, RateLimitHeaders
 from trioproxy.plans import PLANS
-from trioproxy.providers.ratelimit import QuotaHeaders, header_dict, stated_limits
+from trioproxy.providers.ratelimit import QuotaHeaders, header_dict
 from trioproxy.quota.contract import Refusal, Reservation
 from trioproxy.quota.ledger import QuotaLedger
 from trioproxy.testing import emulator
@@ -26,6 +26,12 @@ PREFIX = "x-ratelimit-limit-"
 
 def headers(**figures: str) -> httpx.Headers:
     return httpx.Headers({PREFIX + name.replace("_", "-"): value for name, value in figures.items()})
+
+
+def stated_limits(answer: httpx.Headers, prefix: str) -> dict[str, int]:
+    """The limits a provider whose names start with `prefix` states in `answer`, read as the
+    proxy reads them (its answer's header dict)."""
+    return QuotaHeaders.of(RateLimitHeaders(limit_prefix=prefix)).stated_limits(header_dict(answer))
 
 
 def test_stated_limits_are_read_per_window() -> None:

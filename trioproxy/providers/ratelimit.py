@@ -74,18 +74,12 @@ _STATED_WINDOWS = {"requests-minute": "rpm", "tokens-minute": "tpm", "requests-d
 LARGEST_LIMIT = 10**12
 
 
-def stated_limits(headers: Mapping[str, str], prefix: str) -> dict[str, int]:
-    """`{window: limit}` from the provider's `<prefix>{requests,tokens}-{minute,day}` headers.
+def _stated(headers: Mapping[str, str], names: list[tuple[str, str]]) -> dict[str, int]:
+    """`{window: limit}` from the headers `names` lists, (header, window) each.
 
     A figure that is not a number from 1 to LARGEST_LIMIT (negative, NaN, huge, text) is left
     out with a debug line: a broken header must not resize a bucket.
     """
-    if not prefix:
-        return {}
-    return _stated(headers, [(prefix + suffix, window) for suffix, window in _STATED_WINDOWS.items()])
-
-
-def _stated(headers: Mapping[str, str], names: list[tuple[str, str]]) -> dict[str, int]:
     stated = {}
     for name, window in names:
         raw = headers.get(name)
@@ -144,7 +138,8 @@ class QuotaHeaders:
         return cls(stated, pairs)
 
     def stated_limits(self, headers: Mapping[str, str]) -> dict[str, int]:
-        """`stated_limits` of these names."""
+        """`{window: limit}` from the provider's `<prefix>{requests,tokens}-{minute,day}`
+        headers (none with an empty prefix); garbage figures are left out (`_stated`)."""
         return _stated(headers, self.stated_names) if self.stated_names else {}
 
     def quota_figures(self, headers: Mapping[str, str]) -> dict[str, tuple[float, float]]:
