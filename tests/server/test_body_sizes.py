@@ -8,7 +8,7 @@ import trio
 
 from support.fault_server import dumps
 from support.proxies import Providers, Proxy
-from support.raw_http import RawConnection, raw_request
+from support.raw_http import RawConnection, answer_then_close, raw_request
 from support.robustness import CHAT, assert_healthy, assert_openai_error, chat_body
 
 
@@ -56,13 +56,8 @@ async def test_huge_body_over_default_limit_is_413(
 async def test_absurd_content_length_is_refused_at_once(proxy: Proxy, caplog: pytest.LogCaptureFixture, declared: str) -> None:
     """A content-length far over the limit is refused before any body byte is sent: 413 from
     the proxy (or 400 from the HTTP layer for a number it cannot parse), then the connection closes."""
-    with trio.fail_after(5):
-        connection = await RawConnection.open(proxy)
-        await connection.send(raw_request("POST", CHAT, None, headers={"content-length": declared,
-                                                                       "content-type": "application/json"}))
-        response = await connection.read_response()
-        assert await connection.closed_within(3)
-        await connection.aclose()
+    response, _ = await answer_then_close(proxy, raw_request("POST", CHAT, None, headers={
+        "content-length": declared, "content-type": "application/json"}))
     if response.status_code == 413:
         assert_openai_error(response, 413, "request_too_large")
     else:
@@ -92,12 +87,7 @@ async def test_content_length_shorter_than_body(proxy: Proxy, caplog: pytest.Log
     leftover bytes (not a request) are refused by the HTTP layer and the connection closed."""
     body = dumps(chat_body())
     data = raw_request("POST", CHAT, body, headers={"content-length": str(len(body) // 2)}, close=False) + b"\r\n\r\n"
-    with trio.fail_after(5):
-        connection = await RawConnection.open(proxy)
-        await connection.send(data)
-        first = await connection.read_response()
-        assert await connection.closed_within(3)
-        await connection.aclose()
+    first, _ = await answer_then_close(proxy, data)
     assert_openai_error(first, 400, "invalid_json")
     await assert_healthy(proxy, caplog)
 

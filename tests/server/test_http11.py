@@ -18,7 +18,7 @@ from hypercorn.typing import ConnectionState
 
 from support.fault_server import dumps
 from support.proxies import Proxy
-from support.raw_http import RawConnection, exchange, raw_request
+from support.raw_http import RawConnection, answer_then_close, exchange, raw_request
 from support.robustness import CHAT, assert_healthy, chat_body
 from trioproxy.server.http11 import Http11Protocol
 
@@ -35,12 +35,7 @@ HOST = b"host: 127.0.0.1\r\n"
 async def test_what_h11_refused_is_still_refused(proxy: Proxy, caplog: pytest.LogCaptureFixture, data: bytes,
                                                  status: int) -> None:
     """llhttp accepts these; h11 did not, and neither does the proxy: an answer and a close."""
-    with trio.fail_after(5):
-        connection = await RawConnection.open(proxy)
-        await connection.send(data)
-        response = await connection.read_response()
-        assert await connection.closed_within(3)
-        await connection.aclose()
+    response, _ = await answer_then_close(proxy, data)
     assert response.status_code == status, response
     await assert_healthy(proxy, caplog)
 
@@ -48,26 +43,17 @@ async def test_what_h11_refused_is_still_refused(proxy: Proxy, caplog: pytest.Lo
 async def test_http_1_0_is_never_kept_alive(proxy: Proxy) -> None:
     """An HTTP/1.0 request is the connection's last, even with `connection: keep-alive`."""
     request = raw_request("GET", "/healthz", version="HTTP/1.0", headers={"connection": "keep-alive"})
-    with trio.fail_after(5):
-        connection = await RawConnection.open(proxy)
-        await connection.send(request + raw_request("GET", "/healthz"))
-        first = await connection.read_response()
-        assert await connection.closed_within(3)
-        await connection.aclose()
+    first, rest = await answer_then_close(proxy, request + raw_request("GET", "/healthz"))
     assert first.status_code == 200 and first.headers["connection"] == "close"
-    assert b"HTTP/1.1" not in connection.buffer  # the second request was not served
+    assert b"HTTP/1.1" not in rest  # the second request was not served
 
 
 async def test_bytes_after_a_closing_request_are_not_served(proxy: Proxy) -> None:
     """A request behind one that said `connection: close` (even junk) is dropped: one answer, whole."""
-    with trio.fail_after(5):
-        connection = await RawConnection.open(proxy)
-        await connection.send(raw_request("GET", "/healthz", close=True) + raw_request("GET", "/healthz") + b"\x00junk")
-        first = await connection.read_response()
-        assert await connection.closed_within(3)
-        await connection.aclose()
+    first, rest = await answer_then_close(
+        proxy, raw_request("GET", "/healthz", close=True) + raw_request("GET", "/healthz") + b"\x00junk")
     assert first.status_code == 200 and first.json()["status"] == "ok"
-    assert not connection.buffer
+    assert not rest
 
 
 async def test_header_values_lose_surrounding_whitespace(proxy: Proxy) -> None:

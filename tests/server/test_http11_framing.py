@@ -10,7 +10,7 @@ import trio.testing
 
 from support.fault_server import dumps
 from support.proxies import Proxy
-from support.raw_http import RawConnection, raw_request
+from support.raw_http import RawConnection, answer_then_close, raw_request
 from support.robustness import CHAT, assert_healthy, chat_body
 
 
@@ -58,12 +58,7 @@ async def test_trailers_that_never_end_are_a_431(proxy: Proxy, caplog: pytest.Lo
     body = dumps(chat_body())
     request = raw_request("POST", CHAT, b"%x\r\n%b\r\n0\r\n" % (len(body), body) + trailers,
                           headers={"transfer-encoding": "chunked"})
-    with trio.fail_after(5):
-        connection = await RawConnection.open(proxy)
-        await connection.send(request)
-        response = await connection.read_response()
-        assert await connection.closed_within(3)
-        await connection.aclose()
+    response, _ = await answer_then_close(proxy, request)
     assert response.status_code == 431, response
     await assert_healthy(proxy, caplog)
 

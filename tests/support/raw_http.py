@@ -219,3 +219,15 @@ async def exchange(proxy: Proxy, data: bytes, *, head: bool = False, timeout: fl
             return await connection.read_response(head=head)
         finally:
             await connection.aclose()
+
+
+async def answer_then_close(proxy: Proxy, data: bytes) -> tuple[RawResponse, bytes]:
+    """Send `data` on a fresh connection, read one response, and assert that the proxy then
+    closes the connection (within 3 s); the response and whatever bytes followed it."""
+    with trio.fail_after(5):
+        connection = await RawConnection.open(proxy)
+        await connection.send(data)
+        response = await connection.read_response()
+        assert await connection.closed_within(3), "connection left open after the answer"
+        await connection.aclose()
+    return response, bytes(connection.buffer)
